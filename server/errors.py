@@ -1,0 +1,81 @@
+"""The one exception tree of the product.
+
+Every message is written for the calling model and says three things: what happened, the
+state things are in now, and what to call next. Tools turn these into MCP tool errors; any
+other exception is a bug and is reported as one (without leaking its text).
+"""
+
+from __future__ import annotations
+
+
+class DsmError(Exception):
+    """Base class. ``str(err)`` is the full, model-facing message."""
+
+    def __init__(self, what: str, *, state: str = "", next_step: str = "") -> None:
+        self.what = what
+        self.state = state
+        self.next_step = next_step
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        parts = [self.what.rstrip(".") + "."]
+        if self.state:
+            parts.append("State: " + self.state.rstrip(".") + ".")
+        if self.next_step:
+            parts.append("Next: " + self.next_step.rstrip(".") + ".")
+        return " ".join(parts)
+
+
+class SettingsError(DsmError):
+    """A configuration value from the environment is unusable; start-up stops."""
+
+
+class PathRejected(DsmError):
+    """A path argument is outside the stacks root, a symlink out of it, or looks like a flag."""
+
+
+class StackNotFound(DsmError):
+    """No stack directory or compose file matches the argument."""
+
+
+class StackConflict(DsmError):
+    """Two stack directories claim the same Compose project name."""
+
+
+class UnsafeYaml(DsmError):
+    """YAML refused before parsing completed: too large, too deep, too many aliases, not text."""
+
+    def __init__(self, what: str, *, line: int | None = None, column: int | None = None, **kw: str) -> None:
+        self.line = line
+        self.column = column
+        super().__init__(what, **kw)
+
+
+class ComposeError(DsmError):
+    """``docker compose`` failed; carries the argv (redacted), exit code and stderr."""
+
+    def __init__(self, what: str, *, argv: list[str], returncode: int | None, stderr: str, **kw: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(what, **kw)
+
+
+class ComposeTimeout(ComposeError):
+    """``docker compose`` ran past its timeout and was killed with its whole process group."""
+
+
+class ComposeUnavailable(DsmError):
+    """No Compose v2 (plugin or binary) could be found."""
+
+
+class DockerUnavailable(DsmError):
+    """The Docker engine cannot be reached (not installed, daemon dead, bad DOCKER_HOST)."""
+
+
+class EngineError(DsmError):
+    """The engine answered with an error to an API call."""
+
+
+class ReadOnlyMode(DsmError):
+    """A changing operation was asked for while DSM_READ_ONLY is set."""

@@ -1,0 +1,76 @@
+"""Pydantic models that cross module borders.
+
+Every check in the product (lint rules, host preflight, health gates, diagnosis) reports
+through the one :class:`Finding` model so the calling agent reads one shape everywhere.
+Results are frozen: a report, once built, is evidence and must not be edited in place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Severity = Literal["error", "warning", "info"]
+SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
+
+
+class Frozen(BaseModel):
+    """Base for results: immutable, and unknown fields are a bug, not data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Finding(Frozen):
+    """One observation of a check, with what to do about it."""
+
+    rule: str = Field(description="Stable rule id, e.g. 'missing-healthcheck'. Policies name rules by it.")
+    severity: Severity = Field(description="error blocks a deployment; warning and info do not.")
+    category: str = Field(description="Family: syntax, reliability, security, resources, network, images, ...")
+    service: str | None = Field(default=None, description="The service concerned, or null for the stack.")
+    message: str = Field(description="What is wrong, in one or two sentences.")
+    line: int | None = Field(default=None, description="1-based line in the compose file, when known.")
+    fix: str | None = Field(default=None, description="A concrete fix, as a YAML patch when one exists.")
+    evidence: list[str] = Field(default_factory=list, description="What was observed (redacted).")
+
+
+def sort_findings(findings: list[Finding]) -> list[Finding]:
+    """Errors first, then by service and rule, so output is stable between runs."""
+    return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.service or "", f.rule, f.line or 0))
+
+
+class PortBinding(Frozen):
+    host_ip: str | None = None
+    published: str | None = Field(default=None, description="Host port or range; null when not published.")
+    target: int
+    protocol: str = "tcp"
+
+
+class VolumeMount(Frozen):
+    type: str = Field(description="volume, bind, tmpfs, npipe or cluster")
+    source: str | None = None
+    target: str
+    read_only: bool = False
+
+
+class ServiceView(Frozen):
+    """A service as Compose renders it, with secrets redacted."""
+
+    name: str
+    image: str | None
+    build: bool = Field(description="True when the service is built from a context rather than pulled.")
+    ports: list[PortBinding] = Field(default_factory=list)
+    volumes: list[VolumeMount] = Field(default_factory=list)
+    networks: list[str] = Field(default_factory=list)
+    depends_on: dict[str, str] = Field(
+        default_factory=dict, description="Dependency -> condition (service_started, service_healthy, ...)."
+    )
+    healthcheck: bool = Field(description="A healthcheck is declared in the compose file (and not disabled).")
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="Environment with secret-looking values replaced by '***'."
+    )
+    memory_limit_bytes: int | None = None
+    cpu_limit: float | None = None
+    restart: str | None = None
+    profiles: list[str] = Field(default_factory=list)
+    dsm: dict[str, object] = Field(default_factory=dict, description="The service's x-dsm settings.")

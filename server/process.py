@@ -1,0 +1,139 @@
+"""Running external programs: the only module that starts processes.
+
+Every program gets an argv list (never a shell), its own process group, a timeout, and bounded
+output capture. On timeout or cancellation the whole group is killed: the Compose plugin
+survives a signal sent to the ``docker`` CLI alone, and a runaway ``compose config`` can take
+all memory, so signalling only the direct child is not enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+log = logging.getLogger("docker_stack_mcp.process")
+
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+_TERM_GRACE_S = 3.0
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False
+
+
+async def run_argv(
+    argv: Sequence[str],
+    *,
+    timeout_s: float,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: bytes | None = None,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    term_grace_s: float = _TERM_GRACE_S,
+) -> ProcessResult:
+    """Run ``argv`` to completion or until ``timeout_s``; never raises on a non-zero exit.
+
+    On timeout the result has ``timed_out=True`` and ``returncode=-9``. On cancellation the
+    group is killed (in a shielded scope) and the cancellation propagates. ``term_grace_s`` is how
+    long the group gets between SIGTERM and SIGKILL (0 for read-only work that may be runaway).
+    """
+    argv = [str(a) for a in argv]
+    proc = await anyio.open_process(
+        argv,
+        stdin=None if stdin is None else -1,
+        stdout=-1,
+        stderr=-1,
+        cwd=cwd,
+        env=dict(env),
+        start_new_session=True,
+    )
+    out = _Capture(max_output)
+    err = _Capture(max_output // 4)
+    timed_out = False
+    try:
+        with anyio.move_on_after(timeout_s) as scope:
+            async with anyio.create_task_group() as tg:
+                assert proc.stdout is not None and proc.stderr is not None
+                tg.start_soon(out.drain, proc.stdout)
+                tg.start_soon(err.drain, proc.stderr)
+                if stdin is not None and proc.stdin is not None:
+                    tg.start_soon(_feed, proc, stdin)
+                await proc.wait()
+        if scope.cancelled_caught:
+            timed_out = True
+            log.warning("timed out after %.0fs, killing process group: %s", timeout_s, argv[:3])
+            with anyio.CancelScope(shield=True):
+                await _kill_group(proc, term_grace_s)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _kill_group(proc, term_grace_s)
+        raise
+    return ProcessResult(
+        argv=argv,
+        returncode=-9 if timed_out else (proc.returncode if proc.returncode is not None else -1),
+        stdout=out.text(),
+        stderr=err.text(),
+        timed_out=timed_out,
+        truncated=out.truncated or err.truncated,
+    )
+
+
+class _Capture:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    async def drain(self, stream: ByteReceiveStream) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            async for chunk in stream:
+                if self.size < self.limit:
+                    keep = chunk[: self.limit - self.size]
+                    self.chunks.append(keep)
+                    self.size += len(keep)
+                    self.truncated |= len(keep) < len(chunk)
+                else:  # keep draining so the child never blocks on a full pipe
+                    self.truncated = True
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode("utf-8", "replace")
+
+
+async def _feed(proc: Process, data: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError):
+        await proc.stdin.send(data)
+    with contextlib.suppress(Exception):
+        await proc.stdin.aclose()
+
+
+async def _kill_group(proc: Process, term_grace_s: float) -> None:
+    """SIGTERM the group, give it a moment, then SIGKILL whatever is left of it."""
+    pgid = proc.pid  # start_new_session=True makes the child its group's leader
+    if term_grace_s > 0:
+        _signal_group(pgid, signal.SIGTERM)
+        with anyio.move_on_after(term_grace_s):
+            await proc.wait()
+    # Even when the leader exited, children (the compose plugin) may live on in the group.
+    _signal_group(pgid, signal.SIGKILL)
+    with anyio.move_on_after(_TERM_GRACE_S):
+        await proc.wait()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

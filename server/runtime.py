@@ -1,0 +1,60 @@
+"""Process-wide state shared by the tools: settings and lazily opened adapters.
+
+Nothing heavy happens at construction: the Docker client and the memory store open on first
+use, so ``initialize`` and ``tools/list`` stay at the SDK's own start-up cost.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.compose import ComposeRunner
+    from server.engine import Engine
+    from server.memory import Memory
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._engine: Engine | None = None
+        self._compose: ComposeRunner | None = None
+        self._memory: Memory | None = None
+
+    def engine(self) -> Engine:
+        """The docker-py adapter; raises DockerUnavailable on first real call if the daemon is away."""
+        with self._lock:
+            if self._engine is None:
+                from server.engine import Engine
+
+                self._engine = Engine(self.settings)
+            return self._engine
+
+    def compose(self) -> ComposeRunner:
+        with self._lock:
+            if self._compose is None:
+                from server.compose import ComposeRunner
+
+                self._compose = ComposeRunner(self.settings)
+            return self._compose
+
+    def memory(self) -> Memory:
+        """The incident/deployment memory (embedded Qdrant or a Qdrant server), opened on first use."""
+        with self._lock:
+            if self._memory is None:
+                from server.memory import open_memory
+
+                self._memory = open_memory(self.settings)
+            return self._memory
+
+    def close(self) -> None:
+        with self._lock:
+            for closable in (self._memory, self._engine):
+                if closable is not None:
+                    closable.close()
+            self._memory = None
+            self._engine = None

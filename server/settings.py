@@ -1,0 +1,111 @@
+"""All configuration, read from the environment once and validated at start-up.
+
+A bad value raises :class:`SettingsError` with one line that names the variable, the value
+and what is accepted; the CLI prints that line to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.errors import SettingsError
+
+DEFAULT_STACKS_ROOT = "/opt/stacks"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Build with :meth:`from_env`; tests build it directly."""
+
+    stacks_root: Path
+    state_dir: Path
+    read_only: bool = False
+    log_level: str = "INFO"
+    compose_timeout_s: float = 120.0
+    yaml_max_bytes: int = 1_048_576
+    compose_bin: str | None = None
+    docker_host: str | None = None
+    docker_context: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    embedding_model_path: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        root_raw = env.get("DSM_STACKS_ROOT", "")
+        root = (
+            _abs_dir("DSM_STACKS_ROOT", root_raw, must_exist=bool(root_raw)) if root_raw else Path(DEFAULT_STACKS_ROOT)
+        )
+        state_raw = env.get("DSM_STATE_DIR", "")
+        state = _abs_dir("DSM_STATE_DIR", state_raw, must_exist=False) if state_raw else _default_state_dir(env)
+        if state == root or root in state.parents:
+            raise SettingsError(
+                f"DSM_STATE_DIR={state} lies inside DSM_STACKS_ROOT={root}",
+                next_step="keep state (journal, backups, memory) outside the stacks root",
+            )
+        model_raw = env.get("DSM_EMBEDDING_MODEL_PATH", "")
+        compose_bin = env.get("DSM_COMPOSE_BIN") or None
+        if compose_bin and not Path(compose_bin).is_file():
+            raise SettingsError(f"DSM_COMPOSE_BIN={compose_bin} is not a file", next_step="unset it or fix the path")
+        log_level = env.get("DSM_LOG_LEVEL", "INFO").upper()
+        if log_level not in _LOG_LEVELS:
+            raise SettingsError(f"DSM_LOG_LEVEL={log_level!r} is not one of {sorted(_LOG_LEVELS)}")
+        qdrant_url = env.get("QDRANT_URL") or None
+        if qdrant_url and not qdrant_url.startswith(("http://", "https://")):
+            raise SettingsError(f"QDRANT_URL={qdrant_url!r} must start with http:// or https://")
+        return cls(
+            stacks_root=root,
+            state_dir=state,
+            read_only=_flag("DSM_READ_ONLY", env.get("DSM_READ_ONLY", "")),
+            log_level=log_level,
+            compose_timeout_s=_number("DSM_COMPOSE_TIMEOUT", env.get("DSM_COMPOSE_TIMEOUT", "120"), 1, 3600),
+            yaml_max_bytes=int(_number("DSM_YAML_MAX_BYTES", env.get("DSM_YAML_MAX_BYTES", "1048576"), 1024, 64e6)),
+            compose_bin=compose_bin,
+            docker_host=env.get("DOCKER_HOST") or None,
+            docker_context=env.get("DOCKER_CONTEXT") or None,
+            qdrant_url=qdrant_url,
+            qdrant_api_key=env.get("QDRANT_API_KEY") or None,
+            embedding_model_path=_abs_dir("DSM_EMBEDDING_MODEL_PATH", model_raw, must_exist=True)
+            if model_raw
+            else None,
+        )
+
+
+def _default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "state")
+    return Path(base) / "docker-stack-mcp"
+
+
+def _abs_dir(name: str, raw: str, *, must_exist: bool) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise SettingsError(f"{name}={raw!r} must be an absolute path")
+    if must_exist and not path.is_dir():
+        raise SettingsError(f"{name}={raw} is not an existing directory", next_step=f"create it or unset {name}")
+    return path.resolve() if path.exists() else path
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def _number(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r} must be between {low:g} and {high:g}")
+    return value

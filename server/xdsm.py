@@ -1,0 +1,154 @@
+"""The ``x-dsm`` contract: our per-stack and per-service settings inside compose files.
+
+Top level::
+
+    x-dsm:
+      environment: production        # production (default) | staging | development
+      critical: true                 # the whole stack is critical (blue-green when resources allow)
+      policy:
+        severity: {image-unpinned: error, no-resource-limits: warning}   # or "off"
+        waive:
+          - {rule: host-path-mount, services: [netdata], reason: "reads /proc by design"}
+
+Per service (``services.<name>.x-dsm``)::
+
+      x-dsm:
+        role: database               # database | cache | web | worker | proxy | one-shot
+        critical: true
+        one_shot: true               # runs to completion (migrations, init); exempt from health rules
+        waive: [{rule: missing-healthcheck, reason: "vendor image, watched by smoke test"}]
+        update: {strategy: planned-downtime}   # rolling | blue-green | planned-downtime | auto
+        backup:
+          dump: ["pg_dumpall", "-U", "postgres"]            # argv run in the container, stdout = dump
+          restore: ["psql", "-U", "postgres"]               # argv run in the container, stdin = dump
+        smoke:
+          - {http: "http://127.0.0.1:8080/health", expect_status: 200, timeout_s: 5}
+          - {exec: ["pg_isready", "-U", "postgres"], expect_exit: 0}
+        recovery: {max_restarts: 3, window_s: 600}
+
+Simple values have label equivalents on the service: ``dsm.role``, ``dsm.critical``,
+``dsm.one-shot``, ``dsm.strategy``, ``dsm.waive`` (comma-separated rule ids). ``x-dsm`` wins
+over a label. Compose drops service-level ``x-`` keys when it renders, so service settings are
+read from the screened source files; top-level ones survive rendering.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from server.errors import DsmError
+
+Role = Literal["database", "cache", "web", "worker", "proxy", "one-shot"]
+Strategy = Literal["auto", "rolling", "blue-green", "planned-downtime"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Waiver(_Strict):
+    rule: str
+    reason: str = Field(min_length=1, description="Why the rule does not apply; shown with the waived finding.")
+    services: list[str] | None = Field(default=None, description="Top level only: services it covers (all if null).")
+
+
+class Policy(_Strict):
+    severity: dict[str, Literal["error", "warning", "info", "off"]] = Field(default_factory=dict)
+    waive: list[Waiver] = Field(default_factory=list)
+
+
+class SmokeCheck(_Strict):
+    http: str | None = None
+    exec: list[str] | None = None
+    expect_status: int = 200
+    expect_exit: int = 0
+    timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @field_validator("exec")
+    @classmethod
+    def _argv(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("exec needs at least one argument")
+        return v
+
+
+class BackupHooks(_Strict):
+    dump: list[str] | None = None
+    restore: list[str] | None = None
+
+
+class Recovery(_Strict):
+    max_restarts: int = Field(default=3, ge=0, le=100)
+    window_s: int = Field(default=600, ge=10, le=86_400)
+
+
+class UpdateSettings(_Strict):
+    strategy: Strategy = "auto"
+
+
+class StackSettings(_Strict):
+    environment: Literal["production", "staging", "development"] = "production"
+    critical: bool = False
+    policy: Policy = Field(default_factory=Policy)
+
+
+class ServiceSettings(_Strict):
+    role: Role | None = None
+    critical: bool = False
+    one_shot: bool = Field(default=False, alias="one-shot")
+    waive: list[Waiver] = Field(default_factory=list)
+    update: UpdateSettings = Field(default_factory=UpdateSettings)
+    backup: BackupHooks = Field(default_factory=BackupHooks)
+    smoke: list[SmokeCheck] = Field(default_factory=list)
+    recovery: Recovery = Field(default_factory=Recovery)
+
+    @property
+    def is_one_shot(self) -> bool:
+        return self.one_shot or self.role == "one-shot"
+
+
+class XdsmInvalid(DsmError):
+    """An ``x-dsm`` block does not follow the schema."""
+
+
+def parse_stack_settings(raw: Any) -> StackSettings:
+    """Validate the top-level ``x-dsm`` block (``None`` gives the defaults)."""
+    if raw is None:
+        return StackSettings()
+    try:
+        return StackSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise XdsmInvalid(f"top-level x-dsm is invalid: {_brief(exc)}", next_step="fix the x-dsm block") from None
+
+
+def parse_service_settings(service: str, raw: Any, labels: dict[str, str] | None = None) -> ServiceSettings:
+    """Merge ``dsm.*`` labels under the service's ``x-dsm`` block and validate the result."""
+    merged: dict[str, Any] = {}
+    for key, value in (labels or {}).items():
+        if key == "dsm.role":
+            merged["role"] = value
+        elif key == "dsm.critical":
+            merged["critical"] = str(value).lower() in {"1", "true", "yes"}
+        elif key == "dsm.one-shot":
+            merged["one-shot"] = str(value).lower() in {"1", "true", "yes"}
+        elif key == "dsm.strategy":
+            merged["update"] = {"strategy": value}
+        elif key == "dsm.waive":
+            merged["waive"] = [
+                {"rule": r.strip(), "reason": "waived by label dsm.waive"} for r in str(value).split(",") if r.strip()
+            ]
+    if raw is not None and not isinstance(raw, dict):
+        raise XdsmInvalid(f"x-dsm of service {service!r} must be a mapping, got {type(raw).__name__}")
+    merged.update(raw or {})
+    try:
+        return ServiceSettings.model_validate(merged)
+    except ValidationError as exc:
+        raise XdsmInvalid(
+            f"x-dsm of service {service!r} is invalid: {_brief(exc)}", next_step="fix the service's x-dsm block"
+        ) from None
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()[:5])

@@ -1,0 +1,74 @@
+"""What every tool module shares: annotations, error mapping, progress.
+
+Only :class:`ToolError` text reaches the model (the SDK turns any other exception into a bare
+"Error executing tool"), so every tool is wrapped by :func:`tool_errors`: our own errors pass
+through with their message (scrubbed of secrets); anything else is logged to stderr with its
+traceback and reported as an internal error that says the state is unknown.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+
+from server.errors import DsmError
+from server.redact import Scrubber
+
+log = logging.getLogger("docker_stack_mcp.tools")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+"""Observes only; safe to call any time, any number of times."""
+CHANGES_IDEMPOTENT = ToolAnnotations(
+    read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+)
+"""Writes our own state (memory, journal) but never touches containers; repeating is harmless."""
+CHANGES_STACKS = ToolAnnotations(
+    read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True
+)
+"""Changes running containers, volumes or files under the stacks root."""
+
+
+def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Map exceptions to model-facing tool errors. Keeps the signature for the SDK's schema."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except ToolError:
+            raise
+        except DsmError as exc:
+            log.info("tool %s refused: %s", fn.__name__, Scrubber()(str(exc)))
+            raise ToolError(Scrubber()(str(exc))) from None
+        except Exception as exc:
+            log.exception("tool %s failed unexpectedly", fn.__name__)
+            raise ToolError(
+                f"{fn.__name__} failed with an internal error ({type(exc).__name__}). State: unknown; "
+                "the server logged the details to stderr. Next: call a read-only tool such as list_stacks "
+                "to see the current state before retrying."
+            ) from None
+
+    return wrapper
+
+
+async def progress(ctx: Context | None, done: float, total: float, message: str) -> None:
+    """Report progress when the client asked for it; never fail a tool because it did not."""
+    if ctx is None:
+        return
+    try:
+        await ctx.report_progress(done, total, message)
+    except Exception:  # a client that went away must not abort the operation itself
+        log.debug("progress notification not delivered", exc_info=True)
+
+
+def drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v is not None}
