@@ -6,10 +6,13 @@ Registration only defines functions; nothing connects to Docker or opens the mem
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Icon, MCPServer
+from mcp.types import ToolAnnotations
 
 from server import __version__
 from server.runtime import Runtime
@@ -23,6 +26,37 @@ Record what you learn with record_incident. Stacks outside the stacks root are o
 Tool errors say what happened, the state now, and what to call next."""
 
 
+log = logging.getLogger("docker_stack_mcp.app")
+
+
+class DockerStackServer(MCPServer[Runtime]):
+    """MCPServer that enforces DSM_READ_ONLY at registration, in one place for every tool family.
+
+    A tool is published in read-only mode only when its annotations say ``readOnlyHint``; a tool
+    without annotations is treated as one that changes things.
+    """
+
+    def __init__(self, *, read_only: bool, **kwargs: Any) -> None:
+        self.read_only = read_only
+        super().__init__(**kwargs)
+
+    def add_tool(
+        self,
+        fn: Callable[..., Any],
+        name: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        annotations: ToolAnnotations | None = None,
+        icons: list[Icon] | None = None,
+        meta: dict[str, Any] | None = None,
+        structured_output: bool | None = None,
+    ) -> None:
+        if self.read_only and not (annotations and annotations.read_only_hint):
+            log.debug("DSM_READ_ONLY: not registering %s", name or fn.__name__)
+            return
+        super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
+
+
 def build_server(settings: Settings, runtime: Runtime | None = None) -> MCPServer:
     runtime = runtime or Runtime(settings)
 
@@ -33,7 +67,8 @@ def build_server(settings: Settings, runtime: Runtime | None = None) -> MCPServe
         finally:
             runtime.close()
 
-    server: MCPServer = MCPServer(
+    server = DockerStackServer(
+        read_only=settings.read_only,
         name="docker-stack",
         version=__version__,
         instructions=INSTRUCTIONS,

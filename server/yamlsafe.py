@@ -180,6 +180,8 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> UnsafeYaml:
     line = mark.line + 1 if mark is not None else None
     column = mark.column + 1 if mark is not None else None
     problem = exc.problem or "invalid YAML"
+    if "nesting depth" in problem:  # libyaml's own guard fired before ours could
+        return _limit(f"{name} nests deeper than {MAX_DEPTH} levels", mark)
     context = f" {exc.context}" if exc.context else ""
     where = f" at line {line}, column {column}" if line else ""
     return UnsafeYaml(

@@ -9,6 +9,7 @@ traceback and reported as an internal error that says the state is unknown.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
@@ -57,6 +58,8 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 "to see the current state before retrying."
             ) from None
 
+    # The SDK publishes the docstring as the tool's description: strip the code indentation.
+    wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")
     return wrapper
 
 

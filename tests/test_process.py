@@ -1,0 +1,56 @@
+"""The process choke point: timeouts kill the whole group, output is bounded."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from server.compose import client_env
+from server.process import run_argv
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+@pytest.mark.anyio
+async def test_timeout_kills_grandchildren(tmp_path) -> None:
+    marker = tmp_path / "pid"
+    # The shell starts a grandchild that ignores SIGTERM, as the compose plugin outlives the CLI.
+    script = f"sh -c 'trap \"\" TERM; echo $$ > {marker}; sleep 30' & wait"
+    start = time.monotonic()
+    result = await run_argv(["sh", "-c", script], timeout_s=1, env=ENV, term_grace_s=0.5)
+    assert result.timed_out and result.returncode == -9
+    assert time.monotonic() - start < 5
+    pid = int(marker.read_text())
+    time.sleep(0.2)
+    assert _gone_or_zombie(pid)
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    # An orphan that was killed may linger as a zombie until PID 1 reaps it: it no longer runs.
+    try:
+        status = open(f"/proc/{pid}/status").read()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status
+
+
+@pytest.mark.anyio
+async def test_output_is_bounded_and_exit_code_kept() -> None:
+    result = await run_argv(["sh", "-c", "head -c 200000 /dev/zero; exit 3"], timeout_s=10, env=ENV,
+                            max_output=1000)
+    assert result.returncode == 3 and result.truncated and len(result.stdout) == 1000
+
+
+@pytest.mark.anyio
+async def test_stdin_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_OF_SERVER", "hunter22")
+    monkeypatch.setenv("COMPOSE_PROJECT_NAME", "stray")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///var/run/docker.sock")
+    env = client_env({"TAG": "1.0"})
+    assert "SECRET_OF_SERVER" not in env and "COMPOSE_PROJECT_NAME" not in env
+    assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock" and env["TAG"] == "1.0"
+    result = await run_argv(["sh", "-c", "cat; echo ${SECRET_OF_SERVER:-unset} $TAG"], timeout_s=10, env=env,
+                            stdin=b"hello ")
+    assert result.stdout.split() == ["hello", "unset", "1.0"]
