@@ -1,0 +1,145 @@
+"""A scripted MCP session over real stdio, printed for a person to read.
+
+It copies the example stacks to .cache/demo/stacks (the demo's stacks root), starts the
+`homepage` stack on the real engine, spawns `docker-stack-mcp` as an MCP client would, and calls
+the tools one by one, showing what the calling agent would see. Run it with `make demo`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / ".cache" / "demo"
+ROOT = DEMO / "stacks"
+EXE = Path(sys.executable).parent / "docker-stack-mcp"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def banner(text: str) -> None:
+    say()
+    say("=" * 78)
+    say(text)
+    say("=" * 78)
+
+
+def prepare() -> None:
+    if ROOT.exists():
+        subprocess.run(["docker", "compose", "down", "--volumes", "--timeout", "5"], cwd=ROOT / "homepage",
+                       capture_output=True, timeout=120)
+        shutil.rmtree(DEMO)
+    shutil.copytree(REPO / "examples" / "stacks", ROOT)
+    (ROOT / "homepage" / "db_password.txt").write_text(secrets.token_urlsafe(18) + "\n")
+    say("(setup) starting the example stack `homepage` with docker compose up --wait ...")
+    up = subprocess.run(["docker", "compose", "up", "-d", "--wait", "--wait-timeout", "120"],
+                        cwd=ROOT / "homepage", capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        say(up.stderr[-2000:])
+        raise SystemExit("the example stack did not start; is the engine provisioned? (make provision)")
+
+
+def show_list(out: dict[str, Any]) -> None:
+    say(f"stacks root: {out['stacks_root']}")
+    for s in out["stacks"]:
+        say(f"  {s['name']:<12} {s['state']:<13} {s['running']}/{s['containers']} running, "
+            f"{s['healthy']} healthy   services: {', '.join(s['services'])}")
+    for p in out["other_projects"]:
+        say(f"  (observed) {p['name']:<12} {p['running']}/{p['containers']} running  in {p['working_dir']}")
+    for problem in out["problems"]:
+        say(f"  problem: {problem}")
+
+
+def show_inspect(out: dict[str, Any]) -> None:
+    if not out["rendered"]:
+        show_findings(out)
+        return
+    say(f"stack {out['stack']} ({', '.join(out['files'])}), x-dsm: {out['settings'] or '{}'}")
+    for s in out["services"]:
+        ports = ", ".join(f"{p['host_ip'] or '*'}:{p['published']}->{p['target']}" for p in s["ports"]) or "-"
+        mem = f"{s['memory_limit_bytes'] // 2**20} MiB" if s["memory_limit_bytes"] else "no limit"
+        say(f"  {s['name']:<5} {s['image']:<24} ports {ports:<24} mem {mem:<9} "
+            f"healthcheck {'yes' if s['healthcheck'] else 'NO'}  role {s['dsm'].get('role', '-')}")
+        if s["environment"]:
+            say(f"        environment: {s['environment']}")
+
+
+def show_findings(out: dict[str, Any]) -> None:
+    for f in out["findings"]:
+        where = f" line {f['line']}" if f.get("line") else ""
+        svc = f" [{f['service']}]" if f.get("service") else ""
+        say(f"  {f['severity'].upper():<7} {f['rule']}{svc}{where}: {f['message']}")
+        if f.get("fix"):
+            say(textwrap.indent(f"fix: {f['fix']}", "          "))
+
+
+Step = tuple[str, str, dict[str, Any], Callable[[dict[str, Any]], None]]
+STEPS: list[Step] = [
+    ("What runs here? The agent always starts by looking.", "list_stacks", {}, show_list),
+    ("Read one stack as Compose renders it (secrets are never shown).", "inspect_stack",
+     {"path": "homepage"}, show_inspect),
+    ("A broken stack: the model gets findings with lines, not a stack trace.", "inspect_stack",
+     {"path": "broken", "env": {}}, show_inspect),
+]
+ERROR_STEPS = [
+    ("Hostile input: a path that leaves the stacks root is refused.", "inspect_stack",
+     {"path": "../../etc/passwd"}),
+    ("Hostile input: an argument that looks like a flag is refused.", "inspect_stack", {"path": "--help"}),
+]
+
+
+async def session() -> None:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DSM_STACKS_ROOT": str(ROOT),
+           "DSM_STATE_DIR": str(DEMO / "state"), "DSM_LOG_LEVEL": "WARNING"}
+    if os.environ.get("DSM_EMBEDDING_MODEL_PATH"):
+        env["DSM_EMBEDDING_MODEL_PATH"] = os.environ["DSM_EMBEDDING_MODEL_PATH"]
+    banner(f"spawning {EXE.name} over stdio, as Claude Code would")
+    async with Client(StdioServerParameters(command=str(EXE), args=[], env=env)) as client:
+        tools = (await client.list_tools()).tools
+        say(f"tools: {', '.join(t.name for t in tools)}")
+        prompts = (await client.list_prompts()).prompts
+        say(f"prompts: {', '.join(p.name for p in prompts)}")
+        for title, tool, args, show in STEPS:
+            banner(f"{title}\n> {tool}({json.dumps(args)})")
+            result = await client.call_tool(tool, args)
+            if result.is_error:
+                say(f"  tool error: {result.content[0].text}")
+            else:
+                show(result.structured_content or {})
+        for title, tool, args in ERROR_STEPS:
+            banner(f"{title}\n> {tool}({json.dumps(args)})")
+            result = await client.call_tool(tool, args)
+            say(textwrap.fill(f"tool error: {result.content[0].text}", 100, subsequent_indent="  "))
+
+
+def main() -> None:
+    banner("docker-stack-mcp demo")
+    prepare()
+    try:
+        anyio.run(session)
+    finally:
+        say()
+        say("(teardown) stopping the example stack")
+        subprocess.run(["docker", "compose", "down", "--volumes", "--timeout", "5"], cwd=ROOT / "homepage",
+                       capture_output=True, timeout=120)
+    say("demo finished")
+
+
+if __name__ == "__main__":
+    main()
