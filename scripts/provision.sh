@@ -12,6 +12,7 @@
 #
 # Environment overrides: DSM_COMPOSE_BIN (compose binary to link), DSM_STATE_DIR, DSM_CACHE_DIR,
 # DSM_DEBIAN_MIRROR, DSM_BUSYBOX_BIN, DSM_DOCKERD_LOG.
+# shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ MODE=provision
 for arg in "$@"; do
     case "$arg" in
         --check) MODE=check ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ && !/shellcheck/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; exit 0 ;;
         *) echo "provision: ERROR: unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -50,7 +51,7 @@ T0=$SECONDS
 env_file_content() {
     local reg="127.0.0.1:$REGISTRY_PORT"
     cat <<ENV
-# Written by scripts/provision.sh; regenerated on every run. KEY=value, no quoting.
+# Written by scripts/provision.sh (rewritten only when a fact changes). KEY=value, no quoting.
 DSM_TEST_DOCKER_HOST=$(docker_endpoint)
 DSM_TEST_ENGINE_VERSION=$(dk version --format '{{.Server.Version}}' 2>/dev/null)
 DSM_TEST_COMPOSE_PLUGIN=$(compose_plugin_path)
@@ -148,7 +149,7 @@ ensure_engine
 ensure_compose
 ensure_registry
 ensure_images
-smoke_test_fresh
+smoke_test_images
 ensure_pushed "$IMG_WEB_10"
 ensure_pushed "$IMG_WEB_11"
 

@@ -56,6 +56,7 @@ import socket, sys
 pref = int(sys.argv[1])
 for port in ([pref] if pref else []) + [0]:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a just-stopped registry leaves TIME_WAIT
     try:
         s.bind(("127.0.0.1", port))
     except OSError:

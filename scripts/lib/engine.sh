@@ -7,10 +7,11 @@ DSM_DOCKERD_LOG=${DSM_DOCKERD_LOG:-/var/log/dsm-dockerd.log}
 apt_install() {
     [ "$#" -gt 0 ] || return 0
     log "installing Debian packages: $* (apt-get update + install)"
-    export DEBIAN_FRONTEND=noninteractive
-    timeout 900 apt-get -o DPkg::Lock::Timeout=300 -qq update >&2 \
+    export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
+    # 9>&-: a daemon started by a package script must not inherit the provision.lock descriptor.
+    timeout 900 apt-get -o DPkg::Lock::Timeout=300 -qq update >&2 9>&- \
         || die "apt-get update failed" "check /etc/apt/sources.list* and network access to the Debian mirror"
-    timeout 1800 apt-get -o DPkg::Lock::Timeout=300 -qq -y --no-install-recommends install "$@" >&2 \
+    timeout 1800 apt-get -o DPkg::Lock::Timeout=300 -qq -y --no-install-recommends --no-upgrade install "$@" >&2 9>&- \
         || die "apt-get install $* failed" "run it by hand to see why: apt-get install $*"
 }
 
@@ -53,10 +54,11 @@ docker_endpoint() {
 # start_dockerd [EXTRA_FLAGS...] : start a dockerd detached from this script; wait up to 60 s.
 start_dockerd() {
     local pid
-    log "starting dockerd $* in the background (log: $DSM_DOCKERD_LOG)"
+    log "starting dockerd${*:+ $*} in the background (log: $DSM_DOCKERD_LOG)"
     mkdir -p "$(dirname "$DSM_DOCKERD_LOG")"
     printf '\n==== %s provision.sh: dockerd %s\n' "$(date -Is)" "$*" >>"$DSM_DOCKERD_LOG"
-    setsid nohup dockerd "$@" >>"$DSM_DOCKERD_LOG" 2>&1 </dev/null &
+    # 9>&-: the daemon must not inherit (and hold forever) the provision.lock descriptor.
+    setsid nohup dockerd "$@" >>"$DSM_DOCKERD_LOG" 2>&1 </dev/null 9>&- &
     pid=$!
     local deadline=$((SECONDS + 60))
     while [ "$SECONDS" -lt "$deadline" ]; do

@@ -57,8 +57,6 @@ legacy_build() {
     [ "$old" = "$(image_id "$tag")" ] || drop_if_dangling "$old"
 }
 
-FRESH_IMAGES=()
-
 ensure_busybox_image() {
     local fp
     fp=$(fp_busybox)
@@ -79,7 +77,6 @@ ensure_busybox_image() {
         --message 'docker-stack-mcp test base (busybox-static)' \
         - "$IMG_BUSYBOX" >/dev/null || die "docker import of $IMG_BUSYBOX failed"
     drop_if_dangling "$old"
-    FRESH_IMAGES+=("$IMG_BUSYBOX")
 }
 
 # ensure_web_image TAG VERSION BROKEN TARGET
@@ -93,7 +90,6 @@ ensure_web_image() {
     log "building $tag (docker build, legacy builder, offline)"
     legacy_build "$tag" "$fp" "$IMAGES_DIR/web" --target "$target" \
         --build-arg "BASE=$IMG_BUSYBOX" --build-arg "VERSION=$version" --build-arg "BROKEN=$broken"
-    FRESH_IMAGES+=("$tag")
 }
 
 # Debian mirror for debootstrap: DSM_DEBIAN_MIRROR, else the first main-archive source apt
@@ -211,7 +207,6 @@ ensure_pg_images() {
     fi
     log "building $IMG_PG (docker build, legacy builder, offline)"
     legacy_build "$IMG_PG" "$fp" "$IMAGES_DIR/postgres" --build-arg "BASE=$IMG_PG_ROOTFS"
-    FRESH_IMAGES+=("$IMG_PG")
 }
 
 ensure_images() {
@@ -232,13 +227,11 @@ smoke_cleanup() {
     SMOKE_CONTAINERS=()
 }
 
-smoke_run() { # IMAGE [docker run args...] -> prints container id
+smoke_run() { # IMAGE [docker run args...] -> sets SMOKE_NAME (no subshell: the list must persist)
     local image=$1; shift
-    local name
-    name="dsm-provision-smoke-$$-${#SMOKE_CONTAINERS[@]}"
-    SMOKE_CONTAINERS+=("$name")
-    dk run -d --name "$name" --label dsm.test=1 "$@" "$image" >/dev/null
-    printf '%s\n' "$name"
+    SMOKE_NAME="dsm-provision-smoke-$$-${#SMOKE_CONTAINERS[@]}"
+    SMOKE_CONTAINERS+=("$SMOKE_NAME")
+    dk run -d --name "$SMOKE_NAME" --label dsm.test=1 "$@" "$image" >/dev/null || smoke_fail "$image" "docker run failed"
 }
 
 # smoke_wait NAME WANT(healthy|exited|running) SECONDS
@@ -266,35 +259,45 @@ smoke_fail() { # IMAGE MESSAGE
     die "smoke test of freshly built $1 failed: $2" "the image was removed; fix the recipe and re-run"
 }
 
-smoke_test_fresh() {
-    local image name out
-    [ "${#FRESH_IMAGES[@]}" -gt 0 ] || return 0
-    for image in "${FRESH_IMAGES[@]}"; do
+# Every image id is smoke-tested once; a marker file per passed id makes later runs skip it
+# (also covers images built by a run that was interrupted before its smoke tests).
+SMOKE_DIR=${DSM_STATE_DIR}/smoke-ok
+smoke_marker() { local id; id=$(image_id "$1"); [ -n "$id" ] && printf '%s/%s\n' "$SMOKE_DIR" "${id#sha256:}"; }
+
+smoke_test_images() {
+    local image name out marker
+    for image in "$IMG_BUSYBOX" "$IMG_WEB_10" "$IMG_WEB_11" "$IMG_WEB_BROKEN" "$IMG_WEB_NOHC" "$IMG_PG"; do
+        marker=$(smoke_marker "$image") || smoke_fail "$image" "image missing"
+        [ -f "$marker" ] && continue
+        log "smoke testing $image"
         case "$image" in
             "$IMG_BUSYBOX")
+                # shellcheck disable=SC2016  # $a expands inside the container
                 out=$(dk run --rm --label dsm.test=1 "$image" sh -c 'for a in httpd wget nc sleep cat echo; do command -v $a >/dev/null || exit 1; done; echo ok' 2>&1) \
                     && [ "$out" = ok ] || smoke_fail "$image" "applets missing ($out)" ;;
             "$IMG_WEB_10" | "$IMG_WEB_11")
-                name=$(smoke_run "$image")
+                smoke_run "$image"; name=$SMOKE_NAME
                 smoke_wait "$name" healthy 30 || smoke_fail "$image" "did not become healthy"
                 out=$(dk exec "$name" wget -qO- http://127.0.0.1/)
                 [ "$out" = "web ${image##*:}" ] || smoke_fail "$image" "served '$out'" ;;
             "$IMG_WEB_NOHC")
-                name=$(smoke_run "$image")
+                smoke_run "$image"; name=$SMOKE_NAME
                 smoke_wait "$name" running 10 || smoke_fail "$image" "not running"
                 wait_until 10 "$image to serve" dk exec "$name" wget -qO- http://127.0.0.1/ || smoke_fail "$image" "does not serve"
                 [ "$(dk image inspect --format '{{.Config.Healthcheck}}' "$image")" = "<nil>" ] || smoke_fail "$image" "has a healthcheck" ;;
             "$IMG_WEB_BROKEN")
-                name=$(smoke_run "$image")
+                smoke_run "$image"; name=$SMOKE_NAME
                 smoke_wait "$name" exited 30 || smoke_fail "$image" "did not exit"
                 [ "$SMOKE_EXIT" = 1 ] || smoke_fail "$image" "exit code $SMOKE_EXIT, want 1" ;;
             "$IMG_PG")
-                name=$(smoke_run "$image" -e POSTGRES_PASSWORD=smoke)
+                smoke_run "$image" -e POSTGRES_PASSWORD=smoke; name=$SMOKE_NAME
                 smoke_wait "$name" healthy 120 || smoke_fail "$image" "did not become healthy"
                 out=$(dk exec "$name" psql -U postgres -tAc 'select 1' 2>&1) && [ "$out" = 1 ] \
                     || smoke_fail "$image" "psql select 1 gave: $out" ;;
         esac
+        smoke_cleanup
+        mkdir -p "$SMOKE_DIR"
+        : >"$marker"
         log "smoke test ok: $image"
     done
-    smoke_cleanup
 }

@@ -60,7 +60,8 @@ http:
 YAML
     log "starting registry on 127.0.0.1:$port (storage $REG_DATA, log $REG_LOG)"
     printf '\n==== %s provision.sh: registry on port %s\n' "$(date -Is)" "$port" >>"$REG_LOG"
-    setsid nohup docker-registry serve "$REG_CONFIG" >>"$REG_LOG" 2>&1 </dev/null &
+    # 9>&-: the daemon must not inherit (and hold forever) the provision.lock descriptor.
+    setsid nohup docker-registry serve "$REG_CONFIG" >>"$REG_LOG" 2>&1 </dev/null 9>&- &
     echo $! >"$REG_PIDFILE"
     echo "$port" >"$REG_PORTFILE"
     if ! wait_until 20 "registry on 127.0.0.1:$port" registry_answers "$port"; then
@@ -76,7 +77,7 @@ MANIFEST_ACCEPT='application/vnd.docker.distribution.manifest.v2+json, applicati
 registry_digest() {
     curl -fsS -I --connect-timeout 2 --max-time 5 -H "Accept: $MANIFEST_ACCEPT" \
         "http://127.0.0.1:$REGISTRY_PORT/v2/$1/manifests/$2" 2>/dev/null \
-        | tr -d '\r' | awk -F': *' 'tolower($1)=="docker-content-digest" {print $2}'
+        | tr -d '\r' | awk 'tolower($0) ~ /^docker-content-digest:/ {sub(/^[^:]*: */, ""); print}'
 }
 
 # registry_current IMAGE(repo:tag) -> true when the registry holds exactly the local image.

@@ -26,7 +26,7 @@ else
 fi
 for applet in sh httpd wget nc sleep cat echo; do
     if [ ! -e "$root/bin/$applet" ] && [ ! -e "$root/usr/bin/$applet" ] && [ ! -e "$root/sbin/$applet" ] && [ ! -e "$root/usr/sbin/$applet" ]; then
-        echo "mkrootfs.sh: busybox at $bb lacks the '$applet' applet" >&2
+        echo "provision: busybox rootfs: busybox at $bb lacks the '$applet' applet" >&2
         exit 1
     fi
 done

@@ -88,6 +88,7 @@ MSG
         fi
         for f in /docker-entrypoint-initdb.d/*; do
             [ -e "$f" ] || continue
+            # shellcheck disable=SC1090  # init scripts are sourced, like the official image does
             case "$f" in
                 *.sh) echo "entrypoint: running $f" >&2; . "$f" ;;
                 *.sql) echo "entrypoint: running $f" >&2; "${psql_q[@]}" --dbname "$POSTGRES_DB" -f "$f" >&2 ;;

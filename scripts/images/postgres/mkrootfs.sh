@@ -8,8 +8,8 @@ out=${1:?usage: mkrootfs.sh OUT.tar MIRROR_URL}
 mirror=${2:?usage: mkrootfs.sh OUT.tar MIRROR_URL}
 suite=${DSM_PG_SUITE:-bookworm}
 
-[ "$(id -u)" -eq 0 ] || { echo "mkrootfs.sh: must run as root (debootstrap)" >&2; exit 1; }
-command -v debootstrap >/dev/null || { echo "mkrootfs.sh: debootstrap is not installed" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "provision: postgres rootfs: must run as root (debootstrap)" >&2; exit 1; }
+command -v debootstrap >/dev/null || { echo "provision: postgres rootfs: debootstrap is not installed" >&2; exit 1; }
 
 mkdir -p "$(dirname "$out")"
 work=$(mktemp -d "${DSM_BUILD_TMP:-/var/tmp}/dsm-pg-rootfs.XXXXXX")
@@ -31,22 +31,22 @@ cleanup() {
     if unmount_all; then
         rm -rf "$work"
     else
-        echo "mkrootfs.sh: left $work behind (mounts still active under it)" >&2
+        echo "provision: postgres rootfs: left $work behind (mounts still active under it)" >&2
     fi
 }
 trap cleanup EXIT
 
-echo "mkrootfs.sh: debootstrap $suite (minbase + postgresql-15) from $mirror" >&2
+echo "provision: postgres rootfs: debootstrap $suite (minbase + postgresql-15) from $mirror" >&2
 if ! timeout 1500 debootstrap --variant=minbase --include=postgresql-15 "$suite" "$root" "$mirror" >"$log" 2>&1; then
     tail -n 25 "$log" >&2
-    echo "mkrootfs.sh: debootstrap failed (full log was $log)" >&2
+    echo "provision: postgres rootfs: debootstrap failed (full log was $log)" >&2
     exit 1
 fi
 
 # Package scripts must not have left a server running from the chroot.
 for p in /proc/[0-9]*; do
     if [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ]; then
-        echo "mkrootfs.sh: stopping leftover chroot process ${p#/proc/}" >&2
+        echo "provision: postgres rootfs: stopping leftover chroot process ${p#/proc/}" >&2
         kill "${p#/proc/}" 2>/dev/null || true
     fi
 done
@@ -59,10 +59,10 @@ rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/
     "$root"/usr/lib/postgresql/15/lib/bitcode "$root"/usr/lib/postgresql/15/lib/llvmjit* \
     "$root"/usr/lib/x86_64-linux-gnu/libLLVM-* "$root"/usr/lib/x86_64-linux-gnu/libz3.so* \
     "$root"/var/log/*.log "$root"/var/log/apt/* "$root"/var/cache/debconf/*-old
-[ -x "$root/usr/lib/postgresql/15/bin/postgres" ] || { echo "mkrootfs.sh: postgres binary missing from rootfs" >&2; exit 1; }
+[ -x "$root/usr/lib/postgresql/15/bin/postgres" ] || { echo "provision: postgres rootfs: postgres binary missing from rootfs" >&2; exit 1; }
 
-unmount_all || { echo "mkrootfs.sh: could not unmount everything under $root" >&2; exit 1; }
+unmount_all || { echo "provision: postgres rootfs: could not unmount everything under $root" >&2; exit 1; }
 tar --numeric-owner -C "$root" --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
     -cf "$out.tmp" .
 mv -f "$out.tmp" "$out"
-echo "mkrootfs.sh: wrote $out ($(du -h "$out" | cut -f1))" >&2
+echo "provision: postgres rootfs: wrote $out ($(du -h "$out" | cut -f1))" >&2
