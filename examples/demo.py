@@ -86,13 +86,36 @@ def show_findings(out: dict[str, Any]) -> None:
             say(textwrap.indent(f"fix: {f['fix']}", "          "))
 
 
+def show_validation(out: dict[str, Any]) -> None:
+    say(out["summary"])
+    for note in out["notes"]:
+        say(f"  note: {note}")
+    show_findings(out)
+
+
+def show_resources(out: dict[str, Any]) -> None:
+    say(out["summary"])
+    for figure, how in out["host"]["source"].items():
+        say(f"  {figure:<24} {how}")
+    for c in out["top_memory"]:
+        limit = f"{c['memory_limit_bytes'] // 2**20} MiB" if c["memory_limit_bytes"] else "no limit"
+        say(f"  {c['name']:<28} {(c['memory_bytes'] or 0) / 2**20:7.1f} MiB (limit {limit}), cpu {c['cpu_percent']}%")
+    if out["requested"] is not None:
+        say(f"  requested {out['requested']['memory_bytes'] // 2**20} MiB, sufficient: {out['sufficient']}")
+    show_findings(out)
+
+
 Step = tuple[str, str, dict[str, Any], Callable[[dict[str, Any]], None]]
 STEPS: list[Step] = [
     ("What runs here? The agent always starts by looking.", "list_stacks", {}, show_list),
     ("Read one stack as Compose renders it (secrets are never shown).", "inspect_stack",
      {"path": "homepage"}, show_inspect),
-    ("A broken stack: the model gets findings with lines, not a stack trace.", "inspect_stack",
-     {"path": "broken", "env": {}}, show_inspect),
+    ("Pre-flight the running stack: the go/no-go gate, on the live host.", "validate_compose",
+     {"path": "homepage"}, show_validation),
+    ("Pre-flight a broken stack: every finding with its line and a fix.", "validate_compose",
+     {"path": "broken"}, show_validation),
+    ("Is there room? Host capacity, the biggest containers, and what homepage reserves.", "check_resources",
+     {"path": "homepage"}, show_resources),
 ]
 ERROR_STEPS = [
     ("Hostile input: a path that leaves the stacks root is refused.", "inspect_stack",

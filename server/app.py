@@ -75,8 +75,9 @@ def build_server(settings: Settings, runtime: Runtime | None = None) -> MCPServe
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import stacks
+    from tools import preflight, stacks
 
     stacks.register(server, runtime)
+    preflight.register(server, runtime)
     register_prompts(server)
     return server

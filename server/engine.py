@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 
@@ -28,6 +28,7 @@ SERVICE_LABEL = "com.docker.compose.service"
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"
 _HEALTH_IN_STATUS = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 _API_TIMEOUT_S = 30
+RegistryState = Literal["present", "absent", "unreachable"]
 
 
 class Engine:
@@ -119,6 +120,80 @@ class Engine:
 
         return await self.call(get, f"inspect image {ref}")
 
+    # -- host preflight ---------------------------------------------------------------------
+    def endpoint_url(self) -> str:
+        """Where the engine is: DOCKER_HOST, else the current context's host, else the default socket.
+
+        No I/O beyond reading the docker context; used to decide whether host figures can be read
+        from this machine (a unix socket) or must come through the API (tcp://, ssh://).
+        """
+        if self.settings.docker_host:
+            return self.settings.docker_host
+        try:
+            from docker.context import ContextAPI
+
+            context = ContextAPI.get_current_context()
+        except Exception:  # same tolerance as _client_from_context
+            context = None
+        if context is not None and context.Name != "default" and context.Host:
+            return str(context.Host)
+        return "unix:///var/run/docker.sock"
+
+    async def running_containers(self) -> list[RunningContainer]:
+        """Every running container (Compose or not), with its full id. One API call."""
+        rows = await self.call(lambda c: c.api.containers(all=False), "list containers")
+        return [RunningContainer(full_id=row.get("Id", ""), summary=ContainerSummary.from_api(row)) for row in rows]
+
+    async def registry_state(self, ref: str, timeout_s: float) -> tuple[RegistryState, str]:
+        """Ask the engine whether ``ref``'s registry has it, without pulling (distribution inspect).
+
+        Returns ``(state, detail)`` with state ``present``, ``absent`` (the registry answered: no
+        such manifest, or it needs a login) or ``unreachable`` (no answer within ``timeout_s``,
+        DNS, TLS or connection failures: we could not verify).
+        """
+
+        def get(c: Any) -> tuple[RegistryState, str]:
+            from docker import auth
+            from docker.errors import APIError
+            from requests.exceptions import ReadTimeout
+
+            api = c.api
+            headers = {}
+            registry, _ = auth.resolve_repository_name(ref)
+            header = auth.get_config_header(api, registry)
+            if header:
+                headers["X-Registry-Auth"] = header
+            try:
+                response = api._get(api._url("/distribution/{0}/json", ref), headers=headers, timeout=timeout_s)
+                data = api._result(response, True)
+            except ReadTimeout:
+                return "unreachable", f"could not verify: the registry did not answer within {timeout_s:g}s"
+            except APIError as exc:
+                return _registry_error(exc)
+            digest = ((data or {}).get("Descriptor") or {}).get("digest") or ""
+            return "present", f"registry has it{' at ' + digest if digest else ''}"
+
+        return await self.call(get, f"check the registry for {ref}")
+
+    async def container_stats(self, container_id: str, *, one_shot: bool = False) -> dict[str, Any] | None:
+        """One ``docker stats`` sample; None when the container is gone.
+
+        The engine takes about a second for a full sample (it waits for two CPU readings);
+        ``one_shot`` answers at once, with memory but without a CPU delta (API 1.41+).
+        """
+        from docker.errors import InvalidVersion, NotFound
+
+        def get(c: Any) -> dict[str, Any] | None:
+            try:
+                try:
+                    return dict(c.api.stats(container_id, stream=False, one_shot=one_shot or None))
+                except InvalidVersion:  # engines older than API 1.41
+                    return dict(c.api.stats(container_id, stream=False))
+            except (NotFound, ValueError):  # gone, or an empty body from a container being removed
+                return None
+
+        return await self.call(get, f"read stats of container {container_id[:12]}")
+
 
 @dataclass(frozen=True)
 class ContainerSummary:
@@ -165,6 +240,28 @@ class ContainerSummary:
     def healthy(self) -> bool:
         """Running and either healthy or without a healthcheck to say otherwise."""
         return self.running and self.health in (None, "healthy")
+
+
+@dataclass(frozen=True)
+class RunningContainer:
+    full_id: str
+    """The 64-character id (cgroup paths use it)."""
+    summary: ContainerSummary
+
+
+_ABSENT_HINTS = ("manifest unknown", "not found", "name unknown", "repository does not exist", "unauthorized",
+                 "denied", "no such image")
+
+
+def _registry_error(exc: Any) -> tuple[RegistryState, str]:
+    """Classify a distribution-inspect error: the registry said no, or we could not reach it."""
+    text = str(getattr(exc, "explanation", None) or exc)
+    status = getattr(exc, "status_code", None)
+    lowered = text.lower()
+    if status in (401, 403, 404) or any(h in lowered for h in _ABSENT_HINTS):
+        login = " (or it is private and needs docker login)" if "unauthorized" in lowered or "denied" in lowered else ""
+        return "absent", f"registry answered: {text[:200]}{login}"
+    return "unreachable", f"could not verify: {text[:200]}"
 
 
 def _client_from_context(docker: Any) -> Any:

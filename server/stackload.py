@@ -322,8 +322,7 @@ def compose_error_findings(stderr: str, doc: YamlDocument) -> list[Finding]:
                 evidence=[f"compose: {text[:300]}"],
             )
         ]
-    service_hint = re.search(r"services\.([\w.-]+)", text)
-    service = service_hint.group(1) if service_hint and service_hint.group(1) in _services(doc) else None
+    service, key = _service_and_key(text, doc)
     return [
         Finding(
             rule="compose-invalid",
@@ -331,10 +330,42 @@ def compose_error_findings(stderr: str, doc: YamlDocument) -> list[Finding]:
             category="syntax",
             service=service,
             message=text[:500],
-            line=doc.lines.get("services", service) if service else None,
+            line=(doc.lines.get("services", service, key) if key else doc.lines.get("services", service))
+            if service
+            else None,
             evidence=[f"compose: {text[:300]}"],
         )
     ]
+
+
+_SERVICE_PATH = re.compile(
+    r"services(?:\[['\"]?(?P<bracket>[^\]'\"]+)['\"]?\](?:\.(?P<bkey>[\w-]+))?|\.(?P<dotted>[\w.-]+))"
+)
+_CONTAINER_NAME_CLASH = re.compile(r"can't set container_name and (?P<service>[\w.-]+) as container name")
+_EXTRA_PROPERTY = re.compile(r"additional propert(?:y|ies) '(?P<key>[\w.-]+)'")
+
+
+def _service_and_key(text: str, doc: YamlDocument) -> tuple[str | None, str | None]:
+    """The service (and key in it) a Compose error names: services.web.ports, services[web].mem_limit, ..."""
+    names = _services(doc)
+    for match in _SERVICE_PATH.finditer(text):
+        if match.group("bracket"):
+            name, key = match.group("bracket"), match.group("bkey")
+        else:
+            dotted = match.group("dotted")
+            candidates = [n for n in names if dotted == n or dotted.startswith(n + ".")]
+            if not candidates:
+                continue
+            name = max(candidates, key=len)
+            key = dotted[len(name) + 1 :].split(".")[0] or None
+        if name in names:
+            if key is None and (extra := _EXTRA_PROPERTY.search(text)):
+                key = extra.group("key")
+            return name, key
+    clash = _CONTAINER_NAME_CLASH.search(text)
+    if clash and clash.group("service") in names:
+        return clash.group("service"), "container_name"
+    return None, None
 
 
 _REF_KEYS = {"network": "networks", "volume": "volumes", "secret": "secrets", "config": "configs"}

@@ -1,0 +1,118 @@
+"""The rule catalogue: every rule id, its default severity and family.
+
+Rule ids are a public contract. The calling agent reads them in findings, and users name them
+in ``x-dsm`` policies to change a severity or waive a rule for a service, so an id never changes
+meaning once published. Add rules; do not rename them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from server.models import Finding, Severity
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    severity: Severity
+    category: str
+    summary: str
+    hint: bool = False
+    """Hardening advice: one finding per rule lists every service it applies to."""
+    needs_host: bool = False
+    """Only checked when the live host is (validate_compose check_host=true)."""
+
+
+_RULES: list[Rule] = [
+    # Rendering (reported by server.stackload before any rule runs).
+    Rule("compose-syntax", "error", "syntax", "YAML that does not parse; line and column"),
+    Rule("compose-invalid", "error", "syntax", "Compose rejects the model"),
+    Rule("unsafe-yaml", "error", "security", "YAML refused before parsing: too large, too deep, alias bomb"),
+    Rule("path-outside-root", "error", "security", "a file the stack reads lies outside the stacks root"),
+    Rule("xdsm-invalid", "error", "config", "an x-dsm block does not follow its schema"),
+    Rule("missing-variable", "error", "config", "a required ${VAR:?} has no value"),
+    Rule("undefined-reference", "error", "references", "network, volume, secret, config or service used, not declared"),
+    Rule("dependency-cycle", "error", "dependencies", "services wait for each other in a circle"),
+    # Configuration.
+    Rule("unset-variable", "warning", "config", "${VAR} without a value or default: Compose substitutes ''"),
+    Rule("policy-unknown-reference", "warning", "config", "x-dsm policy names a rule or service that does not exist"),
+    # Reliability.
+    Rule("missing-healthcheck", "error", "reliability", "long-running service without a healthcheck"),
+    Rule(
+        "dependency-without-healthcheck",
+        "error",
+        "reliability",
+        "depends_on condition service_healthy on a service that has no healthcheck: `up` fails",
+    ),
+    Rule("no-restart-policy", "info", "reliability", "long-running service that is not restarted", hint=True),
+    Rule("fixed-container-name", "info", "reliability", "container_name blocks scaling and start-first updates",
+         hint=True),
+    # Resources.
+    Rule("no-resource-limits", "error", "resources", "no memory limit"),
+    Rule("no-cpu-limit", "info", "resources", "memory limit set, CPU limit not"),
+    Rule("cpu-limit-exceeds-host", "error", "resources", "a CPU limit above the host's CPU count", needs_host=True),
+    Rule(
+        "insufficient-resources",
+        "error",
+        "resources",
+        "the memory the stack reserves does not fit what the host has free",
+        needs_host=True,
+    ),
+    Rule("disk-space", "error", "resources", "Docker's root filesystem is nearly full", needs_host=True),
+    Rule("host-pressure", "error", "resources", "host memory or CPU above 95% in use", needs_host=True),
+    # Network.
+    Rule("port-conflict", "error", "network", "a host port published twice, or already bound on the host"),
+    # Images.
+    Rule("image-unpinned", "warning", "images", "`latest` or no tag"),
+    Rule("image-no-digest", "info", "images", "a tag without a digest can change under you", hint=True),
+    Rule("image-unavailable", "error", "images", "image neither local nor in its registry", needs_host=True),
+    Rule("image-unverified", "warning", "images", "the image's registry could not be reached", needs_host=True),
+    # Security.
+    Rule("plaintext-secret", "warning", "security", "a credential written as a literal in the compose file"),
+    Rule("privileged", "error", "security", "privileged: true gives the container the host"),
+    Rule("docker-socket", "error", "security", "the Docker socket mounted: root on the host"),
+    Rule("host-namespace", "error", "security", "host pid/ipc namespace (error) or network/uts/userns (warning)"),
+    Rule("host-path-mount", "error", "security", "a sensitive host path bind-mounted (read-only: warning)"),
+    Rule("dangerous-capability", "error", "security", "cap_add of an escape-grade capability"),
+    Rule("unconfined-security-profile", "warning", "security", "seccomp/apparmor/SELinux confinement disabled"),
+    # Hardening hints (info).
+    Rule("no-cap-drop", "info", "hardening", "capabilities not dropped (cap_drop: [ALL])", hint=True),
+    Rule("writable-rootfs", "info", "hardening", "root filesystem writable (read_only: true)", hint=True),
+    Rule("no-new-privileges", "info", "hardening", "security_opt no-new-privileges:true missing", hint=True),
+    Rule("root-user", "info", "hardening", "runs as root (no user:, none in the image)", hint=True),
+    Rule("no-log-rotation", "info", "hardening", "json-file logs without max-size grow without bound", hint=True),
+    Rule("bind-mount-data", "info", "hardening", "data in a bind mount rather than a named volume", hint=True),
+    # Host-level problems that stop the checks themselves.
+    Rule("engine-unreachable", "error", "host", "the Docker engine could not be reached", needs_host=True),
+]
+
+RULES: dict[str, Rule] = {r.id: r for r in _RULES}
+
+DEVELOPMENT_RELAXED: frozenset[str] = frozenset({"image-unpinned"})
+"""Rules downgraded to info when the stack declares ``x-dsm: {environment: development}``."""
+
+
+def finding(
+    rule: str,
+    message: str,
+    *,
+    service: str | None = None,
+    line: int | None = None,
+    fix: str | None = None,
+    evidence: list[str] | None = None,
+    severity: Literal["error", "warning", "info"] | None = None,
+) -> Finding:
+    """A finding of a catalogued rule, with the rule's default severity and category."""
+    meta = RULES[rule]
+    return Finding(
+        rule=rule,
+        severity=severity or meta.severity,
+        category=meta.category,
+        service=service,
+        message=message,
+        line=line,
+        fix=fix,
+        evidence=evidence or [],
+    )

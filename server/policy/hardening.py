@@ -1,0 +1,103 @@
+"""Hardening hints (info): what a well-run stack also does. None of these blocks a deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from server.models import Finding
+from server.policy.catalog import finding
+from server.policy.context import LintContext
+from server.policy.security import is_sensitive_path, is_socket_path
+from server.policy.shape import bind_mounts
+
+
+def no_cap_drop(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        if "ALL" not in [str(c).upper() for c in svc.get("cap_drop") or []]:
+            yield finding(
+                "no-cap-drop",
+                "runs with Docker's default capabilities",
+                service=name,
+                line=ctx.stack.line_of(name, "cap_drop"),
+                fix="cap_drop: [ALL], then cap_add only what it needs (e.g. NET_BIND_SERVICE, CHOWN, SETUID)",
+            )
+
+
+def writable_rootfs(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        if not svc.get("read_only"):
+            yield finding(
+                "writable-rootfs",
+                "the container's root filesystem is writable",
+                service=name,
+                line=ctx.stack.line_of(name, "read_only"),
+                fix="read_only: true, with tmpfs: [/tmp] and volumes for the paths it writes",
+            )
+
+
+def no_new_privileges(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        opts = [str(o).replace("=", ":", 1).lower() for o in svc.get("security_opt") or []]
+        if not any(o in ("no-new-privileges", "no-new-privileges:true") for o in opts):
+            yield finding(
+                "no-new-privileges",
+                "processes may gain privileges through setuid binaries",
+                service=name,
+                line=ctx.stack.line_of(name, "security_opt"),
+                fix='security_opt: ["no-new-privileges:true"]',
+            )
+
+
+def root_user(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        user = str(svc.get("user") or "")
+        if user and user.split(":")[0] not in ("root", "0"):
+            continue
+        if not user and ctx.facts is not None:
+            fact = ctx.facts.images.get(str(svc.get("image") or ""))
+            if fact is not None and fact.user and fact.user.split(":")[0] not in ("root", "0"):
+                continue
+        why = "user: root" if user else "no user: in the file" + (
+            "" if ctx.facts is not None else " (the image's default user was not checked)")
+        yield finding(
+            "root-user",
+            f"runs as root ({why})",
+            service=name,
+            line=ctx.stack.line_of(name, "user"),
+            fix='user: "1000:1000" (a user the image supports; check the image docs)',
+        )
+
+
+def no_log_rotation(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        logging = svc.get("logging") or {}
+        driver = logging.get("driver") or "json-file"
+        if driver == "json-file" and not (logging.get("options") or {}).get("max-size"):
+            yield finding(
+                "no-log-rotation",
+                "json-file logs without max-size grow until the disk is full (unless daemon.json sets log-opts)",
+                service=name,
+                line=ctx.stack.line_of(name, "logging"),
+                fix='logging: {driver: json-file, options: {max-size: "10m", max-file: "3"}}',
+            )
+
+
+def bind_mount_data(ctx: LintContext) -> Iterator[Finding]:
+    stack_dir = str(ctx.stack.directory) if ctx.stack.directory else None
+    for name, svc in sorted(ctx.services.items()):
+        for mount in bind_mounts(svc):
+            source = str(mount.get("source") or "")
+            if mount.get("read_only") or is_socket_path(source) or is_sensitive_path(source, stack_dir):
+                continue
+            yield finding(
+                "bind-mount-data",
+                f"writable bind mount {source} -> {mount.get('target')}: data in a host directory carries "
+                "host ownership and permission problems and is not handled by volume backups",
+                service=name,
+                line=ctx.stack.line_of(name, "volumes"),
+                fix="use a named volume for data (volumes: {data: {}} and data:/path); keep bind mounts read-only "
+                "for configuration",
+            )
+
+
+RULES = [no_cap_drop, writable_rootfs, no_new_privileges, root_user, no_log_rotation, bind_mount_data]

@@ -1,0 +1,136 @@
+"""plaintext-secret: credentials written as literals in the compose file itself.
+
+Reads the source as written (before interpolation): ``POSTGRES_PASSWORD: ${POSTGRES_PASSWORD}``
+is the right way (the value lives in .env), so is ``POSTGRES_PASSWORD_FILE: /run/secrets/db``;
+``POSTGRES_PASSWORD: hunter2`` is a finding. Values are never repeated in the finding.
+
+Only keys Compose rendered into a service's environment are looked at; keys from ``env_file``
+are not written in the compose file and are not findings.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from server.models import Finding
+from server.policy.catalog import finding
+from server.policy.context import LintContext
+
+_CREDENTIAL_KEY = re.compile(
+    r"(PASSWORD|PASSWD|PASSPHRASE|SECRET|TOKEN|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?|SALT|_KEY$|^KEY$)",
+    re.IGNORECASE,
+)
+_NOT_CREDENTIAL = re.compile(
+    r"(_FILE|_PATH|_USER(NAME)?|_HOST|_PORT|_ENABLED|_TTL|_EXPIRY|_EXP|_LENGTH|_INTERVAL|_ROTATION|_HEADER|_NAME)$",
+    re.IGNORECASE,
+)
+_VARIABLE = re.compile(r"\$\{?[A-Za-z_]")
+_DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-(?P<default>[^}]+)\}")
+_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^:/@\s]+:(?P<pw>[^@/\s]+)@", re.IGNORECASE)
+_TRIVIAL = re.compile(r"^(true|false|yes|no|on|off|\d+|\d+[smhd]|none|null)?$", re.IGNORECASE)
+
+
+def environment_items(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    env = body.get("environment")
+    if isinstance(env, dict):
+        return [(str(k), v) for k, v in env.items()]
+    if isinstance(env, list):
+        items: list[tuple[str, Any]] = []
+        for entry in env:
+            key, sep, value = str(entry).partition("=")
+            items.append((key, value if sep else None))
+        return items
+    return []
+
+
+def is_credential_key(key: str) -> bool:
+    return bool(_CREDENTIAL_KEY.search(key)) and not _NOT_CREDENTIAL.search(key)
+
+
+def _suspect(key: str, rendered: Any) -> bool:
+    """Could this rendered value be a credential at all? (Cheap filter before reading the source.)"""
+    if rendered is None or isinstance(rendered, bool):
+        return False
+    text = str(rendered)
+    if "://" in text and _URL_PASSWORD.search(text):
+        return True
+    return is_credential_key(key) and not _TRIVIAL.match(text.strip())
+
+
+def plaintext_secret(ctx: LintContext) -> Iterator[Finding]:
+    lines = ctx.source_text.splitlines() if ctx.source_services is None else []
+    for name, svc in sorted(ctx.services.items()):
+        rendered = svc.get("environment") or {}
+        if ctx.source_services is not None:
+            written = dict(environment_items(ctx.source_services.get(name) or {}))
+        else:
+            written = {k: _written_value(ctx, lines, name, k) for k, v in rendered.items() if _suspect(k, v)}
+        for key, value in written.items():
+            if key not in rendered or value is None or isinstance(value, bool):
+                continue
+            what = _literal_kind(key, str(value))
+            if what:
+                yield finding(
+                    "plaintext-secret",
+                    f"{key} of service {name!r} holds {what} in the compose file (value not shown): it ends up in "
+                    "git, backups and `docker inspect` of anyone who reads the file",
+                    service=name,
+                    line=ctx.stack.line_of(name, "environment", key),
+                    evidence=[f"environment key {key}"],
+                    fix=f"move the value to the stack's .env (kept out of git) and write {key}: ${{{key}}}, or use a "
+                    f"Compose secret and {key}_FILE: /run/secrets/<name> if the image supports it",
+                )
+
+
+def _literal_kind(key: str, text: str) -> str | None:
+    url = _URL_PASSWORD.search(text) if "://" in text else None
+    if url and not _VARIABLE.match(url.group("pw")):
+        return "a URL with a password written in it"
+    if not is_credential_key(key) or _TRIVIAL.match(text.strip()):
+        return None
+    defaulted = _DEFAULTED.search(text)
+    if defaulted and not _VARIABLE.search(defaulted.group("default")):
+        return "a default credential written in ${VAR:-default}"
+    if not _VARIABLE.search(text):
+        return "a literal value"
+    return None
+
+
+def _written_value(ctx: LintContext, lines: list[str], service: str, key: str) -> str | None:
+    """The value of ``environment.<key>`` as written on its line of the main file, or None."""
+    by_path = ctx.stack.lines.by_path
+    line = by_path.get(("services", service, "environment", key))
+    if line is not None and 0 < line <= len(lines):
+        _, _, raw = lines[line - 1].partition(":")
+        return _scalar(raw)
+    block = by_path.get(("services", service, "environment"))
+    if block is None or not 0 < block <= len(lines):
+        return None  # from env_file or another file: not written here
+    item = re.compile(r"^\s*-\s*(['\"]?)" + re.escape(key) + r"=(?P<value>.*)$")
+    indent = len(lines[block - 1]) - len(lines[block - 1].lstrip())
+    for text in lines[block:]:
+        stripped = text.strip()
+        if stripped and not stripped.startswith("#") and len(text) - len(text.lstrip()) <= indent:
+            break
+        match = item.match(text)
+        if match:
+            return _scalar(match.group("value"), quote=match.group(1))
+    return None
+
+
+def _scalar(raw: str, quote: str = "") -> str | None:
+    text = raw.strip()
+    if quote and text.endswith(quote):
+        return text[: -len(quote)]
+    if text[:1] in ("'", '"'):
+        end = text.find(text[0], 1)
+        return text[1:end] if end > 0 else None
+    if text[:1] in ("|", ">", "&", "*", "") or text.startswith(("[", "{")):
+        return None  # block scalar, anchor, empty: cannot judge from one line
+    comment = re.search(r"\s#", text)
+    return text[: comment.start()] if comment else text
+
+
+RULES = [plaintext_secret]
