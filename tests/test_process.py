@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +31,7 @@ async def test_timeout_kills_grandchildren(tmp_path) -> None:
 def _gone_or_zombie(pid: int) -> bool:
     # An orphan that was killed may linger as a zombie until PID 1 reaps it: it no longer runs.
     try:
-        status = open(f"/proc/{pid}/status").read()
+        status = Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
     return "State:\tZ" in status

@@ -88,3 +88,11 @@ def test_startup_imports_stay_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
+
+
+def test_readme_lists_every_rule_id() -> None:
+    from server.policy.catalog import RULES
+
+    readme = (REPO / "README.md").read_text()
+    missing = sorted(rule_id for rule_id in RULES if rule_id not in readme)
+    assert not missing, f"README does not list rules {missing}"
