@@ -8,17 +8,17 @@ from typing import Any
 
 import pytest
 
-from server import preflight
 from server.engine import _registry_error
+from server.preflight import facts, ports, usage
 
 
 def test_engine_locality_needs_a_local_endpoint_and_the_same_memory() -> None:
-    ours = preflight._meminfo()["MemTotal"]
-    assert preflight._engine_is_local("unix:///var/run/docker.sock", {"MemTotal": ours})[0]
-    assert preflight._engine_is_local("tcp://127.0.0.1:2375", {"MemTotal": ours})[0]
-    remote, why = preflight._engine_is_local("ssh://admin@192.168.50.149", {"MemTotal": ours})
+    ours = facts._meminfo()["MemTotal"]
+    assert facts._engine_is_local("unix:///var/run/docker.sock", {"MemTotal": ours})[0]
+    assert facts._engine_is_local("tcp://127.0.0.1:2375", {"MemTotal": ours})[0]
+    remote, why = facts._engine_is_local("ssh://admin@192.168.50.149", {"MemTotal": ours})
     assert not remote and "remote" in why
-    vm, why = preflight._engine_is_local("unix:///var/run/docker.sock", {"MemTotal": ours // 3})
+    vm, why = facts._engine_is_local("unix:///var/run/docker.sock", {"MemTotal": ours // 3})
     assert not vm and "another machine or VM" in why
 
 
@@ -33,7 +33,7 @@ def test_engine_locality_needs_a_local_endpoint_and_the_same_memory() -> None:
     ],
 )
 def test_proc_net_addresses(hex_ip: str, ip: str) -> None:
-    assert preflight._ip(hex_ip) == ip
+    assert ports._ip(hex_ip) == ip
 
 
 def test_listeners_include_a_socket_we_open() -> None:
@@ -43,9 +43,9 @@ def test_listeners_include_a_socket_we_open() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        found = preflight._listeners().get(("tcp", port))
+        found = ports._listeners().get(("tcp", port))
         assert found and found[0][0] == "127.0.0.1"
-        assert f"pid {__import__('os').getpid()}" in preflight._process_of(found[0][1])
+        assert f"pid {__import__('os').getpid()}" in ports._process_of(found[0][1])
 
 
 def test_usage_from_docker_stats_like_the_cli() -> None:
@@ -55,9 +55,9 @@ def test_usage_from_docker_stats_like_the_cli() -> None:
                       "online_cpus": 4},
         "precpu_stats": {"cpu_usage": {"total_usage": 1_000_000_000}, "system_cpu_usage": 10_000_000_000},
     }
-    u = preflight.usage_from_stats(stats)
+    u = usage.usage_from_stats(stats)
     assert u.memory_bytes == 200 * 2**20 and u.memory_limit_bytes == 512 * 2**20 and u.cpu_percent == 40.0
-    one_shot = preflight.usage_from_stats({"memory_stats": {"usage": 10, "stats": {"total_inactive_file": 4}}})
+    one_shot = usage.usage_from_stats({"memory_stats": {"usage": 10, "stats": {"total_inactive_file": 4}}})
     assert one_shot.memory_bytes == 6 and one_shot.cpu_percent is None
 
 
@@ -88,6 +88,6 @@ def test_cgroup_readers_on_fake_files(tmp_path: Path) -> None:
     (tmp_path / "memory.stat").write_text("anon 700\ninactive_file 300\n")
     (tmp_path / "memory.max").write_text("max\n")
     (tmp_path / "cpu.stat").write_text("usage_usec 1500\nuser_usec 1000\n")
-    assert preflight._memory_usage(tmp_path, True) == 700
-    assert preflight._memory_limit(tmp_path, True) is None
-    assert preflight._cpu_ns(tmp_path, True) == 1_500_000
+    assert usage._memory_usage(tmp_path, True) == 700
+    assert usage._memory_limit(tmp_path, True) is None
+    assert usage._cpu_ns(tmp_path, True) == 1_500_000

@@ -1,0 +1,134 @@
+"""validate_compose: render the stack, lint it, optionally check the live host, build the go/no-go report."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from server.compose import ComposeRunner, client_env
+from server.engine import Engine
+from server.errors import DockerUnavailable, EngineError, UnsafeYaml
+from server.models import Finding, sort_findings
+from server.policy import LintContext, apply_policy, finding, run_rules
+from server.preflight.facts import gather_facts
+from server.preflight.progress import Progress, report_progress
+from server.preflight.reports import ValidationReport
+from server.settings import Settings
+from server.stackload import StackRenderFailed, load_stack
+from server.stackmodel import LoadedStack
+from server.stacks import read_dotenv
+from server.yamlsafe import load_yaml, read_text_capped
+
+
+async def validate(
+    settings: Settings,
+    compose: ComposeRunner,
+    engine: Callable[[], Engine],
+    *,
+    path: str | None = None,
+    content: str | None = None,
+    env: Mapping[str, str] | None = None,
+    check_host: bool = True,
+    progress: Progress | None = None,
+) -> ValidationReport:
+    """Render, lint and (optionally) check the host; never raises for problems of the stack itself."""
+    total = 3 if check_host else 2
+    await report_progress(progress, 0, total, "rendering with docker compose config")
+    try:
+        stack = await load_stack(settings, compose, path=path, content=content, env=env)
+    except StackRenderFailed as exc:
+        findings = sort_findings(exc.findings)
+        return _validation(exc.name, path, valid=False, services=[], findings=findings, host_checked=False, notes=[])
+    await report_progress(progress, 1, total, f"rendered {len(stack.services)} services; linting")
+    ctx = source_context(stack, content=content, env=env)
+    notes: list[str] = []
+    extra: list[Finding] = []
+    if check_host:
+        try:
+            facts = (await gather_facts(engine(), stack)).facts
+            ctx = dataclasses.replace(ctx, facts=facts)
+            notes.extend(facts.notes)
+        except (DockerUnavailable, EngineError) as exc:
+            extra.append(
+                finding(
+                    "engine-unreachable",
+                    f"the host could not be checked: {exc.what}",
+                    fix="start the Docker daemon or fix DOCKER_HOST, then validate again (check_host=false lints "
+                    "the file alone)",
+                )
+            )
+        await report_progress(progress, 2, total, "host checked")
+    findings = apply_policy(stack, [*run_rules(ctx), *extra])
+    await report_progress(progress, total, total, "done")
+    root = settings.stacks_root.resolve() if settings.stacks_root.exists() else settings.stacks_root
+    rel = str(stack.directory.relative_to(root)) if stack.directory and stack.directory.is_relative_to(root) else None
+    return _validation(
+        stack.name, rel, valid=True, services=sorted(stack.services), findings=findings,
+        host_checked=check_host and not extra, notes=notes,
+    )
+
+
+def _validation(
+    name: str, path: str | None, *, valid: bool, services: list[str], findings: list[Finding],
+    host_checked: bool, notes: list[str],
+) -> ValidationReport:
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    infos = len(findings) - errors - warnings
+    go = valid and errors == 0
+    if not valid:
+        summary = f"NO-GO: Compose cannot render the stack ({errors} error(s)); fix the findings first."
+    elif go:
+        summary = f"GO: {len(services)} service(s), no errors, {warnings} warning(s), {infos} info."
+    else:
+        rules = sorted({f.rule for f in findings if f.severity == "error"})
+        summary = f"NO-GO: {errors} error(s) ({', '.join(rules)}), {warnings} warning(s), {infos} info."
+    if valid and not host_checked:
+        summary += " Host not checked."
+    return ValidationReport(
+        stack=name, path=path, valid=valid, go=go, host_checked=host_checked, services=services, summary=summary,
+        errors=errors, warnings=warnings, infos=infos, findings=findings, notes=notes,
+    )
+
+
+def source_context(stack: LoadedStack, *, content: str | None, env: Mapping[str, str] | None) -> LintContext:
+    """The stack as written: raw services (main file, then override merged over it) and the main text."""
+    texts: list[str] = []
+    if content is not None:
+        texts = [content]
+    else:
+        for file in stack.files:
+            try:
+                texts.append(read_text_capped(file, 64 * 1024 * 1024))
+            except UnsafeYaml:
+                continue
+    # One file without merge keys: the rules read the main text at the lines the first parse
+    # recorded, which saves parsing the file a second time on every validation.
+    parse = len(texts) > 1 or any("<<" in text for text in texts)
+    services: dict[str, dict[str, Any]] = {}
+    for index, text in enumerate(texts if parse else []):
+        try:
+            data = load_yaml(text, f"source {index}", max_bytes=len(text.encode()) + 1).data
+        except UnsafeYaml:  # screened once already; a file changed under us is not worth failing for
+            continue
+        raw = data.get("services") if isinstance(data, dict) else None
+        for name, body in raw.items() if isinstance(raw, dict) else []:
+            if not isinstance(body, dict):
+                continue
+            merged = {**services.get(str(name), {}), **body}
+            before = services.get(str(name), {}).get("environment")
+            if isinstance(before, dict) and isinstance(body.get("environment"), dict):
+                merged["environment"] = {**before, **body["environment"]}
+            services[str(name)] = merged
+    # What Compose interpolates from: its own environment (plus the two names it sets itself),
+    # the given env, and the stack's .env.
+    defined = set(client_env().keys()) | {"COMPOSE_PROJECT_NAME", "PWD"} | set(env or {})
+    if stack.directory is not None:
+        defined |= set(read_dotenv(stack.directory))
+    return LintContext(
+        stack=stack,
+        source_services=services if parse else None,
+        source_text=texts[0] if texts else "",
+        defined_variables=frozenset(defined),
+    )
