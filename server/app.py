@@ -57,11 +57,15 @@ class DockerStackServer(MCPServer[Runtime]):
         super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
 
 
-def build_server(settings: Settings, runtime: Runtime | None = None) -> MCPServer:
+def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_memory: bool = False) -> MCPServer:
+    """The server with every tool family registered. ``warm_memory`` loads the embedding model
+    in the background a second after start-up (the CLI sets it; tests do not)."""
     runtime = runtime or Runtime(settings)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Runtime]:
+        if warm_memory:
+            runtime.memory().warm_up(delay_s=1.0)
         try:
             yield runtime
         finally:
@@ -75,9 +79,10 @@ def build_server(settings: Settings, runtime: Runtime | None = None) -> MCPServe
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import preflight, stacks
+    from tools import memory, preflight, stacks
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
+    memory.register(server, runtime)
     register_prompts(server)
     return server

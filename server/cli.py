@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "serve"):
         from server.app import build_server
 
-        build_server(settings).run()
+        build_server(settings, warm_memory=True).run()
         return 0
     return 2
 

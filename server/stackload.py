@@ -209,8 +209,8 @@ async def _render(
     *,
     cwd: Path | None = None,
 ) -> LoadedStack:
-    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)}
-    scrub = Scrubber(secrets)
+    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets(docs)
+    scrub = Scrubber(secrets, assignments=False)
     project_dir = directory or cwd
     assert project_dir is not None
     try:
@@ -249,6 +249,22 @@ async def _render(
         lines=docs[0].lines,
         secret_values=frozenset(secrets),
     )
+
+
+def _literal_secrets(docs: list[YamlDocument]) -> set[str]:
+    """Values written in the files under credential-looking environment keys (mapping or list form)."""
+    found: set[str] = set()
+    for doc in docs:
+        services = doc.data.get("services") if isinstance(doc.data, dict) else None
+        for body in services.values() if isinstance(services, dict) else []:
+            environment = body.get("environment") if isinstance(body, dict) else None
+            if isinstance(environment, list):
+                pairs = [str(item).split("=", 1) for item in environment if "=" in str(item)]
+                environment = {k: v for k, v in pairs}
+            for key, value in (environment or {}).items() if isinstance(environment, dict) else []:
+                if is_secret_key(str(key)) and isinstance(value, str | int) and "$" not in str(value):
+                    found.add(str(value))
+    return found
 
 
 def _service_settings(rendered: dict[str, Any], docs: list[YamlDocument]) -> dict[str, ServiceSettings]:

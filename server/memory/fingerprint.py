@@ -22,7 +22,9 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # ("May 12 10:00:01 myhost "): all vary by host or container and say nothing about the error.
 _COMPOSE_PREFIX = re.compile(r"^\s*[\w.-]+\s+\|\s?")
 _ISO_PREFIX = re.compile(r"^\s*\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?\s+")
-_SYSLOG_PREFIX = re.compile(r"^\s*(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+\S+\s+")
+_SYSLOG_PREFIX = re.compile(
+    r"^\s*(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+\d{1,2}\s+\d{2}:\d{2}:\d{2}\s+\S+\s+"
+)
 _RULES: list[tuple[re.Pattern[str], str]] = [
     # Timestamps first: they contain numbers, colons and dashes that other rules would split.
     (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?(?:Z|UTC|[+-]\d{2}:?\d{2}))?"), "<ts>"),
@@ -39,12 +41,12 @@ _RULES: list[tuple[re.Pattern[str], str]] = [
      r"\1://\2"),
     (re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?\b"), "<ip>"),
     (re.compile(r"\b(?:[0-9a-f]{1,4}:){3,7}[0-9a-f]{1,4}\b", re.I), "<ip>"),
-    (re.compile(r"\b(?:sha256|sha1|md5):[0-9a-f]{8,}\b", re.I), "<hash>"),
-    (re.compile(r"\b0x[0-9a-f]+\b", re.I), "<hex>"),
-    (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b", re.I), "<hex>"),
     # Paths of two or more segments (single segments such as /health are routes that matter).
     (re.compile(r"(?<![\w/<])(?:~|\.{1,2})?(?:/[\w.@%+-]+){2,}/?"), "<path>"),
     (re.compile(r"\b[A-Za-z]:\\[^\s\"']+"), "<path>"),
+    (re.compile(r"\b(?:sha256|sha1|md5):[0-9a-f]{8,}\b", re.I), "<hash>"),
+    (re.compile(r"\b0x[0-9a-f]+\b", re.I), "<hex>"),
+    (re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,}\b", re.I), "<hex>"),
     # Numbers, with units, and the numeric tail of ids ("worker-12", "pid=4711").
     (re.compile(r"(?<![<\w])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?:ms|us|µs|ns|s|m|h|d|b|kb|kib|mb|mib|gb|gib|%)?\b",
                 re.I), "<n>"),

@@ -26,7 +26,7 @@ SPARSE = "bm25"
 COLLECTION = "docker_stack_mcp_memory"
 RRF_K = 2
 """Qdrant's default RRF constant; set explicitly so both backends fuse alike."""
-KEYWORD_FIELDS = ("kind", "stack", "service", "tags", "signatures", "outcome", "operation")
+KEYWORD_FIELDS = ("kind", "stack", "service", "tags", "signatures", "outcome", "operation", "severity")
 FLOAT_FIELDS = ("ts",)
 
 

@@ -1,0 +1,123 @@
+"""The automatic-capture interface: what the deploy, rollback and recovery pipelines call.
+
+A failing memory must never fail a deployment or a rollback, so every method here catches
+everything, logs it to stderr and returns None instead of an id. The methods are async and
+run the blocking work in a worker thread.
+
+Usage from a pipeline::
+
+    recorder = MemoryRecorder(runtime.memory)
+    dep_id = await recorder.record_deployment(
+        stack="supabase", services=["db", "auth", "rest"], outcome="rolled_back",
+        image_digests={"auth": "sha256:..."}, duration_s=93.4, strategy="rolling",
+        log_lines=stderr_tail, operation_id=journal_op_id)
+    await recorder.record_incident(
+        title="auth unhealthy after update to v2.150", symptoms="...", stack="supabase",
+        service="auth", severity="high", log_lines=logs, deployment_id=dep_id,
+        time_to_recover_s=41.0, outcome="rolled_back", source="rollback")
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from server.errors import DsmError
+
+if TYPE_CHECKING:
+    from server.memory.service import Memory
+
+log = logging.getLogger("docker_stack_mcp.memory")
+
+
+class MemoryRecorder:
+    """Records deployments and incidents on behalf of the pipelines; never raises."""
+
+    def __init__(self, memory: Callable[[], Memory]) -> None:
+        """``memory`` is a provider (e.g. ``runtime.memory``), called lazily on first record."""
+        self._memory = memory
+
+    async def record_deployment(
+        self,
+        *,
+        stack: str,
+        services: Sequence[str],
+        outcome: str,
+        image_digests: dict[str, str] | None = None,
+        duration_s: float | None = None,
+        strategy: str | None = None,
+        log_lines: Sequence[str] = (),
+        notes: str | None = None,
+        pattern_id: str | None = None,
+        incident_id: str | None = None,
+        operation_id: str | None = None,
+    ) -> str | None:
+        """Store one finished deployment; returns its id, or None when memory failed.
+
+        ``outcome``: success | failure | rolled_back | rollback_failed. ``log_lines``: error
+        lines, stored as fingerprints. ``pattern_id``: the deployment pattern that was followed;
+        its success/failure count is updated from ``outcome``. ``operation_id``: the journal's
+        id, which makes a retried call update instead of duplicate.
+        """
+
+        def run() -> str:
+            memory = self._memory()
+            deployment_id = memory.record_deployment(
+                stack=stack, services=services, outcome=outcome, image_digests=image_digests,
+                duration_s=duration_s, strategy=strategy, log_lines=log_lines, notes=notes,
+                pattern_id=pattern_id, incident_id=incident_id, operation_id=operation_id)
+            if pattern_id:
+                memory.record_pattern_outcome(pattern_id, "success" if outcome == "success" else "failure",
+                                              notes=f"deployment {deployment_id}: {outcome}")
+            return deployment_id
+
+        return await self._safely("record_deployment", run)
+
+    async def record_incident(
+        self,
+        *,
+        title: str,
+        symptoms: str,
+        stack: str | None = None,
+        service: str | None = None,
+        severity: str = "high",
+        root_cause: str | None = None,
+        resolution: str | None = None,
+        log_lines: Sequence[str] = (),
+        tags: Sequence[str] = (),
+        deployment_id: str | None = None,
+        image_digests: dict[str, str] | None = None,
+        time_to_recover_s: float | None = None,
+        outcome: str | None = None,
+        source: str = "pipeline",
+    ) -> str | None:
+        """Store (or count again) an incident seen by a pipeline; returns its id or None.
+
+        ``source`` names the caller (deploy, rollback, recovery, monitor); ``outcome`` says how
+        it ended (recovered, rolled_back, unresolved, ...).
+        """
+
+        def run() -> str:
+            return self._memory().record_incident(
+                title=title, symptoms=symptoms, stack=stack, service=service, severity=severity,
+                root_cause=root_cause, resolution=resolution, log_lines=log_lines, tags=tags,
+                deployment_id=deployment_id, image_digests=image_digests, time_to_recover_s=time_to_recover_s,
+                outcome=outcome, source=source).incident_id
+
+        return await self._safely("record_incident", run)
+
+    async def _safely(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return await anyio.to_thread.run_sync(functools.partial(fn))
+        except anyio.get_cancelled_exc_class():
+            raise
+        except DsmError as exc:
+            log.warning("memory %s refused: %s; the operation itself is unaffected", what, exc)
+            return None
+        except Exception:
+            log.exception("memory %s failed; the operation itself is unaffected", what)
+            return None
