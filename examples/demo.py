@@ -105,6 +105,31 @@ def show_resources(out: dict[str, Any]) -> None:
     show_findings(out)
 
 
+def show_recorded(out: dict[str, Any]) -> None:
+    what = "new incident" if out["created"] else "known incident, updated"
+    say(f"  {what}: {out['incident_id']}  (seen {out['occurrences']}x, stored {out['mode']}, "
+        f"signatures {', '.join(out['signatures']) or '-'})")
+
+
+def show_search(out: dict[str, Any]) -> None:
+    say(f"  mode: {out['mode']}" + (f"  ({out['note']})" if out.get("note") else ""))
+    for hit in out["results"]:
+        say(f"  {hit['score']:.3f}  {hit['title']}  [{hit['stack'] or '-'}/{hit['service'] or '-'}]")
+        say(f"         cause: {hit['root_cause'] or '?'}")
+        say(f"         fix:   {hit['resolution'] or '?'}")
+
+
+def show_pattern(out: dict[str, Any]) -> None:
+    say(f"  pattern {out['pattern_id']} ({'new' if out['created'] else 'updated'})")
+
+
+def show_patterns(out: dict[str, Any]) -> None:
+    for hit in out["results"]:
+        say(f"  {hit['title']}  ({hit['successes']} ok / {hit['failures']} failed)")
+        for n, step in enumerate(hit["steps"], 1):
+            say(f"     {n}. {step}")
+
+
 Step = tuple[str, str, dict[str, Any], Callable[[dict[str, Any]], None]]
 STEPS: list[Step] = [
     ("What runs here? The agent always starts by looking.", "list_stacks", {}, show_list),
@@ -116,6 +141,27 @@ STEPS: list[Step] = [
      {"path": "broken"}, show_validation),
     ("Is there room? Host capacity, the biggest containers, and what homepage reserves.", "check_resources",
      {"path": "homepage"}, show_resources),
+    ("Remember an incident: symptoms, the error line, root cause and fix.", "record_incident",
+     {"title": "homepage web returns 502 after db restart", "stack": "homepage", "service": "web",
+      "severity": "high",
+      "symptoms": "web answered 502 for two minutes after the database container was recreated",
+      "log_lines": ["2026-11-20T03:12:44Z upstream error: dial tcp 172.18.0.3:5432: connect: connection refused "
+                    "(postgres://app:s3cr3tpw@db:5432/app)"],
+      "root_cause": "web started before PostgreSQL accepted connections; depends_on lacked service_healthy",
+      "resolution": "depends_on db with condition: service_healthy, and a pg_isready healthcheck on db"},
+     show_recorded),
+    ("Another session, another wording: the agent searches before acting.", "search_past_incidents",
+     {"query": "frontend gives bad gateway when postgres comes back up"}, show_search),
+    ("A pasted log line with other timestamps and addresses finds it by its signature.", "search_past_incidents",
+     {"query": "2026-11-27T08:01:02Z upstream error: dial tcp 10.0.9.7:5432: connect: connection refused"},
+     show_search),
+    ("Keep a procedure that worked.", "record_deployment_pattern",
+     {"title": "update homepage safely", "stack": "homepage", "operation": "update",
+      "steps": ["validate_compose with check_host", "dump the database with pg_dumpall",
+                "update db first (planned downtime), wait healthy", "update web, smoke test the front page"]},
+     show_pattern),
+    ("Before the next update, the agent looks for a known procedure.", "search_deployment_patterns",
+     {"query": "how do I upgrade homepage", "stack": "homepage"}, show_patterns),
 ]
 ERROR_STEPS = [
     ("Hostile input: a path that leaves the stacks root is refused.", "inspect_stack",
