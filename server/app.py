@@ -7,6 +7,7 @@ Registration only defines functions; nothing connects to Docker or opens the mem
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -65,7 +66,9 @@ def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_mem
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Runtime]:
         if warm_memory:
-            runtime.memory().warm_up(delay_s=1.0)
+            # Off the start-up path: even opening the memory object costs imports we would
+            # otherwise pay before answering initialize.
+            threading.Timer(1.0, lambda: runtime.memory().warm_up()).start()
         try:
             yield runtime
         finally:

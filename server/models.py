@@ -74,3 +74,47 @@ class ServiceView(Frozen):
     restart: str | None = None
     profiles: list[str] = Field(default_factory=list)
     dsm: dict[str, object] = Field(default_factory=dict, description="The service's x-dsm settings.")
+
+
+# -- inventory: list_stacks / inspect_stack ------------------------------------------------
+
+
+class StackEntry(Frozen):
+    name: str = Field(description="Compose project name; pass it as `stack` to tools that act on a running stack.")
+    path: str = Field(description="Directory relative to the stacks root; pass it as `path` to tools that read files.")
+    compose_files: list[str]
+    services: list[str] = Field(description="Services declared in the compose files.")
+    containers: int = Field(description="Containers of this project on the engine, in any state.")
+    running: int
+    healthy: int = Field(description="Running containers whose healthcheck passes or that have none.")
+    state: str = Field(description="not-deployed | running | degraded (some not running/healthy) | stopped | unknown")
+
+
+class ObservedProject(Frozen):
+    name: str
+    working_dir: str | None
+    containers: int
+    running: int
+    healthy: int
+
+
+class StackList(Frozen):
+    stacks_root: str
+    stacks: list[StackEntry]
+    other_projects: list[ObservedProject] = Field(
+        description="Compose projects running on the host that are not under the stacks root: observed only."
+    )
+    problems: list[str] = Field(description="Name conflicts, unreadable directories, engine unreachable, ...")
+
+
+class StackInspection(Frozen):
+    stack: str
+    path: str | None
+    files: list[str]
+    rendered: bool = Field(description="True when Compose rendered the model; false means see findings.")
+    services: list[ServiceView]
+    networks: list[str]
+    volumes: list[str]
+    secrets: list[str] = Field(description="Names of declared secrets (never their values).")
+    settings: dict[str, object] = Field(description="The stack's top-level x-dsm settings.")
+    findings: list[Finding]

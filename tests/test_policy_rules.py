@@ -13,7 +13,8 @@ import pytest
 
 from server.compose import ComposeRunner
 from server.models import Finding
-from server.preflight import ValidationReport, validate
+from server.preflight.reports import ValidationReport
+from server.preflight.validation import validate
 from server.settings import Settings
 
 pytestmark = pytest.mark.anyio

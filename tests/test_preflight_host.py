@@ -20,7 +20,11 @@ import pytest
 
 from server.compose import ComposeRunner
 from server.engine import Engine
-from server.preflight import ValidationReport, check_resources, gather_facts, image_fact, validate
+from server.preflight.facts import gather_facts
+from server.preflight.images import image_fact
+from server.preflight.reports import ValidationReport
+from server.preflight.resources import check_resources
+from server.preflight.validation import validate
 from server.settings import Settings
 from tests.test_preflight_tools import FIXTURES, call, client  # noqa: F401  (fixture re-export)
 

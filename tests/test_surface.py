@@ -83,7 +83,8 @@ def test_startup_imports_stay_light() -> None:
         "import sys; from server.app import build_server; from server.settings import Settings; "
         "from pathlib import Path; build_server(Settings(stacks_root=Path('/nonexistent'), state_dir=Path('/tmp/x')));"
         "heavy = [m for m in ('docker', 'qdrant_edge', 'qdrant_client', 'fastembed', 'onnxruntime', 'numpy', "
-        "'tokenizers', 'requests') if m in sys.modules]; print(','.join(heavy))"
+        "'tokenizers', 'requests', 'yaml', 'server.policy', 'server.preflight.facts', 'server.memory.service', "
+        "'server.stackload') if m in sys.modules]; print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr

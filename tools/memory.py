@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -29,9 +29,11 @@ from server.memory.models import (
     PatternSearch,
     Severity,
 )
-from server.memory.service import Memory
 from server.runtime import Runtime
 from tools._common import CHANGES_IDEMPOTENT, READ_ONLY, tool_errors
+
+if TYPE_CHECKING:
+    from server.memory.service import Memory
 
 T = TypeVar("T")
 

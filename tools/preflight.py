@@ -7,9 +7,8 @@ from typing import Annotated
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
-from server import preflight as core
 from server.errors import PathRejected
-from server.preflight import ResourceReport, ValidationReport
+from server.preflight.reports import ResourceReport, ValidationReport
 from server.runtime import Runtime
 from tools._common import READ_ONLY, progress, tool_errors
 
@@ -77,7 +76,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        return await core.validate(
+        from server.preflight.validation import validate
+
+        return await validate(
             settings,
             runtime.compose(),
             runtime.engine,
@@ -118,7 +119,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        return await core.check_resources(
+        from server.preflight.resources import check_resources
+
+        return await check_resources(
             settings, runtime.compose(), runtime.engine(), path=path, content=content, env=env, progress=tell
         )
 

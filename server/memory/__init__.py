@@ -27,15 +27,28 @@ incidents with the same signature.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from server.memory.recorder import MemoryRecorder
-from server.memory.service import Memory
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from server.memory.recorder import MemoryRecorder
+    from server.memory.service import Memory
     from server.settings import Settings
 
 __all__ = ["Memory", "MemoryRecorder", "open_memory"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy re-exports: the tool layer imports the result models at start-up, and importing this
+    # package must not drag the service (and its imports) onto the start-up path.
+    if name == "Memory":
+        from server.memory.service import Memory
+
+        return Memory
+    if name == "MemoryRecorder":
+        from server.memory.recorder import MemoryRecorder
+
+        return MemoryRecorder
+    raise AttributeError(f"module 'server.memory' has no attribute {name!r}")
 
 
 def open_memory(settings: Settings, *, warm_up: bool = False) -> Memory:
@@ -45,6 +58,7 @@ def open_memory(settings: Settings, *, warm_up: bool = False) -> Memory:
     delay (so the MCP handshake is not slowed down).
     """
     from server.memory.embedding import DenseModel, downloads_allowed
+    from server.memory.service import Memory
     from server.memory.store import Store
 
     def store_factory() -> Store:

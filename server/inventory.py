@@ -1,0 +1,123 @@
+"""What is there: the stacks under the root, other Compose projects, and one stack's rendered view.
+
+The core of list_stacks and inspect_stack; the tool layer only publishes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from server.engine import ContainerSummary
+from server.errors import DockerUnavailable, UnsafeYaml
+from server.models import ObservedProject, StackEntry, StackInspection, StackList, sort_findings
+from server.runtime import Runtime
+from server.stackload import StackRenderFailed, load_stack
+from server.stacks import discover
+from server.stackview import service_view
+from server.yamlsafe import load_yaml, read_text_capped
+
+
+async def list_stacks(runtime: Runtime) -> StackList:
+    """Stacks on disk with live container counts; other projects observed. Works without an engine."""
+    settings = runtime.settings
+    locations, problems = discover(settings)
+    containers = []
+    engine_ok = True
+    try:
+        containers = await runtime.engine().compose_containers()
+    except DockerUnavailable as exc:
+        engine_ok = False
+        problems.append(str(exc))
+    by_project: dict[str, list[ContainerSummary]] = {}
+    for c in containers:
+        by_project.setdefault(c.project or "", []).append(c)
+    root = settings.stacks_root.resolve() if settings.stacks_root.exists() else settings.stacks_root
+    entries = []
+    for loc in locations:
+        mine = by_project.pop(loc.name, [])
+        running = sum(c.running for c in mine)
+        healthy = sum(c.healthy for c in mine)
+        entries.append(
+            StackEntry(
+                name=loc.name,
+                path=str(loc.directory.relative_to(root)),
+                compose_files=[f.name for f in loc.files],
+                services=_declared_services(loc.files, settings.yaml_max_bytes),
+                containers=len(mine),
+                running=running,
+                healthy=healthy,
+                state=_state(len(mine), running, healthy, engine_ok=engine_ok),
+            )
+        )
+    others = [
+        ObservedProject(
+            name=name,
+            working_dir=(group[0].labels or {}).get("com.docker.compose.project.working_dir"),
+            containers=len(group),
+            running=sum(c.running for c in group),
+            healthy=sum(c.healthy for c in group),
+        )
+        for name, group in sorted(by_project.items())
+        if name
+    ]
+    return StackList(stacks_root=str(root), stacks=entries, other_projects=others, problems=problems)
+
+
+async def inspect_stack(runtime: Runtime, path: str, env: Mapping[str, str] | None) -> StackInspection:
+    """The stack rendered by Compose, redacted; findings instead when it cannot be read or rendered."""
+    settings = runtime.settings
+    try:
+        stack = await load_stack(settings, runtime.compose(), path=path, env=env)
+    except StackRenderFailed as exc:
+        return StackInspection(
+            stack=exc.name,
+            path=path,
+            files=[],
+            rendered=False,
+            services=[],
+            networks=[],
+            volumes=[],
+            secrets=[],
+            settings={},
+            findings=sort_findings(exc.findings),
+        )
+    root = settings.stacks_root.resolve()
+    return StackInspection(
+        stack=stack.name,
+        path=str(stack.directory.relative_to(root)) if stack.directory else None,
+        files=[f.name for f in stack.files],
+        rendered=True,
+        services=[service_view(stack, name, svc or {}) for name, svc in sorted(stack.services.items())],
+        networks=sorted((stack.rendered.get("networks") or {}).keys()),
+        volumes=sorted((stack.rendered.get("volumes") or {}).keys()),
+        secrets=sorted((stack.rendered.get("secrets") or {}).keys()),
+        settings=stack.settings.model_dump(exclude_defaults=True),
+        findings=[],
+    )
+
+
+def _state(total: int, running: int, healthy: int, *, engine_ok: bool) -> str:
+    if not engine_ok:
+        return "unknown"
+    if total == 0:
+        return "not-deployed"
+    if running == 0:
+        return "stopped"
+    if running == total and healthy == total:
+        return "running"
+    return "degraded"
+
+
+def _declared_services(files: list[Path], max_bytes: int) -> list[str]:
+    names: list[str] = []
+    for file in files:
+        try:
+            data = load_yaml(read_text_capped(file, max_bytes), file.name, max_bytes=max_bytes).data
+        except UnsafeYaml:
+            continue
+        services = data.get("services") if isinstance(data, dict) else None
+        for name in services or {}:
+            if str(name) not in names:
+                names.append(str(name))
+    return names
