@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 
 from server.memory.edge import EdgeStore  # noqa: E402
 from server.memory.embedding import DenseEncoder, DenseModel, sparse_encoder  # noqa: E402
-from server.memory.service import Memory, _incident_text  # noqa: E402
+from server.memory.payloads import incident_text as _incident_text  # noqa: E402
+from server.memory.service import Memory  # noqa: E402
 from server.memory.store import PointData, SearchSpec, Sparse, Where  # noqa: E402
 from tests.memory_data.helpers import incidents, queries, rank_of, record_all, score  # noqa: E402
 
