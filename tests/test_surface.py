@@ -97,3 +97,15 @@ def test_readme_lists_every_rule_id() -> None:
     readme = (REPO / "README.md").read_text()
     missing = sorted(rule_id for rule_id in RULES if rule_id not in readme)
     assert not missing, f"README does not list rules {missing}"
+
+
+def test_serve_path_skips_the_sdk_client_half() -> None:
+    code = (
+        "import sys; from server.cli import _import_sdk_server_half; _import_sdk_server_half(); "
+        "from server.app import build_server; from server.settings import Settings; from pathlib import Path; "
+        "build_server(Settings(stacks_root=Path('/nonexistent'), state_dir=Path('/tmp/x'))); "
+        "print('mcp.client' in sys.modules, 'mcp.server.mcpserver' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
