@@ -7,11 +7,12 @@ read by policy rules, host preflight, deployment and inspection. Plain data, no 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from server.xdsm import ServiceSettings, StackSettings
-from server.yamlsafe import SourceLines
+from server.yamlsafe import SourceLines, YamlDocument
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,31 @@ class LoadedStack:
     """Line numbers in the main compose file, by key path."""
     secret_values: frozenset[str] = field(default_factory=frozenset)
     """Values that must never appear in output (from .env, given env, credential-looking keys)."""
+    sources: tuple[YamlDocument, ...] = ()
+    """The screened compose files as written (main file first), parsed once by the loader."""
+    dotenv_keys: frozenset[str] = field(default_factory=frozenset)
+    """Names the stack's .env defines (their values are not kept here)."""
+
+    @property
+    def source_text(self) -> str:
+        """The main compose file as written (for ${VAR} references and their lines)."""
+        return self.sources[0].text if self.sources else ""
+
+    @cached_property
+    def source_services(self) -> dict[str, dict[str, Any]]:
+        """Services as written (before interpolation), each later file merged over the earlier."""
+        services: dict[str, dict[str, Any]] = {}
+        for doc in self.sources:
+            raw = doc.data.get("services") if isinstance(doc.data, dict) else None
+            for name, body in raw.items() if isinstance(raw, dict) else []:
+                if not isinstance(body, dict):
+                    continue
+                before = services.get(str(name), {})
+                merged = {**before, **body}
+                if isinstance(before.get("environment"), dict) and isinstance(body.get("environment"), dict):
+                    merged["environment"] = {**before["environment"], **body["environment"]}
+                services[str(name)] = merged
+        return services
 
     @property
     def services(self) -> dict[str, dict[str, Any]]:

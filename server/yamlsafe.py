@@ -48,6 +48,8 @@ class SourceLines:
 class YamlDocument:
     data: Any
     lines: SourceLines
+    text: str = ""
+    """The screened source text, for rules that read references as written."""
 
 
 def read_text_capped(path: Path, max_bytes: int) -> str:
@@ -98,7 +100,7 @@ def load_yaml(text: str, name: str = "<content>", *, max_bytes: int = 1_048_576)
     lines = SourceLines(file=name)
     if node is not None:
         _collect_lines(node, (), lines.by_path, depth=0)
-    return YamlDocument(data=data, lines=lines)
+    return YamlDocument(data=data, lines=lines, text=text)
 
 
 def dump_yaml(data: Any) -> str:

@@ -75,11 +75,6 @@ class HostFacts:
 @dataclass(frozen=True)
 class LintContext:
     stack: LoadedStack
-    source_services: dict[str, dict[str, Any]] | None = None
-    """Services as written in the source files (before interpolation), override merged over main.
-    None: not parsed; rules read ``source_text`` at the key lines of ``stack.lines`` instead."""
-    source_text: str = ""
-    """The main compose file as written (for ${VAR} references and their lines)."""
     defined_variables: frozenset[str] | None = None
     """Names Compose had a value for (.env, given env, its own environment); None = unknown."""
     facts: HostFacts | None = None

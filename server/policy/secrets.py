@@ -49,24 +49,10 @@ def is_credential_key(key: str) -> bool:
     return bool(_CREDENTIAL_KEY.search(key)) and not _NOT_CREDENTIAL.search(key)
 
 
-def _suspect(key: str, rendered: Any) -> bool:
-    """Could this rendered value be a credential at all? (Cheap filter before reading the source.)"""
-    if rendered is None or isinstance(rendered, bool):
-        return False
-    text = str(rendered)
-    if "://" in text and _URL_PASSWORD.search(text):
-        return True
-    return is_credential_key(key) and not _TRIVIAL.match(text.strip())
-
-
 def plaintext_secret(ctx: LintContext) -> Iterator[Finding]:
-    lines = ctx.source_text.splitlines() if ctx.source_services is None else []
     for name, svc in sorted(ctx.services.items()):
         rendered = svc.get("environment") or {}
-        if ctx.source_services is not None:
-            written = dict(environment_items(ctx.source_services.get(name) or {}))
-        else:
-            written = {k: _written_value(ctx, lines, name, k) for k, v in rendered.items() if _suspect(k, v)}
+        written = dict(environment_items(ctx.stack.source_services.get(name) or {}))
         for key, value in written.items():
             if key not in rendered or value is None or isinstance(value, bool):
                 continue
@@ -96,41 +82,6 @@ def _literal_kind(key: str, text: str) -> str | None:
     if not _VARIABLE.search(text):
         return "a literal value"
     return None
-
-
-def _written_value(ctx: LintContext, lines: list[str], service: str, key: str) -> str | None:
-    """The value of ``environment.<key>`` as written on its line of the main file, or None."""
-    by_path = ctx.stack.lines.by_path
-    line = by_path.get(("services", service, "environment", key))
-    if line is not None and 0 < line <= len(lines):
-        _, _, raw = lines[line - 1].partition(":")
-        return _scalar(raw)
-    block = by_path.get(("services", service, "environment"))
-    if block is None or not 0 < block <= len(lines):
-        return None  # from env_file or another file: not written here
-    item = re.compile(r"^\s*-\s*(['\"]?)" + re.escape(key) + r"=(?P<value>.*)$")
-    indent = len(lines[block - 1]) - len(lines[block - 1].lstrip())
-    for text in lines[block:]:
-        stripped = text.strip()
-        if stripped and not stripped.startswith("#") and len(text) - len(text.lstrip()) <= indent:
-            break
-        match = item.match(text)
-        if match:
-            return _scalar(match.group("value"), quote=match.group(1))
-    return None
-
-
-def _scalar(raw: str, quote: str = "") -> str | None:
-    text = raw.strip()
-    if quote and text.endswith(quote):
-        return text[: -len(quote)]
-    if text[:1] in ("'", '"'):
-        end = text.find(text[0], 1)
-        return text[1:end] if end > 0 else None
-    if text[:1] in ("|", ">", "&", "*", "") or text.startswith(("[", "{")):
-        return None  # block scalar, anchor, empty: cannot judge from one line
-    comment = re.search(r"\s#", text)
-    return text[: comment.start()] if comment else text
 
 
 RULES = [plaintext_secret]

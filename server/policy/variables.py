@@ -30,10 +30,10 @@ def _strip_comment(line: str) -> str:
 
 
 def unset_variable(ctx: LintContext) -> Iterator[Finding]:
-    if ctx.defined_variables is None or not ctx.source_text:
+    if ctx.defined_variables is None or not ctx.stack.source_text:
         return
     reported: set[str] = set()
-    for number, raw in enumerate(ctx.source_text.splitlines(), start=1):
+    for number, raw in enumerate(ctx.stack.source_text.splitlines(), start=1):
         if "$" not in raw:
             continue
         for match in _REFERENCE.finditer(_strip_comment(raw)):

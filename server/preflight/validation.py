@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from server.compose import ComposeRunner, client_env
 from server.engine import Engine
-from server.errors import DockerUnavailable, EngineError, UnsafeYaml
+from server.errors import DockerUnavailable, EngineError
 from server.models import Finding, sort_findings
 from server.policy import LintContext, apply_policy, finding, run_rules
 from server.preflight.facts import gather_facts
@@ -17,8 +16,6 @@ from server.preflight.reports import ValidationReport
 from server.settings import Settings
 from server.stackload import StackRenderFailed, load_stack
 from server.stackmodel import LoadedStack
-from server.stacks import read_dotenv
-from server.yamlsafe import load_yaml, read_text_capped
 
 
 async def validate(
@@ -41,7 +38,7 @@ async def validate(
         findings = sort_findings(exc.findings)
         return _validation(exc.name, path, valid=False, services=[], findings=findings, host_checked=False, notes=[])
     await report_progress(progress, 1, total, f"rendered {len(stack.services)} services; linting")
-    ctx = source_context(stack, content=content, env=env)
+    ctx = source_context(stack, env=env)
     notes: list[str] = []
     extra: list[Finding] = []
     if check_host:
@@ -92,43 +89,9 @@ def _validation(
     )
 
 
-def source_context(stack: LoadedStack, *, content: str | None, env: Mapping[str, str] | None) -> LintContext:
-    """The stack as written: raw services (main file, then override merged over it) and the main text."""
-    texts: list[str] = []
-    if content is not None:
-        texts = [content]
-    else:
-        for file in stack.files:
-            try:
-                texts.append(read_text_capped(file, 64 * 1024 * 1024))
-            except UnsafeYaml:
-                continue
-    # One file without merge keys: the rules read the main text at the lines the first parse
-    # recorded, which saves parsing the file a second time on every validation.
-    parse = len(texts) > 1 or any("<<" in text for text in texts)
-    services: dict[str, dict[str, Any]] = {}
-    for index, text in enumerate(texts if parse else []):
-        try:
-            data = load_yaml(text, f"source {index}", max_bytes=len(text.encode()) + 1).data
-        except UnsafeYaml:  # screened once already; a file changed under us is not worth failing for
-            continue
-        raw = data.get("services") if isinstance(data, dict) else None
-        for name, body in raw.items() if isinstance(raw, dict) else []:
-            if not isinstance(body, dict):
-                continue
-            merged = {**services.get(str(name), {}), **body}
-            before = services.get(str(name), {}).get("environment")
-            if isinstance(before, dict) and isinstance(body.get("environment"), dict):
-                merged["environment"] = {**before, **body["environment"]}
-            services[str(name)] = merged
+def source_context(stack: LoadedStack, *, env: Mapping[str, str] | None) -> LintContext:
+    """The lint context with the names Compose had a value for, for the unset-variable rule."""
     # What Compose interpolates from: its own environment (plus the two names it sets itself),
     # the given env, and the stack's .env.
-    defined = set(client_env().keys()) | {"COMPOSE_PROJECT_NAME", "PWD"} | set(env or {})
-    if stack.directory is not None:
-        defined |= set(read_dotenv(stack.directory))
-    return LintContext(
-        stack=stack,
-        source_services=services if parse else None,
-        source_text=texts[0] if texts else "",
-        defined_variables=frozenset(defined),
-    )
+    defined = set(client_env().keys()) | {"COMPOSE_PROJECT_NAME", "PWD"} | set(env or {}) | stack.dotenv_keys
+    return LintContext(stack=stack, defined_variables=frozenset(defined))
