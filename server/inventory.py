@@ -6,16 +6,14 @@ The core of list_stacks and inspect_stack; the tool layer only publishes it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 from server.engine import ContainerSummary
-from server.errors import DockerUnavailable, UnsafeYaml
+from server.errors import DockerUnavailable
 from server.models import ObservedProject, StackEntry, StackInspection, StackList, sort_findings
 from server.runtime import Runtime
 from server.stackload import StackRenderFailed, load_stack
 from server.stacks import discover
 from server.stackview import service_view
-from server.yamlsafe import load_yaml, read_text_capped
 
 
 async def list_stacks(runtime: Runtime) -> StackList:
@@ -43,7 +41,7 @@ async def list_stacks(runtime: Runtime) -> StackList:
                 name=loc.name,
                 path=str(loc.directory.relative_to(root)),
                 compose_files=[f.name for f in loc.files],
-                services=_declared_services(loc.files, settings.yaml_max_bytes),
+                services=loc.declared_services,
                 containers=len(mine),
                 running=running,
                 healthy=healthy,
@@ -107,17 +105,3 @@ def _state(total: int, running: int, healthy: int, *, engine_ok: bool) -> str:
     if running == total and healthy == total:
         return "running"
     return "degraded"
-
-
-def _declared_services(files: list[Path], max_bytes: int) -> list[str]:
-    names: list[str] = []
-    for file in files:
-        try:
-            data = load_yaml(read_text_capped(file, max_bytes), file.name, max_bytes=max_bytes).data
-        except UnsafeYaml:
-            continue
-        services = data.get("services") if isinstance(data, dict) else None
-        for name in services or {}:
-            if str(name) not in names:
-                names.append(str(name))
-    return names

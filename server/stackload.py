@@ -19,9 +19,9 @@ from server.models import Finding
 from server.redact import Scrubber, is_secret_key
 from server.settings import Settings
 from server.stackmodel import LoadedStack
-from server.stacks import check_argument, locate_stack, normalize_project_name, read_dotenv
+from server.stacks import check_argument, locate_stack, normalize_project_name, read_compose_file, read_dotenv
 from server.xdsm import ServiceSettings, XdsmInvalid, parse_service_settings, parse_stack_settings
-from server.yamlsafe import SourceLines, YamlDocument, load_yaml, read_text_capped
+from server.yamlsafe import SourceLines, YamlDocument, load_yaml
 
 _COMPOSE_TOP_KEYS = {"services", "include", "name", "version", "networks", "volumes", "secrets", "configs"}
 
@@ -60,8 +60,10 @@ async def load_stack(
     assert path is not None
     location = locate_stack(settings, path)
     docs: list[YamlDocument] = []
-    for file in location.files:
-        docs.append(_screen_file(file, settings, location.name))
+    for file, located in zip(location.files, location.documents, strict=True):
+        doc = located if located is not None else _screen_file(file, settings, location.name)
+        _require_compose_shape(doc, location.name)
+        docs.append(doc)
     dotenv = read_dotenv(location.directory)
     _check_references(settings, location.directory, docs, location.name)
     return await _render(settings, compose, location.name, location.directory, location.files, docs, dotenv, env)
@@ -85,12 +87,11 @@ async def _load_inline(settings: Settings, compose: ComposeRunner, content: str,
 
 
 def _screen_file(file: Path, settings: Settings, name: str) -> YamlDocument:
+    """Read a file that was refused when the stack was located, to report why as a finding."""
     try:
-        doc = load_yaml(read_text_capped(file, settings.yaml_max_bytes), file.name, max_bytes=settings.yaml_max_bytes)
+        return read_compose_file(file, settings)
     except UnsafeYaml as exc:
         raise StackRenderFailed(name, [yaml_finding(exc)]) from None
-    _require_compose_shape(doc, name)
-    return doc
 
 
 def yaml_finding(exc: UnsafeYaml) -> Finding:
@@ -248,6 +249,8 @@ async def _render(
         service_settings=service_settings,
         lines=docs[0].lines,
         secret_values=frozenset(secrets),
+        sources=tuple(docs),
+        dotenv_keys=frozenset(dotenv),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from server.errors import PathRejected, StackConflict, StackNotFound, UnsafeYaml
 from server.settings import Settings
-from server.yamlsafe import load_yaml, read_text_capped
+from server.yamlsafe import YamlDocument, load_yaml, read_text_capped
 
 COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 OVERRIDE_NAMES = {
@@ -35,10 +35,22 @@ class StackLocation:
     directory: Path
     files: list[Path]
     name: str
+    documents: tuple[YamlDocument | None, ...] = ()
+    """Each file screened and parsed once when the stack was located (None: unreadable, and
+    loading the stack reports why)."""
 
     @property
     def main_file(self) -> Path:
         return self.files[0]
+
+    @property
+    def declared_services(self) -> list[str]:
+        """Service names as declared across the files, in order of first appearance."""
+        names: dict[str, None] = {}
+        for doc in self.documents:
+            services = doc.data.get("services") if doc is not None and isinstance(doc.data, dict) else None
+            names.update(dict.fromkeys(map(str, services)) if isinstance(services, dict) else {})
+        return list(names)
 
 
 def normalize_project_name(raw: str) -> str:
@@ -134,7 +146,23 @@ def locate_stack(settings: Settings, raw_path: str) -> StackLocation:
             f"{directory.name}/ holds no compose file ({', '.join(COMPOSE_FILE_NAMES)})",
             next_step="add a compose.yaml or pass the compose file itself",
         )
-    return StackLocation(directory=directory, files=files, name=project_name(directory, files, settings))
+    return _located(directory, files, settings)
+
+
+def read_compose_file(file: Path, settings: Settings) -> YamlDocument:
+    """Screen and parse one compose file; raises UnsafeYaml with the line when it is refused."""
+    return load_yaml(read_text_capped(file, settings.yaml_max_bytes), file.name, max_bytes=settings.yaml_max_bytes)
+
+
+def _located(directory: Path, files: list[Path], settings: Settings) -> StackLocation:
+    documents: list[YamlDocument | None] = []
+    for file in files:
+        try:
+            documents.append(read_compose_file(file, settings))
+        except UnsafeYaml:
+            documents.append(None)  # unreadable files still get a name; loading them reports the problem
+    return StackLocation(directory=directory, files=files, name=project_name(directory, documents[0]),
+                         documents=tuple(documents))
 
 
 def compose_files(directory: Path, explicit: Path | None = None) -> list[Path]:
@@ -175,17 +203,12 @@ def read_dotenv(directory: Path) -> dict[str, str]:
     return values
 
 
-def project_name(directory: Path, files: list[Path], settings: Settings) -> str:
+def project_name(directory: Path, main: YamlDocument | None) -> str:
+    """COMPOSE_PROJECT_NAME from .env, else the main file's ``name:``, else the directory's name."""
     from_env = read_dotenv(directory).get("COMPOSE_PROJECT_NAME")
     if from_env:
         return normalize_project_name(from_env)
-    try:
-        doc = load_yaml(
-            read_text_capped(files[0], settings.yaml_max_bytes), files[0].name, max_bytes=settings.yaml_max_bytes
-        )
-        declared = doc.data.get("name") if isinstance(doc.data, dict) else None
-    except UnsafeYaml:
-        declared = None  # unreadable files still get a name; loading them reports the problem
+    declared = main.data.get("name") if main is not None and isinstance(main.data, dict) else None
     if isinstance(declared, str) and declared.strip() and "$" not in declared:
         return normalize_project_name(declared)
     return normalize_project_name(directory.name)
@@ -207,7 +230,7 @@ def discover(settings: Settings) -> tuple[list[StackLocation], list[str]]:
             continue
         files = compose_files(entry)
         if files:
-            stacks.append(StackLocation(directory=entry, files=files, name=project_name(entry, files, settings)))
+            stacks.append(_located(entry, files, settings))
     by_name: dict[str, list[StackLocation]] = {}
     for stack in stacks:
         by_name.setdefault(stack.name, []).append(stack)
