@@ -23,6 +23,7 @@ from server.redact import Scrubber
 
 log = logging.getLogger("docker_stack_mcp.tools")
 
+_SCRUB = Scrubber()
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -48,8 +49,9 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except ToolError:
             raise
         except DsmError as exc:
-            log.info("tool %s refused: %s", fn.__name__, Scrubber()(str(exc)))
-            raise ToolError(Scrubber()(str(exc))) from None
+            message = _SCRUB(str(exc))
+            log.info("tool %s refused: %s", fn.__name__, message)
+            raise ToolError(message) from None
         except Exception as exc:
             log.exception("tool %s failed unexpectedly", fn.__name__)
             raise ToolError(
