@@ -291,3 +291,108 @@ def _unavailable(exc: BaseException) -> DockerUnavailable:
         state="nothing was changed",
         next_step=hint,
     )
+
+
+# -- deployment support (server/deploy) -------------------------------------------------------
+# Kept as free functions over Engine.call so the class keeps its shape; the deploy pipeline
+# reads containers, logs and images through these and never imports docker-py itself.
+
+
+async def inspect_container(engine: Engine, container_id: str) -> dict[str, Any] | None:
+    """``docker container inspect``; None when the container is gone."""
+    from docker.errors import NotFound
+
+    def get(c: Any) -> dict[str, Any] | None:
+        try:
+            return dict(c.api.inspect_container(container_id))
+        except NotFound:
+            return None
+
+    return await engine.call(get, f"inspect container {container_id[:12]}")
+
+
+async def container_logs(engine: Engine, container_id: str, *, since: float | None = None, tail: int = 200) -> str:
+    """The last ``tail`` log lines (stdout and stderr, with timestamps) since ``since`` (epoch s)."""
+    from docker.errors import NotFound
+
+    def get(c: Any) -> str:
+        try:
+            kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "timestamps": True, "tail": tail}
+            if since is not None:
+                kwargs["since"] = int(since)
+            data = c.api.logs(container_id, **kwargs)
+        except NotFound:
+            return ""
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+    return await engine.call(get, f"read logs of container {container_id[:12]}")
+
+
+async def exec_in(engine: Engine, container_id: str, argv: list[str], *, timeout_s: float = 30) -> tuple[int, str]:
+    """Run ``argv`` in a running container; (exit code, combined output tail). No shell."""
+
+    def run(c: Any) -> tuple[int, str]:
+        api = c.api
+        exec_id = api.exec_create(container_id, argv, stdout=True, stderr=True)["Id"]
+        output = api.exec_start(exec_id, stream=False, demux=False)
+        code = api.exec_inspect(exec_id).get("ExitCode")
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        return (code if isinstance(code, int) else -1), text[-4000:]
+
+    with anyio.fail_after(timeout_s):
+        return await engine.call(run, f"exec in container {container_id[:12]}")
+
+
+async def tag_image(engine: Engine, image_id: str, ref: str) -> None:
+    """Tag a local image (``docker tag``)."""
+    repo, _, tag = ref.rpartition(":")
+    await engine.call(lambda c: c.api.tag(image_id, repo, tag, force=True), f"tag image {image_id[:19]}")
+
+
+async def object_names(engine: Engine, kind: Literal["volume", "network"]) -> set[str]:
+    """Names of every volume or network on the engine (one API call)."""
+
+    def get(c: Any) -> set[str]:
+        if kind == "volume":
+            return {v["Name"] for v in (c.api.volumes().get("Volumes") or [])}
+        return {n["Name"] for n in c.api.networks()}
+
+    return await engine.call(get, f"list {kind}s")
+
+
+async def run_probe(
+    engine: Engine, image: str, argv: list[str], *, network: str, timeout_s: float, labels: dict[str, str]
+) -> tuple[int, str]:
+    """Run a short-lived container from a LOCAL image on ``network`` and return (exit, output).
+
+    Used for smoke checks from inside a stack's network; never pulls; removed afterwards.
+    """
+
+    def run(c: Any) -> tuple[int, str]:
+        api = c.api
+        created = api.create_container(
+            image, command=argv, entrypoint=[], labels=labels,
+            host_config=api.create_host_config(network_mode=network, auto_remove=False),
+        )
+        cid = created["Id"]
+        try:
+            api.start(cid)
+            result = api.wait(cid, timeout=timeout_s)
+            out = api.logs(cid, stdout=True, stderr=True)
+            text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
+            return int(result.get("StatusCode", -1)), text[-2000:]
+        except Exception as exc:  # requests' ReadTimeout from wait()
+            return -1, f"probe did not finish: {type(exc).__name__}"
+        finally:
+            api.remove_container(cid, force=True)
+
+    return await engine.call(run, f"run a probe container on {network}")
+
+
+async def image_attrs_digest(engine: Engine, image_id: str) -> str | None:
+    """The registry digest of a local image (``repo@sha256:...``), else its id."""
+    attrs = await engine.image_attrs(image_id)
+    if not attrs:
+        return None
+    digests = attrs.get("RepoDigests") or []
+    return str(digests[0]) if digests else str(attrs.get("Id") or image_id)

@@ -5,6 +5,7 @@ Top level::
     x-dsm:
       environment: production        # production (default) | staging | development
       critical: true                 # the whole stack is critical (blue-green when resources allow)
+      verify_s: 30                   # verification window after a deploy, seconds (0 = none)
       policy:
         severity: {image-unpinned: error, no-resource-limits: warning}   # or "off"
         waive:
@@ -21,6 +22,8 @@ Per service (``services.<name>.x-dsm``)::
         backup:
           dump: ["pg_dumpall", "-U", "postgres"]            # argv run in the container, stdout = dump
           restore: ["psql", "-U", "postgres"]               # argv run in the container, stdin = dump
+          restore_on_rollback: true  # a failed deploy that touched this database puts the dump back
+        verify_s: 60                 # this service's verification window (the longest one wins)
         smoke:
           - {http: "http://127.0.0.1:8080/health", expect_status: 200, timeout_s: 5}
           - {exec: ["pg_isready", "-U", "postgres"], expect_exit: 0}
@@ -77,6 +80,9 @@ class SmokeCheck(_Strict):
 class BackupHooks(_Strict):
     dump: list[str] | None = None
     restore: list[str] | None = None
+    restore_on_rollback: bool = Field(
+        default=True, description="Put the dump back when a failed deployment touched this database."
+    )
 
 
 class Recovery(_Strict):
@@ -92,6 +98,7 @@ class StackSettings(_Strict):
     environment: Literal["production", "staging", "development"] = "production"
     critical: bool = False
     policy: Policy = Field(default_factory=Policy)
+    verify_s: int | None = Field(default=None, ge=0, le=3600, description="Verification window after a deploy.")
 
 
 class ServiceSettings(_Strict):
@@ -103,6 +110,7 @@ class ServiceSettings(_Strict):
     backup: BackupHooks = Field(default_factory=BackupHooks)
     smoke: list[SmokeCheck] = Field(default_factory=list)
     recovery: Recovery = Field(default_factory=Recovery)
+    verify_s: int | None = Field(default=None, ge=0, le=3600, description="Verification window (longest wins).")
 
     @property
     def is_one_shot(self) -> bool:

@@ -38,12 +38,27 @@ async def validate(
         findings = sort_findings(exc.findings)
         return _validation(exc.name, path, valid=False, services=[], findings=findings, host_checked=False, notes=[])
     await report_progress(progress, 1, total, f"rendered {len(stack.services)} services; linting")
+    return await validate_loaded(settings, stack, engine(), env=env, check_host=check_host, progress=progress)
+
+
+async def validate_loaded(
+    settings: Settings,
+    stack: LoadedStack,
+    engine: Engine,
+    *,
+    env: Mapping[str, str] | None = None,
+    check_host: bool = True,
+    progress: Progress | None = None,
+) -> ValidationReport:
+    """Lint (and host-check) a stack that is already loaded: the deploy pipeline keeps the one
+    LoadedStack it deploys instead of rendering twice."""
+    total = 3 if check_host else 2
     ctx = source_context(stack, env=env)
     notes: list[str] = []
     extra: list[Finding] = []
     if check_host:
         try:
-            facts = (await gather_facts(engine(), stack)).facts
+            facts = (await gather_facts(engine, stack)).facts
             ctx = dataclasses.replace(ctx, facts=facts)
             notes.extend(facts.notes)
         except (DockerUnavailable, EngineError) as exc:

@@ -1,0 +1,192 @@
+"""The deployment plan: what happens to each service, computed without changing anything.
+
+Compose decides to recreate a container when the service's config hash (``docker compose config
+--hash``) differs from the container's ``com.docker.compose.config-hash`` label, or when the
+image id differs from its ``com.docker.compose.image`` label. We ask the same questions up front,
+so the plan says what ``up`` will do, per service, with the update strategy each service gets.
+
+``plan_id`` is a sha256 over the files, the env given, the running state and the plan itself:
+deploying with a plan_id applies exactly that plan or refuses when any of them moved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.compose import ComposeRunner
+from server.deploy.project import OVERRIDE_NAME, compose_args, user_files
+from server.deploy.report import Action, BackupPlan, DeployPlan, ServicePlan
+from server.engine import ContainerSummary, Engine, object_names
+from server.redact import Scrubber
+from server.stackmodel import LoadedStack
+
+HASH_LABEL = "com.docker.compose.config-hash"
+IMAGE_LABEL = "com.docker.compose.image"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+DATABASE_FAMILIES = ("postgres", "mysql", "mariadb", "mongo", "redis", "valkey")
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a plan was computed from; kept so the pipeline reuses it instead of asking twice."""
+
+    hashes: dict[str, str]
+    containers: list[ContainerSummary]
+    local_images: dict[str, str | None]
+
+
+async def config_hashes(
+    compose: ComposeRunner, directory: Path, project: str, env: Mapping[str, str] | None, scrub: Scrubber
+) -> dict[str, str]:
+    """``service -> config hash`` for the services Compose would start (active profiles only)."""
+    result = await compose.run(
+        compose_args(directory, project, with_override=False),
+        ["config", "--hash", "*"],
+        cwd=directory,
+        env=env,
+        timeout_s=60,
+        scrub=scrub,
+        what="docker compose config --hash",
+    )
+    hashes: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            hashes[parts[0]] = parts[1]
+    return hashes
+
+
+def is_database(stack: LoadedStack, service: str) -> bool:
+    settings = stack.service_settings_for(service)
+    if settings.role == "database" or settings.backup.dump:
+        return True
+    image = str(stack.services.get(service, {}).get("image") or "")
+    family = image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0].lower()
+    return any(family == f or family.startswith(f + "-") for f in DATABASE_FAMILIES) and "postgrest" not in family
+
+
+def strategy_for(stack: LoadedStack, service: str) -> tuple[str, str]:
+    """(strategy, why): x-dsm update.strategy, with 'auto' resolved by the service's role."""
+    settings = stack.service_settings_for(service)
+    chosen = settings.update.strategy
+    if chosen != "auto":
+        return chosen, f"x-dsm update.strategy: {chosen}"
+    body = stack.services.get(service, {})
+    fixed_ports = any(isinstance(p, dict) and p.get("published") for p in body.get("ports") or [])
+    named_volumes = any(isinstance(v, dict) and v.get("type") == "volume" for v in body.get("volumes") or [])
+    if is_database(stack, service):
+        return "planned-downtime", "auto: a database is never run twice on one data directory"
+    if named_volumes:
+        return "planned-downtime", "auto: it writes a named volume"
+    if fixed_ports:
+        return "planned-downtime", "auto: a fixed host port cannot be bound twice"
+    if settings.critical or stack.settings.critical:
+        return "blue-green", "auto: critical and stateless (when resources allow)"
+    return "rolling", "auto: stateless"
+
+
+async def compute_plan(
+    compose: ComposeRunner,
+    engine: Engine,
+    stack: LoadedStack,
+    *,
+    env: Mapping[str, str] | None,
+    services: list[str] | None = None,
+    scrub: Scrubber | None = None,
+) -> tuple[DeployPlan, PlanInputs]:
+    """The plan for deploying ``stack`` (the user's files, without our pins) as it stands now."""
+    assert stack.directory is not None
+    scrub = scrub or Scrubber(stack.secret_values)
+    hashes = await config_hashes(compose, stack.directory, stack.name, env, scrub)
+    containers = [c for c in await engine.compose_containers(stack.name) if c.labels.get(ONEOFF_LABEL) != "True"]
+    by_service: dict[str, list[ContainerSummary]] = {}
+    for c in containers:
+        by_service.setdefault(c.service or "", []).append(c)
+    local: dict[str, str | None] = {}
+    for name in hashes:
+        ref = stack.services.get(name, {}).get("image")
+        if ref and ref not in local:
+            attrs = await engine.image_attrs(str(ref))
+            local[str(ref)] = attrs.get("Id") if attrs else None
+    selected = set(services) if services else None
+    plans: list[ServicePlan] = []
+    for name, want_hash in sorted(hashes.items()):
+        body = stack.services.get(name, {})
+        ref = str(body.get("image") or "") or None
+        image_id = local.get(ref) if ref else None
+        running = by_service.get(name, [])
+        image_from = running[0].labels.get(IMAGE_LABEL) if running else None
+        strategy, why = strategy_for(stack, name)
+        pull = bool(ref) and image_id is None and not body.get("build")
+        one_shot = stack.service_settings_for(name).is_one_shot
+        action: Action
+        if selected is not None and name not in selected:
+            action, reason = "unchanged", "not among the services asked for"
+        elif not running:
+            action, reason = "create", "no container yet"
+        elif any(c.labels.get(HASH_LABEL) != want_hash for c in running):
+            action, reason = "recreate", "its configuration changed"
+        elif pull:
+            action, reason = "recreate", f"{ref} is not local: pulled, then recreated if the image differs"
+        elif image_id and image_from and image_id != image_from:
+            action, reason = "recreate", f"the image changed ({image_from[7:19]} -> {image_id[7:19]})"
+        elif not one_shot and not all(c.running for c in running):
+            action, reason = "recreate", f"not running ({running[0].state})"
+        else:
+            action, reason = "unchanged", "same configuration and image as running"
+        plans.append(ServicePlan(
+            service=name, action=action, image_from=image_from, image_to=ref, pull=pull and action != "unchanged",
+            strategy=strategy, reason=reason if action == "unchanged" else f"{reason}; {why}",
+        ))
+    for name in sorted(set(by_service) - set(hashes)):
+        if name and selected is None:
+            plans.append(ServicePlan(
+                service=name, action="remove", image_from=by_service[name][0].labels.get(IMAGE_LABEL),
+                strategy="planned-downtime", reason="no longer in the compose files (orphan; its volumes are kept)",
+            ))
+    volumes, networks = await _to_create(engine, stack)
+    backup = BackupPlan(
+        images=sorted(n for n, cs in by_service.items() if n and any(c.running for c in cs)),
+        volumes=sorted(str((v or {}).get("name") or k) for k, v in (stack.rendered.get("volumes") or {}).items()
+                       if not (v or {}).get("external")),
+        dumps=sorted(n for n in hashes if is_database(stack, n) and by_service.get(n)),
+    )
+    draft = DeployPlan(plan_id="", services=plans, volumes_to_create=volumes, networks_to_create=networks,
+                       backup=backup)
+    plan_id = _plan_id(stack, env, containers, draft)
+    return draft.model_copy(update={"plan_id": plan_id}), PlanInputs(hashes, containers, local)
+
+
+async def _to_create(engine: Engine, stack: LoadedStack) -> tuple[list[str], list[str]]:
+    wanted_volumes = {str((v or {}).get("name") or k) for k, v in (stack.rendered.get("volumes") or {}).items()
+                      if not (v or {}).get("external")}
+    wanted_networks = {str((v or {}).get("name") or k) for k, v in (stack.rendered.get("networks") or {}).items()
+                       if not (v or {}).get("external")}
+    have_volumes = await object_names(engine, "volume") if wanted_volumes else set()
+    have_networks = await object_names(engine, "network") if wanted_networks else set()
+    return sorted(wanted_volumes - have_volumes), sorted(wanted_networks - have_networks)
+
+
+def _plan_id(stack: LoadedStack, env: Mapping[str, str] | None, containers: list[ContainerSummary],
+             plan: DeployPlan) -> str:
+    assert stack.directory is not None
+    files: dict[str, str] = {}
+    for path in [*user_files(stack.directory), stack.directory / ".env", stack.directory / OVERRIDE_NAME]:
+        if path.is_file():
+            files[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    state: list[Any] = sorted(
+        (c.service or "", c.id, c.labels.get(HASH_LABEL, ""), c.labels.get(IMAGE_LABEL, ""), c.state)
+        for c in containers
+    )
+    material = {
+        "files": files,
+        "env": hashlib.sha256(json.dumps(sorted((env or {}).items())).encode()).hexdigest(),
+        "running": state,
+        "plan": plan.model_dump(mode="json", exclude={"plan_id"}),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]

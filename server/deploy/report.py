@@ -1,0 +1,77 @@
+"""What deploy_stack and rollback return: the plan and the report, as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from server.models import Finding, Frozen
+
+Action = Literal["create", "recreate", "unchanged", "remove"]
+DeployStatus = Literal["deployed", "unchanged", "rolled_back", "blocked", "failed", "planned", "busy"]
+
+
+class ServicePlan(Frozen):
+    service: str
+    action: Action
+    image_from: str | None = Field(default=None, description="Image id running now (null: none).")
+    image_to: str | None = Field(default=None, description="Image reference to run.")
+    pull: bool = Field(default=False, description="The image is not local and will be pulled.")
+    strategy: str = Field(description="rolling | blue-green | planned-downtime (executed by Compose recreate today).")
+    reason: str
+
+
+class BackupPlan(Frozen):
+    files: bool = True
+    images: list[str] = Field(default_factory=list, description="Services whose running image gets pinned.")
+    volumes: list[str] = Field(default_factory=list, description="Named volumes archived.")
+    dumps: list[str] = Field(default_factory=list, description="Database services dumped.")
+
+
+class DeployPlan(Frozen):
+    plan_id: str = Field(description="Pass back as plan_id to apply exactly this plan.")
+    services: list[ServicePlan]
+    volumes_to_create: list[str] = Field(default_factory=list)
+    networks_to_create: list[str] = Field(default_factory=list)
+    backup: BackupPlan
+
+    @property
+    def changes(self) -> list[ServicePlan]:
+        return [s for s in self.services if s.action != "unchanged"]
+
+
+class Phase(Frozen):
+    name: str
+    status: Literal["ok", "failed", "skipped", "blocked"]
+    duration_s: float
+    detail: str = ""
+
+
+class ServiceState(Frozen):
+    name: str
+    state: str
+    health: str | None = None
+    image: str | None = None
+    image_digest: str | None = None
+
+
+class RollbackInfo(Frozen):
+    why: str
+    to_deployment: str | None = Field(default=None, description="Deployment (operation) id rolled back to.")
+    result: Literal["restored", "failed", "nothing_changed"]
+
+
+class DeployReport(Frozen):
+    status: DeployStatus
+    stack: str
+    deployment_id: str | None = None
+    operation_id: str | None = None
+    phases: list[Phase] = Field(default_factory=list)
+    services: list[ServiceState] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
+    backup_id: str | None = None
+    rollback: RollbackInfo | None = None
+    incident_id: str | None = None
+    plan: DeployPlan | None = None
+    next_steps: list[str] = Field(default_factory=list)

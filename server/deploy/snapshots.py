@@ -1,0 +1,61 @@
+"""The files of each successful deployment, kept so a rollback can put them back.
+
+A backup is taken at the start of a deploy, when the user has already edited the files; the
+files of the deployment to return to are the ones that deployment ran with. Each successful
+deploy (and rollback) copies its compose files, .env and compose.dsm.yaml to
+``DSM_STATE_DIR/deployments/<stack>/<deployment_id>/`` (0700; .env may hold secrets).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from server.deploy.project import OVERRIDE_NAME, user_files
+from server.settings import Settings
+
+
+def _dir(settings: Settings, stack: str, deployment_id: str) -> Path:
+    return settings.state_dir / "deployments" / stack / deployment_id
+
+
+def save(settings: Settings, stack: str, deployment_id: str, directory: Path) -> list[str]:
+    target = _dir(settings, stack, deployment_id)
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(target, 0o700)
+    saved = []
+    for path in [*user_files(directory), directory / ".env", directory / OVERRIDE_NAME]:
+        if path.is_file() and path.parent == directory:
+            shutil.copy2(path, target / path.name)
+            saved.append(path.name)
+    (target / "FILES").write_text("\n".join(saved) + "\n")
+    return saved
+
+
+def exists(settings: Settings, stack: str, deployment_id: str) -> bool:
+    return (_dir(settings, stack, deployment_id) / "FILES").is_file()
+
+
+def restore(settings: Settings, stack: str, deployment_id: str, directory: Path) -> list[str]:
+    """Put the deployment's files back; .env and compose.dsm.yaml it did not have are removed."""
+    source = _dir(settings, stack, deployment_id)
+    names = [n for n in (source / "FILES").read_text().splitlines() if n]
+    for name in (".env", OVERRIDE_NAME):
+        if name not in names:
+            (directory / name).unlink(missing_ok=True)
+    for name in names:
+        tmp = directory / f".{name}.dsm-tmp"
+        shutil.copy2(source / name, tmp)
+        os.replace(tmp, directory / name)
+    return names
+
+
+def keep_failed(settings: Settings, stack: str, label: str, directory: Path) -> Path:
+    """Copy the files of a failed deployment aside (next to the backup taken before it)."""
+    target = settings.state_dir / "backups" / stack / label / "failed-files"
+    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in [*user_files(directory), directory / ".env", directory / OVERRIDE_NAME]:
+        if path.is_file() and path.parent == directory:
+            shutil.copy2(path, target / path.name)
+    return target

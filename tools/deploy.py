@@ -1,0 +1,92 @@
+"""deploy_stack and rollback: thin wrappers over server.deploy.pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+
+from server.deploy.report import DeployReport
+from server.errors import ReadOnlyMode
+from server.runtime import Runtime
+from tools._common import CHANGES_STACKS, progress, tool_errors
+
+
+def _confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
+    async def ask(question: str) -> bool:
+        try:
+            from tools._common import confirm_destructive  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:
+            return False  # no elicitation helper: confirm=true is the only way
+        try:
+            await confirm_destructive(ctx, question, False)
+        except Exception:
+            return False
+        return True
+
+    return ask
+
+
+def register(server: MCPServer, runtime: Runtime) -> None:
+    @server.tool(annotations=CHANGES_STACKS)
+    @tool_errors
+    async def deploy_stack(
+        ctx: Context,
+        path: Annotated[str, Field(description="Stack directory (or a compose file in it) under the stacks root.")],
+        env: Annotated[dict[str, str] | None, Field(description="Interpolation values; never echoed.")] = None,
+        services: Annotated[list[str] | None, Field(description="Deploy only these services.")] = None,
+        dry_run: Annotated[bool, Field(description="Return the plan and its plan_id; change nothing.")] = False,
+        plan_id: Annotated[str | None, Field(description="Apply exactly this dry-run plan, or refuse.")] = None,
+        wait_timeout_s: Annotated[float | None, Field(ge=5, le=3600, description="Health gate timeout (180).")] = None,
+        verify_s: Annotated[float | None, Field(ge=0, le=3600, description="Verification window; default x-dsm "
+                                                "verify_s, else 30; 0 = none.")] = None,
+        confirm: Annotated[bool, Field(description="Confirms a deploy to a critical stack.")] = False,
+    ) -> DeployReport:
+        """Deploy a stack as one transaction: ends healthy, or rolled back to where it started.
+
+        Pre-flight (validate_compose with host checks; blocked = nothing changed) -> backup (files,
+        pinned images, volumes, database dumps) -> pull -> up -> health gate (exits, unhealthy,
+        restart loops, OOM) -> x-dsm smoke checks -> verification window (health, critical log
+        lines > 10/min, sustained >95% of memory/CPU limit). Any failure after the backup rolls
+        back automatically (previous files and images, database dumps where the deploy touched the
+        database) and records an incident. Progress is reported per phase.
+
+        status: deployed | unchanged | rolled_back | blocked | failed | planned | busy. `busy` names
+        the running operation_id: poll operation_status, do not retry. Read `phases`, `findings`,
+        `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`.
+        """
+        if runtime.settings.read_only:
+            raise ReadOnlyMode("deploy_stack is disabled by DSM_READ_ONLY", state="nothing was changed")
+        from server.deploy.pipeline import Deployer
+
+        async def tell(done: float, total: float, message: str) -> None:
+            await progress(ctx, done, total, message)
+
+        return await Deployer(runtime, tell, _confirmer(ctx)).deploy(
+            path, env=env, services=services, dry_run=dry_run, plan_id=plan_id, wait_timeout_s=wait_timeout_s,
+            verify_s=verify_s, confirm=confirm)
+
+    @server.tool(annotations=CHANGES_STACKS)
+    @tool_errors
+    async def rollback(
+        ctx: Context,
+        stack: Annotated[str, Field(description="Stack name or directory.")],
+        to_deployment: Annotated[str | None, Field(description="deployment_id from stack_history; default: the "
+                                                   "last successful deployment before the current one.")] = None,
+        restore_data: Annotated[bool, Field(description="Also restore volumes and databases from the backup "
+                                            "taken when leaving that deployment (overwrites data).")] = False,
+        confirm: Annotated[bool, Field(description="Required for restore_data and for critical stacks.")] = False,
+    ) -> DeployReport:
+        """Roll a stack back to a previous successful deployment: its files, its images (pinned in
+        compose.dsm.yaml), optionally its data; then the health gate. Same report as deploy_stack."""
+        if runtime.settings.read_only:
+            raise ReadOnlyMode("rollback is disabled by DSM_READ_ONLY", state="nothing was changed")
+        from server.deploy.pipeline import Deployer
+
+        async def tell(done: float, total: float, message: str) -> None:
+            await progress(ctx, done, total, message)
+
+        return await Deployer(runtime, tell, _confirmer(ctx)).rollback(
+            stack, to_deployment=to_deployment, restore_data=restore_data, confirm=confirm)
