@@ -1,0 +1,100 @@
+"""Helpers shared by the deploy tests: stacks on disk, the pipeline, and looking at the engine."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from server.deploy.report import DeployReport
+from server.runtime import Runtime
+from server.settings import Settings
+
+WEB_10 = "dsm-test/web:1.0"
+WEB_11 = "dsm-test/web:1.1"
+WEB_BROKEN = "dsm-test/web:2.0-broken"
+WEB_NOHC = "dsm-test/web:1.0-nohc"
+POSTGRES = "dsm-test/postgres:15"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write(root: Path, name: str, compose: str, env: str | None = None) -> Path:
+    directory = root / name
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "compose.yaml").write_text(compose)
+    if env is not None:
+        (directory / ".env").write_text(env)
+    return directory
+
+
+def web_service(name: str = "web", image: str = WEB_10, port: int | None = None, extra: str = "") -> str:
+    ports = f"    ports: ['127.0.0.1:{port}:80']\n" if port else ""
+    return (f"  {name}:\n    image: {image}\n    init: true\n    restart: unless-stopped\n"
+            f"    labels: {{dsm.test: '1'}}\n    mem_limit: 64m\n    cpus: 0.5\n{ports}{extra}")
+
+
+def web_stack(name: str, image: str = WEB_10, port: int | None = None, verify_s: int = 0, extra: str = "",
+              volume: bool = True) -> str:
+    vol = "    volumes: [data:/data]\n" if volume else ""
+    tail = "volumes:\n  data:\n    labels: {dsm.test: '1'}\n" if volume else ""
+    return (f"name: {name}\nx-dsm: {{verify_s: {verify_s}}}\nservices:\n"
+            f"{web_service('web', image, port, vol + extra)}{tail}")
+
+
+def get(url: str, timeout: float = 3) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310
+        return str(r.read().decode().strip())
+
+
+def docker(*args: str, check: bool = True, stdin: str | None = None, cwd: Path | None = None) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, input=stdin, cwd=cwd)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {result.stderr}")
+    return result.stdout.strip()
+
+
+def containers(project: str) -> list[dict[str, Any]]:
+    out = docker("ps", "-a", "--filter", f"label=com.docker.compose.project={project}", "--format", "{{json .}}")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def container_of(project: str, service: str) -> str:
+    for c in containers(project):
+        if f"com.docker.compose.service={service}" in c.get("Labels", ""):
+            return str(c["ID"])
+    raise AssertionError(f"no container of {service} in {project}")
+
+
+def remove_pins(project: str) -> None:
+    refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference=dsm-pin/{project}-*",
+                  check=False).split()
+    if refs:
+        docker("rmi", *refs, check=False)
+
+
+async def deploy(runtime: Runtime, path: str, **kw: Any) -> DeployReport:
+    from server.deploy.pipeline import Deployer
+
+    return await Deployer(runtime).deploy(path, **kw)
+
+
+def runtime_for(settings: Settings) -> Runtime:
+    import os
+    from dataclasses import replace
+
+    model = os.environ.get("DSM_EMBEDDING_MODEL_PATH")
+    default = Path(__file__).resolve().parent.parent / ".cache" / "embedding-model"
+    model = model or (str(default) if default.is_dir() else None)
+    return Runtime(replace(settings, embedding_model_path=Path(model)) if model else settings)
+
+
+def phase(report: DeployReport, name: str) -> Any:
+    return next((p for p in report.phases if p.name == name), None)

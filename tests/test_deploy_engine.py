@@ -1,0 +1,177 @@
+"""deploy_stack / rollback on the real engine: healthy deploys, every failure mode rolled back,
+blocked deploys that change nothing, hostile input. Uses the locally built test images."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.errors import DsmError
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.deploy_helpers import (
+    WEB_10,
+    WEB_11,
+    WEB_BROKEN,
+    container_of,
+    containers,
+    deploy,
+    docker,
+    free_port,
+    get,
+    phase,
+    remove_pins,
+    runtime_for,
+    web_service,
+    web_stack,
+    write,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+@pytest.fixture
+def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
+    rt = runtime_for(settings)
+    yield rt
+    rt.close()
+    remove_pins(project_name)
+
+
+async def test_healthy_deploy_then_unchanged_and_plan_ids(runtime: Runtime, stacks_root: Path,
+                                                          project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    planned = await deploy(runtime, project_name, dry_run=True)
+    assert planned.status == "planned" and planned.plan is not None
+    assert [(s.service, s.action) for s in planned.plan.services] == [("web", "create")]
+    assert f"{project_name}_data" in planned.plan.volumes_to_create
+    assert containers(project_name) == []  # a dry run changes nothing
+
+    report = await deploy(runtime, project_name, plan_id=planned.plan.plan_id)
+    assert report.status == "deployed", report
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert report.services[0].health == "healthy" and report.services[0].image_digest
+    assert [p.name for p in report.phases][:4] == ["preflight", "plan", "backup", "pull"]
+
+    t = time.monotonic()
+    again = await deploy(runtime, project_name)
+    assert again.status == "unchanged" and time.monotonic() - t < 10
+    assert again.plan is not None and not again.plan.changes
+
+    # A plan computed before the files changed is refused, and nothing moves.
+    stale = await deploy(runtime, project_name, dry_run=True)
+    assert stale.plan is not None
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port))
+    refused = await deploy(runtime, project_name, plan_id=stale.plan.plan_id)
+    assert refused.status == "blocked" and refused.findings[-1].rule == "plan-changed"
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_failing_healthcheck_rolls_back_with_data_intact(runtime: Runtime, stacks_root: Path,
+                                                               project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    docker("exec", container_of(project_name, "web"), "sh", "-c", "echo precious > /data/keep")
+
+    failing = "    healthcheck: {test: ['CMD', 'false'], interval: 1s, timeout: 1s, retries: 2}\n"
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port, extra=failing))
+    report = await deploy(runtime, project_name, wait_timeout_s=30)
+    assert report.status == "rolled_back", report
+    assert report.rollback is not None and report.rollback.result == "restored"
+    assert "unhealthy" in report.rollback.why and phase(report, "health").status == "failed"
+    assert report.incident_id and report.backup_id
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert docker("exec", container_of(project_name, "web"), "cat", "/data/keep") == "precious"
+    # The previous files are back, the failed ones are kept with the backup, the pin is ours.
+    assert WEB_10 in (directory / "compose.yaml").read_text()
+    assert "COMPOSE_FILE=compose.yaml:compose.dsm.yaml" in (directory / ".env").read_text()
+    kept = runtime.settings.state_dir / "backups" / project_name / report.backup_id / "failed-files" / "compose.yaml"
+    assert WEB_11 in kept.read_text()
+    # A plain `docker compose up` in the stack directory gives the rolled-back state.
+    docker("compose", "up", "-d", cwd=directory)
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+    # The next successful deploy removes the pin and the COMPOSE_FILE entry we added.
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    assert not (directory / "compose.dsm.yaml").exists()
+    assert "COMPOSE_FILE" not in (directory / ".env").read_text()
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
+
+
+async def test_crash_loop_is_caught_by_the_gate(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    crash = "    environment: {WEB_CRASH_AFTER: '0'}\n"
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_BROKEN, port, extra=crash))
+    report = await deploy(runtime, project_name, wait_timeout_s=30)
+    assert report.status == "rolled_back", report
+    why = report.rollback.why if report.rollback else ""
+    assert "restart loop" in why or "exited" in why or "restarting" in why
+    assert any("simulated crash" in e for e in report.findings[-1].evidence)
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_oom_kill_during_verification(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    # Serves (healthy) first, then a child process eats memory past the 64 MiB limit.
+    hog = ("    command: ['sh', '-c', 'httpd -p 80 -h /www; sleep 3; a=x; while true; do a=$$a$$a; done']\n")
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port, extra=hog))
+    report = await deploy(runtime, project_name, verify_s=20)
+    assert report.status == "rolled_back", report
+    assert phase(report, "health").status == "ok" and phase(report, "verify").status == "failed"
+    assert report.rollback is not None
+    assert any(w in report.rollback.why for w in ("OOM", "memory", "restart", "exited")), report.rollback.why
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_port_held_by_another_process_blocks_and_changes_nothing(runtime: Runtime, stacks_root: Path,
+                                                                       project_name: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+        report = await deploy(runtime, project_name)
+    assert report.status == "blocked"
+    assert "port-conflict" in {f.rule for f in report.findings}
+    assert report.operation_id is None and report.backup_id is None
+    assert containers(project_name) == []
+    assert docker("volume", "ls", "-q", "--filter", f"name={project_name}") == ""
+
+
+async def test_image_missing_from_registry_blocks(runtime: Runtime, stacks_root: Path, project_name: str,
+                                                  registry: str) -> None:
+    write(stacks_root, project_name, web_stack(project_name, f"{registry}/dsm-test/web:9.9-missing"))
+    report = await deploy(runtime, project_name)
+    assert report.status == "blocked"
+    assert "image-unavailable" in {f.rule for f in report.findings}
+    assert containers(project_name) == []
+
+
+async def test_hostile_input_is_refused(runtime: Runtime, stacks_root: Path, project_name: str,
+                                        tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "compose.yaml").write_text(web_stack(project_name))
+    for bad in ("../outside", str(outside), "--project-directory=/", "-f"):
+        with pytest.raises(DsmError):
+            await deploy(runtime, bad)
+    bomb = "a: &a ['x','x','x','x','x','x','x','x','x']\n" + "".join(
+        f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    write(stacks_root, project_name, bomb + "services:\n" + web_service())
+    report = await deploy(runtime, project_name)
+    assert report.status == "blocked" and report.findings[0].rule == "unsafe-yaml"
+    write(stacks_root, project_name, web_stack(project_name))
+    with pytest.raises(DsmError, match="unknown service"):
+        await deploy(runtime, project_name, services=["--volumes"])
+    assert containers(project_name) == []
