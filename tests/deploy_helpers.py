@@ -50,7 +50,7 @@ def web_stack(name: str, image: str = WEB_10, port: int | None = None, verify_s:
 
 
 def get(url: str, timeout: float = 3) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return str(r.read().decode().strip())
 
 
