@@ -166,8 +166,9 @@ async def test_hostile_input_is_refused(runtime: Runtime, stacks_root: Path, pro
     for bad in ("../outside", str(outside), "--project-directory=/", "-f"):
         with pytest.raises(DsmError):
             await deploy(runtime, bad)
+    pairs = zip("abcdefg", "bcdefgh", strict=True)
     bomb = "a: &a ['x','x','x','x','x','x','x','x','x']\n" + "".join(
-        f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True))
+        f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in pairs)
     write(stacks_root, project_name, bomb + "services:\n" + web_service())
     report = await deploy(runtime, project_name)
     assert report.status == "blocked" and report.findings[0].rule == "unsafe-yaml"

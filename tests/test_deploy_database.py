@@ -1,0 +1,120 @@
+"""A real PostgreSQL stack whose update runs a migration (one-shot) that fails half-way: the
+rollback restores the dump, so every row written before the update is there afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.deploy_helpers import (
+    POSTGRES,
+    WEB_10,
+    WEB_11,
+    container_of,
+    deploy,
+    docker,
+    free_port,
+    get,
+    phase,
+    remove_pins,
+    runtime_for,
+    write,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+V1_SQL = ["CREATE TABLE IF NOT EXISTS items(id int primary key, note text)"]
+# Each -c commits on its own: the delete and the new column are in before the failing statement,
+# so without a restore the rows would be gone (test_half_migration_really_loses_rows checks that).
+V2_SQL = ["DELETE FROM items", "ALTER TABLE items ADD COLUMN price int", "SELECT no_such_function()"]
+
+
+def chat_stack(name: str, port: int, api_image: str, sql: list[str]) -> str:
+    statements = ", ".join(f'"-c", "{q}"' for q in sql)
+    return f"""name: {name}
+x-dsm: {{verify_s: 0}}
+services:
+  db:
+    image: {POSTGRES}
+    init: true
+    restart: unless-stopped
+    environment: {{POSTGRES_HOST_AUTH_METHOD: trust}}
+    volumes: [pgdata:/var/lib/postgresql/data]
+    mem_limit: 256m
+    cpus: 1
+    labels: {{dsm.test: '1'}}
+    x-dsm: {{role: database}}
+  migrate:
+    image: {POSTGRES}
+    entrypoint: ["psql", "-v", "ON_ERROR_STOP=1", "-h", "db", "-U", "postgres", {statements}]
+    depends_on: {{db: {{condition: service_healthy}}}}
+    restart: "no"
+    mem_limit: 64m
+    cpus: 0.5
+    labels: {{dsm.test: '1'}}
+    x-dsm: {{one-shot: true}}
+  api:
+    image: {api_image}
+    init: true
+    restart: unless-stopped
+    ports: ['127.0.0.1:{port}:80']
+    depends_on: {{migrate: {{condition: service_completed_successfully}}}}
+    mem_limit: 64m
+    cpus: 0.5
+    labels: {{dsm.test: '1'}}
+volumes:
+  pgdata:
+    labels: {{dsm.test: '1'}}
+"""
+
+
+def psql(project: str, sql: str) -> str:
+    return docker("exec", container_of(project, "db"), "psql", "-U", "postgres", "-tAc", sql)
+
+
+@pytest.fixture
+def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
+    rt = runtime_for(settings)
+    yield rt
+    rt.close()
+    remove_pins(project_name)
+
+
+async def test_failed_migration_rolls_back_with_every_row(runtime: Runtime, stacks_root: Path,
+                                                          project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, chat_stack(project_name, port, WEB_10, V1_SQL))
+    first = await deploy(runtime, project_name, wait_timeout_s=120)
+    assert first.status == "deployed", first
+    psql(project_name, "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 250) g")
+    assert psql(project_name, "SELECT count(*) FROM items") == "250"
+
+    (directory / "compose.yaml").write_text(chat_stack(project_name, port, WEB_11, V2_SQL))
+    report = await deploy(runtime, project_name, wait_timeout_s=120)
+    assert report.status == "rolled_back", report
+    assert report.rollback is not None and report.rollback.result == "restored"
+    assert "migrate" in report.rollback.why
+    assert "database restored" in phase(report, "rollback").detail
+    assert psql(project_name, "SELECT count(*) FROM items") == "250"
+    assert psql(project_name, "SELECT count(*) FROM information_schema.columns WHERE table_name='items' "
+                              "AND column_name='price'") == "0"
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert report.incident_id
+
+
+async def test_half_migration_really_loses_rows(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    """The control for the test above: the same failed migration, with restore_on_rollback off."""
+    port = free_port()
+    directory = write(stacks_root, project_name, chat_stack(project_name, port, WEB_10, V1_SQL))
+    assert (await deploy(runtime, project_name, wait_timeout_s=120)).status == "deployed"
+    psql(project_name, "INSERT INTO items SELECT g, 'row' FROM generate_series(1, 20) g")
+    text = chat_stack(project_name, port, WEB_11, V2_SQL).replace(
+        "x-dsm: {role: database}", "x-dsm: {role: database, backup: {restore_on_rollback: false}}")
+    (directory / "compose.yaml").write_text(text)
+    report = await deploy(runtime, project_name, wait_timeout_s=120)
+    assert report.status == "rolled_back"
+    assert psql(project_name, "SELECT count(*) FROM items") == "0"
