@@ -1,0 +1,111 @@
+"""Deploys from real server processes over stdio: two at once (one runs, one is told `busy`), and a
+server SIGKILLed mid-deploy (the operation ends `interrupted`; the stack is deployable again)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.deploy.seams import operations
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.deploy_helpers import WEB_10, WEB_11, containers, deploy, free_port, get, remove_pins, runtime_for
+from tests.deploy_helpers import web_stack, write
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+EXE = str(Path(sys.executable).parent / "docker-stack-mcp")
+
+
+def start_deploy(settings: Settings, path: str, **arguments: Any) -> subprocess.Popen[str]:
+    """A server process over stdio that has been asked to deploy ``path`` (answer on stdout)."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"),
+           "DSM_STACKS_ROOT": str(settings.stacks_root), "DSM_STATE_DIR": str(settings.state_dir)}
+    proc = subprocess.Popen([EXE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=env)
+    assert proc.stdin is not None
+    for message in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "deploy_stack", "arguments": {"path": path, **arguments}}},
+    ):
+        proc.stdin.write(json.dumps(message) + "\n")
+    proc.stdin.flush()
+    return proc
+
+
+def answer(proc: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        message = json.loads(line)
+        if message.get("id") == 2:
+            proc.stdin.close()  # type: ignore[union-attr]
+            proc.wait(timeout=30)
+            return dict(message["result"]["structuredContent"])
+    proc.kill()
+    raise AssertionError("no answer from the server")
+
+
+def wait_for(predicate: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("condition not reached")
+
+
+@pytest.fixture
+def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
+    rt = runtime_for(settings)
+    yield rt
+    rt.close()
+    remove_pins(project_name)
+
+
+async def test_two_deploys_from_two_processes(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    port = free_port()
+    write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    first = start_deploy(runtime.settings, project_name, verify_s=8)
+    ops = operations(runtime)
+    holder = wait_for(lambda: ops.running(project_name))
+    second = start_deploy(runtime.settings, project_name, verify_s=0)
+    busy = answer(second)
+    assert busy["status"] == "busy" and busy["operation_id"] == holder.operation_id
+    done = answer(first)
+    assert done["status"] == "deployed" and done["operation_id"] == holder.operation_id
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_sigkill_mid_deploy_leaves_interrupted_then_deployable(runtime: Runtime, stacks_root: Path,
+                                                                     project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    proc = start_deploy(runtime.settings, project_name, verify_s=60)
+    ops = operations(runtime)
+    killed = wait_for(lambda: ops.running(project_name))
+    wait_for(lambda: any("healthy" in c.get("Status", "") for c in containers(project_name)))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port))
+    report = await deploy(runtime, project_name)
+    assert report.status == "deployed", report
+    record = ops.get(killed.operation_id)
+    assert record is not None and record.status == "interrupted"
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
