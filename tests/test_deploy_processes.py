@@ -18,8 +18,18 @@ import pytest
 from server.deploy.seams import operations
 from server.runtime import Runtime
 from server.settings import Settings
-from tests.deploy_helpers import WEB_10, WEB_11, containers, deploy, free_port, get, remove_pins, runtime_for
-from tests.deploy_helpers import web_stack, write
+from tests.deploy_helpers import (
+    WEB_10,
+    WEB_11,
+    containers,
+    deploy,
+    free_port,
+    get,
+    remove_pins,
+    runtime_for,
+    web_stack,
+    write,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 EXE = str(Path(sys.executable).parent / "docker-stack-mcp")
