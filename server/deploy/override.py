@@ -83,15 +83,18 @@ def _set_compose_file(directory: Path, *, include: bool) -> None:
     files = [str(f.relative_to(directory)) if f.is_relative_to(directory) else str(f) for f in user_files(directory)]
     value = ":".join([*files, OVERRIDE_NAME] if include else files)
     line = f"COMPOSE_FILE={value}"
+    marker = "# added by docker-stack-mcp"
     if _COMPOSE_FILE_LINE.search(text):
-        if not include and value == ":".join(files) and "# added by docker-stack-mcp" in text:
-            text = text.replace("# added by docker-stack-mcp\n", "")
-            text = _COMPOSE_FILE_LINE.sub("", text, count=1).replace("\n\n\n", "\n\n")
+        if not include and marker in text:
+            # We added the line: take it (and our marker) out again.
+            lines = text.splitlines(keepends=True)
+            keep = [ln for ln in lines if ln.rstrip("\n") != marker and not _COMPOSE_FILE_LINE.match(ln)]
+            text = "".join(keep)
         else:
             text = _COMPOSE_FILE_LINE.sub(line, text, count=1)
     elif include:
         prefix = text if not text or text.endswith("\n") else text + "\n"
-        text = prefix + "# added by docker-stack-mcp\n" + line + "\n"
+        text = prefix + marker + "\n" + line + "\n"
     else:
         return
     _atomic_write(env_path, text)

@@ -31,7 +31,7 @@ PRESSURE_SAMPLES = 3
 
 # The documented critical-line pattern set (tests/test_deploy_units.py pins each family).
 CRITICAL_PATTERNS: dict[str, re.Pattern[str]] = {
-    "panic": re.compile(r"\bpanic(?:ked)?[:!(]|goroutine \d+ \[running\]", re.I),
+    "panic": re.compile(r"\bpanic(?:ked)?[:!(]|\bpanicked at\b|goroutine \d+ \[running\]", re.I),
     "fatal": re.compile(r"\bfatal(?: error)?\b[:!]|\bFATAL\b|\bCRITICAL\b"),
     "traceback": re.compile(r"Traceback \(most recent call last\)|Exception in thread|Unhandled(?:Promise)? ?"
                             r"(?:exception|rejection)|^\s+at [\w$.<>]+\([\w.]+:\d+\)", re.I),
