@@ -142,11 +142,17 @@ class Deployer:
                            state="nothing was changed", next_step="call inspect_stack for the service names")
         report = await validate_loaded(self.settings, stack, self.engine, env=env)
         run.findings = [f for f in report.findings if f.severity != "info"]
-        if not report.go:
+        # A healthcheck unknown because the image is not local yet is checked again after the pull.
+        deferred = [f for f in run.findings if f.rule == "missing-healthcheck" and f.severity == "error"
+                    and any("not on this host" in e for e in f.evidence)]
+        blocking = [f for f in run.findings if f.severity == "error" and f not in deferred]
+        if not report.valid or blocking:
             run.phase("preflight", "blocked", t, report.summary)
             return self._report(run, "blocked", next_steps=[
                 "fix the error findings (see fix), validate_compose, then deploy again; nothing was changed"])
-        run.phase("preflight", "ok", t, report.summary)
+        run.phase("preflight", "ok", t, report.summary + (
+            f" {len(deferred)} healthcheck(s) checked again after the pull." if deferred else ""))
+        run.findings = [f for f in run.findings if f not in deferred]
 
         t = time.monotonic()
         await self.tell("planning: comparing config hashes and images with what runs")
@@ -264,9 +270,11 @@ class Deployer:
                                    **_on_start(self.compose, run.op))
         except DsmError as exc:
             run.phase("up", "failed", t, _brief(exc))
-            raise StepFailed("up", f"docker compose up failed: {_brief(exc)}",
-                             evidence=[ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
-                             ) from None
+            stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
+            culprit = await self._diagnose(stack, _watched(stack, plan))
+            raise StepFailed("up", f"docker compose up failed: {_brief(exc)}" + (
+                f" ({culprit.service} {culprit.why})" if culprit else ""),
+                culprit.service if culprit else None, [*(culprit.evidence if culprit else []), *stderr]) from None
         run.phase("up", "ok", t, ", ".join(f"{s.service} {s.action}" for s in plan.changes)[:400])
 
         watched = _watched(stack, plan)
@@ -583,6 +591,24 @@ class Deployer:
                 return False
             seen.add(c.service)
         return bool(seen)
+
+    async def _diagnose(self, stack: LoadedStack, watched: list[Watched]) -> Any:
+        """After a failed ``up``: the first container that the gate would fail, with its evidence."""
+        from server.deploy.health import assess, log_tail
+        from server.engine import inspect_container
+
+        by_service = {w.service: w for w in watched}
+        for c in await self.engine.compose_containers(stack.name):
+            if c.service not in by_service:
+                continue
+            info = await inspect_container(self.engine, c.id)
+            if info is None:
+                continue
+            a = assess(info, by_service[c.service or ""], baseline_restarts=0, now=time.time(), grace_s=0)
+            if a.verdict == "failed":
+                a.evidence.extend(await log_tail(self.engine, c.id))
+                return a
+        return None
 
     async def _container_ids(self, stack: LoadedStack) -> dict[str, str]:
         return {c.service or "": c.id for c in await self.engine.compose_containers(stack.name) if c.running}

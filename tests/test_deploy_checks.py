@@ -1,0 +1,164 @@
+"""Smoke checks, the critical-log trigger, pulls (with the healthcheck re-check), an explicit
+rollback, and a 12-service stack shaped like Supabase deployed, broken and rolled back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.deploy.pipeline import Deployer
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.deploy_helpers import (
+    POSTGRES,
+    WEB_10,
+    WEB_11,
+    WEB_BROKEN,
+    WEB_NOHC,
+    containers,
+    deploy,
+    docker,
+    free_port,
+    get,
+    phase,
+    remove_pins,
+    runtime_for,
+    web_service,
+    web_stack,
+    write,
+)
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+@pytest.fixture
+def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
+    rt = runtime_for(settings)
+    yield rt
+    rt.close()
+    remove_pins(project_name)
+
+
+def smoke(port: int, path: str = "/") -> str:
+    return (f"    x-dsm:\n      smoke:\n        - {{http: 'http://web/', expect_status: 200}}\n"
+            f"        - {{http: 'http://127.0.0.1:{port}{path}', expect_status: 200, timeout_s: 3}}\n"
+            "        - {exec: ['cat', '/www/index.html'], expect_exit: 0}\n")
+
+
+async def test_smoke_checks_pass_and_fail(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port, extra=smoke(port)))
+    report = await deploy(runtime, project_name)
+    assert report.status == "deployed", report
+    detail = phase(report, "smoke").detail
+    assert "inside network" in detail and "from the host" in detail and "exit 0" in detail
+    assert docker("ps", "-aq", "--filter", f"label=dsm.smoke={project_name}") == ""  # probe removed
+
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port, extra=smoke(port, "/missing")))
+    failed = await deploy(runtime, project_name)
+    assert failed.status == "rolled_back"
+    assert phase(failed, "smoke").status == "failed" and "HTTP 404" in phase(failed, "smoke").detail
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_critical_log_lines_trigger_a_rollback(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    noisy = ("    command: ['sh', '-c', 'httpd -p 80 -h /www; while true; do "
+             "echo \"FATAL: could not connect to the database\"; sleep 0.4; done']\n")
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port, extra=noisy))
+    report = await deploy(runtime, project_name, verify_s=20)
+    assert report.status == "rolled_back", report
+    assert report.rollback is not None and "critical lines" in report.rollback.why
+    assert any("could not connect" in e for e in report.findings[-1].evidence)
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_pull_then_missing_healthcheck_stops_before_up(runtime: Runtime, stacks_root: Path,
+                                                             project_name: str, registry: str) -> None:
+    ref = f"{registry}/{project_name}/web:nohc"
+    docker("tag", WEB_NOHC, ref)
+    docker("push", ref)
+    docker("rmi", ref)
+    try:
+        write(stacks_root, project_name, web_stack(project_name, ref))
+        report = await deploy(runtime, project_name)
+        assert report.status == "blocked", report
+        assert phase(report, "pull").status == "blocked"
+        assert "missing-healthcheck" in {f.rule for f in report.findings}
+        assert containers(project_name) == []
+    finally:
+        docker("rmi", ref, check=False)
+
+    # The registry image with a healthcheck is pulled, then deployed.
+    ok_ref = f"{registry}/dsm-test/web:1.1"
+    docker("rmi", ok_ref, check=False)
+    write(stacks_root, project_name, web_stack(project_name, ok_ref))
+    report = await deploy(runtime, project_name)
+    assert report.status == "deployed", report
+    assert phase(report, "pull").status == "ok"
+
+
+async def test_explicit_rollback_to_the_previous_deployment(runtime: Runtime, stacks_root: Path,
+                                                            project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    first = await deploy(runtime, project_name)
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
+
+    report = await Deployer(runtime).rollback(project_name)
+    assert report.status == "rolled_back", report
+    assert report.rollback is not None and report.rollback.to_deployment == first.deployment_id
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert WEB_10 in (directory / "compose.yaml").read_text()
+    # Nothing earlier than the first deployment: refused, nothing changed.
+    with pytest.raises(Exception, match="no earlier successful deployment"):
+        await Deployer(runtime).rollback(project_name)
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+def supabase(name: str, port: int, auth_image: str, auth_env: str = "") -> str:
+    def svc(n: str, deps: list[str], image: str = WEB_10, extra: str = "") -> str:
+        dep = "".join(f"      {d}: {{condition: service_healthy}}\n" for d in deps)
+        return web_service(n, image, extra=(f"    depends_on:\n{dep}" if deps else "") + extra)
+
+    db = (f"  db:\n    image: {POSTGRES}\n    init: true\n    restart: unless-stopped\n"
+          "    environment: {POSTGRES_HOST_AUTH_METHOD: trust}\n    volumes: [dbdata:/var/lib/postgresql/data]\n"
+          "    mem_limit: 256m\n    cpus: 1\n    labels: {dsm.test: '1'}\n")
+    services = [
+        db,
+        svc("auth", ["db"], auth_image, auth_env),
+        svc("rest", ["db"]), svc("realtime", ["db"]), svc("storage", ["db", "rest"]), svc("imgproxy", []),
+        svc("meta", ["db"]), svc("functions", []), svc("analytics", ["db"]), svc("vector", []),
+        svc("kong", ["auth", "rest", "realtime", "storage", "meta", "functions"],
+            extra=f"    ports: ['127.0.0.1:{port}:80']\n"),
+        svc("studio", ["kong", "analytics"]),
+    ]
+    return (f"name: {name}\nx-dsm: {{verify_s: 3}}\nservices:\n" + "".join(services)
+            + "volumes:\n  dbdata:\n    labels: {dsm.test: '1'}\n")
+
+
+async def test_supabase_shaped_stack_deployed_broken_rolled_back(runtime: Runtime, stacks_root: Path,
+                                                                 project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, supabase(project_name, port, WEB_10))
+    first = await deploy(runtime, project_name, wait_timeout_s=150)
+    assert first.status == "deployed", first
+    assert len(first.services) == 12 and all(s.health == "healthy" for s in first.services)
+
+    (directory / "compose.yaml").write_text(
+        supabase(project_name, port, WEB_BROKEN, "    environment: {WEB_CRASH_AFTER: '0'}\n"))
+    broken = await deploy(runtime, project_name, wait_timeout_s=150)
+    assert broken.status == "rolled_back", broken
+    assert broken.plan is not None
+    assert {s.service for s in broken.plan.changes} == {"auth"}
+    assert broken.findings[-1].service == "auth"
+    states = {s.name: s for s in broken.services}
+    assert len(states) == 12 and all(s.state == "running" for s in states.values())
+    assert states["auth"].health == "healthy"
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
