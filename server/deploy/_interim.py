@@ -1,28 +1,24 @@
-"""Stand-ins for server.operations and server.backups until those branches are merged.
+"""Stand-in for server.backups until that branch is merged.
 
-Same signatures as SPEC-deploy.md, smallest behaviour the pipeline needs: an fcntl lock and a
-JSON-lines journal; a backup of the files, pinned image tags and database dumps via
-``compose exec``. Deleted when the real packages land (see seams.py).
+Same signature as SPEC-deploy.md, the smallest behaviour the pipeline needs: a backup of the
+files, pinned image tags and database dumps via ``compose exec``. Deleted when the real package
+lands (see seams.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import json
-import os
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from server.compose import ComposeRunner
-from server.errors import DsmError
 from server.settings import Settings
 
 T = TypeVar("T")
@@ -30,146 +26,6 @@ T = TypeVar("T")
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-class StackBusy(DsmError):
-    def __init__(self, operation_id: str, kind: str, started_at: str, pid: int, stack: str) -> None:
-        self.operation_id, self.kind, self.started_at, self.pid = operation_id, kind, started_at, pid
-        super().__init__(f"stack {stack!r} is busy: {kind} {operation_id} (pid {pid}) started at {started_at}",
-                         next_step=f"call operation_status({operation_id!r})")
-
-
-@dataclass
-class OperationRecord:
-    operation_id: str
-    stack: str
-    kind: str
-    status: str
-    started_at: str
-    ended_at: str | None
-    pid: int
-    phases: list[dict[str, Any]] = field(default_factory=list)
-    result: dict[str, Any] | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-class Operation:
-    def __init__(self, ops: Operations, stack: str, kind: str, fd: int) -> None:
-        self.id = f"op-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
-        self.stack, self.kind, self._ops, self._fd, self.ended = stack, kind, ops, fd, False
-
-    def phase(self, name: str, status: str, detail: str = "", duration_s: float | None = None) -> None:
-        self._ops._append({"type": "phase", "id": self.id, "name": name, "status": status, "detail": detail,
-                           "duration_s": duration_s})
-
-    def child(self, pgid: int) -> None:
-        self._ops._append({"type": "child", "id": self.id, "pgid": pgid})
-
-    def end(self, status: str, result: dict[str, Any] | None = None) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        self._ops._append({"type": "end", "id": self.id, "status": status, "at": _now(), "result": result})
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-
-
-class Operations:
-    def __init__(self, settings: Settings) -> None:
-        self.dir = settings.state_dir
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def _append(self, record: dict[str, Any]) -> None:
-        path = self.dir / "journal" / "journal.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            fh.write(json.dumps(record, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def _records(self) -> dict[str, OperationRecord]:
-        path = self.dir / "journal" / "journal.jsonl"
-        ops: dict[str, OperationRecord] = {}
-        if not path.is_file():
-            return ops
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if r["type"] == "begin":
-                ops[r["id"]] = OperationRecord(r["id"], r["stack"], r["kind"], "running", r["at"], None, r["pid"],
-                                               params=r.get("params") or {})
-            elif r["id"] in ops and r["type"] == "phase":
-                ops[r["id"]].phases.append({k: r[k] for k in ("name", "status", "detail", "duration_s")})
-            elif r["id"] in ops and r["type"] == "end":
-                ops[r["id"]].status, ops[r["id"]].ended_at, ops[r["id"]].result = r["status"], r["at"], r.get("result")
-        return ops
-
-    def begin(self, stack: str, kind: str, params: dict[str, Any] | None = None) -> Operation:
-        self.recover(stack)
-        path = self.dir / "locks" / f"{stack}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            holder = self.running(stack)
-            if holder is None:
-                raise StackBusy("unknown", "unknown", _now(), 0, stack) from None
-            raise StackBusy(holder.operation_id, holder.kind, holder.started_at, holder.pid, stack) from None
-        op = Operation(self, stack, kind, fd)
-        self._append({"type": "begin", "id": op.id, "stack": stack, "kind": kind, "pid": os.getpid(), "at": _now(),
-                      "params": params or {}})
-        return op
-
-    def get(self, operation_id: str) -> OperationRecord | None:
-        return self._records().get(operation_id)
-
-    def history(self, stack: str, kinds: tuple[str, ...] = ("deploy", "rollback"), limit: int = 20
-                ) -> list[OperationRecord]:
-        ops = [o for o in self._records().values() if o.stack == stack and o.kind in kinds]
-        return sorted(ops, key=lambda o: o.started_at, reverse=True)[:limit]
-
-    def running(self, stack: str) -> OperationRecord | None:
-        live = [o for o in self._records().values() if o.stack == stack and o.status == "running"]
-        return live[-1] if live else None
-
-    def recover(self, stack: str | None = None) -> list[OperationRecord]:
-        found = []
-        for o in self._records().values():
-            if o.status == "running" and (stack is None or o.stack == stack) and not _alive(o.pid):
-                self._append({"type": "end", "id": o.operation_id, "status": "interrupted", "at": _now()})
-                found.append(o)
-        return found
-
-    async def run_detached(self, op: Operation, work: Callable[[], Awaitable[T]]) -> T:
-        async def runner() -> T:
-            return await work()
-
-        task = asyncio.ensure_future(runner())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return await asyncio.shield(task)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-_SHARED: dict[Path, Operations] = {}
-
-
-def shared_operations(settings: Settings) -> Operations:
-    return _SHARED.setdefault(settings.state_dir, Operations(settings))
 
 
 @dataclass

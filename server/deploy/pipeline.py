@@ -181,7 +181,7 @@ class Deployer:
         try:
             op = ops.begin(stack.name, "deploy", params={
                 "path": path, "services": services, "plan_id": plan.plan_id, "wait_timeout_s": wait_timeout_s,
-                "verify_s": verify_s, "env_keys": sorted(env)})
+                "verify_s": verify_s, "env": env}, secrets=stack.secret_values)
         except stack_busy() as busy:
             return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
                                 phases=run.phases, next_steps=[
@@ -466,7 +466,8 @@ class Deployer:
         run = Run(stack)
         try:
             run.op = ops.begin(stack.name, "rollback", params={"to_deployment": target.operation_id,
-                                                                "restore_data": restore_data})
+                                                                "restore_data": restore_data},
+                               secrets=stack.secret_values)
         except stack_busy() as busy:
             return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
                                 next_steps=[f"poll operation_status('{getattr(busy, 'operation_id', '')}')"])

@@ -1,26 +1,24 @@
 """The deploy pipeline's two seams: the journal/locks (server.operations) and backups (server.backups).
 
-Both packages are built alongside this one (SPEC-deploy.md gives their signatures). Until they
-are on this branch, ``server.deploy._interim`` stands in with the same signatures; the real
-module wins as soon as it is importable, so switching is this file alone.
+The journal is merged. Backups are built alongside this one (SPEC-deploy.md gives the signature):
+until that branch is merged, ``server.deploy._interim.BackupStore`` stands in with the same
+signature; the real module wins as soon as it is importable, so switching is this file alone.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from server.errors import StackBusy
+
 if TYPE_CHECKING:
+    from server.operations import Operations
     from server.runtime import Runtime
 
 
-def operations(runtime: Runtime) -> Any:
+def operations(runtime: Runtime) -> Operations:
     """``Operations`` (begin/run_detached/history/recover) for this process."""
-    getter = getattr(runtime, "operations", None)
-    if getter is not None:
-        return getter()
-    from server.deploy._interim import shared_operations
-
-    return shared_operations(runtime.settings)
+    return runtime.operations()
 
 
 def backup_store(runtime: Runtime) -> Any:
@@ -32,9 +30,5 @@ def backup_store(runtime: Runtime) -> Any:
     return BackupStore(runtime.settings, runtime.engine(), runtime.compose())
 
 
-def stack_busy() -> type[Exception]:
-    try:
-        from server.operations import StackBusy  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        from server.deploy._interim import StackBusy
-    return StackBusy  # type: ignore[no-any-return,unused-ignore]
+def stack_busy() -> type[StackBusy]:
+    return StackBusy
