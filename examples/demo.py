@@ -20,6 +20,8 @@ from typing import Any
 
 import anyio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".cache" / "demo"
 ROOT = DEMO / "stacks"
@@ -196,6 +198,16 @@ async def session() -> None:
             result = await client.call_tool(tool, args)
             say(textwrap.fill(f"tool error: {result.content[0].text}", 100, subsequent_indent="  "))
 
+        import deploy_sessions
+
+        call = deploy_sessions.caller(client, say, [])
+        banner("Worked example 1: deploy a new monitoring stack (validate, resources, deploy with backup and\n"
+               "verification, look): four calls")
+        await deploy_sessions.monitoring(call, say, ROOT, "monitoring")
+        banner("Worked example 2: a chat app update breaks its database schema; the API fails its healthcheck.\n"
+               "deploy_stack rolls back on its own, restores the database, records the incident.")
+        await deploy_sessions.chat_rollback(call, say, ROOT, "chat")
+
 
 def main() -> None:
     banner("docker-stack-mcp demo")
@@ -207,6 +219,9 @@ def main() -> None:
         say("(teardown) stopping the example stack")
         subprocess.run(["docker", "compose", "down", "--volumes", "--timeout", "5"], cwd=ROOT / "homepage",
                        capture_output=True, timeout=120)
+        for name in ("monitoring", "chat"):
+            subprocess.run(["docker", "compose", "-p", name, "down", "--volumes", "--timeout", "5"],
+                           capture_output=True, timeout=120)
     say("demo finished")
 
 

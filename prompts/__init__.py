@@ -33,3 +33,11 @@ def register(server: MCPServer) -> None:
     ) -> str:
         """A systematic diagnosis of a misbehaving stack, ending with the incident recorded."""
         return workflow_text("troubleshoot_stack", stack=stack, symptom=symptom)
+
+    @server.prompt(name="emergency_rollback", title="Emergency rollback of a failing stack")
+    def emergency_rollback(
+        stack: Annotated[str, Field(description="Stack (Compose project) name, see list_stacks")],
+        symptom: Annotated[str, Field(description="What is failing, in the user's words")] = "failing after an update",
+    ) -> str:
+        """Restore a failing stack to its last healthy deployment, data included when needed, and record why."""
+        return workflow_text("emergency_rollback", stack=stack, symptom=symptom)

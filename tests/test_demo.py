@@ -25,5 +25,7 @@ def test_demo_runs_end_to_end(docker_engine: None) -> None:
     assert "NO-GO:" in out and "ERROR   privileged [worker]" in out and "ERROR   port-conflict" in out
     assert "new incident:" in out and "homepage web returns 502 after db restart" in out
     assert out.count("tool error:") == 2 and "demo finished" in out
+    assert "=> deployed, backup " in out and "=> rolled_back:" in out
+    assert "after the rollback: 500 messages, columns body,id" in out
     password = (REPO / ".cache" / "demo" / "stacks" / "homepage" / "db_password.txt").read_text().strip()
     assert password not in out and password not in result.stderr

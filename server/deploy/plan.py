@@ -65,6 +65,8 @@ def is_database(stack: LoadedStack, service: str) -> bool:
     settings = stack.service_settings_for(service)
     if settings.role == "database" or settings.backup.dump:
         return True
+    if settings.role is not None or settings.is_one_shot:
+        return False  # a declared role wins over the image name (psql clients run postgres images)
     image = str(stack.services.get(service, {}).get("image") or "")
     family = image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0].lower()
     return any(family == f or family.startswith(f + "-") for f in DATABASE_FAMILIES) and "postgrest" not in family
