@@ -40,6 +40,8 @@ bench: provision model
 	$(PY) bench/coldstart.py
 	$(PY) bench/validate.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/memory.py
+	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/deploy.py
+	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/rollback.py
 
 # Remove anything tests left on the engine (label dsm.test=1).
 clean-test:

@@ -18,7 +18,7 @@ import anyio
 from server.engine import Engine, container_logs, inspect_container
 
 Verdict = Literal["ready", "waiting", "failed"]
-POLL_S = 0.5
+POLL_S = 0.25
 GRACE_S = 5.0
 
 
