@@ -85,7 +85,7 @@ async def bench(rounds: int) -> dict[str, list[float]]:
                     started = time.perf_counter()
                     broken_seen = False
 
-                    async def watch(port: int = port) -> None:
+                    async def watch(port: int = port, seen: dict[str, float] = seen, started: float = started) -> None:
                         nonlocal broken_seen
                         while True:
                             text = await anyio.to_thread.run_sync(serving, port)
