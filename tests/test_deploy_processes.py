@@ -119,3 +119,45 @@ async def test_sigkill_mid_deploy_leaves_interrupted_then_deployable(runtime: Ru
     record = ops.get(killed.operation_id)
     assert record is not None and record.status == "interrupted"
     assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
+
+
+async def test_server_shutdown_mid_deploy_rolls_back(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    """Shutdown cancels the detached operation after its grace; the rollback runs shielded."""
+    import anyio
+
+    from server.deploy.pipeline import Deployer
+
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port))
+    outcome: dict[str, Any] = {}
+
+    async def run() -> None:
+        try:
+            outcome["report"] = await Deployer(runtime).deploy(project_name, verify_s=120)
+        except BaseException as exc:  # the caller sees the cancellation; the rollback already ran
+            outcome["error"] = type(exc).__name__
+            raise
+
+    ops = operations(runtime)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(60):
+            while get_or_empty(port) != "web 1.1":
+                await anyio.sleep(0.2)
+        op = ops.running(project_name)
+        assert op is not None
+        await runtime.shutdown(grace_s=0.5)
+        tg.cancel_scope.cancel()
+    record = ops.get(op.operation_id)
+    assert record is not None and record.status == "rolled_back", record
+    assert record.result and "interrupted" in record.result["rollback"]["why"]
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+def get_or_empty(port: int) -> str:
+    try:
+        return get(f"http://127.0.0.1:{port}/", timeout=1)
+    except OSError:
+        return ""
