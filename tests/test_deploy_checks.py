@@ -162,3 +162,36 @@ async def test_supabase_shaped_stack_deployed_broken_rolled_back(runtime: Runtim
     assert len(states) == 12 and all(s.state == "running" for s in states.values())
     assert states["auth"].health == "healthy"
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_critical_stack_needs_confirmation_and_progress_is_reported(
+        settings: Settings, stacks_root: Path, project_name: str, docker_engine: None) -> None:
+    from mcp import Client
+
+    from server.app import build_server
+
+    port = free_port()
+    text = web_stack(project_name, WEB_10, port).replace("x-dsm: {verify_s: 0}", "x-dsm: {verify_s: 0, critical: true}")
+    write(stacks_root, project_name, text)
+    runtime = runtime_for(settings)
+    progress: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(message or "")
+
+    try:
+        async with Client(build_server(runtime.settings, runtime)) as client:
+            refused = await client.call_tool("deploy_stack", {"path": project_name})
+            out = refused.structured_content or {}
+            assert out["status"] == "blocked" and "critical" in out["next_steps"][0]
+            assert containers(project_name) == []
+            done = await client.call_tool("deploy_stack", {"path": project_name, "confirm": True},
+                                          progress_callback=on_progress)
+            assert (done.structured_content or {})["status"] == "deployed"
+    finally:
+        runtime.close()
+        remove_pins(project_name)
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    joined = " | ".join(progress)
+    for word in ("pre-flight", "backup", "up:", "health gate", "recording"):
+        assert word in joined, joined
