@@ -94,11 +94,14 @@ async def test_two_deploys_from_two_processes(runtime: Runtime, stacks_root: Pat
     first = start_deploy(runtime.settings, project_name, verify_s=8)
     ops = operations(runtime)
     holder = wait_for(lambda: ops.running(project_name))
+    window = wait_for(lambda: ops.maintenance(project_name))  # the watcher stays out of a deploy's way
+    assert holder.operation_id in window["reason"]
     second = start_deploy(runtime.settings, project_name, verify_s=0)
     busy = answer(second)
     assert busy["status"] == "busy" and busy["operation_id"] == holder.operation_id
     done = answer(first)
     assert done["status"] == "deployed" and done["operation_id"] == holder.operation_id
+    assert ops.maintenance(project_name) is None
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
 
 

@@ -193,11 +193,13 @@ class Deployer:
 
         async def work() -> DeployReport:
             result: DeployReport | None = None
+            previous = _maintenance(ops, stack.name, wait_s + window + 600, f"deploy {op.id}")
             try:
                 result = await self._transaction(run, plan, env, services, wait_s, window)
                 return result
             finally:
                 _end(run, result)
+                _maintenance_back(ops, stack.name, previous)
 
         return await ops.run_detached(op, work)  # type: ignore[no-any-return,unused-ignore]
 
@@ -475,11 +477,13 @@ class Deployer:
 
         async def work() -> DeployReport:
             result: DeployReport | None = None
+            previous = _maintenance(ops, stack.name, 2 * wait_s + 600, f"rollback {run.op.id}")
             try:
                 result = await self._explicit(run, target, current, restore_data, wait_s, history)
                 return result
             finally:
                 _end(run, result)
+                _maintenance_back(ops, stack.name, previous)
 
         return await ops.run_detached(run.op, work)  # type: ignore[no-any-return,unused-ignore]
 
@@ -701,6 +705,34 @@ def _end(run: Run, report: DeployReport | None) -> None:
         op.end(report.status, result)
     except Exception:
         log.exception("journal end write failed")
+
+
+def _maintenance(ops: Any, stack: str, seconds: float, reason: str) -> Any:
+    """Open a maintenance window for the operation (the health watcher stays out of its way);
+    returns the user's window open before, to put back afterwards."""
+    from datetime import UTC, datetime, timedelta
+
+    until = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+    try:
+        return ops.set_maintenance(stack, until, reason) or {}
+    except Exception:  # a window is a courtesy to the watcher, never a reason to fail a deploy
+        log.warning("could not open a maintenance window for %s", stack, exc_info=True)
+        return None
+
+
+def _maintenance_back(ops: Any, stack: str, previous: Any) -> None:
+    if previous is None:
+        return
+    try:
+        from datetime import UTC, datetime
+
+        until = previous.get("until")
+        if until and datetime.fromisoformat(str(until).replace("Z", "+00:00")) > datetime.now(UTC):
+            ops.set_maintenance(stack, until, previous.get("reason") or "")
+        else:
+            ops.set_maintenance(stack, None, "")
+    except Exception:
+        log.warning("could not restore the maintenance window of %s", stack, exc_info=True)
 
 
 def _on_start(compose: ComposeRunner, op: Any) -> dict[str, Any]:
