@@ -195,3 +195,15 @@ async def test_critical_stack_needs_confirmation_and_progress_is_reported(
     joined = " | ".join(progress)
     for word in ("pre-flight", "backup", "up:", "health gate", "recording"):
         assert word in joined, joined
+
+
+async def test_deploy_a_subset_of_services(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    text = web_stack(project_name, WEB_10).replace("services:\n", "services:\n" + web_service("side", WEB_11), 1)
+    write(stacks_root, project_name, text)
+    report = await deploy(runtime, project_name, services=["web"])
+    assert report.status == "deployed", report
+    assert report.plan is not None
+    assert {s.service: s.action for s in report.plan.services} == {"side": "unchanged", "web": "create"}
+    assert {s.name for s in report.services} == {"web"}
+    full = await deploy(runtime, project_name)
+    assert full.status == "deployed" and {s.name for s in full.services} == {"web", "side"}

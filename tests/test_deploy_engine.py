@@ -176,3 +176,15 @@ async def test_hostile_input_is_refused(runtime: Runtime, stacks_root: Path, pro
     with pytest.raises(DsmError, match="unknown service"):
         await deploy(runtime, project_name, services=["--volumes"])
     assert containers(project_name) == []
+
+
+async def test_failed_first_deploy_leaves_nothing_running_and_keeps_volumes(
+        runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    crash = "    environment: {WEB_CRASH_AFTER: '0'}\n"
+    write(stacks_root, project_name, web_stack(project_name, WEB_BROKEN, extra=crash))
+    report = await deploy(runtime, project_name, wait_timeout_s=30)
+    assert report.status == "rolled_back", report
+    assert report.rollback is not None and report.rollback.to_deployment is None
+    assert "nothing ran before" in phase(report, "rollback").detail
+    assert containers(project_name) == []
+    assert docker("volume", "ls", "-q", "--filter", f"name={project_name}_data") == f"{project_name}_data"

@@ -133,3 +133,16 @@ def test_user_compose_file_is_kept(tmp_path: Path) -> None:
     assert "COMPOSE_FILE=base.yaml:prod.yaml:compose.dsm.yaml" in (d / ".env").read_text()
     override.clear_pins(d)
     assert (d / ".env").read_text() == "COMPOSE_FILE=base.yaml:prod.yaml\n"
+
+
+def test_xdsm_verify_s_and_restore_on_rollback() -> None:
+    from server.xdsm import XdsmInvalid, parse_service_settings, parse_stack_settings
+
+    assert parse_stack_settings({"verify_s": 0}).verify_s == 0
+    assert parse_stack_settings(None).verify_s is None
+    svc = parse_service_settings("db", {"verify_s": 90, "backup": {"restore_on_rollback": False}})
+    assert svc.verify_s == 90 and svc.backup.restore_on_rollback is False
+    assert parse_service_settings("db", {}).backup.restore_on_rollback is True
+    for bad in ({"verify_s": -1}, {"verify_s": 100_000}, {"verify_s": "soon"}):
+        with pytest.raises(XdsmInvalid):
+            parse_stack_settings(bad)

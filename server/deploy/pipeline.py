@@ -273,13 +273,13 @@ class Deployer:
         except DsmError as exc:
             run.phase("up", "failed", t, _brief(exc))
             stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
-            culprit = await self._diagnose(stack, _watched(stack, plan))
+            culprit = await self._diagnose(stack, _watched(stack, plan, services))
             raise StepFailed("up", f"docker compose up failed: {_brief(exc)}" + (
                 f" ({culprit.service} {culprit.why})" if culprit else ""),
                 culprit.service if culprit else None, [*(culprit.evidence if culprit else []), *stderr]) from None
         run.phase("up", "ok", t, ", ".join(f"{s.service} {s.action}" for s in plan.changes)[:400])
 
-        watched = _watched(stack, plan)
+        watched = _watched(stack, plan, services)
         t = time.monotonic()
         await self.tell(f"health gate: waiting up to {wait_s:.0f}s")
         gate = await run_gate(self.engine, stack.name, watched, timeout_s=wait_s,
@@ -643,9 +643,19 @@ class Deployer:
         )
 
 
-def _watched(stack: LoadedStack, plan: DeployPlan) -> list[Watched]:
+def _watched(stack: LoadedStack, plan: DeployPlan, services: list[str] | None = None) -> list[Watched]:
+    """The services the gate waits for: all of the plan, or the ones asked for and what they
+    depend on (``up SERVICE`` starts its dependencies too)."""
+    wanted = {s.service for s in plan.services if s.action != "remove"}
+    if services:
+        todo, wanted = list(services), set()
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo.extend(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {}))
     return [Watched(s.service, stack.service_settings_for(s.service).is_one_shot or _completed_dep(stack, s.service))
-            for s in plan.services if s.action != "remove"]
+            for s in plan.services if s.action != "remove" and s.service in wanted]
 
 
 def _completed_dep(stack: LoadedStack, service: str) -> bool:
