@@ -3,6 +3,7 @@ rollback, and a 12-service stack shaped like Supabase deployed, broken and rolle
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +208,18 @@ async def test_deploy_a_subset_of_services(runtime: Runtime, stacks_root: Path, 
     assert {s.name for s in report.services} == {"web"}
     full = await deploy(runtime, project_name)
     assert full.status == "deployed" and {s.name for s in full.services} == {"web", "side"}
+
+
+async def test_waived_healthcheck_gets_a_grace_period(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    waive = "    x-dsm: {waive: [{rule: missing-healthcheck, reason: watched by its smoke test}]}\n"
+    write(stacks_root, project_name, web_stack(project_name, WEB_NOHC, extra=waive))
+    started = time.monotonic()
+    report = await deploy(runtime, project_name)
+    assert report.status == "deployed", report
+    assert phase(report, "health").duration_s >= 4.5  # stayed up through the grace period
+    assert time.monotonic() - started < 60
+    # Without the waiver the pre-flight blocks: nothing changes.
+    write(stacks_root, project_name, web_stack(project_name, WEB_NOHC).replace(WEB_NOHC, WEB_NOHC + "\n    command: "
+                                                                                "['sh', '-c', 'exit 0']"))
+    blocked = await deploy(runtime, project_name)
+    assert blocked.status == "blocked" and "missing-healthcheck" in {f.rule for f in blocked.findings}
