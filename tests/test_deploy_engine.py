@@ -188,3 +188,17 @@ async def test_failed_first_deploy_leaves_nothing_running_and_keeps_volumes(
     assert "nothing ran before" in phase(report, "rollback").detail
     assert containers(project_name) == []
     assert docker("volume", "ls", "-q", "--filter", f"name={project_name}_data") == f"{project_name}_data"
+
+
+async def test_sustained_cpu_at_the_limit_fails_verification(runtime: Runtime, stacks_root: Path,
+                                                            project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    spin = "    command: ['sh', '-c', 'httpd -p 80 -h /www; while :; do :; done']\n"
+    text = web_stack(project_name, WEB_11, port, extra=spin).replace("cpus: 0.5", "cpus: 0.1")
+    (directory / "compose.yaml").write_text(text)
+    report = await deploy(runtime, project_name, verify_s=24)
+    assert report.status == "rolled_back", report
+    assert report.rollback is not None and "cpu above 95% of its limit, sustained" in report.rollback.why
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
