@@ -91,7 +91,7 @@ class RegistryView:
     def from_info(cls, info: dict[str, Any]) -> RegistryView:
         """From the engine's ``/info``: ``Architecture`` (uname -m), ``OSType`` and ``RegistryConfig``."""
         arch, variant = _platform(str(info.get("Architecture") or "x86_64"))
-        config = info.get("RegistryConfig") or {}
+        config = info.get("RegistryConfig") or {"InsecureRegistryCIDRs": ["127.0.0.0/8"]}  # the engine's default
         indexes = config.get("IndexConfigs") or {}
         insecure = {name for name, idx in indexes.items() if not (idx or {}).get("Secure", True)}
         return cls(
@@ -233,7 +233,7 @@ class _Client:
             query["service"] = params["service"]
         left = self._remaining()
         response = self.session.get(realm, params=query, auth=self.credentials,
-                                    timeout=(min(left, self.timeout_s), left), verify=self.verify)
+                                    timeout=(min(left, self.timeout_s), left), verify=self.verify, stream=True)
         if response.status_code >= 400:
             raise _Refused("absent" if response.status_code in (401, 403) else "unreachable",
                            f"token service answered HTTP {response.status_code}")
@@ -244,7 +244,7 @@ class _Client:
 
 
 def _json(response: Any) -> dict[str, Any]:
-    raw = response.raw.read(_MAX_BODY + 1, decode_content=True) if getattr(response, "raw", None) else response.content
+    raw = response.raw.read(_MAX_BODY + 1, decode_content=True)  # every request streams: the size stays bounded
     if len(raw) > _MAX_BODY:
         raise _Refused("unreachable", f"registry sent more than {_MAX_BODY} bytes for a manifest or config")
     try:
