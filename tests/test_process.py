@@ -55,3 +55,26 @@ async def test_stdin_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     result = await run_argv(["sh", "-c", "cat; echo ${SECRET_OF_SERVER:-unset} $TAG"], timeout_s=10, env=env,
                             stdin=b"hello ")
     assert result.stdout.split() == ["hello", "unset", "1.0"]
+
+
+@pytest.mark.anyio
+async def test_compose_runs_the_cli_plugin_binary_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_engine: None
+) -> None:
+    """The plugin `docker compose` would run is found in the docker config's cli-plugins and run
+    itself: no docker CLI start-up in front of every Compose call."""
+    from server.compose import ComposeRunner, _cli_plugin_binary
+    from server.settings import Settings
+    from tests.conftest import provision_facts
+
+    real = provision_facts().get("DSM_TEST_COMPOSE_PLUGIN")
+    assert real and Path(real).is_file(), "provision.sh records the compose plugin"
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(real)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    assert _cli_plugin_binary() == plugins / "docker-compose"
+    runner = ComposeRunner(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state"))
+    assert await runner.prefix() == [str(plugins / "docker-compose")]
+    result = await runner.run([], ["version", "--short"], cwd=tmp_path, what="compose version")
+    assert result.stdout.strip().lstrip("v")[:1] == "2"

@@ -63,8 +63,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         file, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
         Secrets are never shown. Key rules: compose-syntax, compose-invalid, dependency-cycle,
         undefined-reference, missing-variable, unset-variable, port-conflict, missing-healthcheck,
-        healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits, image-unpinned, image-unavailable, image-unverified, plaintext-secret,
-        privileged, docker-socket, host-namespace, host-path-mount, dangerous-capability,
+        healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits,
+        image-unpinned, image-unavailable, image-unverified, plaintext-secret, privileged,
+        docker-socket, host-namespace, host-path-mount, dangerous-capability,
         insufficient-resources; hardening hints are info.
 
         Next: fix the errors (apply the `fix` patches) and validate again. If a rule does not
