@@ -307,3 +307,10 @@ def test_host_path_classes(source: str, ro: bool, expected: tuple[str, str] | No
     found = {(f.rule, f.severity) for f in run(make_stack({"web": good(volumes=[mount])}))
              if f.category == "security"}
     assert found == ({expected} if expected else set())
+
+
+def test_a_service_built_from_a_dockerfile_has_an_unverified_healthcheck() -> None:
+    stack = make_stack({"app": good(image=None, healthcheck=None, build={"context": "."})})
+    found = [f for f in run(stack, host()) if f.rule in ("missing-healthcheck", "healthcheck-unverified")]
+    assert [(f.rule, f.severity) for f in found] == [("healthcheck-unverified", "warning")]
+    assert "Dockerfile" in found[0].message

@@ -233,3 +233,33 @@ def test_the_engine_s_view_of_registries() -> None:
     assert view.insecure("reg.lan:5000") and not view.insecure("ghcr.io") and not view.insecure("192.168.1.5:5000")
     assert RegistryView.from_info({"Architecture": "armv7l"}).variant == "v7"
 
+
+
+@pytest.mark.docker
+async def test_after_the_pull_unknown_healthchecks_become_known(settings: Settings, docker_engine: None) -> None:
+    """deploy's second look: the images are local now, so the gate is certain either way."""
+    from server.preflight.healthchecks import recheck_after_pull
+    from server.stackload import load_stack
+
+    content = (
+        f"services:\n  baked:\n    image: {WEB_HC}\n  bare:\n    image: {WEB_NOHC}\n"
+        "  waiter:\n    image: dsm-test/web:1.0\n    depends_on:\n      bare: {condition: service_healthy}\n"
+        "  gone:\n    image: 127.0.0.1:1/team/never-pulled:1.0\n"
+    )
+    stack = await load_stack(settings, ComposeRunner(settings), content=content)
+    before = await validate(settings, ComposeRunner(settings), lambda: None, content=content, check_host=False)
+    assert {f.service for f in before.findings if f.rule == "healthcheck-unverified"} == {
+        "baked", "bare", "gone", "waiter"}
+    engine = Engine(settings)
+    try:
+        after = await recheck_after_pull(engine, stack)
+    finally:
+        engine.close()
+    got = {(f.rule, f.service, f.severity) for f in after}
+    assert got == {
+        ("missing-healthcheck", "bare", "error"),
+        ("dependency-without-healthcheck", "waiter", "error"),
+        ("healthcheck-unverified", "gone", "warning"),
+    }, after
+    gone = next(f for f in after if f.service == "gone")
+    assert "not on the host after the pull" in gone.message
