@@ -21,7 +21,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 RegistryState = Literal["present", "absent", "unreachable"]
@@ -181,7 +181,6 @@ class _Client:
     session: Any
     token: str | None = None
     basic: bool = False
-    notes: list[str] = field(default_factory=list)
 
     def get(self, path: str, accept: str | None = None) -> Any:
         headers = {"Accept": accept} if accept else {}
