@@ -54,6 +54,13 @@ PROBE_CASES: list[tuple[str, dict[str, Any], str, tuple[str, ...]]] = [
     ("n8n on its registry", svc("docker.n8n.io/n8nio/n8n:1.70.3", "5678"), "127.0.0.1:5678/healthz", ()),
     ("portainer has no shell", svc("portainer/portainer-ce:2.21.4", "9443"), "REPLACE", ("wget",)),
     ("no ports at all", svc("someone/worker:1"), "REPLACE", ("wget",)),
+    ("mastodon sidekiq runs no server", svc("ghcr.io/mastodon/mastodon:v4.3.8", command=["bundle", "exec", "sidekiq"]),
+     "REPLACE", ("wget", "nc -z")),
+    ("nextcloud cron loop", svc("nextcloud:30-apache", entrypoint=["/cron.sh"]), "REPLACE", ("wget", "status.php")),
+    ("authentik worker", svc("ghcr.io/goauthentik/server:2025.4.1", command=["worker"]), "REPLACE", ("wget",)),
+    ("authentik server", svc("ghcr.io/goauthentik/server:2025.4.1", "9000", command=["server"]),
+     "127.0.0.1:9000/-/health/live/", ()),
+    ("postgres with flags", svc("postgres:16", command=["postgres", "-c", "max_connections=200"]), "pg_isready", ()),
     ("traefik tcp", svc("traefik:v3.2", "80", "443"), "nc -z 127.0.0.1 80", ("wget",)),
 ]
 

@@ -62,6 +62,11 @@ def probe_test(service: dict[str, Any]) -> tuple[list[str], str]:
         return _placeholder("the image has no shell or tool to probe with; watch it from outside or waive "
                             "the rule for this service"), f"{fam.name} ships no probe tool"
     kind_says_tcp = fam.probe == "tcp" or fam.kind in ("database", "cache", "queue", "game")
+    if not tcp and (service.get("command") or service.get("entrypoint")) and fam.name != "unknown":
+        # The image's server port is known, but this service runs it another way (a worker, a cron
+        # loop, Sidekiq next to the web process): nothing may listen there.
+        return _placeholder("a command that checks this service's own process: it runs a custom command "
+                            "and declares no port"), "custom command, no port"
     if port is None:
         why = "it publishes only UDP" if udp else "it exposes no TCP port"
         return _placeholder(f"a command that exits 0 only when the service works ({why})"), why
