@@ -127,6 +127,9 @@ def registry_only_image(registry: str) -> Iterator[str]:
     finally:
         subprocess.run(["docker", "rmi", ref], capture_output=True, timeout=30)
     yield ref
+    from tests.test_registry_config import delete_from_registry
+
+    delete_from_registry(registry, ref)
 
 
 async def test_image_availability_local_registry_absent_unreachable(

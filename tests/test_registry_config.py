@@ -45,6 +45,16 @@ def _push(local: str, remote: str) -> None:
         subprocess.run(["docker", "rmi", remote], capture_output=True, timeout=30)
 
 
+def delete_from_registry(registry: str, ref: str) -> None:
+    """Best effort: remove a tag's manifest from the test registry (it may refuse deletes)."""
+    repo, _, tag = ref.removeprefix(f"{registry}/").rpartition(":")
+    try:
+        digest, _ = _head(registry, repo, tag)
+        requests.delete(f"http://{registry}/v2/{repo}/manifests/{digest}", timeout=5)
+    except requests.RequestException:
+        pass
+
+
 def _head(registry: str, repo: str, ref: str, accept: str = MANIFEST_V2) -> tuple[str, int]:
     r = requests.head(f"http://{registry}/v2/{repo}/manifests/{ref}", headers={"Accept": accept}, timeout=5)
     r.raise_for_status()
