@@ -162,7 +162,7 @@ def _references(doc: YamlDocument) -> Iterator[tuple[str, tuple[str, ...], Kind]
         entries = data.get(section)
         for name, entry in entries.items() if isinstance(entries, dict) else []:
             if isinstance(entry, dict) and isinstance(entry.get("file"), str):
-                yield entry["file"], (section, str(name)), "mounted"
+                yield entry["file"], (section, str(name), "file"), "mounted"
     services = data.get("services")
     for svc, body in services.items() if isinstance(services, dict) else []:
         if not isinstance(body, dict):

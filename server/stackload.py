@@ -80,7 +80,7 @@ async def load_stack(
             )
         _check_inside(settings, file, location)
         doc = located if located is not None else _screen_file(file, settings, location.name, location.directory)
-        _require_compose_shape(doc, location.name)
+        _require_compose_shape(doc, location.name, main=not top)
         top.append((file, doc))
     found = collect_sources(settings, location.directory, top, location.variables)
     if found.findings:
@@ -174,7 +174,7 @@ def yaml_finding(exc: UnsafeYaml, file: str | None = None) -> Finding:
     )
 
 
-def _require_compose_shape(doc: YamlDocument, name: str) -> None:
+def _require_compose_shape(doc: YamlDocument, name: str, *, main: bool = True) -> None:
     data = doc.data
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
@@ -189,7 +189,7 @@ def _require_compose_shape(doc: YamlDocument, name: str) -> None:
                 )
             ],
         )
-    if not (set(map(str, data)) & {"services", "include"}):
+    if main and not (set(map(str, data)) & {"services", "include"}):
         keys = ", ".join(sorted(map(str, data))[:6])
         raise StackRenderFailed(name, [_invalid(f"no services: or include: at the top level (found: {keys})", 1)])
 
@@ -414,7 +414,7 @@ def compose_error_findings(
     if named:
         place = lines.get("services", named, named_key) if named_key else lines.get("services", named)
     if named is None:
-        named, place = _only_place(text, lines)
+        named, place = _only_place(text, lines, docs)
     return [
         Finding(
             rule="compose-invalid",
@@ -428,18 +428,40 @@ def compose_error_findings(
     ]
 
 
-_QUOTED = re.compile(r"['\"](?P<word>[A-Za-z_][\w.-]*)['\"]")
+_QUOTED = re.compile(r"['\"](?P<word>[^'\"\s]{2,})['\"]")
 
 
-def _only_place(text: str, lines: SourceMap) -> tuple[str | None, int | None]:
-    """When Compose names a key but no location: the one place in the sources that holds it, if only one."""
-    for match in _QUOTED.finditer(text):
-        word = match.group("word")
-        places = [path for path in lines.by_path if path[-1] == word and len(path) > 1]
-        if len(places) == 1:
-            path = places[0]
-            service = path[1] if path[0] == "services" and len(path) > 2 else None
-            return service, lines.by_path[path]
+def _only_place(text: str, lines: SourceMap, docs: list[YamlDocument]) -> tuple[str | None, int | None]:
+    """When Compose names no location: the one place in the sources that holds the offending key or value.
+
+    Candidates are the quoted words of the message and its last token (``invalid IP address: a:b``);
+    the first candidate written on exactly one line of all the files wins, and the finding gets that
+    file and line, and the service whose block holds it.
+    """
+    from server.yamlsafe import Line
+
+    tail = text.rsplit(": ", 1)[-1].strip().strip("'\"") if ": " in text else ""
+    candidates = [m.group("word") for m in _QUOTED.finditer(text)] + ([tail] if tail and " " not in tail else [])
+    for word in candidates:
+        hits = [
+            (doc, number)
+            for doc in docs
+            for number, raw in enumerate(doc.text.splitlines(), start=1)
+            if word in raw.split("#", 1)[0]
+        ]
+        if len(hits) != 1:
+            continue
+        doc, number = hits[0]
+        top = max(
+            ((line, path[0]) for path, line in doc.lines.by_path.items() if len(path) == 1 and line <= number),
+            default=(0, ""),
+        )
+        service = None
+        best = 0
+        for path, line in doc.lines.by_path.items():
+            if top[1] == "services" and len(path) == 2 and path[0] == "services" and best < line <= number:
+                service, best = path[1], line
+        return service, Line(number, doc.lines.file)
     return None, None
 
 
