@@ -24,6 +24,9 @@ from server.interpolation import MissingRequired, substitute
 
 _SPACE = " \t\v\f\r\x85\xa0"
 _ESCAPE = re.compile(r"\\.")
+_BLANK = re.compile(r"\s*")
+_KEY_END = re.compile(r"[=:\n]")
+_KEY_BAD = re.compile(r"[^\w.\t\v\f\r \x85\xa0]")
 
 
 class DotenvError(ValueError):
@@ -42,8 +45,7 @@ def parse_dotenv(text: str, environ: Mapping[str, str] | None = None) -> dict[st
 
     while True:
         # statement start: skip whitespace (line breaks too) and whole comment lines
-        while pos < n and (src[pos].isspace()):
-            pos += 1
+        pos = _BLANK.match(src, pos).end()  # type: ignore[union-attr]
         if pos >= n:
             break
         if src[pos] == "#":
@@ -56,18 +58,14 @@ def parse_dotenv(text: str, environ: Mapping[str, str] | None = None) -> dict[st
             pos += 6
             while pos < n and src[pos] in _SPACE:
                 pos += 1
-        key_start, inherited = pos, False
-        while pos < n:
-            ch = src[pos]
-            if ch in "=:\n":
-                inherited = ch == "\n"
-                break
-            if not (ch in _SPACE or ch in "_." or ch.isalnum()):
-                raise DotenvError(f"unexpected character {ch!r} in variable name near {src[key_start : pos + 1]!r}")
-            pos += 1
+        key_start = pos
+        end = _KEY_END.search(src, pos)
+        pos = end.start() if end else n
+        inherited = end is None or end.group() == "\n"
+        bad = _KEY_BAD.search(src, key_start, pos)
+        if bad:
+            raise DotenvError(f"unexpected character {bad.group()!r} in variable name near {src[key_start:pos]!r}")
         key = src[key_start:pos].rstrip()
-        if pos >= n:
-            inherited = True
         if not key:
             raise DotenvError("a line has no variable name")
         if any(c in key for c in _SPACE):

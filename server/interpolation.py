@@ -44,35 +44,32 @@ def tokens(text: str) -> Iterator[Reference | str]:
     """The text split into literal runs and references; ``$$`` yields a literal ``$``."""
     i, n, literal = 0, len(text), []
     while i < n:
-        ch = text[i]
-        if ch != "$" or i + 1 >= n:
-            literal.append(ch)
-            i += 1
-            continue
-        nxt = text[i + 1]
+        j = text.find("$", i)
+        if j < 0 or j + 1 >= n:  # no more references (a trailing lone `$` is literal)
+            literal.append(text[i:])
+            break
+        literal.append(text[i:j])
+        nxt = text[j + 1]
+        ref: Reference | None
         if nxt == "$":
             literal.append("$")
-            i += 2
+            i = j + 2
             continue
         if nxt == "{":
-            ref = _braced(text, i)
-            if ref is None:  # unterminated or invalid: Compose refuses it; we keep the text
-                literal.append(ch)
-                i += 1
-                continue
+            ref = _braced(text, j)  # None: unterminated or invalid; Compose refuses it, we keep the text
         else:
-            match = _NAME.match(text, i + 1)
-            if match is None:
-                literal.append(ch)
-                i += 1
-                continue
-            ref = Reference(match.group(), "", "", i, match.end())
-        if literal:
+            match = _NAME.match(text, j + 1)
+            ref = Reference(match.group(), "", "", j, match.end()) if match else None
+        if ref is None:
+            literal.append("$")
+            i = j + 1
+            continue
+        if any(literal):
             yield "".join(literal)
-            literal = []
+        literal = []
         yield ref
         i = ref.end
-    if literal:
+    if any(literal):
         yield "".join(literal)
 
 

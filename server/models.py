@@ -124,7 +124,7 @@ class StackList(Frozen):
 class StackInspection(Frozen):
     stack: str
     path: str | None
-    files: list[str]
+    files: list[str] = Field(description="Every file Compose reads for the stack (compose files, includes, env files).")
     rendered: bool = Field(description="True when Compose rendered the model; false means see findings.")
     services: list[ServiceView]
     networks: list[str]

@@ -42,7 +42,12 @@ def _compose_json(directory: Path, *args: str) -> dict[str, Any]:
     """What `docker compose ... config` prints when an operator runs it in the stack directory."""
     out = subprocess.run(
         ["docker", "compose", *args, "config", "--format", "json"],
-        cwd=directory, env=client_env(), capture_output=True, text=True, check=True, timeout=30,
+        cwd=directory,
+        env=client_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     )
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
@@ -116,7 +121,8 @@ async def test_active_profile_from_dotenv_counts(settings: Settings, stacks_root
 
 async def test_dependency_on_a_service_no_active_profile_enables(settings: Settings, stacks_root: Path) -> None:
     write_stack(
-        stacks_root, "dep",
+        stacks_root,
+        "dep",
         "services:\n  web:\n    image: busybox:1\n    depends_on: [dbg]\n"
         "  dbg:\n    image: busybox:1\n    profiles: [debug]\n",
     )
@@ -165,8 +171,14 @@ def test_project_spec_args_name_files_only_when_the_user_did(settings: Settings,
     assert spec.args() == ["--project-directory", str(directory.resolve())]
     assert dict(spec.env) == {"TAG": "1"}
     named = locate_stack(settings, "spec/compose.yaml").project().named("spec")
-    assert named.args() == ["--project-directory", str(directory.resolve()), "-f",
-                            str(directory.resolve() / "compose.yaml"), "-p", "spec"]
+    assert named.args() == [
+        "--project-directory",
+        str(directory.resolve()),
+        "-f",
+        str(directory.resolve() / "compose.yaml"),
+        "-p",
+        "spec",
+    ]
     with pytest.raises(TypeError):
         spec.env["X"] = "y"  # type: ignore[index]
     assert isinstance(spec, ComposeProject)
@@ -199,8 +211,9 @@ DOLLARS=x$$y
 async def test_dotenv_agrees_with_compose(stacks_root: Path) -> None:
     ours = parse_dotenv(DOTENV)
     environment = "".join(f"      {k}: ${{{k}}}\n" for k in ours)
-    directory = write_stack(stacks_root, "env", f"services:\n  x:\n    image: busybox:1\n    environment:\n{environment}",
-                            env=DOTENV)
+    directory = write_stack(
+        stacks_root, "env", f"services:\n  x:\n    image: busybox:1\n    environment:\n{environment}", env=DOTENV
+    )
     theirs = _compose_json(directory)["services"]["x"]["environment"]
     # config --format json escapes a literal $ as $$ in its output
     assert ours == {k: v.replace("$$", "$") for k, v in theirs.items()}
@@ -212,7 +225,8 @@ async def test_quoted_secret_with_comment_never_leaks(settings: Settings, stacks
     from server.runtime import Runtime
 
     write_stack(
-        stacks_root, "leak",
+        stacks_root,
+        "leak",
         "services:\n  db:\n    image: postgres:15\n    environment:\n      POSTGRES_PASSWORD: ${PASSWORD}\n"
         "      NOTE: pw is ${PASSWORD}\n",
         env='PASSWORD="s3cr3t-Value-9" # rotated 2026\n',
@@ -222,8 +236,11 @@ async def test_quoted_secret_with_comment_never_leaks(settings: Settings, stacks
 
 
 async def test_reset_and_override_tags_render(settings: Settings, stacks_root: Path) -> None:
-    directory = write_stack(stacks_root, "tags", "services:\n  web:\n    image: busybox:1\n    ports: ['18282:80']\n"
-                            "    environment: {A: '1', B: '2'}\n")
+    directory = write_stack(
+        stacks_root,
+        "tags",
+        "services:\n  web:\n    image: busybox:1\n    ports: ['18282:80']\n    environment: {A: '1', B: '2'}\n",
+    )
     (directory / "compose.override.yaml").write_text(
         "services:\n  web:\n    ports: !reset []\n    environment: !override {C: '3'}\n"
     )
@@ -236,10 +253,23 @@ async def test_reset_and_override_tags_render(settings: Settings, stacks_root: P
 def test_interpolation_tokenizer_forms() -> None:
     env = {"SET": "v", "EMPTY": ""}
     cases = {
-        "$$SET": "$SET", "${SET}": "v", "$SET/x": "v/x", "${UNSET:-d}": "d", "${EMPTY:-d}": "d",
-        "${EMPTY-d}": "", "${UNSET-d}": "d", "${SET:+alt}": "alt", "${EMPTY:+alt}": "", "${EMPTY+alt}": "alt",
-        "${UNSET:-${SET}}": "v", "${UNSET:-${ALSO:-deep}}": "deep", "a$$b${SET}": "a$bv", "${SET?e}": "v",
-        "$": "$", "${": "${", "cost: 5$": "cost: 5$",
+        "$$SET": "$SET",
+        "${SET}": "v",
+        "$SET/x": "v/x",
+        "${UNSET:-d}": "d",
+        "${EMPTY:-d}": "d",
+        "${EMPTY-d}": "",
+        "${UNSET-d}": "d",
+        "${SET:+alt}": "alt",
+        "${EMPTY:+alt}": "",
+        "${EMPTY+alt}": "alt",
+        "${UNSET:-${SET}}": "v",
+        "${UNSET:-${ALSO:-deep}}": "deep",
+        "a$$b${SET}": "a$bv",
+        "${SET?e}": "v",
+        "$": "$",
+        "${": "${",
+        "cost: 5$": "cost: 5$",
     }
     for text, want in cases.items():
         assert substitute(text, env) == want, text
@@ -254,9 +284,10 @@ def test_interpolation_tokenizer_forms() -> None:
 async def test_tokenizer_agrees_with_compose(stacks_root: Path) -> None:
     forms = ["${SET}", "${UNSET:-d}", "${EMPTY-d}", "${SET:+alt}", "${EMPTY+alt}", "${UNSET:-${SET}x}", "a$$b"]
     env = {"SET": "v", "EMPTY": ""}
-    body = "".join(f"      V{i}: \"{f}\"\n" for i, f in enumerate(forms))
-    directory = write_stack(stacks_root, "tok", f"services:\n  x:\n    image: busybox:1\n    environment:\n{body}",
-                            env="SET=v\nEMPTY=\n")
+    body = "".join(f'      V{i}: "{f}"\n' for i, f in enumerate(forms))
+    directory = write_stack(
+        stacks_root, "tok", f"services:\n  x:\n    image: busybox:1\n    environment:\n{body}", env="SET=v\nEMPTY=\n"
+    )
     theirs = _compose_json(directory)["services"]["x"]["environment"]
     for i, form in enumerate(forms):
         assert substitute(form, env) == theirs[f"V{i}"].replace("$$", "$"), form
@@ -265,10 +296,10 @@ async def test_tokenizer_agrees_with_compose(stacks_root: Path) -> None:
 # -- 3. every file counts ----------------------------------------------------------------------------
 
 
-async def test_env_file_outside_root_in_an_included_file_is_refused(
-    settings: Settings, stacks_root: Path
-) -> None:
-    directory = write_stack(stacks_root, "inc", "include:\n  - sub/more.yaml\nservices:\n  web:\n    image: busybox:1\n")
+async def test_env_file_outside_root_in_an_included_file_is_refused(settings: Settings, stacks_root: Path) -> None:
+    directory = write_stack(
+        stacks_root, "inc", "include:\n  - sub/more.yaml\nservices:\n  web:\n    image: busybox:1\n"
+    )
     (directory / "sub").mkdir()
     (directory / "sub" / "more.yaml").write_text("include:\n  - deeper.yaml\n")
     (directory / "sub" / "deeper.yaml").write_text(
@@ -309,7 +340,8 @@ async def asyncio_wait(coro: Any, seconds: float) -> Any:
 
 async def test_extends_and_secret_files_are_path_checked(settings: Settings, stacks_root: Path) -> None:
     write_stack(
-        stacks_root, "ext",
+        stacks_root,
+        "ext",
         "services:\n  web:\n    extends: {file: /etc/compose.yaml, service: x}\n"
         "secrets:\n  key:\n    file: ../../outside.pem\n",
     )
@@ -320,9 +352,9 @@ async def test_extends_and_secret_files_are_path_checked(settings: Settings, sta
 
 async def test_source_rules_read_every_file(settings: Settings, stacks_root: Path) -> None:
     directory = write_stack(
-        stacks_root, "all",
-        "include:\n  - extra.yaml\nservices:\n  web:\n    image: busybox:1\n    environment:\n"
-        "      A: ${MAIN_UNSET}\n",
+        stacks_root,
+        "all",
+        "include:\n  - extra.yaml\nservices:\n  web:\n    image: busybox:1\n    environment:\n      A: ${MAIN_UNSET}\n",
     )
     (directory / "extra.yaml").write_text(
         "services:\n  side:\n    image: busybox:1\n    environment:\n      B: ${INCLUDED_UNSET}\n"
@@ -344,7 +376,8 @@ async def test_source_rules_read_every_file(settings: Settings, stacks_root: Pat
 
 async def test_lines_follow_merge_keys_and_overrides(settings: Settings, stacks_root: Path) -> None:
     directory = write_stack(
-        stacks_root, "merge",
+        stacks_root,
+        "merge",
         "x-base: &base\n  image: busybox:1\n  privileged: true\n  restart: always\n"
         "services:\n  web:\n    <<: *base\n    restart: unless-stopped\n",
     )
