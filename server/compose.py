@@ -117,6 +117,14 @@ class ComposeRunner:
             )
         return result
 
+    async def run_project(self, project: ComposeProject, args: Sequence[str], **kwargs: Any) -> ProcessResult:
+        """``compose <project.args()> <args>`` in the project directory with the project's env.
+
+        The one way to run a command on a stack (up, ps, pull, logs, down): the project it acts on
+        is the project pre-flight checked. ``kwargs`` as for :meth:`run` (timeout_s, scrub, ...).
+        """
+        return await self.run(project.args(), args, cwd=project.directory, env=project.env, **kwargs)
+
     async def config(
         self,
         project: ComposeProject,

@@ -213,7 +213,7 @@ async def _render(
     read_files: list[str],
     directory: Path | None,
 ) -> LoadedStack:
-    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets(docs)
+    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets([*docs, *templates])
     scrub = Scrubber(secrets, assignments=False)
     lines = SourceMap.merge(docs, templates)
     variables = {**dotenv, **env}

@@ -194,7 +194,11 @@ def _located(directory: Path, explicit: Path | None, settings: Settings, env: Ma
     variables = {**dotenv, **env}
     files = compose_files(directory, explicit, variables)
     documents: list[YamlDocument | None] = []
+    root = settings.stacks_root.resolve()
     for file in files:
+        if not file.resolve().is_relative_to(root):
+            documents.append(None)  # COMPOSE_FILE pointing out of the root: never read; loading refuses it
+            continue
         try:
             documents.append(read_compose_file(file, settings, directory))
         except (UnsafeYaml, PathRejected):

@@ -406,3 +406,83 @@ async def test_compose_error_without_location_points_at_the_only_place(settings:
     report = await _validate(settings, "loc")
     [f] = report.findings
     assert (f.service, f.file, f.line) == (None, "compose.override.yaml", 3)
+
+
+async def test_compose_file_outside_root_is_never_read(settings: Settings, stacks_root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("services:\n  x:\n    image: busybox:1\n    privileged: true\n")
+    write_stack(stacks_root, "out", BASE, env=f"COMPOSE_FILE=compose.yaml:{outside}\n")
+    assert locate_stack(settings, "out").documents[1] is None
+    report = await _validate(settings, "out")
+    assert not report.valid and report.findings[0].rule == "path-outside-root" and report.findings[0].file == ".env"
+    write_stack(stacks_root, "missing", BASE, env="COMPOSE_FILE=compose.yaml:nothere.yaml\n")
+    report = await _validate(settings, "missing")
+    assert not report.valid and "nothere.yaml" in report.findings[0].message
+
+
+async def test_lines_follow_extends(settings: Settings, stacks_root: Path) -> None:
+    directory = write_stack(
+        stacks_root,
+        "ext-lines",
+        "services:\n  web:\n    extends: {file: common.yaml, service: base}\n    restart: always\n",
+    )
+    (directory / "common.yaml").write_text(
+        "services:\n  base:\n    image: busybox:1\n    environment:\n      API_TOKEN: ${TOKEN_UNSET}\n"
+        "    privileged: true\n"
+    )
+    report = await _validate(settings, "ext-lines")
+    [priv] = [f for f in report.findings if f.rule == "privileged"]
+    assert (priv.service, priv.file, priv.line) == ("web", "common.yaml", 6)
+    [unset] = [f for f in report.findings if f.rule == "unset-variable"]
+    assert (unset.file, unset.line) == ("common.yaml", 5)
+
+
+async def test_inactive_profile_that_cannot_render_is_a_warning(settings: Settings, stacks_root: Path) -> None:
+    write_stack(
+        stacks_root,
+        "half",
+        "services:\n  web:\n    image: busybox:1\n  extra:\n    image: busybox:1\n    profiles: [x]\n"
+        "    depends_on: [ghost]\n",
+    )
+    report = await _validate(settings, "half")
+    assert report.valid and report.services == ["web"]
+    assert any(f.severity == "warning" and "inactive profiles" in f.message for f in report.findings)
+    assert not any(f.severity == "error" for f in report.findings if f.rule.startswith("compose"))
+
+
+async def test_waiver_for_a_profiled_service_is_no_unknown_reference(settings: Settings, stacks_root: Path) -> None:
+    write_stack(
+        stacks_root,
+        "waive",
+        "x-dsm:\n  policy:\n    waive: [{rule: privileged, services: [tool], reason: needs it}]\n"
+        "services:\n  web:\n    image: busybox:1\n  tool:\n    image: busybox:1\n    profiles: [ops]\n"
+        "    privileged: true\n",
+    )
+    report = await _validate(settings, "waive")
+    assert not [f for f in report.findings if f.rule == "policy-unknown-reference"]
+    assert all(f.severity == "info" for f in report.findings if f.rule == "privileged")
+
+
+async def test_run_project_runs_compose_on_the_checked_project(settings: Settings, stacks_root: Path) -> None:
+    directory = write_stack(stacks_root, "run", BASE, env="COMPOSE_FILE=compose.yaml:compose.extra.yaml\n")
+    (directory / "compose.extra.yaml").write_text("services:\n  extra:\n    image: busybox:1\n")
+    runner = ComposeRunner(settings)
+    stack = await load_stack(settings, runner, path="run")
+    assert stack.project is not None
+    result = await runner.run_project(stack.project, ["config", "--services"])
+    assert sorted(result.stdout.split()) == sorted(stack.services) == ["extra", "web"]
+    assert stack.read_files == ("compose.yaml", "compose.extra.yaml")
+
+
+async def test_list_stacks_and_inspect_agree(settings: Settings, stacks_root: Path, docker_engine: None) -> None:
+    from server.inventory import inspect_stack, list_stacks
+    from server.runtime import Runtime
+
+    directory = write_stack(stacks_root, "agree", BASE, env="COMPOSE_FILE=compose.yaml:more.yaml\n")
+    (directory / "more.yaml").write_text("name: agreed\nservices:\n  more:\n    image: busybox:1\n")
+    runtime = Runtime(settings)
+    [entry] = (await list_stacks(runtime)).stacks
+    inspection = await inspect_stack(runtime, "agree", None)
+    assert entry.name == inspection.stack == _compose_json(directory)["name"] == "agreed"
+    assert entry.compose_files == ["compose.yaml", "more.yaml"] == inspection.files
+    assert sorted(entry.services) == sorted(s.name for s in inspection.services)
