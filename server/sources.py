@@ -109,16 +109,42 @@ def collect_sources(
                     _refused(exc, service, line, doc.lines.file, child=relative_name(resolved, directory))
                 )
                 continue
-            visit(
-                child,
-                _include_base(doc, where, resolved, base, variables) if kind == "include" else resolved.parent,
-                depth + 1,
-            )
+            child_base = _include_base(doc, where, resolved, base, variables) if kind == "include" else resolved.parent
+            if kind == "include" and not _include_entry_has_env(doc, where):
+                _check_default_env(child_base, child, service, line, doc.lines.file)
+            visit(child, child_base, depth + 1)
             (out.included if kind == "include" else out.extended).append(child)
+
+    def _check_default_env(base: Path, child: YamlDocument, service: str | None, line: Line | None, file: str) -> None:
+        # An included project reads the .env of its own project directory, as the top one does.
+        env = base / ".env"
+        if not env.is_file():
+            return
+        resolved = env.resolve()
+        if not any(resolved.is_relative_to(a) for a in allowed):
+            out.findings.append(
+                _outside(
+                    f"{relative_name(env, directory)} resolves outside the stacks root {root}", service, line, file
+                )
+            )
+            return
+        if resolved in seen:
+            return
+        seen.add(resolved)
+        out.files.append(relative_name(resolved, directory))
+        try:
+            read_text_capped(resolved, MAX_ENV_FILE_BYTES)
+        except UnsafeYaml as exc:
+            out.findings.append(_refused(exc, service, line, file))
 
     for _, doc in top:
         visit(doc, directory, 0)
     return out
+
+
+def _include_entry_has_env(doc: YamlDocument, where: tuple[str, ...]) -> bool:
+    entry = _include_entry(doc, where)
+    return isinstance(entry, dict) and entry.get("env_file") is not None
 
 
 def _include_base(

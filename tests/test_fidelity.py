@@ -486,3 +486,22 @@ async def test_list_stacks_and_inspect_agree(settings: Settings, stacks_root: Pa
     assert entry.name == inspection.stack == _compose_json(directory)["name"] == "agreed"
     assert entry.compose_files == ["compose.yaml", "more.yaml"] == inspection.files
     assert sorted(entry.services) == sorted(s.name for s in inspection.services)
+
+
+async def test_an_included_projects_own_dotenv_is_checked(
+    settings: Settings, stacks_root: Path, tmp_path: Path
+) -> None:
+    directory = write_stack(stacks_root, "incenv", "include:\n  - sub/compose.yaml\n")
+    (directory / "sub").mkdir()
+    (directory / "sub" / "compose.yaml").write_text("services:\n  side:\n    image: busybox:${X:-1}\n")
+    secret = tmp_path / "host.env"
+    secret.write_text("X=host-secret\n")
+    os.symlink(secret, directory / "sub" / ".env")
+    with pytest.raises(StackRenderFailed) as caught:
+        await load_stack(settings, ComposeRunner(settings), path="incenv")
+    [f] = caught.value.findings
+    assert f.rule == "path-outside-root" and "sub/.env" in f.message and (f.file, f.line) == ("compose.yaml", 1)
+    os.unlink(directory / "sub" / ".env")
+    (directory / "sub" / ".env").write_text("X=1\n")
+    stack = await load_stack(settings, ComposeRunner(settings), path="incenv")
+    assert stack.read_files == ("compose.yaml", "sub/compose.yaml", "sub/.env")
