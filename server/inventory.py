@@ -41,7 +41,7 @@ async def list_stacks(runtime: Runtime) -> StackList:
                 name=loc.name,
                 path=str(loc.directory.relative_to(root)),
                 compose_files=[relative_name(f, loc.directory) for f in loc.files],
-                services=loc.declared_services,
+                services=loc.active_services,
                 containers=len(mine),
                 running=running,
                 healthy=healthy,

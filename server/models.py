@@ -97,7 +97,7 @@ class StackEntry(Frozen):
     name: str = Field(description="Compose project name; pass it as `stack` to tools that act on a running stack.")
     path: str = Field(description="Directory relative to the stacks root; pass it as `path` to tools that read files.")
     compose_files: list[str]
-    services: list[str] = Field(description="Services declared in the compose files.")
+    services: list[str] = Field(description="Services `up` starts (declared, minus those behind inactive profiles).")
     containers: int = Field(description="Containers of this project on the engine, in any state.")
     running: int
     healthy: int = Field(description="Running containers whose healthcheck passes or that have none.")

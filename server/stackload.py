@@ -16,14 +16,21 @@ from typing import Any
 
 from server.compose import ComposeRunner
 from server.errors import ComposeError, DsmError, PathRejected, UnsafeYaml
-from server.interpolation import MissingRequired, references, substitute
+from server.interpolation import references
 from server.models import Finding
 from server.project import ComposeProject
 from server.redact import Scrubber, is_secret_key
 from server.settings import Settings
 from server.sources import collect_sources
 from server.stackmodel import LoadedStack, SourceMap
-from server.stacks import StackLocation, locate_stack, normalize_project_name, read_compose_file, relative_name
+from server.stacks import (
+    StackLocation,
+    inactive_services,
+    locate_stack,
+    normalize_project_name,
+    read_compose_file,
+    relative_name,
+)
 from server.xdsm import ServiceSettings, XdsmInvalid, parse_service_settings, parse_stack_settings
 from server.yamlsafe import YamlDocument, load_yaml
 
@@ -215,9 +222,9 @@ async def _render(
 ) -> LoadedStack:
     secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets([*docs, *templates])
     scrub = Scrubber(secrets, assignments=False)
-    lines = SourceMap.merge(docs, templates)
+    lines = SourceMap.merge(docs, templates, main=relative_name(files[0], project.directory))
     variables = {**dotenv, **env}
-    inactive = _inactive_services(docs, profiles, variables)
+    inactive = inactive_services(docs, profiles, variables)
     # The go/no-go model is what `up` starts: no --profile flag, Compose reads COMPOSE_PROFILES.
     # Services behind inactive profiles are rendered apart (concurrently, only when there are any).
     renders = [compose.config(project, scrub=scrub)]
@@ -276,34 +283,6 @@ async def _render(
         inactive=inactive,
         inactive_rendered=full if isinstance(full, dict) else ({} if inactive else None),
     )
-
-
-def _inactive_services(
-    docs: list[YamlDocument], profiles: tuple[str, ...], variables: Mapping[str, str]
-) -> dict[str, tuple[str, ...]]:
-    """Declared services whose profiles are all inactive -> those profiles (interpolated)."""
-    if "*" in profiles:
-        return {}
-    found: dict[str, tuple[str, ...]] = {}
-    for doc in docs:
-        services = doc.data.get("services") if isinstance(doc.data, dict) else None
-        for svc, body in services.items() if isinstance(services, dict) else []:
-            raw = body.get("profiles") if isinstance(body, dict) else None
-            if not isinstance(raw, list):
-                if isinstance(body, dict) and "profiles" in body:
-                    found.pop(str(svc), None)
-                continue
-            names: list[str] = []
-            for item in raw:
-                try:
-                    names.append(substitute(str(item), variables))
-                except MissingRequired:
-                    names.append(str(item))
-            if names and not set(names) & set(profiles):
-                found[str(svc)] = tuple(names)
-            else:
-                found.pop(str(svc), None)
-    return found
 
 
 def _literal_secrets(docs: list[YamlDocument]) -> set[str]:

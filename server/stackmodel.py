@@ -6,6 +6,8 @@ read by policy rules, host preflight, deployment and inspection. Plain data, no 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,7 +39,8 @@ class SourceMap:
         return None
 
     @classmethod
-    def merge(cls, docs: list[YamlDocument], templates: list[YamlDocument] = ()) -> SourceMap:  # type: ignore[assignment]
+    def merge(cls, docs: Sequence[YamlDocument], templates: Sequence[YamlDocument] = (), main: str = "") -> SourceMap:
+        """``docs`` in Compose's load order; ``main`` names the first top-level file."""
         by_path: dict[tuple[str, ...], Line] = {}
         for doc in docs:
             for path, line in doc.lines.by_path.items():
@@ -50,18 +53,20 @@ class SourceMap:
                 if not isinstance(base, str):
                     continue
                 lender = _lender(doc, ext, templates)
-                for path, line in lender.lines.by_path.items() if lender else []:
+                if lender is None:
+                    continue
+                for path, line in lender.lines.by_path.items():
                     if path[:2] == ("services", base) and len(path) > 2:
-                        by_path.setdefault(("services", str(svc), *path[2:]), Line(line, lender.lines.file))  # type: ignore[union-attr]
-        return cls(by_path=by_path, file=docs[0].lines.file if docs else "")
+                        by_path.setdefault(("services", str(svc), *path[2:]), Line(line, lender.lines.file))
+        return cls(by_path=by_path, file=main or (docs[-1].lines.file if docs else ""))
 
 
-def _lender(doc: YamlDocument, ext: Any, templates: list[YamlDocument]) -> YamlDocument | None:
+def _lender(doc: YamlDocument, ext: Any, templates: Sequence[YamlDocument]) -> YamlDocument | None:
     file = ext.get("file") if isinstance(ext, dict) else None
     if not isinstance(file, str):
         return doc
-    wanted = Path(file).name
-    return next((t for t in templates if Path(t.lines.file).name == wanted), None)
+    wanted = os.path.normpath(Path(doc.lines.file).parent / file)
+    return next((t for t in templates if os.path.normpath(t.lines.file) == wanted), None)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +56,12 @@ class StackLocation:
     """Why the .env could not be read (Compose would refuse it too)."""
 
     @property
+    def active_services(self) -> list[str]:
+        """Declared services that `up` starts: those no inactive profile holds back."""
+        held = inactive_services(self.documents, self.profiles, self.variables)
+        return [s for s in self.declared_services if s not in held]
+
+    @property
     def variables(self) -> dict[str, str]:
         """What Compose interpolates from, minus its own process environment: .env, then env over it."""
         return {**self.dotenv, **self.env}
@@ -84,6 +90,34 @@ class StackLocation:
             services = doc.data.get("services") if doc is not None and isinstance(doc.data, dict) else None
             names.update(dict.fromkeys(map(str, services)) if isinstance(services, dict) else {})
         return list(names)
+
+
+def inactive_services(
+    docs: Sequence[YamlDocument | None], profiles: tuple[str, ...], variables: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """Declared services whose profiles are all inactive -> those profiles (interpolated)."""
+    if "*" in profiles:
+        return {}
+    found: dict[str, tuple[str, ...]] = {}
+    for doc in docs:
+        services = doc.data.get("services") if doc is not None and isinstance(doc.data, dict) else None
+        for svc, body in services.items() if isinstance(services, dict) else []:
+            raw = body.get("profiles") if isinstance(body, dict) else None
+            if not isinstance(raw, list):
+                if isinstance(body, dict) and "profiles" in body:
+                    found.pop(str(svc), None)
+                continue
+            names: list[str] = []
+            for item in raw:
+                try:
+                    names.append(substitute(str(item), variables))
+                except MissingRequired:
+                    names.append(str(item))
+            if names and not set(names) & set(profiles):
+                found[str(svc)] = tuple(names)
+            else:
+                found.pop(str(svc), None)
+    return found
 
 
 def normalize_project_name(raw: str) -> str:

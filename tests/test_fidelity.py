@@ -138,6 +138,8 @@ async def test_check_resources_counts_active_services_only(settings: Settings, s
 
     write_stack(stacks_root, "prof", PROFILED)
     runtime = Runtime(settings)
+    [entry] = discover(settings)[0]
+    assert entry.active_services == ["web"] and entry.declared_services == ["web", "tool-a", "tool-b"]
     try:
         report = await check_resources(settings, runtime.compose(), runtime.engine(), path="prof")
     except Exception as exc:  # no engine here: the part under test is the request, not the host
