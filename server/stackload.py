@@ -81,7 +81,7 @@ async def load_stack(
                     _invalid(
                         f"{relative_name(file, location.directory)} (named by COMPOSE_FILE) does not exist",
                         None,
-                        file=".env" if "COMPOSE_FILE" in location.dotenv else None,
+                        file=_compose_file_origin(location),
                     )
                 ],
             )
@@ -108,6 +108,11 @@ async def load_stack(
     )
 
 
+def _compose_file_origin(location: StackLocation) -> str | None:
+    """Where COMPOSE_FILE was set: the stack's .env, or (None) the env the caller gave."""
+    return ".env" if "COMPOSE_FILE" in location.dotenv and "COMPOSE_FILE" not in location.env else None
+
+
 def _check_inside(settings: Settings, file: Path, location: StackLocation) -> None:
     root = settings.stacks_root.resolve()
     if not file.resolve().is_relative_to(root):
@@ -118,7 +123,7 @@ def _check_inside(settings: Settings, file: Path, location: StackLocation) -> No
                     rule="path-outside-root",
                     severity="error",
                     category="security",
-                    file=".env",
+                    file=_compose_file_origin(location),
                     message=f"COMPOSE_FILE names {str(file)!r}, outside the stacks root {root}; Compose was not run",
                     fix="keep every file a stack uses inside its own directory under the stacks root",
                 )

@@ -288,10 +288,12 @@ def compose_files(
 def read_dotenv(directory: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The stack's ``.env`` as Compose reads it (server.dotenv); empty when absent.
 
-    ``env`` is the environment Compose runs with: its values win, and COMPOSE_ENV_FILES in it
-    replaces ``.env`` with the files it lists, as Compose does.
+    ``env`` is the environment Compose runs with: its values win, COMPOSE_ENV_FILES in it
+    replaces ``.env`` with the files it lists and COMPOSE_DISABLE_ENV_FILE turns it off, as in Compose.
     """
     env = env or {}
+    if env.get("COMPOSE_DISABLE_ENV_FILE", "").lower() in ("1", "t", "true"):
+        return {}
     listed = env.get("COMPOSE_ENV_FILES", "")
     names = [n for n in listed.split(",") if n.strip()] if listed.strip() else [".env"]
     values: dict[str, str] = {}

@@ -507,3 +507,20 @@ async def test_an_included_projects_own_dotenv_is_checked(
     (directory / "sub" / ".env").write_text("X=1\n")
     stack = await load_stack(settings, ComposeRunner(settings), path="incenv")
     assert stack.read_files == ("compose.yaml", "sub/compose.yaml", "sub/.env")
+
+
+async def test_compose_env_files_and_disable_env_file(settings: Settings, stacks_root: Path) -> None:
+    directory = write_stack(
+        stacks_root, "envfiles", "services:\n  web:\n    image: busybox:${TAG:-1}\n", env="TAG=from-dotenv\n"
+    )
+    (directory / "prod.env").write_text("TAG=from-prod\n")
+    runner = ComposeRunner(settings)
+    for env, tag in (
+        ({}, "from-dotenv"),
+        ({"COMPOSE_ENV_FILES": "prod.env"}, "from-prod"),
+        ({"COMPOSE_DISABLE_ENV_FILE": "true"}, "1"),
+    ):
+        location = locate_stack(settings, "envfiles", env)
+        assert location.variables.get("TAG", "1") == tag
+        stack = await load_stack(settings, runner, path="envfiles", env=env)
+        assert stack.services["web"]["image"] == f"busybox:{tag}"
