@@ -3,7 +3,8 @@
 Starting from the top-level compose files (COMPOSE_FILE, or compose.yaml + override), the walk
 follows ``include`` (at every depth, with its ``env_file`` and ``project_directory``), ``extends``
 files, service ``env_file`` and ``label_file``, and the ``file`` of top-level secrets and
-configs. References are interpolated the way Compose will (server.interpolation), resolved with
+configs. Remote includes (``oci://``, git URLs) are refused: their content cannot be screened
+first. References are interpolated the way Compose will (server.interpolation), resolved with
 symlinks followed, and must stay inside the stacks root. Compose files met on the way pass
 server.yamlsafe (size, depth, alias budget); env files pass the size cap. Each file is read at
 most once (a cycle of includes stops at the second visit) and includes nest at most
@@ -13,6 +14,7 @@ mounts them, it does not parse them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from server.stacks import check_argument, read_compose_file, relative_name
 from server.yamlsafe import Line, YamlDocument, read_text_capped
 
 MAX_INCLUDE_DEPTH = 8
+_REMOTE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://|git@)")
 MAX_ENV_FILE_BYTES = 256 * 1024
 
 Kind = Literal["include", "extends", "env_file", "mounted"]
@@ -71,6 +74,16 @@ def collect_sources(
                 check_argument(ref, "referenced path")
             except PathRejected as exc:
                 out.findings.append(_outside(exc.what, service, line, doc.lines.file))
+                continue
+            if _REMOTE.match(ref):
+                out.findings.append(
+                    _outside(
+                        f"{ref!r} is a remote resource: Compose would fetch a file that cannot be screened first",
+                        service,
+                        line,
+                        doc.lines.file,
+                    )
+                )
                 continue
             target = Path(ref) if Path(ref).is_absolute() else base / ref
             resolved = target.resolve()

@@ -524,3 +524,11 @@ async def test_compose_env_files_and_disable_env_file(settings: Settings, stacks
         assert location.variables.get("TAG", "1") == tag
         stack = await load_stack(settings, runner, path="envfiles", env=env)
         assert stack.services["web"]["image"] == f"busybox:{tag}"
+
+
+async def test_remote_include_is_refused(settings: Settings, stacks_root: Path) -> None:
+    write_stack(stacks_root, "remote", "include:\n  - oci://registry.example/compose:1\n  - git@host:org/repo.git\n")
+    with pytest.raises(StackRenderFailed) as caught:
+        await load_stack(settings, ComposeRunner(settings), path="remote")
+    assert [f.rule for f in caught.value.findings] == ["path-outside-root", "path-outside-root"]
+    assert "remote resource" in caught.value.findings[0].message
