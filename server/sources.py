@@ -186,11 +186,10 @@ def _references(doc: YamlDocument) -> Iterator[tuple[str, tuple[str, ...], Kind]
     data = doc.data if isinstance(doc.data, dict) else {}
     includes = data.get("include")
     for index, entry in enumerate(includes if isinstance(includes, list) else []):
-        where: tuple[str, ...] = ("include",)
+        where: tuple[str, ...] = ("include", str(index))
         if isinstance(entry, str):
             yield entry, where, "include"
         elif isinstance(entry, dict):
-            where = ("include", str(index))
             for path in _strings(entry.get("path")):
                 yield path, where, "include"
             for path in _strings(entry.get("env_file")):

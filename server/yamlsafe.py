@@ -234,7 +234,14 @@ def _collect_lines(node: Any, path: tuple[str, ...], out: dict[tuple[str, ...], 
     # Construction has already flattened YAML merge keys (`<<: *anchor`): the merged pairs come
     # first in node.value, keeping the anchor's own key nodes (so their lines point at the place
     # that set the value), and explicit keys follow. The last occurrence wins, as in the data.
-    if depth >= 4 or not isinstance(node, yaml.MappingNode):
+    if depth >= 4:
+        return
+    if isinstance(node, yaml.SequenceNode):  # items by index: ("include", "0"), ("services", "web", "env_file", "1")
+        for index, item in enumerate(node.value):
+            out[(*path, str(index))] = item.start_mark.line + 1
+            _collect_lines(item, (*path, str(index)), out, depth + 1)
+        return
+    if not isinstance(node, yaml.MappingNode):
         return
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":

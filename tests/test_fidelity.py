@@ -502,7 +502,7 @@ async def test_an_included_projects_own_dotenv_is_checked(
     with pytest.raises(StackRenderFailed) as caught:
         await load_stack(settings, ComposeRunner(settings), path="incenv")
     [f] = caught.value.findings
-    assert f.rule == "path-outside-root" and "sub/.env" in f.message and (f.file, f.line) == ("compose.yaml", 1)
+    assert f.rule == "path-outside-root" and "sub/.env" in f.message and (f.file, f.line) == ("compose.yaml", 2)
     os.unlink(directory / "sub" / ".env")
     (directory / "sub" / ".env").write_text("X=1\n")
     stack = await load_stack(settings, ComposeRunner(settings), path="incenv")
@@ -532,3 +532,14 @@ async def test_remote_include_is_refused(settings: Settings, stacks_root: Path) 
         await load_stack(settings, ComposeRunner(settings), path="remote")
     assert [f.rule for f in caught.value.findings] == ["path-outside-root", "path-outside-root"]
     assert "remote resource" in caught.value.findings[0].message
+
+
+async def test_required_variable_error_points_at_the_file_that_asks(settings: Settings, stacks_root: Path) -> None:
+    directory = write_stack(stacks_root, "req", BASE)
+    (directory / "compose.override.yaml").write_text(
+        "services:\n  web:\n    environment:\n      A: ${NEEDED:?set NEEDED}\n"
+    )
+    report = await _validate(settings, "req")
+    [f] = report.findings
+    assert f.rule == "missing-variable" and (f.service, f.file, f.line) == ("web", "compose.override.yaml", 4)
+    assert load_yaml("include:\n  - a.yaml\n  - path: b.yaml\n").lines.get("include", "1") == 3
