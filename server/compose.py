@@ -171,6 +171,17 @@ class ComposeRunner:
         return data if isinstance(data, list) else []
 
 
+def project_flags(project_dir: Path, files: Sequence[Path], project_name: str | None = None) -> list[str]:
+    """Flags naming every file explicitly. Prefer :meth:`server.project.ComposeProject.args`, which
+    lets Compose read COMPOSE_FILE itself; kept for callers not yet switched to it."""
+    flags = ["--project-directory", str(project_dir)]
+    for f in files:
+        flags += ["-f", str(f)]
+    if project_name:
+        flags += ["-p", project_name]
+    return flags
+
+
 def first_error_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in reversed(lines):

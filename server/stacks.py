@@ -21,7 +21,7 @@ from pathlib import Path
 from server.dotenv import DotenvError, parse_dotenv
 from server.errors import PathRejected, StackConflict, StackNotFound, UnsafeYaml
 from server.interpolation import MissingRequired, substitute
-from server.project import ComposeProject
+from server.project import DSM_OVERRIDE_NAME, ComposeProject
 from server.settings import Settings
 from server.yamlsafe import YamlDocument, load_yaml, read_text_capped
 
@@ -72,10 +72,22 @@ class StackLocation:
         raw = self.variables.get("COMPOSE_PROFILES", "")
         return tuple(p.strip() for p in raw.split(",") if p.strip())
 
+    @property
+    def overrides(self) -> tuple[Path, ...]:
+        """Our own override (compose.dsm.yaml) when it exists: the last of ``files``."""
+        return tuple(f for f in self.files[-1:] if f.name == DSM_OVERRIDE_NAME and f.parent == self.directory)
+
     def project(self) -> ComposeProject:
         """The one description every Compose call on this stack uses (name filled in after render)."""
+        overrides = self.overrides
+        user = self.files[: len(self.files) - len(overrides)]
         return ComposeProject(
-            directory=self.directory, env=dict(self.env), files=self.named_files, profiles=self.profiles
+            directory=self.directory,
+            env=dict(self.env),
+            files=self.named_files,
+            profiles=self.profiles,
+            overrides=overrides,
+            resolved_files=tuple(user),
         )
 
     @property
@@ -227,6 +239,9 @@ def _located(directory: Path, explicit: Path | None, settings: Settings, env: Ma
         dotenv, dotenv_error = {}, exc.what
     variables = {**dotenv, **env}
     files = compose_files(directory, explicit, variables)
+    dsm_override = directory / DSM_OVERRIDE_NAME
+    if files and dsm_override.is_file() and dsm_override not in files:
+        files.append(dsm_override)
     documents: list[YamlDocument | None] = []
     root = settings.stacks_root.resolve()
     for file in files:

@@ -543,3 +543,20 @@ async def test_required_variable_error_points_at_the_file_that_asks(settings: Se
     [f] = report.findings
     assert f.rule == "missing-variable" and (f.service, f.file, f.line) == ("web", "compose.override.yaml", 4)
     assert load_yaml("include:\n  - a.yaml\n  - path: b.yaml\n").lines.get("include", "1") == 3
+
+
+async def test_our_override_is_part_of_the_checked_project(settings: Settings, stacks_root: Path) -> None:
+    directory = write_stack(stacks_root, "ovr", BASE, env="COMPOSE_FILE=compose.yaml:compose.prod.yaml\n")
+    (directory / "compose.prod.yaml").write_text("services:\n  web:\n    environment: {MODE: prod}\n")
+    (directory / "compose.dsm.yaml").write_text(PROD)
+    runner = ComposeRunner(settings)
+    stack = await load_stack(settings, runner, path="ovr")
+    assert stack.project is not None
+    d = directory.resolve()
+    assert stack.project.args() == [
+        "--project-directory", str(d), "-f", str(d / "compose.yaml"), "-f", str(d / "compose.prod.yaml"),
+        "-f", str(d / "compose.dsm.yaml"), "-p", "ovr",
+    ]  # fmt: skip
+    assert stack.services["web"]["privileged"] is True and stack.services["web"]["environment"] == {"MODE": "prod"}
+    report = await _validate(settings, "ovr")
+    assert [f.file for f in report.findings if f.rule == "privileged"] == ["compose.dsm.yaml"]
