@@ -1,8 +1,11 @@
 """Turning a stack's files (or inline YAML) into a :class:`LoadedStack`, safely.
 
-Order matters: screen every file (yamlsafe), refuse references that leave the stacks root,
-and only then let ``docker compose config`` render the model. When something fails the
-result is a list of findings with real line numbers, never a half-read model.
+Order matters: find every file the stack makes Compose read (server.sources), screen each
+(yamlsafe), refuse references that leave the stacks root, and only then let ``docker compose
+config`` render the model, through the stack's one :class:`server.project.ComposeProject`, as
+``up`` would see it (no ``--profile '*'``; services behind inactive profiles are rendered apart,
+concurrently, only when there are any). When something fails the result is a list of findings
+with real files and line numbers, never a half-read model.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from server.stacks import (
     relative_name,
 )
 from server.xdsm import ServiceSettings, XdsmInvalid, parse_service_settings, parse_stack_settings
-from server.yamlsafe import YamlDocument, load_yaml
+from server.yamlsafe import Line, YamlDocument, load_yaml
 
 _COMPOSE_TOP_KEYS = {"services", "include", "name", "version", "networks", "volumes", "secrets", "configs"}
 
@@ -422,7 +425,6 @@ def _only_place(text: str, lines: SourceMap, docs: list[YamlDocument]) -> tuple[
     the first candidate written on exactly one line of all the files wins, and the finding gets that
     file and line, and the service whose block holds it.
     """
-    from server.yamlsafe import Line
 
     tail = text.rsplit(": ", 1)[-1].strip().strip("'\"") if ": " in text else ""
     candidates = [m.group("word") for m in _QUOTED.finditer(text)] + ([tail] if tail and " " not in tail else [])
@@ -451,7 +453,6 @@ def _only_place(text: str, lines: SourceMap, docs: list[YamlDocument]) -> tuple[
 
 def _where_variable(docs: list[YamlDocument], variable: str) -> int | None:
     """The first line (with its file) that references ``variable``, for 'required variable' errors."""
-    from server.yamlsafe import Line
 
     for doc in docs:
         for number, raw in enumerate(doc.text.splitlines(), start=1):
