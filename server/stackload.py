@@ -16,7 +16,7 @@ from typing import Any
 from server.compose import ComposeRunner
 from server.errors import ComposeError, DsmError, PathRejected, UnsafeYaml
 from server.models import Finding
-from server.redact import Scrubber, is_secret_key
+from server.redact import Scrubber, is_secret_key, positional_secrets, remember_secrets
 from server.settings import Settings
 from server.stackmodel import LoadedStack
 from server.stacks import check_argument, locate_stack, normalize_project_name, read_compose_file, read_dotenv
@@ -240,6 +240,7 @@ async def _render(
                 )
             ],
         ) from None
+    remember_secrets(secrets)  # tool errors are scrubbed of them too (tools._common)
     return LoadedStack(
         name=str(rendered.get("name") or name),
         directory=directory,
@@ -248,7 +249,7 @@ async def _render(
         settings=stack_settings,
         service_settings=service_settings,
         lines=docs[0].lines,
-        secret_values=frozenset(secrets),
+        secret_values=positional_secrets(secrets, rendered),
         sources=tuple(docs),
         dotenv_keys=frozenset(dotenv),
     )

@@ -53,6 +53,7 @@ def has_healthcheck(service: dict[str, Any]) -> bool:
 
 
 def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> ServiceView:
+    # stack.secret_values holds only the values that are no structure (server.redact.positional_secrets).
     scrub = Scrubber(stack.secret_values)
     env: dict[str, str] = {}
     for key, value in (service.get("environment") or {}).items():
@@ -65,7 +66,7 @@ def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> Serv
     depends = service.get("depends_on") or {}
     return ServiceView(
         name=name,
-        image=scrub(service["image"]) if service.get("image") else None,
+        image=service.get("image"),  # structure: never masked (a password "postgres" must not give "***:16")
         build="build" in service,
         ports=[
             PortBinding(
@@ -79,7 +80,7 @@ def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> Serv
         volumes=[
             VolumeMount(
                 type=v.get("type") or "volume",
-                source=scrub(str(v["source"])) if v.get("source") else None,
+                source=str(v["source"]) if v.get("source") else None,
                 target=str(v.get("target") or ""),
                 read_only=bool(v.get("read_only")),
             )
@@ -93,5 +94,5 @@ def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> Serv
         cpu_limit=cpu_limit(service),
         restart=service.get("restart"),
         profiles=list(service.get("profiles") or []),
-        dsm=redact_mapping(stack.service_settings_for(name).model_dump(exclude_defaults=True, by_alias=True)),
+        dsm=redact_mapping(stack.service_settings_for(name).model_dump(exclude_defaults=True, by_alias=True), scrub),
     )

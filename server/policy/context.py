@@ -70,6 +70,8 @@ class HostFacts:
     """Whole-host CPU in use, 0-100 (None: not sampled)."""
     memory_source: str = ""
     notes: list[str] = field(default_factory=list)
+    api_version: str | None = None
+    """The negotiated Engine API version ('1.41' for Engine 20.10); None: not known."""
 
 
 @dataclass(frozen=True)
