@@ -125,22 +125,25 @@ class Scrubber:
     def __call__(self, text: str) -> str:
         if not text:
             return text
-        if self._known is not None:
-            text = self._known.sub(MASK, text)
+        # Shapes first: a known value that is also a word of the text around a URL must not
+        # break the URL's shape before its password is found.
         text = mask_url_passwords(text)
         text = _TOKENS.sub(MASK, text)
+        if self._known is not None:
+            text = self._known.sub(MASK, text)
         text = _BEARER.sub(lambda m: f"{m['scheme']} {MASK}", text)
         return _ASSIGNMENT.sub(_mask_assignment, text) if self._assignments else text
 
 
-def positional_secrets(candidates: Iterable[str], rendered: dict[str, Any]) -> frozenset[str]:
+def positional_secrets(candidates: Iterable[str], sources: Iterable[Any], rendered: dict[str, Any]) -> frozenset[str]:
     """The known secret values that may be masked wherever they occur inside values.
 
-    A value that is also structure of the rendered model (a word of an image reference, a
-    service, volume, network or secret name, a ``user:``, the value of a user/database/host
-    key) is left out: it is masked only at its own key.
+    A value that is also structure (a word of an image reference, a service, volume, network or
+    secret name, a ``user:``, written so in the compose files; or the value of a user or database
+    name key) is left out: it is masked only at its own key. Structure is read from the files as
+    written, so a secret interpolated into an image (``x/${DB_PASSWORD}:1``) is still masked.
     """
-    structure = structure_words(rendered)
+    structure = structure_words(sources, rendered)
     return frozenset(
         s for s in candidates if isinstance(s, str) and len(s) >= _MIN_SCRUB_LEN and s not in structure
     )
@@ -149,27 +152,32 @@ def positional_secrets(candidates: Iterable[str], rendered: dict[str, Any]) -> f
 _WORD_SPLIT = re.compile(r"[/:@.,=\s]+")
 
 
-def structure_words(rendered: dict[str, Any]) -> set[str]:
+def structure_words(sources: Iterable[Any], rendered: dict[str, Any]) -> set[str]:
+    """Names in the compose files as written (never interpolated parts), and the rendered values of
+    user and database name keys."""
     words: set[str] = set()
 
     def add(text: Any) -> None:
-        if isinstance(text, str | int) and not isinstance(text, bool):
+        if isinstance(text, str | int) and not isinstance(text, bool) and "$" not in str(text):
             words.add(str(text))
             words.update(w for w in _WORD_SPLIT.split(str(text)) if w)
 
-    for kind in ("services", "volumes", "networks", "secrets", "configs"):
-        section = rendered.get(kind)
-        for name in section if isinstance(section, dict) else []:
-            add(name)
-    add(rendered.get("name"))
-    for body in (rendered.get("services") or {}).values():
-        if not isinstance(body, dict):
+    for doc in sources:
+        if not isinstance(doc, dict):
             continue
-        add(body.get("image"))
-        add(body.get("user"))
-        add(body.get("container_name"))
-        add(body.get("hostname"))
-        env = body.get("environment")
+        add(doc.get("name"))
+        for kind in ("services", "volumes", "networks", "secrets", "configs"):
+            section = doc.get(kind)
+            for name in section if isinstance(section, dict) else []:
+                add(name)
+        services = doc.get("services")
+        for body in services.values() if isinstance(services, dict) else []:
+            if isinstance(body, dict):
+                for key in ("image", "user", "container_name", "hostname"):
+                    add(body.get(key))
+    services = rendered.get("services")
+    for body in services.values() if isinstance(services, dict) else []:
+        env = body.get("environment") if isinstance(body, dict) else None
         for key, value in env.items() if isinstance(env, dict) else []:
             if _STRUCTURE_KEY.search(str(key)) and not is_secret_key(str(key)):
                 add(value)

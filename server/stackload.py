@@ -210,7 +210,8 @@ async def _render(
     *,
     cwd: Path | None = None,
 ) -> LoadedStack:
-    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets(docs)
+    # Both sources: a value in .env that the given env overrides is still a secret on disk.
+    secrets = {v for d in (dotenv, env) for k, v in d.items() if is_secret_key(k)} | _literal_secrets(docs)
     scrub = Scrubber(secrets, assignments=False)
     project_dir = directory or cwd
     assert project_dir is not None
@@ -240,7 +241,8 @@ async def _render(
                 )
             ],
         ) from None
-    remember_secrets(secrets)  # tool errors are scrubbed of them too (tools._common)
+    positional = positional_secrets(secrets, [d.data for d in docs], rendered)
+    remember_secrets(positional)  # tool errors are scrubbed of them too (tools._common)
     return LoadedStack(
         name=str(rendered.get("name") or name),
         directory=directory,
@@ -249,7 +251,7 @@ async def _render(
         settings=stack_settings,
         service_settings=service_settings,
         lines=docs[0].lines,
-        secret_values=positional_secrets(secrets, rendered),
+        secret_values=positional,
         sources=tuple(docs),
         dotenv_keys=frozenset(dotenv),
     )

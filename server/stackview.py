@@ -66,7 +66,9 @@ def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> Serv
     depends = service.get("depends_on") or {}
     return ServiceView(
         name=name,
-        image=service.get("image"),  # structure: never masked (a password "postgres" must not give "***:16")
+        # Masks only secrets interpolated into it: a password that is also written structure
+        # ("postgres") is not in stack.secret_values, so "postgres:16" stays as it is.
+        image=scrub(service["image"]) if service.get("image") else None,
         build="build" in service,
         ports=[
             PortBinding(
@@ -80,7 +82,7 @@ def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> Serv
         volumes=[
             VolumeMount(
                 type=v.get("type") or "volume",
-                source=str(v["source"]) if v.get("source") else None,
+                source=scrub(str(v["source"])) if v.get("source") else None,
                 target=str(v.get("target") or ""),
                 read_only=bool(v.get("read_only")),
             )

@@ -130,12 +130,18 @@ RENDERED = {
 
 def test_values_that_are_structure_are_masked_only_at_their_own_key() -> None:
     known = {"postgres", "tok-9f8e7d6c", "pgdata"}
-    positional = positional_secrets(known, RENDERED)
+    positional = positional_secrets(known, [RENDERED], RENDERED)
     assert positional == {"tok-9f8e7d6c"}
-    assert {"postgres", "16", "pgdata", "app", "shop", "1000"} <= structure_words(RENDERED)
+    assert {"postgres", "16", "pgdata", "app", "shop", "1000"} <= structure_words([RENDERED], RENDERED)
     scrub = Scrubber(positional, assignments=False)
     assert scrub("pg_isready -U postgres") == "pg_isready -U postgres"
     assert scrub("curl -H 'x: tok-9f8e7d6c'") == f"curl -H 'x: {MASK}'"
+
+
+def test_a_secret_interpolated_into_structure_is_still_masked() -> None:
+    written = {"services": {"web": {"image": "registry.local/x/${DB_PASSWORD}:1"}}}
+    rendered = {"services": {"web": {"image": "registry.local/x/s3cr3t-in-image:1"}}}
+    assert positional_secrets({"s3cr3t-in-image"}, [written], rendered) == {"s3cr3t-in-image"}
 
 
 def test_redact_mapping_masks_keys_urls_and_known_values() -> None:

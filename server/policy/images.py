@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
+from server.policy.engine_refusals import valid_image_reference
 from server.policy.shape import parse_image
 
 # Tags that move like `latest`: a channel, not a version.
@@ -70,8 +71,8 @@ def image_availability(ctx: LintContext) -> Iterator[Finding]:
         return
     for image, services in _pulled_images(ctx).items():
         fact = ctx.facts.images.get(image)
-        if fact is None or fact.local or fact.registry == "present":
-            continue
+        if fact is None or fact.local or fact.registry == "present" or not valid_image_reference(image):
+            continue  # an invalid reference is engine-refuses' finding
         for name in services:
             if fact.registry == "absent":
                 yield finding(

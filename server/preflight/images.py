@@ -5,7 +5,9 @@ from __future__ import annotations
 import anyio
 
 from server.engine import Engine, RegistryState
+from server.errors import EngineError
 from server.policy import ImageFact
+from server.policy.engine_refusals import valid_image_reference
 from server.preflight.parallel import run_for_each
 from server.stackmodel import LoadedStack
 
@@ -28,7 +30,15 @@ async def fill_images(engine: Engine, stack: LoadedStack, out: dict[str, ImageFa
 
 async def image_fact(engine: Engine, ref: str, *, check_registry: bool = True,
                      timeout_s: float = REGISTRY_TIMEOUT_S) -> ImageFact:
-    attrs = await engine.image_attrs(ref)
+    """What the engine knows of one image. A reference the engine refuses gives a fact for that
+    image (``absent``), never an error for the whole host check; an unreachable engine still raises."""
+    if not valid_image_reference(ref):
+        return ImageFact(ref=ref, local=False, registry="absent",
+                         detail="not a valid image reference: the engine refuses it (see engine-refuses)")
+    try:
+        attrs = await engine.image_attrs(ref)
+    except EngineError as exc:
+        return ImageFact(ref=ref, local=False, registry="absent", detail=f"the engine refused it: {exc.what}")
     if attrs is not None:
         config = attrs.get("Config") or {}
         test = (config.get("Healthcheck") or {}).get("Test") or []
@@ -40,5 +50,8 @@ async def image_fact(engine: Engine, ref: str, *, check_registry: bool = True,
     state: RegistryState = "unreachable"
     detail = f"could not verify: the registry did not answer within {timeout_s:g}s"
     with anyio.move_on_after(timeout_s + 1):
-        state, detail = await engine.registry_state(ref, timeout_s)
+        try:
+            state, detail = await engine.registry_state(ref, timeout_s)
+        except EngineError as exc:
+            state, detail = "unreachable", f"could not verify: {exc.what}"
     return ImageFact(ref=ref, local=False, registry=state, detail=detail)
