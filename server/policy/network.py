@@ -148,24 +148,24 @@ def exposed_port(ctx: LintContext) -> Iterator[Finding]:
         role = ctx.stack.service_settings_for(name).role
         database = role in ("database", "cache") or _database_image(svc)
         for p in svc.get("ports") or []:
-            if not isinstance(p, dict) or not p.get("published"):
-                continue
-            if str(p.get("host_ip") or "") not in WILDCARD_IPS:
+            # No published port is still published: on an ephemeral host port, every interface.
+            if not isinstance(p, dict) or str(p.get("host_ip") or "") not in WILDCARD_IPS:
                 continue
             target = int(p.get("target") or 0)
             what = _SENSITIVE_PORTS.get(target) or ("the database" if database else None)
             if what is None:
                 continue
+            host_port = p.get("published") or "ephemeral"
             yield finding(
                 "exposed-port",
                 f"{what} port {target} of service {name!r} is published on every interface (host port "
-                f"{p['published']}): Docker's own iptables rules bypass host firewalls like ufw, so the whole "
+                f"{host_port}): Docker's own iptables rules bypass host firewalls like ufw, so the whole "
                 "network (or the internet) can reach it",
                 service=name,
                 line=ctx.stack.line_of(name, "ports"),
-                evidence=[f"ports: {p['published']}:{target}/{p.get('protocol') or 'tcp'} (no host IP)"],
-                fix=f'bind it to loopback ("127.0.0.1:{p["published"]}:{target}") or drop the published port and '
-                "reach it over the stack's network",
+                evidence=[f"ports: {p.get('published') or ''}:{target}/{p.get('protocol') or 'tcp'} (no host IP)"],
+                fix=f'bind it to loopback ("127.0.0.1:{p.get("published") or ""}:{target}") or drop the published '
+                "port and reach it over the stack's network",
             )
 
 
