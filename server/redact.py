@@ -134,6 +134,11 @@ class Scrubber:
         text = _BEARER.sub(lambda m: f"{m['scheme']} {MASK}", text)
         return _ASSIGNMENT.sub(_mask_assignment, text) if self._assignments else text
 
+    def lines(self, lines: Iterable[str]) -> list[str]:
+        """Scrub lines as one text: a PEM block pasted as log lines is masked whole, body included
+        (line by line, only its BEGIN line would look like a key)."""
+        return self("\n".join(lines)).split("\n")
+
 
 def positional_secrets(candidates: Iterable[str], sources: Iterable[Any], rendered: dict[str, Any]) -> frozenset[str]:
     """The known secret values that may be masked wherever they occur inside values.

@@ -151,3 +151,35 @@ def test_redact_mapping_masks_keys_urls_and_known_values() -> None:
     assert out["env"]["DB_PASSWORD"] == MASK  # numeric under a password key: still a credential
     assert out["env"]["URL"] == f"postgres://app:{MASK}@db:5432/x"
     assert out["env"]["MODE"] == "prod" and out["env"]["CMD"] == f"run --with {MASK}"
+
+
+# -- tool errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["dsm", "tool", "internal"])
+async def test_tool_error_text_is_scrubbed_whatever_raised_it(kind: str) -> None:
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    from server.errors import DsmError
+    from server.redact import remember_secrets
+    from tools._common import tool_errors
+
+    remember_secrets(["remembered-Vq72Lp"])
+    text = "failed for postgres://u:Pw-Err-81@db/x with remembered-Vq72Lp and bearer Tok3nTok3nTok3n"
+
+    @tool_errors
+    async def tool() -> None:
+        if kind == "dsm":
+            raise DsmError(text)
+        if kind == "tool":
+            raise ToolError(text)
+        raise RuntimeError(text)
+
+    with pytest.raises(ToolError) as caught:
+        await tool()
+    message = str(caught.value)
+    for secret in ("Pw-Err-81", "remembered-Vq72Lp", "Tok3nTok3nTok3n"):
+        assert secret not in message
+    if kind != "internal":
+        assert "failed for postgres://u:***@db/x" in message  # the rest of the text is kept
