@@ -111,3 +111,41 @@ async def test_one_bad_image_reference_leaves_the_rest_of_the_host_check(setting
     # The other images were still checked: the local one is fine, the missing one is reported.
     assert not any(r[1] == "good" and r[0].startswith("image-un") for r in rules)
     assert any(r[1] == "absent" and r[0] in ("image-unavailable", "image-unverified") for r in rules), rules
+
+
+async def test_a_port_range_wide_enough_for_the_replicas_is_no_conflict(
+    settings: Settings, engine: Engine, tmp_path: Path, project_name: str
+) -> None:
+    import socket
+
+    def free_pair() -> int:
+        for _ in range(50):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            with socket.socket() as s2:
+                try:
+                    s2.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+        raise AssertionError("no two free adjacent ports")
+
+    port = free_pair()
+    content = (f"name: {project_name}\nservices:\n  a:\n    image: {WEB}\n{LABELS}"
+               f"    ports: ['127.0.0.1:{port}-{port + 1}:80']\n    deploy: {{replicas: 2}}\n")
+    report = await run_validate(settings, engine, content, check_host=True)
+    assert report.host_checked and not [f for f in report.findings if f.rule == "port-conflict"], report.findings
+    narrow = content.replace("replicas: 2", "replicas: 3")
+    assert [f for f in (await run_validate(settings, engine, narrow, check_host=True)).findings
+            if f.rule == "port-conflict"]
+    # And the engine agrees: both replicas start, each on a port of the range.
+    directory = tmp_path / "range"
+    directory.mkdir()
+    (directory / "compose.yaml").write_text(content)
+    up = subprocess.run(["docker", "compose", "--project-directory", str(directory), "up", "-d"],
+                        capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    ps = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={project_name}",
+                         "--format", "{{.Ports}}"], capture_output=True, text=True, timeout=30).stdout
+    assert f"127.0.0.1:{port}->80/tcp" in ps and f"127.0.0.1:{port + 1}->80/tcp" in ps, ps
