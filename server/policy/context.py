@@ -71,7 +71,7 @@ class HostFacts:
     memory_source: str = ""
     notes: list[str] = field(default_factory=list)
     api_version: str | None = None
-    """The negotiated Engine API version ('1.41' for Engine 20.10); None: not known."""
+    """The Engine API version the engine speaks (Compose negotiates down to it; '1.41' is Engine 20.10)."""
 
 
 @dataclass(frozen=True)

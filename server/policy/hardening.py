@@ -10,7 +10,7 @@ from pathlib import Path
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
-from server.policy.security import is_sensitive_path, is_socket_path
+from server.policy.security import bind_device, is_sensitive_path, is_socket_path
 from server.policy.shape import bind_mounts
 
 
@@ -146,19 +146,26 @@ def bind_source_missing(ctx: LintContext) -> Iterator[Finding]:
     """A long-syntax bind (no create_host_path) whose host path does not exist on this host."""
     if ctx.facts is not None and not ctx.facts.engine_local:
         return  # the paths live on another machine
+    declared = ctx.stack.rendered.get("volumes") or {}
     for name, svc in sorted(ctx.services.items()):
         for mount in svc.get("volumes") or []:
-            if not isinstance(mount, dict) or mount.get("type") != "bind":
+            if not isinstance(mount, dict):
                 continue
-            if (mount.get("bind") or {}).get("create_host_path"):
-                continue  # short syntax: Compose creates it (and the user asked for that)
-            source = str(mount.get("source") or "")
+            if mount.get("type") == "volume" and isinstance(declared, dict):
+                # A bind-backed named volume: the engine fails the mount when its device is missing.
+                source = bind_device(declared.get(str(mount.get("source") or ""))) or ""
+                via = f" (named volume {mount.get('source')!r})"
+            elif mount.get("type") == "bind" and not (mount.get("bind") or {}).get("create_host_path"):
+                source, via = str(mount.get("source") or ""), ""  # short syntax would create it on purpose
+            else:
+                continue
             if not source.startswith("/") or Path(source).exists():
                 continue
             yield finding(
                 "bind-source-missing",
-                f"bind source {source} does not exist on this host: Docker puts an empty directory in its place "
-                "(or refuses to start), and the service sees none of the data or configuration it expects",
+                f"bind source {source}{via} does not exist on this host: Docker creates an empty directory in "
+                "its place (a bind-backed volume fails to mount), and the service sees none of the data or "
+                "configuration it expects",
                 service=name,
                 line=ctx.stack.line_of(name, "volumes"),
                 evidence=[f"{source} -> {mount.get('target')}"],
