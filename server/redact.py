@@ -163,7 +163,7 @@ def structure_words(sources: Iterable[Any], rendered: dict[str, Any]) -> set[str
     words: set[str] = set()
 
     def add(text: Any) -> None:
-        if isinstance(text, str | int) and not isinstance(text, bool) and "$" not in str(text):
+        if isinstance(text, str | int) and not isinstance(text, bool):
             words.add(str(text))
             words.update(w for w in _WORD_SPLIT.split(str(text)) if w)
 
@@ -190,8 +190,9 @@ def structure_words(sources: Iterable[Any], rendered: dict[str, Any]) -> set[str
 
 
 # Every secret value a stack load has seen in this process, so a tool error's text can be
-# scrubbed of them even where the raising code had no Scrubber at hand. Bounded.
-_SEEN: set[str] = set()
+# scrubbed of them even where the raising code had no Scrubber at hand. Bounded: the oldest
+# go first, so the stack just loaded (the likeliest source of the next error) is always known.
+_SEEN: dict[str, None] = {}
 _SEEN_LOCK = threading.Lock()
 _SEEN_MAX = 10_000
 
@@ -199,10 +200,11 @@ _SEEN_MAX = 10_000
 def remember_secrets(values: Iterable[str]) -> None:
     with _SEEN_LOCK:
         for v in values:
-            if len(_SEEN) >= _SEEN_MAX:
-                break
             if isinstance(v, str) and len(v) >= _MIN_SCRUB_LEN:
-                _SEEN.add(v)
+                _SEEN.pop(v, None)
+                _SEEN[v] = None
+                if len(_SEEN) > _SEEN_MAX:
+                    del _SEEN[next(iter(_SEEN))]
 
 
 def seen_secrets() -> frozenset[str]:

@@ -30,6 +30,7 @@ NOT_CREDENTIAL_KEYS = [
     "POSTGRES_PASSWORD_FILE", "TLS_KEY_PATH", "SUPABASE_PUBLIC_URL", "NEXT_PUBLIC_ANON_KEY", "JWT_EXPIRY",
     "TOKEN_EXPIRES_IN", "SESSION_TTL", "PASSWORD_MIN_LENGTH", "POSTGRES_USER", "TZ", "PORT", "AUTH_ENABLED",
     "POSTGRES_HOST_AUTH_METHOD", "LATENCY_MS", "WORKER_CONCURRENCY", "DSN", "IV", "DATABASE_URL",
+    "THEME_IVORY",
 ]
 
 
@@ -93,6 +94,12 @@ def test_assignment_layer_keeps_non_credentials() -> None:
     assert Scrubber()(text) == text
 
 
+def test_an_empty_or_already_masked_credential_stays_as_it_is() -> None:
+    # "no password set" is a diagnosis worth keeping, and masking twice must not grow the text.
+    text = 'REDIS_PASSWORD="" DB_PASSWORD=*** API_TOKEN=\'\''
+    assert Scrubber()(text) == text
+
+
 # -- known values -----------------------------------------------------------------------------
 
 
@@ -136,6 +143,27 @@ def test_values_that_are_structure_are_masked_only_at_their_own_key() -> None:
     scrub = Scrubber(positional, assignments=False)
     assert scrub("pg_isready -U postgres") == "pg_isready -U postgres"
     assert scrub("curl -H 'x: tok-9f8e7d6c'") == f"curl -H 'x: {MASK}'"
+
+
+def test_a_user_name_from_dotenv_is_structure_even_when_the_password_equals_it() -> None:
+    written = {"services": {"db": {"image": "postgres:16", "environment": {"POSTGRES_USER": "${DB_USER}"}}}}
+    rendered = {"services": {"db": {"image": "postgres:16",
+                                    "environment": {"POSTGRES_USER": "appuser", "POSTGRES_PASSWORD": "appuser",
+                                                    "API_TOKEN": "other-Tk9"}}}}
+    assert positional_secrets({"appuser", "other-Tk9"}, [written], rendered) == {"other-Tk9"}
+
+
+def test_remembered_secrets_are_bounded_and_keep_the_newest(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server import redact
+
+    monkeypatch.setattr(redact, "_SEEN", {})
+    redact.remember_secrets(["first-Aa11"])
+    redact.remember_secrets(f"bulk-secret-{i:06d}" for i in range(redact._SEEN_MAX - 1))  # now full
+    redact.remember_secrets(["first-Aa11"])  # seen again: now the newest, not the next to go
+    redact.remember_secrets(["last-Zz99"])
+    seen = redact.seen_secrets()
+    assert len(seen) == redact._SEEN_MAX
+    assert {"first-Aa11", "last-Zz99"} <= seen and "bulk-secret-000000" not in seen
 
 
 def test_a_secret_interpolated_into_structure_is_still_masked() -> None:
