@@ -31,10 +31,9 @@ _SENSITIVE_PARTS = {".ssh", ".docker", ".aws", ".kube", ".gnupg", ".config"}
 _HARMLESS = {"/etc/localtime", "/etc/timezone", "/etc/hostname", "/dev/null"}
 _ESCAPE_CAPS = {"ALL", "SYS_ADMIN", "SYS_MODULE", "SYS_RAWIO", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_BOOT",
                 "MAC_ADMIN", "MAC_OVERRIDE", "BPF"}
-# Docker's default set: adding one back after cap_drop: [ALL] is the standard hardening, and
-# without cap_drop it changes nothing.
-_DEFAULT_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "SETPCAP",
-                 "NET_BIND_SERVICE", "NET_RAW", "SYS_CHROOT", "MKNOD", "AUDIT_WRITE", "SETFCAP"}
+# Not here: Docker's default set (CHOWN, DAC_OVERRIDE, FOWNER, SETUID, NET_BIND_SERVICE, ...).
+# Adding one back after cap_drop: [ALL] is the standard hardening, and without cap_drop it
+# changes nothing.
 # Devices that give raw access to the host's disks, memory or kernel.
 _RAW_DEVICE = re.compile(
     r"^/dev/(sd[a-z]+\d*|hd[a-z]+\d*|vd[a-z]+\d*|xvd[a-z]+\d*|nvme\d+(n\d+)?(p\d+)?|mmcblk\d+(p\d+)?|md\d+|"
@@ -185,7 +184,7 @@ def _caps(svc: dict[str, Any]) -> list[str]:
 
 def dangerous_capability(ctx: LintContext) -> Iterator[Finding]:
     for name, svc in sorted(ctx.services.items()):
-        caps = [c for c in _caps(svc) if c not in _DEFAULT_CAPS]
+        caps = _caps(svc)
         escape = sorted(set(caps) & _ESCAPE_CAPS)
         risky = sorted(set(caps) & _RISKY_CAPS)
         if escape:
