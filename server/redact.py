@@ -37,6 +37,11 @@ _MIN_SCRUB_LEN = 4
 # for containing a known secret value (``POSTGRES_USER: postgres`` when the password is also
 # ``postgres``).
 _STRUCTURE_KEY = re.compile(r"(USER|USERNAME|_DB|DATABASE|_NAME|HOST|HOSTNAME|_PORT|_SCHEMA)$", re.I)
+# The images' default account names: structure wherever they occur (a fix's ``pg_isready -U
+# postgres`` when POSTGRES_USER is unset), even when a password equals one -- such a password
+# is no secret anyway, and default-credential says so.
+DEFAULT_ACCOUNTS = frozenset({"postgres", "root", "admin", "mysql", "mariadb", "redis", "mongo", "guest", "user",
+                              "elastic", "default"})
 
 
 def is_secret_key(key: str) -> bool:
@@ -160,7 +165,7 @@ _WORD_SPLIT = re.compile(r"[/:@.,=\s]+")
 def structure_words(sources: Iterable[Any], rendered: dict[str, Any]) -> set[str]:
     """Names in the compose files as written (never interpolated parts), and the rendered values of
     user and database name keys."""
-    words: set[str] = set()
+    words: set[str] = set(DEFAULT_ACCOUNTS)
 
     def add(text: Any) -> None:
         if isinstance(text, str | int) and not isinstance(text, bool):

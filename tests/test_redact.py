@@ -166,6 +166,13 @@ def test_remembered_secrets_are_bounded_and_keep_the_newest(monkeypatch: pytest.
     assert {"first-Aa11", "last-Zz99"} <= seen and "bulk-secret-000000" not in seen
 
 
+def test_default_account_names_are_structure() -> None:
+    # pgvector image, no POSTGRES_USER: a fix that says `pg_isready -U postgres` must stay whole.
+    db = {"image": "pgvector/pgvector:pg16", "environment": {"POSTGRES_PASSWORD": "postgres"}}
+    rendered = {"services": {"db": db}}
+    assert positional_secrets({"postgres"}, [rendered], rendered) == frozenset()
+
+
 def test_a_secret_interpolated_into_structure_is_still_masked() -> None:
     written = {"services": {"web": {"image": "registry.local/x/${DB_PASSWORD}:1"}}}
     rendered = {"services": {"web": {"image": "registry.local/x/s3cr3t-in-image:1"}}}

@@ -21,7 +21,7 @@ from typing import Any
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
-from server.redact import is_secret_key
+from server.redact import DEFAULT_ACCOUNTS, is_secret_key
 
 _VARIABLE = re.compile(r"\$\{?[A-Za-z_]")
 _DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-(?P<default>[^}]+)\}")
@@ -31,7 +31,7 @@ _SWITCH = re.compile(r"^(true|false)$", re.IGNORECASE)
 # Values that documentation tells a user to replace, and the classic defaults.
 _PLACEHOLDER = re.compile(
     r"^(change[\w.-]*|your[-_][\w.-]*|replace[-_ ]?me[\w.-]*|<[^>]*>|x{4,}|\*{4,}|todo|tbd|placeholder|example|"
-    r"password|passw0rd|secret|changeit|admin|default|test|123456|12345678|qwerty|letmein|postgres|root|supersecret[\w.-]*)$",
+    r"password|passw0rd|secret|changeit|admin|default|test|123456|12345678|qwerty|letmein|supersecret[\w.-]*)$",
     re.IGNORECASE,
 )
 _EXAMPLE_FILES = (".env.example", ".env.sample", "example.env", ".env.dist", ".env.template")
@@ -122,7 +122,8 @@ def example_values(directory: Path | None) -> dict[str, str]:
 
 
 def default_credential(ctx: LintContext) -> Iterator[Finding]:
-    """A credential the service will run with that is a placeholder or the project's published default."""
+    """A credential the service will run with that is a placeholder, an image's default account
+    name, or the project's published default."""
     published = {v for k, v in example_values(ctx.stack.directory).items() if is_secret_key(k) and len(v) >= 4}
     for name, svc in sorted(ctx.services.items()):
         env = svc.get("environment") or {}
@@ -130,7 +131,7 @@ def default_credential(ctx: LintContext) -> Iterator[Finding]:
             if not is_secret_key(str(key)) or not isinstance(value, str) or not value.strip():
                 continue
             text = value.strip()
-            if _PLACEHOLDER.match(text):
+            if _PLACEHOLDER.match(text) or text.lower() in DEFAULT_ACCOUNTS:
                 why = "a placeholder or well-known default"
             elif text in published:
                 why = "the value published in the project's .env.example"
