@@ -7,7 +7,8 @@ view and :class:`Scrubber`:
   PRIVATE or ENC (at the start of a word: ``VAULT_ENC_KEY``, ``N8N_ENCRYPTION_KEY``, not
   ``LATENCY``), or ends in ``_IV``, unless the name also contains PUBLIC, EXPIR, TTL or LENGTH
   or ends in ``_FILE`` or ``_PATH`` (those point at a secret or describe one). The key decides,
-  not the value: ``REDIS_PASSWORD: 1234`` is a credential.
+  not the value: ``REDIS_PASSWORD: 1234`` is a credential. Look-alike words (KEYCLOAK,
+  PASSIVE, ENCODING, ...) are taken out of the name first.
 - a URL password (``scheme://user:pw@`` and ``scheme://:pw@``);
 - a token shape (JWT, cloud and API keys, bearer/basic credentials, PEM private keys).
 
@@ -30,6 +31,9 @@ MASK = "***"
 
 _CREDENTIAL_WORD = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|SALT|CREDENTIAL|PRIVATE|(?:^|[^A-Z0-9])ENC|_IV$")
 _NOT_CREDENTIAL = re.compile(r"PUBLIC|EXPIR|TTL|LENGTH|_FILE$|_PATH$")
+# Words that merely contain a credential word; taken out of the name before it is judged, so
+# KEYCLOAK_ADMIN and FTP_PASSIVE_PORTS are no credentials but KEYCLOAK_ADMIN_PASSWORD is.
+_LOOKALIKE = re.compile(r"KEYCLOAK|KEYBOARD|HOTKEY|PASSIVE|PASSTHROUGH|BYPASS|COMPASS|ENCODING")
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
 # Known values shorter than this are too common ("1", "true") to look for in free text.
 _MIN_SCRUB_LEN = 4
@@ -46,7 +50,7 @@ DEFAULT_ACCOUNTS = frozenset({"postgres", "root", "admin", "mysql", "mariadb", "
 
 def is_secret_key(key: str) -> bool:
     """True when the value under ``key`` is a credential (see the module docstring)."""
-    name = key.upper().replace("-", "_").replace(".", "_")
+    name = _LOOKALIKE.sub("_", key.upper().replace("-", "_").replace(".", "_"))
     return bool(_CREDENTIAL_WORD.search(name)) and not _NOT_CREDENTIAL.search(name)
 
 
