@@ -29,7 +29,7 @@ OK = """\
     security_opt: ["no-new-privileges:true"]
     logging: {{driver: json-file, options: {{max-size: 10m}}}}
     healthcheck: {{test: ["CMD", "true"]}}
-    deploy: {{resources: {{limits: {{memory: 64m, cpus: "0.5"}}}}}}
+    deploy: {{resources: {{limits: {{memory: 64m, cpus: "0.5", pids: 256}}}}}}
 """.format(digest="a" * 64)
 
 
@@ -157,11 +157,23 @@ async def test_ports_that_do_not_conflict(settings: Settings, a: str, b: str) ->
 
 
 async def test_fixed_port_with_replicas_conflicts(settings: Settings) -> None:
-    base = OK.replace('deploy: {resources: {limits: {memory: 64m, cpus: "0.5"}}}',
-                      'deploy: {replicas: 3, resources: {limits: {memory: 64m, cpus: "0.5"}}}')
+    base = OK.replace('deploy: {resources: {limits: {memory: 64m, cpus: "0.5", pids: 256}}}',
+                      'deploy: {replicas: 3, resources: {limits: {memory: 64m, cpus: "0.5", pids: 256}}}')
     report = await check(settings, "services:\n" + svc("web", "    ports: ['8080:80']\n", base=base))
     assert "3 replicas" in of(report, "port-conflict")[0].message
     assert not of(await check(settings, "services:\n" + svc("web", "    ports: ['80']\n", base=base)), "port-conflict")
+
+
+@pytest.mark.parametrize(("ports", "replicas", "conflict"), [
+    ("18631-18632:80", 2, False),  # a range wide enough for the replicas
+    ("18631-18633:80", 2, False),
+    ("18631-18632:80", 3, True),  # one replica short of a port
+    ("127.0.0.1:18631-18631:80", 2, True),
+])
+async def test_port_range_with_replicas(settings: Settings, ports: str, replicas: int, conflict: bool) -> None:
+    base = OK.replace("deploy: {resources:", f"deploy: {{replicas: {replicas}, resources:")
+    report = await check(settings, "services:\n" + svc("web", f"    ports: ['{ports}']\n", base=base))
+    assert bool(of(report, "port-conflict")) is conflict, report.findings
 
 
 # ------------------------------------------------------------------------------ healthchecks
@@ -170,8 +182,10 @@ NO_HC = OK.replace('    healthcheck: {test: ["CMD", "true"]}\n', "")
 
 async def test_missing_healthcheck_and_one_shot_exemptions(settings: Settings) -> None:
     report = await check(settings, "services:\n" + svc("web", base=NO_HC))
-    f = of(report, "missing-healthcheck")[0]
-    assert f.severity == "error" and f.service == "web" and f.fix and "healthcheck:" in f.fix
+    # check_host is off: the image's own config was not read, so the image may bring one.
+    assert not of(report, "missing-healthcheck")
+    f = of(report, "healthcheck-unverified")[0]
+    assert f.severity == "warning" and f.service == "web" and f.fix and "healthcheck:" in f.fix
     exempt = (
         "services:\n"
         + svc("job", "    x-dsm: {one-shot: true}\n", base=NO_HC)
@@ -179,7 +193,8 @@ async def test_missing_healthcheck_and_one_shot_exemptions(settings: Settings) -
         + svc("init", base=NO_HC)
         + svc("app", "    depends_on:\n      init: {condition: service_completed_successfully}\n")
     )
-    assert not of(await check(settings, exempt), "missing-healthcheck")
+    found = await check(settings, exempt)
+    assert not of(found, "missing-healthcheck") and not of(found, "healthcheck-unverified")
 
 
 async def test_healthcheck_disabled_is_missing(settings: Settings) -> None:
@@ -189,15 +204,21 @@ async def test_healthcheck_disabled_is_missing(settings: Settings) -> None:
 
 async def test_waiting_for_health_of_a_service_without_healthcheck(settings: Settings) -> None:
     waits = "    depends_on:\n      db: {condition: service_healthy}\n"
-    content = "services:\n" + svc("db", base=NO_HC) + svc("app", waits)
+    content = "services:\n" + svc("db", "    healthcheck: {disable: true}\n", base=NO_HC) + svc("app", waits)
     f = of(await check(settings, content), "dependency-without-healthcheck")[0]
-    assert f.service == "app" and "'db'" in f.message
+    assert f.service == "app" and "'db'" in f.message and f.severity == "error"
+    # Unknown (the image may bring one): no error, the dependency's warning names the waiter.
+    unknown = await check(settings, "services:\n" + svc("db", base=NO_HC) + svc("app", waits))
+    assert not of(unknown, "dependency-without-healthcheck")
+    assert any("app waits" in e for e in of(unknown, "healthcheck-unverified")[0].evidence)
     ok = "services:\n" + svc("db") + svc("app", waits)
     assert not of(await check(settings, ok), "dependency-without-healthcheck")
 
 
 # ------------------------------------------------------------------------------ resources
-NO_LIMITS = OK.replace('    deploy: {resources: {limits: {memory: 64m, cpus: "0.5"}}}\n', "")
+NO_LIMITS = OK.replace(
+    '    deploy: {resources: {limits: {memory: 64m, cpus: "0.5", pids: 256}}}\n', "    pids_limit: 256\n"
+)
 
 
 async def test_no_resource_limits_with_a_yaml_patch(settings: Settings) -> None:
@@ -211,7 +232,7 @@ async def test_no_resource_limits_with_a_yaml_patch(settings: Settings) -> None:
     ("extra", "rules"),
     [
         ("    mem_limit: 128m\n    cpus: 0.5\n", set()),
-        ("    deploy: {resources: {limits: {memory: 128m, cpus: '1'}}}\n", set()),
+        ("    deploy: {resources: {limits: {memory: 128m, cpus: '1', pids: 256}}}\n", set()),
         ("    mem_limit: 128m\n", {"no-cpu-limit"}),
         ("    cpus: 0.5\n", {"no-resource-limits"}),
     ],
@@ -241,10 +262,14 @@ async def test_image_pinning(settings: Settings, image: str, rule: str | None, s
     assert found == ([(rule, severity)] if rule else [])
 
 
-async def test_built_images_are_not_pinning_findings(settings: Settings) -> None:
+@pytest.mark.parametrize(("extra", "found"), [
+    ("    build: {context: .}\n    pull_policy: build\n", []),
+    ("    build: {context: .}\n", ["build-and-image"]),  # `up` may pull myapp instead of building it
+])
+async def test_built_images_are_not_pinning_findings(settings: Settings, extra: str, found: list[str]) -> None:
     base = OK.replace("dsm-test/web:1.0@sha256:" + "a" * 64, "myapp")
-    report = await check(settings, "services:\n" + svc("web", "    build: {context: .}\n", base=base))
-    assert not [f for f in report.findings if f.category == "images"]
+    report = await check(settings, "services:\n" + svc("web", extra, base=base))
+    assert [f.rule for f in report.findings if f.category == "images"] == found
 
 
 # ------------------------------------------------------------------------------ secrets
@@ -338,7 +363,8 @@ async def test_hardening_hints_are_info_only(settings: Settings) -> None:
     hints = {f.rule for f in report.findings if f.severity == "info"}
     assert {"no-cap-drop", "writable-rootfs", "no-new-privileges", "root-user", "no-log-rotation",
             "no-restart-policy", "bind-mount-data", "fixed-container-name", "image-no-digest"} == hints
-    assert report.go and report.errors == report.warnings == 0
+    assert report.go and report.errors == 0
+    assert {f.rule for f in report.findings if f.severity == "warning"} == {"no-pids-limit"}
 
 
 async def test_plaintext_secret_in_override_file_anchor_and_env_file(settings: Settings, stacks_root: Any) -> None:
