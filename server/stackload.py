@@ -11,6 +11,7 @@ with real files and line numbers, never a half-read model.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import tempfile
 from collections.abc import Mapping
@@ -61,8 +62,12 @@ async def load_stack(
     path: str | None = None,
     content: str | None = None,
     env: Mapping[str, str] | None = None,
+    dsm_override: bool = True,
 ) -> LoadedStack:
-    """Screen, check and render one stack. Raises StackRenderFailed (findings) or PathRejected."""
+    """Screen, check and render one stack. Raises StackRenderFailed (findings) or PathRejected.
+
+    ``dsm_override=False`` leaves our compose.dsm.yaml out: a deploy states its own images, so it
+    checks the user's files as it will run them (the pins of an earlier rollback are dropped)."""
     env = dict(env or {})
     for key in env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
@@ -73,6 +78,9 @@ async def load_stack(
         return await _load_inline(settings, compose, content, env)
     assert path is not None
     location = locate_stack(settings, path, env)
+    if not dsm_override and location.overrides:
+        keep = len(location.files) - len(location.overrides)
+        location = dataclasses.replace(location, files=location.files[:keep], documents=location.documents[:keep])
     if location.dotenv_error:
         raise StackRenderFailed(location.name, [_invalid(location.dotenv_error, None, file=".env")])
     top: list[tuple[Path, YamlDocument]] = []

@@ -71,7 +71,7 @@ class BackupStore:
     async def create(self, stack: Any, *, env: Mapping[str, str] | None = None, reason: str = "",
                      data: bool = True, progress: Any = None) -> BackupManifest:
         from server.deploy.plan import IMAGE_LABEL, is_database
-        from server.deploy.project import OVERRIDE_NAME, compose_args, user_files
+        from server.deploy.project import OVERRIDE_NAME, compose_project, user_files
         from server.engine import tag_image
 
         backup_id = f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
@@ -96,8 +96,7 @@ class BackupStore:
                 hooks = stack.service_settings_for(c.service).backup
                 dump = hooks.dump or ["pg_dumpall", "--clean", "--if-exists", "-U", "postgres"]
                 restore = hooks.restore or ["psql", "-U", "postgres", "-d", "postgres", "-q"]
-                result = await self.compose.run(compose_args(stack.directory, stack.name),
-                                                ["exec", "-T", c.service, *dump], cwd=stack.directory, env=env)
+                result = await self.compose.run_project(compose_project(stack), ["exec", "-T", c.service, *dump])
                 file = where / f"{c.service}.sql"
                 file.write_text(result.stdout)
                 dumps.append(DatabaseDump(c.service, "sql", file.name, file.stat().st_size, "", restore))
@@ -124,7 +123,7 @@ class BackupStore:
 
     async def restore_data(self, manifest: BackupManifest, *, services: list[str] | None = None,
                            volumes: bool = True, dumps: bool = True, progress: Any = None) -> list[str]:
-        from server.deploy.project import compose_args
+        from server.deploy.project import fresh_project
         from server.stacks import find_by_name
 
         location = find_by_name(self.settings, manifest.stack)
@@ -134,9 +133,9 @@ class BackupStore:
                 data = (self._dir(manifest.stack, manifest.backup_id) / d.file).read_bytes()
                 deadline = time.monotonic() + 60
                 while True:
-                    result = await self.compose.run(
-                        compose_args(location.directory, manifest.stack), ["exec", "-T", d.service, *d.restore],
-                        cwd=location.directory, stdin=data, check=False)
+                    result = await self.compose.run_project(
+                        fresh_project(self.settings, location.directory, manifest.stack),
+                        ["exec", "-T", d.service, *d.restore], stdin=data, check=False)
                     if result.returncode == 0 or time.monotonic() > deadline:
                         break
                     await asyncio.sleep(1)

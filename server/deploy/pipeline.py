@@ -26,7 +26,7 @@ from server.compose import ComposeRunner
 from server.deploy import override, snapshots
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL, compute_plan
-from server.deploy.project import compose_args
+from server.deploy.project import compose_project, fresh_project
 from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.smoke import run_smoke
@@ -128,7 +128,7 @@ class Deployer:
         t = time.monotonic()
         await self.tell("pre-flight: rendering and checking the stack")
         try:
-            stack = await load_stack(self.settings, self.compose, path=path, env=env)
+            stack = await load_stack(self.settings, self.compose, path=path, env=env, dsm_override=False)
         except StackRenderFailed as exc:
             return DeployReport(status="blocked", stack=exc.name, findings=exc.findings,
                                 phases=[Phase(name="preflight", status="blocked", duration_s=0, detail=exc.what)],
@@ -251,9 +251,8 @@ class Deployer:
         await self.tell(f"pull: {', '.join(pulls) or 'nothing missing'}")
         if pulls:
             try:
-                await self.compose.run(compose_args(stack.directory, stack.name, with_override=False),
-                                       ["pull", "--quiet", *pulls], cwd=stack.directory, env=env, scrub=scrub,
-                                       what="docker compose pull")
+                await self.compose.run_project(compose_project(stack, with_override=False),
+                                               ["pull", "--quiet", *pulls], scrub=scrub, what="docker compose pull")
             except DsmError as exc:
                 raise Blocked("pull", _brief(exc), [Finding(
                     rule="image-unavailable", severity="error", category="images", message=_brief(exc))]) from None
@@ -267,9 +266,8 @@ class Deployer:
         override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
         argv = ["up", "-d", "--remove-orphans", *(services or [])]
         try:
-            await self.compose.run(compose_args(stack.directory, stack.name), argv, cwd=stack.directory, env=env,
-                                   scrub=scrub, what="docker compose up", timeout_s=max(wait_s, 120),
-                                   **_on_start(self.compose, run.op))
+            await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
+                                           timeout_s=max(wait_s, 120), **_on_start(self.compose, run.op))
         except DsmError as exc:
             run.phase("up", "failed", t, _brief(exc))
             stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
@@ -356,14 +354,15 @@ class Deployer:
             if pins:
                 override.write_pins(stack.directory, pins)
                 notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins))}")
-                await self.compose.run(compose_args(stack.directory, stack.name), ["up", "-d", "--remove-orphans"],
-                                       cwd=stack.directory, env=env, scrub=Scrubber(stack.secret_values),
-                                       what="docker compose up (rollback)", timeout_s=max(wait_s, 120),
-                                       **_on_start(self.compose, run.op))
+                await self.compose.run_project(
+                    fresh_project(self.settings, stack.directory, stack.name, env), ["up", "-d", "--remove-orphans"],
+                    scrub=Scrubber(stack.secret_values), what="docker compose up (rollback)",
+                    timeout_s=max(wait_s, 120), **_on_start(self.compose, run.op))
             else:
                 # Nothing ran before this deploy: back where it started is no containers (volumes kept).
-                await self.compose.run(compose_args(stack.directory, stack.name), ["down", "--remove-orphans"],
-                                       cwd=stack.directory, env=env, what="docker compose down (rollback)")
+                await self.compose.run_project(
+                    fresh_project(self.settings, stack.directory, stack.name, env), ["down", "--remove-orphans"],
+                    what="docker compose down (rollback)", **_on_start(self.compose, run.op))
                 notes.append("nothing ran before: the new containers were removed, volumes kept")
             restored = await self._restore_dumps(stack, plan, run.backup)
             notes.extend(restored)
@@ -505,9 +504,10 @@ class Deployer:
                 pins[service] = ref
         if pins:
             override.write_pins(stack.directory, pins)
-        await self.compose.run(compose_args(stack.directory, stack.name), ["up", "-d", "--remove-orphans"],
-                               cwd=stack.directory, what="docker compose up (rollback)", timeout_s=max(wait_s, 120),
-                               scrub=Scrubber(stack.secret_values), **_on_start(self.compose, run.op))
+        await self.compose.run_project(
+            fresh_project(self.settings, stack.directory, stack.name), ["up", "-d", "--remove-orphans"],
+            what="docker compose up (rollback)", timeout_s=max(wait_s, 120), scrub=Scrubber(stack.secret_values),
+            **_on_start(self.compose, run.op))
         run.phase("up", "ok", t, f"files of {target.operation_id} restored, {len(pins)} image(s) pinned")
         notes = []
         if restore_data:

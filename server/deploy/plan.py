@@ -15,13 +15,13 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from server.compose import ComposeRunner
-from server.deploy.project import OVERRIDE_NAME, compose_args, user_files
+from server.deploy.project import OVERRIDE_NAME, compose_project, user_files
 from server.deploy.report import Action, BackupPlan, DeployPlan, ServicePlan
 from server.engine import ContainerSummary, Engine, object_names
+from server.project import ComposeProject
 from server.redact import Scrubber
 from server.stackmodel import LoadedStack
 
@@ -40,15 +40,11 @@ class PlanInputs:
     local_images: dict[str, str | None]
 
 
-async def config_hashes(
-    compose: ComposeRunner, directory: Path, project: str, env: Mapping[str, str] | None, scrub: Scrubber
-) -> dict[str, str]:
+async def config_hashes(compose: ComposeRunner, project: ComposeProject, scrub: Scrubber) -> dict[str, str]:
     """``service -> config hash`` for the services Compose would start (active profiles only)."""
-    result = await compose.run(
-        compose_args(directory, project, with_override=False),
+    result = await compose.run_project(
+        project,
         ["config", "--hash", "*"],
-        cwd=directory,
-        env=env,
         timeout_s=60,
         scrub=scrub,
         what="docker compose config --hash",
@@ -104,7 +100,7 @@ async def compute_plan(
     """The plan for deploying ``stack`` (the user's files, without our pins) as it stands now."""
     assert stack.directory is not None
     scrub = scrub or Scrubber(stack.secret_values)
-    hashes = await config_hashes(compose, stack.directory, stack.name, env, scrub)
+    hashes = await config_hashes(compose, compose_project(stack, with_override=False), scrub)
     containers = [c for c in await engine.compose_containers(stack.name) if c.labels.get(ONEOFF_LABEL) != "True"]
     by_service: dict[str, list[ContainerSummary]] = {}
     for c in containers:

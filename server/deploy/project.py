@@ -1,39 +1,47 @@
-"""The one place that says which files and flags every deploy-time Compose call gets.
+"""The one place that says which Compose project every deploy-time Compose call acts on.
 
-``compose_args`` builds the project flags for ``up``, ``ps``, ``pull``, ``config --hash`` and
-``down`` alike, so the deploy, the plan and a later plain ``docker compose up`` in the stack
-directory all see the same project: the user's files (COMPOSE_FILE from the stack's ``.env`` when
-set, else the main file and its override) followed by our own override, ``compose.dsm.yaml``,
-when it exists. Issue 7 will give one description of the project for every Compose call; this
-function is the seam that switches to it.
+Built on :class:`server.project.ComposeProject` (issue 7: one description of the project for every
+Compose call, COMPOSE_FILE / COMPOSE_PROFILES from .env honoured). The deploy loads the stack
+without our override (a deploy states its own images, see ``load_stack(dsm_override=False)``);
+``compose_project`` then adds ``compose.dsm.yaml`` back when it exists at call time (after a
+rollback wrote its pins), or spells the user's files out with ``-f`` when it must stay out (so
+Compose does not pick it up from COMPOSE_FILE in .env either).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 
-from server.compose import project_flags
-from server.stacks import compose_files, read_dotenv
+from server.project import DSM_OVERRIDE_NAME, ComposeProject
+from server.settings import Settings
+from server.stackmodel import LoadedStack
+from server.stacks import compose_files, locate_stack, read_dotenv
 
-OVERRIDE_NAME = "compose.dsm.yaml"
+OVERRIDE_NAME = DSM_OVERRIDE_NAME
 
 
 def user_files(directory: Path) -> list[Path]:
-    """The stack's own compose files, in merge order, without ours."""
-    listed = read_dotenv(directory).get("COMPOSE_FILE")
-    if listed:
-        separator = read_dotenv(directory).get("COMPOSE_PATH_SEPARATOR") or ":"
-        files = [directory / part for part in listed.split(separator) if part.strip()]
-        files = [f for f in files if f.name != OVERRIDE_NAME]
-        if files:
-            return files
-    return compose_files(directory)
+    """The stack's own compose files, in merge order, without ours (COMPOSE_FILE honoured)."""
+    files = compose_files(directory, None, read_dotenv(directory))
+    return [f for f in files if f.name != OVERRIDE_NAME]
 
 
-def compose_args(directory: Path, project: str, *, with_override: bool = True) -> list[str]:
-    """``--project-directory DIR -f FILE... -p NAME`` for every deploy-time Compose call."""
-    files = user_files(directory)
-    override = directory / OVERRIDE_NAME
+def compose_project(stack: LoadedStack, *, with_override: bool = True) -> ComposeProject:
+    """The stack's project for ``up``, ``pull``, ``config --hash``, ``down`` and ``exec``."""
+    assert stack.directory is not None
+    base = stack.project or ComposeProject(directory=stack.directory, name=stack.name)
+    base = base if base.name else base.named(stack.name)
+    override = stack.directory / OVERRIDE_NAME
+    user = tuple(base.files or base.resolved_files or user_files(stack.directory))
     if with_override and override.is_file():
-        files = [*files, override]
-    return project_flags(directory, files, project)
+        return dataclasses.replace(base, overrides=(override,), resolved_files=user)
+    # Spelled out: with no -f, Compose would read COMPOSE_FILE from .env, which lists our file.
+    return dataclasses.replace(base, files=user, overrides=())
+
+
+def fresh_project(settings: Settings, directory: Path, name: str, env: Mapping[str, str] | None = None
+                  ) -> ComposeProject:
+    """The project as the files on disk describe it NOW (after a rollback put files back)."""
+    return locate_stack(settings, str(directory), env or {}).project().named(name)
