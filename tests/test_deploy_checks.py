@@ -12,6 +12,7 @@ import pytest
 from server.deploy.pipeline import Deployer
 from server.runtime import Runtime
 from server.settings import Settings
+from tests.conftest import cleanup_project
 from tests.deploy_helpers import (
     POSTGRES,
     WEB_10,
@@ -30,6 +31,7 @@ from tests.deploy_helpers import (
     web_stack,
     write,
 )
+from tests.test_registry_config import delete_from_registry
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -78,29 +80,49 @@ async def test_critical_log_lines_trigger_a_rollback(runtime: Runtime, stacks_ro
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
 
 
-async def test_pull_then_missing_healthcheck_stops_before_up(runtime: Runtime, stacks_root: Path,
-                                                             project_name: str, registry: str) -> None:
+async def test_missing_healthcheck_known_from_the_registry_or_after_the_pull(
+        runtime: Runtime, stacks_root: Path, project_name: str, registry: str) -> None:
     ref = f"{registry}/{project_name}/web:nohc"
     docker("tag", WEB_NOHC, ref)
     docker("push", ref)
     docker("rmi", ref)
     try:
+        # The registry tells the pre-flight the image has no healthcheck: blocked, nothing pulled.
         write(stacks_root, project_name, web_stack(project_name, ref))
         report = await deploy(runtime, project_name)
         assert report.status == "blocked", report
-        assert phase(report, "pull").status == "blocked"
+        assert phase(report, "preflight").status == "blocked"
         assert "missing-healthcheck" in {f.rule for f in report.findings}
-        assert containers(project_name) == []
+        assert containers(project_name) == [] and docker("images", "-q", ref) == ""
+        # When it could not be told before, the pulled image is checked before `up` (and a waiver holds).
+        from server.stackload import load_stack
+
+        docker("pull", ref)
+        stack = await load_stack(runtime.settings, runtime.compose(), path=project_name)
+        found = await Deployer(runtime)._missing_healthchecks(stack, ["web"])
+        assert [f.rule for f in found] == ["missing-healthcheck"] and found[0].service == "web"
+        waive = "    x-dsm: {waive: [{rule: missing-healthcheck, reason: smoke-tested}]}\n"
+        write(stacks_root, project_name, web_stack(project_name, ref, extra=waive))
+        stack = await load_stack(runtime.settings, runtime.compose(), path=project_name)
+        assert await Deployer(runtime)._missing_healthchecks(stack, ["web"]) == []
     finally:
         docker("rmi", ref, check=False)
+        delete_from_registry(registry, ref)
 
-    # The registry image with a healthcheck is pulled, then deployed.
-    ok_ref = f"{registry}/dsm-test/web:1.1"
-    docker("rmi", ok_ref, check=False)
-    write(stacks_root, project_name, web_stack(project_name, ok_ref))
-    report = await deploy(runtime, project_name)
-    assert report.status == "deployed", report
-    assert phase(report, "pull").status == "ok"
+    # An image with a healthcheck, only in the registry: pulled, then deployed.
+    ok_ref = f"{registry}/{project_name}/web:1.1"
+    docker("tag", WEB_11, ok_ref)
+    docker("push", ok_ref)
+    docker("rmi", ok_ref)
+    try:
+        write(stacks_root, project_name, web_stack(project_name, ok_ref))
+        report = await deploy(runtime, project_name)
+        assert report.status == "deployed", report
+        assert phase(report, "pull").status == "ok" and report.plan and report.plan.services[0].pull
+    finally:
+        cleanup_project(project_name)
+        docker("rmi", ok_ref, check=False)
+        delete_from_registry(registry, ok_ref)
 
 
 async def test_explicit_rollback_to_the_previous_deployment(runtime: Runtime, stacks_root: Path,

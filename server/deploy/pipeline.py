@@ -142,17 +142,16 @@ class Deployer:
                            state="nothing was changed", next_step="call inspect_stack for the service names")
         report = await validate_loaded(self.settings, stack, self.engine, env=env)
         run.findings = [f for f in report.findings if f.severity != "info"]
-        # A healthcheck unknown because the image is not local yet is checked again after the pull.
-        deferred = [f for f in run.findings if f.rule == "missing-healthcheck" and f.severity == "error"
-                    and any("not on this host" in e for e in f.evidence)]
-        blocking = [f for f in run.findings if f.severity == "error" and f not in deferred]
+        # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
+        # be read locally or from its registry) is checked again once the image is local.
+        deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
+        blocking = [f for f in run.findings if f.severity == "error"]
         if not report.valid or blocking:
             run.phase("preflight", "blocked", t, report.summary)
             return self._report(run, "blocked", next_steps=[
                 "fix the error findings (see fix), validate_compose, then deploy again; nothing was changed"])
         run.phase("preflight", "ok", t, report.summary + (
             f" {len(deferred)} healthcheck(s) checked again after the pull." if deferred else ""))
-        run.findings = [f for f in run.findings if f not in deferred]
 
         t = time.monotonic()
         await self.tell("planning: comparing config hashes and images with what runs")
