@@ -58,9 +58,12 @@ class DockerStackServer(MCPServer[Runtime]):
         super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
 
 
-def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_memory: bool = False) -> MCPServer:
+def build_server(
+    settings: Settings, runtime: Runtime | None = None, *, warm_memory: bool = False, recover_operations: bool = False
+) -> MCPServer:
     """The server with every tool family registered. ``warm_memory`` loads the embedding model
-    in the background a second after start-up (the CLI sets it; tests do not)."""
+    in the background a second after start-up; ``recover_operations`` finishes off operations a
+    killed server left behind, in the background too (the CLI sets both; tests choose)."""
     runtime = runtime or Runtime(settings)
 
     @asynccontextmanager
@@ -69,6 +72,8 @@ def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_mem
             # Off the start-up path: even opening the memory object costs imports we would
             # otherwise pay before answering initialize.
             threading.Timer(1.0, lambda: runtime.memory().warm_up()).start()
+        if recover_operations:
+            threading.Thread(target=runtime.recover_operations, name="recover-operations", daemon=True).start()
         try:
             yield runtime
         finally:
@@ -85,10 +90,11 @@ def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_mem
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import memory, preflight, stacks
+    from tools import memory, operations, preflight, stacks
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
+    operations.register(server, runtime)
     memory.register(server, runtime)
     register_prompts(server)
     return server

@@ -66,6 +66,17 @@ class Runtime:
         # Recorded with an interrupted operation: what the stack's containers look like now.
         return self.engine().project_state_blocking(stack)
 
+    def recover_operations(self) -> None:
+        """Crash recovery at start-up (run off the start path): operations a dead server left
+        unended get their process groups stopped and are recorded interrupted. Never raises."""
+        import logging
+
+        try:
+            if (self.settings.state_dir / "journal" / "journal.jsonl").exists():
+                self.operations().recover()
+        except Exception:
+            logging.getLogger("docker_stack_mcp.runtime").exception("start-up recovery of operations failed")
+
     async def shutdown(self, grace_s: float = 30.0) -> None:
         """Let operations running in this process finish (then cancel them) before closing."""
         if self._operations is not None:

@@ -237,8 +237,10 @@ def test_sigkilled_server_is_recovered_by_the_next_begin(settings: Settings) -> 
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(timeout=10)
     assert procs.group_members(pgid)  # its compose-like group outlives it ...
-    running = ops.get(op_id)
-    assert running is not None and running.status == "running" and running.children == [pgid]
+    seen = ops.get(op_id)  # reads interrupted at once; recovery has not run yet
+    assert seen is not None and seen.status == "interrupted" and seen.children == [pgid]
+    assert seen.result is not None and seen.result["recovery"].startswith("pending")
+    assert ops.running("web") is None and [r.status for r in ops.history("web")] == ["interrupted"]
     start = time.monotonic()
     op = ops.begin("web", "deploy")  # ... until the next begin on the stack
     assert time.monotonic() - start < 6
@@ -305,6 +307,7 @@ async def test_cancelled_caller_does_not_cancel_the_operation(ops: Operations) -
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert ops.get(op.id).status == "running"  # type: ignore[union-attr]
+    assert ops.running("web").operation_id == op.id  # type: ignore[union-attr]
     assert ops.in_flight == 1
     await asyncio.wait_for(finished.wait(), 5)
     rec = ops.get(op.id)

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -216,7 +216,7 @@ class Operations:
             return None
         states = fold_states(self.journal.records(f'"op":"{operation_id}"'))
         state = states.get(operation_id)
-        return state.record() if state else None
+        return self._as_seen(state.record()) if state else None
 
     def history(
         self, stack: str, kinds: Iterable[str] = ("deploy", "rollback"), limit: int = 20
@@ -235,8 +235,9 @@ class Operations:
         if holder is None:
             return None
         op_id = str(holder["operation_id"])
-        record = self.get(op_id)
-        if record is not None:
+        states = fold_states(self.journal.records(f'"op":"{op_id}"'))
+        if op_id in states:
+            record = states[op_id].record()
             return record if record.running else None
         # Acquired but not journaled yet (recovering an orphan first): describe it from the lock.
         return OperationRecord(
@@ -247,7 +248,23 @@ class Operations:
 
     def _stack_records(self, stack: str) -> list[OperationRecord]:
         states = fold_states(self.journal.records(f'"stack":"{stack}"'))
-        return [s.record() for s in states.values() if s.begin.get("stack") == stack]
+        return [self._as_seen(s.record()) for s in states.values() if s.begin.get("stack") == stack]
+
+    def _as_seen(self, rec: OperationRecord) -> OperationRecord:
+        """An unended operation is running only while its live server holds the stack's lock and
+        names it there; otherwise its server died and it reads ``interrupted`` at once, before
+        recovery (the next begin on the stack, or a server's start-up) writes that down."""
+        if not rec.running or not STACK_NAME.match(rec.stack):
+            return rec
+        holder = self._live_holder(rec.stack)
+        if holder is not None and holder.get("operation_id") == rec.operation_id and not holder.get("recovering"):
+            return rec
+        return replace(rec, status="interrupted", result={
+            "reason": f"its server (pid {rec.pid}) stopped before the operation ended",
+            "recovery": "pending: the next operation on the stack (or a server start) stops its leftover "
+                        "processes and records it",
+            "last_phase": rec.phases[-1] if rec.phases else None,
+        })
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self, stack: str | None = None) -> list[OperationRecord]:
@@ -276,7 +293,7 @@ class Operations:
                 continue  # held: a live operation of this process, or another recoverer/begin on it
             try:
                 lock.write_holder({"operation_id": op_id, "kind": "recovery", "started_at": now_iso(), "pid": me,
-                                   "pid_start": self._pid_start})
+                                   "pid_start": self._pid_start, "recovering": True})
                 recovered.extend(self._recover_locked(name, only=op_id))
             finally:
                 lock.release()
