@@ -61,7 +61,10 @@ def test_begin_is_journaled_before_acting_and_end_releases(ops: Operations, sett
     # A phase reported twice keeps its place and shows its latest state.
     assert [(p["name"], p["status"]) for p in rec.phases] == [("backup", "ok"), ("deploy", "ok")]
     assert rec.phases[0]["duration_s"] == 1.235 and rec.children == [os.getpid()]
-    raw = (settings.state_dir / "journal" / "journal.jsonl").read_text()
+    journal_dir = settings.state_dir / "journal"
+    for private in (journal_dir, journal_dir / "journal.jsonl", settings.state_dir / "locks" / "web.lock"):
+        assert private.stat().st_mode & 0o077 == 0, private  # nobody else on the host reads it
+    raw = (journal_dir / "journal.jsonl").read_text()
     assert "s3cret-pw" not in raw and rec.params == {"path": "web", "env": ["DB_PASSWORD", "TAG"]}
     assert rec.result is not None and rec.result["DB_PASSWORD"] == "***" and "***" in rec.result["note"]
     # The lock is free again.
@@ -372,6 +375,7 @@ def test_maintenance_windows(ops: Operations, settings: Settings) -> None:
     window = ops.maintenance("web")
     assert window is not None and window["until"] == until and window["reason"] == "disk swap"
     assert ops.maintenance("db") is None
+    assert (settings.state_dir / "maintenance" / "web.json").stat().st_mode & 0o077 == 0
     mine = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     previous = ops.set_maintenance("web", mine, "deploy op-x")
     assert previous is not None and previous["reason"] == "disk swap"  # the caller can put it back
