@@ -322,7 +322,9 @@ async def test_cancelled_caller_does_not_cancel_the_operation(ops: Operations) -
 
 @pytest.mark.anyio
 async def test_run_detached_results_and_failures(ops: Operations) -> None:
-    op = ops.begin("web", "backup")
+    op = await ops.begin_async("web", "backup", {"env": {"K": "value-1234"}})
+    with pytest.raises(StackBusy):
+        await ops.begin_async("web", "deploy")
 
     async def ok() -> dict:
         return {"backup_id": "b1"}

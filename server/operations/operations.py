@@ -156,7 +156,8 @@ class Operations:
         holder. An operation of this stack that was started but never ended (its server died) is
         recovered first: its process groups are stopped and it is recorded ``interrupted``.
         ``params`` are journaled scrubbed; ``env`` in them as names only. ``secrets`` (and the
-        values of ``params['env']``) are masked in every detail and result of the operation."""
+        values of ``params['env']``) are masked in every detail and result of the operation.
+        Blocking: from async code prefer :meth:`begin_async`."""
         _check_stack(stack)
         if kind not in KINDS:
             raise ValueError(f"{kind!r} is not an operation kind ({sorted(KINDS)})")
@@ -181,6 +182,16 @@ class Operations:
             raise
         log.info("operation %s began: %s %s", op_id, kind, stack)
         return Operation(self, id=op_id, stack=stack, kind=kind, started_at=started_at, lock=lock, scrub=scrub)
+
+    async def begin_async(
+        self, stack: str, kind: OperationKind, params: Mapping[str, Any] | None = None, *, secrets: Iterable[str] = ()
+    ) -> Operation:
+        """:meth:`begin` in a worker thread: from async code, use this one. ``begin`` fsyncs and,
+        when it finds an orphan, waits seconds for its process groups to stop; the event loop
+        (progress notifications, other requests) must not wait with it."""
+        import anyio
+
+        return await anyio.to_thread.run_sync(lambda: self.begin(stack, kind, params, secrets=secrets))
 
     def _lock_path(self, stack: str) -> Path:
         return self.locks_dir / f"{stack}.lock"
