@@ -26,6 +26,10 @@ class Runtime:
         self._compose: ComposeRunner | None = None
         self._memory: Memory | None = None
         self._operations: Operations | None = None
+        self.shutdown_grace_s = 30.0
+        """At a normal end (the client closed stdin), how long running operations may go on."""
+        self.terminating = False
+        """Set by SIGTERM: running operations are cancelled at once (they roll back)."""
 
     def engine(self) -> Engine:
         """The docker-py adapter; raises DockerUnavailable on first real call if the daemon is away."""

@@ -151,3 +151,77 @@ async def test_over_stdio_a_killed_servers_operation(stacks_root: Path, tmp_path
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def _ops_server(stacks_root: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
+    env = server_env(stacks_root, tmp_path, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "tests.ops_server"], cwd=REPO, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _rpc(proc: subprocess.Popen[bytes], *messages: dict[str, Any]) -> None:
+    import json
+
+    assert proc.stdin is not None
+    for m in messages:
+        proc.stdin.write((json.dumps(m) + "\n").encode())
+    proc.stdin.flush()
+
+
+def _start_slow_operation(proc: subprocess.Popen[bytes], seconds: float) -> None:
+    _rpc(proc,
+         {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+         {"jsonrpc": "2.0", "method": "notifications/initialized"},
+         {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+          "params": {"name": "slow_operation", "arguments": {"stack": "web", "seconds": seconds}}})
+
+
+def _wait_for(predicate: Any, timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sigterm_cancels_running_operations_which_roll_back(stacks_root: Path, tmp_path: Path) -> None:
+    import time
+
+    settings = Settings(stacks_root=stacks_root, state_dir=tmp_path / "state")
+    proc = _ops_server(stacks_root, tmp_path)
+    try:
+        _start_slow_operation(proc, 120)
+        ops = Operations(settings)
+        _wait_for(lambda: bool(ops.history("web")) and ops.history("web")[0].phases, 60)
+        op_id = ops.history("web")[0].operation_id
+        assert ops.get(op_id).status == "running"  # type: ignore[union-attr]
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert time.monotonic() - start < 10  # cancelled at once, not after the 20 s grace
+        rec = ops.get(op_id)
+        assert rec is not None and rec.status == "rolled_back", (rec, proc.stderr.read() if proc.stderr else "")
+        assert [p["name"] for p in rec.phases] == ["deploy", "rollback"]
+        ops.begin("web", "deploy").end("done")  # the lock went with the process
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_closed_stdin_lets_running_operations_finish(stacks_root: Path, tmp_path: Path) -> None:
+    settings = Settings(stacks_root=stacks_root, state_dir=tmp_path / "state")
+    proc = _ops_server(stacks_root, tmp_path)
+    try:
+        _start_slow_operation(proc, 2)
+        ops = Operations(settings)
+        _wait_for(lambda: bool(ops.history("web")), 60)
+        assert proc.stdin is not None
+        proc.stdin.close()  # the client went away mid-operation
+        proc.wait(timeout=30)
+        rec = ops.history("web")[0]
+        assert rec.status == "deployed" and [p["status"] for p in rec.phases] == ["ok"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
