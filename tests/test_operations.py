@@ -113,6 +113,10 @@ def test_bad_arguments(ops: Operations) -> None:
     op.end("done")
     with pytest.raises(RuntimeError):
         op.end("done")
+    records = len(ops.journal.records())
+    op.phase("late", "ok")  # after the end: ignored, the final record stays final
+    op.child(os.getpid())
+    assert len(ops.journal.records()) == records and ops.get(op.id).phases == []  # type: ignore[union-attr]
     assert ops.get("op-nope") is None and ops.get('op-1"}') is None
     assert ops.get("op-20260101T000000Z-00000000") is None
 
@@ -318,6 +322,29 @@ async def test_cancelled_caller_does_not_cancel_the_operation(ops: Operations) -
         {"name": "deploy", "status": "ok", "duration_s": None, "detail": ""}]
     await asyncio.sleep(0)
     assert ops.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_processes_started_inside_an_operation_are_journaled(ops: Operations) -> None:
+    from server.process import child_recorder, run_argv
+
+    env = {"PATH": os.environ["PATH"]}
+    op = ops.begin("web", "deploy")
+    seen: list[int] = []
+
+    async def work() -> dict:
+        # Nobody passes on_start here: the operation's context records the group anyway;
+        # passing it as well records it once.
+        first = await run_argv(["sh", "-c", "echo $$"], timeout_s=10, env=env)
+        second = await run_argv(["sh", "-c", "echo $$"], timeout_s=10, env=env, on_start=op.child)
+        seen.extend(int(r.stdout) for r in (first, second))
+        return {}
+
+    await ops.run_detached(op, work)
+    assert child_recorder.get() is None  # the caller's context is untouched
+    await run_argv(["true"], timeout_s=10, env=env)  # outside any operation: nothing recorded
+    rec = ops.get(op.id)
+    assert rec is not None and rec.children == seen and len(seen) == 2
 
 
 @pytest.mark.anyio

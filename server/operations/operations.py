@@ -71,6 +71,7 @@ class Operation:
         self._lock = lock
         self._scrub = scrub
         self.status: str = "running"
+        self._children: set[int] = set()
 
     @property
     def ended(self) -> bool:
@@ -79,6 +80,9 @@ class Operation:
     def phase(self, name: str, status: str, detail: str = "", duration_s: float | None = None) -> None:
         """Journal a phase's progress (``running``, ``ok``, ``failed``, ``skipped``...). A phase
         reported again under the same name replaces the earlier entry in the folded view."""
+        if self.ended:
+            log.debug("phase %s after the end of %s ignored", name, self.id)
+            return
         self._append(
             "phase",
             name=str(name)[:100],
@@ -88,8 +92,13 @@ class Operation:
         )
 
     def child(self, pgid: int) -> None:
-        """Record a process group this operation started; pass as ``on_start`` to run_argv."""
-        self._append("child", pgid=int(pgid), start=procs.start_time(int(pgid)))
+        """Record a process group this operation started; pass as ``on_start`` to run_argv (inside
+        :meth:`Operations.run_detached` every process started is recorded without it). Once each."""
+        pgid = int(pgid)
+        if pgid in self._children or self.ended:
+            return
+        self._children.add(pgid)
+        self._append("child", pgid=pgid, start=procs.start_time(pgid))
 
     def end(self, status: OperationStatus, result: Mapping[str, Any] | Any | None = None) -> None:
         """Write the final record (``result`` scrubbed: a dict, pydantic model or dataclass), then
@@ -375,6 +384,9 @@ class Operations:
         return await asyncio.shield(task)
 
     async def _drive(self, op: Operation, work: Callable[[], Awaitable[T]]) -> T:
+        from server.process import child_recorder
+
+        child_recorder.set(op.child)  # this task's context only: every child it starts is journaled
         try:
             value = await work()
         except BaseException as exc:
