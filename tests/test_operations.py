@@ -429,3 +429,29 @@ def test_runtime_operations_is_lazy_and_probes_the_engine(settings: Settings, do
     assert ops.stack_state is not None and ops.stack_state(project_name) == []  # a real engine call
     assert runtime._engine is not None
     runtime.close()
+
+
+def test_a_lock_held_by_someone_unnamed_answers_busy_after_a_moment(ops: Operations, settings: Settings) -> None:
+    from server.operations.lock import StackLock
+
+    probe = StackLock(settings.state_dir / "locks" / "web.lock")
+    assert probe.try_acquire()  # held, but nobody wrote who holds it (a recovery probe, a starting begin)
+    try:
+        start = time.monotonic()
+        with pytest.raises(StackBusy) as info:
+            ops.begin("web", "deploy")
+        assert 1.5 < time.monotonic() - start < 5  # waited for the holder to name itself, then answered
+        assert info.value.operation_id == "unknown" and "stack_history" in str(info.value)
+    finally:
+        probe.release()
+    ops.begin("web", "deploy").end("done")
+
+
+def test_history_orders_same_millisecond_operations_newest_first(ops: Operations) -> None:
+    at = "2026-01-01T00:00:00.000Z"
+    ids = [f"op-20260101T000000Z-0000000{i}" for i in range(3)]
+    for op_id in ids:
+        ops.journal.append({"op": op_id, "t": "begin", "stack": "web", "kind": "deploy", "at": at, "pid": 1,
+                            "params": {}})
+        ops.journal.append({"op": op_id, "t": "end", "stack": "web", "at": at, "status": "deployed"})
+    assert [r.operation_id for r in ops.history("web")] == ids[::-1]

@@ -244,8 +244,8 @@ class Operations:
         """The stack's operations of ``kinds``, newest first, at most ``limit``."""
         _check_stack(stack)
         wanted = set(kinds)
-        records = [r for r in self._stack_records(stack) if r.kind in wanted]
-        records.sort(key=lambda r: r.started_at, reverse=True)
+        records = [r for r in reversed(self._stack_records(stack)) if r.kind in wanted]
+        records.sort(key=lambda r: r.started_at, reverse=True)  # stable: same-millisecond ties stay newest first
         return records[: max(0, limit)]
 
     def running(self, stack: str) -> OperationRecord | None:
