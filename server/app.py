@@ -25,6 +25,7 @@ docker-stack-mcp operates Docker Compose stacks on this host the way a careful o
 Start with list_stacks. Read a stack with inspect_stack. Before any change: validate_compose
 (the go/no-go gate) and check_resources, and search_past_incidents for what went wrong before.
 Record what you learn with record_incident. Stacks outside the stacks root are observed only.
+One operation runs per stack: after a timeout or a `busy` answer, poll operation_status, never repeat.
 Tool errors say what happened, the state now, and what to call next."""
 
 
