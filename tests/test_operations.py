@@ -455,3 +455,57 @@ def test_history_orders_same_millisecond_operations_newest_first(ops: Operations
                             "params": {}})
         ops.journal.append({"op": op_id, "t": "end", "stack": "web", "at": at, "status": "deployed"})
     assert [r.operation_id for r in ops.history("web")] == ids[::-1]
+
+
+@pytest.mark.docker
+def test_a_compose_up_left_by_a_killed_server_is_stopped(settings: Settings, docker_engine: None,
+                                                          project_name: str, stacks_root: Path) -> None:
+    """The real thing: a killed server's `docker compose up` (CLI + compose plugin in one group)
+    must not race the next deploy. The next begin stops the group and records the stack's state."""
+    from server.runtime import Runtime
+    from tests.conftest import provision_facts, write_stack
+
+    image = provision_facts().get("DSM_TEST_IMAGE_BUSYBOX", "dsm-test/busybox:1")
+    directory = write_stack(stacks_root, project_name, f"""
+services:
+  web:
+    image: {image}
+    command: ["sleep", "300"]
+    init: true
+    labels: {{dsm.test: "1"}}
+""")
+    worker = _worker(settings, "compose", project_name, str(directory))
+    try:
+        assert worker.stdout is not None
+        ready = worker.stdout.readline().split()
+        assert ready and ready[0] == "ready", worker.stderr.read() if worker.stderr else ""
+        op_id, pgid = ready[1], int(ready[2])
+
+        def container_state() -> str:
+            return subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project_name}",
+                                   "--format", "{{.State}}"], capture_output=True, text=True, timeout=30).stdout.strip()
+
+        deadline = time.monotonic() + 120
+        while container_state() != "running":
+            assert time.monotonic() < deadline, "the compose up never started its container"
+            time.sleep(0.3)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        members = procs.group_members(pgid)
+        assert members  # docker compose up (and its plugin) outlive the killed server
+        runtime = Runtime(settings)
+        try:
+            op = runtime.operations().begin(project_name, "deploy")
+        finally:
+            runtime.close()
+        assert procs.group_members(pgid) == [] and all(procs.start_time(m) is None for m in members)
+        rec = Operations(settings).get(op_id)
+        assert rec is not None and rec.status == "interrupted" and rec.result is not None
+        assert rec.result["process_groups"][0]["pgid"] == pgid
+        assert rec.result["process_groups"][0]["outcome"] in ("terminated", "killed")
+        states = rec.result["stack_state"]  # the stack as it is now, from the real engine
+        assert isinstance(states, list) and [s["service"] for s in states] == ["web"]
+        op.end("deployed")
+    finally:
+        if worker.poll() is None:
+            worker.kill()
