@@ -288,6 +288,15 @@ def test_recorded_identities_are_checked(ops: Operations, settings: Settings) ->
         assert [r.operation_id for r in recovered] == ["op-20260101T000000Z-0000abcd"]
         assert recovered[0].result["process_groups"] == [{"pgid": bystander.pid, "outcome": "gone"}]  # type: ignore[index]
         assert bystander.poll() is None  # not ours: left alone
+        # A group whose leader had already exited when it was recorded (start unknown) is not
+        # signalled either when a live leader now holds that number.
+        ops.journal.append({"op": "op-20260101T000000Z-0000abce", "t": "begin", "stack": "web", "kind": "deploy",
+                            "at": "2026-01-01T00:00:02.000Z", "pid": os.getppid(), "pid_start": "1", "params": {}})
+        ops.journal.append({"op": "op-20260101T000000Z-0000abce", "t": "child", "stack": "web",
+                            "at": "2026-01-01T00:00:03.000Z", "pgid": bystander.pid, "start": None})
+        again = ops.recover("web")
+        assert again[0].result["process_groups"] == [{"pgid": bystander.pid, "outcome": "gone"}]  # type: ignore[index]
+        assert bystander.poll() is None
     finally:
         bystander.kill()
         bystander.wait()
