@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         _import_sdk_server_half()
         from server.app import build_server
 
-        build_server(settings, warm_memory=True).run()
+        build_server(settings, warm_memory=True, recover_operations=True, handle_sigterm=True).run()
         return 0
     return 2
 
