@@ -268,3 +268,77 @@ async def test_bad_backup_ids_are_refused(store: BackupStore) -> None:
             store.get("myapp", bad)
     with pytest.raises(BackupNotFound, match="no backup"):
         store.get("myapp", "20260101T000000Z-abcdef")
+
+
+HOOK_STACK = """\
+name: {name}
+services:
+  web:
+    image: {image}
+    init: true
+    volumes: [data:/data]
+    x-dsm:
+      backup:
+        dump: ["sh", "-c", "cat /data/state.txt"]
+        restore: ["sh", "-c", "cat > /data/state.txt"]
+  broken:
+    image: {image}
+    init: true
+    volumes: [other:/other]
+    x-dsm:
+      backup:
+        dump: ["sh", "-c", "echo cannot dump >&2; exit 3"]
+volumes:
+  data: {{}}
+  other: {{}}
+"""
+
+
+async def test_dump_hooks_and_the_stop_archive_start_fallback(
+    store: BackupStore, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, project_name, HOOK_STACK.format(name=project_name, image=BUSYBOX))
+    compose_up(directory)
+    web = container_of(project_name, "web")
+    broken = container_of(project_name, "broken")
+    sh("docker", "exec", web, "sh", "-c", "seq 1 20000 > /data/state.txt")
+    sh("docker", "exec", broken, "sh", "-c", "echo precious > /other/file")
+    stack = await load_stack(store.settings, store.compose, path=project_name)
+    manifest = await store.create(stack)
+    assert [(d.service, d.kind) for d in manifest.dumps] == [("web", "hooks")]
+    # The service whose dump failed was stopped, archived and started again.
+    assert [v.name for v in manifest.volumes] == [f"{project_name}_other"]
+    assert any("broken: hooks dump failed (exit 3" in n for n in manifest.notes), manifest.notes
+    assert any("broken was stopped while it was archived" in n for n in manifest.notes), manifest.notes
+    assert container_of(project_name, "broken") == broken  # running again, same container
+    sh("docker", "exec", web, "sh", "-c", "echo overwritten > /data/state.txt")
+    await store.restore_data(manifest, services=["web"])
+    assert sh("docker", "exec", web, "sh", "-c", "wc -l < /data/state.txt").strip() == "20000"
+    assert leftovers() == []
+
+
+async def test_memory_stays_bounded_while_archiving(store: BackupStore, stacks_root: Path, project_name: str) -> None:
+    """~200 MB through create, verify and restore: Python's peak allocation stays a few MB."""
+    import tracemalloc
+
+    directory = write_stack(stacks_root, project_name, WEB_STACK.format(name=project_name, image=BUSYBOX))
+    compose_up(directory)
+    sh("docker", "exec", container_of(project_name, "web"), "sh", "-c",
+       "dd if=/dev/urandom of=/data/big.bin bs=1M count=200 2>/dev/null")
+    stack = await load_stack(store.settings, store.compose, path=project_name)
+    tracemalloc.start()
+    try:
+        manifest = await store.create(stack)
+        _, peak_create = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        assert (await store.verify(manifest)).ok
+        _, peak_verify = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        await store.restore_data(manifest)
+        _, peak_restore = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert manifest.volumes[0].bytes > 200 * 1024 * 1024
+    limit = 24 * 1024 * 1024
+    assert peak_create < limit and peak_verify < limit and peak_restore < limit, (peak_create, peak_verify,
+                                                                                  peak_restore)

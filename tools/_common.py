@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
 
 from server.errors import DsmError
 from server.redact import Scrubber
@@ -77,3 +78,45 @@ async def progress(ctx: Context | None, done: float, total: float, message: str)
 
 def drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+class _Confirmation(BaseModel):
+    confirm: bool = Field(description="Yes, go ahead")
+
+
+async def confirm_destructive(ctx: Context | None, question: str, confirm: bool) -> None:
+    """Ask the user before a destructive act; raise ConfirmationRequired unless they agree.
+
+    When the client supports MCP elicitation the user is asked (whatever ``confirm`` says: a
+    human answers, not the model). Otherwise the caller must pass ``confirm=True``, which the
+    error message tells the model to do only after the user agreed.
+    """
+    from server.errors import ConfirmationRequired
+
+    if ctx is not None and _can_elicit(ctx):
+        answer = await ctx.elicit(question, _Confirmation)
+        if answer.action == "accept" and answer.data.confirm:
+            return
+        raise ConfirmationRequired(
+            f"the user did not confirm: {question}", state="nothing was changed",
+            next_step="ask the user what they want instead",
+        )
+    if not confirm:
+        raise ConfirmationRequired(
+            f"confirmation required: {question}",
+            state="nothing was changed",
+            next_step="ask the user; if they agree, call again with confirm=true",
+        )
+
+
+def _can_elicit(ctx: Context) -> bool:
+    # A server-to-client request needs a back-channel: the handshake protocols (<= 2025-11-25,
+    # what stdio clients negotiate today) have one; on 2026-07-28 a tool asks through an
+    # InputRequiredResult instead, and without one here we fall back to confirm=true.
+    try:
+        session = ctx.request_context.session
+        capabilities = session.client_capabilities
+        back_channel = bool(session.can_send_request)
+    except (ValueError, AttributeError):  # no request context (direct calls in tests)
+        return False
+    return back_channel and capabilities is not None and capabilities.elicitation is not None

@@ -72,3 +72,36 @@ class BackupVerification(Frozen):
     ok: bool = Field(description="True when every check passed.")
     checks: list[VerifyCheck]
     duration_s: float
+
+
+class BackupSummary(Frozen):
+    backup_id: str
+    created_at: str
+    reason: str
+    bytes: int
+    volumes: list[str]
+    dumps: list[str] = Field(description="Services whose database was dumped.")
+    images: list[str] = Field(description="Pinned image references, one per running service.")
+    notes: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, manifest: BackupManifest) -> BackupSummary:
+        return cls(
+            backup_id=manifest.backup_id,
+            created_at=manifest.created_at,
+            reason=manifest.reason,
+            bytes=manifest.bytes,
+            volumes=[v.name for v in manifest.volumes],
+            dumps=[d.service for d in manifest.dumps],
+            images=[p.pinned_ref for p in manifest.images],
+            notes=manifest.notes,
+        )
+
+
+class BackupResult(Frozen):
+    stack: str
+    action: Literal["create", "list", "restore", "verify"]
+    backups: list[BackupSummary] = Field(description="list: newest first; create: the new backup.")
+    verification: BackupVerification | None = None
+    restored: list[str] = Field(default_factory=list, description="restore: volumes and dumps put back.")
+    next_steps: list[str] = Field(default_factory=list)
