@@ -40,6 +40,8 @@ class Settings:
     """Backups kept per stack (newest first); older ones are pruned with their pinned image tags."""
     backup_max_bytes: int = 20 * 1024**3
     """Size cap of one stack's backups; the oldest go first (the newest is always kept)."""
+    journal_max_bytes: int = 8 * 1024 * 1024
+    """The operation journal is compacted when it grows past this (oldest finished operations go)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +79,9 @@ class Settings:
             docker_context=env.get("DOCKER_CONTEXT") or None,
             qdrant_url=qdrant_url,
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
+            journal_max_bytes=int(
+                _number("DSM_JOURNAL_MAX_BYTES", env.get("DSM_JOURNAL_MAX_BYTES", str(8 * 1024 * 1024)), 65536, 1e10)
+            ),
             embedding_model_path=_abs_dir("DSM_EMBEDDING_MODEL_PATH", model_raw, must_exist=True)
             if model_raw
             else None,

@@ -129,3 +129,27 @@ async def test_stack_argument_is_checked(settings: Settings) -> None:
         for bad in ("../etc", "-rf", "nosuchstack"):
             result = await call(client, {"stack": bad}, ok=False)
             assert "Next:" in text_of(result)
+
+
+async def test_create_and_restore_are_journaled_and_locked(
+    settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    from server.operations import Operations
+
+    write_stack(stacks_root, project_name, STACK.format(name=project_name, image=POSTGRES, critical="false"),
+                env=f"DB_PASSWORD={SECRET}\n")
+    operations = Operations(settings)
+    async with Client(build_server(settings)) as client:
+        held = operations.begin(project_name, "deploy")
+        try:
+            busy = await call(client, {"stack": project_name, "action": "create"}, ok=False)
+            assert "busy" in text_of(busy) and held.id in text_of(busy)
+        finally:
+            held.end("failed")
+        created = (await call(client, {"stack": project_name, "action": "create"})).structured_content
+        await call(client, {"stack": project_name, "action": "restore", "confirm": True})
+    history = operations.history(project_name, kinds=("backup", "restore"))
+    assert [(r.kind, r.status) for r in history] == [("restore", "done"), ("backup", "done")]
+    assert history[1].result == {"backup_id": created["backups"][0]["backup_id"],
+                                 "bytes": created["backups"][0]["bytes"]}
+    assert SECRET not in json.dumps([r.params for r in history] + [r.result for r in history])

@@ -1,7 +1,7 @@
 """The backup_stack tool's core: resolve the stack, pick the backup, run the action.
 
-Creating and restoring hold the stack's operation lock and are journaled once the journal
-module (server.operations) is present; see :func:`operation`.
+Creating and restoring hold the stack's operation lock and are journaled (server.operations);
+verifying and listing touch nothing of the stack and take no lock.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from server.stacks import StackLocation, check_argument, find_by_name, locate_st
 
 if TYPE_CHECKING:
     from server.backups.store import BackupStore
+    from server.operations import OperationKind
     from server.runtime import Runtime
 
 log = logging.getLogger("docker_stack_mcp.backups")
@@ -61,20 +62,11 @@ def restore_question(manifest: BackupManifest, critical: bool) -> str:
 
 
 @contextlib.asynccontextmanager
-async def operation(runtime: Runtime, stack: str, kind: str, params: dict[str, Any]) -> AsyncIterator[Any]:
-    """Hold the stack's lock and journal the act (server.operations, when that module exists)."""
-    try:
-        from server.operations import Operations  # noqa: F401  (journal branch)
-    except ImportError:
-        yield None
-        return
-    op = runtime.operations().begin(stack, kind, params)  # type: ignore[attr-defined]
-    try:
+async def operation(runtime: Runtime, stack: str, kind: OperationKind, params: dict[str, Any]) -> AsyncIterator[Any]:
+    """Hold the stack's lock and journal the act: a second create/restore (or a deploy) of the
+    same stack, from this or another server process, is refused with StackBusy naming the holder."""
+    with runtime.operations().begin(stack, kind, params) as op:
         yield op
-    except BaseException as exc:
-        op.end("failed", {"error": type(exc).__name__})
-        raise
-    op.end("done")
 
 
 async def create(runtime: Runtime, location: StackLocation, reason: str, progress: Progress | None) -> BackupResult:
@@ -82,8 +74,9 @@ async def create(runtime: Runtime, location: StackLocation, reason: str, progres
 
     store = store_of(runtime)
     stack = await load_stack(runtime.settings, runtime.compose(), path=location.directory.name)
-    async with operation(runtime, stack.name, "backup", {"reason": reason}):
+    async with operation(runtime, stack.name, "backup", {"reason": reason}) as op:
         manifest = await store.create(stack, reason=reason, progress=progress)
+        op.end("done", {"backup_id": manifest.backup_id, "bytes": manifest.bytes})
     return BackupResult(
         stack=stack.name,
         action="create",
@@ -138,8 +131,9 @@ async def is_critical(runtime: Runtime, location: StackLocation) -> bool:
 
 async def restore(runtime: Runtime, manifest: BackupManifest, progress: Progress | None) -> BackupResult:
     store = store_of(runtime)
-    async with operation(runtime, manifest.stack, "restore", {"backup_id": manifest.backup_id}):
+    async with operation(runtime, manifest.stack, "restore", {"backup_id": manifest.backup_id}) as op:
         restored = await store.restore_data(manifest, progress=progress)
+        op.end("done", {"backup_id": manifest.backup_id, "restored": restored})
     return BackupResult(
         stack=manifest.stack,
         action="restore",
