@@ -468,7 +468,8 @@ class Engine:
     async def images_with_prefix(self, repository_prefix: str) -> list[str]:
         """Local tags (repo:tag) whose repository starts with ``repository_prefix``."""
         rows = await self.call(lambda c: c.api.images(), "list images")
-        return sorted(t for row in rows for t in (row.get("RepoTags") or []) if t.startswith(repository_prefix))
+        return sorted(t for row in rows for t in (row.get("RepoTags") or [])
+                      if t.startswith(repository_prefix) and not t.startswith("<none>"))
 
 
 @dataclass(frozen=True)

@@ -317,14 +317,39 @@ async def test_dump_hooks_and_the_stop_archive_start_fallback(
     assert leftovers() == []
 
 
+MEMORY_STACK = """\
+name: {name}
+services:
+  web:
+    image: {image}
+    init: true
+    volumes: [data:/data]
+  blob:
+    image: {image}
+    init: true
+    volumes: [blob:/blob]
+    x-dsm:
+      backup:
+        dump: ["cat", "/blob/big.bin"]
+        restore: ["sh", "-c", "cat > /blob/big.bin"]
+volumes:
+  data: {{}}
+  blob: {{}}
+"""
+
+
 async def test_memory_stays_bounded_while_archiving(store: BackupStore, stacks_root: Path, project_name: str) -> None:
-    """~200 MB through create, verify and restore: Python's peak allocation stays a few MB."""
+    """~200 MB archived and ~150 MB dumped through exec, then verified and restored (the dump
+    back through the exec's stdin): Python's peak allocation stays a few MB throughout."""
     import tracemalloc
 
-    directory = write_stack(stacks_root, project_name, WEB_STACK.format(name=project_name, image=BUSYBOX))
+    directory = write_stack(stacks_root, project_name, MEMORY_STACK.format(name=project_name, image=BUSYBOX))
     compose_up(directory)
     sh("docker", "exec", container_of(project_name, "web"), "sh", "-c",
        "dd if=/dev/urandom of=/data/big.bin bs=1M count=200 2>/dev/null")
+    blob = container_of(project_name, "blob")
+    sh("docker", "exec", blob, "sh", "-c", "dd if=/dev/urandom of=/blob/big.bin bs=1M count=150 2>/dev/null")
+    original = sh("docker", "exec", blob, "sha256sum", "/blob/big.bin").split()[0]
     stack = await load_stack(store.settings, store.compose, path=project_name)
     tracemalloc.start()
     try:
@@ -333,12 +358,17 @@ async def test_memory_stays_bounded_while_archiving(store: BackupStore, stacks_r
         tracemalloc.reset_peak()
         assert (await store.verify(manifest)).ok
         _, peak_verify = tracemalloc.get_traced_memory()
+        sh("docker", "exec", blob, "sh", "-c", "echo gone > /blob/big.bin")
         tracemalloc.reset_peak()
         await store.restore_data(manifest)
         _, peak_restore = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert manifest.volumes[0].bytes > 200 * 1024 * 1024
+    assert manifest.dumps[0].bytes == 150 * 1024 * 1024 and manifest.dumps[0].sha256 == original
+    assert sh("docker", "exec", container_of(project_name, "blob"), "sha256sum", "/blob/big.bin").split()[0] == original
     limit = 24 * 1024 * 1024
     assert peak_create < limit and peak_verify < limit and peak_restore < limit, (peak_create, peak_verify,
                                                                                   peak_restore)
+    print(f"tracemalloc peaks: create {peak_create / 1e6:.1f} MB, verify {peak_verify / 1e6:.1f} MB, "
+          f"restore {peak_restore / 1e6:.1f} MB")
