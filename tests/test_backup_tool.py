@@ -100,7 +100,12 @@ async def test_backup_tool_end_to_end(settings: Settings, stacks_root: Path, pro
     assert leftovers() == []
 
 
-async def test_restore_asks_through_elicitation(settings: Settings, stacks_root: Path, project_name: str) -> None:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_restore_asks_through_elicitation(
+    settings: Settings, stacks_root: Path, project_name: str, mode: str
+) -> None:
+    """Handshake protocols ask mid-call; 2026-07-28 asks through an InputRequiredResult: the same
+    user-facing question either way."""
     write_stack(stacks_root, project_name, STACK.format(name=project_name, image=POSTGRES, critical="false"),
                 env=f"DB_PASSWORD={SECRET}\n")
     questions: list[str] = []
@@ -112,8 +117,7 @@ async def test_restore_asks_through_elicitation(settings: Settings, stacks_root:
             return mt.ElicitResult(action="accept", content={"confirm": True})
         return mt.ElicitResult(action="decline")
 
-    # The handshake protocol (what stdio clients negotiate) has the back-channel elicitation needs.
-    async with Client(build_server(settings), elicitation_callback=elicit, mode="legacy") as client:
+    async with Client(build_server(settings), elicitation_callback=elicit, mode=mode) as client:  # type: ignore[arg-type]
         await call(client, {"stack": project_name, "action": "create"})  # config only: nothing runs
         # confirm=true from the model does not bypass a client that can ask the user.
         declined = await call(client, {"stack": project_name, "action": "restore", "confirm": True}, ok=False)

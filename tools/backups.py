@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
+from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Resolve
 from pydantic import Field
 
 from server.backups.models import BackupResult
+from server.errors import DsmError
 from server.runtime import Runtime
-from tools._common import CHANGES_STACKS, confirm_destructive, progress, tool_errors
+from tools._common import CHANGES_STACKS, Confirmation, ask_user, progress, require_confirmation, tool_errors
+
+
+async def _restore_question(runtime: Runtime, stack: str, action: str, backup_id: str | None) -> str | None:
+    """What the user is asked before a restore; None when there is nothing to ask (yet)."""
+    if action != "restore":
+        return None
+    from server.backups import service
+
+    try:
+        location = service.resolve_stack(runtime, stack)
+        manifest = service.pick(service.store_of(runtime), location.name, backup_id)
+        return service.restore_question(manifest, await service.is_critical(runtime, location))
+    except DsmError:
+        return None  # the tool body raises the same error, with its advice
+
+
+async def _ask_before_restore(stack: str, action: str, backup_id: str | None, ctx: Context) -> Any:
+    # A Resolve(...) resolver runs before the tool body: the SDK asks the user mid-call on the
+    # handshake protocols and through an InputRequiredResult on 2026-07-28.
+    runtime = cast(Runtime, ctx.request_context.lifespan_context)
+    return ask_user(ctx, await _restore_question(runtime, stack, action, backup_id))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -18,6 +42,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     async def backup_stack(
         stack: Annotated[str, Field(description="Stack name or directory (see list_stacks).")],
         ctx: Context,
+        approval: Annotated[ElicitationResult[Confirmation], Resolve(_ask_before_restore)],
         action: Annotated[
             Literal["create", "list", "restore", "verify"],
             Field(description="create | list | verify (restore drill, changes nothing) | restore (destructive)"),
@@ -49,5 +74,5 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             return await service.verify(runtime, location, backup_id, report)
         manifest = service.pick(service.store_of(runtime), location.name, backup_id)
         critical = await service.is_critical(runtime, location)
-        await confirm_destructive(ctx, service.restore_question(manifest, critical), confirm)
+        require_confirmation(approval, service.restore_question(manifest, critical), confirm)
         return await service.restore(runtime, manifest, report)
