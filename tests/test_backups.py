@@ -288,9 +288,15 @@ services:
     x-dsm:
       backup:
         dump: ["sh", "-c", "echo cannot dump >&2; exit 3"]
+  unknowndb:
+    image: {image}
+    init: true
+    volumes: [dbfiles:/var/lib/db]
+    x-dsm: {{role: database}}
 volumes:
   data: {{}}
   other: {{}}
+  dbfiles: {{}}
 """
 
 
@@ -307,10 +313,12 @@ async def test_dump_hooks_and_the_stop_archive_start_fallback(
     manifest = await store.create(stack)
     assert [(d.service, d.kind) for d in manifest.dumps] == [("web", "hooks")]
     # The service whose dump failed was stopped, archived and started again.
-    assert [v.name for v in manifest.volumes] == [f"{project_name}_other"]
+    assert [v.name for v in manifest.volumes] == [f"{project_name}_dbfiles", f"{project_name}_other"]
     assert any("broken: hooks dump failed (exit 3" in n for n in manifest.notes), manifest.notes
     assert any("broken was stopped while it was archived" in n for n in manifest.notes), manifest.notes
+    assert any("unknowndb was stopped while it was archived" in n for n in manifest.notes), manifest.notes
     assert container_of(project_name, "broken") == broken  # running again, same container
+    container_of(project_name, "unknowndb")
     sh("docker", "exec", web, "sh", "-c", "echo overwritten > /data/state.txt")
     await store.restore_data(manifest, services=["web"])
     assert sh("docker", "exec", web, "sh", "-c", "wc -l < /data/state.txt").strip() == "20000"

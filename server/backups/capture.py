@@ -40,18 +40,23 @@ async def capture_data(
         for name in container.volumes:
             users.setdefault(name, []).append(container)
     databases: list[tuple[ContainerSummary, Recipe]] = []
+    stop_to_archive: set[str] = set()
     for container in containers:
         if not container.running or not container.service:
             continue
         image = (stack.services.get(container.service) or {}).get("image") or container.image
-        recipe = recipe_for(image, stack.service_settings_for(container.service))
+        settings = stack.service_settings_for(container.service)
+        recipe = recipe_for(image, settings)
         if recipe is not None:
             databases.append((container, recipe))
+        elif settings.role == "database" and container.volumes:
+            # A database we cannot dump (no hooks, unknown image): never tar it while it runs.
+            notes.append(f"{container.service}: role database without x-dsm backup hooks; not dumped")
+            stop_to_archive.add(container.id)
     total = len(databases) + len(volumes) + 1
     step = 0
     dumps: list[DatabaseDump] = []
     covered: set[str] = set()
-    stop_to_archive: set[str] = set()
     for container, recipe in databases:
         step += 1
         service = container.service or ""
