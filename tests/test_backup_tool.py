@@ -97,7 +97,7 @@ async def test_backup_tool_end_to_end(settings: Settings, stacks_root: Path, pro
     backup = settings.state_dir / "backups" / project_name / backup_id
     assert SECRET in (backup / "rendered.json").read_text()
     assert (backup / "rendered.json").stat().st_mode & 0o077 == 0
-    assert leftovers() == []
+    assert leftovers(project_name) == []
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

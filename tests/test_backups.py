@@ -48,10 +48,12 @@ def container_of(project: str, service: str) -> str:
     return out.split()[0]
 
 
-def leftovers() -> list[str]:
-    """Helper/scratch containers and scratch volumes still on the engine (ours are removed after use)."""
-    containers = sh("docker", "ps", "-aq", "--filter", "label=dsm.helper=1").split()
-    volumes = sh("docker", "volume", "ls", "-q", "--filter", "label=dsm.scratch=1").split()
+def leftovers(project: str) -> list[str]:
+    """This project's helper/scratch containers and scratch volumes still on the engine (their
+    names carry the project's; other tests on the shared engine have their own)."""
+    containers = sh("docker", "ps", "-aq", "--filter", "label=dsm.helper=1", "--filter", f"name={project}").split()
+    volumes = sh("docker", "volume", "ls", "-q", "--filter", "label=dsm.scratch=1", "--filter",
+                 f"name={project}").split()
     return containers + volumes
 
 
@@ -130,7 +132,7 @@ async def test_volume_archive_restores_byte_identical(store: BackupStore, stacks
     assert archive.bytes > 3_000_000 and len(archive.sha256) == 64
     assert any("archiving volume" in s for s in steps)
     assert manifest.files == ["compose.yaml"]
-    assert leftovers() == []
+    assert leftovers(project_name) == []
 
     # Damage the live data: change, delete and add files.
     cid = container_of(project_name, "web")
@@ -142,7 +144,7 @@ async def test_volume_archive_restores_byte_identical(store: BackupStore, stacks
     after = checksums(project_name)
     assert after == before  # same files, same bytes, the added one gone, symlink and mode kept
     assert "added" not in " ".join(after)
-    assert leftovers() == []
+    assert leftovers(project_name) == []
     state = sh("docker", "ps", "--filter", f"label=com.docker.compose.project={project_name}",
                "--format", "{{.State}}").split()
     assert state == ["running"]
@@ -150,7 +152,7 @@ async def test_volume_archive_restores_byte_identical(store: BackupStore, stacks
     verification = await store.verify(manifest)
     assert verification.ok, verification.checks
     assert any(c.kind == "volume" and "content identical" in c.detail for c in verification.checks)
-    assert leftovers() == []
+    assert leftovers(project_name) == []
 
     # A corrupted archive fails verification, and a restore refuses it before touching anything.
     path = store.backup_dir(project_name, manifest.backup_id) / archive.file
@@ -163,7 +165,7 @@ async def test_volume_archive_restores_byte_identical(store: BackupStore, stacks
     with pytest.raises(BackupFailed, match="damaged"):
         await store.restore_data(manifest)
     assert checksums(project_name) == before
-    assert leftovers() == []
+    assert leftovers(project_name) == []
 
 
 async def test_postgres_dump_restore_and_verify(store: BackupStore, stacks_root: Path, project_name: str) -> None:
@@ -207,7 +209,7 @@ async def test_postgres_dump_restore_and_verify(store: BackupStore, stacks_root:
     assert verification.ok, verification.checks
     drill = next(c for c in verification.checks if c.kind == "dump")
     assert "501 rows" in drill.detail
-    assert leftovers() == []
+    assert leftovers(project_name) == []
 
     # A dump whose recorded counts disagree with what it restores fails the drill.
     path = store.backup_dir(project_name, manifest.backup_id) / "manifest.json"
@@ -218,7 +220,7 @@ async def test_postgres_dump_restore_and_verify(store: BackupStore, stacks_root:
     result = await store.verify(tampered)
     assert not result.ok
     assert "row counts differ" in next(c for c in result.checks if c.kind == "dump").detail
-    assert leftovers() == []
+    assert leftovers(project_name) == []
 
 
 async def test_pinned_image_survives_rmi_of_its_tag(store: BackupStore, stacks_root: Path, project_name: str) -> None:
@@ -322,7 +324,7 @@ async def test_dump_hooks_and_the_stop_archive_start_fallback(
     sh("docker", "exec", web, "sh", "-c", "echo overwritten > /data/state.txt")
     await store.restore_data(manifest, services=["web"])
     assert sh("docker", "exec", web, "sh", "-c", "wc -l < /data/state.txt").strip() == "20000"
-    assert leftovers() == []
+    assert leftovers(project_name) == []
 
 
 MEMORY_STACK = """\

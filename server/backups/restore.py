@@ -21,6 +21,7 @@ from server.backups.databases import recipe_by_kind
 from server.backups.models import BackupManifest, DatabaseDump, VolumeArchive
 from server.errors import BackupFailed
 from server.preflight.progress import Progress, report_progress
+from server.redact import Scrubber
 
 if TYPE_CHECKING:
     from server.backups.store import BackupStore
@@ -174,7 +175,8 @@ async def _restore_dump(store: BackupStore, manifest: BackupManifest, dump: Data
         result = await engine.exec_stream(database.id, dump.restore, stdin_from=path, timeout_s=6 * 3600)
         if result.exit_code != 0:
             raise BackupFailed(
-                f"replaying the {dump.kind} dump of {dump.service} failed (exit {result.exit_code})",
+                f"replaying the {dump.kind} dump of {dump.service} failed (exit {result.exit_code}: "
+                f"{Scrubber()(result.stderr.strip())[-300:]})",
                 state="the database may be partly restored; the stack's other services were started again",
                 next_step="read the database's logs, then restore again or restore an older backup",
             )

@@ -23,6 +23,7 @@ from server.backups.restore import check_checksums
 from server.backups.tarsum import tar_content, tar_content_of_file
 from server.errors import DsmError
 from server.preflight.progress import Progress, report_progress
+from server.redact import Scrubber
 
 if TYPE_CHECKING:
     from server.backups.store import BackupStore
@@ -76,7 +77,7 @@ async def _drill_volume(store: BackupStore, manifest: BackupManifest, volume: Vo
         expected = await anyio.to_thread.run_sync(tar_content_of_file, str(path))
     except (tarfile.TarError, OSError) as exc:
         return VerifyCheck(kind="volume", name=volume.name, ok=False, detail=f"archive unreadable: {exc}")
-    scratch = f"dsm-scratch-{secrets.token_hex(6)}"
+    scratch = f"dsm-scratch-{manifest.stack}-{secrets.token_hex(4)}"
     image = await store.helper_image([p.image_id for p in manifest.images])
     await engine.create_volume(scratch, labels={SCRATCH_LABEL: "1", HELPER_LABEL: "1"})
     helper = None
@@ -120,8 +121,12 @@ async def _drill_dump(store: BackupStore, manifest: BackupManifest, dump: Databa
         path = store.backup_dir(manifest.stack, manifest.backup_id) / dump.file
         result = await engine.exec_stream(container, dump.restore, stdin_from=path, timeout_s=6 * 3600)
         if result.exit_code != 0:
+            why = Scrubber()(result.stderr.strip())[-300:]
+            state = ((await engine.container_attrs(container)) or {}).get("State") or {}
+            if not state.get("Running"):
+                why += f" (the scratch container stopped: exit {state.get('ExitCode')}, {state.get('Error') or 'gone'})"
             return VerifyCheck(kind="dump", name=dump.service, ok=False,
-                               detail=f"replay into a scratch database failed (exit {result.exit_code})")
+                               detail=f"replay into a scratch database failed (exit {result.exit_code}): {why}")
         counts = await store.exec_counts(container, recipe)
     finally:
         await engine.remove_container(container)
