@@ -46,24 +46,27 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             bool,
             Field(
                 description="Also check the live host: ports already bound, images present locally or in their "
-                "registry, healthchecks baked into local images, memory and disk. False lints the file alone."
+                "registry, each image's own healthcheck (read without pulling), memory and disk. False lints the "
+                "file alone."
             ),
         ] = True,
     ) -> ValidationReport:
         """Pre-flight a Compose stack: the go/no-go gate to call before any deploy or update.
 
-        Renders the stack exactly as Docker Compose will (.env, interpolation, profiles, include,
-        extends), then checks it against the operator's rules and, with check_host, the live host.
-        Nothing is changed.
+        Renders the stack exactly as `docker compose up` will (.env incl. COMPOSE_FILE and
+        COMPOSE_PROFILES, interpolation, overrides, include, extends), then checks it against the
+        operator's rules and, with check_host, the live host. go/no-go covers the services `up`
+        starts; services behind inactive profiles are linted as warnings. Nothing is changed.
 
         Read the result: `valid` false means Compose itself rejects the files (findings say where);
         `go` true means no error findings, so a deployment may proceed. Each finding has a stable
-        `rule` id, a `severity` (error blocks; warning and info do not), the `line` in the compose
-        file, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
+        `rule` id, a `severity` (error blocks; warning and info do not), the `file` and `line` that
+        set the value, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
         Secrets are never shown. Key rules: compose-syntax, compose-invalid, dependency-cycle,
         undefined-reference, missing-variable, unset-variable, port-conflict, missing-healthcheck,
-        no-resource-limits, image-unpinned, image-unavailable, image-unverified, plaintext-secret,
-        privileged, docker-socket, host-namespace, host-path-mount, dangerous-capability,
+        healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits,
+        image-unpinned, image-unavailable, image-unverified, plaintext-secret, privileged,
+        docker-socket, host-namespace, host-path-mount, dangerous-capability,
         insufficient-resources; hardening hints are info.
 
         Next: fix the errors (apply the `fix` patches) and validate again. If a rule does not

@@ -138,18 +138,18 @@ async def _recreate(store: BackupStore, manifest: BackupManifest, running: list[
     """Compose recreates the removed containers from the stack's files, with the backup's env."""
     if not running and not idle:
         return
-    from server.stacks import find_by_name
+    from server.stacks import find_by_name, locate_stack
 
-    location = find_by_name(store.settings, manifest.stack)
-    # No -f flags: Compose then honours COMPOSE_FILE in the stack's .env (our compose.dsm.yaml).
-    project = ["-p", manifest.stack, "--project-directory", str(location.directory)]
     env = store.env_of(manifest)
+    directory = find_by_name(store.settings, manifest.stack).directory
+    # The same project description as every other Compose call (files, compose.dsm.yaml, .env).
+    project = locate_stack(store.settings, str(directory), env).project().named(manifest.stack)
     if running:
-        await store.compose.run(project, ["up", "-d", "--no-deps", *running], cwd=location.directory, env=env,
-                                what="docker compose up (after a volume restore)")
+        await store.compose.run_project(project, ["up", "-d", "--no-deps", *running],
+                                        what="docker compose up (after a volume restore)")
     if idle:
-        await store.compose.run(project, ["create", "--no-recreate", *idle], cwd=location.directory, env=env,
-                                what="docker compose create (after a volume restore)")
+        await store.compose.run_project(project, ["create", "--no-recreate", *idle],
+                                        what="docker compose create (after a volume restore)")
 
 
 async def _restore_dump(store: BackupStore, manifest: BackupManifest, dump: DatabaseDump) -> None:
