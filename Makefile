@@ -41,6 +41,7 @@ bench: provision model
 	$(PY) bench/validate.py
 	$(PY) bench/journal.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/memory.py
+	$(PY) bench/backup.py
 
 # Remove anything tests left on the engine (label dsm.test=1).
 clean-test:

@@ -137,11 +137,12 @@ def build_server(
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import memory, operations, preflight, stacks
+    from tools import backups, memory, operations, preflight, stacks
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
     operations.register(server, runtime)
+    backups.register(server, runtime)
     memory.register(server, runtime)
     register_prompts(server)
     return server

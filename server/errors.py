@@ -81,6 +81,18 @@ class ReadOnlyMode(DsmError):
     """A changing operation was asked for while DSM_READ_ONLY is set."""
 
 
+class BackupNotFound(DsmError):
+    """No backup with that id exists for the stack (or its manifest is unreadable)."""
+
+
+class BackupFailed(DsmError):
+    """Taking, restoring or verifying a backup failed; the message says which part and why."""
+
+
+class ConfirmationRequired(DsmError):
+    """A destructive act was asked for without the user's confirmation."""
+
+
 class StackBusy(DsmError):
     """Another operation holds the stack's lock (in this or another server process).
 
