@@ -82,10 +82,11 @@ def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_mem
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import memory, preflight, stacks
+    from tools import memory, monitor, preflight, stacks
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
     memory.register(server, runtime)
+    monitor.register(server, runtime)
     register_prompts(server)
     return server

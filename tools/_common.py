@@ -77,3 +77,27 @@ async def progress(ctx: Context | None, done: float, total: float, message: str)
 
 def drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+async def confirm_destructive(ctx: Context | None, question: str, confirm: bool) -> bool:
+    """True when the change may go ahead: ``confirm=true`` was passed, or the client supports
+    elicitation and the person accepted. Never raises; the caller refuses with a clear error."""
+    if confirm:
+        return True
+    if ctx is None:
+        return False
+    try:
+        capabilities = ctx.session.client_capabilities
+        if capabilities is None or getattr(capabilities, "elicitation", None) is None:
+            return False
+        from pydantic import BaseModel
+
+        class Confirm(BaseModel):
+            confirm: bool = False
+
+        result = await ctx.elicit(question, Confirm)
+    except Exception:  # no session, client gone, elicitation refused: treat as "not confirmed"
+        log.debug("elicitation failed", exc_info=True)
+        return False
+    data = getattr(result, "data", None)
+    return getattr(result, "action", "") == "accept" and bool(getattr(data, "confirm", False))

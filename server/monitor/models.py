@@ -1,0 +1,94 @@
+"""Result shapes of the monitoring tools (pydantic, frozen: a report is evidence)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from server.models import Finding, Frozen
+
+
+class WatcherView(Frozen):
+    """What the watcher last saw and did for a service (from DSM_STATE_DIR/watcher)."""
+
+    seen: str | None = Field(default=None, description="Last state the watcher observed, e.g. 'unhealthy'.")
+    seen_at: str | None = None
+    action: str | None = Field(default=None, description="Last action, e.g. 'restart', 'alert', 'gave-up'.")
+    action_at: str | None = None
+    outcome: str | None = None
+    restarts_in_window: int = 0
+    budget_exhausted: bool = False
+
+
+class ServiceStatus(Frozen):
+    service: str
+    name: str = Field(description="Container name.")
+    container_id: str
+    state: str = Field(description="running | exited | restarting | paused | created | dead")
+    health: str | None = Field(description="healthy | unhealthy | starting | null (no healthcheck)")
+    restarts: int
+    exit_code: int | None
+    oom_killed: bool
+    started_at: str | None
+    cpu_percent: float | None = Field(default=None, description="Only with with_stats.")
+    memory_bytes: int | None = Field(default=None, description="Only with with_stats.")
+    memory_limit_bytes: int | None = Field(description="From the container's HostConfig (null: unlimited).")
+    ports: list[str] = Field(description="host_ip:published->target/proto")
+    image: str | None
+    watcher: WatcherView | None = None
+
+
+class StackStatus(Frozen):
+    stack: str
+    managed: bool = Field(description="True when the stack lives under the stacks root (else observed only).")
+    state: str = Field(description="running | degraded | stopped")
+    maintenance: dict[str, object] | None = Field(default=None, description="Active maintenance window, if any.")
+    services: list[ServiceStatus]
+
+
+class StatusReport(Frozen):
+    stacks: list[StackStatus]
+    problems: list[str] = Field(default_factory=list)
+
+
+class LogLine(Frozen):
+    service: str
+    time: str | None
+    text: str
+
+
+class LogsPage(Frozen):
+    stack: str
+    lines: list[LogLine] = Field(description="Oldest first, secrets redacted.")
+    truncated: bool = Field(description="More lines exist before this page.")
+    next_until: str | None = Field(description="Pass as `until` to read the page before this one.")
+
+
+class SimilarIncident(Frozen):
+    incident_id: str
+    title: str
+    root_cause: str | None = None
+    resolution: str | None = None
+    score: float | None = None
+
+
+class DiagnosisFinding(Finding):
+    """A Finding with the most likely cause of what was observed."""
+
+    likely_cause: str = Field(description="The most likely cause, in one sentence.")
+
+
+class Diagnosis(Frozen):
+    stack: str
+    healthy: bool = Field(description="No error findings.")
+    findings: list[DiagnosisFinding]
+    similar_incidents: list[SimilarIncident]
+    next_steps: list[str]
+
+
+class ControlResult(Frozen):
+    stack: str
+    action: str
+    operation_id: str | None = Field(description="Journal id (operation_status shows it).")
+    services: list[str] = Field(description="Services acted on.")
+    maintenance: dict[str, object] | None = None
+    detail: str
