@@ -7,6 +7,7 @@ and what is accepted; the CLI prints that line to stderr and exits 2.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ class Settings:
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     embedding_model_path: Path | None = None
+    alert_urls: tuple[str, ...] = ()
+    alert_dedup_s: float = 3600.0
+    alert_rate_per_min: int = 10
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +79,12 @@ class Settings:
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
             embedding_model_path=_abs_dir("DSM_EMBEDDING_MODEL_PATH", model_raw, must_exist=True)
             if model_raw
+            else None,
+            alert_urls=tuple(u for u in re.split(r"[\s,]+", env.get("DSM_ALERT_URLS", "")) if u),
+            alert_dedup_s=_number("DSM_ALERT_DEDUP_S", env.get("DSM_ALERT_DEDUP_S", "3600"), 0, 7 * 86400),
+            alert_rate_per_min=int(_number("DSM_ALERT_RATE_PER_MIN", env.get("DSM_ALERT_RATE_PER_MIN", "10"), 1, 1000)),
+            metrics_port=int(_number("DSM_METRICS_PORT", env["DSM_METRICS_PORT"], 0, 65535))
+            if env.get("DSM_METRICS_PORT")
             else None,
         )
 
