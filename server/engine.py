@@ -383,10 +383,11 @@ async def run_probe(
     return await engine.call(run, f"run a probe on network {network}")
 
 
-def events_iter(engine: Engine, since: int | None, filters: dict[str, Any]) -> Any:
-    """A blocking iterator of decoded engine events (call from a worker thread)."""
+def events_iter(engine: Engine, since: int | None, filters: dict[str, Any], until: int | None = None) -> Any:
+    """A blocking iterator of decoded engine events (call from a worker thread); with ``until``
+    the engine ends the stream at that time."""
     client = engine._connect()
-    return client.api.events(since=since, filters=filters, decode=True)
+    return client.api.events(since=since, until=until, filters=filters, decode=True)
 
 
 async def events_between(engine: Engine, since: int, until: int, filters: dict[str, Any]) -> list[dict[str, Any]]:

@@ -50,10 +50,12 @@ class RollbackUnavailable(Exception):
 
 
 async def rollback(runtime: Runtime, stack: str, reason: str) -> Any:
-    """The one seam to the deploy pipeline's rollback (server.deploy)."""
+    """The one seam to the deploy pipeline's rollback (server.deploy): back to the previous
+    successful deployment. Raises RollbackUnavailable when the pipeline is not in this build."""
     try:
-        from server.deploy import pipeline  # type: ignore[import-not-found,unused-ignore]
+        from server.deploy.pipeline import Deployer  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise RollbackUnavailable(
             "automatic rollback is not available: server.deploy is not part of this build") from exc
-    return await pipeline.rollback(runtime, stack, reason=reason)  # pragma: no cover - wired after merge
+    log.warning("rolling back %s: %s", stack, reason)
+    return await Deployer(runtime).rollback(stack, confirm=True)
