@@ -72,7 +72,10 @@ def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_mem
         try:
             yield runtime
         finally:
-            runtime.close()
+            try:
+                await runtime.shutdown()  # operations outlive their requests, not the server
+            finally:
+                runtime.close()
 
     server = DockerStackServer(
         read_only=settings.read_only,

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -90,12 +90,17 @@ class ComposeRunner:
         stdin: bytes | None = None,
         what: str = "docker compose",
         term_grace_s: float = 3.0,
+        on_start: Callable[[int], None] | None = None,
     ) -> ProcessResult:
-        """Run ``compose <project_args> <args>``; raise ComposeError on failure when ``check``."""
+        """Run ``compose <project_args> <args>``; raise ComposeError on failure when ``check``.
+
+        ``on_start`` gets the child's process-group id (pass ``Operation.child`` to journal it).
+        """
         argv = [*(await self.prefix()), *project_args, *args]
         timeout = timeout_s if timeout_s is not None else self.settings.compose_timeout_s
         result = await run_argv(
-            argv, timeout_s=timeout, env=client_env(env), cwd=cwd, stdin=stdin, term_grace_s=term_grace_s
+            argv, timeout_s=timeout, env=client_env(env), cwd=cwd, stdin=stdin, term_grace_s=term_grace_s,
+            on_start=on_start,
         )
         scrub = scrub or Scrubber()
         if result.timed_out:

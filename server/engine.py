@@ -108,6 +108,21 @@ class Engine:
         rows = await self.call(lambda c: c.api.containers(all=True, filters={"label": label}), "list containers")
         return [ContainerSummary.from_api(row) for row in rows]
 
+    def project_state_blocking(self, project: str) -> list[dict[str, Any]]:
+        """Blocking, for crash recovery (which runs inside a synchronous ``begin``): per container
+        of ``project`` its service, name, state, health and image. Raises DockerUnavailable."""
+        from docker.errors import DockerException
+        from requests.exceptions import RequestException
+
+        try:
+            rows = self._connect().api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
+        except (DockerException, RequestException) as exc:
+            raise _unavailable(exc) from None
+        return [
+            {"service": c.service, "name": c.name, "state": c.state, "health": c.health, "image": c.image}
+            for c in map(ContainerSummary.from_api, rows)
+        ]
+
     async def image_attrs(self, ref: str) -> dict[str, Any] | None:
         """``docker image inspect`` of a local image, or None when it is not present."""
         from docker.errors import ImageNotFound, NotFound

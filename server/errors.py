@@ -79,3 +79,32 @@ class EngineError(DsmError):
 
 class ReadOnlyMode(DsmError):
     """A changing operation was asked for while DSM_READ_ONLY is set."""
+
+
+class StackBusy(DsmError):
+    """Another operation holds the stack's lock (in this or another server process).
+
+    Tools answer it as ``status: busy`` with the holder named, not as an error: the caller polls
+    ``operation_status(operation_id)`` instead of starting a second deploy.
+    """
+
+    def __init__(self, stack: str, *, operation_id: str, kind: str, started_at: str, pid: int) -> None:
+        self.stack = stack
+        self.operation_id = operation_id
+        self.kind = kind
+        self.started_at = started_at
+        self.pid = pid
+        super().__init__(
+            f"stack {stack!r} is busy: {kind} operation {operation_id} (started {started_at}, server pid {pid}) "
+            "is still running",
+            state="nothing was changed by this call",
+            next_step=f"poll operation_status('{operation_id}') until it ends, then decide whether to retry",
+        )
+
+
+class OperationNotFound(DsmError):
+    """No operation with that id in the journal (never existed, or compacted away long ago)."""
+
+
+class BadMaintenanceWindow(DsmError):
+    """The ``until`` of a maintenance window is not an ISO 8601 time in the future."""

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -43,12 +43,16 @@ async def run_argv(
     stdin: bytes | None = None,
     max_output: int = DEFAULT_MAX_OUTPUT,
     term_grace_s: float = _TERM_GRACE_S,
+    on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` to completion or until ``timeout_s``; never raises on a non-zero exit.
 
     On timeout the result has ``timed_out=True`` and ``returncode=-9``. On cancellation the
     group is killed (in a shielded scope) and the cancellation propagates. ``term_grace_s`` is how
     long the group gets between SIGTERM and SIGKILL (0 for read-only work that may be runaway).
+    ``on_start`` is called with the child's process-group id (== its pid) right after the spawn,
+    before any output is read, so the operation journal can record the group and a later server
+    can kill it if this one dies; if it raises, the group is killed and the error propagates.
     """
     argv = [str(a) for a in argv]
     proc = await anyio.open_process(
@@ -64,6 +68,8 @@ async def run_argv(
     err = _Capture(max_output // 4)
     timed_out = False
     try:
+        if on_start is not None:
+            on_start(proc.pid)  # start_new_session=True: the child leads its own group
         with anyio.move_on_after(timeout_s) as scope:
             async with anyio.create_task_group() as tg:
                 assert proc.stdout is not None and proc.stderr is not None

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from server.compose import ComposeRunner
     from server.engine import Engine
     from server.memory import Memory
+    from server.operations import Operations
 
 
 class Runtime:
@@ -24,6 +25,7 @@ class Runtime:
         self._engine: Engine | None = None
         self._compose: ComposeRunner | None = None
         self._memory: Memory | None = None
+        self._operations: Operations | None = None
 
     def engine(self) -> Engine:
         """The docker-py adapter; raises DockerUnavailable on first real call if the daemon is away."""
@@ -50,6 +52,24 @@ class Runtime:
 
                 self._memory = open_memory(self.settings)
             return self._memory
+
+    def operations(self) -> Operations:
+        """The operation journal, per-stack locks and recovery (files under DSM_STATE_DIR)."""
+        with self._lock:
+            if self._operations is None:
+                from server.operations import Operations
+
+                self._operations = Operations(self.settings, stack_state=self._stack_state)
+            return self._operations
+
+    def _stack_state(self, stack: str) -> list[dict[str, object]]:
+        # Recorded with an interrupted operation: what the stack's containers look like now.
+        return self.engine().project_state_blocking(stack)
+
+    async def shutdown(self, grace_s: float = 30.0) -> None:
+        """Let operations running in this process finish (then cancel them) before closing."""
+        if self._operations is not None:
+            await self._operations.shutdown(grace_s)
 
     def close(self) -> None:
         with self._lock:

@@ -36,6 +36,8 @@ class Settings:
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     embedding_model_path: Path | None = None
+    journal_max_bytes: int = 8 * 1024 * 1024
+    """The operation journal is compacted when it grows past this (oldest finished operations go)."""
     alert_urls: tuple[str, ...] = ()
     alert_dedup_s: float = 3600.0
     alert_rate_per_min: int = 10
@@ -77,6 +79,9 @@ class Settings:
             docker_context=env.get("DOCKER_CONTEXT") or None,
             qdrant_url=qdrant_url,
             qdrant_api_key=env.get("QDRANT_API_KEY") or None,
+            journal_max_bytes=int(
+                _number("DSM_JOURNAL_MAX_BYTES", env.get("DSM_JOURNAL_MAX_BYTES", str(8 * 1024 * 1024)), 65536, 1e10)
+            ),
             embedding_model_path=_abs_dir("DSM_EMBEDDING_MODEL_PATH", model_raw, must_exist=True)
             if model_raw
             else None,

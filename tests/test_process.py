@@ -55,3 +55,44 @@ async def test_stdin_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     result = await run_argv(["sh", "-c", "cat; echo ${SECRET_OF_SERVER:-unset} $TAG"], timeout_s=10, env=env,
                             stdin=b"hello ")
     assert result.stdout.split() == ["hello", "unset", "1.0"]
+
+
+@pytest.mark.anyio
+async def test_on_start_gets_the_process_group_before_output(tmp_path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def on_start(pgid: int) -> None:
+        # Called right after the spawn: the group exists and its leader is the child itself.
+        seen.append((pgid, os.getpgid(pgid)))
+
+    result = await run_argv(["sh", "-c", "echo $$"], timeout_s=10, env=ENV, on_start=on_start)
+    assert len(seen) == 1
+    pgid, group = seen[0]
+    assert pgid == group == int(result.stdout.strip()) and pgid != os.getpgid(0)
+
+
+@pytest.mark.anyio
+async def test_on_start_failure_kills_the_group(tmp_path) -> None:
+    marker = tmp_path / "pid"
+
+    def on_start(pgid: int) -> None:
+        time.sleep(0.3)  # let the shell write its pid first
+        raise RuntimeError("journal unwritable")
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="journal unwritable"):
+        await run_argv(["sh", "-c", f"echo $$ > {marker}; exec sleep 30"], timeout_s=30, env=ENV,
+                       on_start=on_start, term_grace_s=0.5)
+    assert time.monotonic() - start < 5
+    time.sleep(0.2)
+    assert _gone_or_zombie(int(marker.read_text()))
+
+
+@pytest.mark.anyio
+async def test_compose_runner_passes_on_start_through(settings) -> None:
+    from server.compose import ComposeRunner
+
+    seen: list[int] = []
+    result = await ComposeRunner(settings).run([], ["version", "--short"], cwd=None, on_start=seen.append)
+    # Locating Compose runs its own probe without the hook: only the call itself is reported.
+    assert result.returncode == 0 and len(seen) == 1 and seen[0] > 1
