@@ -71,7 +71,7 @@ async def stack_control(
                                  else "maintenance ended: the watcher and alerts resume")
         flags = project_flags(ref.location.directory, ref.location.files, ref.name)
         await runtime.compose().run(flags, [*_COMPOSE_ARGS[action], *(services or [])], cwd=ref.location.directory,
-                                    what=f"docker compose {action}")
+                                    on_start=op.child, what=f"docker compose {action}")
         op.phase(action, "done", detail=", ".join(services or declared))
         status = "done"
         return ControlResult(stack=ref.name, action=action, operation_id=op.id, services=services or declared,

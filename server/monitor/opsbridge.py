@@ -16,7 +16,7 @@ log = logging.getLogger("docker_stack_mcp.monitor")
 
 
 def operations(runtime: Runtime) -> Any:
-    return runtime.operations()  # type: ignore[attr-defined]
+    return runtime.operations()
 
 
 def maintenance(runtime: Runtime, stack: str) -> dict[str, Any] | None:

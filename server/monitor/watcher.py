@@ -237,9 +237,6 @@ class Watcher:
         except StackBusy:
             self.counters.skipped_busy += 1
             return
-        except AttributeError:
-            op = None  # no journal in this build: act, but say so in the log
-            log.warning("journal unavailable: recovery of %s/%s is not journaled", stack, o.service)
         action = "restart" if kind == "unhealthy" else "recreate"
         attempts.append(now)
         rec.update(attempts=attempts, last_key=key, action=action, action_at=now_iso(), outcome="pending")
@@ -284,14 +281,9 @@ class Watcher:
             except DsmError:
                 now_hash = ""
             if now_hash and now_hash == o.labels.get("com.docker.compose.config-hash"):
-                kwargs = {"on_start": op.child} if op is not None and hasattr(op, "child") else {}
-                try:
-                    await self.runtime.compose().run(
-                        flags, ["up", "-d", "--no-deps", "--force-recreate", o.service], cwd=location.directory,
-                        what="docker compose up (watcher recreate)", **kwargs)
-                except TypeError:  # a ComposeRunner without on_start
-                    await self.runtime.compose().run(flags, ["up", "-d", "--no-deps", "--force-recreate", o.service],
-                                                     cwd=location.directory)
+                await self.runtime.compose().run(
+                    flags, ["up", "-d", "--no-deps", "--force-recreate", o.service], cwd=location.directory,
+                    what="docker compose up (watcher recreate)", on_start=op.child if op is not None else None)
                 return "recreated with docker compose up --no-deps --force-recreate"
         await start_container(self.runtime.engine(), o.full_id)
         return "started the existing container (files differ from the running config, or no files)"
