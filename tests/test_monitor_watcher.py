@@ -1,0 +1,261 @@
+"""The watcher on the real engine: heals, budgets, pauses, survives engine drops and SIGKILL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from server.monitor.alerts import Alerter
+from server.monitor.watcher import Watcher
+from server.runtime import Runtime
+from server.settings import Settings
+from tests.conftest import REPO, write_stack
+from tests.helpers_monitor import SocketProxy, alert_receiver
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.slow]
+
+SICKABLE = """\
+name: {name}
+services:
+  web:
+    image: dsm-test/web:1.0
+    init: true
+    tmpfs: [/tmp]
+    healthcheck:
+      test: ["CMD-SHELL", "test ! -f /tmp/sick && wget -qO- http://127.0.0.1/ >/dev/null || exit 1"]
+      interval: 1s
+      timeout: 2s
+      retries: 2
+    labels: {{dsm.test: "1"}}
+    x-dsm:
+      recovery: {{max_restarts: 3, window_s: 600, backoff_s: 3}}
+"""
+
+CRASHER = """\
+name: {name}
+services:
+  crash:
+    image: dsm-test/web:2.0-broken
+    init: true
+    restart: "no"
+    environment: {{WEB_CRASH_AFTER: "1"}}
+    labels: {{dsm.test: "1"}}
+    x-dsm:
+      recovery: {{max_restarts: 2, window_s: 600, backoff_s: 2}}
+"""
+
+
+def sh(*argv: str, cwd: Path | None = None, check: bool = True) -> str:
+    return subprocess.run(list(argv), cwd=cwd, check=check, capture_output=True, text=True, timeout=120).stdout
+
+
+def compose_up(directory: Path, wait: bool = True) -> None:
+    sh("docker", "compose", "up", "-d", *(["--wait", "--wait-timeout", "60"] if wait else []), cwd=directory)
+
+
+def container(project: str, service: str) -> dict[str, Any]:
+    ids = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
+             "--filter", f"label=com.docker.compose.service={service}").split()
+    assert ids, f"no container for {project}/{service}"
+    return json.loads(sh("docker", "inspect", ids[0]))[0]
+
+
+def make_sick(project: str, service: str = "web") -> str:
+    c = container(project, service)
+    sh("docker", "exec", c["Id"], "touch", "/tmp/sick")
+    return str(c["State"]["StartedAt"])
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float, what: str, step: float = 0.5) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        await anyio.sleep(step)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def restarted_healthy(project: str, before: str) -> Callable[[], bool]:
+    def check() -> bool:
+        c = container(project, "web")
+        return c["State"]["StartedAt"] != before and (c["State"].get("Health") or {}).get("Status") == "healthy"
+    return check
+
+
+def service_state(settings: Settings, stack: str, service: str) -> dict[str, Any]:
+    path = settings.state_dir / "watcher" / "state.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    return (data.get("services") or {}).get(f"{stack}/{service}") or {}
+
+
+async def test_unhealthy_restarted_within_interval_and_journaled(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    """A stack started by hand with `docker compose up` is seen, diagnosed and healed."""
+    from server.monitor.diagnose import diagnose_stack
+    from server.monitor.status import stack_status
+
+    directory = write_stack(stacks_root, "app", SICKABLE.format(name=project_name))
+    compose_up(directory)
+    runtime = Runtime(settings)
+    status = await stack_status(runtime, "app")
+    assert status.stacks[0].managed and status.stacks[0].services[0].health == "healthy"
+    before = make_sick(project_name)
+    await until(lambda: (container(project_name, "web")["State"].get("Health") or {}).get("Status") == "unhealthy",
+                20, "the service to turn unhealthy")
+    diagnosis = await diagnose_stack(runtime, project_name)
+    unhealthy = [f for f in diagnosis.findings if f.rule == "unhealthy"]
+    assert unhealthy and unhealthy[0].severity == "error" and not diagnosis.healthy
+    assert any("exit 1" in e for e in unhealthy[0].evidence)
+
+    watcher = Watcher(runtime, interval_s=2.0)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watcher.run, stop)
+        # health interval 1 s; allow the restart itself and the next healthy probe
+        took = await until(restarted_healthy(project_name, before), 15, "the watcher to restart it")
+        stop.set()
+    assert took < 15
+    rec = service_state(settings, project_name, "web")
+    assert rec["action"] == "restart" and len(rec["attempts"]) == 1
+    history = runtime.operations().history(project_name, kinds=("recovery",))
+    assert history and history[0].status == "done" and history[0].params["service"] == "web"
+    after = await stack_status(runtime, project_name)
+    assert after.stacks[0].services[0].watcher is not None
+    assert after.stacks[0].services[0].watcher.action == "restart"
+    assert (await diagnose_stack(runtime, project_name)).healthy
+    runtime.close()
+
+
+async def test_crash_loop_exhausts_budget_alerts_once_and_stops(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "crashy", CRASHER.format(name=project_name))
+    compose_up(directory, wait=False)
+    with alert_receiver() as (url, received):
+        s = dataclasses.replace(settings, alert_urls=(url,))
+        runtime = Runtime(s)
+        watcher = Watcher(runtime, interval_s=1.0, alerter=Alerter(s))
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run, stop)
+            await until(lambda: service_state(s, project_name, "crash").get("exhausted") is True, 60,
+                        "the budget to run out")
+            await anyio.sleep(8)  # it must not try again, nor alert again
+            stop.set()
+        rec = service_state(s, project_name, "crash")
+        assert len(rec["attempts"]) == 2 and rec["action"] == "gave-up"
+        assert watcher.counters.restarts + watcher.counters.recreates == 2
+        critical = [r for r in received if "stopped trying" in r.get("title", "")]
+        assert len(critical) == 1, received
+        assert "Tried: 2 automatic restarts" in critical[0]["message"]
+        assert "diagnose_stack" in critical[0]["message"]
+        assert container(project_name, "crash")["State"]["Status"] == "exited"
+        runtime.close()
+
+
+async def test_leaves_stack_alone_during_operation_and_maintenance(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "held", SICKABLE.format(name=project_name))
+    compose_up(directory)
+    runtime = Runtime(settings)
+    ops = runtime.operations()
+    before = make_sick(project_name)
+    await until(lambda: (container(project_name, "web")["State"].get("Health") or {}).get("Status") == "unhealthy",
+                20, "unhealthy")
+    watcher = Watcher(runtime, interval_s=1.0)
+    op = ops.begin(project_name, "deploy", {})
+    await watcher.tick()
+    await anyio.sleep(2)
+    assert container(project_name, "web")["State"]["StartedAt"] == before
+    assert "left alone" in service_state(settings, project_name, "web")["seen"]
+    op.end("deployed", {})
+    ops.set_maintenance(project_name, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 300)), "test")
+    await watcher.tick()
+    await anyio.sleep(2)
+    assert container(project_name, "web")["State"]["StartedAt"] == before
+    assert "maintenance" in service_state(settings, project_name, "web")["seen"]
+    ops.set_maintenance(project_name, None, "done")
+    await watcher.tick()
+    await until(restarted_healthy(project_name, before), 20, "the restart once released")
+    runtime.close()
+
+
+async def test_engine_connection_drop_reconnects_and_catches_up(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str, tmp_path: Path
+) -> None:
+    directory = write_stack(stacks_root, "flaky", SICKABLE.format(name=project_name))
+    compose_up(directory)
+    sock = str(tmp_path / "engine.sock")
+    proxy = SocketProxy(sock)
+    await proxy.start()
+    s = dataclasses.replace(settings, docker_host=f"unix://{sock}")
+    runtime = Runtime(s)
+    watcher = Watcher(runtime, interval_s=1.0)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watcher.run, stop)
+        await until(lambda: watcher.counters.ticks >= 2, 20, "the watcher to run")
+        await proxy.stop()
+        before = make_sick(project_name)  # breaks while the watcher cannot see the engine
+        await until(lambda: watcher.counters.engine_errors >= 1, 20, "the watcher to notice the drop")
+        await anyio.sleep(4)
+        assert container(project_name, "web")["State"]["StartedAt"] == before  # it could not act
+        await proxy.start()
+        await until(restarted_healthy(project_name, before), 30, "recovery after the engine came back")
+        await until(lambda: watcher.counters.reconnects >= 1, 20, "the event stream to reconnect")
+        stop.set()
+    await proxy.stop()
+    runtime.close()
+
+
+def _watch_process(settings: Settings, project: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DSM_STACKS_ROOT": str(settings.stacks_root), "DSM_STATE_DIR": str(settings.state_dir),
+           "DSM_LOG_LEVEL": "INFO"}
+    env.pop("DOCKER_HOST", None)
+    return subprocess.Popen([sys.executable, "-m", "server.cli", "watch", "--stack", project, "--interval", "1"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def test_sigkilled_watcher_restarted_keeps_budget_without_duplicates(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "killme", SICKABLE.format(name=project_name))
+    compose_up(directory)
+    first = _watch_process(settings, project_name)
+    try:
+        before = make_sick(project_name)
+        await until(restarted_healthy(project_name, before), 30, "the first restart")
+        restarts = container(project_name, "web")["State"]["StartedAt"]
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    assert len(service_state(settings, project_name, "web")["attempts"]) == 1
+    second = _watch_process(settings, project_name)
+    try:
+        await anyio.sleep(6)  # the new watcher sees a healthy service and must not act again
+        assert container(project_name, "web")["State"]["StartedAt"] == restarts
+        assert len(service_state(settings, project_name, "web")["attempts"]) == 1
+        before = make_sick(project_name)
+        await until(restarted_healthy(project_name, before), 30, "the second restart (budget carried over)")
+        assert len(service_state(settings, project_name, "web")["attempts"]) == 2
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(20)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            pytest.fail("watch did not stop on SIGTERM")
+    assert second.returncode == 0, second.stderr.read().decode() if second.stderr else ""
