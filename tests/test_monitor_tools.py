@@ -1,0 +1,190 @@
+"""stack_status, stack_logs, diagnose_stack and stack_control through a real MCP client on a real engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.conftest import write_stack
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+NETWORKS = """\
+name: {name}
+services:
+  db:
+    image: dsm-test/web:1.0
+    init: true
+    networks: [back]
+    labels: {{dsm.test: "1"}}
+  app:
+    image: dsm-test/web:1.0
+    init: true
+    networks: [{app_net}]
+    depends_on: [db]
+    labels: {{dsm.test: "1"}}
+networks:
+  front: {{labels: {{dsm.test: "1"}}}}
+  back: {{labels: {{dsm.test: "1"}}}}
+"""
+
+OOM = """\
+name: {name}
+services:
+  hog:
+    image: dsm-test/busybox:1
+    init: true
+    restart: "no"
+    mem_limit: 16m
+    memswap_limit: 16m
+    command: ["sh", "-c", "echo starting; sleep 1; head -c 300m /dev/zero | tail > /dev/null"]
+    labels: {{dsm.test: "1"}}
+"""
+
+CHATTY = """\
+name: {name}
+x-dsm: {{critical: true}}
+services:
+  talk:
+    image: dsm-test/busybox:1
+    init: true
+    environment: {{API_TOKEN: "${{API_TOKEN}}"}}
+    command: ["sh", "-c", "i=0; while [ $$i -lt 30 ]; do echo line $$i token=$$API_TOKEN; i=$$((i+1)); done; echo ERROR: db down; sleep 600"]
+    labels: {{dsm.test: "1"}}
+"""
+
+
+def up(directory: Path, wait: bool = True) -> None:
+    subprocess.run(["docker", "compose", "up", "-d", *(["--wait", "--wait-timeout", "60"] if wait else [])],
+                   cwd=directory, check=True, capture_output=True, timeout=120)
+
+
+async def call(client: Any, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+    result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content
+    return dict(result.structured_content)
+
+
+async def test_wrong_network_diagnosed_and_right_network_healthy(
+    docker_engine: None, mcp_client: Any, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "nets", NETWORKS.format(name=project_name, app_net="front"))
+    up(directory)
+    out = await call(mcp_client, "diagnose_stack", {"stack": "nets"})
+    assert out["stack"] == project_name and not out["healthy"]
+    bad = [f for f in out["findings"] if f["rule"] == "dependency-unreachable"]
+    assert len(bad) == 1 and bad[0]["service"] == "app" and bad[0]["severity"] == "error"
+    assert "db:80" in bad[0]["message"] and "front" in bad[0]["message"]
+    assert "bad address" in bad[0]["evidence"][0] and bad[0]["likely_cause"]
+    assert out["next_steps"]
+
+    (directory / "compose.yaml").write_text(NETWORKS.format(name=project_name, app_net="back"))
+    up(directory)
+    out = await call(mcp_client, "diagnose_stack", {"stack": project_name})
+    assert out["healthy"], out["findings"]
+    assert not [f for f in out["findings"] if f["severity"] == "error"]
+    leftovers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=dsm.probe=1", "--filter",
+                                f"network={project_name}_back"], capture_output=True, text=True).stdout.split()
+    assert not leftovers  # probe containers are removed
+
+
+async def test_oom_killed_service_diagnosed_with_its_limit(
+    docker_engine: None, mcp_client: Any, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "oom", OOM.format(name=project_name))
+    up(directory, wait=False)
+    deadline = time.monotonic() + 60
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = await call(mcp_client, "stack_status", {"stack": "oom"})
+        if status["stacks"][0]["services"][0]["state"] == "exited":
+            break
+        await anyio.sleep(0.5)
+    svc = status["stacks"][0]["services"][0]
+    assert svc["state"] == "exited" and svc["oom_killed"] and svc["exit_code"] == 137
+    assert svc["memory_limit_bytes"] == 16 * 1024 * 1024
+    out = await call(mcp_client, "diagnose_stack", {"stack": "oom", "service": "hog"})
+    oom = [f for f in out["findings"] if f["rule"] == "oom-killed"]
+    assert oom and oom[0]["severity"] == "error"
+    assert "16 MiB" in oom[0]["message"] and "memory" in oom[0]["likely_cause"]
+    assert any("16777216" in e for e in oom[0]["evidence"])
+    assert "16 MiB" in oom[0]["fix"]
+
+
+async def test_status_of_all_stacks_logs_paged_and_redacted_control(
+    docker_engine: None, mcp_client: Any, stacks_root: Path, project_name: str
+) -> None:
+    secret = "s3cr3t-token-value-42"
+    directory = write_stack(stacks_root, "chatty", CHATTY.format(name=project_name), env=f"API_TOKEN={secret}\n")
+    up(directory)
+    await anyio.sleep(1)
+    everything = await call(mcp_client, "stack_status", {"with_stats": True})
+    mine = next(s for s in everything["stacks"] if s["stack"] == project_name)
+    svc = mine["services"][0]
+    assert mine["managed"] and svc["state"] == "running" and svc["restarts"] == 0
+    assert svc["memory_bytes"] and svc["memory_bytes"] > 0 and svc["started_at"]
+
+    page = await call(mcp_client, "stack_logs", {"stack": "chatty", "limit": 10})
+    text = json.dumps(page)
+    assert secret not in text and len(page["lines"]) == 10 and page["truncated"] and page["next_until"]
+    assert page["lines"][-1]["text"] == "ERROR: db down"
+    grep = await call(mcp_client, "stack_logs", {"stack": project_name, "grep": "error"})
+    assert [ln["text"] for ln in grep["lines"]] == ["ERROR: db down"] and not grep["truncated"]
+    bad = await mcp_client.call_tool("stack_logs", {"stack": project_name, "grep": "("})
+    assert bad.is_error and "regular expression" in bad.content[0].text
+    missing = await mcp_client.call_tool("stack_status", {"stack": "no-such-stack"})
+    assert missing.is_error and "list_stacks" in missing.content[0].text
+
+    # critical stack: stop needs confirmation; restart does not; volumes never removed
+    refused = await mcp_client.call_tool("stack_control", {"stack": "chatty", "action": "stop"})
+    assert refused.is_error and "confirm" in refused.content[0].text
+    done = await call(mcp_client, "stack_control", {"stack": "chatty", "action": "stop", "confirm": True,
+                                                     "reason": "test"})
+    assert done["operation_id"] and done["services"] == ["talk"]
+    status = await call(mcp_client, "stack_status", {"stack": project_name})
+    assert status["stacks"][0]["services"][0]["state"] == "exited"
+    await call(mcp_client, "stack_control", {"stack": "chatty", "action": "start"})
+    maint = await call(mcp_client, "stack_control", {"stack": "chatty", "action": "maintenance_on", "until": "1h",
+                                                      "reason": "disk swap"})
+    assert maint["maintenance"]["reason"] == "disk swap"
+    status = await call(mcp_client, "stack_status", {"stack": project_name})
+    assert status["stacks"][0]["maintenance"]["reason"] == "disk swap"
+    await call(mcp_client, "stack_control", {"stack": "chatty", "action": "maintenance_off"})
+    status = await call(mcp_client, "stack_status", {"stack": project_name})
+    assert status["stacks"][0]["maintenance"] is None
+    removed = await call(mcp_client, "stack_control", {"stack": "chatty", "action": "remove", "confirm": True})
+    assert "volumes are kept" in removed["detail"]
+    gone = await mcp_client.call_tool("stack_status", {"stack": project_name})
+    assert gone.is_error
+
+
+async def test_resources_status_and_events(
+    docker_engine: None, mcp_client: Any, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "res", NETWORKS.format(name=project_name, app_net="back"))
+    up(directory)
+    status = await mcp_client.read_resource(f"stack://{project_name}/status")
+    body = json.loads(status.contents[0].text)
+    assert {s["service"] for s in body["stacks"][0]["services"]} == {"db", "app"}
+    events = await mcp_client.read_resource(f"stack://{project_name}/events")
+    body = json.loads(events.contents[0].text)
+    assert any(e["action"] == "start" and e["service"] == "db" for e in body["events"])
+
+
+async def test_control_refuses_unmanaged_and_unknown(
+    docker_engine: None, mcp_client: Any, stacks_root: Path, tmp_path: Path, project_name: str
+) -> None:
+    write_stack(stacks_root, "known", NETWORKS.format(name=project_name, app_net="back"))
+    unknown = await mcp_client.call_tool("stack_control", {"stack": "known", "action": "restart",
+                                                           "services": ["nope"]})
+    assert unknown.is_error and "no service nope" in unknown.content[0].text
+    outside = await mcp_client.call_tool("stack_control", {"stack": "elsewhere-project", "action": "stop"})
+    assert outside.is_error and "observed, not controlled" in outside.content[0].text
+    no_until = await mcp_client.call_tool("stack_control", {"stack": "known", "action": "maintenance_on"})
+    assert no_until.is_error and "until" in no_until.content[0].text
