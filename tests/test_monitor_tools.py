@@ -55,7 +55,10 @@ services:
     image: dsm-test/busybox:1
     init: true
     environment: {{API_TOKEN: "${{API_TOKEN}}"}}
-    command: ["sh", "-c", "i=0; while [ $$i -lt 30 ]; do echo line $$i token=$$API_TOKEN; i=$$((i+1)); done; echo ERROR: db down; sleep 600"]
+    command:
+      - sh
+      - -c
+      - "i=0; while [ $$i -lt 30 ]; do echo ln $$i token=$$API_TOKEN; i=$$((i+1)); done; echo ERROR: db down; sleep 900"
     labels: {{dsm.test: "1"}}
 """
 

@@ -259,3 +259,57 @@ async def test_sigkilled_watcher_restarted_keeps_budget_without_duplicates(
             second.kill()
             pytest.fail("watch did not stop on SIGTERM")
     assert second.returncode == 0, second.stderr.read().decode() if second.stderr else ""
+
+
+async def test_breaking_soon_after_deploy_rolls_back_once(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service breaking within watch_after_deploy_s of a journaled deploy goes through the rollback
+    seam (once per deployment); when the pipeline's rollback is unavailable the watcher says so in a
+    critical alert and falls back to restarting."""
+    from server.monitor import opsbridge
+
+    directory = write_stack(stacks_root, "fresh", SICKABLE.format(name=project_name))
+    compose_up(directory)
+    with alert_receiver() as (url, received):
+        s = dataclasses.replace(settings, alert_urls=(url,))
+        runtime = Runtime(s)
+        op = runtime.operations().begin(project_name, "deploy", {})
+        op.end("deployed", {"images": []})
+        calls: list[str] = []
+
+        async def fake_rollback(rt: Runtime, stack: str, reason: str) -> None:
+            calls.append(reason)
+
+        monkeypatch.setattr(opsbridge, "rollback", fake_rollback)
+        watcher = Watcher(runtime, interval_s=1.0, alerter=Alerter(s))
+        before = make_sick(project_name)
+        await until(lambda: (container(project_name, "web")["State"].get("Health") or {}).get("Status")
+                    == "unhealthy", 20, "unhealthy")
+        await watcher.tick()
+        await anyio.sleep(1)
+        assert len(calls) == 1 and op.id in calls[0] and "unhealthy" in calls[0]
+        assert container(project_name, "web")["State"]["StartedAt"] == before  # rolled back, not restarted
+        assert any(r["title"] == f"{project_name}: rolled back" for r in received)
+        # one rollback per deployment: a service still broken afterwards is restarted as usual
+        await watcher.tick()
+        assert len(calls) == 1
+        await until(restarted_healthy(project_name, before), 20, "restart after the rollback attempt")
+
+        monkeypatch.undo()
+        op2 = runtime.operations().begin(project_name, "deploy", {})
+        op2.end("deployed", {"images": []})
+        before = make_sick(project_name)
+        await until(lambda: (container(project_name, "web")["State"].get("Health") or {}).get("Status")
+                    == "unhealthy", 20, "unhealthy again")
+        try:
+            import server.deploy  # noqa: F401
+            has_pipeline = True
+        except ImportError:
+            has_pipeline = False
+        if not has_pipeline:
+            await watcher.tick()
+            failed = [r for r in received if "automatic rollback failed" in r["title"]]
+            assert failed and "not available" in failed[0]["message"]
+            await until(restarted_healthy(project_name, before), 30, "restart as the fallback")
+        runtime.close()
