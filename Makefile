@@ -39,6 +39,7 @@ demo: provision model
 bench: provision model
 	$(PY) bench/coldstart.py
 	$(PY) bench/validate.py
+	$(PY) bench/status.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/memory.py
 
 # Remove anything tests left on the engine (label dsm.test=1).
