@@ -144,8 +144,8 @@ def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[
                 fix="look at the error lines; a restart will not fix a crash on start", evidence=tail)
     health = st.get("Health") or {}
     if health.get("Status") == "unhealthy":
-        probes = [f"exit {h.get('ExitCode')}: {str(h.get('Output') or '').strip()[:200]}"
-                  for h in (health.get("Log") or [])[-3:]]
+        probes = [f"healthcheck exit {h.get('ExitCode')}: {str(h.get('Output') or '').strip()[:200] or '(no output)'}"
+                  for h in (health.get("Log") or [])[-5:] if h.get("ExitCode") != 0][-3:]
         out.add("unhealthy", "error", "health", svc,
                 f"{svc} fails its healthcheck ({health.get('FailingStreak')} failures in a row)",
                 likely_cause="the service is up but does not answer its health check: hung, overloaded, "
@@ -282,8 +282,11 @@ async def _similar(runtime: Runtime, stack: str, service: str | None, findings: 
     query = "\n".join([f.message for f in problems[:3]] + [e for f in problems[:3] for e in f.evidence[-2:]])[:1500]
 
     def search() -> list[SimilarIncident]:
-        hits = runtime.memory().search_incidents(query, limit=3).results
-        return [SimilarIncident(incident_id=h.incident_id, title=h.title, root_cause=h.root_cause,
+        memory = runtime.memory()
+        hits = memory.search_incidents(query, stack=stack, service=service, limit=3).results
+        if not hits:  # the same failure on another stack is still worth knowing
+            hits = memory.search_incidents(query, limit=3).results
+        return [SimilarIncident(incident_id=h.incident_id, title=h.title, stack=h.stack, root_cause=h.root_cause,
                                 resolution=h.resolution, score=h.score) for h in hits]
 
     try:
@@ -296,7 +299,8 @@ async def _similar(runtime: Runtime, stack: str, service: str | None, findings: 
 def _next_steps(findings: list[DiagnosisFinding], similar: list[SimilarIncident]) -> list[str]:
     steps: list[str] = []
     if similar and similar[0].resolution:
-        steps.append(f"a past incident matches ({similar[0].title!r}): try its resolution first")
+        steps.append(f"compare with the most similar past incident ({similar[0].title!r}): if its symptoms match, "
+                     "its resolution may apply")
     rules = {f.rule for f in findings}
     if "oom-killed" in rules:
         steps.append("raise the memory limit (inspect_stack shows it), validate_compose, then deploy_stack")

@@ -66,6 +66,7 @@ class LogsPage(Frozen):
 class SimilarIncident(Frozen):
     incident_id: str
     title: str
+    stack: str | None = None
     root_cause: str | None = None
     resolution: str | None = None
     score: float | None = None
