@@ -156,6 +156,12 @@ async def test_crash_loop_exhausts_budget_alerts_once_and_stops(
             stop.set()
         rec = service_state(s, project_name, "crash")
         assert len(rec["attempts"]) == 2 and rec["action"] == "gave-up"
+        assert rec["attempts"][1] - rec["attempts"][0] >= 2.0  # backoff_s before the second attempt
+        hits = runtime.memory().search_incidents("automatic recovery gave up", stack=project_name).results
+        assert any("gave up" in h.title and h.service == "crash" for h in hits)
+        gave_up = [r for r in runtime.operations().history(project_name, kinds=("recovery",), limit=10)
+                   if r.status == "failed"]
+        assert gave_up and gave_up[0].result and gave_up[0].result.get("action") == "gave-up"
         assert watcher.counters.restarts + watcher.counters.recreates == 2
         critical = [r for r in received if "stopped trying" in r.get("title", "")]
         assert len(critical) == 1, received
@@ -312,4 +318,71 @@ async def test_breaking_soon_after_deploy_rolls_back_once(
             failed = [r for r in received if "automatic rollback failed" in r["title"]]
             assert failed and "not available" in failed[0]["message"]
             await until(restarted_healthy(project_name, before), 30, "restart as the fallback")
+        runtime.close()
+
+
+THRESHOLDS = """\
+name: {name}
+x-dsm:
+  watch: {{unavailable_s: 10, memory_percent: 80, critical_lines_per_min: 10, on_threshold: alert}}
+services:
+  noisy:
+    image: dsm-test/busybox:1
+    init: true
+    mem_limit: 32m
+    tmpfs: ["/scratch:size=40m"]
+    command:
+      - sh
+      - -c
+      - >-
+        sleep 2; dd if=/dev/zero of=/scratch/fill bs=1M count=28 2>/dev/null;
+        i=0; while [ $$i -lt 15 ]; do echo "FATAL: worker $$i lost its queue"; i=$$((i+1)); done;
+        echo "could not connect to server: Connection refused (db:5432)"; sleep 600
+    labels: {{dsm.test: "1"}}
+  gone:
+    image: dsm-test/busybox:1
+    init: true
+    restart: "no"
+    command: ["sh", "-c", "exit 3"]
+    labels: {{dsm.test: "1"}}
+    x-dsm:
+      recovery: {{max_restarts: 0}}
+"""
+
+
+async def test_thresholds_alert_per_policy_and_metrics(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    from urllib.request import urlopen
+
+    from server.monitor.metrics import serve
+
+    directory = write_stack(stacks_root, "limits", THRESHOLDS.format(name=project_name))
+    compose_up(directory, wait=False)
+    with alert_receiver() as (url, received):
+        s = dataclasses.replace(settings, alert_urls=(url,))
+        runtime = Runtime(s)
+        watcher = Watcher(runtime, interval_s=1.0, alerter=Alerter(s))
+        port = serve(watcher, 0)
+        stop = anyio.Event()
+
+        def titles() -> list[str]:
+            return [r.get("title", "") for r in received]
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run, stop)
+            await until(lambda: any("critical log lines" in t for t in titles())
+                        and any("database connection errors" in t for t in titles())
+                        and any("memory at" in t for t in titles())
+                        and any("gone unavailable" in t for t in titles()), 60, "all four threshold alerts")
+            metrics = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            await anyio.sleep(3)
+            stop.set()
+        assert len([t for t in titles() if "critical log lines" in t]) == 1  # de-duplicated
+        unavailable = next(r for r in received if "gone unavailable" in r["title"])
+        assert unavailable["type"] == "failure" and "exit code 3" in unavailable["message"]
+        assert service_state(s, project_name, "gone").get("attempts") in (None, [])  # max_restarts 0: no action
+        assert service_state(s, project_name, "noisy")["peak_memory_bytes"] > 20 * 2**20
+        assert "dsm_watcher_ticks_total" in metrics or "dsm_watcher_ticks " in metrics
+        assert f'dsm_service_up{{seen="running",service="noisy",stack="{project_name}"}} 1.0' in metrics
         runtime.close()

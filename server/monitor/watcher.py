@@ -266,7 +266,7 @@ class Watcher:
         self._background(self.recorder.record_incident(
             title=f"{o.service} {kind}: watcher {action}", stack=stack, service=o.service, severity="medium",
             symptoms=f"{o.service} of {stack} was {kind} ({_state_line(o)})", resolution=f"watcher {action}",
-            outcome="recovering", source="recovery", tags=["watcher", kind]))
+            outcome="recovering", source="recovery", tags=["watcher", _slug(kind)]))
 
     async def _recreate(self, stack: str, o: Observed, location: StackLocation | None, op: Any) -> str:
         """Compose recreates the service when its files still match the container; else a plain start."""
@@ -309,7 +309,8 @@ class Watcher:
         self._background(self.recorder.record_incident(
             title=f"{o.service} of {stack} keeps failing ({kind}); automatic recovery gave up",
             symptoms=f"{o.service} {kind}: {_state_line(o)}", stack=stack, service=o.service, severity="high",
-            log_lines=lines, outcome="unresolved", source="recovery", tags=["watcher", "budget-exhausted", kind]))
+            log_lines=lines, outcome="unresolved", source="recovery",
+            tags=["watcher", "budget-exhausted", _slug(kind)]))
 
     async def _rollback_if_fresh_deploy(self, stack: str, policy: StackPolicy,
                                         broken: list[tuple[Observed, str]]) -> bool:
@@ -486,6 +487,11 @@ def _dependency_order(containers: list[Observed]) -> list[Observed]:
     for o in sorted(containers, key=lambda c: c.service):
         visit(o)
     return ordered
+
+
+def _slug(text: str) -> str:
+    """A memory tag from a problem ('exited with code 1' -> 'exited-with-code-1')."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:64] or "problem"
 
 
 def _state_line(o: Observed) -> str:
