@@ -325,7 +325,7 @@ async def inspect_container(engine: Engine, container_id: str) -> dict[str, Any]
 
 
 async def container_logs(
-    engine: Engine, container_id: str, *, tail: int, since: int | None = None, until: int | None = None
+    engine: Engine, container_id: str, *, tail: int, since: float | None = None, until: float | None = None
 ) -> list[str]:
     """The last ``tail`` log lines (stdout and stderr, with RFC3339 timestamps); [] when gone.
 

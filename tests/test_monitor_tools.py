@@ -55,11 +55,14 @@ services:
     image: dsm-test/busybox:1
     init: true
     environment: {{API_TOKEN: "${{API_TOKEN}}"}}
+    volumes: ["keep:/data"]
     command:
       - sh
       - -c
       - "i=0; while [ $$i -lt 30 ]; do echo ln $$i token=$$API_TOKEN; i=$$((i+1)); done; echo ERROR: db down; sleep 900"
     labels: {{dsm.test: "1"}}
+volumes:
+  keep: {{labels: {{dsm.test: "1"}}}}
 """
 
 
@@ -137,6 +140,11 @@ async def test_status_of_all_stacks_logs_paged_and_redacted_control(
     text = json.dumps(page)
     assert secret not in text and len(page["lines"]) == 10 and page["truncated"] and page["next_until"]
     assert page["lines"][-1]["text"] == "ERROR: db down"
+    older = await call(mcp_client, "stack_logs", {"stack": "chatty", "limit": 10, "until": page["next_until"]})
+    assert len(older["lines"]) == 10 and older["lines"][-1]["time"] < page["lines"][0]["time"]
+    first_page = {(ln["time"], ln["text"]) for ln in page["lines"]}
+    assert not first_page & {(ln["time"], ln["text"]) for ln in older["lines"]}
+    assert secret not in json.dumps(older)
     grep = await call(mcp_client, "stack_logs", {"stack": project_name, "grep": "error"})
     assert [ln["text"] for ln in grep["lines"]] == ["ERROR: db down"] and not grep["truncated"]
     bad = await mcp_client.call_tool("stack_logs", {"stack": project_name, "grep": "("})
@@ -163,6 +171,7 @@ async def test_status_of_all_stacks_logs_paged_and_redacted_control(
     assert status["stacks"][0]["maintenance"] is None
     removed = await call(mcp_client, "stack_control", {"stack": "chatty", "action": "remove", "confirm": True})
     assert "volumes are kept" in removed["detail"]
+    assert subprocess.run(["docker", "volume", "inspect", f"{project_name}_keep"], capture_output=True).returncode == 0
     gone = await mcp_client.call_tool("stack_status", {"stack": project_name})
     assert gone.is_error
 

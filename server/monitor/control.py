@@ -70,7 +70,10 @@ async def stack_control(
                                  maintenance=window, detail="maintenance window set" if window
                                  else "maintenance ended: the watcher and alerts resume")
         flags = project_flags(ref.location.directory, ref.location.files, ref.name)
-        await runtime.compose().run(flags, [*_COMPOSE_ARGS[action], *(services or [])], cwd=ref.location.directory,
+        # The whole stack goes with `down` (containers and networks; never --volumes), a subset with rm.
+        args = ["down", "--remove-orphans"] if action == "remove" and not services else [*_COMPOSE_ARGS[action],
+                                                                                        *(services or [])]
+        await runtime.compose().run(flags, args, cwd=ref.location.directory,
                                     on_start=op.child, what=f"docker compose {action}")
         op.phase(action, "done", detail=", ".join(services or declared))
         status = "done"
@@ -92,9 +95,9 @@ def _maintenance(runtime: Runtime, stack: str, action: str, until: str | None, r
     return opsbridge.maintenance(runtime, stack) or {"until": iso, "reason": reason or "maintenance"}
 
 
-def _future(until: str) -> int:
+def _future(until: str) -> float:
     """'2h' means two hours from now (parse_time reads durations as 'ago')."""
-    now = int(datetime.now(UTC).timestamp())
+    now = datetime.now(UTC).timestamp()
     ago = parse_time(until, "until")
     assert ago is not None
     if until.strip()[-1] in "smhd" and until.strip()[:-1].isdigit():
