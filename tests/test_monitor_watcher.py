@@ -168,6 +168,12 @@ async def test_crash_loop_exhausts_budget_alerts_once_and_stops(
         assert "Tried: 2 automatic restarts" in critical[0]["message"]
         assert "diagnose_stack" in critical[0]["message"]
         assert container(project_name, "crash")["State"]["Status"] == "exited"
+        from server.monitor.diagnose import diagnose_stack
+
+        diagnosis = await diagnose_stack(runtime, project_name)
+        rules = {f.rule: f for f in diagnosis.findings}
+        assert "watcher-gave-up" in rules and rules["exited"].severity == "error"
+        assert any("simulated crash" in e for e in rules["exited"].evidence)
         runtime.close()
 
 
@@ -385,4 +391,49 @@ async def test_thresholds_alert_per_policy_and_metrics(
         assert service_state(s, project_name, "noisy")["peak_memory_bytes"] > 20 * 2**20
         assert "dsm_watcher_ticks_total" in metrics or "dsm_watcher_ticks " in metrics
         assert f'dsm_service_up{{seen="running",service="noisy",stack="{project_name}"}} 1.0' in metrics
+        runtime.close()
+
+
+RESTART_POLICY = """\
+name: {name}
+x-dsm:
+  watch: {{critical_lines_per_min: 5, on_threshold: restart}}
+services:
+  panicky:
+    image: dsm-test/busybox:1
+    init: true
+    volumes: ["mark:/data"]
+    command:
+      - sh
+      - -c
+      - >-
+        if [ ! -f /data/seen ]; then touch /data/seen; sleep 2;
+        i=0; while [ $$i -lt 12 ]; do echo "PANIC: shard $$i corrupt"; i=$$((i+1)); done; fi; sleep 600
+    labels: {{dsm.test: "1"}}
+volumes:
+  mark: {{labels: {{dsm.test: "1"}}}}
+"""
+
+
+async def test_threshold_policy_restart_acts_once(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "panicky", RESTART_POLICY.format(name=project_name))
+    compose_up(directory, wait=False)
+    with alert_receiver() as (url, received):
+        s = dataclasses.replace(settings, alert_urls=(url,))
+        runtime = Runtime(s)
+        watcher = Watcher(runtime, interval_s=1.0, alerter=Alerter(s))
+        first = container(project_name, "panicky")["State"]["StartedAt"]
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run, stop)
+            await until(lambda: container(project_name, "panicky")["State"]["StartedAt"] != first, 40,
+                        "the policy restart")
+            await anyio.sleep(8)  # quiet after the restart: no second action
+            stop.set()
+        rec = service_state(s, project_name, "panicky")
+        assert len(rec["attempts"]) == 1 and rec["action"] == "restart"
+        alert = next(r for r in received if "critical log lines" in r["title"])
+        assert "a restart (per policy on_threshold: restart)" in alert["message"]
         runtime.close()

@@ -136,6 +136,16 @@ def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[
                 likely_cause="another container or process already uses the published port",
                 fix="free the port or publish the service on another host port", evidence=[str(st.get("Error"))])
     restarts = int(o.inspect.get("RestartCount") or 0)
+    watched = len((seen or {}).get("attempts") or [])
+    if seen and (seen.get("exhausted") or watched >= 2):
+        out.add("watcher-gave-up" if seen.get("exhausted") else "repeated-recovery",
+                "error" if seen.get("exhausted") else "warning", "state", svc,
+                f"the watcher restarted {svc} {watched} times in its window"
+                + (" and stopped trying" if seen.get("exhausted") else ""),
+                likely_cause="the failure comes back after every restart: a restart does not fix its cause",
+                fix="find the cause in the evidence and the logs; the watcher resumes after its window",
+                evidence=[f"last watcher action: {seen.get('action')} at {seen.get('action_at')} "
+                          f"({seen.get('outcome')})", *tail[-3:]])
     if status == "restarting" or restarts >= RESTART_LOOP:
         out.add("restart-loop", "error" if status == "restarting" else "warning", "state", svc,
                 f"{svc} has restarted {restarts} times ({status})",

@@ -8,6 +8,7 @@ all in parallel. CPU and memory come from cgroup files when the engine is local 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +58,14 @@ class Observed:
         return int(value) or None
 
 
-async def observe(runtime: Runtime, project: str | None) -> list[Observed]:
-    """Compose containers (of one project, or all) with their inspect documents, in parallel."""
+async def observe(runtime: Runtime, project: str | None,
+                  keep: Callable[[ContainerSummary], bool] | None = None) -> list[Observed]:
+    """Compose containers (of one project, or all; ``keep`` filters before inspecting) with their
+    inspect documents, in parallel."""
     engine = runtime.engine()
     summaries = await engine.compose_containers(project)
+    if keep is not None:
+        summaries = [s for s in summaries if keep(s)]
     found: dict[str, Observed] = {}
 
     async def one(summary: ContainerSummary) -> None:
