@@ -67,3 +67,15 @@ def test_settings_read_alert_urls() -> None:
     s = Settings.from_env({"DSM_ALERT_URLS": "json://a.example/x, ntfy://topic", "DSM_ALERT_RATE_PER_MIN": "5"})
     assert s.alert_urls == ("json://a.example/x", "ntfy://topic")
     assert s.alert_rate_per_min == 5
+
+
+async def test_deploy_outcome_announced(settings: Settings) -> None:
+    from server.monitor.alerts import announce_outcome
+
+    with alert_receiver() as (url, received):
+        s = dataclasses.replace(settings, alert_urls=(url,))
+        assert await announce_outcome(s, stack="app", kind="deploy", status="rolled_back", operation_id="op1",
+                                      detail="web unhealthy after update to 1.1", what_to_do="check the release")
+        assert await announce_outcome(s, stack="app", kind="deploy", status="deployed", operation_id="op2")
+        assert [r["type"] for r in received] == ["warning", "success"]
+        assert received[0]["title"] == "app: deploy rolled_back" and "Do: check the release" in received[0]["message"]

@@ -133,3 +133,22 @@ def _write(path: Path, data: dict[str, float]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data), encoding="utf-8")
     os.replace(tmp, path)
+
+
+async def announce_outcome(settings: Settings, *, stack: str, kind: str, status: str, operation_id: str,
+                           detail: str = "", what_to_do: str = "") -> bool:
+    """What deploy_stack and rollback call at the end: their outcome through the same alert path.
+
+    ``status`` ``deployed``/``unchanged``/``done`` is announced as success, ``rolled_back`` as a
+    warning, anything else (``failed``, ``blocked``, ...) as critical. Never raises.
+    """
+    level: Level = ("success" if status in ("deployed", "unchanged", "done")
+                    else "warning" if status == "rolled_back" else "critical")
+    try:
+        return await Alerter(settings).send(Alert(
+            key=f"{kind}:{stack}:{operation_id}", level=level, title=f"{stack}: {kind} {status}",
+            what_broke=detail or f"{kind} {operation_id} ended {status}",
+            what_was_tried="" if level == "success" else f"{kind} {operation_id}", what_to_do=what_to_do))
+    except Exception:  # an alert must never fail the operation it reports
+        log.exception("announcing %s of %s failed", kind, stack)
+        return False
