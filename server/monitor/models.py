@@ -10,9 +10,9 @@ from server.models import Finding, Frozen
 class WatcherView(Frozen):
     """What the watcher last saw and did for a service (from DSM_STATE_DIR/watcher)."""
 
-    seen: str | None = Field(default=None, description="Last state the watcher observed, e.g. 'unhealthy'.")
+    seen: str | None = None
     seen_at: str | None = None
-    action: str | None = Field(default=None, description="Last action, e.g. 'restart', 'alert', 'gave-up'.")
+    action: str | None = Field(default=None, description="restart | recreate | gave-up")
     action_at: str | None = None
     outcome: str | None = None
     restarts_in_window: int = 0
@@ -21,27 +21,27 @@ class WatcherView(Frozen):
 
 class ServiceStatus(Frozen):
     service: str
-    name: str = Field(description="Container name.")
+    name: str
     container_id: str
-    state: str = Field(description="running | exited | restarting | paused | created | dead")
-    health: str | None = Field(description="healthy | unhealthy | starting | null (no healthcheck)")
+    state: str
+    health: str | None = Field(description="null: no healthcheck")
     restarts: int
     exit_code: int | None
     oom_killed: bool
     started_at: str | None
-    cpu_percent: float | None = Field(default=None, description="Only with with_stats.")
-    memory_bytes: int | None = Field(default=None, description="Only with with_stats.")
-    memory_limit_bytes: int | None = Field(description="From the container's HostConfig (null: unlimited).")
-    ports: list[str] = Field(description="host_ip:published->target/proto")
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
+    memory_limit_bytes: int | None = Field(description="null: unlimited")
+    ports: list[str]
     image: str | None
     watcher: WatcherView | None = None
 
 
 class StackStatus(Frozen):
     stack: str
-    managed: bool = Field(description="True when the stack lives under the stacks root (else observed only).")
+    managed: bool = Field(description="Under the stacks root (else observe only).")
     state: str = Field(description="running | degraded | stopped")
-    maintenance: dict[str, object] | None = Field(default=None, description="Active maintenance window, if any.")
+    maintenance: dict[str, object] | None = None
     services: list[ServiceStatus]
 
 
