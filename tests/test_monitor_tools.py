@@ -200,3 +200,32 @@ async def test_control_refuses_unmanaged_and_unknown(
     assert outside.is_error and "observed, not controlled" in outside.content[0].text
     no_until = await mcp_client.call_tool("stack_control", {"stack": "known", "action": "maintenance_on"})
     assert no_until.is_error and "until" in no_until.content[0].text
+
+
+async def test_port_conflict_diagnosed(
+    docker_engine: None, mcp_client: Any, stacks_root: Path, project_name: str
+) -> None:
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        directory = write_stack(stacks_root, "ports", f"""\
+name: {project_name}
+services:
+  web:
+    image: dsm-test/web:1.0
+    init: true
+    ports: ["127.0.0.1:{port}:80"]
+    labels: {{dsm.test: "1"}}
+""")
+        failed = subprocess.run(["docker", "compose", "up", "-d"], cwd=directory, capture_output=True, timeout=120)
+        assert failed.returncode != 0
+        out = await call(mcp_client, "diagnose_stack", {"stack": "ports"})
+        conflict = [f for f in out["findings"] if f["rule"] == "port-conflict"]
+        assert conflict and conflict[0]["severity"] == "error" and not out["healthy"]
+        assert str(port) in conflict[0]["evidence"][0]
+    finally:
+        holder.close()
