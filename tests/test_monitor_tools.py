@@ -229,3 +229,34 @@ services:
         assert str(port) in conflict[0]["evidence"][0]
     finally:
         holder.close()
+
+
+async def test_changes_since_last_deployment(
+    docker_engine: None, settings: Any, stacks_root: Path, project_name: str
+) -> None:
+    """An image swapped by hand after the recorded deployment, and files edited since, are reported."""
+    from server.monitor.diagnose import diagnose_stack
+    from server.runtime import Runtime
+
+    compose = NETWORKS.format(name=project_name, app_net="back")
+    directory = write_stack(stacks_root, "drift", compose)
+    up(directory)
+    runtime = Runtime(settings)
+    web10 = json.loads(subprocess.run(["docker", "image", "inspect", "dsm-test/web:1.0"], capture_output=True,
+                                      text=True, check=True).stdout)[0]["Id"]
+    op = runtime.operations().begin(project_name, "deploy", {})
+    op.end("deployed", {"image_ids": {"db": web10, "app": web10}})
+    out = await diagnose_stack(runtime, project_name)
+    assert not [f for f in out.findings if f.category == "changes"], out.findings  # as deployed
+
+    (directory / "compose.yaml").write_text(compose.replace("image: dsm-test/web:1.0\n    init: true\n    networks: "
+                                                            "[back]\n    labels", "image: dsm-test/web:1.1\n    "
+                                                            "init: true\n    networks: [back]\n    labels", 1))
+    up(directory)  # db now runs 1.1: changed outside deploy_stack
+    (directory / "compose.yaml").write_text((directory / "compose.yaml").read_text().replace(
+        "depends_on: [db]", "depends_on: [db]\n    environment: {FEATURE: 'on'}"))
+    out = await diagnose_stack(runtime, project_name)
+    rules = {(f.rule, f.service) for f in out.findings}
+    assert ("changed-since-deploy", "db") in rules and ("changed-since-deploy", "app") not in rules
+    assert ("config-changed", "app") in rules and out.healthy  # changes are warnings/info, not errors
+    runtime.close()

@@ -255,13 +255,24 @@ async def _check_changes(runtime: Runtime, out: _Collector, ref: StackRef, obser
 
 
 def _deployed_images(record: Any) -> dict[str, str]:
+    """Service -> image id (or digest, or reference) as the journal recorded the deployment.
+
+    deploy_stack's result carries ``image_ids`` {service: id} and ``services`` [{name, image,
+    image_digest}]; the spec's ``images`` [{service, digest|image_id|image}] is read too.
+    """
     result = getattr(record, "result", None) or {}
     images: dict[str, str] = {}
     for item in result.get("images") or []:
         if isinstance(item, dict) and item.get("service"):
-            ref = item.get("digest") or item.get("image_id") or item.get("image") or item.get("image_to")
+            ref = item.get("image_id") or item.get("digest") or item.get("image")
             if ref:
                 images[str(item["service"])] = str(ref)
+    for item in result.get("services") or []:
+        if isinstance(item, dict) and item.get("name") and (item.get("image_digest") or item.get("image")):
+            images[str(item["name"])] = str(item.get("image_digest") or item.get("image"))
+    for service, image_id in (result.get("image_ids") or {}).items():
+        if image_id:
+            images[str(service)] = str(image_id)
     return images
 
 
