@@ -124,9 +124,15 @@ async def test_unhealthy_restarted_within_interval_and_journaled(
     async with anyio.create_task_group() as tg:
         tg.start_soon(watcher.run, stop)
         # health interval 1 s; allow the restart itself and the next healthy probe
-        took = await until(restarted_healthy(project_name, before), 15, "the watcher to restart it")
+        took = await until(restarted_healthy(project_name, before), 20, "the watcher to restart it")
+
+        def recorded() -> bool:
+            hits = runtime.memory().search_incidents("web unhealthy watcher restart", stack=project_name).results
+            return any(h.service == "web" and "restart" in h.title for h in hits)
+
+        await until(recorded, 30, "the action recorded as an incident in the memory", step=1.0)
         stop.set()
-    assert took < 15
+    assert took < 20
     rec = service_state(settings, project_name, "web")
     assert rec["action"] == "restart" and len(rec["attempts"]) == 1
     history = runtime.operations().history(project_name, kinds=("recovery",))
