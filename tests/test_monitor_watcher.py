@@ -443,3 +443,36 @@ async def test_threshold_policy_restart_acts_once(
         alert = next(r for r in received if "critical log lines" in r["title"])
         assert "a restart (per policy on_threshold: restart)" in alert["message"]
         runtime.close()
+
+
+async def test_action_interrupted_by_a_kill_is_reissued_once_not_counted_twice(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    """The state a watcher SIGKILLed between recording an attempt and making it leaves behind."""
+    from server.monitor.watchstate import WatchState
+
+    directory = write_stack(stacks_root, "halfway", SICKABLE.format(name=project_name))
+    compose_up(directory)
+    before = make_sick(project_name)
+    await until(lambda: (container(project_name, "web")["State"].get("Health") or {}).get("Status") == "unhealthy",
+                20, "unhealthy")
+    c = container(project_name, "web")
+    key = f"{c['Id'][:12]}@{c['State']['StartedAt']}/{c['State']['FinishedAt']}"
+    state = WatchState(settings)
+    state.service(project_name, "web").update(attempts=[time.time() - 5], last_key=key, action="restart",
+                                               outcome="pending", in_flight=True)
+    state.save()
+    runtime = Runtime(settings)
+    watcher = Watcher(runtime, interval_s=1.0)
+    await watcher.tick()  # recorded 5 s ago: the killed watcher's restart may still be under way
+    await anyio.sleep(2)
+    assert container(project_name, "web")["State"]["StartedAt"] == before
+    rec = WatchState(settings)
+    rec.service(project_name, "web")["attempts"] = [time.time() - 40]
+    rec.save()
+    watcher = Watcher(runtime, interval_s=1.0)
+    await watcher.tick()  # 40 s and still not restarted: it never happened, issue it now
+    await until(restarted_healthy(project_name, before), 20, "the re-issued restart")
+    after = service_state(settings, project_name, "web")
+    assert len(after["attempts"]) == 1 and "in_flight" not in after  # the same attempt, not a second one
+    runtime.close()

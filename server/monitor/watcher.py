@@ -50,6 +50,8 @@ log = logging.getLogger("docker_stack_mcp.watcher")
 CRITICAL_LINE = re.compile(r"\b(critical|fatal|panic|emerg(?:ency)?)\b|level=(?:fatal|panic|crit)", re.IGNORECASE)
 _EVENT_WINDOW_S = 5
 _MAX_ACTIONS_KEPT = 200
+_IN_FLIGHT_RETRY_S = 30.0
+"""An action recorded as started but never finished (the watcher was killed) is issued again after this."""
 
 
 @dataclass
@@ -216,10 +218,18 @@ class Watcher:
         rec = self.state.service(stack, o.service)
         now = time.time()
         key = f"{o.full_id[:12]}@{o.state.get('StartedAt')}/{o.state.get('FinishedAt')}"
-        if rec.get("last_key") == key:
-            return  # already acted on this very failure (also across a restart of the watcher)
         attempts = [t for t in rec.get("attempts") or [] if now - t < recovery.window_s]
         rec["attempts"] = attempts
+        if rec.get("last_key") == key:
+            # Already acted on this very failure (also across a restart of the watcher): the
+            # container has not started again since. Only an action that a killed watcher left
+            # half-done (in_flight) is issued again, and it is not counted twice.
+            if not (rec.get("in_flight") and attempts and now - attempts[-1] > _IN_FLIGHT_RETRY_S):
+                return
+            log.warning("re-issuing the %s of %s/%s interrupted when the watcher stopped", rec.get("action"),
+                        stack, o.service)
+            await self._act(stack, o, kind, rec, location, len(attempts), attempts)
+            return
         if len(attempts) >= recovery.max_restarts:
             if not rec.get("exhausted"):
                 rec["exhausted"] = True
@@ -235,17 +245,24 @@ class Watcher:
             if now - attempts[-1] < wait:
                 rec["next_attempt_at"] = attempts[-1] + wait
                 return
-        try:
-            op = opsbridge.begin(self.runtime, stack, "recovery",
-                                 {"service": o.service, "problem": kind, "attempt": len(attempts) + 1})
-        except StackBusy:
-            self.counters.skipped_busy += 1
-            return
-        action = "restart" if o.summary.running else "recreate"
         attempts.append(now)
-        rec.update(attempts=attempts, last_key=key, action=action, action_at=now_iso(), outcome="pending")
+        rec.update(attempts=attempts, last_key=key, action="restart" if o.summary.running else "recreate",
+                   action_at=now_iso(), outcome="pending", in_flight=True)
         rec.pop("next_attempt_at", None)
         self.state.save()  # before acting: a watcher killed now must not act twice
+        await self._act(stack, o, kind, rec, location, len(attempts), attempts)
+
+    async def _act(self, stack: str, o: Observed, kind: str, rec: dict[str, Any], location: StackLocation | None,
+                   attempt: int, attempts: list[float]) -> None:
+        """Restart or recreate under a journaled ``recovery`` operation holding the stack's lock."""
+        action = str(rec.get("action") or "restart")
+        try:
+            op = opsbridge.begin(self.runtime, stack, "recovery",
+                                 {"service": o.service, "problem": kind, "attempt": attempt})
+        except StackBusy:
+            self.counters.skipped_busy += 1
+            rec["in_flight"] = True  # not done: the next pass (or a restarted watcher) issues it
+            return
         self._log_action(stack, o.service, action, kind)
         status, detail = "done", ""
         try:
@@ -260,13 +277,12 @@ class Watcher:
             rec["outcome"] = "failed"
             log.warning("%s of %s/%s failed: %s", action, stack, o.service, exc.what)
         finally:
-            if op is not None:
-                op.phase(action, status, detail=detail or f"{kind}; attempt {len(attempts)}")
-                op.end("done" if status == "done" else "failed",
-                       {"service": o.service, "action": action, "problem": kind, "attempt": len(attempts)})
+            rec.pop("in_flight", None)
+            op.phase(action, status, detail=detail or f"{kind}; attempt {attempt}")
+            op.end("done" if status == "done" else "failed",
+                   {"service": o.service, "action": action, "problem": kind, "attempt": attempt})
         self.state.save()
-        log.warning("%s %s/%s (%s), attempt %d of %d", action, stack, o.service, kind, len(attempts),
-                    recovery.max_restarts)
+        log.warning("%s %s/%s (%s), attempt %d", action, stack, o.service, kind, attempt)
         self._background(self.recorder.record_incident(
             title=f"{o.service} {kind}: watcher {action}", stack=stack, service=o.service, severity="medium",
             symptoms=f"{o.service} of {stack} was {kind} ({_state_line(o)})", resolution=f"watcher {action}",
