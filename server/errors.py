@@ -108,3 +108,7 @@ class OperationNotFound(DsmError):
 
 class BadMaintenanceWindow(DsmError):
     """The ``until`` of a maintenance window is not an ISO 8601 time in the future."""
+
+
+class ConfirmationRequired(DsmError):
+    """A destructive act was asked for without the user's confirmation."""

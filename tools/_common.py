@@ -79,25 +79,32 @@ def drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
 
 
-async def confirm_destructive(ctx: Context | None, question: str, confirm: bool) -> bool:
-    """True when the change may go ahead: ``confirm=true`` was passed, or the client supports
-    elicitation and the person accepted. Never raises; the caller refuses with a clear error."""
-    if confirm:
-        return True
-    if ctx is None:
-        return False
-    try:
-        capabilities = ctx.session.client_capabilities
-        if capabilities is None or getattr(capabilities, "elicitation", None) is None:
-            return False
-        from pydantic import BaseModel
+async def confirm_destructive(ctx: Context | None, question: str, confirm: bool) -> None:
+    """Ask the user before a destructive act; raise ConfirmationRequired unless they agree.
 
-        class Confirm(BaseModel):
-            confirm: bool = False
+    When the client supports MCP elicitation the user is asked (a human answers, not the model);
+    otherwise the caller must pass ``confirm=True``, which the error tells the model to do only
+    after the user agreed.
+    """
+    from server.errors import ConfirmationRequired
 
-        result = await ctx.elicit(question, Confirm)
-    except Exception:  # no session, client gone, elicitation refused: treat as "not confirmed"
-        log.debug("elicitation failed", exc_info=True)
-        return False
-    data = getattr(result, "data", None)
-    return getattr(result, "action", "") == "accept" and bool(getattr(data, "confirm", False))
+    if ctx is not None and not confirm:
+        try:
+            capabilities = ctx.session.client_capabilities
+            can_ask = capabilities is not None and getattr(capabilities, "elicitation", None) is not None
+        except Exception:  # no session (in-process call): cannot ask
+            can_ask = False
+        if can_ask:
+            from pydantic import BaseModel
+
+            class Confirmation(BaseModel):
+                confirm: bool = False
+
+            answer = await ctx.elicit(question, Confirmation)
+            if getattr(answer, "action", None) == "accept" and getattr(getattr(answer, "data", None), "confirm", False):
+                return
+            raise ConfirmationRequired(f"the user did not confirm: {question}", state="nothing was changed",
+                                       next_step="ask the user what they want instead")
+    if not confirm:
+        raise ConfirmationRequired(f"confirmation required: {question}", state="nothing was changed",
+                                   next_step="ask the user; if they agree, call again with confirm=true")

@@ -79,8 +79,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         from server.monitor.control import stack_control as run
         from tools._common import confirm_destructive
 
-        async def ask(question: str) -> bool:
-            return await confirm_destructive(ctx, question, confirm)
+        async def ask(question: str) -> None:
+            await confirm_destructive(ctx, question, confirm)
 
         return await run(runtime, stack, action, services=services, until=until, reason=reason, confirm=ask)
 

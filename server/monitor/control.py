@@ -12,18 +12,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from server.compose import project_flags
-from server.errors import DsmError, StackNotFound
+from server.errors import StackNotFound
 from server.monitor import opsbridge
 from server.monitor.logs import BadArgument, parse_time
 from server.monitor.models import ControlResult
 from server.monitor.resolve import resolve_stack
 from server.monitor.stackpolicy import stack_policy
 from server.runtime import Runtime
-
-
-class NotConfirmed(DsmError):
-    """A destructive action on a critical stack was not confirmed."""
-
 
 _COMPOSE_ARGS = {
     "start": ["start"],
@@ -35,7 +30,7 @@ _COMPOSE_ARGS = {
 
 async def stack_control(
     runtime: Runtime, stack: str, action: str, *, services: list[str] | None = None, until: str | None = None,
-    reason: str | None = None, confirm: Callable[[str], Awaitable[bool]],
+    reason: str | None = None, confirm: Callable[[str], Awaitable[None]],
 ) -> ControlResult:
     if runtime.settings.read_only:
         from server.errors import ReadOnlyMode
@@ -55,9 +50,7 @@ async def stack_control(
     if action in ("stop", "remove") and policy.critical:
         question = f"{action} {'services ' + ', '.join(services) if services else 'every service'} of the " \
                    f"critical stack {ref.name!r}?"
-        if not await confirm(question):
-            raise NotConfirmed(f"{action} of critical stack {ref.name!r} needs confirmation",
-                               state="nothing was changed", next_step="call again with confirm=true if intended")
+        await confirm(question)  # raises ConfirmationRequired unless the user agreed
     params = {"action": action, "services": services or [], "reason": reason or "", "until": until}
     op = opsbridge.begin(runtime, ref.name, "control", params)
     status = "failed"
