@@ -13,12 +13,15 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
 from server.errors import DockerUnavailable, EngineError
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.registry import ImageConfig, RegistryView
 
 log = logging.getLogger("docker_stack_mcp.engine")
 
@@ -189,6 +192,31 @@ class Engine:
             return "present", f"registry has it{' at ' + digest if digest else ''}"
 
         return await self.call(get, f"check the registry for {ref}")
+
+    async def registry_image_config(self, ref: str, view: RegistryView, timeout_s: float) -> ImageConfig:
+        """``ref``'s config read from its registry without pulling (:mod:`server.registry`).
+
+        Runs in a worker thread, bounded by ``timeout_s``; the docker CLI's stored credentials
+        for the registry are used when there are some (config.json, credential helpers).
+        """
+        from server.registry import read_image_config
+
+        def credentials(registry: str) -> tuple[str, str] | None:
+            try:
+                from docker import auth
+
+                client = self._connect()
+                found = auth.resolve_authconfig(client.api._auth_configs, registry) or {}
+            except Exception:  # a broken credential store means: anonymous, as the CLI would try
+                log.debug("no credentials for %s", registry, exc_info=True)
+                return None
+            user, password = found.get("username") or found.get("Username"), found.get("password") or found.get(
+                "Password")
+            return (str(user), str(password)) if user and password else None
+
+        return await anyio.to_thread.run_sync(
+            lambda: read_image_config(ref, view, timeout_s=timeout_s, credentials=credentials), abandon_on_cancel=True
+        )
 
     async def container_stats(self, container_id: str, *, one_shot: bool = False) -> dict[str, Any] | None:
         """One ``docker stats`` sample; None when the container is gone.

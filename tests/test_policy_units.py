@@ -105,16 +105,52 @@ def test_dependency_cycle_rule_catches_what_compose_would_let_through() -> None:
     assert list(dependency_cycle(LintContext(stack=make_stack({"a": good(depends_on={"b": {}}), "b": good()})))) == []
 
 
-def test_missing_healthcheck_uses_the_image_s_baked_healthcheck_when_local() -> None:
+def test_missing_healthcheck_uses_the_image_s_own_healthcheck_when_its_config_was_read() -> None:
     stack = make_stack({"web": good(healthcheck=None)})
-    assert "missing-healthcheck" in rules_of(run(stack))  # file only: unknown image -> error
-    baked = host(images={"dsm-test/web:1.0": ImageFact("dsm-test/web:1.0", local=True, healthcheck=True, user="1000")})
-    assert "missing-healthcheck" not in rules_of(run(stack, baked))
-    bare = host(images={"dsm-test/web:1.0": ImageFact("dsm-test/web:1.0", local=True, healthcheck=False)})
+    found = run(stack)  # file only: the image's config was not read -> a warning, never the error
+    assert "missing-healthcheck" not in rules_of(found)
+    unverified = next(f for f in found if f.rule == "healthcheck-unverified")
+    assert unverified.severity == "warning" and "check_host is off" in unverified.message
+    assert unverified.fix and "healthcheck:" in unverified.fix
+    baked = host(images={"dsm-test/web:1.0": ImageFact("dsm-test/web:1.0", local=True, healthcheck=True, user="1000",
+                                                       config_source="local")})
+    assert {"missing-healthcheck", "healthcheck-unverified"}.isdisjoint(rules_of(run(stack, baked)))
+    from_registry = host(images={"dsm-test/web:1.0": ImageFact(
+        "dsm-test/web:1.0", local=False, registry="present", healthcheck=True, config_source="registry")})
+    assert {"missing-healthcheck", "healthcheck-unverified"}.isdisjoint(rules_of(run(stack, from_registry)))
+    bare = host(images={"dsm-test/web:1.0": ImageFact("dsm-test/web:1.0", local=True, healthcheck=False,
+                                                      config_source="local")})
     f = next(f for f in run(stack, bare) if f.rule == "missing-healthcheck")
-    assert "none baked into the image" in f.message and f.fix and "healthcheck:" in f.fix
+    assert "none in the image" in f.message and f.severity == "error" and f.fix and "healthcheck:" in f.fix
+    bare_remote = host(images={"dsm-test/web:1.0": ImageFact(
+        "dsm-test/web:1.0", local=False, registry="present", healthcheck=False, config_source="registry")})
+    f = next(f for f in run(stack, bare_remote) if f.rule == "missing-healthcheck")
+    assert "its registry" in f.message
+    # Host checked, but the image neither local nor readable from its registry: still unknown.
+    unreadable = host(images={"dsm-test/web:1.0": ImageFact(
+        "dsm-test/web:1.0", local=False, registry="unreachable", detail="could not verify: timeout")})
+    assert "healthcheck-unverified" in rules_of(run(stack, unreadable))
+    assert "missing-healthcheck" not in rules_of(run(stack, unreadable))
     disabled = make_stack({"web": good(healthcheck={"disable": True})})
     assert "missing-healthcheck" in rules_of(run(disabled, baked))  # an explicit disable wins over the image
+    assert "missing-healthcheck" in rules_of(run(disabled))  # ... and is known without the host
+    # `disable: false`, or only timings: the image's own test stays, so the image decides.
+    for keeps in ({"disable": False}, {"interval": "30s", "retries": 3}):
+        kept = make_stack({"web": good(healthcheck=keeps)})
+        assert {"missing-healthcheck", "healthcheck-unverified"}.isdisjoint(rules_of(run(kept, baked))), keeps
+        assert "missing-healthcheck" in rules_of(run(kept, bare)), keeps
+        assert "healthcheck-unverified" in rules_of(run(kept)), keeps
+
+
+def test_waiting_on_an_unverified_healthcheck_is_a_warning_on_the_dependency() -> None:
+    stack = make_stack({"db": good(healthcheck=None),
+                        "app": good(depends_on={"db": {"condition": "service_healthy"}})})
+    found = run(stack)
+    assert "dependency-without-healthcheck" not in rules_of(found)
+    f = next(f for f in found if f.rule == "healthcheck-unverified")
+    assert f.service == "db" and any("app waits for it" in e for e in f.evidence)
+    bare = host(images={"dsm-test/web:1.0": ImageFact("dsm-test/web:1.0", local=True, healthcheck=False)})
+    assert "dependency-without-healthcheck" in rules_of(run(stack, bare))
 
 
 def test_images_absent_unverified_present() -> None:
@@ -271,3 +307,10 @@ def test_host_path_classes(source: str, ro: bool, expected: tuple[str, str] | No
     found = {(f.rule, f.severity) for f in run(make_stack({"web": good(volumes=[mount])}))
              if f.category == "security"}
     assert found == ({expected} if expected else set())
+
+
+def test_a_service_built_from_a_dockerfile_has_an_unverified_healthcheck() -> None:
+    stack = make_stack({"app": good(image=None, healthcheck=None, build={"context": "."})})
+    found = [f for f in run(stack, host()) if f.rule in ("missing-healthcheck", "healthcheck-unverified")]
+    assert [(f.rule, f.severity) for f in found] == [("healthcheck-unverified", "warning")]
+    assert "Dockerfile" in found[0].message

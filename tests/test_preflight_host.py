@@ -127,6 +127,9 @@ def registry_only_image(registry: str) -> Iterator[str]:
     finally:
         subprocess.run(["docker", "rmi", ref], capture_output=True, timeout=30)
     yield ref
+    from tests.test_registry_config import delete_from_registry
+
+    delete_from_registry(registry, ref)
 
 
 async def test_image_availability_local_registry_absent_unreachable(
@@ -169,9 +172,10 @@ async def test_baked_healthcheck_counts_only_when_the_image_has_one(settings: Se
     assert "missing-healthcheck" not in rules(with_hc)
     without = await run_validate(settings, engine, web_stack("baked", port, image="dsm-test/web:1.0-nohc"))
     f = rules(without)["missing-healthcheck"][0]
-    assert "none baked into the image" in f.message
+    assert "none in the image" in f.message and "this host's copy" in f.message
     file_only = await run_validate(settings, engine, web_stack("baked", port, image=WEB), check_host=False)
-    assert "missing-healthcheck" in rules(file_only)
+    assert "missing-healthcheck" not in rules(file_only)
+    assert rules(file_only)["healthcheck-unverified"][0].severity == "warning"
 
 
 # ------------------------------------------------------------------------------ whole stacks

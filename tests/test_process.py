@@ -98,3 +98,26 @@ async def test_compose_runner_passes_on_start_through(settings) -> None:
     result = await ComposeRunner(settings).run([], ["version", "--short"], cwd=None, on_start=seen.append)
     # Locating Compose runs its own probe without the hook: only the call itself is reported.
     assert result.returncode == 0 and len(seen) == 1 and seen[0] > 1
+
+
+@pytest.mark.anyio
+async def test_compose_runs_the_cli_plugin_binary_directly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_engine: None
+) -> None:
+    """The plugin `docker compose` would run is found in the docker config's cli-plugins and run
+    itself: no docker CLI start-up in front of every Compose call."""
+    from server.compose import ComposeRunner, _cli_plugin_binary
+    from server.settings import Settings
+    from tests.conftest import provision_facts
+
+    real = provision_facts().get("DSM_TEST_COMPOSE_PLUGIN")
+    assert real and Path(real).is_file(), "provision.sh records the compose plugin"
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(real)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    assert _cli_plugin_binary() == plugins / "docker-compose"
+    runner = ComposeRunner(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state"))
+    assert await runner.prefix() == [str(plugins / "docker-compose")]
+    result = await runner.run([], ["version", "--short"], cwd=tmp_path, what="compose version")
+    assert result.stdout.strip().lstrip("v")[:1] == "2"

@@ -46,7 +46,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             bool,
             Field(
                 description="Also check the live host: ports already bound, images present locally or in their "
-                "registry, healthchecks baked into local images, memory and disk. False lints the file alone."
+                "registry, each image's own healthcheck (read without pulling), memory and disk. False lints the "
+                "file alone."
             ),
         ] = True,
     ) -> ValidationReport:
@@ -62,8 +63,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         file, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
         Secrets are never shown. Key rules: compose-syntax, compose-invalid, dependency-cycle,
         undefined-reference, missing-variable, unset-variable, port-conflict, missing-healthcheck,
-        no-resource-limits, image-unpinned, image-unavailable, image-unverified, plaintext-secret,
-        privileged, docker-socket, host-namespace, host-path-mount, dangerous-capability,
+        healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits,
+        image-unpinned, image-unavailable, image-unverified, plaintext-secret, privileged,
+        docker-socket, host-namespace, host-path-mount, dangerous-capability,
         insufficient-resources; hardening hints are info.
 
         Next: fix the errors (apply the `fix` patches) and validate again. If a rule does not

@@ -39,7 +39,11 @@ _RULES: list[Rule] = [
     Rule("unset-variable", "warning", "config", "${VAR} without a value or default: Compose substitutes ''"),
     Rule("policy-unknown-reference", "warning", "config", "x-dsm policy names a rule or service that does not exist"),
     # Reliability.
-    Rule("missing-healthcheck", "error", "reliability", "long-running service without a healthcheck"),
+    Rule("missing-healthcheck", "error", "reliability",
+         "long-running service without a healthcheck, in the file or in the image's own config"),
+    Rule("healthcheck-unverified", "warning", "reliability",
+         "no healthcheck in the file and the image's own config could not be read (check_host off, or the "
+         "image neither local nor readable from its registry)"),
     Rule(
         "dependency-without-healthcheck",
         "error",

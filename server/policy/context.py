@@ -23,7 +23,9 @@ class ImageFact:
     ref: str
     local: bool
     healthcheck: bool | None = None
-    """A healthcheck baked into the image (None: not local, unknown)."""
+    """A healthcheck baked into the image (None: unknown, its config was not read)."""
+    config_source: Literal["local", "registry"] | None = None
+    """Where the image's own config (healthcheck, user) was read: image inspect, or its registry."""
     user: str | None = None
     """The image's default user ('' = root; None: unknown)."""
     registry: RegistryState | None = None

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
-from server.policy.shape import first_target_port, parse_image
+from server.policy.probes import healthcheck_patch
 from server.stackview import has_healthcheck
 
 
@@ -19,59 +18,70 @@ def _disabled(service: dict[str, Any]) -> bool:
 
 
 def effective_healthcheck(ctx: LintContext, service: dict[str, Any]) -> tuple[bool | None, str]:
-    """(has one?, where from). None means unknown: the image was not inspected."""
+    """(has one?, where from). None means unknown: the image's own config was not read.
+
+    A ``healthcheck:`` block without ``test`` (``{disable: false}``, or only ``interval``) keeps
+    the image's own test, as the engine does, so the image decides.
+    """
     if has_healthcheck(service):
         return True, "declared in the compose file"
     if _disabled(service):
         return False, "disabled in the compose file (healthcheck: disable / NONE)"
     image = service.get("image")
-    if ctx.facts is None or not image:
-        return None, "none in the compose file; the image was not inspected (check_host is off)"
+    if not image:
+        return None, "none in the compose file; the image is built from the stack's Dockerfile, not inspected"
+    if ctx.facts is None:
+        return None, "none in the compose file; the image's own config was not read (check_host is off)"
     fact = ctx.facts.images.get(image)
-    if fact is None or not fact.local:
-        return None, "none in the compose file; the image is not on this host, so its own healthcheck is unknown"
+    if fact is None or fact.healthcheck is None:
+        detail = f": {fact.detail}" if fact is not None and fact.detail else ""
+        return None, ("none in the compose file; the image is not on this host and its config could not be read "
+                      f"from its registry{detail}")
+    where = "this host's copy of the image" if fact.config_source == "local" else "the image's config in its registry"
     if fact.healthcheck:
-        return True, "baked into the image"
-    return False, "none in the compose file and none baked into the image"
+        return True, f"the image's own HEALTHCHECK (read from {where})"
+    return False, f"none in the compose file and none in the image (read from {where})"
 
 
 def missing_healthcheck(ctx: LintContext) -> Iterator[Finding]:
+    """missing-healthcheck when the image is known to have none; healthcheck-unverified when unknown."""
     one_shots = ctx.one_shots
+    waiters: dict[str, list[str]] = {}
+    for name, svc in ctx.services.items():
+        for dep, cfg in (svc.get("depends_on") or {}).items():
+            if (cfg or {}).get("condition") == "service_healthy":
+                waiters.setdefault(dep, []).append(name)
     for name, svc in sorted(ctx.services.items()):
         if name in one_shots:
             continue
         has, why = effective_healthcheck(ctx, svc)
         if has:
             continue
+        line = ctx.stack.line_of(name, "healthcheck") or ctx.stack.line_of(name)
+        exempt = "one-shot services (x-dsm one-shot: true, or awaited with service_completed_successfully) are exempt"
+        waiting = [f"{w} waits for it with condition service_healthy" for w in sorted(waiters.get(name, []))]
+        if has is None:
+            yield finding(
+                "healthcheck-unverified",
+                f"service {name!r} declares no healthcheck and whether its image brings one is unknown ({why}); "
+                "many images ship their own HEALTHCHECK",
+                service=name,
+                line=line,
+                fix="# only if the image has no HEALTHCHECK of its own (validate with check_host reads it):\n"
+                + healthcheck_patch(name, svc),
+                evidence=[why, *waiting, "the image's config is read locally (image inspect) or from its registry "
+                          "without pulling when check_host is on", exempt],
+            )
+            continue
         yield finding(
             "missing-healthcheck",
             f"service {name!r} runs long but has no healthcheck ({why}); a deployment cannot tell "
             "'started' from 'working' and auto-recovery cannot see it fail",
             service=name,
-            line=ctx.stack.line_of(name, "healthcheck") or ctx.stack.line_of(name),
-            fix=_healthcheck_patch(name, svc),
-            evidence=[why, "one-shot services (x-dsm one-shot: true, or awaited with "
-                      "service_completed_successfully) are exempt"],
+            line=line,
+            fix=healthcheck_patch(name, svc),
+            evidence=[why, *waiting, exempt],
         )
-
-
-def _healthcheck_patch(name: str, svc: dict[str, Any]) -> str:
-    family = parse_image(svc["image"]).repository.lower() if svc.get("image") else ""
-    port = first_target_port(svc)
-    if "postgres" in family and "postgrest" not in family and "meta" not in family:
-        test: list[str] = ["CMD-SHELL", "pg_isready -U postgres -h 127.0.0.1"]
-    elif any(k in family for k in ("redis", "valkey", "keydb")):
-        test = ["CMD", "redis-cli", "ping"]
-    elif any(k in family for k in ("mysql", "mariadb")):
-        test = ["CMD-SHELL", "mysqladmin ping -h 127.0.0.1 --silent"]
-    elif port:
-        test = ["CMD-SHELL", f"wget -q -O /dev/null http://127.0.0.1:{port}/ || exit 1"]
-    else:
-        test = ["CMD-SHELL", "REPLACE with a command that exits 0 only when the service works"]
-    return (
-        f"services:\n  {name}:\n    healthcheck:\n      test: {json.dumps(test)}\n"
-        "      interval: 10s\n      timeout: 5s\n      retries: 5\n      start_period: 30s\n"
-    )
 
 
 def dependency_without_healthcheck(ctx: LintContext) -> Iterator[Finding]:
@@ -81,13 +91,12 @@ def dependency_without_healthcheck(ctx: LintContext) -> Iterator[Finding]:
             if (cfg or {}).get("condition") != "service_healthy" or dep not in services:
                 continue
             has, why = effective_healthcheck(ctx, services[dep])
-            if has:
+            if has is not False:  # unknown: healthcheck-unverified on the dependency says so, as a warning
                 continue
-            certain = has is False
             yield finding(
                 "dependency-without-healthcheck",
                 f"service {name!r} waits for {dep!r} to be healthy, but {dep!r} has no healthcheck ({why}); "
-                + ("`docker compose up` will fail" if certain else "`up` fails unless the image bakes one in"),
+                "`docker compose up` will fail",
                 service=name,
                 line=ctx.stack.line_of(name, "depends_on", dep),
                 fix=f"add a healthcheck to {dep!r}, or wait with condition: service_started",

@@ -52,7 +52,8 @@ def no_resource_limits(ctx: LintContext) -> Iterator[Finding]:
             continue
         n = replicas(svc)
         observed = ctx.facts.own_usage.get(name) if ctx.facts else None
-        proposal = propose(svc.get("image"), observed.memory_bytes if observed else None, n)
+        proposal = propose(svc.get("image"), observed.memory_bytes if observed else None, n, service=svc,
+                           host_cpus=ctx.facts.cpus if ctx.facts else None)
         if mem is None:
             patch = limits_patch(
                 name,

@@ -3,15 +3,20 @@
 Upstream stacks (Supabase's among them) ship without limits, so a bare "add limits" finding
 leaves the operator guessing. A proposal is a YAML patch to merge into the compose file (or an
 override file). Observed usage wins: the limit is twice what the service uses now, the
-reservation what it uses now. Without usage, conservative defaults by image family apply.
+reservation what it uses now. Without usage, conservative defaults by image family apply. Either
+way a limit never goes below what the service is known to need: its family's documented floor,
+the JVM heap it configures, or the memory it reserves.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from typing import Any
 
-from server.policy.shape import parse_image
+from server.policy.families import UNKNOWN, family_of
+from server.policy.shape import memory_reservation
 
 MIB = 1024**2
 GIB = 1024**3
@@ -25,69 +30,59 @@ class Proposal:
     basis: str
 
 
-# (substring of the repository path, memory limit, cpus). First match wins, so specific first.
-_FAMILIES: list[tuple[str, int, float]] = [
-    ("postgres-meta", 256 * MIB, 0.5),
-    ("postgrest", 256 * MIB, 0.5),
-    ("supavisor", 512 * MIB, 1.0),
-    ("logflare", 1 * GIB, 1.0),
-    ("edge-runtime", 512 * MIB, 1.0),
-    ("storage-api", 512 * MIB, 1.0),
-    ("gotrue", 256 * MIB, 0.5),
-    ("realtime", 512 * MIB, 1.0),
-    ("studio", 512 * MIB, 1.0),
-    ("imgproxy", 512 * MIB, 1.0),
-    ("postgres", 1 * GIB, 2.0),
-    ("postgis", 1 * GIB, 2.0),
-    ("timescale", 1 * GIB, 2.0),
-    ("mysql", 1 * GIB, 2.0),
-    ("mariadb", 1 * GIB, 2.0),
-    ("mongo", 1 * GIB, 1.0),
-    ("elasticsearch", 2 * GIB, 2.0),
-    ("opensearch", 2 * GIB, 2.0),
-    ("clickhouse", 2 * GIB, 2.0),
-    ("meilisearch", 1 * GIB, 1.0),
-    ("qdrant", 1 * GIB, 1.0),
-    ("redis", 256 * MIB, 0.5),
-    ("valkey", 256 * MIB, 0.5),
-    ("keydb", 256 * MIB, 0.5),
-    ("memcached", 256 * MIB, 0.5),
-    ("kong", 512 * MIB, 1.0),
-    ("nginx", 256 * MIB, 1.0),
-    ("traefik", 256 * MIB, 1.0),
-    ("caddy", 256 * MIB, 1.0),
-    ("haproxy", 256 * MIB, 1.0),
-    ("envoy", 256 * MIB, 1.0),
-    ("vector", 256 * MIB, 0.5),
-    ("n8n", 1 * GIB, 1.0),
-    ("librechat", 1 * GIB, 1.0),
-    ("linkwarden", 1 * GIB, 1.0),
-    ("postiz", 1 * GIB, 1.0),
-    ("vaultwarden", 256 * MIB, 0.5),
-    ("portainer", 256 * MIB, 0.5),
-    ("netdata", 512 * MIB, 1.0),
-    ("busybox", 64 * MIB, 0.25),
-    ("alpine", 64 * MIB, 0.25),
-]
-_DEFAULT = (512 * MIB, 1.0)
+_JAVA_HEAP = re.compile(r"-Xmx(\d+)([kKmMgG]?)")
+_JAVA_VARS = ("ES_JAVA_OPTS", "OPENSEARCH_JAVA_OPTS", "JAVA_OPTS", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JVM_OPTS")
+_JVM_OVERHEAD = 1.5
+"""A JVM needs its heap plus metaspace, threads and direct buffers: about half again."""
 
 
-def propose(image: str | None, observed_bytes: int | None, replicas: int = 1) -> Proposal:
-    """Limits for one container of a service (``observed_bytes`` is the sum over its replicas)."""
-    family_mem, family_cpus = _DEFAULT
-    family = "unknown image family"
-    repo = parse_image(image).repository.lower() if image else ""
-    for key, mem, cpus in _FAMILIES:
-        if key in repo:
-            family_mem, family_cpus, family = mem, cpus, f"image family '{key}'"
-            break
+def known_need(service: dict[str, Any], family_floor: int) -> tuple[int, str]:
+    """The least memory ``service`` is known to need, and why: a JVM heap it sets, the memory it
+    reserves, or its image family's documented floor."""
+    need, why = family_floor, "its image family's floor" if family_floor else ""
+    env = service.get("environment") or {}
+    for var in _JAVA_VARS:
+        match = _JAVA_HEAP.search(str(env.get(var) or "")) if isinstance(env, dict) else None
+        if match:
+            unit = {"k": 1024, "m": MIB, "g": GIB, "": 1}[match.group(2).lower()]
+            heap = int(int(match.group(1)) * unit * _JVM_OVERHEAD)
+            if heap > need:
+                need, why = heap, f"{var} sets a {_human(int(match.group(1)) * unit)} JVM heap"
+    reserved = memory_reservation(service)
+    if reserved and reserved > need:
+        need, why = reserved, f"it reserves {_human(reserved)}"
+    return need, why
+
+
+def propose(
+    image: str | None, observed_bytes: int | None, replicas: int = 1, *, service: dict[str, Any] | None = None,
+    host_cpus: int | None = None,
+) -> Proposal:
+    """Limits for one container of a service (``observed_bytes`` is the sum over its replicas).
+
+    The family is read from the image's repository name (:mod:`server.policy.families`). The
+    limit is twice the observed usage, else the family's default, and never below what the
+    service is known to need (:func:`known_need`). CPUs never exceed the host's.
+    """
+    fam = family_of(image)
+    family = "unknown image family" if fam is UNKNOWN else f"image family '{fam.name}'"
+    need, need_why = known_need(service or {}, fam.floor)
+    cpus = min(fam.cpus, float(host_cpus)) if host_cpus else fam.cpus
     if observed_bytes:
         per_container = observed_bytes / max(replicas, 1)
-        limit = _nice(max(per_container * 2, 64 * MIB))
+        base = max(per_container * 2, 64 * MIB)
         reservation = _nice(max(per_container, 32 * MIB), step=32 * MIB)
         basis = f"twice the {_human(int(per_container))} in use now"
-        return Proposal(limit, min(reservation, limit), family_cpus, basis)
-    return Proposal(family_mem, family_mem // 2, family_cpus, f"conservative default for {family}")
+    else:
+        base = fam.memory
+        reservation = 0
+        basis = f"conservative default for {family}"
+    limit = _nice(max(base, need))
+    if need > base:
+        basis += f", raised to what it is known to need ({need_why})"
+    if not observed_bytes:
+        reservation = limit // 2
+    return Proposal(limit, min(reservation, limit), cpus, basis)
 
 
 def _nice(value: float, step: int = 64 * MIB) -> int:

@@ -22,6 +22,7 @@ from server.preflight.images import fill_images
 from server.preflight.parallel import run_parallel
 from server.preflight.ports import port_holders
 from server.preflight.usage import CPU_SAMPLE_S, fill_usage
+from server.registry import RegistryView
 from server.stackmodel import LoadedStack
 
 
@@ -61,7 +62,8 @@ async def gather_facts(
 
     jobs: list[Callable[[], Awaitable[None]]] = [measure]
     if stack is not None and check_images:
-        jobs.append(functools.partial(fill_images, engine, stack, images))
+        jobs.append(functools.partial(
+            fill_images, engine, stack, images, view=RegistryView.from_info(info), engine_local=local))
     await run_parallel(jobs)
     holders = port_holders(stack, containers, local) if stack is not None else []
     cpus = int(info.get("NCPU") or 0) or None
