@@ -54,22 +54,27 @@ def networks(o: Observed) -> list[str]:
 
 
 async def check(runtime: Runtime, observed: list[Observed], only: str | None = None) -> list[ProbeResult]:
+    """Probe every (service, network) pair in parallel (a probe container takes about a second)."""
+    from server.preflight.parallel import run_for_each
+
     by_service = {o.service: o for o in observed}
-    results: list[ProbeResult] = []
+    jobs: list[tuple[Observed, str, list[tuple[str, str]], list[Observed]]] = []
     for o in observed:
-        if only and o.service != only:
-            continue
-        if o.state.get("Status") != "running":
+        if (only and o.service != only) or o.state.get("Status") != "running":
             continue
         deps = [d for d in dependencies(o) if d in by_service]
         targets = [(d, f"{d}:{p}") for d in deps for p in tcp_ports(by_service[d])]
-        if not targets:
-            continue
-        for net in networks(o):
-            if net in ("host", "none"):
-                continue
-            results.extend(await _probe(runtime, o, net, targets, [by_service[d] for d in deps]))
-    return results
+        if targets:
+            jobs.extend((o, net, targets, [by_service[d] for d in deps])
+                        for net in networks(o) if net not in ("host", "none"))
+    found: dict[int, list[ProbeResult]] = {}
+
+    async def one(job: tuple[int, tuple[Observed, str, list[tuple[str, str]], list[Observed]]]) -> None:
+        index, (o, net, targets, deps) = job
+        found[index] = await _probe(runtime, o, net, targets, deps)
+
+    await run_for_each(one, list(enumerate(jobs)))
+    return [r for index in sorted(found) for r in found[index]]
 
 
 async def _probe(runtime: Runtime, o: Observed, network: str, targets: list[tuple[str, str]],
