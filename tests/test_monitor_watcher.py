@@ -476,3 +476,37 @@ async def test_action_interrupted_by_a_kill_is_reissued_once_not_counted_twice(
     after = service_state(settings, project_name, "web")
     assert len(after["attempts"]) == 1 and "in_flight" not in after  # the same attempt, not a second one
     runtime.close()
+
+
+STORM = """\
+name: {name}
+services:
+  loop:
+    image: dsm-test/busybox:1
+    init: true
+    restart: always
+    command: ["sh", "-c", "sleep 1; echo 'fatal: config missing'; exit 2"]
+    labels: {{dsm.test: "1"}}
+    x-dsm:
+      recovery: {{max_restarts: 2}}
+"""
+
+
+async def test_engine_restart_storm_alerts_once(
+    docker_engine: None, settings: Settings, stacks_root: Path, project_name: str
+) -> None:
+    directory = write_stack(stacks_root, "storm", STORM.format(name=project_name))
+    compose_up(directory, wait=False)
+    with alert_receiver() as (url, received):
+        s = dataclasses.replace(settings, alert_urls=(url,))
+        runtime = Runtime(s)
+        watcher = Watcher(runtime, interval_s=1.0, alerter=Alerter(s))
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watcher.run, stop)
+            await until(lambda: any("restart loop" in r.get("title", "") for r in received), 60, "the storm alert")
+            await anyio.sleep(5)
+            stop.set()
+        storms = [r for r in received if "restart loop" in r.get("title", "")]
+        assert len(storms) == 1 and "Do: run diagnose_stack" in storms[0]["message"]
+        runtime.close()

@@ -168,6 +168,7 @@ class Watcher:
             self.state.save()
             return
         policy = stack_policy(location, {o.service: o.labels for o in containers})
+        await self._restart_storms(stack, containers, policy)
         broken = [(o, kind) for o in _dependency_order(containers) if (kind := _broken(o, policy))]
         if broken and await self._rollback_if_fresh_deploy(stack, policy, broken):
             return
@@ -370,6 +371,27 @@ class Watcher:
             f"{last.operation_id}", what_was_tried=f"automatic rollback: {msg}",
             what_to_do=f"call rollback for {stack} by hand or fix forward; the watcher now restarts services"))
         return False
+
+    async def _restart_storms(self, stack: str, containers: list[Observed], policy: StackPolicy) -> None:
+        """The engine's own restart policy looping a crashing container: alert once per window."""
+        now = time.time()
+        for o in containers:
+            recovery = policy.service(o.service).recovery
+            rec = self.state.service(stack, o.service)
+            count = int(o.inspect.get("RestartCount") or 0)
+            seen = rec.get("engine_restart_count")
+            times = [t for t in rec.get("engine_restarts") or [] if now - t < recovery.window_s]
+            if seen is not None and rec.get("engine_restart_id") == o.full_id[:12] and count > seen:
+                times.extend([now] * min(count - seen, 20))
+            rec.update(engine_restart_count=count, engine_restart_id=o.full_id[:12], engine_restarts=times)
+            if len(times) > max(recovery.max_restarts, 1):
+                await self._alert(stack, Alert(
+                    key=f"restart-storm:{stack}/{o.service}", level="critical",
+                    title=f"{stack}/{o.service} is in a restart loop",
+                    what_broke=f"the engine restarted {o.service} {len(times)} times in {recovery.window_s} s "
+                    f"({_state_line(o)})",
+                    what_was_tried="the container's own restart policy",
+                    what_to_do=f"run diagnose_stack {stack}; restarts will not fix a crash on start"))
 
     # -- thresholds ---------------------------------------------------------------------------------
     async def _thresholds(self, stack: str, containers: list[Observed], policy: StackPolicy,
