@@ -19,6 +19,7 @@ from typing import Any
 
 from server.errors import ComposeError, ComposeTimeout, ComposeUnavailable
 from server.process import ProcessResult, run_argv
+from server.project import ComposeProject
 from server.redact import Scrubber
 from server.settings import Settings
 
@@ -130,30 +131,34 @@ class ComposeRunner:
             )
         return result
 
+    async def run_project(self, project: ComposeProject, args: Sequence[str], **kwargs: Any) -> ProcessResult:
+        """``compose <project.args()> <args>`` in the project directory with the project's env.
+
+        The one way to run a command on a stack (up, ps, pull, logs, down): the project it acts on
+        is the project pre-flight checked. ``kwargs`` as for :meth:`run` (timeout_s, scrub, ...).
+        """
+        return await self.run(project.args(), args, cwd=project.directory, env=project.env, **kwargs)
+
     async def config(
         self,
-        project_dir: Path,
-        files: Sequence[Path],
+        project: ComposeProject,
         *,
-        env: Mapping[str, str] | None = None,
-        project_name: str | None = None,
-        stdin: bytes | None = None,
+        all_profiles: bool = False,
         scrub: Scrubber | None = None,
     ) -> dict[str, Any]:
-        """``compose config --format json`` with every profile enabled, parsed.
+        """``compose <project.args()> config --format json``, parsed: the services ``up`` starts.
 
-        Pass ``stdin`` with ``files=[Path("-")]`` for inline content. Only call this on files that
-        passed :func:`server.yamlsafe.load_yaml`: Compose has no alias-expansion limit.
+        ``all_profiles`` adds ``--profile '*'`` (services behind inactive profiles too): only for
+        linting those services, never for the go/no-go model. Only call this on a project whose
+        every file passed :func:`server.yamlsafe.load_yaml`: Compose has no alias-expansion limit.
         """
-        project_args = project_flags(project_dir, files, project_name)
         result = await self.run(
-            project_args,
-            ["--profile", "*", "config", "--format", "json"],
-            cwd=project_dir,
-            env=env,
+            project.args(),
+            [*(["--profile", "*"] if all_profiles else []), "config", "--format", "json"],
+            cwd=project.directory,
+            env=project.env,
             timeout_s=_CONFIG_TIMEOUT_S,
             scrub=scrub,
-            stdin=stdin,
             what="docker compose config",
             term_grace_s=0,
         )
@@ -181,6 +186,8 @@ class ComposeRunner:
 
 
 def project_flags(project_dir: Path, files: Sequence[Path], project_name: str | None = None) -> list[str]:
+    """Flags naming every file explicitly. Prefer :meth:`server.project.ComposeProject.args`, which
+    lets Compose read COMPOSE_FILE itself; kept for callers not yet switched to it."""
     flags = ["--project-directory", str(project_dir)]
     for f in files:
         flags += ["-f", str(f)]

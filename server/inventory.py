@@ -12,7 +12,7 @@ from server.errors import DockerUnavailable
 from server.models import ObservedProject, StackEntry, StackInspection, StackList, sort_findings
 from server.runtime import Runtime
 from server.stackload import StackRenderFailed, load_stack
-from server.stacks import discover
+from server.stacks import discover, relative_name
 from server.stackview import service_view
 
 
@@ -40,8 +40,8 @@ async def list_stacks(runtime: Runtime) -> StackList:
             StackEntry(
                 name=loc.name,
                 path=str(loc.directory.relative_to(root)),
-                compose_files=[f.name for f in loc.files],
-                services=loc.declared_services,
+                compose_files=[relative_name(f, loc.directory) for f in loc.files],
+                services=loc.active_services,
                 containers=len(mine),
                 running=running,
                 healthy=healthy,
@@ -84,7 +84,7 @@ async def inspect_stack(runtime: Runtime, path: str, env: Mapping[str, str] | No
     return StackInspection(
         stack=stack.name,
         path=str(stack.directory.relative_to(root)) if stack.directory else None,
-        files=[f.name for f in stack.files],
+        files=list(stack.read_files) or [f.name for f in stack.files],
         rendered=True,
         services=[service_view(stack, name, svc or {}) for name, svc in sorted(stack.services.items())],
         networks=sorted((stack.rendered.get("networks") or {}).keys()),

@@ -7,9 +7,9 @@ Results are frozen: a report, once built, is evidence and must not be edited in 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
@@ -29,9 +29,23 @@ class Finding(Frozen):
     category: str = Field(description="Family: syntax, reliability, security, resources, network, images, ...")
     service: str | None = Field(default=None, description="The service concerned, or null for the stack.")
     message: str = Field(description="What is wrong, in one or two sentences.")
-    line: int | None = Field(default=None, description="1-based line in the compose file, when known.")
+    file: str | None = Field(
+        default=None, description="The file that set the value, relative to the stack directory, when known."
+    )
+    line: int | None = Field(default=None, description="1-based line in `file`, when known.")
     fix: str | None = Field(default=None, description="A concrete fix, as a YAML patch when one exists.")
     evidence: list[str] = Field(default_factory=list, description="What was observed (redacted).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_from_line(cls, data: Any) -> Any:
+        # Lines come from server.yamlsafe.SourceLines as `Line` ints that know their file; every
+        # rule passes `line=stack.line_of(...)` unchanged and the finding gets `file` here.
+        if isinstance(data, dict) and data.get("file") is None:
+            file = getattr(data.get("line"), "file", None)
+            if file is not None:
+                data = {**data, "file": file, "line": int(data["line"])}
+        return data
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
@@ -83,7 +97,7 @@ class StackEntry(Frozen):
     name: str = Field(description="Compose project name; pass it as `stack` to tools that act on a running stack.")
     path: str = Field(description="Directory relative to the stacks root; pass it as `path` to tools that read files.")
     compose_files: list[str]
-    services: list[str] = Field(description="Services declared in the compose files.")
+    services: list[str] = Field(description="Services `up` starts (declared, minus those behind inactive profiles).")
     containers: int = Field(description="Containers of this project on the engine, in any state.")
     running: int
     healthy: int = Field(description="Running containers whose healthcheck passes or that have none.")
@@ -110,7 +124,7 @@ class StackList(Frozen):
 class StackInspection(Frozen):
     stack: str
     path: str | None
-    files: list[str]
+    files: list[str] = Field(description="Every file Compose reads for the stack (compose files, includes, env files).")
     rendered: bool = Field(description="True when Compose rendered the model; false means see findings.")
     services: list[ServiceView]
     networks: list[str]

@@ -1,12 +1,16 @@
 """Turning a stack's files (or inline YAML) into a :class:`LoadedStack`, safely.
 
-Order matters: screen every file (yamlsafe), refuse references that leave the stacks root,
-and only then let ``docker compose config`` render the model. When something fails the
-result is a list of findings with real line numbers, never a half-read model.
+Order matters: find every file the stack makes Compose read (server.sources), screen each
+(yamlsafe), refuse references that leave the stacks root, and only then let ``docker compose
+config`` render the model, through the stack's one :class:`server.project.ComposeProject`, as
+``up`` would see it (no ``--profile '*'``; services behind inactive profiles are rendered apart,
+concurrently, only when there are any). When something fails the result is a list of findings
+with real files and line numbers, never a half-read model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import tempfile
 from collections.abc import Mapping
@@ -15,13 +19,23 @@ from typing import Any
 
 from server.compose import ComposeRunner
 from server.errors import ComposeError, DsmError, PathRejected, UnsafeYaml
+from server.interpolation import references
 from server.models import Finding
+from server.project import ComposeProject
 from server.redact import Scrubber, is_secret_key
 from server.settings import Settings
-from server.stackmodel import LoadedStack
-from server.stacks import check_argument, locate_stack, normalize_project_name, read_compose_file, read_dotenv
+from server.sources import collect_sources
+from server.stackmodel import LoadedStack, SourceMap
+from server.stacks import (
+    StackLocation,
+    inactive_services,
+    locate_stack,
+    normalize_project_name,
+    read_compose_file,
+    relative_name,
+)
 from server.xdsm import ServiceSettings, XdsmInvalid, parse_service_settings, parse_stack_settings
-from server.yamlsafe import SourceLines, YamlDocument, load_yaml
+from server.yamlsafe import Line, YamlDocument, load_yaml
 
 _COMPOSE_TOP_KEYS = {"services", "include", "name", "version", "networks", "volumes", "secrets", "configs"}
 
@@ -58,15 +72,66 @@ async def load_stack(
     if content is not None:
         return await _load_inline(settings, compose, content, env)
     assert path is not None
-    location = locate_stack(settings, path)
-    docs: list[YamlDocument] = []
+    location = locate_stack(settings, path, env)
+    if location.dotenv_error:
+        raise StackRenderFailed(location.name, [_invalid(location.dotenv_error, None, file=".env")])
+    top: list[tuple[Path, YamlDocument]] = []
     for file, located in zip(location.files, location.documents, strict=True):
-        doc = located if located is not None else _screen_file(file, settings, location.name)
-        _require_compose_shape(doc, location.name)
-        docs.append(doc)
-    dotenv = read_dotenv(location.directory)
-    _check_references(settings, location.directory, docs, location.name)
-    return await _render(settings, compose, location.name, location.directory, location.files, docs, dotenv, env)
+        if located is None and not file.is_file():
+            raise StackRenderFailed(
+                location.name,
+                [
+                    _invalid(
+                        f"{relative_name(file, location.directory)} (named by COMPOSE_FILE) does not exist",
+                        None,
+                        file=_compose_file_origin(location),
+                    )
+                ],
+            )
+        _check_inside(settings, file, location)
+        doc = located if located is not None else _screen_file(file, settings, location.name, location.directory)
+        _require_compose_shape(doc, location.name, main=not top)
+        top.append((file, doc))
+    found = collect_sources(settings, location.directory, top, location.variables)
+    if found.findings:
+        raise StackRenderFailed(location.name, found.findings)
+    return await _render(
+        settings,
+        compose,
+        location.name,
+        location.project(),
+        [f for f, _ in top],
+        [*found.included, *(d for _, d in top)],
+        found.extended,
+        location.dotenv,
+        env,
+        location.profiles,
+        read_files=found.files,
+        directory=location.directory,
+    )
+
+
+def _compose_file_origin(location: StackLocation) -> str | None:
+    """Where COMPOSE_FILE was set: the stack's .env, or (None) the env the caller gave."""
+    return ".env" if "COMPOSE_FILE" in location.dotenv and "COMPOSE_FILE" not in location.env else None
+
+
+def _check_inside(settings: Settings, file: Path, location: StackLocation) -> None:
+    root = settings.stacks_root.resolve()
+    if not file.resolve().is_relative_to(root):
+        raise StackRenderFailed(
+            location.name,
+            [
+                Finding(
+                    rule="path-outside-root",
+                    severity="error",
+                    category="security",
+                    file=_compose_file_origin(location),
+                    message=f"COMPOSE_FILE names {str(file)!r}, outside the stacks root {root}; Compose was not run",
+                    fix="keep every file a stack uses inside its own directory under the stacks root",
+                )
+            ],
+        )
 
 
 async def _load_inline(settings: Settings, compose: ComposeRunner, content: str, env: dict[str, str]) -> LoadedStack:
@@ -80,21 +145,38 @@ async def _load_inline(settings: Settings, compose: ComposeRunner, content: str,
     with tempfile.TemporaryDirectory(prefix="dsm-inline-") as tmp:
         directory = Path(tmp) / (name or "inline")
         directory.mkdir()
-        _check_references(settings, directory, [doc], name, inline=True)
         file = directory / "compose.yaml"
+        found = collect_sources(settings, directory, [(file, doc)], env, inline=True)
+        if found.findings:
+            raise StackRenderFailed(name, found.findings)
         file.write_text(content, encoding="utf-8")
-        return await _render(settings, compose, name or "inline", None, [file], [doc], {}, env, cwd=directory)
+        profiles = tuple(p.strip() for p in env.get("COMPOSE_PROFILES", "").split(",") if p.strip())
+        project = ComposeProject(directory=directory, env=env, profiles=profiles)
+        return await _render(
+            settings,
+            compose,
+            name or "inline",
+            project,
+            [file],
+            [*found.included, doc],
+            found.extended,
+            {},
+            env,
+            profiles,
+            read_files=["content"],
+            directory=None,
+        )
 
 
-def _screen_file(file: Path, settings: Settings, name: str) -> YamlDocument:
+def _screen_file(file: Path, settings: Settings, name: str, directory: Path) -> YamlDocument:
     """Read a file that was refused when the stack was located, to report why as a finding."""
     try:
-        return read_compose_file(file, settings)
+        return read_compose_file(file, settings, directory)
     except UnsafeYaml as exc:
-        raise StackRenderFailed(name, [yaml_finding(exc)]) from None
+        raise StackRenderFailed(name, [yaml_finding(exc, relative_name(file, directory))]) from None
 
 
-def yaml_finding(exc: UnsafeYaml) -> Finding:
+def yaml_finding(exc: UnsafeYaml, file: str | None = None) -> Finding:
     syntax = "syntax error" in exc.what
     return Finding(
         rule="compose-syntax" if syntax else "unsafe-yaml",
@@ -102,11 +184,12 @@ def yaml_finding(exc: UnsafeYaml) -> Finding:
         category="syntax" if syntax else "security",
         message=exc.what,
         line=exc.line,
+        file=file,
         evidence=[f"column {exc.column}"] if exc.column else [],
     )
 
 
-def _require_compose_shape(doc: YamlDocument, name: str) -> None:
+def _require_compose_shape(doc: YamlDocument, name: str, *, main: bool = True) -> None:
     data = doc.data
     if not isinstance(data, dict):
         kind = "empty" if data is None else type(data).__name__
@@ -121,112 +204,62 @@ def _require_compose_shape(doc: YamlDocument, name: str) -> None:
                 )
             ],
         )
-    if not (set(map(str, data)) & {"services", "include"}):
+    if main and not (set(map(str, data)) & {"services", "include"}):
         keys = ", ".join(sorted(map(str, data))[:6])
         raise StackRenderFailed(name, [_invalid(f"no services: or include: at the top level (found: {keys})", 1)])
 
 
-def _invalid(message: str, line: int | None) -> Finding:
-    return Finding(rule="compose-invalid", severity="error", category="syntax", message=message, line=line)
-
-
-def _references(doc: YamlDocument) -> list[tuple[str, tuple[str, ...]]]:
-    """File paths a compose document makes Compose read: include, env_file, secrets/configs file."""
-    data = doc.data if isinstance(doc.data, dict) else {}
-    refs: list[tuple[str, tuple[str, ...]]] = []
-
-    def add(value: Any, where: tuple[str, ...]) -> None:
-        if isinstance(value, str):
-            refs.append((value, where))
-        elif isinstance(value, list):
-            for item in value:
-                add(item, where)
-        elif isinstance(value, dict):
-            for key in ("path", "file", "env_file", "project_directory"):
-                if key in value:
-                    add(value[key], where)
-
-    add(data.get("include"), ("include",))
-    for section in ("secrets", "configs"):
-        for entry_name, entry in (data.get(section) or {}).items() if isinstance(data.get(section), dict) else []:
-            if isinstance(entry, dict) and "file" in entry:
-                add(entry["file"], (section, str(entry_name)))
-    services = data.get("services")
-    for svc, body in services.items() if isinstance(services, dict) else []:
-        if isinstance(body, dict):
-            add(body.get("env_file"), ("services", str(svc), "env_file"))
-            ext = body.get("extends")
-            if isinstance(ext, dict) and "file" in ext:
-                add(ext["file"], ("services", str(svc), "extends"))
-    return refs
-
-
-def _check_references(
-    settings: Settings, directory: Path, docs: list[YamlDocument], name: str, *, inline: bool = False
-) -> None:
-    root = settings.stacks_root.resolve() if settings.stacks_root.exists() else settings.stacks_root
-    findings: list[Finding] = []
-    for doc in docs:
-        for ref, where in _references(doc):
-            if "$" in ref:
-                continue  # interpolated; checked again on the rendered model
-            try:
-                check_argument(ref, "referenced path")
-            except PathRejected as exc:
-                findings.append(_outside_finding(ref, where, doc.lines, exc.what))
-                continue
-            target = Path(ref) if Path(ref).is_absolute() else directory / ref
-            resolved = target.resolve()
-            inside = resolved.is_relative_to(root) or (inline and resolved.is_relative_to(directory.resolve()))
-            if not inside:
-                findings.append(
-                    _outside_finding(ref, where, doc.lines, f"{ref!r} resolves outside the stacks root {root}")
-                )
-    if findings:
-        raise StackRenderFailed(name, findings)
-
-
-def _outside_finding(ref: str, where: tuple[str, ...], lines: SourceLines, message: str) -> Finding:
-    return Finding(
-        rule="path-outside-root",
-        severity="error",
-        category="security",
-        service=where[1] if where[0] == "services" else None,
-        message=message + "; Compose was not run, so the file was not read",
-        line=lines.get(*where),
-        fix="keep every file a stack uses inside its own directory under the stacks root",
-    )
+def _invalid(message: str, line: int | None, *, file: str | None = None) -> Finding:
+    return Finding(rule="compose-invalid", severity="error", category="syntax", message=message, line=line, file=file)
 
 
 async def _render(
     settings: Settings,
     compose: ComposeRunner,
     name: str,
-    directory: Path | None,
+    project: ComposeProject,
     files: list[Path],
     docs: list[YamlDocument],
-    dotenv: dict[str, str],
+    templates: list[YamlDocument],
+    dotenv: Mapping[str, str],
     env: dict[str, str],
+    profiles: tuple[str, ...],
     *,
-    cwd: Path | None = None,
+    read_files: list[str],
+    directory: Path | None,
 ) -> LoadedStack:
-    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets(docs)
+    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets([*docs, *templates])
     scrub = Scrubber(secrets, assignments=False)
-    project_dir = directory or cwd
-    assert project_dir is not None
-    try:
-        rendered = await compose.config(project_dir, files, env=env, scrub=scrub)
-    except ComposeError as exc:
-        if exc.returncode is None:  # timed out: not a property of the file we can point at
-            raise
-        raise StackRenderFailed(name, compose_error_findings(exc.stderr, docs[0])) from None
-    for svc in (rendered.get("services") or {}).values():
-        for key, value in ((svc or {}).get("environment") or {}).items():
-            if is_secret_key(key) and isinstance(value, str):
-                secrets.add(value)
+    lines = SourceMap.merge(docs, templates, main=relative_name(files[0], project.directory))
+    variables = {**dotenv, **env}
+    inactive = inactive_services(docs, profiles, variables)
+    # The go/no-go model is what `up` starts: no --profile flag, Compose reads COMPOSE_PROFILES.
+    # Services behind inactive profiles are rendered apart (concurrently, only when there are any).
+    renders = [compose.config(project, scrub=scrub)]
+    if inactive:
+        renders.append(compose.config(project, all_profiles=True, scrub=scrub))
+    results = await asyncio.gather(*renders, return_exceptions=True)
+    rendered_or_error = results[0]
+    if isinstance(rendered_or_error, ComposeError):
+        if rendered_or_error.returncode is None:  # timed out: not a property of the file we can point at
+            raise rendered_or_error
+        raise StackRenderFailed(name, compose_error_findings(rendered_or_error.stderr, lines, docs, inactive)) from None
+    if isinstance(rendered_or_error, BaseException):
+        raise rendered_or_error
+    rendered: dict[str, Any] = rendered_or_error
+    full = results[1] if len(results) > 1 else None
+    if isinstance(full, BaseException) and not isinstance(full, ComposeError):
+        raise full
+    for model in (rendered, full if isinstance(full, dict) else {}):
+        for svc in (model.get("services") or {}).values():
+            for key, value in ((svc or {}).get("environment") or {}).items():
+                if is_secret_key(key) and isinstance(value, str):
+                    secrets.add(value)
     try:
         stack_settings = parse_stack_settings(rendered.get("x-dsm"))
         service_settings = _service_settings(rendered, docs)
+        if isinstance(full, dict):
+            service_settings = {**_service_settings(full, docs), **service_settings}
     except XdsmInvalid as exc:
         raise StackRenderFailed(
             name,
@@ -236,21 +269,27 @@ async def _render(
                     severity="error",
                     category="config",
                     message=exc.what,
-                    line=docs[0].lines.get("x-dsm"),
+                    line=lines.get("x-dsm"),
                 )
             ],
         ) from None
+    rendered_name = str(rendered.get("name") or name)
     return LoadedStack(
-        name=str(rendered.get("name") or name),
+        name=rendered_name,
         directory=directory,
         files=files,
         rendered=rendered,
         settings=stack_settings,
         service_settings=service_settings,
-        lines=docs[0].lines,
+        lines=lines,
         secret_values=frozenset(secrets),
         sources=tuple(docs),
         dotenv_keys=frozenset(dotenv),
+        project=project.named(rendered_name),
+        templates=tuple(templates),
+        read_files=tuple(read_files),
+        inactive=inactive,
+        inactive_rendered=full if isinstance(full, dict) else ({} if inactive else None),
     )
 
 
@@ -306,10 +345,17 @@ _ERROR_PATTERNS: list[tuple[re.Pattern[str], str, str]] = [
 ]
 
 
-def compose_error_findings(stderr: str, doc: YamlDocument) -> list[Finding]:
-    """Map Compose's error text to findings, with lines from our own parse where we have them."""
-    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
-    text = lines[-1] if lines else "docker compose config failed without a message"
+def compose_error_findings(
+    stderr: str,
+    lines: SourceMap,
+    docs: list[YamlDocument],
+    inactive: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[Finding]:
+    """Map Compose's error text to findings, with file and line from our own parse where we have them."""
+    inactive = inactive or {}
+    err_lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    text = err_lines[-1] if err_lines else "docker compose config failed without a message"
+    names = _services(docs)
     for pattern, rule, category in _ERROR_PATTERNS:
         match = pattern.search(text)
         if not match:
@@ -317,44 +363,102 @@ def compose_error_findings(stderr: str, doc: YamlDocument) -> list[Finding]:
         groups = match.groupdict()
         service = groups.get("service")
         line: int | None = None
+        message = text[:500]
         if rule == "compose-syntax":
             line = int(groups["line"])
         elif rule == "missing-variable":
             where = re.search(r"interpolating ([\w.-]+)", text)
             parts = tuple(where.group(1).split(".")) if where else ()
             service = parts[1] if len(parts) > 1 and parts[0] == "services" else None
-            line = doc.lines.get(*parts) if parts else None
+            line = lines.get(*parts) if parts else _where_variable(docs, groups["detail"])
         elif service:
-            line = doc.lines.get("services", service, _REF_KEYS.get(groups.get("kind") or "", "depends_on"))
+            key = _REF_KEYS.get(groups.get("kind") or "", "depends_on")
+            line = lines.get("services", service, key, groups.get("detail") or "")
+            dep = groups.get("detail") or ""
+            if key == "depends_on" and dep in inactive:
+                message = (
+                    f"service {service!r} depends on {dep!r}, which only profile(s) "
+                    f"{', '.join(map(repr, inactive[dep]))} enable, and none of them is active: `up` fails "
+                    f"(compose: {text[:300]})"
+                )
         elif rule == "dependency-cycle":
             first = groups["detail"].split(" -> ")[0].strip()
             service = first or None
-            line = doc.lines.get("services", first, "depends_on")
+            line = lines.get("services", first, "depends_on")
         return [
             Finding(
                 rule=rule,
                 severity="error",
                 category=category,
                 service=service,
-                message=text[:500],
+                message=message,
                 line=line,
                 evidence=[f"compose: {text[:300]}"],
             )
         ]
-    service, key = _service_and_key(text, doc)
+    named, named_key = _service_and_key(text, names)
+    place: int | None = None
+    if named:
+        place = lines.get("services", named, named_key) if named_key else lines.get("services", named)
+    if named is None:
+        named, place = _only_place(text, lines, docs)
     return [
         Finding(
             rule="compose-invalid",
             severity="error",
             category="syntax",
-            service=service,
+            service=named,
             message=text[:500],
-            line=(doc.lines.get("services", service, key) if key else doc.lines.get("services", service))
-            if service
-            else None,
+            line=place,
             evidence=[f"compose: {text[:300]}"],
         )
     ]
+
+
+_QUOTED = re.compile(r"['\"](?P<word>[^'\"\s]{2,})['\"]")
+
+
+def _only_place(text: str, lines: SourceMap, docs: list[YamlDocument]) -> tuple[str | None, int | None]:
+    """When Compose names no location: the one place in the sources that holds the offending key or value.
+
+    Candidates are the quoted words of the message and its last token (``invalid IP address: a:b``);
+    the first candidate written on exactly one line of all the files wins, and the finding gets that
+    file and line, and the service whose block holds it.
+    """
+
+    tail = text.rsplit(": ", 1)[-1].strip().strip("'\"") if ": " in text else ""
+    candidates = [m.group("word") for m in _QUOTED.finditer(text)] + ([tail] if tail and " " not in tail else [])
+    for word in candidates:
+        hits = [
+            (doc, number)
+            for doc in docs
+            for number, raw in enumerate(doc.text.splitlines(), start=1)
+            if word in raw.split("#", 1)[0]
+        ]
+        if len(hits) != 1:
+            continue
+        doc, number = hits[0]
+        top = max(
+            ((line, path[0]) for path, line in doc.lines.by_path.items() if len(path) == 1 and line <= number),
+            default=(0, ""),
+        )
+        service = None
+        best = 0
+        for path, line in doc.lines.by_path.items():
+            if top[1] == "services" and len(path) == 2 and path[0] == "services" and best < line <= number:
+                service, best = path[1], line
+        return service, Line(number, doc.lines.file)
+    return None, None
+
+
+def _where_variable(docs: list[YamlDocument], variable: str) -> int | None:
+    """The first line (with its file) that references ``variable``, for 'required variable' errors."""
+
+    for doc in docs:
+        for number, raw in enumerate(doc.text.splitlines(), start=1):
+            if "$" in raw and any(ref.name == variable for ref in references(raw)):
+                return Line(number, doc.lines.file)
+    return None
 
 
 _SERVICE_PATH = re.compile(
@@ -364,9 +468,8 @@ _CONTAINER_NAME_CLASH = re.compile(r"can't set container_name and (?P<service>[\
 _EXTRA_PROPERTY = re.compile(r"additional propert(?:y|ies) '(?P<key>[\w.-]+)'")
 
 
-def _service_and_key(text: str, doc: YamlDocument) -> tuple[str | None, str | None]:
+def _service_and_key(text: str, names: set[str]) -> tuple[str | None, str | None]:
     """The service (and key in it) a Compose error names: services.web.ports, services[web].mem_limit, ..."""
-    names = _services(doc)
     for match in _SERVICE_PATH.finditer(text):
         if match.group("bracket"):
             name, key = match.group("bracket"), match.group("bkey")
@@ -390,6 +493,9 @@ def _service_and_key(text: str, doc: YamlDocument) -> tuple[str | None, str | No
 _REF_KEYS = {"network": "networks", "volume": "volumes", "secret": "secrets", "config": "configs"}
 
 
-def _services(doc: YamlDocument) -> set[str]:
-    services = doc.data.get("services") if isinstance(doc.data, dict) else None
-    return set(map(str, services)) if isinstance(services, dict) else set()
+def _services(docs: list[YamlDocument]) -> set[str]:
+    names: set[str] = set()
+    for doc in docs:
+        services = doc.data.get("services") if isinstance(doc.data, dict) else None
+        names.update(map(str, services) if isinstance(services, dict) else [])
+    return names

@@ -1,19 +1,27 @@
 """Where stacks live and what they are called.
 
-A stack is a directory directly under the stacks root holding a Compose file. Its name is its
-Compose project name, decided the way Compose decides it: COMPOSE_PROJECT_NAME in the stack's
-``.env``, else the file's top-level ``name:``, else the directory's name, normalised. Every path a
-caller gives is resolved here, and anything that escapes the root (``..``, absolute paths
-elsewhere, symlinks out, arguments that look like command-line flags) is refused.
+A stack is a directory directly under the stacks root holding a Compose file. Its files and name
+are decided the way ``docker compose up`` in that directory decides them: the files from
+COMPOSE_FILE (given env, else the stack's ``.env``), else compose.yaml and its override; the
+name from COMPOSE_PROJECT_NAME, else the last top-level ``name:``, else the directory's name,
+normalised. (Loading a stack takes the name from Compose's own render; this is the same rule,
+for list_stacks, which renders nothing.) Every path a caller gives is resolved here, and anything
+that escapes the root (``..``, absolute paths elsewhere, symlinks out, arguments that look like
+command-line flags) is refused.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.dotenv import DotenvError, parse_dotenv
 from server.errors import PathRejected, StackConflict, StackNotFound, UnsafeYaml
+from server.interpolation import MissingRequired, substitute
+from server.project import DSM_OVERRIDE_NAME, ComposeProject
 from server.settings import Settings
 from server.yamlsafe import YamlDocument, load_yaml, read_text_capped
 
@@ -24,7 +32,6 @@ OVERRIDE_NAMES = {
     "docker-compose.yaml": ("docker-compose.override.yaml", "docker-compose.override.yml"),
     "docker-compose.yml": ("docker-compose.override.yml", "docker-compose.override.yaml"),
 }
-_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
 _MAX_ENV_BYTES = 256 * 1024
 
 
@@ -34,10 +41,54 @@ class StackLocation:
 
     directory: Path
     files: list[Path]
+    """The compose files Compose reads at the top level, in merge order."""
     name: str
     documents: tuple[YamlDocument | None, ...] = ()
     """Each file screened and parsed once when the stack was located (None: unreadable, and
     loading the stack reports why)."""
+    named_files: tuple[Path, ...] = ()
+    """Files the user named (a path to a compose file); empty when Compose picks them."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """The variables the caller gave (they win over .env)."""
+    dotenv: Mapping[str, str] = field(default_factory=dict)
+    """The stack's .env as Compose reads it (values are secrets: never print them)."""
+    dotenv_error: str | None = None
+    """Why the .env could not be read (Compose would refuse it too)."""
+
+    @property
+    def active_services(self) -> list[str]:
+        """Declared services that `up` starts: those no inactive profile holds back."""
+        held = inactive_services(self.documents, self.profiles, self.variables)
+        return [s for s in self.declared_services if s not in held]
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """What Compose interpolates from, minus its own process environment: .env, then env over it."""
+        return {**self.dotenv, **self.env}
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """The profiles Compose activates: COMPOSE_PROFILES (env, else .env), comma-separated."""
+        raw = self.variables.get("COMPOSE_PROFILES", "")
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+    @property
+    def overrides(self) -> tuple[Path, ...]:
+        """Our own override (compose.dsm.yaml) when it exists: the last of ``files``."""
+        return tuple(f for f in self.files[-1:] if f.name == DSM_OVERRIDE_NAME and f.parent == self.directory)
+
+    def project(self) -> ComposeProject:
+        """The one description every Compose call on this stack uses (name filled in after render)."""
+        overrides = self.overrides
+        user = self.files[: len(self.files) - len(overrides)]
+        return ComposeProject(
+            directory=self.directory,
+            env=dict(self.env),
+            files=self.named_files,
+            profiles=self.profiles,
+            overrides=overrides,
+            resolved_files=tuple(user),
+        )
 
     @property
     def main_file(self) -> Path:
@@ -51,6 +102,34 @@ class StackLocation:
             services = doc.data.get("services") if doc is not None and isinstance(doc.data, dict) else None
             names.update(dict.fromkeys(map(str, services)) if isinstance(services, dict) else {})
         return list(names)
+
+
+def inactive_services(
+    docs: Sequence[YamlDocument | None], profiles: tuple[str, ...], variables: Mapping[str, str]
+) -> dict[str, tuple[str, ...]]:
+    """Declared services whose profiles are all inactive -> those profiles (interpolated)."""
+    if "*" in profiles:
+        return {}
+    found: dict[str, tuple[str, ...]] = {}
+    for doc in docs:
+        services = doc.data.get("services") if doc is not None and isinstance(doc.data, dict) else None
+        for svc, body in services.items() if isinstance(services, dict) else []:
+            raw = body.get("profiles") if isinstance(body, dict) else None
+            if not isinstance(raw, list):
+                if isinstance(body, dict) and "profiles" in body:
+                    found.pop(str(svc), None)
+                continue
+            names: list[str] = []
+            for item in raw:
+                try:
+                    names.append(substitute(str(item), variables))
+                except MissingRequired:
+                    names.append(str(item))
+            if names and not set(names) & set(profiles):
+                found[str(svc)] = tuple(names)
+            else:
+                found.pop(str(svc), None)
+    return found
 
 
 def normalize_project_name(raw: str) -> str:
@@ -122,8 +201,11 @@ def _outside(raw: str, root: Path) -> PathRejected:
     )
 
 
-def locate_stack(settings: Settings, raw_path: str) -> StackLocation:
-    """A stack from ``path``: the stack directory, or a compose file directly inside it."""
+def locate_stack(settings: Settings, raw_path: str, env: Mapping[str, str] | None = None) -> StackLocation:
+    """A stack from ``path``: the stack directory, or a compose file directly inside it.
+
+    ``env`` is what the caller gives Compose; it can name the files (COMPOSE_FILE) and profiles.
+    """
     resolved = resolve_in_root(settings, raw_path)
     root = settings.stacks_root.resolve()
     if resolved == root:
@@ -140,35 +222,76 @@ def locate_stack(settings: Settings, raw_path: str) -> StackLocation:
             f"{raw_path!r} is not a stack: stacks are directories directly under {root}",
             next_step="pass the stack directory (or a compose file inside it)",
         )
-    files = compose_files(directory, explicit)
-    if not files:
+    location = _located(directory, explicit, settings, env or {})
+    if not location.files:
         raise StackNotFound(
             f"{directory.name}/ holds no compose file ({', '.join(COMPOSE_FILE_NAMES)})",
             next_step="add a compose.yaml or pass the compose file itself",
         )
-    return _located(directory, files, settings)
+    return location
 
 
-def read_compose_file(file: Path, settings: Settings) -> YamlDocument:
-    """Screen and parse one compose file; raises UnsafeYaml with the line when it is refused."""
-    return load_yaml(read_text_capped(file, settings.yaml_max_bytes), file.name, max_bytes=settings.yaml_max_bytes)
-
-
-def _located(directory: Path, files: list[Path], settings: Settings) -> StackLocation:
+def _located(directory: Path, explicit: Path | None, settings: Settings, env: Mapping[str, str]) -> StackLocation:
+    dotenv_error: str | None = None
+    try:
+        dotenv = read_dotenv(directory, env)
+    except PathRejected as exc:
+        dotenv, dotenv_error = {}, exc.what
+    variables = {**dotenv, **env}
+    files = compose_files(directory, explicit, variables)
+    dsm_override = directory / DSM_OVERRIDE_NAME
+    if files and dsm_override.is_file() and dsm_override not in files:
+        files.append(dsm_override)
     documents: list[YamlDocument | None] = []
+    root = settings.stacks_root.resolve()
     for file in files:
+        if not file.resolve().is_relative_to(root):
+            documents.append(None)  # COMPOSE_FILE pointing out of the root: never read; loading refuses it
+            continue
         try:
-            documents.append(read_compose_file(file, settings))
-        except UnsafeYaml:
+            documents.append(read_compose_file(file, settings, directory))
+        except (UnsafeYaml, PathRejected):
             documents.append(None)  # unreadable files still get a name; loading them reports the problem
-    return StackLocation(directory=directory, files=files, name=project_name(directory, documents[0]),
-                         documents=tuple(documents))
+    return StackLocation(
+        directory=directory,
+        files=files,
+        name=project_name(directory, documents, variables),
+        documents=tuple(documents),
+        named_files=(explicit,) if explicit is not None else (),
+        env=dict(env),
+        dotenv=dotenv,
+        dotenv_error=dotenv_error,
+    )
 
 
-def compose_files(directory: Path, explicit: Path | None = None) -> list[Path]:
-    """The files Compose merges for ``directory``: the main file and, when present, its override."""
+def relative_name(file: Path, directory: Path) -> str:
+    """How findings name a file: relative to the stack directory when inside it."""
+    try:
+        return str(file.relative_to(directory))
+    except ValueError:
+        try:
+            return str(file.resolve().relative_to(directory.resolve()))
+        except ValueError:
+            return file.name
+
+
+def read_compose_file(file: Path, settings: Settings, directory: Path | None = None) -> YamlDocument:
+    """Screen and parse one compose file; raises UnsafeYaml with the line when it is refused."""
+    name = relative_name(file, directory) if directory is not None else file.name
+    return load_yaml(read_text_capped(file, settings.yaml_max_bytes), name, max_bytes=settings.yaml_max_bytes)
+
+
+def compose_files(
+    directory: Path, explicit: Path | None = None, variables: Mapping[str, str] | None = None
+) -> list[Path]:
+    """The files Compose merges for ``directory``: a named file; else COMPOSE_FILE; else the main
+    file and, when present, its override."""
     if explicit is not None:
         return [explicit]
+    listed = (variables or {}).get("COMPOSE_FILE", "")
+    if listed.strip():
+        separator = (variables or {}).get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+        return [Path(p) if Path(p).is_absolute() else directory / p for p in listed.split(separator) if p.strip()]
     for name in COMPOSE_FILE_NAMES:
         main = directory / name
         if main.is_file():
@@ -177,40 +300,61 @@ def compose_files(directory: Path, explicit: Path | None = None) -> list[Path]:
     return []
 
 
-def read_dotenv(directory: Path) -> dict[str, str]:
-    """Parse the stack's ``.env`` (KEY=VALUE lines, optional quotes); empty when absent."""
-    path = directory / ".env"
-    if not path.is_file():
+def read_dotenv(directory: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The stack's ``.env`` as Compose reads it (server.dotenv); empty when absent.
+
+    ``env`` is the environment Compose runs with: its values win, COMPOSE_ENV_FILES in it
+    replaces ``.env`` with the files it lists and COMPOSE_DISABLE_ENV_FILE turns it off, as in Compose.
+    """
+    env = env or {}
+    if env.get("COMPOSE_DISABLE_ENV_FILE", "").lower() in ("1", "t", "true"):
         return {}
-    resolved = path.resolve()
-    if not resolved.is_relative_to(directory.resolve()):
-        raise PathRejected(f"{directory.name}/.env is a symlink out of the stack directory", state="nothing was read")
-    try:
-        text = read_text_capped(resolved, _MAX_ENV_BYTES)
-    except UnsafeYaml as exc:
-        raise PathRejected(f"{directory.name}/.env cannot be read: {exc.what}") from None
+    listed = env.get("COMPOSE_ENV_FILES", "")
+    names = [n for n in listed.split(",") if n.strip()] if listed.strip() else [".env"]
     values: dict[str, str] = {}
-    for line in text.splitlines():
-        match = _ENV_LINE.match(line)
-        if not match or line.lstrip().startswith("#"):
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            if name != ".env":
+                raise PathRejected(f"env file {name!r} named by COMPOSE_ENV_FILES does not exist")
             continue
-        key, value = match.group(1), match.group(2).strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
+        resolved = path.resolve()
+        if not resolved.is_relative_to(directory.resolve()):
+            raise PathRejected(
+                f"{directory.name}/{name} is a symlink out of the stack directory", state="nothing was read"
+            )
+        try:
+            text = read_text_capped(resolved, _MAX_ENV_BYTES)
+        except UnsafeYaml as exc:
+            raise PathRejected(f"{directory.name}/{name} cannot be read: {exc.what}") from None
+        try:
+            values.update(parse_dotenv(text, {**values, **env}))
+        except DotenvError as exc:
+            raise PathRejected(f"{directory.name}/{name} is not a valid env file: {exc}") from None
     return values
 
 
-def project_name(directory: Path, main: YamlDocument | None) -> str:
-    """COMPOSE_PROJECT_NAME from .env, else the main file's ``name:``, else the directory's name."""
-    from_env = read_dotenv(directory).get("COMPOSE_PROJECT_NAME")
+def project_name(
+    directory: Path,
+    documents: list[YamlDocument | None] | YamlDocument | None,
+    variables: Mapping[str, str] | None = None,
+) -> str:
+    """COMPOSE_PROJECT_NAME (env, else .env), else the last file's ``name:`` (interpolated), else the
+    directory's name: Compose's order."""
+    variables = dict(variables) if variables is not None else read_dotenv(directory)
+    from_env = variables.get("COMPOSE_PROJECT_NAME")
     if from_env:
         return normalize_project_name(from_env)
-    declared = main.data.get("name") if main is not None and isinstance(main.data, dict) else None
-    if isinstance(declared, str) and declared.strip() and "$" not in declared:
-        return normalize_project_name(declared)
+    docs = documents if isinstance(documents, list) else [documents]
+    for doc in reversed(docs):
+        declared = doc.data.get("name") if doc is not None and isinstance(doc.data, dict) else None
+        if isinstance(declared, str) and declared.strip():
+            try:
+                value = substitute(declared, variables)
+            except MissingRequired:
+                continue
+            if value.strip():
+                return normalize_project_name(value)
     return normalize_project_name(directory.name)
 
 
@@ -228,9 +372,9 @@ def discover(settings: Settings) -> tuple[list[StackLocation], list[str]]:
         if not entry.resolve().is_relative_to(root):
             problems.append(f"{entry.name}: symlink out of the stacks root, ignored")
             continue
-        files = compose_files(entry)
-        if files:
-            stacks.append(_located(entry, files, settings))
+        location = _located(entry, None, settings, {})
+        if location.files:
+            stacks.append(location)
     by_name: dict[str, list[StackLocation]] = {}
     for stack in stacks:
         by_name.setdefault(stack.name, []).append(stack)

@@ -25,7 +25,27 @@ MAX_DEPTH = 64
 MAX_EXPANDED_NODES = 200_000
 MAX_ALIASES = 10_000
 
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):
+    """The safe loader plus Compose's two merge tags (a subclass: the global loader stays untouched)."""
+
+
+def _compose_tag(loader: Any, node: Any) -> Any:
+    # `!reset` and `!override` steer how Compose merges an override into the file before it;
+    # Compose applies them when it renders. As data we keep the value written under the tag
+    # (`ports: !reset []` reads as `ports: []`), which is what the later file says.
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    value = loader.construct_scalar(node)
+    return None if value in ("", "~", "null") else value
+
+
+for _tag in ("!reset", "!override"):
+    _Loader.add_constructor(_tag, _compose_tag)
 
 
 @dataclass(frozen=True)
@@ -35,13 +55,27 @@ class SourceLines:
     file: str
     by_path: dict[tuple[str, ...], int] = field(default_factory=dict)
 
-    def get(self, *path: str) -> int | None:
+    def get(self, *path: str) -> Line | None:
         """Line of the deepest known prefix of ``path`` (so a nested key falls back to its parent)."""
         for end in range(len(path), 0, -1):
             line = self.by_path.get(tuple(path[:end]))
             if line is not None:
-                return line
+                return Line(line, self.file)
         return None
+
+
+class Line(int):
+    """A 1-based line number that also knows its file (relative to the stack directory).
+
+    Rules pass it as ``line=`` unchanged; :class:`server.models.Finding` takes ``file`` from it.
+    """
+
+    file: str | None
+
+    def __new__(cls, value: int, file: str | None = None) -> Line:
+        obj = super().__new__(cls, value)
+        obj.file = file
+        return obj
 
 
 @dataclass(frozen=True)
@@ -197,11 +231,21 @@ def _syntax_error(exc: yaml.MarkedYAMLError, name: str) -> UnsafeYaml:
 
 def _collect_lines(node: Any, path: tuple[str, ...], out: dict[tuple[str, ...], int], depth: int) -> None:
     # Only the first four levels matter for findings (services.<name>.<key>.<subkey>).
-    if depth >= 4 or not isinstance(node, yaml.MappingNode):
+    # Construction has already flattened YAML merge keys (`<<: *anchor`): the merged pairs come
+    # first in node.value, keeping the anchor's own key nodes (so their lines point at the place
+    # that set the value), and explicit keys follow. The last occurrence wins, as in the data.
+    if depth >= 4:
+        return
+    if isinstance(node, yaml.SequenceNode):  # items by index: ("include", "0"), ("services", "web", "env_file", "1")
+        for index, item in enumerate(node.value):
+            out[(*path, str(index))] = item.start_mark.line + 1
+            _collect_lines(item, (*path, str(index)), out, depth + 1)
+        return
+    if not isinstance(node, yaml.MappingNode):
         return
     for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
             continue
         key_path = (*path, str(key_node.value))
-        out.setdefault(key_path, key_node.start_mark.line + 1)
+        out[key_path] = key_node.start_mark.line + 1
         _collect_lines(value_node, key_path, out, depth + 1)

@@ -84,5 +84,9 @@ def test_two_directories_claiming_one_name(settings: Settings, stacks_root: Path
 
 
 def test_dotenv_parsing(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("# c\nA=1\nexport B='two words'\nC=\"q\"\nD=x # comment\nbad line\n")
+    (tmp_path / ".env").write_text("# c\nA=1\nexport B='two words'\nC=\"q\"\nD=x # comment\n")
     assert read_dotenv(tmp_path) == {"A": "1", "B": "two words", "C": "q", "D": "x"}
+    # Compose refuses a line that is no assignment ("key cannot contain a space"); so do we.
+    (tmp_path / ".env").write_text("A=1\nbad line\n")
+    with pytest.raises(PathRejected, match="not a valid env file"):
+        read_dotenv(tmp_path)

@@ -53,14 +53,15 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> ValidationReport:
         """Pre-flight a Compose stack: the go/no-go gate to call before any deploy or update.
 
-        Renders the stack exactly as Docker Compose will (.env, interpolation, profiles, include,
-        extends), then checks it against the operator's rules and, with check_host, the live host.
-        Nothing is changed.
+        Renders the stack exactly as `docker compose up` will (.env incl. COMPOSE_FILE and
+        COMPOSE_PROFILES, interpolation, overrides, include, extends), then checks it against the
+        operator's rules and, with check_host, the live host. go/no-go covers the services `up`
+        starts; services behind inactive profiles are linted as warnings. Nothing is changed.
 
         Read the result: `valid` false means Compose itself rejects the files (findings say where);
         `go` true means no error findings, so a deployment may proceed. Each finding has a stable
-        `rule` id, a `severity` (error blocks; warning and info do not), the `line` in the compose
-        file, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
+        `rule` id, a `severity` (error blocks; warning and info do not), the `file` and `line` that
+        set the value, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
         Secrets are never shown. Key rules: compose-syntax, compose-invalid, dependency-cycle,
         undefined-reference, missing-variable, unset-variable, port-conflict, missing-healthcheck,
         healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits,

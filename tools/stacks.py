@@ -47,8 +47,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         Use it to understand a stack before changing it: services with image, ports, volumes,
         networks, depends_on conditions, whether a healthcheck is declared, limits and the
-        stack's x-dsm settings. Interpolation, .env, override files and every profile are
-        applied. Credential-looking values are shown as '***'. When the files cannot be read or
+        stack's x-dsm settings. Interpolation, .env (COMPOSE_FILE, COMPOSE_PROFILES), override
+        files and include are applied; only services `up` starts are shown. Credential-looking
+        values are shown as '***'. When the files cannot be read or
         rendered (bad YAML, not a Compose file, references outside the stacks root), `rendered`
         is false and `findings` say what and where; fix them, or run validate_compose for the
         full pre-flight check.

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from server.interpolation import has_reference, references
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
@@ -26,8 +27,6 @@ _NOT_CREDENTIAL = re.compile(
     r"(_FILE|_PATH|_USER(NAME)?|_HOST|_PORT|_ENABLED|_TTL|_EXPIRY|_EXP|_LENGTH|_INTERVAL|_ROTATION|_HEADER|_NAME)$",
     re.IGNORECASE,
 )
-_VARIABLE = re.compile(r"\$\{?[A-Za-z_]")
-_DEFAULTED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-(?P<default>[^}]+)\}")
 _URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^:/@\s]+:(?P<pw>[^@/\s]+)@", re.IGNORECASE)
 _TRIVIAL = re.compile(r"^(true|false|yes|no|on|off|\d+|\d+[smhd]|none|null)?$", re.IGNORECASE)
 
@@ -72,14 +71,15 @@ def plaintext_secret(ctx: LintContext) -> Iterator[Finding]:
 
 def _literal_kind(key: str, text: str) -> str | None:
     url = _URL_PASSWORD.search(text) if "://" in text else None
-    if url and not _VARIABLE.match(url.group("pw")):
+    if url and not has_reference(url.group("pw")):
         return "a URL with a password written in it"
     if not is_credential_key(key) or _TRIVIAL.match(text.strip()):
         return None
-    defaulted = _DEFAULTED.search(text)
-    if defaulted and not _VARIABLE.search(defaulted.group("default")):
+    # One tokenizer (server.interpolation): `$$` is a literal dollar, nested defaults are seen.
+    refs = list(references(text))
+    if any(r.default and not has_reference(r.default) for r in refs):
         return "a default credential written in ${VAR:-default}"
-    if not _VARIABLE.search(text):
+    if not refs:
         return "a literal value"
     return None
 

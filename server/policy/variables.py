@@ -3,17 +3,13 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
+from server.interpolation import references
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
-
-# $$ is an escaped dollar; ${VAR}, $VAR plain; ${VAR<op>...} has a default, an error or an alternative.
-_REFERENCE = re.compile(
-    r"\$(?:\$|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+][^}]*)?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
-)
+from server.yamlsafe import Line
 
 
 def _strip_comment(line: str) -> str:
@@ -30,26 +26,30 @@ def _strip_comment(line: str) -> str:
 
 
 def unset_variable(ctx: LintContext) -> Iterator[Finding]:
-    if ctx.defined_variables is None or not ctx.stack.source_text:
+    """Every compose file Compose reads (overrides, includes, extends templates), with file and line."""
+    if ctx.defined_variables is None or not ctx.stack.all_sources:
         return
+    # Names only (values are secrets): a defined name counts as set and non-empty for nested forms.
+    defined = dict.fromkeys(ctx.defined_variables, "set")
     reported: set[str] = set()
-    for number, raw in enumerate(ctx.stack.source_text.splitlines(), start=1):
-        if "$" not in raw:
-            continue
-        for match in _REFERENCE.finditer(_strip_comment(raw)):
-            var = match.group("braced") or match.group("bare")
-            if not var or match.group("op") or var in ctx.defined_variables or var in reported:
+    for doc in ctx.stack.all_sources:
+        for number, raw in enumerate(doc.text.splitlines(), start=1):
+            if "$" not in raw:
                 continue
-            reported.add(var)
-            yield finding(
-                "unset-variable",
-                f"${{{var}}} has no value (not in .env, not given) and no default: Compose substitutes an "
-                "empty string",
-                line=number,
-                evidence=[f"variable {var}"],
-                fix=f"set {var} in the stack's .env, pass it in env, or write ${{{var}:-default}} / "
-                f"${{{var}:?{var} must be set}}",
-            )
+            for ref in references(_strip_comment(raw), defined):
+                var = ref.name
+                if ref.has_default or var in defined or var in reported:
+                    continue
+                reported.add(var)
+                yield finding(
+                    "unset-variable",
+                    f"${{{var}}} has no value (not in .env, not given) and no default: Compose substitutes an "
+                    "empty string",
+                    line=Line(number, doc.lines.file),
+                    evidence=[f"variable {var}"],
+                    fix=f"set {var} in the stack's .env, pass it in env, or write ${{{var}:-default}} / "
+                    f"${{{var}:?{var} must be set}}",
+                )
 
 
 RULES = [unset_variable]

@@ -71,7 +71,7 @@ def _unknown_references(stack: LoadedStack) -> list[Finding]:
         if w.rule not in RULES:
             problems.append(f"policy.waive names unknown rule {w.rule!r}")
         for svc in w.services or []:
-            if svc not in stack.services:
+            if svc not in stack.services and svc not in stack.inactive:
                 problems.append(f"policy.waive of {w.rule!r} names unknown service {svc!r}")
     for svc in sorted(stack.services):
         for w in stack.service_settings_for(svc).waive:

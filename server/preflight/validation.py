@@ -57,6 +57,12 @@ async def validate(
             )
         await report_progress(progress, 2, total, "host checked")
     findings = apply_policy(stack, [*run_rules(ctx), *extra])
+    if stack.inactive:
+        findings = sort_findings([*findings, *inactive_findings(stack, ctx)])
+        notes.append(
+            "not started by `up` (no active profile enables them), linted apart as warnings: "
+            + ", ".join(f"{svc} (profile {', '.join(p)})" for svc, p in sorted(stack.inactive.items()))
+        )
     await report_progress(progress, total, total, "done")
     root = settings.stacks_root.resolve() if settings.stacks_root.exists() else settings.stacks_root
     rel = str(stack.directory.relative_to(root)) if stack.directory and stack.directory.is_relative_to(root) else None
@@ -87,6 +93,38 @@ def _validation(
         stack=name, path=path, valid=valid, go=go, host_checked=host_checked, services=services, summary=summary,
         errors=errors, warnings=warnings, infos=infos, findings=findings, notes=notes,
     )
+
+
+def inactive_findings(stack: LoadedStack, ctx: LintContext) -> list[Finding]:
+    """The lint pass over services behind inactive profiles: capped at warning, naming the profile."""
+    if not stack.inactive_rendered:
+        return [
+            Finding(
+                rule="compose-invalid",
+                severity="warning",
+                category="syntax",
+                message="the services behind inactive profiles ("
+                + ", ".join(sorted(stack.inactive))
+                + ") could not be rendered with every profile enabled; enabling their profile will fail",
+            )
+        ]
+    full = dataclasses.replace(stack, rendered=stack.inactive_rendered)
+    # Host facts describe the active services only; the inactive pass lints the file.
+    full_ctx = dataclasses.replace(ctx, stack=full, facts=None)
+    out: list[Finding] = []
+    for f in apply_policy(full, run_rules(full_ctx)):
+        if f.service not in stack.inactive:
+            continue
+        profiles = ", ".join(repr(p) for p in stack.inactive[f.service])
+        out.append(
+            f.model_copy(
+                update={
+                    "severity": "warning" if f.severity == "error" else f.severity,
+                    "message": f"[not started by `up`: enabled by profile {profiles}] {f.message}",
+                }
+            )
+        )
+    return out
 
 
 def source_context(stack: LoadedStack, *, env: Mapping[str, str] | None) -> LintContext:
