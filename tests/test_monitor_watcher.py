@@ -168,6 +168,10 @@ async def test_crash_loop_exhausts_budget_alerts_once_and_stops(
         gave_up = [r for r in runtime.operations().history(project_name, kinds=("recovery",), limit=10)
                    if r.status == "failed"]
         assert gave_up and gave_up[0].result and gave_up[0].result.get("action") == "gave-up"
+        recreated = [r for r in runtime.operations().history(project_name, kinds=("recovery",), limit=10)
+                     if r.status == "done"]
+        assert len(recreated) == 2
+        assert all("docker compose up --no-deps --force-recreate" in r.phases[-1]["detail"] for r in recreated)
         assert watcher.counters.restarts + watcher.counters.recreates == 2
         critical = [r for r in received if "stopped trying" in r.get("title", "")]
         assert len(critical) == 1, received

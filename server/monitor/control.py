@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from server.compose import project_flags
 from server.errors import StackNotFound
 from server.monitor import opsbridge
 from server.monitor.logs import BadArgument, parse_time
@@ -62,12 +61,11 @@ async def stack_control(
             return ControlResult(stack=ref.name, action=action, operation_id=op.id, services=[],
                                  maintenance=window, detail="maintenance window set" if window
                                  else "maintenance ended: the watcher and alerts resume")
-        flags = project_flags(ref.location.directory, ref.location.files, ref.name)
+        project = ref.location.project().named(ref.name)
         # The whole stack goes with `down` (containers and networks; never --volumes), a subset with rm.
         args = ["down", "--remove-orphans"] if action == "remove" and not services else [*_COMPOSE_ARGS[action],
                                                                                         *(services or [])]
-        await runtime.compose().run(flags, args, cwd=ref.location.directory,
-                                    on_start=op.child, what=f"docker compose {action}")
+        await runtime.compose().run_project(project, args, on_start=op.child, what=f"docker compose {action}")
         op.phase(action, "done", detail=", ".join(services or declared))
         status = "done"
         return ControlResult(stack=ref.name, action=action, operation_id=op.id, services=services or declared,

@@ -281,12 +281,9 @@ def _repo_digests(o: Observed) -> list[str]:
 
 
 async def _config_hashes(runtime: Runtime, ref: StackRef) -> dict[str, str]:
-    from server.compose import project_flags
-
     assert ref.location is not None
-    result = await runtime.compose().run(
-        project_flags(ref.location.directory, ref.location.files, ref.name), ["config", "--hash", "*"],
-        cwd=ref.location.directory, timeout_s=30, what="docker compose config --hash")
+    result = await runtime.compose().run_project(ref.location.project().named(ref.name), ["config", "--hash", "*"],
+                                                 timeout_s=30, what="docker compose config --hash")
     hashes = {}
     for line in result.stdout.splitlines():
         parts = line.split()

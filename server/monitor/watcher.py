@@ -247,8 +247,9 @@ class Watcher:
                 rec["next_attempt_at"] = attempts[-1] + wait
                 return
         attempts.append(now)
-        rec.update(attempts=attempts, last_key=key, action="restart" if o.summary.running else "recreate",
-                   action_at=now_iso(), outcome="pending", in_flight=True)
+        action = "restart" if o.state.get("Status") == "running" else "recreate"
+        rec.update(attempts=attempts, last_key=key, action=action, action_at=now_iso(), outcome="pending",
+                   in_flight=True)
         rec.pop("next_attempt_at", None)
         self.state.save()  # before acting: a watcher killed now must not act twice
         await self._act(stack, o, kind, rec, location, len(attempts), attempts)
@@ -292,18 +293,16 @@ class Watcher:
     async def _recreate(self, stack: str, o: Observed, location: StackLocation | None, op: Any) -> str:
         """Compose recreates the service when its files still match the container; else a plain start."""
         if location is not None:
-            from server.compose import project_flags
-
-            flags = project_flags(location.directory, location.files, stack)
+            project = location.project().named(stack)
             try:
-                result = await self.runtime.compose().run(flags, ["config", "--hash", o.service],
-                                                          cwd=location.directory, timeout_s=30)
+                result = await self.runtime.compose().run_project(project, ["config", "--hash", o.service],
+                                                                  timeout_s=30)
                 now_hash = (result.stdout.split() or ["", ""])[-1]
             except DsmError:
                 now_hash = ""
             if now_hash and now_hash == o.labels.get("com.docker.compose.config-hash"):
-                await self.runtime.compose().run(
-                    flags, ["up", "-d", "--no-deps", "--force-recreate", o.service], cwd=location.directory,
+                await self.runtime.compose().run_project(
+                    project, ["up", "-d", "--no-deps", "--force-recreate", o.service],
                     what="docker compose up (watcher recreate)", on_start=op.child if op is not None else None)
                 return "recreated with docker compose up --no-deps --force-recreate"
         await start_container(self.runtime.engine(), o.full_id)
