@@ -22,7 +22,7 @@ from server.errors import ComposeError, DsmError, PathRejected, UnsafeYaml
 from server.interpolation import references
 from server.models import Finding
 from server.project import ComposeProject
-from server.redact import Scrubber, is_secret_key
+from server.redact import Scrubber, is_secret_key, positional_secrets, remember_secrets
 from server.settings import Settings
 from server.sources import collect_sources
 from server.stackmodel import LoadedStack, SourceMap
@@ -228,7 +228,10 @@ async def _render(
     read_files: list[str],
     directory: Path | None,
 ) -> LoadedStack:
-    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets([*docs, *templates])
+    # Both sources: a value in .env that the given env overrides is still a secret on disk.
+    secrets = {v for d in (dotenv, env) for k, v in d.items() if is_secret_key(k)} | _literal_secrets(
+        [*docs, *templates]
+    )
     scrub = Scrubber(secrets, assignments=False)
     lines = SourceMap.merge(docs, templates, main=relative_name(files[0], project.directory))
     variables = {**dotenv, **env}
@@ -274,6 +277,8 @@ async def _render(
             ],
         ) from None
     rendered_name = str(rendered.get("name") or name)
+    positional = positional_secrets(secrets, [d.data for d in (*docs, *templates)], rendered)
+    remember_secrets(positional)  # tool errors are scrubbed of them too (tools._common)
     return LoadedStack(
         name=rendered_name,
         directory=directory,
@@ -282,7 +287,7 @@ async def _render(
         settings=stack_settings,
         service_settings=service_settings,
         lines=lines,
-        secret_values=frozenset(secrets),
+        secret_values=positional,
         sources=tuple(docs),
         dotenv_keys=frozenset(dotenv),
         project=project.named(rendered_name),
