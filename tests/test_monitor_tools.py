@@ -260,3 +260,28 @@ async def test_changes_since_last_deployment(
     assert ("changed-since-deploy", "db") in rules and ("changed-since-deploy", "app") not in rules
     assert ("config-changed", "app") in rules and out.healthy  # changes are warnings/info, not errors
     runtime.close()
+
+
+async def test_finished_one_shot_job_is_neither_degraded_nor_an_error(
+    docker_engine: None, mcp_client: Any, stacks_root: Path, project_name: str
+) -> None:
+    write = write_stack(stacks_root, "jobs", f"""\
+name: {project_name}
+services:
+  migrate:
+    image: dsm-test/busybox:1
+    command: ["sh", "-c", "echo migrated"]
+    labels: {{dsm.test: "1"}}
+    x-dsm: {{one-shot: true}}
+  web:
+    image: dsm-test/web:1.0
+    init: true
+    depends_on:
+      migrate: {{condition: service_completed_successfully}}
+    labels: {{dsm.test: "1"}}
+""")
+    up(write)
+    status = await call(mcp_client, "stack_status", {"stack": "jobs"})
+    assert status["stacks"][0]["state"] == "running"
+    out = await call(mcp_client, "diagnose_stack", {"stack": "jobs"})
+    assert out["healthy"] and not [f for f in out["findings"] if f["service"] == "migrate"]

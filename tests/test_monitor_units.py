@@ -80,3 +80,17 @@ def test_time_parsing() -> None:
     assert ago is not None and ago < iso_to_epoch("2099-01-01T00:00:00Z")  # type: ignore[operator]
     with pytest.raises(BadArgument):
         parse_time("yesterday", "since")
+
+
+def test_stack_state_ignores_finished_one_shot_jobs() -> None:
+    from server.monitor.models import ServiceStatus
+    from server.monitor.status import _stack_state
+
+    def svc(name: str, state: str, health: str | None = None, code: int | None = None) -> ServiceStatus:
+        return ServiceStatus(service=name, name=name, container_id=name, state=state, health=health, restarts=0,
+                             exit_code=code, oom_killed=False, started_at=None, memory_limit_bytes=None, ports=[],
+                             image=None)
+
+    assert _stack_state([svc("a", "running", "healthy"), svc("b", "running")]) == "running"
+    assert _stack_state([svc("a", "running", "unhealthy")]) == "degraded"
+    assert _stack_state([svc("a", "exited", code=0)]) == "stopped"

@@ -78,8 +78,12 @@ async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = Non
     async with anyio.create_task_group() as tg:
         for o in in_scope:
             tg.start_soon(read, o)
+    from server.monitor.stackpolicy import stack_policy
+
+    policy = stack_policy(ref.location, {o.service: o.labels for o in observed})
     for o in in_scope:
-        _check_container(out, o, logs.get(o.summary.id, []), watchstate.service_view(state, ref.name, o.service))
+        _check_container(out, o, logs.get(o.summary.id, []), watchstate.service_view(state, ref.name, o.service),
+                         one_shot=policy.service(o.service).is_one_shot)
     try:
         for r in await netcheck.check(runtime, observed, only=service):
             if not r.ok:
@@ -103,13 +107,13 @@ async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = Non
                      findings=findings, similar_incidents=similar, next_steps=_next_steps(findings, similar))
 
 
-def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[str, Any] | None) -> None:
+def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[str, Any] | None,
+                     one_shot: bool = False) -> None:
     st, svc = o.state, o.service
     status = st.get("Status") or o.summary.state
     limit = o.memory_limit
     errors = [line for line in lines if ERROR_LINE.search(line)]
     tail = errors[-5:] or lines[-5:]
-    one_shot = o.labels.get("dsm.one-shot", "").lower() in ("1", "true", "yes")
     if st.get("OOMKilled") or (status == "exited" and st.get("ExitCode") == 137 and limit):
         peak = (seen or {}).get("peak_memory_bytes")
         out.add("oom-killed", "error", "resources", svc,

@@ -111,7 +111,13 @@ async def stack_status(runtime: Runtime, stack: str | None = None, with_stats: b
                 log.debug("maintenance of %s unknown: %s", name, exc)
         services = [_service(o, usage.get(o.summary.id), watchstate.service_view(state, name, o.service))
                     for o in sorted(grouped[name], key=lambda o: (o.service, o.summary.name))]
-        stacks.append(StackStatus(stack=name, managed=name in managed, state=_stack_state(services),
+        from server.monitor.stackpolicy import stack_policy
+
+        policy = stack_policy(managed.get(name), {o.service: o.labels for o in grouped[name]})
+        # One-shot jobs (migrations, init) that finished with 0 did their work: not a degraded stack.
+        counted = [s for s in services
+                   if not (policy.service(s.service).is_one_shot and s.state == "exited" and s.exit_code == 0)]
+        stacks.append(StackStatus(stack=name, managed=name in managed, state=_stack_state(counted or services),
                                   maintenance=maint, services=services))
     return StatusReport(stacks=stacks, problems=problems)
 
