@@ -94,3 +94,15 @@ def test_stack_state_ignores_finished_one_shot_jobs() -> None:
     assert _stack_state([svc("a", "running", "healthy"), svc("b", "running")]) == "running"
     assert _stack_state([svc("a", "running", "unhealthy")]) == "degraded"
     assert _stack_state([svc("a", "exited", code=0)]) == "stopped"
+
+
+@pytest.mark.anyio
+async def test_read_only_mode_publishes_the_views_not_stack_control(tmp_path: Any) -> None:
+    from server.app import build_server
+    from server.settings import Settings
+
+    names = {t.name for t in await build_server(Settings(stacks_root=tmp_path, state_dir=tmp_path / "s",
+                                                         read_only=True)).list_tools()}
+    assert {"stack_status", "stack_logs", "diagnose_stack"} <= names and "stack_control" not in names
+    names = {t.name for t in await build_server(Settings(stacks_root=tmp_path, state_dir=tmp_path / "s")).list_tools()}
+    assert "stack_control" in names
