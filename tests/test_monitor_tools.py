@@ -152,6 +152,12 @@ async def test_status_of_all_stacks_logs_paged_and_redacted_control(
     missing = await mcp_client.call_tool("stack_status", {"stack": "no-such-stack"})
     assert missing.is_error and "list_stacks" in missing.content[0].text
 
+    diagnosis = await call(mcp_client, "diagnose_stack", {"stack": "chatty"})
+    errors = [f for f in diagnosis["findings"] if f["rule"] == "log-errors"]
+    assert errors and errors[0]["severity"] == "warning" and diagnosis["healthy"]  # running: no error finding
+    assert any("signature" in e and "error: db down" in e for e in errors[0]["evidence"])
+    assert secret not in json.dumps(diagnosis)
+
     # critical stack: stop needs confirmation; restart does not; volumes never removed
     refused = await mcp_client.call_tool("stack_control", {"stack": "chatty", "action": "stop"})
     assert refused.is_error and "confirm" in refused.content[0].text

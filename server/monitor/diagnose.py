@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from typing import Any
 
 import anyio
@@ -168,12 +169,15 @@ def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[
                 evidence=probes + tail)
     if errors and status == "running" and health.get("Status") != "unhealthy":
         sigs = line_signatures(errors)
+        # Fingerprints group the same failure logged with other timestamps, ids and addresses.
+        counts = Counter(sig for line in errors for sig in line_signatures([line]))
+        top = [f"{counts[sig]}x signature {sig}: {sigs[sig][:160]}" for sig, _ in counts.most_common(3) if sig in sigs]
         db = [line for line in errors if DB_CONNECTION.search(line)]
         out.add("database-connection" if db else "log-errors", "warning", "logs", svc,
                 f"{svc} logged {len(errors)} error lines in its last {LOG_TAIL} ({len(sigs)} distinct)",
                 likely_cause="a dependency (database, API) refuses connections" if db
                 else "the application reports errors while still running",
-                fix="search_past_incidents with one of these lines", evidence=(db or errors)[-5:])
+                fix="search_past_incidents with one of these lines", evidence=[*(db or errors)[-3:], *top])
 
 
 def _exit_cause(code: int, errors: list[str]) -> str:
