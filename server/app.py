@@ -137,12 +137,13 @@ def build_server(
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import backups, memory, operations, preflight, stacks
+    from tools import backups, memory, monitor, operations, preflight, stacks
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
     operations.register(server, runtime)
     backups.register(server, runtime)
     memory.register(server, runtime)
+    monitor.register(server, runtime)
     register_prompts(server)
     return server
