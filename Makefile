@@ -39,9 +39,12 @@ demo: provision model
 bench: provision model
 	$(PY) bench/coldstart.py
 	$(PY) bench/validate.py
+	$(PY) bench/journal.py
+	$(PY) bench/status.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/memory.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/deploy.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/rollback.py
+	$(PY) bench/backup.py
 
 # Remove anything tests left on the engine (label dsm.test=1).
 clean-test:

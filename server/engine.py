@@ -8,12 +8,20 @@ current Docker context is honoured, as the docker CLI would. Errors become Docke
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import logging
+import os
 import re
+import secrets
+import socket
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
 import anyio
 
@@ -31,6 +39,14 @@ SERVICE_LABEL = "com.docker.compose.service"
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"
 _HEALTH_IN_STATUS = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 _API_TIMEOUT_S = 30
+HELPER_LABEL = "dsm.helper"
+"""Containers we create for our own work (archives, restore drills); always removed after use."""
+SCRATCH_LABEL = "dsm.scratch"
+HELPER_PREFIX = "dsm-helper-"
+_CHUNK = 1 << 20
+_STDOUT_HEAD = 64 * 1024
+_STDERR_TAIL = 16 * 1024
+_STREAM_TIMEOUT_S = 900  # one read of an archive or exec stream; a stalled engine still ends the call
 RegistryState = Literal["present", "absent", "unreachable"]
 
 
@@ -40,40 +56,49 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: Any = None
+        self._stream_client: Any = None
         self._lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self) -> Any:
         with self._lock:
-            if self._client is not None:
-                return self._client
-            import docker
-            from docker.errors import DockerException
+            if self._client is None:
+                self._client = self._new_client(_API_TIMEOUT_S)
+                log.info("connected to Docker engine, API %s", self._client.api.api_version)
+            return self._client
 
-            try:
-                if self.settings.docker_host:
-                    client = docker.DockerClient(
-                        base_url=self.settings.docker_host, version="auto", timeout=_API_TIMEOUT_S
-                    )
-                else:
-                    client = _client_from_context(docker) or docker.DockerClient(
-                        base_url="unix:///var/run/docker.sock", version="auto", timeout=_API_TIMEOUT_S
-                    )
-            except DockerException as exc:
-                raise _unavailable(exc) from None
-            self._client = client
-            log.info("connected to Docker engine, API %s", client.api.api_version)
-            return client
+    def _connect_streaming(self) -> Any:
+        """A second client for archives and exec streams: a read may legitimately wait minutes
+        (a dump of a big table), which the 30 s timeout of the query client would cut short."""
+        with self._lock:
+            if self._stream_client is None:
+                self._stream_client = self._new_client(_STREAM_TIMEOUT_S)
+            return self._stream_client
 
-    async def call(self, fn: Callable[[Any], T], what: str) -> T:
-        """Run ``fn(client)`` in a worker thread with errors mapped to ours."""
+    def _new_client(self, timeout: float) -> Any:
+        import docker
+        from docker.errors import DockerException
+
+        try:
+            if self.settings.docker_host:
+                return docker.DockerClient(base_url=self.settings.docker_host, version="auto", timeout=timeout)
+            return _client_from_context(docker, timeout) or docker.DockerClient(
+                base_url="unix:///var/run/docker.sock", version="auto", timeout=timeout
+            )
+        except DockerException as exc:
+            raise _unavailable(exc) from None
+
+    async def call(self, fn: Callable[[Any], T], what: str, *, streaming: bool = False) -> T:
+        """Run ``fn(client)`` in a worker thread with errors mapped to ours.
+
+        ``streaming`` uses the long-timeout client (archives, exec streams)."""
 
         def run() -> T:
             from docker.errors import APIError, DockerException, NotFound
             from requests.exceptions import ConnectionError as RequestsConnectionError
             from requests.exceptions import ReadTimeout
 
-            client = self._connect()
+            client = self._connect_streaming() if streaming else self._connect()
             try:
                 return fn(client)
             except NotFound:
@@ -92,11 +117,10 @@ class Engine:
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                try:
-                    self._client.close()
-                finally:
-                    self._client = None
+            clients, self._client, self._stream_client = (self._client, self._stream_client), None, None
+        for client in clients:
+            if client is not None:
+                client.close()
 
     # -- queries --------------------------------------------------------------------------
     async def version(self) -> dict[str, Any]:
@@ -237,6 +261,244 @@ class Engine:
 
         return await self.call(get, f"read stats of container {container_id[:12]}")
 
+    # -- volumes, helper containers, archives and exec streams (backups) ----------------------
+    # Archives and dumps never pass through memory whole: every stream is copied in chunks of
+    # _CHUNK bytes to or from a file, hashed on the way.
+
+    async def project_volumes(self, project: str) -> list[dict[str, Any]]:
+        """Named volumes Compose created for ``project`` (label com.docker.compose.project)."""
+        data = await self.call(
+            lambda c: c.api.volumes(filters={"label": f"{PROJECT_LABEL}={project}"}), "list volumes"
+        )
+        return sorted((data or {}).get("Volumes") or [], key=lambda v: v.get("Name", ""))
+
+    async def volume_attrs(self, name: str) -> dict[str, Any] | None:
+        from docker.errors import NotFound
+
+        def get(c: Any) -> dict[str, Any] | None:
+            try:
+                return dict(c.api.inspect_volume(name))
+            except NotFound:
+                return None
+
+        return await self.call(get, f"inspect volume {name}")
+
+    async def create_volume(
+        self, name: str, *, labels: dict[str, str], driver: str = "local", options: dict[str, str] | None = None
+    ) -> None:
+        await self.call(
+            lambda c: c.api.create_volume(name, driver=driver, driver_opts=options or None, labels=labels),
+            f"create volume {name}",
+        )
+
+    async def remove_volume(self, name: str) -> None:
+        """Remove a volume; a volume already gone is not an error."""
+        from docker.errors import NotFound
+
+        def rm(c: Any) -> None:
+            with contextlib.suppress(NotFound):
+                c.api.remove_volume(name)
+
+        await self.call(rm, f"remove volume {name}")
+
+    async def create_helper(self, image: str, volumes: dict[str, str], *, purpose: str) -> str:
+        """A container that is created and never started, with ``volumes`` (name -> path) mounted.
+
+        The engine's archive API reads and writes a stopped container's volumes, so nothing runs:
+        any local image will do (the service's own, even a distroless one), and nothing is pulled.
+        Remove it with :meth:`remove_container` (in a ``finally``).
+        """
+        name = f"{HELPER_PREFIX}{_slug(purpose)}-{secrets.token_hex(4)}"
+
+        def create(c: Any) -> str:
+            host_config = c.api.create_host_config(
+                binds={vol: {"bind": path, "mode": "rw"} for vol, path in volumes.items()}
+            )
+            return str(
+                c.api.create_container(
+                    image,
+                    entrypoint=["/dsm-helper-never-started"],
+                    command=[],
+                    name=name,
+                    labels={HELPER_LABEL: "1"},
+                    host_config=host_config,
+                    network_disabled=True,
+                )["Id"]
+            )
+
+        return await self.call(create, f"create helper container {name} from {image}")
+
+    async def run_scratch(self, image: str, *, env: dict[str, str], purpose: str) -> str:
+        """Start a throw-away container (no network, labelled scratch) from a local image; returns its id.
+
+        Used by restore drills (a scratch database). Remove it with :meth:`remove_container`.
+        """
+        name = f"{HELPER_PREFIX}{_slug(purpose)}-{secrets.token_hex(4)}"
+
+        def run(c: Any) -> str:
+            host_config = c.api.create_host_config(network_mode="none", auto_remove=False)
+            cid = str(
+                c.api.create_container(
+                    image, name=name, environment=env, labels={HELPER_LABEL: "1", SCRATCH_LABEL: "1"},
+                    host_config=host_config,
+                )["Id"]
+            )
+            try:
+                c.api.start(cid)
+            except Exception:
+                c.api.remove_container(cid, force=True, v=True)
+                raise
+            return cid
+
+        return await self.call(run, f"start scratch container {name} from {image}")
+
+    async def remove_container(self, container_id: str) -> None:
+        """Force-remove a container with its anonymous volumes; gone already is fine. Never cancelled
+        half-way: callers use it for cleanup."""
+        from docker.errors import NotFound
+
+        def rm(c: Any) -> None:
+            with contextlib.suppress(NotFound):
+                c.api.remove_container(container_id, force=True, v=True)
+
+        with anyio.CancelScope(shield=True):
+            await self.call(rm, f"remove container {container_id[:12]}")
+
+    async def stop_container(self, container_id: str, timeout_s: int = 30) -> None:
+        await self.call(lambda c: c.api.stop(container_id, timeout=timeout_s), f"stop container {container_id[:12]}")
+
+    async def start_container(self, container_id: str) -> None:
+        await self.call(lambda c: c.api.start(container_id), f"start container {container_id[:12]}")
+
+    async def container_attrs(self, container_id: str) -> dict[str, Any] | None:
+        """``docker inspect`` of a container, or None when it is gone."""
+        from docker.errors import NotFound
+
+        def get(c: Any) -> dict[str, Any] | None:
+            try:
+                return dict(c.api.inspect_container(container_id))
+            except NotFound:
+                return None
+
+        return await self.call(get, f"inspect container {container_id[:12]}")
+
+    async def archive_to_file(self, container_id: str, path: str, dest: Path) -> StreamedFile:
+        """Stream ``GET /containers/{id}/archive?path=`` (a tar) into ``dest``, hashing as it writes.
+
+        Pass ``/dir/.`` to get the directory's content with ``./`` names (restorable anywhere).
+        """
+
+        def stream(c: Any) -> StreamedFile:
+            chunks, _stat = c.api.get_archive(container_id, path, chunk_size=_CHUNK)
+            return _write_stream(chunks, dest)
+
+        return await self.call(stream, f"archive {path} of container {container_id[:12]}", streaming=True)
+
+    async def read_archive(self, container_id: str, path: str, consume: Callable[[BinaryIO], T]) -> T:
+        """Stream an archive of ``path`` into ``consume(file_like)`` (run in the worker thread)."""
+
+        def stream(c: Any) -> T:
+            chunks, _stat = c.api.get_archive(container_id, path, chunk_size=_CHUNK)
+            return consume(io.BufferedReader(_ChunkReader(chunks), buffer_size=_CHUNK))
+
+        return await self.call(stream, f"read {path} of container {container_id[:12]}", streaming=True)
+
+    async def put_archive_from_file(self, container_id: str, path: str, src: Path) -> None:
+        """Extract the tar in ``src`` at ``path`` in the container (streamed from disk, not loaded)."""
+
+        def put(c: Any) -> None:
+            with src.open("rb") as handle:
+                c.api.put_archive(container_id, path, handle)
+
+        await self.call(put, f"extract an archive into {path} of container {container_id[:12]}", streaming=True)
+
+    async def exec_stream(
+        self,
+        container_id: str,
+        argv: list[str],
+        *,
+        stdout_to: Path | None = None,
+        stdin_from: Path | None = None,
+        env: dict[str, str] | None = None,
+        user: str = "",
+        timeout_s: float = 3600,
+    ) -> ExecResult:
+        """Run ``argv`` in a running container; stdout streams to ``stdout_to`` (hashed) and
+        ``stdin_from`` streams to its stdin, both in chunks.
+
+        Without ``stdout_to`` the first 64 KiB of stdout are kept in the result. stderr keeps its
+        last 16 KiB. A run past ``timeout_s`` is cut off (its socket shut) and reported as exit
+        code -1 with ``timed_out``.
+        """
+
+        def run(c: Any) -> ExecResult:
+            api = c.api
+            exec_id = api.exec_create(
+                container_id, argv, stdout=True, stderr=True, stdin=stdin_from is not None,
+                environment=env or None, user=user,
+            )["Id"]
+            sock = api.exec_start(exec_id, socket=True)
+            raw = getattr(sock, "_sock", sock)
+            timed_out = threading.Event()
+
+            def cut() -> None:
+                timed_out.set()
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
+
+            timer = threading.Timer(timeout_s, cut)
+            timer.daemon = True
+            timer.start()
+            try:
+                writer = None
+                if stdin_from is not None:
+                    # A separate thread feeds stdin while this one drains the output: a program
+                    # that answers as it reads (psql) would otherwise block us both on full buffers.
+                    writer = threading.Thread(target=_feed_socket, args=(raw, stdin_from), daemon=True)
+                    writer.start()
+                result = _drain_exec(sock, stdout_to)
+                if writer is not None:
+                    writer.join(timeout=5)
+            finally:
+                timer.cancel()
+                with contextlib.suppress(Exception):
+                    sock.close()
+            code = None
+            for _ in range(50):  # the stream ends a moment before the engine records the exit code
+                info = api.exec_inspect(exec_id)
+                if not info.get("Running"):
+                    code = info.get("ExitCode")
+                    break
+                time.sleep(0.1)
+            if timed_out.is_set():
+                return replace(result, exit_code=-1, timed_out=True)
+            return replace(result, exit_code=-1 if code is None else int(code))
+
+        return await self.call(run, f"run {argv[0]} in container {container_id[:12]}", streaming=True)
+
+    async def tag_image(self, image_id: str, repository: str, tag: str) -> None:
+        await self.call(lambda c: c.api.tag(image_id, repository, tag), f"tag image {repository}:{tag}")
+
+    async def remove_image_tag(self, ref: str) -> bool:
+        """Untag ``ref`` (the image itself goes only when nothing else tags or uses it).
+        Returns False when the tag was already gone."""
+        from docker.errors import ImageNotFound, NotFound
+
+        def rm(c: Any) -> bool:
+            try:
+                c.api.remove_image(ref, noprune=False)
+                return True
+            except (ImageNotFound, NotFound):
+                return False
+
+        return await self.call(rm, f"remove image tag {ref}")
+
+    async def images_with_prefix(self, repository_prefix: str) -> list[str]:
+        """Local tags (repo:tag) whose repository starts with ``repository_prefix``."""
+        rows = await self.call(lambda c: c.api.images(), "list images")
+        return sorted(t for row in rows for t in (row.get("RepoTags") or [])
+                      if t.startswith(repository_prefix) and not t.startswith("<none>"))
+
 
 @dataclass(frozen=True)
 class ContainerSummary:
@@ -253,6 +515,10 @@ class ContainerSummary:
     ports: list[dict[str, Any]] = field(default_factory=list)
     created: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    image_id: str | None = None
+    """The full image id (sha256:...) the container was created from."""
+    volumes: dict[str, str] = field(default_factory=dict)
+    """Named volumes mounted: volume name -> path in the container."""
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> ContainerSummary:
@@ -273,6 +539,9 @@ class ContainerSummary:
             ports=row.get("Ports") or [],
             created=row.get("Created"),
             labels=labels,
+            image_id=row.get("ImageID"),
+            volumes={m["Name"]: m.get("Destination", "") for m in row.get("Mounts") or []
+                     if m.get("Type") == "volume" and m.get("Name")},
         )
 
     @property
@@ -307,7 +576,7 @@ def _registry_error(exc: Any) -> tuple[RegistryState, str]:
     return "unreachable", f"could not verify: {text[:200]}"
 
 
-def _client_from_context(docker: Any) -> Any:
+def _client_from_context(docker: Any, timeout: float = _API_TIMEOUT_S) -> Any:
     """A client for the current docker context when it is not the default one."""
     try:
         from docker.context import ContextAPI
@@ -318,7 +587,7 @@ def _client_from_context(docker: Any) -> Any:
         return None
     if context is None or context.Name == "default" or not context.Host:
         return None
-    return docker.DockerClient(base_url=context.Host, tls=context.TLSConfig, version="auto", timeout=_API_TIMEOUT_S)
+    return docker.DockerClient(base_url=context.Host, tls=context.TLSConfig, version="auto", timeout=timeout)
 
 
 def _unavailable(exc: BaseException) -> DockerUnavailable:
@@ -336,13 +605,124 @@ def _unavailable(exc: BaseException) -> DockerUnavailable:
     )
 
 
-# -- deployment support (server/deploy) -------------------------------------------------------
-# Kept as free functions over Engine.call so the class keeps its shape; the deploy pipeline
-# reads containers, logs and images through these and never imports docker-py itself.
+@dataclass(frozen=True)
+class StreamedFile:
+    """A stream written to disk: its size and sha256 (hex)."""
+
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout_bytes: int
+    sha256: str | None
+    """sha256 of stdout when it went to a file."""
+    stdout: str
+    """The start of stdout (64 KiB) when it did not go to a file."""
+    stderr: str
+    """The last 16 KiB of stderr."""
+    timed_out: bool = False
+
+
+def _write_stream(chunks: Iterable[bytes], dest: Path) -> StreamedFile:
+    digest = hashlib.sha256()
+    size = 0
+    with dest.open("wb") as out:
+        for chunk in chunks:
+            if chunk:
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return StreamedFile(bytes=size, sha256=digest.hexdigest())
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks (for ``tarfile.open(mode='r|')``)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def _feed_socket(raw: Any, src: Path) -> None:
+    """Copy ``src`` to the exec's stdin in chunks, then half-close so the program sees EOF."""
+    try:
+        with src.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                raw.sendall(chunk)
+    except OSError:
+        log.debug("exec stdin closed early", exc_info=True)
+    finally:
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_WR)
+
+
+def _drain_exec(sock: Any, stdout_to: Path | None) -> ExecResult:
+    """Demultiplex an exec stream: stdout to a file (hashed) or a bounded buffer, stderr's tail kept."""
+    from docker.utils.socket import STDERR, frames_iter
+
+    digest = hashlib.sha256()
+    size = 0
+    head = bytearray()
+    tail = bytearray()
+    out = stdout_to.open("wb") if stdout_to is not None else None
+    try:
+        for stream, data in frames_iter(sock, False):
+            if not data:
+                continue
+            if stream == STDERR:
+                tail += data
+                del tail[: max(0, len(tail) - _STDERR_TAIL)]
+            elif out is not None:
+                out.write(data)
+                digest.update(data)
+                size += len(data)
+            else:
+                size += len(data)
+                head += data[: max(0, _STDOUT_HEAD - len(head))]
+    except OSError:
+        log.debug("exec stream ended with a socket error", exc_info=True)
+    finally:
+        if out is not None:
+            out.flush()
+            os.fsync(out.fileno())
+            out.close()
+    return ExecResult(
+        exit_code=-1,
+        stdout_bytes=size,
+        sha256=digest.hexdigest() if out is not None else None,
+        stdout=bytes(head).decode("utf-8", "replace"),
+        stderr=bytes(tail).decode("utf-8", "replace"),
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")[:60] or "x"
+
+
+# -- monitoring (stack_status, stack_logs, diagnose_stack, the watcher) ---------------------------
 
 
 async def inspect_container(engine: Engine, container_id: str) -> dict[str, Any] | None:
-    """``docker container inspect``; None when the container is gone."""
+    """``docker inspect`` of one container; None when it is gone."""
     from docker.errors import NotFound
 
     def get(c: Any) -> dict[str, Any] | None:
@@ -354,21 +734,97 @@ async def inspect_container(engine: Engine, container_id: str) -> dict[str, Any]
     return await engine.call(get, f"inspect container {container_id[:12]}")
 
 
-async def container_logs(engine: Engine, container_id: str, *, since: float | None = None, tail: int = 200) -> str:
-    """The last ``tail`` log lines (stdout and stderr, with timestamps) since ``since`` (epoch s)."""
+async def container_logs(
+    engine: Engine, container_id: str, *, tail: int, since: float | None = None, until: float | None = None
+) -> list[str]:
+    """The last ``tail`` log lines (stdout and stderr, with RFC3339 timestamps); [] when gone.
+
+    Bounded by ``tail`` on the engine side, so a chatty container never fills our memory.
+    """
     from docker.errors import NotFound
 
-    def get(c: Any) -> str:
+    def get(c: Any) -> list[str]:
         try:
-            kwargs: dict[str, Any] = {"stdout": True, "stderr": True, "timestamps": True, "tail": tail}
-            if since is not None:
-                kwargs["since"] = int(since)
-            data = c.api.logs(container_id, **kwargs)
+            raw = c.api.logs(container_id, stdout=True, stderr=True, timestamps=True, tail=tail,
+                             since=since, until=until)
         except NotFound:
-            return ""
-        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+            return []
+        return raw.decode("utf-8", "replace").splitlines()
 
     return await engine.call(get, f"read logs of container {container_id[:12]}")
+
+
+async def restart_container(engine: Engine, container_id: str, timeout_s: int = 10) -> None:
+    await engine.call(lambda c: c.api.restart(container_id, timeout=timeout_s), f"restart {container_id[:12]}")
+
+
+async def start_container(engine: Engine, container_id: str) -> None:
+    await engine.call(lambda c: c.api.start(container_id), f"start {container_id[:12]}")
+
+
+async def stop_container(engine: Engine, container_id: str, timeout_s: int = 10) -> None:
+    await engine.call(lambda c: c.api.stop(container_id, timeout=timeout_s), f"stop {container_id[:12]}")
+
+
+async def remove_container(engine: Engine, container_id: str) -> None:
+    """Remove a stopped container; its named volumes are kept (v=False)."""
+    await engine.call(lambda c: c.api.remove_container(container_id, v=False, force=True),
+                      f"remove {container_id[:12]}")
+
+
+async def run_probe(
+    engine: Engine, image: str, argv: list[str], network: str, labels: dict[str, str], timeout_s: float = 20
+) -> tuple[int | None, str]:
+    """Run ``argv`` in a short-lived container on ``network`` (image already local, never pulled).
+
+    Returns (exit code or None on timeout, output). The container is always removed.
+    """
+
+    def run(c: Any) -> tuple[int | None, str]:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import ReadTimeout
+
+        api = c.api
+        created = api.create_container(
+            image, command=argv, entrypoint=[], labels=labels, user="0",
+            host_config=api.create_host_config(network_mode=network, auto_remove=False),
+        )
+        cid = created["Id"]
+        try:
+            api.start(cid)
+            try:
+                result = api.wait(cid, timeout=timeout_s)
+                code: int | None = int(result.get("StatusCode", -1))
+            except (ReadTimeout, RequestsConnectionError):
+                code = None
+            out = api.logs(cid, stdout=True, stderr=True, tail=50).decode("utf-8", "replace")
+            return code, out
+        finally:
+            try:
+                api.remove_container(cid, force=True)
+            except Exception:  # best effort: the label lets a sweep find it
+                log.debug("probe container %s not removed", cid[:12], exc_info=True)
+
+    return await engine.call(run, f"run a probe on network {network}")
+
+
+def events_iter(engine: Engine, since: int | None, filters: dict[str, Any], until: int | None = None) -> Any:
+    """A blocking iterator of decoded engine events (call from a worker thread); with ``until``
+    the engine ends the stream at that time."""
+    client = engine._connect()
+    return client.api.events(since=since, until=until, filters=filters, decode=True)
+
+
+async def events_between(engine: Engine, since: int, until: int, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    """Engine events in [since, until] (the engine answers and closes: no stream left open)."""
+    return await engine.call(
+        lambda c: list(c.api.events(since=since, until=until, filters=filters, decode=True)), "list events"
+    )
+
+
+# -- deployment support (server/deploy) -------------------------------------------------------
+# Free functions over Engine.call, next to the monitoring ones the deploy reuses (inspect_container,
+# container_logs, run_probe).
 
 
 async def exec_in(engine: Engine, container_id: str, argv: list[str], *, timeout_s: float = 30) -> tuple[int, str]:
@@ -401,35 +857,6 @@ async def object_names(engine: Engine, kind: Literal["volume", "network"]) -> se
         return {n["Name"] for n in c.api.networks()}
 
     return await engine.call(get, f"list {kind}s")
-
-
-async def run_probe(
-    engine: Engine, image: str, argv: list[str], *, network: str, timeout_s: float, labels: dict[str, str]
-) -> tuple[int, str]:
-    """Run a short-lived container from a LOCAL image on ``network`` and return (exit, output).
-
-    Used for smoke checks from inside a stack's network; never pulls; removed afterwards.
-    """
-
-    def run(c: Any) -> tuple[int, str]:
-        api = c.api
-        created = api.create_container(
-            image, command=argv, entrypoint=[], labels=labels,
-            host_config=api.create_host_config(network_mode=network, auto_remove=False),
-        )
-        cid = created["Id"]
-        try:
-            api.start(cid)
-            result = api.wait(cid, timeout=timeout_s)
-            out = api.logs(cid, stdout=True, stderr=True)
-            text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
-            return int(result.get("StatusCode", -1)), text[-2000:]
-        except Exception as exc:  # requests' ReadTimeout from wait()
-            return -1, f"probe did not finish: {type(exc).__name__}"
-        finally:
-            api.remove_container(cid, force=True)
-
-    return await engine.call(run, f"run a probe container on {network}")
 
 
 async def image_attrs_digest(engine: Engine, image_id: str) -> str | None:

@@ -81,6 +81,18 @@ class ReadOnlyMode(DsmError):
     """A changing operation was asked for while DSM_READ_ONLY is set."""
 
 
+class BackupNotFound(DsmError):
+    """No backup with that id exists for the stack (or its manifest is unreadable)."""
+
+
+class BackupFailed(DsmError):
+    """Taking, restoring or verifying a backup failed; the message says which part and why."""
+
+
+class ConfirmationRequired(DsmError):
+    """A destructive act was asked for without the user's confirmation."""
+
+
 class StackBusy(DsmError):
     """Another operation holds the stack's lock (in this or another server process).
 
@@ -94,6 +106,13 @@ class StackBusy(DsmError):
         self.kind = kind
         self.started_at = started_at
         self.pid = pid
+        if operation_id == "unknown":  # the holder had not named itself yet (it is starting)
+            super().__init__(
+                f"stack {stack!r} is busy: another operation is just starting on it",
+                state="nothing was changed by this call",
+                next_step="call stack_history for its operation_id in a few seconds, then poll operation_status",
+            )
+            return
         super().__init__(
             f"stack {stack!r} is busy: {kind} operation {operation_id} (started {started_at}, server pid {pid}) "
             "is still running",

@@ -34,7 +34,9 @@ _NOT_CREDENTIAL = re.compile(r"PUBLIC|EXPIR|TTL|LENGTH|_FILE$|_PATH$")
 # Words that merely contain a credential word; taken out of the name before it is judged, so
 # KEYCLOAK_ADMIN and FTP_PASSIVE_PORTS are no credentials but KEYCLOAK_ADMIN_PASSWORD is.
 _LOOKALIKE = re.compile(r"KEYCLOAK|KEYBOARD|HOTKEY|PASSIVE|PASSTHROUGH|BYPASS|COMPASS|ENCODING")
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
+# The scheme is bounded: unbounded, every start inside a long run of letters and digits scans to
+# the run's end, and scrubbing a hostile 40 kB log line would take seconds (quadratic).
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
 # Known values shorter than this are too common ("1", "true") to look for in free text.
 _MIN_SCRUB_LEN = 4
 # Environment keys whose values are structure (names of users, databases, hosts): never masked
@@ -55,7 +57,7 @@ def is_secret_key(key: str) -> bool:
 
 
 def mask_url_passwords(text: str) -> str:
-    return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
 
 
 def mask_value(key: str, value: Any) -> Any:

@@ -7,6 +7,7 @@ and what is accepted; the CLI prints that line to stderr and exits 2.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,16 @@ class Settings:
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     embedding_model_path: Path | None = None
+    backup_keep: int = 10
+    """Backups kept per stack (newest first); older ones are pruned with their pinned image tags."""
+    backup_max_bytes: int = 20 * 1024**3
+    """Size cap of one stack's backups; the oldest go first (the newest is always kept)."""
     journal_max_bytes: int = 8 * 1024 * 1024
     """The operation journal is compacted when it grows past this (oldest finished operations go)."""
+    alert_urls: tuple[str, ...] = ()
+    alert_dedup_s: float = 3600.0
+    alert_rate_per_min: int = 10
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -80,6 +89,14 @@ class Settings:
             embedding_model_path=_abs_dir("DSM_EMBEDDING_MODEL_PATH", model_raw, must_exist=True)
             if model_raw
             else None,
+            backup_keep=int(_number("DSM_BACKUP_KEEP", env.get("DSM_BACKUP_KEEP", "10"), 1, 1000, integer=True)),
+            backup_max_bytes=_size("DSM_BACKUP_MAX_BYTES", env.get("DSM_BACKUP_MAX_BYTES", "20GiB")),
+            alert_urls=tuple(u for u in re.split(r"[\s,]+", env.get("DSM_ALERT_URLS", "")) if u),
+            alert_dedup_s=_number("DSM_ALERT_DEDUP_S", env.get("DSM_ALERT_DEDUP_S", "3600"), 0, 7 * 86400),
+            alert_rate_per_min=int(_number("DSM_ALERT_RATE_PER_MIN", env.get("DSM_ALERT_RATE_PER_MIN", "10"), 1, 1000)),
+            metrics_port=int(_number("DSM_METRICS_PORT", env["DSM_METRICS_PORT"], 0, 65535))
+            if env.get("DSM_METRICS_PORT")
+            else None,
         )
 
 
@@ -106,11 +123,26 @@ def _flag(name: str, raw: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
-def _number(name: str, raw: str, low: float, high: float) -> float:
+def _number(name: str, raw: str, low: float, high: float, *, integer: bool = False) -> float:
     try:
-        value = float(raw)
+        value = float(int(raw)) if integer else float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
+        raise SettingsError(f"{name}={raw!r} is not {'an integer' if integer else 'a number'}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name}={raw!r} must be between {low:g} and {high:g}")
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size(name: str, raw: str) -> int:
+    """Bytes, or a number with a binary unit (20GiB, 500M); between 1 MiB and 1 PiB."""
+    match = _SIZE.match(raw)
+    if not match:
+        raise SettingsError(f"{name}={raw!r} is not a size (bytes, or a number with KiB/MiB/GiB/TiB)")
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2)[:1].lower()]
+    if not 1024**2 <= value <= 1024**5:
+        raise SettingsError(f"{name}={raw!r} must be between 1MiB and 1PiB")
     return value

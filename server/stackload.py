@@ -33,6 +33,7 @@ from server.stacks import (
     locate_stack,
     normalize_project_name,
     read_compose_file,
+    read_dotenv,
     relative_name,
 )
 from server.xdsm import ServiceSettings, XdsmInvalid, parse_service_settings, parse_stack_settings
@@ -103,6 +104,9 @@ async def load_stack(
     found = collect_sources(settings, location.directory, top, location.variables)
     if found.findings:
         raise StackRenderFailed(location.name, found.findings)
+    # Compose's dotenv lets the given env win; the .env values it shadows are still secrets on disk.
+    compose_env = {k: v for k, v in env.items() if k.startswith("COMPOSE_")}
+    shadowed = read_dotenv(location.directory, compose_env) if set(env) & set(location.dotenv) else {}
     return await _render(
         settings,
         compose,
@@ -116,6 +120,7 @@ async def load_stack(
         location.profiles,
         read_files=found.files,
         directory=location.directory,
+        shadowed=shadowed,
     )
 
 
@@ -235,9 +240,10 @@ async def _render(
     *,
     read_files: list[str],
     directory: Path | None,
+    shadowed: Mapping[str, str] | None = None,
 ) -> LoadedStack:
-    # Both sources: a value in .env that the given env overrides is still a secret on disk.
-    secrets = {v for d in (dotenv, env) for k, v in d.items() if is_secret_key(k)} | _literal_secrets(
+    # Every source: a value in .env that the given env overrides is still a secret on disk.
+    secrets = {v for d in (dotenv, env, shadowed or {}) for k, v in d.items() if is_secret_key(k)} | _literal_secrets(
         [*docs, *templates]
     )
     scrub = Scrubber(secrets, assignments=False)

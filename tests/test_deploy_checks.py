@@ -19,6 +19,7 @@ from tests.deploy_helpers import (
     WEB_11,
     WEB_BROKEN,
     WEB_NOHC,
+    container_of,
     containers,
     deploy,
     docker,
@@ -245,3 +246,25 @@ async def test_waived_healthcheck_gets_a_grace_period(runtime: Runtime, stacks_r
                                                                                 "['sh', '-c', 'exit 0']"))
     blocked = await deploy(runtime, project_name)
     assert blocked.status == "blocked" and "missing-healthcheck" in {f.rule for f in blocked.findings}
+
+
+async def test_rollback_with_restore_data_needs_confirmation(runtime: Runtime, stacks_root: Path,
+                                                             project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port))
+    first = await deploy(runtime, project_name)
+    docker("exec", container_of(project_name, "web"), "sh", "-c", "echo one > /data/keep")
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_11, port))
+    assert (await deploy(runtime, project_name)).status == "deployed"  # its backup holds "one"
+    docker("exec", container_of(project_name, "web"), "sh", "-c", "echo two > /data/keep")
+
+    with pytest.raises(Exception, match="confirm"):
+        await Deployer(runtime).rollback(project_name, restore_data=True)
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.1"  # refused: nothing changed
+    assert docker("exec", container_of(project_name, "web"), "cat", "/data/keep") == "two"
+
+    report = await Deployer(runtime).rollback(project_name, restore_data=True, confirm=True)
+    assert report.status == "rolled_back", report
+    assert report.rollback is not None and report.rollback.to_deployment == first.deployment_id
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert docker("exec", container_of(project_name, "web"), "cat", "/data/keep") == "one"

@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
+from pydantic import BaseModel, Field
 
 from server.errors import DsmError
 from server.redact import Scrubber, seen_secrets
@@ -81,3 +82,74 @@ async def progress(ctx: Context | None, done: float, total: float, message: str)
 
 def drop_none(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if v is not None}
+
+
+class Confirmation(BaseModel):
+    confirm: bool = Field(description="Yes, go ahead")
+
+
+async def confirm_destructive(ctx: Context | None, question: str, confirm: bool) -> None:
+    """Ask the user before a destructive act; raise ConfirmationRequired unless they agree.
+
+    When the client supports MCP elicitation the user is asked (whatever ``confirm`` says: a
+    human answers, not the model). Otherwise the caller must pass ``confirm=True``, which the
+    error message tells the model to do only after the user agreed.
+
+    This asks from inside the tool body, which needs the handshake protocols' back-channel
+    (<= 2025-11-25, what stdio clients negotiate today); on 2026-07-28 it falls back to
+    ``confirm``. To ask on every protocol, ask from a ``Resolve(...)`` resolver with
+    :func:`ask_user` and check the outcome with :func:`require_confirmation` (backup_stack does).
+    """
+    if ctx is not None and _can_elicit(ctx, back_channel_only=True):
+        answer = await ctx.elicit(question, Confirmation)
+        require_confirmation(answer, question, confirm)
+        return
+    require_confirmation(None, question, confirm)
+
+
+def ask_user(ctx: Context, question: str | None) -> Any:
+    """For a ``Resolve(...)`` resolver: ``Elicit(question)`` when there is something to confirm and
+    the client can be asked (the SDK sends it mid-call on handshake protocols, as an
+    InputRequiredResult on 2026-07-28), else ``None`` (then ``confirm=true`` is required)."""
+    from mcp.server.mcpserver.resolve import Elicit
+
+    if question and _can_elicit(ctx, back_channel_only=False):
+        return Elicit(question, Confirmation)
+    return None
+
+
+def require_confirmation(answer: Any, question: str, confirm: bool) -> None:
+    """Raise ConfirmationRequired unless the user accepted ``answer`` (an elicitation outcome), or,
+    when the user was not asked (``answer`` None or accepted without data), ``confirm`` is true."""
+    from server.errors import ConfirmationRequired
+
+    data = getattr(answer, "data", None) if answer is not None else None
+    asked = answer is not None and (getattr(answer, "action", None) != "accept" or data is not None)
+    if asked:
+        if getattr(answer, "action", None) == "accept" and getattr(data, "confirm", False):
+            return
+        raise ConfirmationRequired(
+            f"the user did not confirm: {question}", state="nothing was changed",
+            next_step="ask the user what they want instead",
+        )
+    if not confirm:
+        raise ConfirmationRequired(
+            f"confirmation required: {question}",
+            state="nothing was changed",
+            next_step="ask the user; if they agree, call again with confirm=true",
+        )
+
+
+def _can_elicit(ctx: Context, *, back_channel_only: bool) -> bool:
+    try:
+        capabilities = ctx.client_capabilities
+        session = ctx.request_context.session
+        back_channel = bool(session.can_send_request)
+        version = ctx.protocol_version or ""
+    except (ValueError, AttributeError):  # no request context (direct calls in tests)
+        return False
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    # A bare `elicitation: {}` means form mode; url-only clients cannot show our yes/no form.
+    if elicitation is None or (elicitation.form is None and elicitation.url is not None):
+        return False
+    return back_channel or (not back_channel_only and version >= "2026-07-28")

@@ -16,13 +16,14 @@ from tools._common import CHANGES_STACKS, progress, tool_errors
 
 def _confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
     async def ask(question: str) -> bool:
-        try:
-            from tools._common import confirm_destructive  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            return False  # no elicitation helper: confirm=true is the only way
+        """Ask the user through MCP elicitation when the client can; False otherwise (then the
+        caller must pass confirm=true, which the refusal tells the model to do only after asking)."""
+        from server.errors import ConfirmationRequired
+        from tools._common import confirm_destructive
+
         try:
             await confirm_destructive(ctx, question, False)
-        except Exception:
+        except ConfirmationRequired:
             return False
         return True
 

@@ -153,8 +153,8 @@ async def run_gate(
 
 
 async def log_tail(engine: Engine, container_id: str, lines: int = 15) -> list[str]:
-    text = await container_logs(engine, container_id, tail=lines)
-    return [f"log: {ln.split(' ', 1)[-1][:300]}" for ln in text.splitlines() if ln.strip()][-lines:]
+    found = await container_logs(engine, container_id, tail=lines)
+    return [f"log: {ln.split(' ', 1)[-1][:300]}" for ln in found if ln.strip()][-lines:]
 
 
 def _parse_time(value: Any) -> float | None:

@@ -439,12 +439,9 @@ class Deployer:
                        confirm: bool = False, wait_timeout_s: float | None = None) -> DeployReport:
         """Explicit rollback to a previous successful deployment (default: the one before the current)."""
         from server.stackload import load_stack
-        from server.stacks import find_by_name, locate_stack
+        from server.stacks import resolve_stack
 
-        try:
-            location = locate_stack(self.settings, stack_arg)
-        except DsmError:
-            location = find_by_name(self.settings, stack_arg)
+        location = resolve_stack(self.settings, stack_arg)
         ops = operations(self.runtime)
         history = ops.history(location.name, limit=200)
         current, target = _targets(history, to_deployment)

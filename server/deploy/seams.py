@@ -1,17 +1,16 @@
 """The deploy pipeline's two seams: the journal/locks (server.operations) and backups (server.backups).
 
-The journal is merged. Backups are built alongside this one (SPEC-deploy.md gives the signature):
-until that branch is merged, ``server.deploy._interim.BackupStore`` stands in with the same
-signature; the real module wins as soon as it is importable, so switching is this file alone.
+Both are real modules now; this file is the one place the pipeline gets them from.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from server.errors import StackBusy
 
 if TYPE_CHECKING:
+    from server.backups.store import BackupStore
     from server.operations import Operations
     from server.runtime import Runtime
 
@@ -21,12 +20,10 @@ def operations(runtime: Runtime) -> Operations:
     return runtime.operations()
 
 
-def backup_store(runtime: Runtime) -> Any:
+def backup_store(runtime: Runtime) -> BackupStore:
     """``BackupStore(settings, engine, compose)``."""
-    try:
-        from server.backups import BackupStore  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        from server.deploy._interim import BackupStore
+    from server.backups.store import BackupStore
+
     return BackupStore(runtime.settings, runtime.engine(), runtime.compose())
 
 

@@ -60,8 +60,8 @@ async def _one(engine: Engine, stack: LoadedStack, service: str, check: SmokeChe
         host = urlsplit(url).hostname or ""
         if host in stack.services and network:
             image = str(stack.services[host].get("image") or stack.services[service].get("image") or "")
-            code, out = await run_probe(engine, image, ["wget", "-q", "-S", "-O", "/dev/null", url], network=network,
-                                        timeout_s=check.timeout_s, labels={"dsm.smoke": stack.name})
+            code, out = await run_probe(engine, image, ["wget", "-q", "-S", "-O", "/dev/null", url], network,
+                                        {"dsm.smoke": stack.name}, timeout_s=check.timeout_s)
             match = _STATUS.findall(out)
             status = int(match[-1]) if match else (200 if code == 0 else None)
             where = f"from inside network {network}"

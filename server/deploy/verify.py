@@ -160,9 +160,9 @@ async def verify_window(
             for c in containers:
                 if c.service not in new_services:
                     continue
-                text = await container_logs(engine, c.id, since=started_wall - 1, tail=2000)
+                lines = await container_logs(engine, c.id, since=started_wall - 1, tail=2000)
                 found = []
-                for raw in text.splitlines():
+                for raw in lines:
                     stamp, _, line = raw.partition(" ")
                     kind = critical_kind(line, dependencies)
                     if kind:

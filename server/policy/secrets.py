@@ -22,9 +22,8 @@ from server.interpolation import has_reference, references
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
-from server.redact import DEFAULT_ACCOUNTS, is_secret_key
+from server.redact import DEFAULT_ACCOUNTS, URL_CREDENTIALS, is_secret_key
 
-_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^:/@\s]*:(?P<pw>[^@/\s]+)@", re.IGNORECASE)
 # A switch, not a credential, whatever its key says (DISABLE_PASSWORD_LOGIN=true in list form).
 _SWITCH = re.compile(r"^(true|false)$", re.IGNORECASE)
 # Values that documentation tells a user to replace, and the classic defaults.
@@ -74,7 +73,7 @@ def plaintext_secret(ctx: LintContext) -> Iterator[Finding]:
 
 def literal_kind(key: str, text: str) -> str | None:
     """What kind of credential literal ``text`` under ``key`` is, or None when it is none."""
-    url = _URL_PASSWORD.search(text) if "://" in text else None
+    url = URL_CREDENTIALS.search(text) if "://" in text else None
     if url and not has_reference(url.group("pw")):
         return "a URL with a password written in it"
     if not is_secret_key(key) or text.strip() == "" or _SWITCH.match(text.strip()):

@@ -1,0 +1,171 @@
+"""How each kind of database is dumped, restored, probed and counted, as argv run by exec.
+
+A service is a database when its ``x-dsm`` block has ``backup.dump`` hooks, or its image is a
+known one: postgres (pg_dumpall), mysql/mariadb (mysqldump / mariadb-dump), mongo (mongodump),
+redis (``SAVE`` first, then its volume is archived: the snapshot on disk is consistent).
+Credentials are read inside the container from its own environment (``sh -c`` expands them
+there), so no password ever sits in our argv, manifest or logs.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from server.xdsm import ServiceSettings
+
+_PG_ENV = 'export PGPASSWORD="${POSTGRES_PASSWORD:-}"; U="${POSTGRES_USER:-postgres}"; '
+_MY_ENV = (
+    'MYSQL_PWD="${MYSQL_ROOT_PASSWORD:-${MARIADB_ROOT_PASSWORD:-}}"; export MYSQL_PWD; '
+)
+_MONGO_AUTH = (
+    '${MONGO_INITDB_ROOT_USERNAME:+--username "$MONGO_INITDB_ROOT_USERNAME" '
+    '--password "$MONGO_INITDB_ROOT_PASSWORD" --authenticationDatabase admin}'
+)
+# One line per table, "database.schema.table|rows", exact counts (query_to_xml runs count(*)).
+_PG_COUNT_SQL = (
+    "SELECT current_database() || '.' || table_schema || '.' || table_name || '|' || "
+    "(xpath('/row/c/text()', query_to_xml(format('select count(*) as c from %I.%I', table_schema, table_name), "
+    "false, true, '')))[1]::text FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
+    "AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1"
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    kind: str
+    ext: str
+    dump: list[str] | None
+    """argv whose stdout is the dump; None for kinds archived after a snapshot (redis)."""
+    restore: list[str] | None
+    """argv reading the dump on stdin; None when restoring is not possible this way."""
+    ready: list[str] | None = None
+    """Exits 0 once the database accepts connections (restore drills in a scratch container)."""
+    counts: list[str] | None = None
+    """Prints 'table|rows' lines."""
+    before_restore: list[str] | None = None
+    """Run first in the live container (drop other sessions so databases can be dropped)."""
+    snapshot: list[str] | None = None
+    """Flushes a consistent snapshot to the volume before it is archived (redis)."""
+    scratch_env: dict[str, str] = field(default_factory=dict)
+    """Environment for a scratch container of this image (on top of the service's user names)."""
+
+
+def _postgres() -> Recipe:
+    return Recipe(
+        kind="postgres",
+        ext="sql",
+        dump=["sh", "-c", _PG_ENV + 'exec pg_dumpall --clean --if-exists -U "$U"'],
+        # ON_ERROR_STOP stays off: pg_dumpall --clean drops and recreates the roles, and the role
+        # we connect as cannot be dropped; psql reports that and goes on, as intended.
+        restore=["sh", "-c", _PG_ENV + 'exec psql -X -q -v ON_ERROR_STOP=0 -U "$U" -d postgres -o /dev/null'],
+        ready=["sh", "-c", 'pg_isready -q -h 127.0.0.1 -U "${POSTGRES_USER:-postgres}"'],
+        counts=[
+            "sh",
+            "-c",
+            _PG_ENV + 'psql -X -At -U "$U" -d postgres -c "SELECT datname FROM pg_database WHERE datallowconn '
+            'AND NOT datistemplate ORDER BY 1" | while IFS= read -r db; do psql -X -At -U "$U" -d "$db" -c "'
+            + _PG_COUNT_SQL.replace('"', '\\"')
+            + '" || exit 1; done',
+        ],
+        before_restore=[
+            "sh",
+            "-c",
+            _PG_ENV + 'psql -X -q -At -U "$U" -d postgres -c "SELECT count(pg_terminate_backend(pid)) FROM '
+            "pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'\"",
+        ],
+        scratch_env={"POSTGRES_HOST_AUTH_METHOD": "trust"},
+    )
+
+
+def _mysql() -> Recipe:
+    return Recipe(
+        kind="mysql",
+        ext="sql",
+        dump=["sh", "-c", _MY_ENV + 'D=$(command -v mariadb-dump || command -v mysqldump); exec "$D" -uroot '
+              "--all-databases --single-transaction --routines --events --triggers"],
+        restore=["sh", "-c", _MY_ENV + 'C=$(command -v mariadb || command -v mysql); exec "$C" -uroot'],
+        ready=["sh", "-c", _MY_ENV + 'A=$(command -v mariadb-admin || command -v mysqladmin); exec "$A" -uroot ping'],
+    )
+
+
+def _mongo() -> Recipe:
+    return Recipe(
+        kind="mongo",
+        ext="archive",
+        dump=["sh", "-c", "exec mongodump --archive --quiet " + _MONGO_AUTH],
+        restore=["sh", "-c", "exec mongorestore --archive --drop --quiet " + _MONGO_AUTH],
+        ready=["sh", "-c", 'M=$(command -v mongosh || command -v mongo); exec "$M" --quiet --eval '
+               "'db.adminCommand(\"ping\")'"],
+    )
+
+
+def _redis() -> Recipe:
+    return Recipe(
+        kind="redis",
+        ext="rdb",
+        dump=None,
+        restore=None,
+        snapshot=["sh", "-c", 'REDISCLI_AUTH="${REDIS_PASSWORD:-}" exec redis-cli SAVE'],
+    )
+
+
+_BY_IMAGE: list[tuple[re.Pattern[str], object]] = [
+    (re.compile(r"^(postgres|postgis|timescaledb(-ha)?|pgvector|supabase-postgres|postgresql)$"), _postgres),
+    (re.compile(r"^(mysql|mariadb|percona(-server)?|mysql-server)$"), _mysql),
+    (re.compile(r"^(mongo|mongodb(-community-server)?)$"), _mongo),
+    (re.compile(r"^(redis|valkey|redis-stack-server|keydb)$"), _redis),
+]
+
+
+def image_repository_name(image: str) -> str:
+    """'docker.io/library/postgres:15@sha256:..' -> 'postgres'."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0].lower()
+
+
+def recipe_for(image: str | None, settings: ServiceSettings) -> Recipe | None:
+    """The recipe for a service: its x-dsm backup hooks first, else a known database image."""
+    hooks = settings.backup
+    if hooks.dump:
+        return Recipe(kind="hooks", ext="dump", dump=list(hooks.dump),
+                      restore=list(hooks.restore) if hooks.restore else None)
+    if not image:
+        return None
+    repo = image_repository_name(image)
+    for pattern, factory in _BY_IMAGE:
+        if pattern.match(repo):
+            return factory()  # type: ignore[operator]
+    return None
+
+
+def scratch_environment(recipe: Recipe, service_env: dict[str, str]) -> dict[str, str]:
+    """Environment for a scratch container: the service's user names, fresh throw-away passwords."""
+    keep = ("POSTGRES_USER", "MONGO_INITDB_ROOT_USERNAME")
+    env = {k: v for k, v in service_env.items() if k in keep}
+    password = secrets.token_urlsafe(18)
+    env.update({
+        "POSTGRES_PASSWORD": password,
+        "MYSQL_ROOT_PASSWORD": password,
+        "MARIADB_ROOT_PASSWORD": password,
+    })
+    if "MONGO_INITDB_ROOT_USERNAME" in env:
+        env["MONGO_INITDB_ROOT_PASSWORD"] = password
+    env.update(recipe.scratch_env)
+    return env
+
+
+def parse_counts(text: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, rows = line.rpartition("|")
+        if sep and rows.strip().isdigit():
+            counts[name] = int(rows)
+    return counts
+
+
+def recipe_by_kind(kind: str) -> Recipe | None:
+    """The built-in recipe of a dump's kind (hooks have none: their argv is in the manifest)."""
+    return {"postgres": _postgres, "mysql": _mysql, "mongo": _mongo, "redis": _redis}.get(kind, lambda: None)()

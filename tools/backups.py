@@ -1,0 +1,78 @@
+"""backup_stack: take, list, verify and restore a stack's backups."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, cast
+
+from mcp.server.elicitation import ElicitationResult
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Resolve
+from pydantic import Field
+
+from server.backups.models import BackupResult
+from server.errors import DsmError
+from server.runtime import Runtime
+from tools._common import CHANGES_STACKS, Confirmation, ask_user, progress, require_confirmation, tool_errors
+
+
+async def _restore_question(runtime: Runtime, stack: str, action: str, backup_id: str | None) -> str | None:
+    """What the user is asked before a restore; None when there is nothing to ask (yet)."""
+    if action != "restore":
+        return None
+    from server.backups import service
+
+    try:
+        location = service.resolve_stack(runtime, stack)
+        manifest = service.pick(service.store_of(runtime), location.name, backup_id)
+        return service.restore_question(manifest, await service.is_critical(runtime, location))
+    except DsmError:
+        return None  # the tool body raises the same error, with its advice
+
+
+async def _ask_before_restore(stack: str, action: str, backup_id: str | None, ctx: Context) -> Any:
+    # A Resolve(...) resolver runs before the tool body: the SDK asks the user mid-call on the
+    # handshake protocols and through an InputRequiredResult on 2026-07-28.
+    runtime = cast(Runtime, ctx.request_context.lifespan_context)
+    return ask_user(ctx, await _restore_question(runtime, stack, action, backup_id))
+
+
+def register(server: MCPServer, runtime: Runtime) -> None:
+    @server.tool(annotations=CHANGES_STACKS)
+    @tool_errors
+    async def backup_stack(
+        stack: Annotated[str, Field(description="Stack name or directory (see list_stacks).")],
+        ctx: Context,
+        approval: Annotated[ElicitationResult[Confirmation], Resolve(_ask_before_restore)],
+        action: Annotated[
+            Literal["create", "list", "restore", "verify"],
+            Field(description="create | list | verify (restore drill, changes nothing) | restore (destructive)"),
+        ] = "list",
+        backup_id: Annotated[str | None, Field(description="For verify/restore; default the newest.")] = None,
+        confirm: Annotated[bool, Field(description="restore only: true once the user agreed.")] = False,
+    ) -> BackupResult:
+        """Back up a stack, list its backups, prove one restores, or restore one.
+
+        create: compose files and .env, the running images (pinned under dsm-pin/ tags), named
+        volumes (archived with checksums) and databases (dumped: postgres, mysql/mariadb,
+        mongo, x-dsm backup hooks). verify: restores into scratch volumes and a scratch
+        database and compares checksums and row counts; the stack is not touched. restore:
+        overwrites the stack's volumes and databases with the backup (affected services
+        restart); the user must confirm. Config and images are rolled back by rollback.
+        """
+        from server.backups import service
+
+        location = service.resolve_stack(runtime, stack)
+
+        async def report(done: float, total: float, message: str) -> None:
+            await progress(ctx, done, total, message)
+
+        if action == "list":
+            return service.listing(runtime, location)
+        if action == "create":
+            return await service.create(runtime, location, "backup_stack create", report)
+        if action == "verify":
+            return await service.verify(runtime, location, backup_id, report)
+        manifest = service.pick(service.store_of(runtime), location.name, backup_id)
+        critical = await service.is_critical(runtime, location)
+        require_confirmation(approval, service.restore_question(manifest, critical), confirm)
+        return await service.restore(runtime, manifest, report)
