@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,7 +54,9 @@ async def run_argv(
     argv = [str(a) for a in argv]
     proc = await anyio.open_process(
         argv,
-        stdin=None if stdin is None else -1,
+        # Never inherit our stdin: on stdio it is the MCP protocol stream, and a child that reads
+        # it (a compose prompt, a cat) would eat the client's messages.
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=-1,
         stderr=-1,
         cwd=cwd,

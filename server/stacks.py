@@ -146,6 +146,9 @@ def locate_stack(settings: Settings, raw_path: str) -> StackLocation:
             f"{directory.name}/ holds no compose file ({', '.join(COMPOSE_FILE_NAMES)})",
             next_step="add a compose.yaml or pass the compose file itself",
         )
+    for file in files:
+        if not file.resolve().is_relative_to(root):
+            raise _outside(f"{directory.name}/{file.name}", root)
     return _located(directory, files, settings)
 
 
@@ -229,8 +232,15 @@ def discover(settings: Settings) -> tuple[list[StackLocation], list[str]]:
             problems.append(f"{entry.name}: symlink out of the stacks root, ignored")
             continue
         files = compose_files(entry)
-        if files:
+        if not files:
+            continue
+        if any(not f.resolve().is_relative_to(root) for f in files):
+            problems.append(f"{entry.name}: compose file is a symlink out of the stacks root, ignored")
+            continue
+        try:
             stacks.append(_located(entry, files, settings))
+        except PathRejected as exc:  # one stack's bad .env must not hide every other stack
+            problems.append(f"{entry.name}: {exc.what}, ignored")
     by_name: dict[str, list[StackLocation]] = {}
     for stack in stacks:
         by_name.setdefault(stack.name, []).append(stack)

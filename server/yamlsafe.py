@@ -203,5 +203,7 @@ def _collect_lines(node: Any, path: tuple[str, ...], out: dict[tuple[str, ...], 
         if not isinstance(key_node, yaml.ScalarNode):
             continue
         key_path = (*path, str(key_node.value))
-        out.setdefault(key_path, key_node.start_mark.line + 1)
+        # Last one wins, as in the constructed data: merged (``<<``) keys come first in the node
+        # after construction, so a service's own key overrides its anchor's line.
+        out[key_path] = key_node.start_mark.line + 1
         _collect_lines(value_node, key_path, out, depth + 1)
