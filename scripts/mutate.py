@@ -54,26 +54,29 @@ class Module:
 
 
 MODULES: tuple[Module, ...] = (
-    Module("redact", "server/redact.py", ("tests/test_redact.py",)),
-    Module("yamlsafe", "server/yamlsafe.py", ("tests/test_yamlsafe.py",)),
-    Module("stacks", "server/stacks.py", ("tests/test_stacks_paths.py",)),
-    # The loader's path confinement only: references (build contexts, env_file, bind mounts,
-    # include/extends) must resolve inside the stacks root.
-    Module("stackload", "server/stackload.py", ("tests/test_stackload_paths.py", "tests/test_inspect_stack.py"),
-           functions=("*x__references*", "*x__check_references*", "*x__outside_finding*", "*x__include*",
+    Module("redact", "server/redact.py",
+           ("tests/test_redact.py", "tests/test_redact_promises.py",
+            "tests/test_memory_units.py::test_secrets_are_masked",
+            "tests/test_memory_units.py::test_masking_keeps_ordinary_text")),
+    Module("yamlsafe", "server/yamlsafe.py", ("tests/test_yamlsafe.py", "tests/test_yamlsafe_limits.py")),
+    Module("stacks", "server/stacks.py", ("tests/test_stacks_paths.py", "tests/test_stacks_confinement.py")),
+    # The loader's path confinement only: the files a compose document makes Compose read
+    # (env_file, include, extends, secrets/configs) must resolve inside the stacks root.
+    Module("stackload", "server/stackload.py", ("tests/test_stackload_paths.py",),
+           functions=("*x__references__*", "*x__check_references__*", "*x__outside_finding__*", "*x__include*",
                       "*x__confine*", "*x__inside*")),
-    Module("process", "server/process.py", ("tests/test_process.py",)),
-    Module("ports", "server/preflight/ports.py", ("tests/test_ports.py",)),
+    Module("process", "server/process.py", ("tests/test_process.py", "tests/test_process_group.py")),
+    Module("ports", "server/preflight/ports.py", ("tests/test_ports.py", "tests/test_preflight_units.py")),
     Module("security", "server/policy/security.py", ("tests/test_policy_rules.py", "tests/test_policy_units.py")),
     Module("secrets", "server/policy/secrets.py", ("tests/test_policy_rules.py", "tests/test_policy_units.py")),
     Module("waivers", "server/policy/waivers.py", ("tests/test_policy_units.py", "tests/test_waivers.py")),
-    Module("settings", "server/settings.py", ("tests/test_settings.py",)),
-    Module("memory-inputs", "server/memory/inputs.py", ("tests/test_memory_units.py", "tests/test_memory_inputs.py")),
+    Module("settings", "server/settings.py", ("tests/test_settings.py", "tests/test_settings_validation.py")),
+    Module("memory-inputs", "server/memory/inputs.py", ("tests/test_memory_inputs.py",)),
     # The filter a search runs under (stack, service, tags, time) and its translation for the store.
-    Module("memory-filters", "server/memory/service.py",
-           ("tests/test_memory_filters.py", "tests/test_memory_store.py"), functions=("*xǁMemoryǁ_where__mutmut*",)),
-    Module("memory-edge-filter", "server/memory/edge.py",
-           ("tests/test_memory_filters.py", "tests/test_memory_store.py"), functions=("*_filter*",)),
+    Module("memory-filters", "server/memory/service.py", ("tests/test_memory_filters.py",),
+           functions=("*xǁMemoryǁ_where__mutmut*",)),
+    Module("memory-edge-filter", "server/memory/edge.py", ("tests/test_memory_filters.py",),
+           functions=("*xǁEdgeStoreǁ_filter__mutmut*",)),
 )
 
 
@@ -125,7 +128,7 @@ def run_module(module: Module, jobs: int, equivalent: dict[str, str]) -> dict[st
     work.mkdir(parents=True)
     for name in COPY:
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    tests = [t for t in module.tests if (REPO / t).is_file()]
+    tests = [t for t in module.tests if (REPO / t.split("::")[0]).is_file()]
     (work / "pyproject.toml").write_text(pyproject(module, tests))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUTANT_", "PYTEST_"))}
     env["PYTHONPATH"] = str(work)  # the copy, never the editable install of the real tree
