@@ -51,6 +51,8 @@ class Module:
     tests: tuple[str, ...]
     functions: tuple[str, ...] = field(default=())
     """Globs of mutant names to run (default: every function of the module)."""
+    baseline: tuple[str, ...] = field(default=())
+    """Tests to use when none of ``tests`` exist (measuring a tree from before they were written)."""
 
 
 MODULES: tuple[Module, ...] = (
@@ -63,6 +65,7 @@ MODULES: tuple[Module, ...] = (
     # The loader's path confinement only: the files a compose document makes Compose read
     # (env_file, include, extends, secrets/configs) must resolve inside the stacks root.
     Module("stackload", "server/stackload.py", ("tests/test_stackload_paths.py",),
+           baseline=("tests/test_inspect_stack.py",),
            functions=("*x__references__*", "*x__check_references__*", "*x__outside_finding__*", "*x__include*",
                       "*x__confine*", "*x__inside*")),
     Module("process", "server/process.py", ("tests/test_process.py", "tests/test_process_group.py")),
@@ -71,12 +74,13 @@ MODULES: tuple[Module, ...] = (
     Module("secrets", "server/policy/secrets.py", ("tests/test_policy_rules.py", "tests/test_policy_units.py")),
     Module("waivers", "server/policy/waivers.py", ("tests/test_policy_units.py", "tests/test_waivers.py")),
     Module("settings", "server/settings.py", ("tests/test_settings.py", "tests/test_settings_validation.py")),
-    Module("memory-inputs", "server/memory/inputs.py", ("tests/test_memory_inputs.py",)),
+    Module("memory-inputs", "server/memory/inputs.py", ("tests/test_memory_inputs.py",),
+           baseline=("tests/test_memory_units.py",)),
     # The filter a search runs under (stack, service, tags, time) and its translation for the store.
     Module("memory-filters", "server/memory/service.py", ("tests/test_memory_filters.py",),
-           functions=("*xǁMemoryǁ_where__mutmut*",)),
+           functions=("*xǁMemoryǁ_where__mutmut*",), baseline=("tests/test_memory_store.py",)),
     Module("memory-edge-filter", "server/memory/edge.py", ("tests/test_memory_filters.py",),
-           functions=("*xǁEdgeStoreǁ_filter__mutmut*",)),
+           functions=("*xǁEdgeStoreǁ_filter__mutmut*",), baseline=("tests/test_memory_store.py",)),
 )
 
 
@@ -129,6 +133,7 @@ def run_module(module: Module, jobs: int, equivalent: dict[str, str]) -> dict[st
     for name in COPY:
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     tests = [t for t in module.tests if (REPO / t.split("::")[0]).is_file()]
+    tests = tests or [t for t in module.baseline if (REPO / t.split("::")[0]).is_file()]
     (work / "pyproject.toml").write_text(pyproject(module, tests))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUTANT_", "PYTEST_"))}
     env["PYTHONPATH"] = str(work)  # the copy, never the editable install of the real tree
@@ -205,7 +210,8 @@ def diff(work: Path, path: str, name: str) -> str:
     func = short(name)
     original = functions.get(func.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
     mutated = functions.get(func, "")
-    lines = difflib.unified_diff(original.splitlines()[1:], mutated.splitlines()[1:], lineterm="", n=0)
+    mutated = mutated.replace(func, func.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", 1)  # same name: diff the body
+    lines = difflib.unified_diff(original.splitlines(), mutated.splitlines(), lineterm="", n=0)
     return "\n".join(ln for ln in lines if ln[:1] in "+-" and not ln.startswith(("---", "+++")))
 
 

@@ -123,3 +123,40 @@ def test_defaults(base: dict[str, str]) -> None:
     s = Settings.from_env(base)
     assert (s.compose_timeout_s, s.yaml_max_bytes, s.log_level, s.read_only) == (120.0, 1_048_576, "INFO", False)
     assert (s.compose_bin, s.docker_host, s.docker_context, s.qdrant_url, s.qdrant_api_key) == (None,) * 5
+
+
+def test_a_state_dir_not_yet_created_is_resolved_before_the_inside_check(tmp_path: Path,
+                                                                          base: dict[str, str]) -> None:
+    os.symlink(base["DSM_STACKS_ROOT"], tmp_path / "alias")
+    with pytest.raises(SettingsError, match="lies inside DSM_STACKS_ROOT"):
+        Settings.from_env({**base, "DSM_STATE_DIR": str(tmp_path / "alias" / "not-yet" / "state")})
+    os.symlink(tmp_path, tmp_path / "up")
+    fine = Settings.from_env({**base, "DSM_STATE_DIR": str(tmp_path / "up" / "new-state")})
+    assert fine.state_dir == tmp_path / "new-state"
+
+
+@pytest.mark.parametrize(
+    ("env", "what", "next_step"),
+    [
+        ({"DSM_STACKS_ROOT": "relative"}, "DSM_STACKS_ROOT='relative' must be an absolute path", ""),
+        ({"DSM_STACKS_ROOT": "/definitely/not/here"}, "DSM_STACKS_ROOT=/definitely/not/here is not an existing "
+         "directory", "create it or unset DSM_STACKS_ROOT"),
+        ({"DSM_EMBEDDING_MODEL_PATH": "model"}, "DSM_EMBEDDING_MODEL_PATH='model' must be an absolute path", ""),
+        ({"DSM_EMBEDDING_MODEL_PATH": "/no/model"}, "DSM_EMBEDDING_MODEL_PATH=/no/model is not an existing directory",
+         "create it or unset DSM_EMBEDDING_MODEL_PATH"),
+        ({"DSM_COMPOSE_BIN": "/no/compose"}, "DSM_COMPOSE_BIN=/no/compose is not a file", "unset it or fix the path"),
+    ],
+)
+def test_errors_name_the_variable_and_the_next_step(base: dict[str, str], env: dict[str, str], what: str,
+                                                     next_step: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**base, **env})
+    assert info.value.what == what and info.value.next_step == next_step
+
+
+def test_without_a_mapping_the_process_environment_is_read(monkeypatch: pytest.MonkeyPatch,
+                                                             base: dict[str, str]) -> None:
+    for key, value in base.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DSM_LOG_LEVEL", "debug")
+    assert Settings.from_env().log_level == "DEBUG"

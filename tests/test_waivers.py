@@ -166,3 +166,47 @@ def test_what_does_not_fold() -> None:
 def test_output_is_sorted_errors_first() -> None:
     out = apply_policy(make_stack(SERVICES), [finding("no-cap-drop", "x", service="a"), *privileged("b")])
     assert [f.severity for f in out] == ["error", "info"]
+
+
+def test_a_waiver_later_in_the_list_still_applies() -> None:
+    waive = [{"rule": "host-namespace", "reason": "other"}, {"rule": "privileged", "services": ["b"], "reason": "x"},
+             {"rule": "privileged", "services": ["a"], "reason": "kvm"}]
+    by = policy(privileged("a"), x_dsm={"policy": {"waive": waive}})
+    assert is_waived(by[("privileged", "a")], "kvm")
+
+
+@pytest.mark.parametrize("where", ["message", "fix", "evidence"])
+def test_a_secret_in_any_one_field_is_scrubbed(where: str) -> None:
+    secret = "abcd"  # four characters: the shortest value that is masked
+    fields = {"message": "m", "fix": "f", "evidence": ["e"]}
+    fields[where] = [f"saw {secret}"] if where == "evidence" else f"saw {secret}"
+    raw = [finding("plaintext-secret", fields["message"], service="a", fix=fields["fix"],  # type: ignore[arg-type]
+                   evidence=fields["evidence"])]  # type: ignore[arg-type]
+    [f] = apply_policy(make_stack(SERVICES, secrets=frozenset({secret})), raw)
+    assert secret not in f.message + (f.fix or "") + "".join(f.evidence)
+    assert MASK in {"message": f.message, "fix": f.fix, "evidence": "".join(f.evidence)}[where]
+
+
+def test_unknown_references_point_at_the_x_dsm_block_and_say_what_to_use() -> None:
+    from dataclasses import replace
+
+    from server.yamlsafe import SourceLines
+
+    stack = make_stack(SERVICES, x_dsm={"policy": {"severity": {"nope": "off"}}})
+    stack = replace(stack, lines=SourceLines("compose.yaml", {("x-dsm",): 3, ("services",): 9}))
+    [f] = apply_policy(stack, [])
+    assert f.line == 3 and f.rule == "policy-unknown-reference" and f.severity == "warning"
+    assert f.fix == "use a rule id from the validate_compose findings or the README's rule list"
+
+
+def test_one_rule_with_a_single_hint_does_not_stop_the_folding_of_the_next() -> None:
+    hints = [finding("no-cap-drop", "a keeps caps", service="a"),
+             *[finding("writable-rootfs", f"{s} writes", service=s) for s in ("a", "b")]]
+    out = apply_policy(make_stack(SERVICES), hints)
+    assert sorted((f.rule, f.service) for f in out) == [("no-cap-drop", "a"), ("writable-rootfs", None)]
+
+
+def test_a_fold_within_one_service_keeps_the_first_line() -> None:
+    two = [finding("no-cap-drop", f"a keeps caps {i}", service="a", line=line, fix="f") for i, line in ((1, 7), (2, 9))]
+    [f] = apply_policy(make_stack(SERVICES), two)
+    assert f.service == "a" and f.line == 7

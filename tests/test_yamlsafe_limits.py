@@ -270,3 +270,94 @@ def test_a_file_that_grows_while_read_is_cut_at_the_limit(tmp_path: Path) -> Non
 def test_dump_keeps_order_and_block_style() -> None:
     text = dump_yaml({"services": {"web": {"image": "é", "ports": ["80:80"]}}, "a": 1})
     assert text == "services:\n  web:\n    image: é\n    ports:\n    - 80:80\na: 1\n"
+
+
+# ---------------------------------------------------------------- every refusal says what, where, and the state
+
+
+def _refusal(call: Callable[[], object]) -> UnsafeYaml:
+    with pytest.raises(UnsafeYaml) as info:
+        call()
+    return info.value
+
+
+def test_every_refusal_names_the_file_and_the_state(tmp_path: Path) -> None:
+    """The calling model reads these: the file's name, and that nothing was parsed or changed."""
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"a: \x00")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"a: caf\xe9")
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * 2000)
+    cases: list[tuple[Callable[[], object], str, str]] = [
+        (lambda: load_yaml("k: " + "x" * 2000, "c.yaml", max_bytes=1024),
+         "c.yaml is over the 1024-byte limit", "nothing was parsed"),
+        (lambda: load_yaml("k: '\x00'", "c.yaml"), "c.yaml contains NUL characters, not YAML text",
+         "nothing was parsed"),
+        (lambda: load_yaml("k: \x07", "c.yaml"), "c.yaml: unacceptable character", "nothing was parsed"),
+        (lambda: load_yaml("a: *nope\n", "c.yaml"),
+         "c.yaml: YAML syntax error at line 1, column 4: found undefined alias",
+         "nothing was parsed or changed"),
+        (lambda: read_text_capped(binary, 1024), "bin.yaml is binary (contains NUL bytes), not a YAML text file",
+         "nothing was parsed"),
+        (lambda: read_text_capped(latin, 1024), "latin.yaml is not valid UTF-8 text (byte 6)", "nothing was parsed"),
+        (lambda: read_text_capped(big, 1024), "big.yaml is 2000 bytes, over the 1024-byte limit for compose files",
+         "nothing was parsed or changed"),
+        (lambda: read_text_capped(tmp_path / "missing.yaml", 1024),
+         "cannot read missing.yaml: No such file or directory", "nothing was changed"),
+        (lambda: load_yaml("[" * 65 + "]" * 65, "c.yaml"), "c.yaml nests deeper than 64 levels (line 1, column 65)",
+         "the file was refused before any tool read it; nothing was changed"),
+    ]
+    for call, what, state in cases:
+        err = _refusal(call)
+        assert err.what.startswith(what), (err.what, what)
+        assert err.state == state, (what, err.state)
+
+
+def test_limit_errors_carry_the_exact_position() -> None:
+    err = _refusal(lambda: load_yaml("x:\n  y: " + "[" * 70 + "]" * 70))
+    assert (err.line, err.column) == (2, 68) and "(line 2, column 68)" in err.what
+    err = _refusal(lambda: load_yaml("a: &a x\nb:\n" + "  - *a\n" * (MAX_ALIASES + 1)))
+    assert (err.line, err.column) == (MAX_ALIASES + 3, 5)
+    assert err.next_step == "remove the deep nesting or alias chains"
+    bomb = _refusal(lambda: load_yaml("[" + "x," * MAX_EXPANDED_NODES + "]", max_bytes=2 * MB))
+    assert bomb.what.startswith(f"<content> would expand to more than {MAX_EXPANDED_NODES} nodes through YAML "
+                                "aliases (an alias bomb or a far too large file) (line 1, column ")
+
+
+def test_syntax_errors_read_whole_with_and_without_context() -> None:
+    assert _refusal(lambda: load_yaml("a: [1, 2\n", "c.yaml")).what == (
+        "c.yaml: YAML syntax error at line 2, column 1: did not find expected ',' or ']' while parsing a flow sequence")
+    assert _refusal(lambda: load_yaml("a: b: c\n", "c.yaml")).what == (
+        "c.yaml: YAML syntax error at line 1, column 5: mapping values are not allowed in this context")
+
+
+def test_nested_collections_count_inside_their_anchor() -> None:
+    # The anchored list holds 999 scalars and one nested list: every alias costs all of it.
+    anchored = "a: &a [" + "x, " * 999 + "[y]]\nb: [" + ", ".join(["*a"] * 199) + "]\n"
+    with pytest.raises(UnsafeYaml, match="would expand"):
+        load_yaml(anchored)
+
+
+def test_scalar_anchors_count_one_node_per_alias() -> None:
+    # 1 root + 189998 plain + 1 anchored scalar + 10000 aliases = exactly the node limit.
+    k = MAX_EXPANDED_NODES - 2 - MAX_ALIASES
+    text = "[" + "x," * k + "&s y," + "*s," * MAX_ALIASES + "]"
+    assert len(load_yaml(text, max_bytes=2 * MB).data) == k + 1 + MAX_ALIASES
+    with pytest.raises(UnsafeYaml, match="would expand"):
+        load_yaml(text.replace("[x,", "[x,x,", 1), max_bytes=2 * MB)
+
+
+def test_an_undefined_alias_is_a_syntax_error_not_a_crash() -> None:
+    err = _refusal(lambda: load_yaml("services:\n  web: *nothing\n"))
+    assert err.line == 2 and "undefined alias" in err.what and err.what.startswith("<content>: ")
+
+
+def test_the_document_keeps_its_name_and_text() -> None:
+    text = "services:\n  web: {image: a}\n"
+    doc = load_yaml(text, "compose.yaml")
+    assert doc.text == text and doc.lines.file == "compose.yaml"
+    assert load_yaml("a: 1").lines.file == "<content>"
+    assert len(load_yaml("k: " + "x" * (1_048_576 - 3)).data["k"]) == 1_048_576 - 3  # default limit: 1 MiB
+    with pytest.raises(UnsafeYaml):
+        load_yaml("k: " + "x" * (1_048_576 - 2))
