@@ -159,3 +159,33 @@ async def test_our_stdin_is_never_inherited() -> None:
         for fd in (saved, read_end, write_end):
             os.close(fd)
     assert not result.timed_out and result.stdout == ""
+
+
+async def test_a_cancellation_that_lands_during_the_spawn_still_kills_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic form of a race seen under load: the cancel arrives while the process is being
+    started. The spawn must finish (shielded) so the group is killed, not orphaned."""
+    from server import process
+
+    marker = tmp_path / "pid"
+    real_spawn = process._spawn
+    scopes: list[anyio.CancelScope] = []
+
+    async def spawn_then_cancel(*args: object) -> object:
+        proc = await real_spawn(*args)  # type: ignore[arg-type]
+        await _wait_for(marker)  # the grandchild is running
+        scopes[0].cancel()
+        await anyio.sleep(0)  # a checkpoint: the cancellation lands here unless the spawn is shielded
+        return proc
+
+    monkeypatch.setattr(process, "_spawn", spawn_then_cancel)
+    with anyio.CancelScope() as outer:
+        scopes.append(outer)
+        await run_argv(["sh", "-c", _grandchild(marker)], timeout_s=30, env=ENV, term_grace_s=0.3)
+    assert outer.cancelled_caught
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 2
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from server import yamlsafe
 from server.errors import UnsafeYaml
 from server.yamlsafe import (
     MAX_ALIASES,
@@ -131,12 +132,16 @@ def test_alias_count_limit_is_exact() -> None:
     assert info.value.line == MAX_ALIASES + 3
 
 
-def test_a_huge_flat_document_is_refused_at_the_node_limit() -> None:
-    # A top-level sequence is one node plus one per item.
-    fits = "[" + "x," * (MAX_EXPANDED_NODES - 1) + "]"
-    assert len(load_yaml(fits, max_bytes=2 * MB).data) == MAX_EXPANDED_NODES - 1
+def test_a_huge_flat_document_is_refused_at_the_node_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real limit, refused side: the screen stops at node 200 001 without building anything.
     with pytest.raises(UnsafeYaml, match="would expand to more than"):
         load_yaml("[" + "x," * MAX_EXPANDED_NODES + "]", max_bytes=2 * MB)
+    # The exact edge on a smaller limit (a full parse of 200 000 nodes is slow): a top-level
+    # sequence is one node plus one per item.
+    monkeypatch.setattr(yamlsafe, "MAX_EXPANDED_NODES", 2000)
+    assert len(load_yaml("[" + "x," * 1999 + "]").data) == 1999
+    with pytest.raises(UnsafeYaml, match="would expand to more than 2000 nodes"):
+        load_yaml("[" + "x," * 2000 + "]")
 
 
 def test_top_level_aliases_count_towards_the_total() -> None:
@@ -320,9 +325,10 @@ def test_limit_errors_carry_the_exact_position() -> None:
     err = _refusal(lambda: load_yaml("a: &a x\nb:\n" + "  - *a\n" * (MAX_ALIASES + 1)))
     assert (err.line, err.column) == (MAX_ALIASES + 3, 5)
     assert err.next_step == "remove the deep nesting or alias chains"
-    bomb = _refusal(lambda: load_yaml("[" + "x," * MAX_EXPANDED_NODES + "]", max_bytes=2 * MB))
-    assert bomb.what.startswith(f"<content> would expand to more than {MAX_EXPANDED_NODES} nodes through YAML "
-                                "aliases (an alias bomb or a far too large file) (line 1, column ")
+    # Root 1 + anchored list 100 + 100 per alias: the 1999th alias (line 2000) is the first past 200 000.
+    bomb = _refusal(lambda: load_yaml("- &a [" + "x, " * 99 + "]\n" + "- *a\n" * 2500))
+    assert bomb.what == (f"<content> would expand to more than {MAX_EXPANDED_NODES} nodes through YAML aliases "
+                         "(an alias bomb or a far too large file) (line 2000, column 3)")
 
 
 def test_syntax_errors_read_whole_with_and_without_context() -> None:
@@ -339,13 +345,15 @@ def test_nested_collections_count_inside_their_anchor() -> None:
         load_yaml(anchored)
 
 
-def test_scalar_anchors_count_one_node_per_alias() -> None:
-    # 1 root + 189998 plain + 1 anchored scalar + 10000 aliases = exactly the node limit.
-    k = MAX_EXPANDED_NODES - 2 - MAX_ALIASES
-    text = "[" + "x," * k + "&s y," + "*s," * MAX_ALIASES + "]"
-    assert len(load_yaml(text, max_bytes=2 * MB).data) == k + 1 + MAX_ALIASES
+def test_scalar_anchors_count_one_node_per_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yamlsafe, "MAX_EXPANDED_NODES", 3000)
+    monkeypatch.setattr(yamlsafe, "MAX_ALIASES", 1000)
+    # 1 root + 1998 plain + 1 anchored scalar + 1000 aliases = exactly the node limit.
+    k = 3000 - 2 - 1000
+    text = "[" + "x," * k + "&s y," + "*s," * 1000 + "]"
+    assert len(load_yaml(text).data) == k + 1 + 1000
     with pytest.raises(UnsafeYaml, match="would expand"):
-        load_yaml(text.replace("[x,", "[x,x,", 1), max_bytes=2 * MB)
+        load_yaml(text.replace("[x,", "[x,x,", 1))
 
 
 def test_an_undefined_alias_is_a_syntax_error_not_a_crash() -> None:
