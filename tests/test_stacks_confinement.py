@@ -308,3 +308,104 @@ def test_dotenv_absent_or_a_directory(tmp_path: Path) -> None:
     assert read_dotenv(tmp_path) == {}
     (tmp_path / ".env").mkdir()
     assert read_dotenv(tmp_path) == {}
+
+
+# ---------------------------------------------------------------- what the calling model reads
+
+
+def test_refusals_read_whole(settings: Settings, stacks_root: Path, outside: Path) -> None:
+    root = stacks_root.resolve()
+    d = stacks_root / "linked"
+    d.mkdir()
+    os.symlink(outside / "evil" / "compose.yaml", d / "compose.yaml")
+    os.symlink(stacks_root / "loop", stacks_root / "loop")
+    (stacks_root / "empty").mkdir()
+    os.symlink(outside / "evil" / ".env", stacks_root / "app" / ".env")
+    outside_hint = "call list_stacks to see them"
+    cases: list[tuple[str, str, str, str]] = [
+        ("../x", f"'../x' is outside the stacks root {root} (or a symlink that leads out of it)", "nothing was read",
+         "pass a stack directory relative to the stacks root; " + outside_hint),
+        ("/etc", f"'/etc' is outside the stacks root {root} (or a symlink that leads out of it)", "nothing was read",
+         "pass a stack directory relative to the stacks root; " + outside_hint),
+        ("linked", f"'linked/compose.yaml' is outside the stacks root {root} (or a symlink that leads out of it)",
+         "nothing was read", "pass a stack directory relative to the stacks root; " + outside_hint),
+        ("", "the path is empty", "", "call list_stacks to see the stacks"),
+        ("a\x01", "the path contains control characters", "nothing was read", ""),
+        ("-x", "the path '-x' starts with '-' and would be read as a command-line flag", "nothing was read",
+         "pass a stack directory relative to the stacks root, e.g. 'myapp'"),
+        (".", "the path names the stacks root itself, not a stack in it", "",
+         "pass one stack directory, e.g. 'myapp'; call list_stacks to see them"),
+        ("empty", "empty/ holds no compose file (compose.yaml, compose.yml, docker-compose.yaml, docker-compose.yml)",
+         "", "add a compose.yaml or pass the compose file itself"),
+        ("app", "app/.env is a symlink out of the stack directory", "nothing was read", ""),
+    ]
+    for raw, what, state, next_step in cases:
+        with pytest.raises((PathRejected, StackNotFound)) as info:
+            locate_stack(settings, raw)
+        err = info.value
+        assert (err.what, err.state, err.next_step) == (what, state, next_step), raw
+    with pytest.raises(PathRejected) as loop:
+        locate_stack(settings, "loop")
+    assert loop.value.what.startswith("'loop' cannot be resolved: ") and loop.value.state == "nothing was read"
+    with pytest.raises(PathRejected) as flag:
+        find_by_name(settings, "-x")
+    assert flag.value.what == "the stack name '-x' starts with '-' and would be read as a command-line flag"
+
+
+def test_discovery_goes_on_past_every_kind_of_bad_entry(settings: Settings, stacks_root: Path, outside: Path) -> None:
+    # Bad entries sort first: each must be skipped, not end the scan.
+    os.symlink(outside / "evil", stacks_root / "0-link-out")
+    (stacks_root / "1-empty").mkdir()
+    (stacks_root / "2-linked-compose").mkdir()
+    os.symlink(outside / "evil" / "compose.yaml", stacks_root / "2-linked-compose" / "compose.yaml")
+    write_stack(stacks_root, "3-bad-env", WEB)
+    os.symlink(outside / "evil" / ".env", stacks_root / "3-bad-env" / ".env")
+    (stacks_root / ".0-hidden").mkdir()
+    stacks, problems = discover(settings)
+    assert [s.directory.name for s in stacks] == ["app"]
+    assert problems == [
+        "0-link-out: symlink out of the stacks root, ignored",
+        "2-linked-compose: compose file is a symlink out of the stacks root, ignored",
+        "3-bad-env: 3-bad-env/.env is a symlink out of the stack directory, ignored",
+    ]
+
+
+def test_a_missing_path_is_judged_lexically(settings: Settings, stacks_root: Path) -> None:
+    root = stacks_root.resolve()
+    # Up one level from the root's first component and back down: inside, just missing.
+    raw = f"/{root.parts[1]}/../{str(root)[1:]}/ghost"
+    with pytest.raises(StackNotFound, match="does not exist under the stacks root"):
+        locate_stack(settings, raw)
+    with pytest.raises(PathRejected, match="outside"):
+        locate_stack(settings, f"/{root.parts[1]}/../ghost")
+
+
+def test_compose_files_are_screened_under_the_configured_limit(tmp_path: Path, stacks_root: Path) -> None:
+    from server.errors import UnsafeYaml
+    from server.stacks import read_compose_file
+
+    big = write_stack(stacks_root, "big", WEB + "#" * (1536 * 1024) + "\n") / "compose.yaml"
+    roomy = Settings(stacks_root=stacks_root, state_dir=tmp_path / "state", yaml_max_bytes=2 * 1024 * 1024)
+    assert read_compose_file(big, roomy).data["services"]["web"]["image"] == "busybox:1"
+    tight = Settings(stacks_root=stacks_root, state_dir=tmp_path / "state", yaml_max_bytes=1024 * 1024)
+    with pytest.raises(UnsafeYaml, match="over the 1048576-byte limit"):
+        read_compose_file(big, tight)
+    bad = write_stack(stacks_root, "bad", "services: [\n") / "compose.yaml"
+    with pytest.raises(UnsafeYaml, match="^compose.yaml: YAML syntax error"):
+        read_compose_file(bad, roomy)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("A=''", {"A": ""}),
+        ('B=""', {"B": ""}),
+        ("C=XvalueX", {"C": "XvalueX"}),
+        ("D=x  # two spaces", {"D": "x"}),
+        ("E=two words # comment", {"E": "two words"}),
+        ("F=a # b # c", {"F": "a"}),
+    ],
+)
+def test_dotenv_quotes_and_comments(tmp_path: Path, line: str, expected: dict[str, str]) -> None:
+    (tmp_path / ".env").write_text(line + "\n")
+    assert read_dotenv(tmp_path) == expected
