@@ -39,6 +39,7 @@ COPY = ("server", "tools", "prompts", "tests")
 # since the user would notice), never a stuck `make mutate`.
 PYTEST_ARGS = ["-p", "no:cacheprovider", "--timeout=60", "-m", "not docker and not slow", "-q"]
 
+KILLED = ("killed", "timeout", "caught by type check", "segfault")
 # Lines that only carry prose for a human (an error's "state"/"next step" hint, a log call):
 # mutating their text tests nothing a user relies on, so they are not mutated at all.
 PROSE_LINES = [r"^\s*(state|next_step)=\S", r"^\s*log\.(debug|info|warning|error)\("]
@@ -92,6 +93,8 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated module slugs")
     parser.add_argument("--report", type=Path, default=CACHE / "report.md")
     parser.add_argument("--label", default="", help="a title suffix for the report, e.g. 'before'")
+    parser.add_argument("--recheck", type=Path, default=None,
+                        help="a finished run's cache dir: rerun only its survivors against the current tests")
     parser.add_argument("--rescore", type=Path, nargs="*", default=None,
                         help="re-render report(s).json with the current equivalent list, without running")
     args = parser.parse_args()
@@ -107,7 +110,10 @@ def main() -> int:
     results = []
     for module in modules:
         print(f"== {module.slug}: {module.path} against {', '.join(module.tests)}", flush=True)
-        results.append(run_module(module, args.jobs, equivalent.get(module.slug, {})))
+        if args.recheck is not None:
+            results.append(recheck_module(module, args.recheck, args.jobs, equivalent.get(module.slug, {})))
+        else:
+            results.append(run_module(module, args.jobs, equivalent.get(module.slug, {})))
         r = results[-1]
         print(f"   {r['killed']}/{r['scored']} killed ({r['score']}), {len(r['survivors'])} survivor(s), "
               f"{r['equivalent']} equivalent, {r['seconds']:.0f}s", flush=True)
@@ -164,21 +170,53 @@ def run_module(module: Module, jobs: int, equivalent: dict[str, str]) -> dict[st
     work.mkdir(parents=True)
     for name in COPY:
         shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    tests = [t for t in module.tests if (REPO / t.split("::")[0]).is_file()]
-    tests = tests or [t for t in module.baseline if (REPO / t.split("::")[0]).is_file()]
+    tests = _tests(module)
     (work / "pyproject.toml").write_text(pyproject(module, tests))
+    started = time.monotonic()
+    run = _mutmut(work, ["run", "--max-children", str(jobs), *module.functions])
+    return _result(module, work, tests, run, time.monotonic() - started, equivalent)
+
+
+def recheck_module(module: Module, cache: Path, jobs: int, equivalent: dict[str, str]) -> dict[str, object]:
+    """Rerun only the survivors of a finished run, with this tree's tests. The module's source must
+    be unchanged since that run (mutant names are per function)."""
+    work = cache / "work" / module.slug
+    if (work / module.path).read_text() != (REPO / module.path).read_text():
+        raise SystemExit(f"{module.path} changed since the run in {work}: run the module again instead")
+    for target in (work / "tests", work / "mutants" / "tests"):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(REPO / "tests", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    tests = _tests(module)
+    for target in (work, work / "mutants"):
+        (target / "pyproject.toml").write_text(pyproject(module, tests))
+    (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests: map tests to functions again
+    alive = sorted(n for n, s in read_statuses(work).items() if s not in KILLED)
+    started = time.monotonic()
+    run = _mutmut(work, ["run", "--max-children", str(jobs), *alive]) if alive else None
+    return _result(module, work, tests, run, time.monotonic() - started, equivalent)
+
+
+def _tests(module: Module) -> list[str]:
+    tests = [t for t in module.tests if (REPO / t.split("::")[0]).is_file()]
+    return tests or [t for t in module.baseline if (REPO / t.split("::")[0]).is_file()]
+
+
+def _mutmut(work: Path, args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MUTANT_", "PYTEST_"))}
     env["PYTHONPATH"] = str(work)  # the copy, never the editable install of the real tree
-    started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *module.functions],
-                         cwd=work,
-                         env=env, capture_output=True, text=True, timeout=3600)
-    seconds = time.monotonic() - started
-    (CACHE / f"{module.slug}.log").write_text(run.stdout + "\n--- stderr\n" + run.stderr)
+    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=3600)
+
+
+def _result(module: Module, work: Path, tests: list[str], run: subprocess.CompletedProcess[str] | None,
+            seconds: float, equivalent: dict[str, str]) -> dict[str, object]:
+    if run is not None:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        (CACHE / f"{module.slug}.log").write_text(run.stdout + "\n--- stderr\n" + run.stderr)
     statuses = read_statuses(work)
-    if run.returncode != 0 or not statuses:
-        print(f"   mutmut failed (exit {run.returncode}); see {CACHE / (module.slug + '.log')}", file=sys.stderr)
-    killed = [n for n, s in statuses.items() if s in ("killed", "timeout", "caught by type check", "segfault")]
+    if (run is not None and run.returncode != 0) or not statuses:
+        print(f"   mutmut failed; see {CACHE / (module.slug + '.log')}", file=sys.stderr)
+    killed = [n for n, s in statuses.items() if s in KILLED]
     alive = sorted(n for n, s in statuses.items() if n not in killed)
     survivors = [n for n in alive if short(n) not in equivalent]
     kept = [n for n in alive if short(n) in equivalent]
@@ -195,7 +233,7 @@ def run_module(module: Module, jobs: int, equivalent: dict[str, str]) -> dict[st
         "survivors": [{"name": short(n), "status": statuses[n], "diff": diff(work, module.path, n)} for n in survivors],
         "stale_equivalent": sorted(set(equivalent) - {short(n) for n in alive}),
         "seconds": round(seconds, 1),
-        "exit": run.returncode,
+        "exit": run.returncode if run is not None else 0,
     }
 
 
