@@ -129,3 +129,66 @@ async def test_a_dotenv_symlinked_out_is_refused_before_compose(settings: Settin
     os.symlink(tmp_path / "outside" / "secret.env", stack / ".env")
     with pytest.raises(PathRejected, match="symlink out of the stack directory"):
         await load_stack(settings, Sentinel(), path="app")  # type: ignore[arg-type]
+
+
+async def _refused(settings: Settings, **where: str) -> StackRenderFailed:
+    with pytest.raises(StackRenderFailed) as info:
+        await load_stack(settings, Sentinel(), **where)  # type: ignore[arg-type]
+    return info.value
+
+
+async def test_the_finding_reads_whole(settings: Settings, stack: Path) -> None:
+    (stack / "compose.yaml").write_text(refs("env_file", "/etc/passwd"))
+    err = await _refused(settings, path="app")
+    root = settings.stacks_root.resolve()
+    [f] = err.findings
+    assert f.message == (f"'/etc/passwd' resolves outside the stacks root {root}; Compose was not run, "
+                         "so the file was not read")
+    assert f.fix == "keep every file a stack uses inside its own directory under the stacks root"
+    assert str(err).startswith("stack 'app' could not be rendered: '/etc/passwd' resolves outside")
+    (stack / "compose.yaml").write_text(refs("env_file", "-x.env"))
+    [flag] = (await _refused(settings, path="app")).findings
+    assert flag.message.startswith("the referenced path '-x.env' starts with '-' and would be read as a command-line "
+                                   "flag; Compose was not run")
+
+
+async def test_every_reference_is_checked_after_a_skipped_or_refused_one(settings: Settings, stack: Path) -> None:
+    (stack / "compose.yaml").write_text(
+        "services:\n  web:\n    image: busybox:1\n    env_file: ['-flag.env', '${X}.env', /etc/passwd]\n")
+    [first, second] = (await _refused(settings, path="app")).findings
+    assert "starts with '-'" in first.message and "'/etc/passwd' resolves outside" in second.message
+
+
+async def test_interpolated_references_are_left_to_the_rendered_model(settings: Settings, stack: Path) -> None:
+    # Taken literally this would climb out of the root; its value is only known after interpolation.
+    (stack / "compose.yaml").write_text(refs("env_file", "$PWD/../../../../../x.env"))
+    with pytest.raises(ReachedCompose):
+        await load_stack(settings, Sentinel(), path="app")  # type: ignore[arg-type]
+
+
+async def test_a_stacks_root_reached_through_a_symlink(stack: Path, stacks_root: Path, tmp_path: Path) -> None:
+    os.symlink(stacks_root, tmp_path / "root-link")
+    linked = Settings(stacks_root=tmp_path / "root-link", state_dir=tmp_path / "state")
+    (stack / "compose.yaml").write_text(refs("env_file", "ok.env"))
+    with pytest.raises(ReachedCompose):
+        await load_stack(linked, Sentinel(), path="app")  # type: ignore[arg-type]
+
+
+async def test_inline_content_may_reference_only_its_own_directory(settings: Settings) -> None:
+    with pytest.raises(ReachedCompose):
+        await load_stack(settings, Sentinel(), content=refs("env_file", "./app.env"))  # type: ignore[arg-type]
+    for escape in ("/etc/passwd", "../x.env"):
+        err = await _refused(settings, content=refs("env_file", escape))
+        assert err.findings[0].rule == "path-outside-root"
+
+
+@pytest.mark.parametrize("odd", [
+    "services: [web]\n",
+    "services:\n  web: {image: busybox:1}\nsecrets: [db]\n",
+    "services:\n  web: {image: busybox:1}\nsecrets:\n  db: profile\n",
+    "services:\n  web: {image: busybox:1}\nconfigs:\n  app: [file]\n",
+])
+async def test_odd_shapes_are_left_to_compose_not_crashed_on(settings: Settings, stack: Path, odd: str) -> None:
+    (stack / "compose.yaml").write_text(odd)
+    with pytest.raises(ReachedCompose):
+        await load_stack(settings, Sentinel(), path="app")  # type: ignore[arg-type]
