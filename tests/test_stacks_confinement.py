@@ -391,7 +391,7 @@ def test_compose_files_are_screened_under_the_configured_limit(tmp_path: Path, s
     with pytest.raises(UnsafeYaml, match="over the 1048576-byte limit"):
         read_compose_file(big, tight)
     bad = write_stack(stacks_root, "bad", "services: [\n") / "compose.yaml"
-    with pytest.raises(UnsafeYaml, match="^compose.yaml: YAML syntax error"):
+    with pytest.raises(UnsafeYaml, match=r"^compose\.yaml: YAML syntax error"):
         read_compose_file(bad, roomy)
 
 
