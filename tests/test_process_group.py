@@ -189,3 +189,10 @@ async def test_a_cancellation_that_lands_during_the_spawn_still_kills_the_group(
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+async def test_the_cap_holds_across_many_chunks() -> None:
+    result = await run_argv(["sh", "-c", "i=0; while [ $i -lt 40 ]; do head -c 10000 /dev/zero; i=$((i+1)); done"],
+                            timeout_s=20, env=ENV, max_output=100_000)
+    assert len(result.stdout) == 100_000 and result.truncated
+    assert result.timed_out is False and result.returncode == 0
