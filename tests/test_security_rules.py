@@ -218,7 +218,9 @@ def test_secret_shapes(key: str, value: str, what: str | None) -> None:
         assert found == []
         return
     [f] = found
-    assert f.message.startswith(f"{key} of service 'svc' holds {what} in the compose file (value not shown)")
+    assert f.message == (f"{key} of service 'svc' holds {what} in the compose file (value not shown): it ends up in "
+                         "git, backups and `docker inspect` of anyone who reads the file")
+    assert f.service == "svc"
     assert value not in f.message + (f.fix or "") + "".join(f.evidence)
     assert (f.severity, f.line, f.evidence) == ("warning", 10, [f"environment key {key}"])
     assert f.fix and f.fix.startswith(f"move the value to the stack's .env (kept out of git) and write "
@@ -226,7 +228,7 @@ def test_secret_shapes(key: str, value: str, what: str | None) -> None:
 
 
 def test_list_form_bools_and_keys_compose_did_not_render() -> None:
-    found = secret_findings(["API_TOKEN=abc123", "JUST_A_FLAG", "DB_PASSWORD=hunter2"])
+    found = secret_findings(["API_TOKEN=abc=123", "JUST_A_FLAG", "DB_PASSWORD=hunter2"])
     assert [f.evidence for f in found] == [["environment key API_TOKEN"], ["environment key DB_PASSWORD"]]
     assert [f.line for f in found] == [10, 12]
     # A key Compose did not render (from env_file or unset) is not written here: not a finding.
@@ -242,3 +244,59 @@ def test_credential_keys() -> None:
                 "KEY_NAME", "PASSWORD_LENGTH", "TOKEN_EXP", "JWT_SECRET_ROTATION", "SESSION_INTERVAL", "MONKEY_X",
                 "KEYS"):
         assert not is_credential_key(key), key
+
+
+def test_each_security_finding_reads_whole() -> None:
+    """What the calling model reads: message, service, evidence and fix of each rule, verbatim."""
+    svc = good(privileged=True, pid="host", network_mode="host", cap_add=["SYS_ADMIN", "NET_ADMIN"],
+               security_opt=["seccomp=unconfined"],
+               volumes=[bind("/var/run/docker.sock", "/s", True), bind("/etc/ssl", "/ssl")])
+    stack = replace(make_stack({"svc": svc}), lines=LINES)
+    got = {(f.rule, f.severity): f for f in run(stack) if f.category == "security"}
+    expect = {
+        ("privileged", "error"): (
+            "privileged: true gives the container every capability and every host device: a compromise of the "
+            "service is a compromise of the host",
+            [], "remove privileged: true; grant only the capability or device it needs (cap_add, devices)"),
+        ("docker-socket", "error"): (
+            "/var/run/docker.sock is mounted into the container (read-only does not help: the API still works): "
+            "whoever controls the service controls every container and the host as root",
+            ["/var/run/docker.sock -> /s"],
+            "put a filtering socket proxy in between (e.g. tecnativa/docker-socket-proxy with only the endpoints "
+            "it needs), or waive it in x-dsm with the reason (Portainer, Netdata)"),
+        ("host-namespace", "error"): (
+            "pid: host shares the host's pid namespace with the container: it can see and signal (pid) or read the "
+            "shared memory (ipc) of every host process",
+            [], "remove pid: host unless the service monitors the host by design (then waive it in x-dsm)"),
+        ("host-namespace", "warning"): (
+            "network_mode: host shares the host's network namespace with the container; isolation is weaker and "
+            "published ports are ignored",
+            [], "remove network_mode: host unless the service monitors the host by design (then waive it in x-dsm)"),
+        ("host-path-mount", "error"): (
+            "host path /etc/ssl is bind-mounted writable at /ssl: the container can change the host's system files",
+            ["/etc/ssl -> /ssl (rw)"],
+            "mount only the file or directory it needs, read-only (:ro); keep data in named volumes"),
+        ("dangerous-capability", "error"): (
+            "cap_add SYS_ADMIN: enough to break out of the container", ["cap_add: SYS_ADMIN, NET_ADMIN"],
+            "drop these capabilities; find the narrower one the service needs"),
+        ("dangerous-capability", "warning"): (
+            "cap_add NET_ADMIN: broadens what a compromised service can do to the host",
+            ["cap_add: SYS_ADMIN, NET_ADMIN"],
+            "keep only if the service needs it (VPN, time sync) and waive it in x-dsm with the reason"),
+        ("unconfined-security-profile", "warning"): (
+            "security_opt seccomp:unconfined turns off a layer of confinement", [],
+            "remove it, or use a custom profile that allows only the extra syscalls the service needs"),
+    }
+    assert set(got) == set(expect)
+    for key, (message, evidence, fix) in expect.items():
+        f = got[key]
+        assert (f.message, f.evidence, f.fix, f.service) == (message, evidence, fix, "svc"), key
+
+
+def test_a_socket_mount_before_a_sensitive_one_does_not_hide_it() -> None:
+    found = of("host-path-mount", volumes=[bind("/var/run/docker.sock", "/s"), bind("/etc", "/host-etc")])
+    assert [f.evidence for f in found] == [["/etc -> /host-etc (rw)"]]
+
+
+def test_a_trailing_slash_does_not_make_a_harmless_path_sensitive() -> None:
+    assert not is_sensitive_path("/etc/localtime/", None) and not is_sensitive_path("/dev/null/", None)
