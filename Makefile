@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR := $(CURDIR)/.cache/embedding-model
 PYTEST_ARGS ?=
 
-.PHONY: install provision model test lint demo bench clean-test
+.PHONY: install provision model test lint demo bench mutate clean-test
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,12 @@ test: provision model lint
 
 demo: provision model
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) examples/demo.py
+
+# Mutation testing of the safety modules, each against its own fast tests (not part of `make test`:
+# it takes minutes). Report: .cache/mutation/report.md; equivalent survivors: tests/mutation/equivalent.md.
+MUTATE_ARGS ?=
+mutate: install
+	$(PY) scripts/mutate.py $(MUTATE_ARGS)
 
 bench: provision model
 	$(PY) bench/coldstart.py

@@ -13,6 +13,7 @@ import contextvars
 import logging
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,15 +62,10 @@ async def run_argv(
     can kill it if this one dies; if it raises, the group is killed and the error propagates.
     """
     argv = [str(a) for a in argv]
-    proc = await anyio.open_process(
-        argv,
-        stdin=None if stdin is None else -1,
-        stdout=-1,
-        stderr=-1,
-        cwd=cwd,
-        env=dict(env),
-        start_new_session=True,
-    )
+    # Spawning is shielded: a cancellation that landed inside open_process would let asyncio kill
+    # the leader alone and orphan its children. Once we hold the process, the try below owns it.
+    with anyio.CancelScope(shield=True):
+        proc = await _spawn(argv, stdin, cwd, env)
     out = _Capture(max_output)
     err = _Capture(max_output // 4)
     timed_out = False
@@ -102,6 +98,22 @@ async def run_argv(
         stderr=err.text(),
         timed_out=timed_out,
         truncated=out.truncated or err.truncated,
+    )
+
+
+async def _spawn(
+    argv: list[str], stdin: bytes | None, cwd: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> Process:
+    return await anyio.open_process(
+        argv,
+        # Never inherit our stdin: on stdio it is the MCP protocol stream, and a child that reads
+        # it (a compose prompt, a cat) would eat the client's messages.
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=-1,
+        stderr=-1,
+        cwd=cwd,
+        env=dict(env),
+        start_new_session=True,
     )
 
 

@@ -111,7 +111,9 @@ def _abs_dir(name: str, raw: str, *, must_exist: bool) -> Path:
         raise SettingsError(f"{name}={raw!r} must be an absolute path")
     if must_exist and not path.is_dir():
         raise SettingsError(f"{name}={raw} is not an existing directory", next_step=f"create it or unset {name}")
-    return path.resolve() if path.exists() else path
+    # Resolved even when it does not exist yet: a state dir reached through a symlink into the
+    # stacks root must be seen as inside it (resolve() follows the part that exists).
+    return path.resolve()
 
 
 def _flag(name: str, raw: str) -> bool:

@@ -373,8 +373,15 @@ def discover(settings: Settings) -> tuple[list[StackLocation], list[str]]:
             problems.append(f"{entry.name}: symlink out of the stacks root, ignored")
             continue
         location = _located(entry, None, settings, {})
-        if location.files:
-            stacks.append(location)
+        if not location.files:
+            continue
+        if any(not f.resolve().is_relative_to(root) for f in location.files):
+            problems.append(f"{entry.name}: compose file is a symlink out of the stacks root, ignored")
+            continue
+        if location.dotenv_error:  # one stack's bad .env must not hide the others, nor be read
+            problems.append(f"{entry.name}: {location.dotenv_error}, ignored")
+            continue
+        stacks.append(location)
     by_name: dict[str, list[StackLocation]] = {}
     for stack in stacks:
         by_name.setdefault(stack.name, []).append(stack)

@@ -43,12 +43,12 @@ async def client(settings: Settings) -> AsyncIterator[Any]:
 
     from server.app import build_server
     from server.runtime import Runtime
-    from tools import preflight
 
     runtime = Runtime(settings)
     server = build_server(settings, runtime)
-    if "validate_compose" not in {t.name for t in await server.list_tools()}:
-        preflight.register(server, runtime)
+    # The server itself must publish the pre-flight tools: registering them here would hide a
+    # build_server that forgot them.
+    assert {"validate_compose", "check_resources"} <= {t.name for t in await server.list_tools()}
     async with Client(server) as c:
         yield c
 

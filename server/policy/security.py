@@ -27,7 +27,9 @@ _SENSITIVE_EXACT = {
 # the server runs as root): only the home itself and its credential folders are sensitive.
 _SENSITIVE_PREFIXES = ("/etc/", "/proc/", "/sys/", "/dev/", "/boot/", "/var/lib/docker/", "/run/",
                        "/var/run/", "/usr/", "/lib/", "/bin/", "/sbin/")
-_SENSITIVE_PARTS = {".ssh", ".docker", ".aws", ".kube", ".gnupg", ".config"}
+# Credential folders, and shell start-up files (writing one runs code as that user at next login).
+_SENSITIVE_PARTS = {".ssh", ".docker", ".aws", ".kube", ".gnupg", ".config", ".bashrc", ".bash_profile",
+                    ".bash_login", ".profile", ".zshrc"}
 _HARMLESS = {"/etc/localtime", "/etc/timezone", "/etc/hostname", "/dev/null"}
 _ESCAPE_CAPS = {"ALL", "SYS_ADMIN", "SYS_MODULE", "SYS_RAWIO", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_BOOT",
                 "MAC_ADMIN", "MAC_OVERRIDE", "BPF"}
