@@ -39,6 +39,8 @@ demo: provision model
 bench: provision model
 	$(PY) bench/coldstart.py
 	$(PY) bench/validate.py
+	$(PY) bench/journal.py
+	$(PY) bench/status.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/memory.py
 	$(PY) bench/backup.py
 

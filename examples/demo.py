@@ -195,6 +195,105 @@ async def session() -> None:
             banner(f"{title}\n> {tool}({json.dumps(args)})")
             result = await client.call_tool(tool, args)
             say(textwrap.fill(f"tool error: {result.content[0].text}", 100, subsequent_indent="  "))
+        await monitor_session(client, env)
+
+
+SHOP = """\
+# Created by the demo: a web service whose health can be broken from outside, and a worker that
+# depends on it but was put on another network by mistake.
+name: shop
+services:
+  web:
+    image: dsm-test/web:1.0
+    init: true
+    tmpfs: [/tmp]
+    networks: [back]
+    healthcheck:
+      test: ["CMD-SHELL", "test ! -f /tmp/sick && wget -qO- http://127.0.0.1/ >/dev/null || exit 1"]
+      interval: 1s
+      timeout: 2s
+      retries: 2
+  worker:
+    image: dsm-test/web:1.0
+    init: true
+    networks: [front]
+    depends_on: [web]
+networks:
+  front: {}
+  back: {}
+"""
+
+
+def shop_web() -> dict[str, Any]:
+    out = subprocess.run(["docker", "compose", "ps", "--format", "json", "web"], cwd=ROOT / "shop",
+                         capture_output=True, text=True, timeout=60).stdout
+    return json.loads(out.splitlines()[0]) if out.strip() else {}
+
+
+def show_status(out: dict[str, Any]) -> None:
+    for stack in out["stacks"]:
+        say(f"stack {stack['stack']}: {stack['state']}{' (maintenance)' if stack['maintenance'] else ''}")
+        for s in stack["services"]:
+            w = s.get("watcher") or {}
+            seen = f"   watcher: {w['action']} -> {w['outcome']}" if w.get("action") else ""
+            say(f"  {s['service']:<7} {s['state']:<8} health {s['health'] or '-':<10} restarts {s['restarts']}"
+                f"  started {(s['started_at'] or '')[11:19]}{seen}")
+
+
+def show_diagnosis(out: dict[str, Any]) -> None:
+    say(f"healthy: {out['healthy']}")
+    for f in out["findings"]:
+        say(f"  {f['severity'].upper():<7} {f['rule']} [{f['service'] or '-'}] {f['message']}")
+        say(f"          likely cause: {f['likely_cause']}")
+        for e in f["evidence"][:2]:
+            say(f"          evidence: {e[:110]}")
+        if f["fix"]:
+            say(f"          fix: {f['fix']}")
+    for step in out["next_steps"]:
+        say(f"  next: {step}")
+
+
+async def monitor_session(client: Any, env: dict[str, str]) -> None:
+    """Diagnosis and recovery: a service turns unhealthy; the agent diagnoses; the watcher heals it."""
+    (ROOT / "shop").mkdir(exist_ok=True)
+    (ROOT / "shop" / "compose.yaml").write_text(SHOP)
+    subprocess.run(["docker", "compose", "up", "-d", "--wait", "--wait-timeout", "60"], cwd=ROOT / "shop",
+                   check=True, capture_output=True, timeout=120)
+    banner("(setup) stack `shop` started by hand with docker compose up; now its web service breaks:\n"
+           "> docker compose exec web touch /tmp/sick")
+    subprocess.run(["docker", "compose", "exec", "web", "touch", "/tmp/sick"], cwd=ROOT / "shop", check=True,
+                   capture_output=True, timeout=60)
+    for _ in range(60):
+        if "unhealthy" in shop_web().get("Status", ""):
+            break
+        await anyio.sleep(0.5)
+    for title, tool, args, show in [
+        ("What is wrong? Live status of every service.", "stack_status", {"stack": "shop"}, show_status),
+        ("The troubleshooting pass: evidence, likely cause, fix.", "diagnose_stack", {"stack": "shop"},
+         show_diagnosis),
+    ]:
+        banner(f"{title}\n> {tool}({json.dumps(args)})")
+        result = await client.call_tool(tool, args)
+        show(result.structured_content or {}) if not result.is_error else say(f"  tool error: {result.content[0].text}")
+    banner("Recovery: the watcher (docker-stack-mcp watch --stack shop) restarts the unhealthy service")
+    watcher = subprocess.Popen([str(EXE), "watch", "--stack", "shop", "--interval", "1"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out: dict[str, Any] = {}
+        for _ in range(60):
+            await anyio.sleep(1)
+            result = await client.call_tool("stack_status", {"stack": "shop"})
+            out = result.structured_content or {}
+            web = next((s for s in (out.get("stacks") or [{}])[0].get("services", []) if s["service"] == "web"), {})
+            if web.get("health") == "healthy" and (web.get("watcher") or {}).get("outcome") == "recovered":
+                break
+        say("> stack_status({\"stack\": \"shop\"})")
+        show_status(out)
+    finally:
+        watcher.terminate()
+        watcher.wait(30)
+        subprocess.run(["docker", "compose", "down", "--timeout", "2"], cwd=ROOT / "shop", capture_output=True,
+                       timeout=120)
 
 
 def main() -> None:

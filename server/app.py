@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import Icon, MCPServer
 from mcp.types import ToolAnnotations
 
@@ -24,6 +25,7 @@ docker-stack-mcp operates Docker Compose stacks on this host the way a careful o
 Start with list_stacks. Read a stack with inspect_stack. Before any change: validate_compose
 (the go/no-go gate) and check_resources, and search_past_incidents for what went wrong before.
 Record what you learn with record_incident. Stacks outside the stacks root are observed only.
+One operation runs per stack: after a timeout or a `busy` answer, poll operation_status, never repeat.
 Tool errors say what happened, the state now, and what to call next."""
 
 
@@ -58,9 +60,51 @@ class DockerStackServer(MCPServer[Runtime]):
         super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
 
 
-def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_memory: bool = False) -> MCPServer:
+def _exit_on_sigterm(runtime: Runtime) -> None:
+    """SIGTERM (systemd, docker stop, an MCP client shutting us down) cancels the operations
+    running in this process at once, so their shielded cleanup rolls them back, then exits.
+
+    Only SIGKILL leaves an operation ``interrupted``. The exit is ``os._exit``: the SDK reads
+    stdin in a worker thread that no cancellation can interrupt, so a cancelled server would
+    otherwise hang until its client wrote a line or closed the pipe.
+    """
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    loop = asyncio.get_running_loop()
+
+    async def terminate() -> None:
+        runtime.terminating = True
+        log.warning("SIGTERM: cancelling running operations (they roll back), then exiting")
+        try:
+            with anyio.CancelScope(shield=True):
+                await runtime.shutdown(0.0)
+            runtime.close()
+        finally:
+            logging.shutdown()
+            sys.stdout.flush()
+            os._exit(128 + signal.SIGTERM)
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(terminate()))
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here
+        log.debug("SIGTERM handler not installed", exc_info=True)
+
+
+def build_server(
+    settings: Settings,
+    runtime: Runtime | None = None,
+    *,
+    warm_memory: bool = False,
+    recover_operations: bool = False,
+    handle_sigterm: bool = False,
+) -> MCPServer:
     """The server with every tool family registered. ``warm_memory`` loads the embedding model
-    in the background a second after start-up (the CLI sets it; tests do not)."""
+    in the background a second after start-up; ``recover_operations`` finishes off operations a
+    killed server left behind, in the background too; ``handle_sigterm`` makes SIGTERM roll
+    running operations back before the process exits (the CLI sets all three; tests choose)."""
     runtime = runtime or Runtime(settings)
 
     @asynccontextmanager
@@ -69,11 +113,19 @@ def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_mem
             # Off the start-up path: even opening the memory object costs imports we would
             # otherwise pay before answering initialize.
             threading.Timer(1.0, lambda: runtime.memory().warm_up()).start()
+        if recover_operations:
+            threading.Thread(target=runtime.recover_operations, name="recover-operations", daemon=True).start()
+        if handle_sigterm:
+            _exit_on_sigterm(runtime)
         try:
             yield runtime
         finally:
             try:
-                await runtime.shutdown()  # operations outlive their requests, not the server
+                # Operations outlive their requests, not the server: let them finish (or, after a
+                # SIGTERM, cancel them at once so their own rollback runs). Shielded: the server's
+                # task group is usually being cancelled when we get here.
+                with anyio.CancelScope(shield=True):
+                    await runtime.shutdown(0.0 if runtime.terminating else runtime.shutdown_grace_s)
             finally:
                 runtime.close()
 
@@ -85,11 +137,13 @@ def build_server(settings: Settings, runtime: Runtime | None = None, *, warm_mem
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import backups, memory, preflight, stacks
+    from tools import backups, memory, monitor, operations, preflight, stacks
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
+    operations.register(server, runtime)
     backups.register(server, runtime)
     memory.register(server, runtime)
+    monitor.register(server, runtime)
     register_prompts(server)
     return server

@@ -12,6 +12,7 @@ import sys
 import types
 
 from server import __version__
+from server.settings import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,6 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"docker-stack-mcp {__version__}")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("serve", help="serve MCP over stdio (the default)")
+    watch = sub.add_parser("watch", help="watch running stacks: heal, roll back, alert, export metrics")
+    watch.add_argument("--stack", action="append", default=[], metavar="S",
+                       help="watch only this stack (repeatable; default: every stack under DSM_STACKS_ROOT)")
+    watch.add_argument("--interval", type=float, default=10.0, help="seconds between health passes (default 10)")
+    watch.add_argument("--metrics-port", type=int, default=None,
+                       help="serve Prometheus metrics on 127.0.0.1:PORT (default: DSM_METRICS_PORT, else off)")
     return parser
 
 
@@ -56,7 +63,6 @@ def _import_sdk_server_half() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from server.errors import SettingsError
-    from server.settings import Settings
 
     try:
         settings = Settings.from_env()
@@ -72,9 +78,51 @@ def main(argv: list[str] | None = None) -> int:
         _import_sdk_server_half()
         from server.app import build_server
 
-        build_server(settings, warm_memory=True).run()
+        build_server(settings, warm_memory=True, recover_operations=True, handle_sigterm=True).run()
         return 0
+    if args.command == "watch":
+        return _watch(settings, args)
     return 2
+
+
+def _watch(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the watcher until SIGTERM/SIGINT."""
+    import signal
+
+    import anyio
+
+    from server.monitor.watcher import Watcher
+    from server.runtime import Runtime
+
+    runtime = Runtime(settings)
+    watcher = Watcher(runtime, args.stack, interval_s=max(args.interval, 0.5))
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
+    log = logging.getLogger("docker_stack_mcp.watcher")
+    if port is not None:
+        from server.monitor.metrics import serve
+
+        log.info("metrics on http://127.0.0.1:%d/metrics", serve(watcher, port))
+
+    async def main() -> None:
+        stop = anyio.Event()
+
+        async def signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                async for _ in received:
+                    stop.set()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(signals)
+            log.info("watching %s every %.0fs", ", ".join(args.stack) or "every stack under the root", args.interval)
+            await watcher.run(stop)
+            tg.cancel_scope.cancel()
+
+    try:
+        anyio.run(main)
+    finally:
+        runtime.close()
+    return 0
 
 
 if __name__ == "__main__":

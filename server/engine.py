@@ -741,3 +741,107 @@ def _drain_exec(sock: Any, stdout_to: Path | None) -> ExecResult:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")[:60] or "x"
+
+
+# -- monitoring (stack_status, stack_logs, diagnose_stack, the watcher) ---------------------------
+
+
+async def inspect_container(engine: Engine, container_id: str) -> dict[str, Any] | None:
+    """``docker inspect`` of one container; None when it is gone."""
+    from docker.errors import NotFound
+
+    def get(c: Any) -> dict[str, Any] | None:
+        try:
+            return dict(c.api.inspect_container(container_id))
+        except NotFound:
+            return None
+
+    return await engine.call(get, f"inspect container {container_id[:12]}")
+
+
+async def container_logs(
+    engine: Engine, container_id: str, *, tail: int, since: float | None = None, until: float | None = None
+) -> list[str]:
+    """The last ``tail`` log lines (stdout and stderr, with RFC3339 timestamps); [] when gone.
+
+    Bounded by ``tail`` on the engine side, so a chatty container never fills our memory.
+    """
+    from docker.errors import NotFound
+
+    def get(c: Any) -> list[str]:
+        try:
+            raw = c.api.logs(container_id, stdout=True, stderr=True, timestamps=True, tail=tail,
+                             since=since, until=until)
+        except NotFound:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()
+
+    return await engine.call(get, f"read logs of container {container_id[:12]}")
+
+
+async def restart_container(engine: Engine, container_id: str, timeout_s: int = 10) -> None:
+    await engine.call(lambda c: c.api.restart(container_id, timeout=timeout_s), f"restart {container_id[:12]}")
+
+
+async def start_container(engine: Engine, container_id: str) -> None:
+    await engine.call(lambda c: c.api.start(container_id), f"start {container_id[:12]}")
+
+
+async def stop_container(engine: Engine, container_id: str, timeout_s: int = 10) -> None:
+    await engine.call(lambda c: c.api.stop(container_id, timeout=timeout_s), f"stop {container_id[:12]}")
+
+
+async def remove_container(engine: Engine, container_id: str) -> None:
+    """Remove a stopped container; its named volumes are kept (v=False)."""
+    await engine.call(lambda c: c.api.remove_container(container_id, v=False, force=True),
+                      f"remove {container_id[:12]}")
+
+
+async def run_probe(
+    engine: Engine, image: str, argv: list[str], network: str, labels: dict[str, str], timeout_s: float = 20
+) -> tuple[int | None, str]:
+    """Run ``argv`` in a short-lived container on ``network`` (image already local, never pulled).
+
+    Returns (exit code or None on timeout, output). The container is always removed.
+    """
+
+    def run(c: Any) -> tuple[int | None, str]:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import ReadTimeout
+
+        api = c.api
+        created = api.create_container(
+            image, command=argv, entrypoint=[], labels=labels, user="0",
+            host_config=api.create_host_config(network_mode=network, auto_remove=False),
+        )
+        cid = created["Id"]
+        try:
+            api.start(cid)
+            try:
+                result = api.wait(cid, timeout=timeout_s)
+                code: int | None = int(result.get("StatusCode", -1))
+            except (ReadTimeout, RequestsConnectionError):
+                code = None
+            out = api.logs(cid, stdout=True, stderr=True, tail=50).decode("utf-8", "replace")
+            return code, out
+        finally:
+            try:
+                api.remove_container(cid, force=True)
+            except Exception:  # best effort: the label lets a sweep find it
+                log.debug("probe container %s not removed", cid[:12], exc_info=True)
+
+    return await engine.call(run, f"run a probe on network {network}")
+
+
+def events_iter(engine: Engine, since: int | None, filters: dict[str, Any], until: int | None = None) -> Any:
+    """A blocking iterator of decoded engine events (call from a worker thread); with ``until``
+    the engine ends the stream at that time."""
+    client = engine._connect()
+    return client.api.events(since=since, until=until, filters=filters, decode=True)
+
+
+async def events_between(engine: Engine, since: int, until: int, filters: dict[str, Any]) -> list[dict[str, Any]]:
+    """Engine events in [since, until] (the engine answers and closes: no stream left open)."""
+    return await engine.call(
+        lambda c: list(c.api.events(since=since, until=until, filters=filters, decode=True)), "list events"
+    )

@@ -106,6 +106,13 @@ class StackBusy(DsmError):
         self.kind = kind
         self.started_at = started_at
         self.pid = pid
+        if operation_id == "unknown":  # the holder had not named itself yet (it is starting)
+            super().__init__(
+                f"stack {stack!r} is busy: another operation is just starting on it",
+                state="nothing was changed by this call",
+                next_step="call stack_history for its operation_id in a few seconds, then poll operation_status",
+            )
+            return
         super().__init__(
             f"stack {stack!r} is busy: {kind} operation {operation_id} (started {started_at}, server pid {pid}) "
             "is still running",

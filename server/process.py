@@ -9,6 +9,7 @@ all memory, so signalling only the direct child is not enough.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -21,6 +22,11 @@ from anyio.abc import ByteReceiveStream, Process
 log = logging.getLogger("docker_stack_mcp.process")
 
 DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
+child_recorder: contextvars.ContextVar[Callable[[int], None] | None] = contextvars.ContextVar(
+    "child_recorder", default=None
+)
+"""Set by a running operation (``Operations.run_detached``) for its task: every process started
+in that context has its group journaled, even by code that does not pass ``on_start``."""
 _TERM_GRACE_S = 3.0
 
 
@@ -68,8 +74,10 @@ async def run_argv(
     err = _Capture(max_output // 4)
     timed_out = False
     try:
-        if on_start is not None:
-            on_start(proc.pid)  # start_new_session=True: the child leads its own group
+        recorder = child_recorder.get()
+        for hook in (recorder, on_start):
+            if hook is not None:
+                hook(proc.pid)  # start_new_session=True: the child leads its own group
         with anyio.move_on_after(timeout_s) as scope:
             async with anyio.create_task_group() as tg:
                 assert proc.stdout is not None and proc.stderr is not None

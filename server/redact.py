@@ -1,36 +1,63 @@
 """Keeping secrets out of everything we say or store: tool output, errors, logs, memory.
 
-Two layers: keys that look like credentials have their values masked wherever they appear
-in a mapping, and free text (Compose's stderr, container logs, pasted incident symptoms) goes
-through :class:`Scrubber`, which replaces known secret values (from .env files, given env, such
-keys) and anything shaped like a credential: URL passwords, ``PASSWORD=...`` assignments,
-bearer tokens, JWTs (Supabase keys), cloud and API keys, private keys.
+ONE definition of a credential, shared by the ``plaintext-secret`` rule, the rendered-model
+view and :class:`Scrubber`:
+
+- the value of a key whose name contains PASS, PWD, SECRET, TOKEN, KEY, SALT, CREDENTIAL,
+  PRIVATE or ENC (at the start of a word: ``VAULT_ENC_KEY``, ``N8N_ENCRYPTION_KEY``, not
+  ``LATENCY``), or ends in ``_IV``, unless the name also contains PUBLIC, EXPIR, TTL or LENGTH
+  or ends in ``_FILE`` or ``_PATH`` (those point at a secret or describe one). The key decides,
+  not the value: ``REDIS_PASSWORD: 1234`` is a credential. Look-alike words (KEYCLOAK,
+  PASSIVE, ENCODING, ...) are taken out of the name first.
+- a URL password (``scheme://user:pw@`` and ``scheme://:pw@``);
+- a token shape (JWT, cloud and API keys, bearer/basic credentials, PEM private keys).
+
+Masking is positional. In a rendered model the value at a credential key is masked; a known
+secret value (from .env, given env, credential keys) is masked inside other *values*
+(environment, labels, command, healthcheck) -- but never in structure (image, service, volume,
+user and database names) or proposed fixes. A known value that is also structure (``postgres``
+as password, user and image) is not masked anywhere but at its own key: masking it elsewhere
+would mangle the model (``***:16``) and the mask itself would give the value away.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 MASK = "***"
-_SECRET_KEY = re.compile(
-    r"(pass(word|wd|phrase)?|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential|auth|"
-    r"jwt|cookie|session[_-]?key|salt|dsn|connection[_-]?string|database[_-]?url|signing)",
-    re.IGNORECASE,
-)
-_NOT_SECRET_SUFFIX = re.compile(r"(_FILE|_PATH|_URL_FILE|_USER(NAME)?|_HOST|_PORT|_ENABLED|_TTL|_EXPIRY)$", re.I)
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
-# Values shorter than this are too common ("1", "true") to scrub from free text safely.
+
+_CREDENTIAL_WORD = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|SALT|CREDENTIAL|PRIVATE|(?:^|[^A-Z0-9])ENC|_IV$")
+_NOT_CREDENTIAL = re.compile(r"PUBLIC|EXPIR|TTL|LENGTH|_FILE$|_PATH$")
+# Words that merely contain a credential word; taken out of the name before it is judged, so
+# KEYCLOAK_ADMIN and FTP_PASSIVE_PORTS are no credentials but KEYCLOAK_ADMIN_PASSWORD is.
+_LOOKALIKE = re.compile(r"KEYCLOAK|KEYBOARD|HOTKEY|PASSIVE|PASSTHROUGH|BYPASS|COMPASS|ENCODING")
+# The scheme is bounded: unbounded, every start inside a long run of letters and digits scans to
+# the run's end, and scrubbing a hostile 40 kB log line would take seconds (quadratic).
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)
+# Known values shorter than this are too common ("1", "true") to look for in free text.
 _MIN_SCRUB_LEN = 4
+# Environment keys whose values are structure (names of users, databases, hosts): never masked
+# for containing a known secret value (``POSTGRES_USER: postgres`` when the password is also
+# ``postgres``).
+_STRUCTURE_KEY = re.compile(r"(USER|USERNAME|_DB|DATABASE|_NAME|HOST|HOSTNAME|_PORT|_SCHEMA)$", re.I)
+# The images' default account names: structure wherever they occur (a fix's ``pg_isready -U
+# postgres`` when POSTGRES_USER is unset), even when a password equals one -- such a password
+# is no secret anyway, and default-credential says so.
+DEFAULT_ACCOUNTS = frozenset({"postgres", "root", "admin", "mysql", "mariadb", "redis", "mongo", "guest", "user",
+                              "elastic", "default"})
 
 
 def is_secret_key(key: str) -> bool:
-    """True for keys whose values are credentials (``POSTGRES_PASSWORD``, ``JWT_SECRET``, ...).
+    """True when the value under ``key`` is a credential (see the module docstring)."""
+    name = _LOOKALIKE.sub("_", key.upper().replace("-", "_").replace(".", "_"))
+    return bool(_CREDENTIAL_WORD.search(name)) and not _NOT_CREDENTIAL.search(name)
 
-    ``*_FILE`` keys point at a secret file rather than holding one, so they are not secret.
-    """
-    return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET_SUFFIX.search(key)
+
+def mask_url_passwords(text: str) -> str:
+    return URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
 
 
 def mask_value(key: str, value: Any) -> Any:
@@ -39,21 +66,22 @@ def mask_value(key: str, value: Any) -> Any:
     if is_secret_key(key):
         return MASK
     if isinstance(value, str):
-        return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", value)
+        return mask_url_passwords(value)
     return value
 
 
-def redact_mapping(data: Any) -> Any:
-    """Deep copy of ``data`` with credential-looking keys masked and URL passwords hidden."""
+def redact_mapping(data: Any, scrub: Scrubber | None = None) -> Any:
+    """Deep copy of ``data``: credential keys' scalar values masked, URL passwords hidden, and
+    (with ``scrub``) known secret values masked inside the other string values."""
     if isinstance(data, dict):
         return {
-            k: (MASK if is_secret_key(str(k)) and _scalar(v) and v not in (None, "") else redact_mapping(v))
+            k: (MASK if is_secret_key(str(k)) and _scalar(v) and v not in (None, "") else redact_mapping(v, scrub))
             for k, v in data.items()
         }
     if isinstance(data, list):
-        return [redact_mapping(v) for v in data]
+        return [redact_mapping(v, scrub) for v in data]
     if isinstance(data, str):
-        return _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", data)
+        return scrub(data) if scrub is not None else mask_url_passwords(data)
     return data
 
 
@@ -61,7 +89,7 @@ def _scalar(v: Any) -> bool:
     return not isinstance(v, dict | list)
 
 
-# KEY=value, KEY: value, "key": "value" where KEY looks like a credential name.
+# KEY=value, KEY: value, "key": "value" where KEY names a credential.
 _ASSIGNMENT = re.compile(
     r"""(?P<key>["']?[A-Za-z_][\w.-]{0,80}["']?)(?P<sep>\s*[=:]\s*)(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s,;&}]+)"""
 )
@@ -71,9 +99,11 @@ _TOKENS = re.compile(
     r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT (Supabase anon/service keys)
     r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"  # AWS access key id
     r"|\bgh[pousr]_[A-Za-z0-9]{30,}\b"  # GitHub tokens
+    r"|\bglpat-[A-Za-z0-9_-]{20,}"  # GitLab personal access tokens
     r"|\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic style API keys (LibreChat)
     r"|\bxox[abpors]-[A-Za-z0-9-]{10,}"  # Slack tokens
-    r"|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    # PEM private keys: to the END line, or to the end of the text when it was cut off.
+    r"|-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[\s\S]*)"
 )
 
 
@@ -88,28 +118,106 @@ def _mask_assignment(match: re.Match[str]) -> str:
     return f"{match['key']}{match['sep']}{quote}{MASK}{quote}"
 
 
-
 class Scrubber:
-    """Masks known secret values (longest first) and credential-shaped text in free text.
+    """Masks known secret values and credential-shaped text in free text.
 
+    Known values are matched by one alternation, longest first, so a secret never leaks as the
+    tail of a shorter one (``abcd1234`` with ``abcd`` also secret gives ``***``, not ``***1234``).
     ``assignments=False`` keeps ``KEY: value`` pairs as they are: Compose's own error messages
     read like ``...environment.TOKEN_URL: required variable X is missing`` and must stay
     parseable; the values that could be secret there are passed in as known ``secrets``.
     """
 
     def __init__(self, secrets: Iterable[str] = (), *, assignments: bool = True) -> None:
-        self._secrets = sorted(
-            {s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SCRUB_LEN}, key=len, reverse=True
-        )
+        known = sorted({s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SCRUB_LEN}, key=len, reverse=True)
+        self._known = re.compile("|".join(re.escape(s) for s in known)) if known else None
         self._assignments = assignments
 
     def __call__(self, text: str) -> str:
         if not text:
             return text
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+        # Shapes first: a known value that is also a word of the text around a URL must not
+        # break the URL's shape before its password is found.
+        text = mask_url_passwords(text)
         text = _TOKENS.sub(MASK, text)
+        if self._known is not None:
+            text = self._known.sub(MASK, text)
         text = _BEARER.sub(lambda m: f"{m['scheme']} {MASK}", text)
         return _ASSIGNMENT.sub(_mask_assignment, text) if self._assignments else text
+
+    def lines(self, lines: Iterable[str]) -> list[str]:
+        """Scrub lines as one text: a PEM block pasted as log lines is masked whole, body included
+        (line by line, only its BEGIN line would look like a key)."""
+        return self("\n".join(lines)).split("\n")
+
+
+def positional_secrets(candidates: Iterable[str], sources: Iterable[Any], rendered: dict[str, Any]) -> frozenset[str]:
+    """The known secret values that may be masked wherever they occur inside values.
+
+    A value that is also structure (a word of an image reference, a service, volume, network or
+    secret name, a ``user:``, written so in the compose files; or the value of a user or database
+    name key) is left out: it is masked only at its own key. Structure is read from the files as
+    written, so a secret interpolated into an image (``x/${DB_PASSWORD}:1``) is still masked.
+    """
+    structure = structure_words(sources, rendered)
+    return frozenset(
+        s for s in candidates if isinstance(s, str) and len(s) >= _MIN_SCRUB_LEN and s not in structure
+    )
+
+
+_WORD_SPLIT = re.compile(r"[/:@.,=\s]+")
+
+
+def structure_words(sources: Iterable[Any], rendered: dict[str, Any]) -> set[str]:
+    """Names in the compose files as written (never interpolated parts), and the rendered values of
+    user and database name keys."""
+    words: set[str] = set(DEFAULT_ACCOUNTS)
+
+    def add(text: Any) -> None:
+        if isinstance(text, str | int) and not isinstance(text, bool):
+            words.add(str(text))
+            words.update(w for w in _WORD_SPLIT.split(str(text)) if w)
+
+    for doc in sources:
+        if not isinstance(doc, dict):
+            continue
+        add(doc.get("name"))
+        for kind in ("services", "volumes", "networks", "secrets", "configs"):
+            section = doc.get(kind)
+            for name in section if isinstance(section, dict) else []:
+                add(name)
+        services = doc.get("services")
+        for body in services.values() if isinstance(services, dict) else []:
+            if isinstance(body, dict):
+                for key in ("image", "user", "container_name", "hostname"):
+                    add(body.get(key))
+    services = rendered.get("services")
+    for body in services.values() if isinstance(services, dict) else []:
+        env = body.get("environment") if isinstance(body, dict) else None
+        for key, value in env.items() if isinstance(env, dict) else []:
+            if _STRUCTURE_KEY.search(str(key)) and not is_secret_key(str(key)):
+                add(value)
+    return words
+
+
+# Every secret value a stack load has seen in this process, so a tool error's text can be
+# scrubbed of them even where the raising code had no Scrubber at hand. Bounded: the oldest
+# go first, so the stack just loaded (the likeliest source of the next error) is always known.
+_SEEN: dict[str, None] = {}
+_SEEN_LOCK = threading.Lock()
+_SEEN_MAX = 10_000
+
+
+def remember_secrets(values: Iterable[str]) -> None:
+    with _SEEN_LOCK:
+        for v in values:
+            if isinstance(v, str) and len(v) >= _MIN_SCRUB_LEN:
+                _SEEN.pop(v, None)
+                _SEEN[v] = None
+                if len(_SEEN) > _SEEN_MAX:
+                    del _SEEN[next(iter(_SEEN))]
+
+
+def seen_secrets() -> frozenset[str]:
+    with _SEEN_LOCK:
+        return frozenset(_SEEN)

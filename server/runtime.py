@@ -26,6 +26,10 @@ class Runtime:
         self._compose: ComposeRunner | None = None
         self._memory: Memory | None = None
         self._operations: Operations | None = None
+        self.shutdown_grace_s = 30.0
+        """At a normal end (the client closed stdin), how long running operations may go on."""
+        self.terminating = False
+        """Set by SIGTERM: running operations are cancelled at once (they roll back)."""
 
     def engine(self) -> Engine:
         """The docker-py adapter; raises DockerUnavailable on first real call if the daemon is away."""
@@ -65,6 +69,17 @@ class Runtime:
     def _stack_state(self, stack: str) -> list[dict[str, object]]:
         # Recorded with an interrupted operation: what the stack's containers look like now.
         return self.engine().project_state_blocking(stack)
+
+    def recover_operations(self) -> None:
+        """Crash recovery at start-up (run off the start path): operations a dead server left
+        unended get their process groups stopped and are recorded interrupted. Never raises."""
+        import logging
+
+        try:
+            if (self.settings.state_dir / "journal" / "journal.jsonl").exists():
+                self.operations().recover()
+        except Exception:
+            logging.getLogger("docker_stack_mcp.runtime").exception("start-up recovery of operations failed")
 
     async def shutdown(self, grace_s: float = 30.0) -> None:
         """Let operations running in this process finish (then cancel them) before closing."""

@@ -42,6 +42,10 @@ class Settings:
     """Size cap of one stack's backups; the oldest go first (the newest is always kept)."""
     journal_max_bytes: int = 8 * 1024 * 1024
     """The operation journal is compacted when it grows past this (oldest finished operations go)."""
+    alert_urls: tuple[str, ...] = ()
+    alert_dedup_s: float = 3600.0
+    alert_rate_per_min: int = 10
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -87,6 +91,12 @@ class Settings:
             else None,
             backup_keep=int(_number("DSM_BACKUP_KEEP", env.get("DSM_BACKUP_KEEP", "10"), 1, 1000, integer=True)),
             backup_max_bytes=_size("DSM_BACKUP_MAX_BYTES", env.get("DSM_BACKUP_MAX_BYTES", "20GiB")),
+            alert_urls=tuple(u for u in re.split(r"[\s,]+", env.get("DSM_ALERT_URLS", "")) if u),
+            alert_dedup_s=_number("DSM_ALERT_DEDUP_S", env.get("DSM_ALERT_DEDUP_S", "3600"), 0, 7 * 86400),
+            alert_rate_per_min=int(_number("DSM_ALERT_RATE_PER_MIN", env.get("DSM_ALERT_RATE_PER_MIN", "10"), 1, 1000)),
+            metrics_port=int(_number("DSM_METRICS_PORT", env["DSM_METRICS_PORT"], 0, 65535))
+            if env.get("DSM_METRICS_PORT")
+            else None,
         )
 
 

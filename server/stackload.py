@@ -22,7 +22,7 @@ from server.errors import ComposeError, DsmError, PathRejected, UnsafeYaml
 from server.interpolation import references
 from server.models import Finding
 from server.project import ComposeProject
-from server.redact import Scrubber, is_secret_key
+from server.redact import Scrubber, is_secret_key, positional_secrets, remember_secrets
 from server.settings import Settings
 from server.sources import collect_sources
 from server.stackmodel import LoadedStack, SourceMap
@@ -32,6 +32,7 @@ from server.stacks import (
     locate_stack,
     normalize_project_name,
     read_compose_file,
+    read_dotenv,
     relative_name,
 )
 from server.xdsm import ServiceSettings, XdsmInvalid, parse_service_settings, parse_stack_settings
@@ -95,6 +96,9 @@ async def load_stack(
     found = collect_sources(settings, location.directory, top, location.variables)
     if found.findings:
         raise StackRenderFailed(location.name, found.findings)
+    # Compose's dotenv lets the given env win; the .env values it shadows are still secrets on disk.
+    compose_env = {k: v for k, v in env.items() if k.startswith("COMPOSE_")}
+    shadowed = read_dotenv(location.directory, compose_env) if set(env) & set(location.dotenv) else {}
     return await _render(
         settings,
         compose,
@@ -108,6 +112,7 @@ async def load_stack(
         location.profiles,
         read_files=found.files,
         directory=location.directory,
+        shadowed=shadowed,
     )
 
 
@@ -227,8 +232,12 @@ async def _render(
     *,
     read_files: list[str],
     directory: Path | None,
+    shadowed: Mapping[str, str] | None = None,
 ) -> LoadedStack:
-    secrets = {v for k, v in {**dotenv, **env}.items() if is_secret_key(k)} | _literal_secrets([*docs, *templates])
+    # Every source: a value in .env that the given env overrides is still a secret on disk.
+    secrets = {v for d in (dotenv, env, shadowed or {}) for k, v in d.items() if is_secret_key(k)} | _literal_secrets(
+        [*docs, *templates]
+    )
     scrub = Scrubber(secrets, assignments=False)
     lines = SourceMap.merge(docs, templates, main=relative_name(files[0], project.directory))
     variables = {**dotenv, **env}
@@ -274,6 +283,8 @@ async def _render(
             ],
         ) from None
     rendered_name = str(rendered.get("name") or name)
+    positional = positional_secrets(secrets, [d.data for d in (*docs, *templates)], rendered)
+    remember_secrets(positional)  # tool errors are scrubbed of them too (tools._common)
     return LoadedStack(
         name=rendered_name,
         directory=directory,
@@ -282,7 +293,7 @@ async def _render(
         settings=stack_settings,
         service_settings=service_settings,
         lines=lines,
-        secret_values=frozenset(secrets),
+        secret_values=positional,
         sources=tuple(docs),
         dotenv_keys=frozenset(dotenv),
         project=project.named(rendered_name),

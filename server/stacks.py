@@ -404,3 +404,27 @@ def find_by_name(settings: Settings, name: str) -> StackLocation:
             next_step="give one of them a distinct top-level name: in its compose file",
         )
     return matches[0]
+
+
+def resolve_stack(settings: Settings, stack: str) -> StackLocation:
+    """A stack named by what a caller passes as ``stack``: its Compose project name (as
+    list_stacks shows it) or its directory (or a compose file in it) under the root.
+
+    The project name wins when both readings match different stacks. Raises StackNotFound,
+    StackConflict or PathRejected.
+    """
+    check_argument(stack, "stack")
+    value = stack.strip()
+    if "/" not in value and value == normalize_project_name(value):
+        try:
+            return find_by_name(settings, value)
+        except StackNotFound:
+            pass  # maybe a directory whose project name differs (name: or COMPOSE_PROJECT_NAME)
+    try:
+        return locate_stack(settings, value)
+    except StackNotFound:
+        raise StackNotFound(
+            f"no stack named {value!r} and no stack directory {value!r} under {settings.stacks_root}",
+            state="nothing was read or changed",
+            next_step="call list_stacks for the names and paths",
+        ) from None

@@ -53,6 +53,7 @@ def has_healthcheck(service: dict[str, Any]) -> bool:
 
 
 def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> ServiceView:
+    # stack.secret_values holds only the values that are no structure (server.redact.positional_secrets).
     scrub = Scrubber(stack.secret_values)
     env: dict[str, str] = {}
     for key, value in (service.get("environment") or {}).items():
@@ -65,6 +66,8 @@ def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> Serv
     depends = service.get("depends_on") or {}
     return ServiceView(
         name=name,
+        # Masks only secrets interpolated into it: a password that is also written structure
+        # ("postgres") is not in stack.secret_values, so "postgres:16" stays as it is.
         image=scrub(service["image"]) if service.get("image") else None,
         build="build" in service,
         ports=[
@@ -93,5 +96,5 @@ def service_view(stack: LoadedStack, name: str, service: dict[str, Any]) -> Serv
         cpu_limit=cpu_limit(service),
         restart=service.get("restart"),
         profiles=list(service.get("profiles") or []),
-        dsm=redact_mapping(stack.service_settings_for(name).model_dump(exclude_defaults=True, by_alias=True)),
+        dsm=redact_mapping(stack.service_settings_for(name).model_dump(exclude_defaults=True, by_alias=True), scrub),
     )

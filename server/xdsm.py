@@ -24,7 +24,13 @@ Per service (``services.<name>.x-dsm``)::
         smoke:
           - {http: "http://127.0.0.1:8080/health", expect_status: 200, timeout_s: 5}
           - {exec: ["pg_isready", "-U", "postgres"], expect_exit: 0}
-        recovery: {max_restarts: 3, window_s: 600}
+        recovery: {max_restarts: 3, window_s: 600, backoff_s: 10, enabled: true}
+
+Top level, for the watcher (``docker-stack-mcp watch``)::
+
+      watch_after_deploy_s: 600      # a service breaking this soon after deploy_stack is rolled back
+      watch: {on_threshold: alert, unavailable_s: 120, memory_percent: 95, cpu_percent: 95,
+              critical_lines_per_min: 10, database_errors: true}   # on_threshold: alert | restart
 
 Simple values have label equivalents on the service: ``dsm.role``, ``dsm.critical``,
 ``dsm.one-shot``, ``dsm.strategy``, ``dsm.waive`` (comma-separated rule ids). ``x-dsm`` wins
@@ -80,8 +86,23 @@ class BackupHooks(_Strict):
 
 
 class Recovery(_Strict):
+    """What the watcher may do for a service: restarts per window, first at once, then backoff doubling."""
+
     max_restarts: int = Field(default=3, ge=0, le=100)
     window_s: int = Field(default=600, ge=10, le=86_400)
+    backoff_s: float = Field(default=10.0, ge=0, le=3600)
+    enabled: bool = True
+
+
+class WatchPolicy(_Strict):
+    """The operator's critical thresholds for the watcher, and what crossing one does."""
+
+    on_threshold: Literal["alert", "restart"] = "alert"
+    unavailable_s: int = Field(default=120, ge=10, le=86_400)
+    memory_percent: float = Field(default=95.0, gt=0, le=100)
+    cpu_percent: float = Field(default=95.0, gt=0)
+    critical_lines_per_min: int = Field(default=10, ge=1)
+    database_errors: bool = True
 
 
 class UpdateSettings(_Strict):
@@ -92,6 +113,8 @@ class StackSettings(_Strict):
     environment: Literal["production", "staging", "development"] = "production"
     critical: bool = False
     policy: Policy = Field(default_factory=Policy)
+    watch_after_deploy_s: int = Field(default=600, ge=0, le=86_400)
+    watch: WatchPolicy = Field(default_factory=WatchPolicy)
 
 
 class ServiceSettings(_Strict):

@@ -7,6 +7,8 @@ Commands:
   hold STACK               begin on STACK, spawn `sleep 300` via run_argv(on_start=op.child) and a
                            grandchild in that group that ignores SIGTERM, print "ready <op> <pgid>
                            <grandchild pid>", then wait for ever (the test SIGKILLs us)
+  compose STACK DIR        begin on STACK, run a real attached `docker compose up` of DIR through
+                           ComposeRunner(on_start=op.child), print "ready <op> <pgid>" once started
 """
 
 from __future__ import annotations
@@ -78,12 +80,38 @@ async def hold(state: str, stack: str) -> None:
         await anyio.sleep(600)
 
 
+async def compose(state: str, stack: str, directory: str) -> None:
+    from server.compose import ComposeRunner, project_flags
+
+    ops = _ops(state)
+    settings = Settings(stacks_root=Path(directory).parent, state_dir=Path(state))
+    op = ops.begin(stack, "deploy", {"path": directory})
+    op.phase("deploy", "running", detail="docker compose up")
+    started: list[int] = []
+
+    def on_start(pgid: int) -> None:
+        op.child(pgid)
+        started.append(pgid)
+
+    runner = ComposeRunner(settings)
+    await runner.prefix()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: runner.run(project_flags(Path(directory), [], stack), ["up"], cwd=Path(directory),
+                                          timeout_s=600, on_start=on_start, check=False))
+        while not started:
+            await anyio.sleep(0.02)
+        print("ready", op.id, started[0], flush=True)
+        await anyio.sleep(600)
+
+
 def main() -> None:
     cmd, state, *rest = sys.argv[1:]
     if cmd == "race":
         race(state, rest[0], rest[1])
     elif cmd == "write":
         write(state, rest[0], int(rest[1]), int(rest[2]) if len(rest) > 2 else None)
+    elif cmd == "compose":
+        anyio.run(compose, state, rest[0], rest[1])
     elif cmd == "hold":
         anyio.run(hold, state, rest[0])
     else:

@@ -25,5 +25,8 @@ def test_demo_runs_end_to_end(docker_engine: None) -> None:
     assert "NO-GO:" in out and "ERROR   privileged [worker]" in out and "ERROR   port-conflict" in out
     assert "new incident:" in out and "homepage web returns 502 after db restart" in out
     assert out.count("tool error:") == 2 and "demo finished" in out
+    assert "web     running  health unhealthy" in out
+    assert "ERROR   unhealthy [web]" in out and "ERROR   dependency-unreachable [worker]" in out
+    assert "watcher: restart -> recovered" in out and "stack shop: running" in out
     password = (REPO / ".cache" / "demo" / "stacks" / "homepage" / "db_password.txt").read_text().strip()
     assert password not in out and password not in result.stderr

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = {"search_past_incidents", "record_incident", "update_incident", "delete_incident",
          "search_deployment_patterns", "record_deployment_pattern", "record_pattern_outcome",
-         "update_deployment_pattern", "delete_deployment_pattern", "list_deployments", "memory_status"}
+         "update_deployment_pattern", "delete_deployment_pattern", "memory_status"}
 
 
 def _model_path() -> Path | None:
@@ -133,8 +133,9 @@ async def test_deployments_status_and_recorder(client: Any, memory_settings: Set
     status = await _call(client, "memory_status")
     assert status["backend"] == "embedded" and status["incidents"] == 0
     assert status["location"].startswith(str(memory_settings.state_dir / "memory"))
-    listed = await _call(client, "list_deployments", stack="supabase")
-    assert listed == {"deployments": []}
+    assert status["deployments"] == 0
+    # The journal's stack_history supersedes the memory's deployment list as a tool.
+    assert "list_deployments" not in {t.name for t in (await client.list_tools()).tools}
 
 
 async def test_errors_are_tool_errors_with_next_steps(client: Any) -> None:

@@ -61,7 +61,10 @@ def test_begin_is_journaled_before_acting_and_end_releases(ops: Operations, sett
     # A phase reported twice keeps its place and shows its latest state.
     assert [(p["name"], p["status"]) for p in rec.phases] == [("backup", "ok"), ("deploy", "ok")]
     assert rec.phases[0]["duration_s"] == 1.235 and rec.children == [os.getpid()]
-    raw = (settings.state_dir / "journal" / "journal.jsonl").read_text()
+    journal_dir = settings.state_dir / "journal"
+    for private in (journal_dir, journal_dir / "journal.jsonl", settings.state_dir / "locks" / "web.lock"):
+        assert private.stat().st_mode & 0o077 == 0, private  # nobody else on the host reads it
+    raw = (journal_dir / "journal.jsonl").read_text()
     assert "s3cret-pw" not in raw and rec.params == {"path": "web", "env": ["DB_PASSWORD", "TAG"]}
     assert rec.result is not None and rec.result["DB_PASSWORD"] == "***" and "***" in rec.result["note"]
     # The lock is free again.
@@ -110,6 +113,10 @@ def test_bad_arguments(ops: Operations) -> None:
     op.end("done")
     with pytest.raises(RuntimeError):
         op.end("done")
+    records = len(ops.journal.records())
+    op.phase("late", "ok")  # after the end: ignored, the final record stays final
+    op.child(os.getpid())
+    assert len(ops.journal.records()) == records and ops.get(op.id).phases == []  # type: ignore[union-attr]
     assert ops.get("op-nope") is None and ops.get('op-1"}') is None
     assert ops.get("op-20260101T000000Z-00000000") is None
 
@@ -237,8 +244,10 @@ def test_sigkilled_server_is_recovered_by_the_next_begin(settings: Settings) -> 
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait(timeout=10)
     assert procs.group_members(pgid)  # its compose-like group outlives it ...
-    running = ops.get(op_id)
-    assert running is not None and running.status == "running" and running.children == [pgid]
+    seen = ops.get(op_id)  # reads interrupted at once; recovery has not run yet
+    assert seen is not None and seen.status == "interrupted" and seen.children == [pgid]
+    assert seen.result is not None and seen.result["recovery"].startswith("pending")
+    assert ops.running("web") is None and [r.status for r in ops.history("web")] == ["interrupted"]
     start = time.monotonic()
     op = ops.begin("web", "deploy")  # ... until the next begin on the stack
     assert time.monotonic() - start < 6
@@ -279,6 +288,15 @@ def test_recorded_identities_are_checked(ops: Operations, settings: Settings) ->
         assert [r.operation_id for r in recovered] == ["op-20260101T000000Z-0000abcd"]
         assert recovered[0].result["process_groups"] == [{"pgid": bystander.pid, "outcome": "gone"}]  # type: ignore[index]
         assert bystander.poll() is None  # not ours: left alone
+        # A group whose leader had already exited when it was recorded (start unknown) is not
+        # signalled either when a live leader now holds that number.
+        ops.journal.append({"op": "op-20260101T000000Z-0000abce", "t": "begin", "stack": "web", "kind": "deploy",
+                            "at": "2026-01-01T00:00:02.000Z", "pid": os.getppid(), "pid_start": "1", "params": {}})
+        ops.journal.append({"op": "op-20260101T000000Z-0000abce", "t": "child", "stack": "web",
+                            "at": "2026-01-01T00:00:03.000Z", "pgid": bystander.pid, "start": None})
+        again = ops.recover("web")
+        assert again[0].result["process_groups"] == [{"pgid": bystander.pid, "outcome": "gone"}]  # type: ignore[index]
+        assert bystander.poll() is None
     finally:
         bystander.kill()
         bystander.wait()
@@ -305,6 +323,7 @@ async def test_cancelled_caller_does_not_cancel_the_operation(ops: Operations) -
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert ops.get(op.id).status == "running"  # type: ignore[union-attr]
+    assert ops.running("web").operation_id == op.id  # type: ignore[union-attr]
     assert ops.in_flight == 1
     await asyncio.wait_for(finished.wait(), 5)
     rec = ops.get(op.id)
@@ -315,8 +334,33 @@ async def test_cancelled_caller_does_not_cancel_the_operation(ops: Operations) -
 
 
 @pytest.mark.anyio
+async def test_processes_started_inside_an_operation_are_journaled(ops: Operations) -> None:
+    from server.process import child_recorder, run_argv
+
+    env = {"PATH": os.environ["PATH"]}
+    op = ops.begin("web", "deploy")
+    seen: list[int] = []
+
+    async def work() -> dict:
+        # Nobody passes on_start here: the operation's context records the group anyway;
+        # passing it as well records it once.
+        first = await run_argv(["sh", "-c", "echo $$"], timeout_s=10, env=env)
+        second = await run_argv(["sh", "-c", "echo $$"], timeout_s=10, env=env, on_start=op.child)
+        seen.extend(int(r.stdout) for r in (first, second))
+        return {}
+
+    await ops.run_detached(op, work)
+    assert child_recorder.get() is None  # the caller's context is untouched
+    await run_argv(["true"], timeout_s=10, env=env)  # outside any operation: nothing recorded
+    rec = ops.get(op.id)
+    assert rec is not None and rec.children == seen and len(seen) == 2
+
+
+@pytest.mark.anyio
 async def test_run_detached_results_and_failures(ops: Operations) -> None:
-    op = ops.begin("web", "backup")
+    op = await ops.begin_async("web", "backup", {"env": {"K": "value-1234"}})
+    with pytest.raises(StackBusy):
+        await ops.begin_async("web", "deploy")
 
     async def ok() -> dict:
         return {"backup_id": "b1"}
@@ -369,6 +413,7 @@ def test_maintenance_windows(ops: Operations, settings: Settings) -> None:
     window = ops.maintenance("web")
     assert window is not None and window["until"] == until and window["reason"] == "disk swap"
     assert ops.maintenance("db") is None
+    assert (settings.state_dir / "maintenance" / "web.json").stat().st_mode & 0o077 == 0
     mine = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     previous = ops.set_maintenance("web", mine, "deploy op-x")
     assert previous is not None and previous["reason"] == "disk swap"  # the caller can put it back
@@ -393,3 +438,83 @@ def test_runtime_operations_is_lazy_and_probes_the_engine(settings: Settings, do
     assert ops.stack_state is not None and ops.stack_state(project_name) == []  # a real engine call
     assert runtime._engine is not None
     runtime.close()
+
+
+def test_a_lock_held_by_someone_unnamed_answers_busy_after_a_moment(ops: Operations, settings: Settings) -> None:
+    from server.operations.lock import StackLock
+
+    probe = StackLock(settings.state_dir / "locks" / "web.lock")
+    assert probe.try_acquire()  # held, but nobody wrote who holds it (a recovery probe, a starting begin)
+    try:
+        start = time.monotonic()
+        with pytest.raises(StackBusy) as info:
+            ops.begin("web", "deploy")
+        assert 1.5 < time.monotonic() - start < 5  # waited for the holder to name itself, then answered
+        assert info.value.operation_id == "unknown" and "stack_history" in str(info.value)
+    finally:
+        probe.release()
+    ops.begin("web", "deploy").end("done")
+
+
+def test_history_orders_same_millisecond_operations_newest_first(ops: Operations) -> None:
+    at = "2026-01-01T00:00:00.000Z"
+    ids = [f"op-20260101T000000Z-0000000{i}" for i in range(3)]
+    for op_id in ids:
+        ops.journal.append({"op": op_id, "t": "begin", "stack": "web", "kind": "deploy", "at": at, "pid": 1,
+                            "params": {}})
+        ops.journal.append({"op": op_id, "t": "end", "stack": "web", "at": at, "status": "deployed"})
+    assert [r.operation_id for r in ops.history("web")] == ids[::-1]
+
+
+@pytest.mark.docker
+def test_a_compose_up_left_by_a_killed_server_is_stopped(settings: Settings, docker_engine: None,
+                                                          project_name: str, stacks_root: Path) -> None:
+    """The real thing: a killed server's `docker compose up` (CLI + compose plugin in one group)
+    must not race the next deploy. The next begin stops the group and records the stack's state."""
+    from server.runtime import Runtime
+    from tests.conftest import provision_facts, write_stack
+
+    image = provision_facts().get("DSM_TEST_IMAGE_BUSYBOX", "dsm-test/busybox:1")
+    directory = write_stack(stacks_root, project_name, f"""
+services:
+  web:
+    image: {image}
+    command: ["sleep", "300"]
+    init: true
+    labels: {{dsm.test: "1"}}
+""")
+    worker = _worker(settings, "compose", project_name, str(directory))
+    try:
+        assert worker.stdout is not None
+        ready = worker.stdout.readline().split()
+        assert ready and ready[0] == "ready", worker.stderr.read() if worker.stderr else ""
+        op_id, pgid = ready[1], int(ready[2])
+
+        def container_state() -> str:
+            return subprocess.run(["docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project_name}",
+                                   "--format", "{{.State}}"], capture_output=True, text=True, timeout=30).stdout.strip()
+
+        deadline = time.monotonic() + 120
+        while container_state() != "running":
+            assert time.monotonic() < deadline, "the compose up never started its container"
+            time.sleep(0.3)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        members = procs.group_members(pgid)
+        assert members  # docker compose up (and its plugin) outlive the killed server
+        runtime = Runtime(settings)
+        try:
+            op = runtime.operations().begin(project_name, "deploy")
+        finally:
+            runtime.close()
+        assert procs.group_members(pgid) == [] and all(procs.start_time(m) is None for m in members)
+        rec = Operations(settings).get(op_id)
+        assert rec is not None and rec.status == "interrupted" and rec.result is not None
+        assert rec.result["process_groups"][0]["pgid"] == pgid
+        assert rec.result["process_groups"][0]["outcome"] in ("terminated", "killed")
+        states = rec.result["stack_state"]  # the stack as it is now, from the real engine
+        assert isinstance(states, list) and [s["service"] for s in states] == ["web"]
+        op.end("deployed")
+    finally:
+        if worker.poll() is None:
+            worker.kill()

@@ -29,7 +29,7 @@ OK = """\
     security_opt: ["no-new-privileges:true"]
     logging: {{driver: json-file, options: {{max-size: 10m}}}}
     healthcheck: {{test: ["CMD", "true"]}}
-    deploy: {{resources: {{limits: {{memory: 64m, cpus: "0.5"}}}}}}
+    deploy: {{resources: {{limits: {{memory: 64m, cpus: "0.5", pids: 256}}}}}}
 """.format(digest="a" * 64)
 
 
@@ -157,11 +157,23 @@ async def test_ports_that_do_not_conflict(settings: Settings, a: str, b: str) ->
 
 
 async def test_fixed_port_with_replicas_conflicts(settings: Settings) -> None:
-    base = OK.replace('deploy: {resources: {limits: {memory: 64m, cpus: "0.5"}}}',
-                      'deploy: {replicas: 3, resources: {limits: {memory: 64m, cpus: "0.5"}}}')
+    base = OK.replace('deploy: {resources: {limits: {memory: 64m, cpus: "0.5", pids: 256}}}',
+                      'deploy: {replicas: 3, resources: {limits: {memory: 64m, cpus: "0.5", pids: 256}}}')
     report = await check(settings, "services:\n" + svc("web", "    ports: ['8080:80']\n", base=base))
     assert "3 replicas" in of(report, "port-conflict")[0].message
     assert not of(await check(settings, "services:\n" + svc("web", "    ports: ['80']\n", base=base)), "port-conflict")
+
+
+@pytest.mark.parametrize(("ports", "replicas", "conflict"), [
+    ("18631-18632:80", 2, False),  # a range wide enough for the replicas
+    ("18631-18633:80", 2, False),
+    ("18631-18632:80", 3, True),  # one replica short of a port
+    ("127.0.0.1:18631-18631:80", 2, True),
+])
+async def test_port_range_with_replicas(settings: Settings, ports: str, replicas: int, conflict: bool) -> None:
+    base = OK.replace("deploy: {resources:", f"deploy: {{replicas: {replicas}, resources:")
+    report = await check(settings, "services:\n" + svc("web", f"    ports: ['{ports}']\n", base=base))
+    assert bool(of(report, "port-conflict")) is conflict, report.findings
 
 
 # ------------------------------------------------------------------------------ healthchecks
@@ -204,7 +216,9 @@ async def test_waiting_for_health_of_a_service_without_healthcheck(settings: Set
 
 
 # ------------------------------------------------------------------------------ resources
-NO_LIMITS = OK.replace('    deploy: {resources: {limits: {memory: 64m, cpus: "0.5"}}}\n', "")
+NO_LIMITS = OK.replace(
+    '    deploy: {resources: {limits: {memory: 64m, cpus: "0.5", pids: 256}}}\n', "    pids_limit: 256\n"
+)
 
 
 async def test_no_resource_limits_with_a_yaml_patch(settings: Settings) -> None:
@@ -218,7 +232,7 @@ async def test_no_resource_limits_with_a_yaml_patch(settings: Settings) -> None:
     ("extra", "rules"),
     [
         ("    mem_limit: 128m\n    cpus: 0.5\n", set()),
-        ("    deploy: {resources: {limits: {memory: 128m, cpus: '1'}}}\n", set()),
+        ("    deploy: {resources: {limits: {memory: 128m, cpus: '1', pids: 256}}}\n", set()),
         ("    mem_limit: 128m\n", {"no-cpu-limit"}),
         ("    cpus: 0.5\n", {"no-resource-limits"}),
     ],
@@ -248,10 +262,14 @@ async def test_image_pinning(settings: Settings, image: str, rule: str | None, s
     assert found == ([(rule, severity)] if rule else [])
 
 
-async def test_built_images_are_not_pinning_findings(settings: Settings) -> None:
+@pytest.mark.parametrize(("extra", "found"), [
+    ("    build: {context: .}\n    pull_policy: build\n", []),
+    ("    build: {context: .}\n", ["build-and-image"]),  # `up` may pull myapp instead of building it
+])
+async def test_built_images_are_not_pinning_findings(settings: Settings, extra: str, found: list[str]) -> None:
     base = OK.replace("dsm-test/web:1.0@sha256:" + "a" * 64, "myapp")
-    report = await check(settings, "services:\n" + svc("web", "    build: {context: .}\n", base=base))
-    assert not [f for f in report.findings if f.category == "images"]
+    report = await check(settings, "services:\n" + svc("web", extra, base=base))
+    assert [f.rule for f in report.findings if f.category == "images"] == found
 
 
 # ------------------------------------------------------------------------------ secrets
@@ -345,7 +363,8 @@ async def test_hardening_hints_are_info_only(settings: Settings) -> None:
     hints = {f.rule for f in report.findings if f.severity == "info"}
     assert {"no-cap-drop", "writable-rootfs", "no-new-privileges", "root-user", "no-log-rotation",
             "no-restart-policy", "bind-mount-data", "fixed-container-name", "image-no-digest"} == hints
-    assert report.go and report.errors == report.warnings == 0
+    assert report.go and report.errors == 0
+    assert {f.rule for f in report.findings if f.severity == "warning"} == {"no-pids-limit"}
 
 
 async def test_plaintext_secret_in_override_file_anchor_and_env_file(settings: Settings, stacks_root: Any) -> None:

@@ -35,6 +35,7 @@ GOOD: dict[str, Any] = {
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges:true"],
     "logging": {"driver": "json-file", "options": {"max-size": "10m"}},
+    "pids_limit": 256,
 }
 
 

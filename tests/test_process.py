@@ -65,9 +65,8 @@ async def test_on_start_gets_the_process_group_before_output(tmp_path) -> None:
         # Called right after the spawn: the group exists and its leader is the child itself.
         seen.append((pgid, os.getpgid(pgid)))
 
-    # The child outlives the callback: a child that already exited may be reaped by the event
-    # loop's child watcher before on_start runs, and getpgid of a reaped pid fails.
-    result = await run_argv(["sh", "-c", "echo $$; sleep 0.5"], timeout_s=10, env=ENV, on_start=on_start)
+    # The child outlives the hook (a child that exits at once may be reaped before it runs).
+    result = await run_argv(["sh", "-c", "echo $$; exec sleep 0.5"], timeout_s=10, env=ENV, on_start=on_start)
     assert len(seen) == 1
     pgid, group = seen[0]
     assert pgid == group == int(result.stdout.strip()) and pgid != os.getpgid(0)

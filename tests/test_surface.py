@@ -84,7 +84,7 @@ def test_startup_imports_stay_light() -> None:
         "from pathlib import Path; build_server(Settings(stacks_root=Path('/nonexistent'), state_dir=Path('/tmp/x')));"
         "heavy = [m for m in ('docker', 'qdrant_edge', 'qdrant_client', 'fastembed', 'onnxruntime', 'numpy', "
         "'tokenizers', 'requests', 'yaml', 'server.policy', 'server.preflight.facts', 'server.memory.service', "
-        "'server.stackload') if m in sys.modules]; print(','.join(heavy))"
+        "'server.stackload', 'server.operations.operations') if m in sys.modules]; print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.returncode == 0, out.stderr

@@ -2,7 +2,7 @@
 
 Only :class:`ToolError` text reaches the model (the SDK turns any other exception into a bare
 "Error executing tool"), so every tool is wrapped by :func:`tool_errors`: our own errors pass
-through with their message (scrubbed of secrets); anything else is logged to stderr with its
+through with their message (scrubbed of secrets, as is a ToolError's); anything else is logged to stderr with its
 traceback and reported as an internal error that says the state is unknown.
 """
 
@@ -20,11 +20,15 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
 from server.errors import DsmError
-from server.redact import Scrubber
+from server.redact import Scrubber, seen_secrets
 
 log = logging.getLogger("docker_stack_mcp.tools")
 
-_SCRUB = Scrubber()
+
+def scrub_error(text: str) -> str:
+    """A tool error's text without credentials: their shapes, and every secret value a stack load
+    in this process has seen (.env values, given env), whatever code raised it."""
+    return Scrubber(seen_secrets())(text)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -47,10 +51,10 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(*args, **kwargs)
-        except ToolError:
-            raise
+        except ToolError as exc:
+            raise ToolError(scrub_error(str(exc))) from None
         except DsmError as exc:
-            message = _SCRUB(str(exc))
+            message = scrub_error(str(exc))
             log.info("tool %s refused: %s", fn.__name__, message)
             raise ToolError(message) from None
         except Exception as exc:

@@ -17,8 +17,6 @@ from pydantic import Field
 
 from server.memory.models import (
     Deleted,
-    DeploymentList,
-    DeploymentOutcome,
     Incident,
     IncidentRecorded,
     IncidentSearch,
@@ -228,25 +226,6 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         id reports deleted=false and changes nothing.
         """
         return await run(lambda m: m.delete_pattern(pattern_id))
-
-    @server.tool(annotations=READ_ONLY)
-    @tool_errors
-    async def list_deployments(
-        stack: Stack = None,
-        service: Service = None,
-        outcome: Annotated[DeploymentOutcome | None, Field(description="success, failure, rolled_back or "
-                                                                       "rollback_failed.")] = None,
-        since: Since = None,
-        limit: Annotated[int, Field(ge=1, le=100)] = 10,
-    ) -> DeploymentList:
-        """List recorded deployments, newest first, with image digests, outcome and duration.
-
-        Deployments, rollbacks and recoveries are recorded automatically. Use this to see what
-        ran before a failure, which digests were last known good, or how often a stack's
-        deployments failed.
-        """
-        return await run(lambda m: m.list_deployments(stack=stack, service=service, outcome=outcome, since=since,
-                                                      limit=limit))
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors

@@ -92,13 +92,9 @@ def clean_log_lines(lines: Sequence[str]) -> list[str]:
         lines = lines.splitlines()
     if len(lines) > MAX_LOG_LINES_IN:
         lines = list(lines)[-MAX_LOG_LINES_IN:]
-    out: list[str] = []
-    for raw in lines:
-        for line in str(raw).splitlines():
-            line = _SCRUB(line.rstrip())[:MAX_LOG_LINE]
-            if line.strip():
-                out.append(line)
-    return out
+    split = [line.rstrip() for raw in lines for line in str(raw).splitlines()]
+    # Scrubbed as one text so a multi-line secret (a PEM key) is masked whole.
+    return [line[:MAX_LOG_LINE] for line in _SCRUB.lines(split) if line.strip()]
 
 
 def search_limit(limit: int) -> int:

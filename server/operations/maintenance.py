@@ -62,7 +62,9 @@ class MaintenanceWindows:
         }
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(window))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(window))
         os.replace(tmp, path)  # readers see the old window or the new one, never half
         return previous
 

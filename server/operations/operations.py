@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +71,7 @@ class Operation:
         self._lock = lock
         self._scrub = scrub
         self.status: str = "running"
+        self._children: set[int] = set()
 
     @property
     def ended(self) -> bool:
@@ -79,6 +80,9 @@ class Operation:
     def phase(self, name: str, status: str, detail: str = "", duration_s: float | None = None) -> None:
         """Journal a phase's progress (``running``, ``ok``, ``failed``, ``skipped``...). A phase
         reported again under the same name replaces the earlier entry in the folded view."""
+        if self.ended:
+            log.debug("phase %s after the end of %s ignored", name, self.id)
+            return
         self._append(
             "phase",
             name=str(name)[:100],
@@ -88,8 +92,13 @@ class Operation:
         )
 
     def child(self, pgid: int) -> None:
-        """Record a process group this operation started; pass as ``on_start`` to run_argv."""
-        self._append("child", pgid=int(pgid), start=procs.start_time(int(pgid)))
+        """Record a process group this operation started; pass as ``on_start`` to run_argv (inside
+        :meth:`Operations.run_detached` every process started is recorded without it). Once each."""
+        pgid = int(pgid)
+        if pgid in self._children or self.ended:
+            return
+        self._children.add(pgid)
+        self._append("child", pgid=pgid, start=procs.start_time(pgid))
 
     def end(self, status: OperationStatus, result: Mapping[str, Any] | Any | None = None) -> None:
         """Write the final record (``result`` scrubbed: a dict, pydantic model or dataclass), then
@@ -156,7 +165,8 @@ class Operations:
         holder. An operation of this stack that was started but never ended (its server died) is
         recovered first: its process groups are stopped and it is recorded ``interrupted``.
         ``params`` are journaled scrubbed; ``env`` in them as names only. ``secrets`` (and the
-        values of ``params['env']``) are masked in every detail and result of the operation."""
+        values of ``params['env']``) are masked in every detail and result of the operation.
+        Blocking: from async code prefer :meth:`begin_async`."""
         _check_stack(stack)
         if kind not in KINDS:
             raise ValueError(f"{kind!r} is not an operation kind ({sorted(KINDS)})")
@@ -181,6 +191,16 @@ class Operations:
             raise
         log.info("operation %s began: %s %s", op_id, kind, stack)
         return Operation(self, id=op_id, stack=stack, kind=kind, started_at=started_at, lock=lock, scrub=scrub)
+
+    async def begin_async(
+        self, stack: str, kind: OperationKind, params: Mapping[str, Any] | None = None, *, secrets: Iterable[str] = ()
+    ) -> Operation:
+        """:meth:`begin` in a worker thread: from async code, use this one. ``begin`` fsyncs and,
+        when it finds an orphan, waits seconds for its process groups to stop; the event loop
+        (progress notifications, other requests) must not wait with it."""
+        import anyio
+
+        return await anyio.to_thread.run_sync(lambda: self.begin(stack, kind, params, secrets=secrets))
 
     def _lock_path(self, stack: str) -> Path:
         return self.locks_dir / f"{stack}.lock"
@@ -216,7 +236,7 @@ class Operations:
             return None
         states = fold_states(self.journal.records(f'"op":"{operation_id}"'))
         state = states.get(operation_id)
-        return state.record() if state else None
+        return self._as_seen(state.record()) if state else None
 
     def history(
         self, stack: str, kinds: Iterable[str] = ("deploy", "rollback"), limit: int = 20
@@ -224,8 +244,8 @@ class Operations:
         """The stack's operations of ``kinds``, newest first, at most ``limit``."""
         _check_stack(stack)
         wanted = set(kinds)
-        records = [r for r in self._stack_records(stack) if r.kind in wanted]
-        records.sort(key=lambda r: r.started_at, reverse=True)
+        records = [r for r in reversed(self._stack_records(stack)) if r.kind in wanted]
+        records.sort(key=lambda r: r.started_at, reverse=True)  # stable: same-millisecond ties stay newest first
         return records[: max(0, limit)]
 
     def running(self, stack: str) -> OperationRecord | None:
@@ -235,8 +255,9 @@ class Operations:
         if holder is None:
             return None
         op_id = str(holder["operation_id"])
-        record = self.get(op_id)
-        if record is not None:
+        states = fold_states(self.journal.records(f'"op":"{op_id}"'))
+        if op_id in states:
+            record = states[op_id].record()
             return record if record.running else None
         # Acquired but not journaled yet (recovering an orphan first): describe it from the lock.
         return OperationRecord(
@@ -247,7 +268,23 @@ class Operations:
 
     def _stack_records(self, stack: str) -> list[OperationRecord]:
         states = fold_states(self.journal.records(f'"stack":"{stack}"'))
-        return [s.record() for s in states.values() if s.begin.get("stack") == stack]
+        return [self._as_seen(s.record()) for s in states.values() if s.begin.get("stack") == stack]
+
+    def _as_seen(self, rec: OperationRecord) -> OperationRecord:
+        """An unended operation is running only while its live server holds the stack's lock and
+        names it there; otherwise its server died and it reads ``interrupted`` at once, before
+        recovery (the next begin on the stack, or a server's start-up) writes that down."""
+        if not rec.running or not STACK_NAME.match(rec.stack):
+            return rec
+        holder = self._live_holder(rec.stack)
+        if holder is not None and holder.get("operation_id") == rec.operation_id and not holder.get("recovering"):
+            return rec
+        return replace(rec, status="interrupted", result={
+            "reason": f"its server (pid {rec.pid}) stopped before the operation ended",
+            "recovery": "pending: the next operation on the stack (or a server start) stops its leftover "
+                        "processes and records it",
+            "last_phase": rec.phases[-1] if rec.phases else None,
+        })
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self, stack: str | None = None) -> list[OperationRecord]:
@@ -276,7 +313,7 @@ class Operations:
                 continue  # held: a live operation of this process, or another recoverer/begin on it
             try:
                 lock.write_holder({"operation_id": op_id, "kind": "recovery", "started_at": now_iso(), "pid": me,
-                                   "pid_start": self._pid_start})
+                                   "pid_start": self._pid_start, "recovering": True})
                 recovered.extend(self._recover_locked(name, only=op_id))
             finally:
                 lock.release()
@@ -347,6 +384,9 @@ class Operations:
         return await asyncio.shield(task)
 
     async def _drive(self, op: Operation, work: Callable[[], Awaitable[T]]) -> T:
+        from server.process import child_recorder
+
+        child_recorder.set(op.child)  # this task's context only: every child it starts is journaled
         try:
             value = await work()
         except BaseException as exc:

@@ -82,7 +82,9 @@ def group_is_ours(pgid: int, recorded_start: str | None) -> bool:
     leader = start_time(pgid)
     if leader is None:
         return True  # leader gone, members left: the group id cannot have been reused
-    return recorded_start in (None, "?") or leader in ("?", recorded_start)
+    if recorded_start is None:
+        return False  # the leader had exited when it was recorded: this one cannot be verified
+    return "?" in (recorded_start, leader) or leader == recorded_start
 
 
 def stop_group(pgid: int, recorded_start: str | None, grace_s: float) -> str:

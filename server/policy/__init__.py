@@ -10,7 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from server.models import Finding
-from server.policy import hardening, images, network, reliability, resources, secrets, security, variables
+from server.policy import (
+    engine_refusals,
+    hardening,
+    images,
+    network,
+    reliability,
+    resources,
+    secrets,
+    security,
+    variables,
+)
 from server.policy.catalog import RULES, Rule, finding
 from server.policy.context import HostFacts, ImageFact, LintContext, PortHolder, Usage
 from server.policy.waivers import apply_policy
@@ -26,6 +36,7 @@ ALL_RULES: list[RuleFn] = [
     *secrets.RULES,
     *security.RULES,
     *hardening.RULES,
+    *engine_refusals.RULES,
 ]
 
 

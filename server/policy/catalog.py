@@ -68,11 +68,19 @@ _RULES: list[Rule] = [
     Rule("host-pressure", "error", "resources", "host memory or CPU above 95% in use", needs_host=True),
     # Network.
     Rule("port-conflict", "error", "network", "a host port published twice, or already bound on the host"),
+    Rule("exposed-port", "warning", "network", "a database or admin port published on every interface"),
     # Images.
-    Rule("image-unpinned", "warning", "images", "`latest` or no tag"),
+    Rule("image-unpinned", "warning", "images", "`latest`, no tag, a floating tag (stable, edge, alpine...) or a "
+         "pre-release"),
     Rule("image-no-digest", "info", "images", "a tag without a digest can change under you", hint=True),
     Rule("image-unavailable", "error", "images", "image neither local nor in its registry", needs_host=True),
     Rule("image-unverified", "warning", "images", "the image's registry could not be reached", needs_host=True),
+    Rule("build-and-image", "warning", "images", "build and image together without pull_policy"),
+    # What Compose accepts and the engine refuses at create time.
+    Rule("engine-refuses", "error", "engine", "a setting the engine refuses (container_name, image reference, "
+         "memory reservation above the limit, ports in a borrowed network namespace)"),
+    Rule("engine-version-unsupported", "error", "engine", "a key the negotiated Engine API version does not "
+         "support (healthcheck.start_interval below API 1.44)", needs_host=True),
     # Security.
     Rule("plaintext-secret", "warning", "security", "a credential written as a literal in the compose file"),
     Rule("privileged", "error", "security", "privileged: true gives the container the host"),
@@ -81,6 +89,13 @@ _RULES: list[Rule] = [
     Rule("host-path-mount", "error", "security", "a sensitive host path bind-mounted (read-only: warning)"),
     Rule("dangerous-capability", "error", "security", "cap_add of an escape-grade capability"),
     Rule("unconfined-security-profile", "warning", "security", "seccomp/apparmor/SELinux confinement disabled"),
+    Rule("default-credential", "warning", "security", "a placeholder or the project's published default credential"),
+    Rule("passwordless-database", "warning", "security", "database authentication turned off "
+         "(POSTGRES_HOST_AUTH_METHOD=trust)"),
+    Rule("host-device", "warning", "security", "a raw host device (disk, memory) passed into the container"),
+    Rule("logging-disabled", "warning", "hardening", "logging driver none: nothing to diagnose a crash with"),
+    Rule("no-pids-limit", "warning", "hardening", "no pids_limit (or deploy.resources.limits.pids)"),
+    Rule("bind-source-missing", "warning", "reliability", "a long-syntax bind whose host path does not exist"),
     # Hardening hints (info).
     Rule("no-cap-drop", "info", "hardening", "capabilities not dropped (cap_drop: [ALL])", hint=True),
     Rule("writable-rootfs", "info", "hardening", "root filesystem writable (read_only: true)", hint=True),

@@ -72,6 +72,8 @@ class HostFacts:
     """Whole-host CPU in use, 0-100 (None: not sampled)."""
     memory_source: str = ""
     notes: list[str] = field(default_factory=list)
+    api_version: str | None = None
+    """The Engine API version the engine speaks (Compose negotiates down to it; '1.41' is Engine 20.10)."""
 
 
 @dataclass(frozen=True)

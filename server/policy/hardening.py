@@ -1,13 +1,16 @@
-"""Hardening hints (info): what a well-run stack also does. None of these blocks a deployment."""
+"""Hardening: hints (info) of what a well-run stack also does, and warnings for what an operator
+regrets later (no logs at all, no pids limit, a bind source that is not there). None of these
+blocks a deployment."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
-from server.policy.security import is_sensitive_path, is_socket_path
+from server.policy.security import bind_device, is_sensitive_path, is_socket_path
 from server.policy.shape import bind_mounts
 
 
@@ -100,4 +103,75 @@ def bind_mount_data(ctx: LintContext) -> Iterator[Finding]:
             )
 
 
-RULES = [no_cap_drop, writable_rootfs, no_new_privileges, root_user, no_log_rotation, bind_mount_data]
+def logging_disabled(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        if str((svc.get("logging") or {}).get("driver") or "").lower() == "none":
+            yield finding(
+                "logging-disabled",
+                "logging driver none: `docker logs` shows nothing, so a crash leaves no trace to diagnose",
+                service=name,
+                line=ctx.stack.line_of(name, "logging"),
+                fix='logging: {driver: json-file, options: {max-size: "10m", max-file: "3"}}',
+            )
+
+
+def pids_limit(svc: dict[str, object]) -> int | None:
+    """The service's pids limit: pids_limit or deploy.resources.limits.pids (None: unlimited)."""
+    deploy = svc.get("deploy")
+    limits = ((deploy.get("resources") or {}).get("limits") or {}) if isinstance(deploy, dict) else {}
+    for raw in (svc.get("pids_limit"), limits.get("pids") if isinstance(limits, dict) else None):
+        try:
+            value = int(str(raw))
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return None
+
+
+def no_pids_limit(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        if name in ctx.one_shots or pids_limit(svc) is not None:
+            continue
+        yield finding(
+            "no-pids-limit",
+            "no pids limit: a fork bomb or a thread leak in this service exhausts the host's process table",
+            service=name,
+            line=ctx.stack.line_of(name, "pids_limit") or ctx.stack.line_of(name),
+            fix="pids_limit: 512 (or deploy.resources.limits.pids), above what the service runs at its busiest",
+        )
+
+
+def bind_source_missing(ctx: LintContext) -> Iterator[Finding]:
+    """A long-syntax bind (no create_host_path) whose host path does not exist on this host."""
+    if ctx.facts is not None and not ctx.facts.engine_local:
+        return  # the paths live on another machine
+    declared = ctx.stack.rendered.get("volumes") or {}
+    for name, svc in sorted(ctx.services.items()):
+        for mount in svc.get("volumes") or []:
+            if not isinstance(mount, dict):
+                continue
+            if mount.get("type") == "volume" and isinstance(declared, dict):
+                # A bind-backed named volume: the engine fails the mount when its device is missing.
+                source = bind_device(declared.get(str(mount.get("source") or ""))) or ""
+                via = f" (named volume {mount.get('source')!r})"
+            elif mount.get("type") == "bind" and not (mount.get("bind") or {}).get("create_host_path"):
+                source, via = str(mount.get("source") or ""), ""  # short syntax would create it on purpose
+            else:
+                continue
+            if not source.startswith("/") or Path(source).exists():
+                continue
+            yield finding(
+                "bind-source-missing",
+                f"bind source {source}{via} does not exist on this host: Docker creates an empty directory in "
+                "its place (a bind-backed volume fails to mount), and the service sees none of the data or "
+                "configuration it expects",
+                service=name,
+                line=ctx.stack.line_of(name, "volumes"),
+                evidence=[f"{source} -> {mount.get('target')}"],
+                fix=f"create {source} with the content the service expects, or correct the path",
+            )
+
+
+RULES = [no_cap_drop, writable_rootfs, no_new_privileges, root_user, no_log_rotation, bind_mount_data,
+         logging_disabled, no_pids_limit, bind_source_missing]

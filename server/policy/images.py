@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from server.models import Finding
 from server.policy.catalog import finding
 from server.policy.context import LintContext
+from server.policy.engine_refusals import valid_image_reference
 from server.policy.shape import parse_image
+
+# Tags that move like `latest`: a channel, not a version.
+_FLOATING = frozenset({"latest", "stable", "release", "edge", "nightly", "alpine", "main", "master", "dev",
+                       "develop", "beta", "rc", "next", "current", "lts", "mainline", "testing", "unstable",
+                       "canary", "slim", "bookworm", "bullseye", "jammy", "noble"})
+_PRERELEASE = re.compile(r"(?:^|[-._])(rc|beta|alpha|pre|preview|dev|nightly|snapshot)[-._]?\d*(?:$|[-._])", re.I)
+
+
+def tag_problem(tag: str | None) -> str | None:
+    """Why a tag does not pin a version (None: it does)."""
+    if tag is None:
+        return "untagged (= latest)"
+    lowered = tag.lower()
+    if lowered in _FLOATING or lowered.removesuffix("-alpine") in _FLOATING:
+        return f"`{tag}`, a floating tag that moves like latest"
+    if _PRERELEASE.search(lowered):
+        return f"`{tag}`, a pre-release"
+    return None
 
 
 def _pulled_images(ctx: LintContext) -> dict[str, list[str]]:
@@ -25,12 +45,13 @@ def image_unpinned(ctx: LintContext) -> Iterator[Finding]:
         ref = parse_image(image)
         if ref.digest:
             continue
+        problem = tag_problem(ref.tag)
         for name in services:
-            if ref.tag in (None, "latest"):
+            if problem:
                 yield finding(
                     "image-unpinned",
-                    f"image {image!r} is {'`latest`' if ref.tag else 'untagged (= latest)'}: every pull may "
-                    "bring a different version, and a rollback has nothing to return to",
+                    f"image {image!r} is {problem}: every pull may bring a different version, and a rollback "
+                    "has nothing to return to",
                     service=name,
                     line=ctx.stack.line_of(name, "image"),
                     fix=f"pin a version tag: image: {ref.repository}:<version> (better with @sha256:<digest>)",
@@ -50,8 +71,8 @@ def image_availability(ctx: LintContext) -> Iterator[Finding]:
         return
     for image, services in _pulled_images(ctx).items():
         fact = ctx.facts.images.get(image)
-        if fact is None or fact.local or fact.registry == "present":
-            continue
+        if fact is None or fact.local or fact.registry == "present" or not valid_image_reference(image):
+            continue  # an invalid reference is engine-refuses' finding
         for name in services:
             if fact.registry == "absent":
                 yield finding(
@@ -75,4 +96,18 @@ def image_availability(ctx: LintContext) -> Iterator[Finding]:
                 )
 
 
-RULES = [image_unpinned, image_availability]
+def build_and_image(ctx: LintContext) -> Iterator[Finding]:
+    for name, svc in sorted(ctx.services.items()):
+        if "build" in svc and svc.get("image") and not svc.get("pull_policy"):
+            yield finding(
+                "build-and-image",
+                f"service {name!r} has both build and image {svc['image']!r} without pull_policy: `up` and `pull` "
+                "fetch the image from its registry when one answers, so what runs may not be what this stack builds",
+                service=name,
+                line=ctx.stack.line_of(name, "build"),
+                fix="pull_policy: build (always build here) or pull_policy: missing; or drop build and publish the "
+                "image",
+            )
+
+
+RULES = [image_unpinned, image_availability, build_and_image]

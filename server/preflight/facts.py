@@ -47,7 +47,7 @@ async def gather_facts(
     Without ``sample_cpu`` only the stack's own containers are measured (memory, to credit it
     back); with it every running container is, over a short window, and the host's CPU too.
     """
-    info, containers = await _info_and_containers(engine)
+    info, containers, api_version = await _info_and_containers(engine)
     endpoint = engine.endpoint_url()
     local, local_why = _engine_is_local(endpoint, info)
     images: dict[str, ImageFact] = {}
@@ -120,13 +120,14 @@ async def gather_facts(
         cpu_used_percent=host_cpu[0],
         memory_source=sources["memory_available_bytes"],
         notes=notes,
+        api_version=api_version,
     )
     return HostSnapshot(
         facts=facts, endpoint=endpoint, containers=containers, usage=usage, docker_root_dir=root_dir, sources=sources
     )
 
 
-async def _info_and_containers(engine: Engine) -> tuple[dict[str, Any], list[RunningContainer]]:
+async def _info_and_containers(engine: Engine) -> tuple[dict[str, Any], list[RunningContainer], str | None]:
     result: dict[str, Any] = {}
 
     async def info() -> None:
@@ -135,8 +136,13 @@ async def _info_and_containers(engine: Engine) -> tuple[dict[str, Any], list[Run
     async def containers() -> None:
         result["containers"] = await engine.running_containers()
 
-    await run_parallel([info, containers])
-    return result["info"], result["containers"]
+    async def version() -> None:
+        # The API version both sides speak (docker-py negotiates down to the engine's): what
+        # decides whether a newer key such as healthcheck.start_interval is understood.
+        result["api"] = str((await engine.version()).get("ApiVersion") or "") or None
+
+    await run_parallel([info, containers, version])
+    return result["info"], result["containers"], result.get("api")
 
 
 def _engine_is_local(endpoint: str, info: dict[str, Any]) -> tuple[bool, str]:

@@ -13,7 +13,9 @@ from typing import Any
 import anyio
 
 from server.engine import Engine, RegistryState
+from server.errors import EngineError
 from server.policy import ImageFact
+from server.policy.engine_refusals import valid_image_reference
 from server.preflight.parallel import run_for_each
 from server.registry import ImageConfig, RegistryView, parse_reference
 from server.stackmodel import LoadedStack
@@ -51,9 +53,17 @@ async def image_fact(
 
     The registry is read directly (config included) and, at the same time, asked through the
     engine's distribution API (which sees the engine's proxies and network); the first conclusive
-    answer wins. Bounded by ``timeout_s`` (+1 s of grace); never a hang.
+    answer wins. Bounded by ``timeout_s`` (+1 s of grace); never a hang. A reference the engine
+    refuses gives a fact for that image (``absent``), never an error for the whole host check; an
+    unreachable engine still raises.
     """
-    attrs = await engine.image_attrs(ref)
+    if not valid_image_reference(ref):
+        return ImageFact(ref=ref, local=False, registry="absent",
+                         detail="not a valid image reference: the engine refuses it (see engine-refuses)")
+    try:
+        attrs = await engine.image_attrs(ref)
+    except EngineError as exc:
+        return ImageFact(ref=ref, local=False, registry="absent", detail=f"the engine refused it: {exc.what}")
     if attrs is not None:
         healthcheck, user = _from_config(attrs.get("Config") or {})
         return ImageFact(ref=ref, local=True, healthcheck=healthcheck, user=user, config_source="local")
@@ -74,7 +84,10 @@ async def image_fact(
                     tg.cancel_scope.cancel()  # conclusive: the engine's answer is not needed
 
             async def ask_engine() -> None:
-                via_engine.append(await engine.registry_state(ref, timeout_s))
+                try:
+                    via_engine.append(await engine.registry_state(ref, timeout_s))
+                except EngineError as exc:
+                    via_engine.append(("unreachable", f"could not verify: {exc.what}"))
 
             if direct_ok:
                 tg.start_soon(read_direct)

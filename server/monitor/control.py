@@ -1,0 +1,98 @@
+"""stack_control: start, stop, restart, remove (never volumes) and maintenance windows.
+
+Every action takes the stack's lock and is journaled (``Operations.begin(stack, 'control')``),
+so it never races a deploy, a backup or the watcher. Only stacks under the stacks root are
+changed; Compose does the work (``docker compose -p ... start|stop|restart|rm``), so
+dependency order is Compose's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+from server.errors import StackNotFound
+from server.monitor import opsbridge
+from server.monitor.logs import BadArgument, parse_time
+from server.monitor.models import ControlResult
+from server.monitor.resolve import resolve_stack
+from server.monitor.stackpolicy import stack_policy
+from server.runtime import Runtime
+
+_COMPOSE_ARGS = {
+    "start": ["start"],
+    "stop": ["stop"],
+    "restart": ["restart"],
+    "remove": ["rm", "--stop", "--force"],  # no --volumes, ever
+}
+
+
+async def stack_control(
+    runtime: Runtime, stack: str, action: str, *, services: list[str] | None = None, until: str | None = None,
+    reason: str | None = None, confirm: Callable[[str], Awaitable[None]],
+) -> ControlResult:
+    if runtime.settings.read_only:
+        from server.errors import ReadOnlyMode
+
+        raise ReadOnlyMode("stack_control changes containers and DSM_READ_ONLY is set", state="nothing was changed")
+    ref = resolve_stack(runtime.settings, stack)
+    if ref.location is None:
+        raise StackNotFound(
+            f"stack {ref.name!r} is not under the stacks root: it can be observed, not controlled",
+            state="nothing was changed", next_step="call list_stacks; manage it from its own directory")
+    declared = ref.location.declared_services
+    unknown = [s for s in services or [] if s not in declared]
+    if unknown:
+        raise BadArgument(f"stack {ref.name!r} has no service {', '.join(unknown)}",
+                          state="nothing was changed", next_step=f"services are: {', '.join(declared)}")
+    policy = stack_policy(ref.location)
+    if action in ("stop", "remove") and policy.critical:
+        question = f"{action} {'services ' + ', '.join(services) if services else 'every service'} of the " \
+                   f"critical stack {ref.name!r}?"
+        await confirm(question)  # raises ConfirmationRequired unless the user agreed
+    params = {"action": action, "services": services or [], "reason": reason or "", "until": until}
+    op = opsbridge.begin(runtime, ref.name, "control", params)
+    status = "failed"
+    try:
+        if action in ("maintenance_on", "maintenance_off"):
+            window = _maintenance(runtime, ref.name, action, until, reason)
+            op.phase(action, "done", detail=reason or "")
+            status = "done"
+            return ControlResult(stack=ref.name, action=action, operation_id=op.id, services=[],
+                                 maintenance=window, detail="maintenance window set" if window
+                                 else "maintenance ended: the watcher and alerts resume")
+        project = ref.location.project().named(ref.name)
+        # The whole stack goes with `down` (containers and networks; never --volumes), a subset with rm.
+        args = ["down", "--remove-orphans"] if action == "remove" and not services else [*_COMPOSE_ARGS[action],
+                                                                                        *(services or [])]
+        await runtime.compose().run_project(project, args, on_start=op.child, what=f"docker compose {action}")
+        op.phase(action, "done", detail=", ".join(services or declared))
+        status = "done"
+        return ControlResult(stack=ref.name, action=action, operation_id=op.id, services=services or declared,
+                             detail=f"{action} done; volumes are kept" if action == "remove" else f"{action} done")
+    finally:
+        op.end(status, {"action": action, "services": services or []})
+
+
+def _maintenance(runtime: Runtime, stack: str, action: str, until: str | None, reason: str | None) -> dict | None:
+    if action == "maintenance_off":
+        opsbridge.set_maintenance(runtime, stack, None, reason or "maintenance ended")
+        return None
+    if not until:
+        raise BadArgument("maintenance_on needs `until` ('2h' from now, or an ISO time)", state="nothing was changed")
+    epoch = _future(until)
+    iso = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    opsbridge.set_maintenance(runtime, stack, iso, reason or "maintenance")
+    return opsbridge.maintenance(runtime, stack) or {"until": iso, "reason": reason or "maintenance"}
+
+
+def _future(until: str) -> float:
+    """'2h' means two hours from now (parse_time reads durations as 'ago')."""
+    now = datetime.now(UTC).timestamp()
+    ago = parse_time(until, "until")
+    assert ago is not None
+    if until.strip()[-1] in "smhd" and until.strip()[:-1].isdigit():
+        return now + (now - ago)
+    if ago <= now:
+        raise BadArgument(f"until={until!r} is in the past", state="nothing was changed")
+    return ago

@@ -1,0 +1,61 @@
+"""The one seam to the journal, per-stack lock and maintenance windows (server.operations).
+
+Everything the monitor needs from operations goes through here, so it reads the same
+journal and locks as deploy_stack, backup_stack and rollback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.runtime import Runtime
+
+log = logging.getLogger("docker_stack_mcp.monitor")
+
+
+def operations(runtime: Runtime) -> Any:
+    return runtime.operations()
+
+
+def maintenance(runtime: Runtime, stack: str) -> dict[str, Any] | None:
+    """The active maintenance window of ``stack`` (None when none or expired)."""
+    window = operations(runtime).maintenance(stack)
+    return dict(window) if window else None
+
+
+def running(runtime: Runtime, stack: str) -> Any:
+    """The operation holding the stack's lock now (deploy, rollback, backup, control...), or None."""
+    return operations(runtime).running(stack)
+
+
+def last_deployment(runtime: Runtime, stack: str) -> Any:
+    """The newest deploy recorded in the journal for ``stack`` (an OperationRecord), or None."""
+    history = operations(runtime).history(stack, kinds=("deploy",), limit=1)
+    return history[0] if history else None
+
+
+def begin(runtime: Runtime, stack: str, kind: str, params: dict[str, Any] | None = None) -> Any:
+    """Take the stack's lock and open a journaled operation (raises StackBusy naming the holder)."""
+    return operations(runtime).begin(stack, kind, params or {})
+
+
+def set_maintenance(runtime: Runtime, stack: str, until_iso: str | None, reason: str) -> None:
+    operations(runtime).set_maintenance(stack, until_iso, reason)
+
+
+class RollbackUnavailable(Exception):
+    """The deploy pipeline's rollback is not available in this build."""
+
+
+async def rollback(runtime: Runtime, stack: str, reason: str) -> Any:
+    """The one seam to the deploy pipeline's rollback (server.deploy): back to the previous
+    successful deployment. Raises RollbackUnavailable when the pipeline is not in this build."""
+    try:
+        from server.deploy.pipeline import Deployer  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise RollbackUnavailable(
+            "automatic rollback is not available: server.deploy is not part of this build") from exc
+    log.warning("rolling back %s: %s", stack, reason)
+    return await Deployer(runtime).rollback(stack, confirm=True)

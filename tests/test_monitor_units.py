@@ -1,0 +1,108 @@
+"""Pure parts of the monitor: policy from x-dsm, dependency order, what counts as broken, time parsing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from server.engine import ContainerSummary
+from server.monitor.logs import BadArgument, _ns, parse_time
+from server.monitor.stackpolicy import stack_policy
+from server.monitor.status import Observed
+from server.monitor.watcher import _broken, _dependency_order, _slug
+from server.monitor.watchstate import iso_to_epoch
+from server.stacks import StackLocation
+from server.yamlsafe import load_yaml
+
+
+def observed(service: str, status: str = "running", health: str | None = None, exit_code: int = 0,
+             depends: str = "", oom: bool = False, labels: dict[str, str] | None = None) -> Observed:
+    all_labels = {"com.docker.compose.project": "p", "com.docker.compose.service": service,
+                  "com.docker.compose.depends_on": depends, **(labels or {})}
+    summary = ContainerSummary(id=service[:12], name=f"p-{service}-1", project="p", service=service, state=status,
+                               status="", health=health, image="img", labels=all_labels)
+    state: dict[str, Any] = {"Status": status, "ExitCode": exit_code, "OOMKilled": oom}
+    if health:
+        state["Health"] = {"Status": health}
+    return Observed(summary, {"Id": service, "State": state, "Config": {"Labels": all_labels}})
+
+
+def location(text: str, tmp_path: Any) -> StackLocation:
+    return StackLocation(directory=tmp_path, files=[tmp_path / "compose.yaml"], name="p",
+                         documents=(load_yaml(text, "compose.yaml"),))
+
+
+def test_policy_reads_xdsm_and_labels(tmp_path: Any) -> None:
+    loc = location("x-dsm: {watch_after_deploy_s: 120, watch: {on_threshold: restart, memory_percent: 90}}\n"
+                   "services:\n  db:\n    image: x\n    x-dsm: {recovery: {max_restarts: 5, backoff_s: 1}}\n", tmp_path)
+    policy = stack_policy(loc, {"job": {"dsm.one-shot": "true"}, "db": {"dsm.critical": "true"}})
+    assert policy.settings.watch_after_deploy_s == 120 and policy.settings.watch.on_threshold == "restart"
+    assert policy.service("db").recovery.max_restarts == 5 and policy.service("db").recovery.backoff_s == 1
+    assert policy.service("db").critical and policy.critical
+    assert policy.service("job").is_one_shot
+    assert policy.service("other").recovery.max_restarts == 3  # defaults for anything unnamed
+
+
+def test_invalid_xdsm_falls_back_to_defaults(tmp_path: Any) -> None:
+    loc = location("x-dsm: {watch: {on_threshold: explode}}\nservices:\n  a:\n    image: x\n", tmp_path)
+    assert stack_policy(loc).settings.watch.on_threshold == "alert"
+    assert stack_policy(None).settings.watch_after_deploy_s == 600
+
+
+def test_dependency_order_puts_dependencies_first() -> None:
+    web = observed("web", depends="api:service_healthy:false")
+    api = observed("api", depends="db:service_started:false,cache:service_started:false")
+    db, cache = observed("db"), observed("cache")
+    order = [o.service for o in _dependency_order([web, api, db, cache])]
+    assert order.index("db") < order.index("api") < order.index("web")
+    assert order.index("cache") < order.index("api")
+    loop_a, loop_b = observed("a", depends="b:x:false"), observed("b", depends="a:x:false")
+    assert sorted(o.service for o in _dependency_order([loop_a, loop_b])) == ["a", "b"]  # a cycle terminates
+
+
+def test_what_counts_as_broken() -> None:
+    policy = stack_policy(None, {"job": {"dsm.one-shot": "true"}})
+    assert _broken(observed("a", health="unhealthy"), policy) == "unhealthy"
+    assert _broken(observed("a", health="starting"), policy) is None
+    assert _broken(observed("a", "exited", exit_code=2), policy) == "exited with code 2"
+    assert _broken(observed("a", "exited", exit_code=0), policy) is None  # stopped on purpose
+    assert _broken(observed("a", "exited", exit_code=137, oom=True), policy) == "oom-killed"
+    assert _broken(observed("job", "exited", exit_code=1), policy) is None  # one-shot jobs are not healed
+    assert _slug("exited with code 1") == "exited-with-code-1"
+
+
+def test_time_parsing() -> None:
+    assert iso_to_epoch("2026-12-04T16:30:01.5Z") == pytest.approx(1796401801.5)
+    assert iso_to_epoch("0001-01-01T00:00:00Z") is None and iso_to_epoch("garbage") is None
+    assert _ns("2026-12-04T16:30:01.000000002Z") - _ns("2026-12-04T16:30:01.000000001Z") == 1
+    ago = parse_time("15m", "since")
+    assert ago is not None and ago < iso_to_epoch("2099-01-01T00:00:00Z")  # type: ignore[operator]
+    with pytest.raises(BadArgument):
+        parse_time("yesterday", "since")
+
+
+def test_stack_state_ignores_finished_one_shot_jobs() -> None:
+    from server.monitor.models import ServiceStatus
+    from server.monitor.status import _stack_state
+
+    def svc(name: str, state: str, health: str | None = None, code: int | None = None) -> ServiceStatus:
+        return ServiceStatus(service=name, name=name, container_id=name, state=state, health=health, restarts=0,
+                             exit_code=code, oom_killed=False, started_at=None, memory_limit_bytes=None, ports=[],
+                             image=None)
+
+    assert _stack_state([svc("a", "running", "healthy"), svc("b", "running")]) == "running"
+    assert _stack_state([svc("a", "running", "unhealthy")]) == "degraded"
+    assert _stack_state([svc("a", "exited", code=0)]) == "stopped"
+
+
+@pytest.mark.anyio
+async def test_read_only_mode_publishes_the_views_not_stack_control(tmp_path: Any) -> None:
+    from server.app import build_server
+    from server.settings import Settings
+
+    names = {t.name for t in await build_server(Settings(stacks_root=tmp_path, state_dir=tmp_path / "s",
+                                                         read_only=True)).list_tools()}
+    assert {"stack_status", "stack_logs", "diagnose_stack"} <= names and "stack_control" not in names
+    names = {t.name for t in await build_server(Settings(stacks_root=tmp_path, state_dir=tmp_path / "s")).list_tools()}
+    assert "stack_control" in names

@@ -1,0 +1,54 @@
+"""The whole tool list, as a calling model reads it, stays under 10k tokens.
+
+A client hands the model each tool's name, description and JSON input schema (output schemas
+and annotations stay with the client). There is no Claude tokenizer to run offline, so tokens
+are estimated conservatively as characters / 3.5 of the compact JSON. For scale: OpenAI's
+cl100k BPE reads this same text at about 4.4 characters per token (4,272 tokens for the 16 tools
+of 2026-12-04, 18,674 characters), so the estimate is ~25% above that BPE count, margin for a
+tokenizer that splits JSON schemas more finely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+from server.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+TOKEN_BUDGET = 10_000
+CHARS_PER_TOKEN = 3.5
+
+
+def as_model_reads_it(tool: Any) -> str:
+    return json.dumps({"name": tool.name, "description": tool.description, "input_schema": tool.input_schema},
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+async def test_tool_list_fits_the_budget(settings: Settings) -> None:
+    from mcp import Client
+
+    from server.app import build_server
+
+    async with Client(build_server(settings)) as client:
+        tools = (await client.list_tools()).tools
+    sizes = {t.name: len(as_model_reads_it(t)) for t in tools}
+    total = estimate_tokens("\n".join(as_model_reads_it(t) for t in tools))
+    breakdown = ", ".join(f"{name} {math.ceil(n / CHARS_PER_TOKEN)}" for name, n in
+                          sorted(sizes.items(), key=lambda kv: -kv[1]))
+    print(f"{len(tools)} tools, {sum(sizes.values())} characters, ~{total} tokens: {breakdown}")
+    assert len(tools) >= 16
+    assert total < TOKEN_BUDGET, f"the tool list is ~{total} tokens (budget {TOKEN_BUDGET}): {breakdown}"
+
+
+def test_the_estimate_is_not_trivially_small() -> None:
+    # The estimator itself: a known text, a known count (guards against measuring the wrong thing).
+    assert estimate_tokens("x" * 35) == 10 and estimate_tokens("x" * 36) == 11 and estimate_tokens("") == 0

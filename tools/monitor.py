@@ -1,0 +1,99 @@
+"""Running stacks: stack_status, stack_logs, diagnose_stack (read-only), stack_control, and the
+live resources ``stack://{stack}/status`` and ``stack://{stack}/events``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
+
+from server.monitor.models import ControlResult, Diagnosis, LogsPage, StatusReport
+from server.runtime import Runtime
+from tools._common import CHANGES_STACKS, READ_ONLY, tool_errors
+
+StackArg = Annotated[str, Field(description="Stack name (Compose project) or its directory under the stacks root.")]
+
+
+def register(server: MCPServer, runtime: Runtime) -> None:
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def stack_status(
+        stack: Annotated[str | None, Field(description="Stack name or directory; omit for every stack on the host.")]
+        = None,
+        with_stats: Annotated[bool, Field(description="Also sample CPU % and memory (about 0.3 s more).")] = False,
+    ) -> StatusReport:
+        """Live state of every service of one stack, or of all Compose stacks on the host (stacks
+        started by hand included): state, health, restarts, exit_code, oom_killed, started_at,
+        ports, image, memory limit, CPU/memory with with_stats, the active maintenance window, and
+        what the watcher last saw and did. `managed: false` means outside the stacks root (observe only)."""
+        from server.monitor.status import stack_status as run
+
+        return await run(runtime, stack, with_stats)
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def stack_logs(
+        stack: StackArg,
+        service: Annotated[str | None, Field(description="One service; omit for all.")] = None,
+        since: Annotated[str | None, Field(description="'15m', '2h', '1d' or an ISO time.")] = None,
+        grep: Annotated[str | None, Field(description="Case-insensitive regex lines must match.")] = None,
+        limit: Annotated[int, Field(ge=1, le=2000, description="Most lines returned (newest).")] = 200,
+        until: Annotated[str | None, Field(description="Page back: pass the previous page's next_until.")] = None,
+    ) -> LogsPage:
+        """Recent container log lines of a stack, oldest first, secrets redacted; `truncated` with
+        `next_until` when older lines exist."""
+        from server.monitor.logs import stack_logs as run
+
+        return await run(runtime, stack, service, since, grep, limit, until)
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def diagnose_stack(
+        stack: StackArg,
+        service: Annotated[str | None, Field(description="Limit to one service.")] = None,
+    ) -> Diagnosis:
+        """Troubleshoot a running stack: findings (rule, severity, evidence, fix, likely_cause) for
+        exit codes, OOM kills (limit, peak), restart loops, failing healthchecks, error lines in logs,
+        connectivity to each dependency from inside the stack's networks, resource pressure, port
+        conflicts and changes since the last deployment; similar past incidents and next_steps.
+        `healthy` is true when no finding is an error. Takes a few seconds (probes run in containers)."""
+        from server.monitor.diagnose import diagnose_stack as run
+
+        return await run(runtime, stack, service)
+
+    @server.tool(annotations=CHANGES_STACKS)
+    @tool_errors
+    async def stack_control(
+        stack: StackArg,
+        action: Literal["start", "stop", "restart", "remove", "maintenance_on", "maintenance_off"],
+        ctx: Context,
+        services: Annotated[list[str] | None, Field(description="Only these services (default: all).")] = None,
+        until: Annotated[str | None, Field(description="maintenance_on: end, '2h' from now or ISO time.")] = None,
+        reason: Annotated[str | None, Field(description="Why; kept in the journal.")] = None,
+        confirm: Annotated[bool, Field(description="Required for stop/remove of a critical stack.")] = False,
+    ) -> ControlResult:
+        """Start, stop, restart or remove a stack's containers (volumes are never removed), or put
+        it in maintenance (the watcher leaves it alone and alerts are muted until `until`).
+        Journaled and locked like a deploy: a busy stack is refused naming the operation."""
+        from server.monitor.control import stack_control as run
+        from tools._common import confirm_destructive
+
+        async def ask(question: str) -> None:
+            await confirm_destructive(ctx, question, confirm)
+
+        return await run(runtime, stack, action, services=services, until=until, reason=reason, confirm=ask)
+
+    @server.resource("stack://{stack}/status", mime_type="application/json",
+                     description="Live status of a stack (as stack_status).")
+    async def stack_status_resource(stack: str) -> str:
+        from server.monitor.status import stack_status as run
+
+        return (await run(runtime, stack, False)).model_dump_json()
+
+    @server.resource("stack://{stack}/events", mime_type="application/json",
+                     description="Engine events of a stack's containers in the last hour, and the watcher's actions.")
+    async def stack_events_resource(stack: str) -> str:
+        from server.monitor.events import recent_events
+
+        return await recent_events(runtime, stack)

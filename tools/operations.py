@@ -1,0 +1,69 @@
+"""Reading the operation journal: operation_status and stack_history (read-only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from pydantic import Field
+
+from server.operations.views import OperationView, StackHistory
+from server.runtime import Runtime
+from tools._common import READ_ONLY, tool_errors
+
+
+def register(server: MCPServer, runtime: Runtime) -> None:
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def operation_status(
+        operation_id: Annotated[str, Field(description="From deploy_stack, rollback, backup_stack or a busy answer.")],
+    ) -> OperationView:
+        """Progress and result of a stack operation, from the journal shared by all server processes.
+
+        Poll this when a call timed out or answered `busy`, instead of starting it again: the
+        operation runs to its end even when its request was cancelled. `status` stays `running`
+        until then; `phases` show progress and `result` holds the final report. `interrupted`
+        means its server died; the stack can be deployed or rolled back again.
+        """
+        from server.errors import OperationNotFound
+
+        record = await anyio.to_thread.run_sync(runtime.operations().get, operation_id.strip())
+        if record is None:
+            raise OperationNotFound(
+                f"no operation {operation_id!r} in the journal",
+                state="nothing was read or changed",
+                next_step="call stack_history(stack) for the stack's recent operation ids",
+            )
+        return OperationView.of(record)
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def stack_history(
+        stack: Annotated[str, Field(description="Compose project name or stack directory, e.g. 'supabase'.")],
+        limit: Annotated[int, Field(ge=1, le=100)] = 20,
+    ) -> StackHistory:
+        """A stack's deployments and rollbacks, newest first: status (deployed, unchanged,
+        rolled_back, blocked, failed, interrupted, planned, running), times, images with digests and
+        the backup taken. Use it to find the deployment to roll back to, or what changed recently.
+        """
+        from server.operations.views import DeploymentEntry
+
+        name = await anyio.to_thread.run_sync(_stack_name, runtime, stack)
+        records = await anyio.to_thread.run_sync(lambda: runtime.operations().history(name, limit=limit))
+        return StackHistory(stack=name, deployments=[DeploymentEntry.of(r) for r in records])
+
+
+def _stack_name(runtime: Runtime, stack: str) -> str:
+    """The project name for ``stack`` (name or directory); a stack gone from disk still has history."""
+    from server.errors import StackNotFound
+    from server.operations.models import STACK_NAME
+    from server.stacks import check_argument, resolve_stack
+
+    try:
+        return resolve_stack(runtime.settings, stack).name
+    except StackNotFound:
+        value = check_argument(stack, "stack").strip()
+        if STACK_NAME.match(value) and runtime.operations().history(value, limit=1):
+            return value
+        raise
