@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import os
+import queue
 import re
 import secrets
 import socket
@@ -45,6 +46,7 @@ SCRATCH_LABEL = "dsm.scratch"
 HELPER_PREFIX = "dsm-helper-"
 _CHUNK = 1 << 20
 _STDOUT_HEAD = 64 * 1024
+_PIPELINE_DEPTH = 8
 _STDERR_TAIL = 16 * 1024
 _STREAM_TIMEOUT_S = 900  # one read of an archive or exec stream; a stalled engine still ends the call
 RegistryState = Literal["present", "absent", "unreachable"]
@@ -627,16 +629,39 @@ class ExecResult:
 
 
 def _write_stream(chunks: Iterable[bytes], dest: Path) -> StreamedFile:
+    """Write ``chunks`` to ``dest`` and hash them. A second thread hashes while this one keeps
+    reading from the engine (hashlib and socket reads both release the GIL), so the sha256 costs
+    little wall time; the queue between them holds at most _PIPELINE_DEPTH chunks."""
     digest = hashlib.sha256()
-    size = 0
-    with dest.open("wb") as out:
-        for chunk in chunks:
-            if chunk:
+    pending: queue.Queue[bytes | None] = queue.Queue(maxsize=_PIPELINE_DEPTH)
+    failure: list[BaseException] = []
+
+    def hash_chunks() -> None:
+        try:
+            while (chunk := pending.get()) is not None:
                 digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+        except BaseException as exc:  # reported by the writer below; keep draining so it never blocks
+            failure.append(exc)
+            while pending.get() is not None:
+                pass
+
+    hasher = threading.Thread(target=hash_chunks, name="dsm-sha256", daemon=True)
+    hasher.start()
+    size = 0
+    try:
+        with dest.open("wb") as out:
+            for chunk in chunks:
+                if chunk:
+                    pending.put(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        pending.put(None)
+        hasher.join()
+    if failure:
+        raise failure[0]
     return StreamedFile(bytes=size, sha256=digest.hexdigest())
 
 
