@@ -38,13 +38,15 @@ async def validate(
         findings = sort_findings(exc.findings)
         return _validation(exc.name, path, valid=False, services=[], findings=findings, host_checked=False, notes=[])
     await report_progress(progress, 1, total, f"rendered {len(stack.services)} services; linting")
-    return await validate_loaded(settings, stack, engine(), env=env, check_host=check_host, progress=progress)
+    # The engine is only asked for when the host is checked (check_host=False never touches it).
+    return await validate_loaded(settings, stack, engine() if check_host else None, env=env, check_host=check_host,
+                                 progress=progress)
 
 
 async def validate_loaded(
     settings: Settings,
     stack: LoadedStack,
-    engine: Engine,
+    engine: Engine | None,
     *,
     env: Mapping[str, str] | None = None,
     check_host: bool = True,
@@ -56,7 +58,7 @@ async def validate_loaded(
     ctx = source_context(stack, env=env)
     notes: list[str] = []
     extra: list[Finding] = []
-    if check_host:
+    if check_host and engine is not None:
         try:
             facts = (await gather_facts(engine, stack)).facts
             ctx = dataclasses.replace(ctx, facts=facts)
