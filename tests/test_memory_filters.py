@@ -72,6 +72,7 @@ T0 = 1_000_000.0 - 5000
         ({"since": T0 + 1500, "until": T0 + 3500}, {"shop-db", "blog-web"}),
         ({"since": "1h"}, {"shop-db", "blog-web", "loose"}),  # 3600 s before the clock's now
         ({"since": "", "until": ""}, {"shop-web", "shop-db", "blog-web", "loose"}),
+        ({"until": "1h"}, {"shop-web"}),  # relative to the memory's clock, not the wall clock
         ({"stack": "shop", "tags": ["tls"], "since": T0 + 500}, {"shop-web"}),
     ],
 )

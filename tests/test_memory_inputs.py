@@ -53,7 +53,8 @@ def test_optional_text_edges() -> None:
     assert inputs.optional_text(" a ", "x") == "a"
     # Words, not one 20k-character run: server.redact's URL pattern is quadratic on such runs
     # (reported to its owner), and this test is about the length limit.
-    longest = "word " * (inputs.MAX_TEXT // 5 - 1) + "word"
+    longest = "word " * (inputs.MAX_TEXT // 5 - 1) + "words"
+    assert len(longest) == inputs.MAX_TEXT
     assert inputs.optional_text(longest, "x") == longest
     with pytest.raises(MemoryInputError, match=f"more than {inputs.MAX_TEXT}"):
         inputs.optional_text(longest + " y", "x")
@@ -128,3 +129,18 @@ def test_record_ids() -> None:
     for bad in ("", "42", "not-a-uuid", None):
         with pytest.raises(MemoryRecordNotFound, match="is not a incident id"):
             inputs.record_uuid(bad, "incident")  # type: ignore[arg-type]
+
+
+def test_refusals_say_what_to_pass() -> None:
+    with pytest.raises(MemoryInputError) as info:
+        inputs.clean_steps([])
+    assert (info.value.what, info.value.next_step) == ("steps is empty", "pass the procedure as a list of steps")
+    with pytest.raises(MemoryInputError) as info:
+        inputs.scrubbed_text("  ", "title", 300)
+    assert (info.value.what, info.value.next_step) == ("title is empty", "pass a non-empty title")
+    with pytest.raises(MemoryInputError) as info:
+        inputs.one_of("x", "outcome", ("ok", "failed"), next_step="pass ok or failed")
+    assert info.value.next_step == "pass ok or failed"
+    with pytest.raises(MemoryInputError) as info:
+        inputs.one_of("x", "outcome", ("ok", "failed"))
+    assert info.value.next_step == ""
