@@ -345,3 +345,9 @@ def test_remember_secrets_keeps_four_characters_and_more(monkeypatch: pytest.Mon
     monkeypatch.setattr(redact, "_SEEN", {})
     redact.remember_secrets(["abc", "abcd", "", "abcde"])
     assert redact.seen_secrets() == {"abcd", "abcde"}
+
+
+@pytest.mark.parametrize("rendered", [{}, {"services": None}])
+def test_structure_words_without_a_rendered_model(rendered: dict[str, object]) -> None:
+    # a stack whose render failed still has the names its files wrote
+    assert {"shopstack", "cachesvc", "pgdata"} <= structure_words(WRITTEN, rendered)
