@@ -219,3 +219,135 @@ async def test_tool_error_text_is_scrubbed_whatever_raised_it(kind: str) -> None
         assert secret not in message
     if kind != "internal":
         assert "failed for postgres://u:***@db/x" in message  # the rest of the text is kept
+
+
+# -- edges found by mutation (issue 10): each case states a promise the happy paths left open ------
+
+# The masked value keeps its quoting exactly, and unquoted stays unquoted: a config file or a
+# log line stays readable and parseable after scrubbing.
+ASSIGNMENT_EXACT = [
+    ("DB_PASSWORD=Sup3r", "DB_PASSWORD=***"),
+    ('DB_PASSWORD="Sup3r pw"', 'DB_PASSWORD="***"'),
+    ("DB_PASSWORD='Sup3r pw'", "DB_PASSWORD='***'"),
+    ('"api_key": "k-123456"', '"api_key": "***"'),
+    ("'api_key': 'k-123456'", "'api_key': '***'"),
+    ("API_TOKEN: XXXXXXXX", "API_TOKEN: ***"),  # a value of only X's is a value, not "empty"
+    ("API_TOKEN='XX'", "API_TOKEN='***'"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ASSIGNMENT_EXACT)
+def test_assignment_masks_exactly_the_value_and_keeps_its_quotes(text: str, expected: str) -> None:
+    assert Scrubber()(f"env {text} set") == f"env {expected} set"
+
+
+# Quoted keys are judged by the name inside the quotes: `"X_FILE"` points at a secret, `"AES_IV"` is one.
+QUOTED_KEYS = [
+    ('"POSTGRES_PASSWORD_FILE": "/run/secrets/db"', '"POSTGRES_PASSWORD_FILE": "/run/secrets/db"'),
+    ("'TLS_KEY_PATH': '/certs/k.pem'", "'TLS_KEY_PATH': '/certs/k.pem'"),
+    ('"AES_IV": "00ff11ee"', '"AES_IV": "***"'),
+    # ENC only at the start of a word: an X before it is part of the word, whatever the edges
+    ("XENCODER=x264", "XENCODER=x264"),
+    ("AES_IVX=on", "AES_IVX=on"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), QUOTED_KEYS)
+def test_assignment_judges_the_key_inside_its_quotes(text: str, expected: str) -> None:
+    assert Scrubber()(text) == expected
+
+
+# Key names are judged as words whatever separates them: "-" and "." count as "_".
+SEPARATED_KEYS = [
+    ("db-password-file", False), ("tls.key.path", False), ("aes-iv", True), ("aes.iv", True),
+    ("keycloakEncryption", True),  # a look-alike word ends a word: ENC after it starts one
+]
+
+
+@pytest.mark.parametrize(("key", "secret"), SEPARATED_KEYS)
+def test_key_separators_are_word_boundaries(key: str, secret: bool) -> None:
+    assert is_secret_key(key) is secret
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("DB_PASSWORD", None, None), ("DB_PASSWORD", "", ""), ("DB_PASSWORD", "pw-123", MASK),
+    ("DB_PASSWORD", 1234, MASK), ("URL", "redis://:pw-123@cache:6379", f"redis://:{MASK}@cache:6379"),
+    ("PORT", 5432, 5432), ("MODE", "", ""), ("MODE", "prod", "prod"),
+])
+def test_mask_value(key: str, value: object, expected: object) -> None:
+    from server.redact import mask_value
+
+    assert mask_value(key, value) == expected
+
+
+def test_redact_mapping_edges() -> None:
+    data = {
+        # a compose `secrets:` section is structure, not a credential value: never one "***"
+        "secrets": {"db_password": {"file": "./db_password.txt"}},
+        "env": {"DB_PASSWORD": "", "API_TOKEN": None},  # "no password set" stays visible
+        "command": ["run", "--url", "postgres://app:pw-9871@db/x", "--tok", "tok-9f8e7d6c"],
+    }
+    out = redact_mapping(data, Scrubber(["tok-9f8e7d6c"], assignments=False))
+    assert out == {
+        "secrets": {"db_password": {"file": "./db_password.txt"}},
+        "env": {"DB_PASSWORD": "", "API_TOKEN": None},
+        "command": ["run", "--url", f"postgres://app:{MASK}@db/x", "--tok", MASK],
+    }
+    # without a scrubber: URL passwords still hidden, in lists too, and the input is untouched
+    bare = redact_mapping({"a": ["x postgres://u:pw-1234@h/d", 3]})
+    assert bare == {"a": [f"x postgres://u:{MASK}@h/d", 3]}
+    assert redact_mapping("s postgres://u:pw-1234@h/d") == f"s postgres://u:{MASK}@h/d"
+    assert data["command"][2] == "postgres://app:pw-9871@db/x"
+
+
+def test_scrubber_lines_masks_a_pem_pasted_as_lines_and_keeps_the_others() -> None:
+    lines = ["start", "-----BEGIN PRIVATE KEY-----", "MIIEvQIBADANBg", "-----END PRIVATE KEY-----",
+             "after pw-known-77", "", "end"]
+    assert Scrubber(["pw-known-77"]).lines(lines) == ["start", MASK, "after ***", "", "end"]
+    assert Scrubber().lines([]) == [""] and Scrubber().lines(["a b", "c"]) == ["a b", "c"]
+
+
+# -- structure words: every name written in the files, whatever section or file it is in ----------
+
+WRITTEN = [
+    None,  # an empty override file loads as None: the files after it still count
+    {"name": "shopstack",
+     "services": {"cachesvc": {"image": "registry.local/shop/app:1.2", "container_name": "shop-web-1",
+                               "hostname": "webhost01", "user": "1000:1000"}},
+     "networks": {"backnet": {}}, "secrets": {"dbsecret": {}}, "configs": {"appconf": {}}, "volumes": {"pgdata": {}}},
+    {"volumes": {"extra": {}}},  # an override without services
+]
+RENDERED_ENV = {"services": {
+    "cachesvc": {"environment": {"DB_HOST": "db.internal", "APP_MODE": "mode-Qx71", "ADMIN_TOKEN_NAME": "tok-Nm83",
+                                 "SKIP_DB": True}},
+    "broken": None,
+}}
+
+
+@pytest.mark.parametrize("word", ["shopstack", "cachesvc", "backnet", "dbsecret", "appconf", "pgdata", "extra",
+                                  "shop-web-1", "webhost01", "registry.local/shop/app:1.2", "1000:1000",
+                                  "db.internal", "shop"])
+def test_structure_words_are_not_masked_elsewhere(word: str) -> None:
+    assert word in structure_words(WRITTEN, RENDERED_ENV)
+    assert positional_secrets({word}, WRITTEN, RENDERED_ENV) == frozenset()
+
+
+@pytest.mark.parametrize("value", ["mode-Qx71", "tok-Nm83", "None", "True", "abcd"])
+def test_values_that_are_no_structure_stay_positional(value: str) -> None:
+    # an ordinary env value, a value under a credential key that looks like a name key, and words
+    # no file wrote (no `name:`, a boolean) are masked wherever they occur; four characters count
+    assert positional_secrets({value, "abc"}, WRITTEN, RENDERED_ENV) == {value}
+
+
+def test_remember_secrets_keeps_four_characters_and_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    from server import redact
+
+    monkeypatch.setattr(redact, "_SEEN", {})
+    redact.remember_secrets(["abc", "abcd", "", "abcde"])
+    assert redact.seen_secrets() == {"abcd", "abcde"}
+
+
+@pytest.mark.parametrize("rendered", [{}, {"services": None}])
+def test_structure_words_without_a_rendered_model(rendered: dict[str, object]) -> None:
+    # a stack whose render failed still has the names its files wrote
+    assert {"shopstack", "cachesvc", "pgdata"} <= structure_words(WRITTEN, rendered)
