@@ -190,14 +190,19 @@ async def test_supabase_shaped_stack_deployed_broken_rolled_back(runtime: Runtim
 
 async def test_critical_stack_needs_confirmation_and_progress_is_reported(
         settings: Settings, stacks_root: Path, project_name: str, docker_engine: None) -> None:
+    import dataclasses
+
     from mcp import Client
 
     from server.app import build_server
+    from tests.helpers_monitor import alert_receiver
 
     port = free_port()
     text = web_stack(project_name, WEB_10, port).replace("x-dsm: {verify_s: 0}", "x-dsm: {verify_s: 0, critical: true}")
     write(stacks_root, project_name, text)
-    runtime = runtime_for(settings)
+    receiver = alert_receiver()
+    url, received = receiver.__enter__()
+    runtime = runtime_for(dataclasses.replace(settings, alert_urls=(url,)))
     progress: list[str] = []
 
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
@@ -212,7 +217,10 @@ async def test_critical_stack_needs_confirmation_and_progress_is_reported(
             done = await client.call_tool("deploy_stack", {"path": project_name, "confirm": True},
                                           progress_callback=on_progress)
             assert (done.structured_content or {})["status"] == "deployed"
+        # The outcome is announced through the alert path; the blocked call changed nothing and is not.
+        assert [(r["type"], r["title"]) for r in received] == [("success", f"{project_name}: deploy deployed")]
     finally:
+        receiver.__exit__(None, None, None)
         runtime.close()
         remove_pins(project_name)
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"

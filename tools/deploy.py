@@ -65,9 +65,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        return await Deployer(runtime, tell, _confirmer(ctx)).deploy(
+        report = await Deployer(runtime, tell, _confirmer(ctx)).deploy(
             path, env=env, services=services, dry_run=dry_run, plan_id=plan_id, wait_timeout_s=wait_timeout_s,
             verify_s=verify_s, confirm=confirm)
+        await _announce(report, "deploy")
+        return report
 
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
@@ -89,5 +91,17 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        return await Deployer(runtime, tell, _confirmer(ctx)).rollback(
+        report = await Deployer(runtime, tell, _confirmer(ctx)).rollback(
             stack, to_deployment=to_deployment, restore_data=restore_data, confirm=confirm)
+        await _announce(report, "rollback")
+        return report
+
+    async def _announce(report: DeployReport, kind: str) -> None:
+        """Deployments and rollbacks announce their outcome through the alert path (DSM_ALERT_URLS).
+        A plan, a busy answer or a blocked pre-flight changed nothing: nothing to announce."""
+        if report.status in ("planned", "busy", "blocked") or not report.operation_id:
+            return
+        from server.monitor.alerts import announce_outcome
+
+        await announce_outcome(runtime.settings, stack=report.stack, kind=kind, status=report.status,
+                               operation_id=report.operation_id, what_to_do=" ".join(report.next_steps[:2]))
