@@ -63,12 +63,15 @@ MODULES: tuple[Module, ...] = (
             "tests/test_memory_units.py::test_masking_keeps_ordinary_text")),
     Module("yamlsafe", "server/yamlsafe.py", ("tests/test_yamlsafe.py", "tests/test_yamlsafe_limits.py")),
     Module("stacks", "server/stacks.py", ("tests/test_stacks_paths.py", "tests/test_stacks_confinement.py")),
-    # The loader's path confinement only: the files a compose document makes Compose read
-    # (env_file, include, extends, secrets/configs) must resolve inside the stacks root.
-    Module("stackload", "server/stackload.py", ("tests/test_stackload_paths.py",),
-           baseline=("tests/test_inspect_stack.py",),
-           functions=("*x__references__*", "*x__check_references__*", "*x__outside_finding__*", "*x__include*",
-                      "*x__confine*", "*x__inside*")),
+    # The loader's path confinement: every file a compose document makes Compose read (env_file,
+    # include at any depth and each included project's .env, extends, secrets/configs files) must
+    # resolve inside the stacks root, remote includes are refused, cycles and depth are bounded.
+    Module("sources", "server/sources.py", ("tests/test_stackload_paths.py", "tests/test_sources_promises.py"),
+           baseline=("tests/test_stackload_paths.py",)),
+    # ... and the files COMPOSE_FILE names (read from .env or the given env) before Compose runs.
+    Module("stackload", "server/stackload.py", ("tests/test_stackload_paths.py", "tests/test_sources_promises.py"),
+           baseline=("tests/test_stackload_paths.py",),
+           functions=("*x__check_inside__*", "*x__compose_file_origin__*", "*x__screen_file__*")),
     Module("process", "server/process.py", ("tests/test_process.py", "tests/test_process_group.py")),
     Module("ports", "server/preflight/ports.py", ("tests/test_ports.py", "tests/test_preflight_units.py")),
     Module("security", "server/policy/security.py", ("tests/test_security_rules.py", "tests/test_policy_units.py"),
