@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,14 +182,24 @@ def test_stop_group_kills_what_ignores_sigterm_after_the_grace(spawn, tmp_path: 
     assert procs.group_members(pgid) == [] and procs.start_time(member) is None
 
 
-def test_stop_group_never_signals_a_reused_pid_or_our_own_group(spawn) -> None:  # type: ignore[no-untyped-def]
+def test_stop_group_never_signals_a_reused_pid(spawn) -> None:  # type: ignore[no-untyped-def]
     bystander = spawn(["sleep", "30"])
     assert procs.stop_group(bystander.pid, "1", grace_s=0.2) == "gone"  # start time differs: pid reused
     assert procs.stop_group(bystander.pid, None, grace_s=0.2) == "gone"
     time.sleep(0.1)
     assert bystander.poll() is None
-    assert procs.stop_group(os.getpgid(0), _stat_start(os.getpgid(0)), grace_s=0.2) == "gone"  # we are still here
     assert procs.stop_group(2**22 + 12345, None, grace_s=0.2) == "gone"
+
+
+def test_stop_group_never_signals_our_own_group(tmp_path: Path) -> None:
+    # Run in a session of its own: if the guard were broken, the signal must not reach pytest (or
+    # mutmut, or make) but only this probe, whose death then fails the test.
+    code = ("import os, sys; from server.operations import procs; g = os.getpgid(0); "
+            "s = procs.start_time(g); print(procs.group_is_ours(g, s), procs.stop_group(g, s, grace_s=0.2), "
+            "flush=True)")
+    probe = subprocess.run([sys.executable, "-c", code], start_new_session=True, capture_output=True, text=True,
+                           timeout=30, cwd=Path(__file__).resolve().parent.parent)
+    assert (probe.returncode, probe.stdout.split()) == (0, ["False", "gone"]), probe.stderr
 
 
 def test_wait_empty_is_bounded() -> None:

@@ -558,8 +558,7 @@ def test_recovery_stops_recorded_groups_newest_first_and_spares_reused_ones(ops:
     groups = [subprocess.Popen(["sleep", "30"], start_new_session=True) for _ in range(3)]
     try:
         starts = [_stat_start(p.pid) for p in groups]
-        children = [(groups[0].pid, starts[0]), (groups[1].pid, "1"), (groups[2].pid, starts[2]),
-                    (os.getpgid(0), _stat_start(os.getpgid(0)))]  # a reused pid and our own group
+        children = [(groups[0].pid, starts[0]), (groups[1].pid, "1"), (groups[2].pid, starts[2])]  # [1]: reused
         probed: list[str] = []
 
         def probe(stack: str) -> Any:
@@ -574,7 +573,7 @@ def test_recovery_stops_recorded_groups_newest_first_and_spares_reused_ones(ops:
         rec = ops.get(op)
         assert rec is not None and rec.result is not None
         assert rec.result["process_groups"] == [
-            {"pgid": os.getpgid(0), "outcome": "gone"}, {"pgid": groups[2].pid, "outcome": "terminated"},
+            {"pgid": groups[2].pid, "outcome": "terminated"},
             {"pgid": groups[1].pid, "outcome": "gone"}, {"pgid": groups[0].pid, "outcome": "terminated"}]
         assert groups[1].poll() is None  # the reused pid was not signalled
         assert groups[0].wait(timeout=5) == -signal.SIGTERM and groups[2].wait(timeout=5) == -signal.SIGTERM
@@ -633,11 +632,28 @@ def test_window_opens_replaces_closes_and_expires(tmp_path: Path) -> None:
     assert not (tmp_path / "m" / "web.json").exists()
 
 
-def test_a_window_expires_on_its_own(tmp_path: Path) -> None:
+class _Clock(datetime):
+    """maintenance.py's clock, frozen where a test puts it."""
+
+    frozen = datetime(2030, 1, 31, 21, 0, tzinfo=UTC)
+
+    @classmethod
+    def now(cls, tz: Any = None) -> _Clock:  # type: ignore[override]
+        return cls.frozen  # type: ignore[return-value]
+
+
+def test_a_window_expires_on_its_own_at_until(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.operations import maintenance
+
+    monkeypatch.setattr(maintenance, "datetime", _Clock)
     windows = MaintenanceWindows(tmp_path)
-    windows.set("web", (datetime.now(UTC) + timedelta(seconds=0.4)).isoformat(), "short")
-    assert windows.get("web") is not None
-    time.sleep(0.45)
+    t0 = _Clock.frozen
+    with pytest.raises(BadMaintenanceWindow):
+        windows.set("web", t0.isoformat(), "ends as it starts")  # until == now: already over
+    windows.set("web", (t0 + timedelta(hours=1)).isoformat(), "swap")
+    monkeypatch.setattr(_Clock, "frozen", t0 + timedelta(hours=1) - timedelta(microseconds=1))
+    assert windows.get("web") is not None  # open up to its last instant
+    monkeypatch.setattr(_Clock, "frozen", t0 + timedelta(hours=1))
     assert windows.get("web") is None  # a crashed deploy cannot silence monitoring for ever
 
 
