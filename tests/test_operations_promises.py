@@ -91,6 +91,26 @@ def test_appends_from_many_threads_are_whole_lines(tmp_path: Path) -> None:
         assert [r["i"] for r in lines if r["op"] == OP.format(n)] == list(range(25))
 
 
+def test_the_journal_lock_is_not_inherited_by_a_child(tmp_path: Path) -> None:
+    """A process spawned (by another thread) while an append holds the journal lock must not keep it."""
+    import fcntl
+
+    journal = Journal(tmp_path, max_bytes=1 << 20)
+    with journal._locked(fcntl.LOCK_EX):
+        child = subprocess.Popen(["sleep", "30"], close_fds=False)
+    try:
+        fd = os.open(journal.lock_path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free although the child still runs
+        finally:
+            os.close(fd)
+        journal.append({"op": "a", "t": "begin"})
+    finally:
+        child.kill()
+        child.wait()
+    assert journal.lock_path.stat().st_mode & 0o777 == 0o600
+
+
 @pytest.mark.parametrize(("content", "expected"), [
     (b"", []),
     (b'{"op":"a","t":"begin"}\n', [{"op": "a", "t": "begin"}]),
@@ -174,6 +194,25 @@ def test_compaction_drops_oldest_finished_of_the_busiest_stack_down_to_half(tmp_
     for rec in _lines(journal.path):  # kept whole: begin, phase and end in one record
         assert rec["end"]["status"] == "deployed" and [p["name"] for p in rec["phases"]] == ["deploy"]
     assert not (tmp_path / "journal.jsonl.tmp").exists()
+    assert journal.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_compaction_is_durable_and_ignores_a_stale_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = Journal(tmp_path, max_bytes=1 << 30)
+    ops = [_finished(journal, n, "web") for n in range(3)]
+    ghost = b'{"op":"op-ghost","t":"begin","stack":"web"}\n' * 200  # a compaction killed mid-write left this
+    (tmp_path / "journal.jsonl.tmp").write_bytes(ghost)
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(journal_mod.os, "fsync", fsync)
+    assert journal.compact() == 0
+    assert [r["op"] for r in journal.records()] == ops  # nothing of the stale file
+    assert synced == [str(tmp_path / "journal.jsonl.tmp"), str(tmp_path)]  # the new file, then the rename
 
 
 def test_compaction_never_drops_a_running_operation(tmp_path: Path) -> None:
@@ -292,6 +331,12 @@ def test_begin_names_itself_in_the_lock(ops: Operations, settings: Settings) -> 
     holder = read_holder(settings.state_dir / "locks" / "web.lock")
     assert holder == {"operation_id": op.id, "kind": "backup", "started_at": op.started_at, "pid": os.getpid(),
                       "pid_start": _stat_start(os.getpid())}
+    begin = _lines(settings.state_dir / "journal" / "journal.jsonl")[0]
+    # pid + start time: a later reader tells a dead server from a pid now used by another program
+    assert (begin["t"], begin["op"], begin["pid"], begin["pid_start"]) == ("begin", op.id, os.getpid(),
+                                                                          _stat_start(os.getpid()))
+    assert (begin["at"], begin["kind"], begin["stack"]) == (op.started_at, "backup", "web")
+    assert ops.get(op.id).started_at == op.started_at  # type: ignore[union-attr]
     op.end("done")
     assert read_holder(settings.state_dir / "locks" / "web.lock") is None
 
@@ -307,6 +352,26 @@ def test_busy_is_answered_at_once_with_the_holder(ops: Operations, settings: Set
         assert info.value.stack == "web" and info.value.started_at == op.started_at
     assert [r.operation_id for r in ops.history("web", kinds=("deploy", "rollback"))] == [op.id]  # nothing journaled
     op.end("deployed")
+
+
+def test_a_starting_holder_is_named_as_soon_as_it_names_itself(ops: Operations, settings: Settings) -> None:
+    import threading
+
+    starting = StackLock(settings.state_dir / "locks" / "web.lock")
+    assert starting.try_acquire()  # acquired, not yet named (begin writes the holder right after)
+    holder = {"operation_id": OP.format(9), "kind": "restore", "started_at": "2026-01-01T00:00:00.000Z",
+              "pid": os.getpid(), "pid_start": _stat_start(os.getpid())}
+    timer = threading.Timer(0.15, starting.write_holder, args=(holder,))
+    timer.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(StackBusy) as info:
+            ops.begin("web", "deploy")
+        assert time.monotonic() - started < 0.6  # polled briskly, not after the whole settle time
+        assert (info.value.operation_id, info.value.kind, info.value.pid) == (OP.format(9), "restore", os.getpid())
+    finally:
+        timer.join()
+        starting.release()
 
 
 def _free(ops: Operations, stack: str = "web") -> bool:
@@ -460,6 +525,8 @@ def test_secrets_of_begin_are_masked_in_every_detail_and_result(ops: Operations,
 def test_running_and_interrupted_as_seen_by_a_reader(ops: Operations, settings: Settings) -> None:
     op = ops.begin("web", "deploy")
     assert ops.get(op.id).status == "running" and ops.running("web").operation_id == op.id  # type: ignore[union-attr]
+    op.phase("backup", "ok")
+    op.phase("deploy", "running")
     for holder, seen in [
         ({"operation_id": "op-other", "pid": os.getpid(), "pid_start": _stat_start(os.getpid())}, "interrupted"),
         ({"operation_id": op.id, "pid": os.getpid(), "pid_start": "1"}, "interrupted"),  # holder pid reused
@@ -473,6 +540,7 @@ def test_running_and_interrupted_as_seen_by_a_reader(ops: Operations, settings: 
         if seen == "interrupted":
             assert rec.result is not None and rec.result["recovery"].startswith("pending")
             assert rec.result["reason"] == f"its server (pid {os.getpid()}) stopped before the operation ended"
+            assert rec.result["last_phase"]["name"] == "deploy"
     op.end("deployed")
     assert ops.get(op.id).status == "deployed" and ops.running("web") is None  # type: ignore[union-attr]
 
@@ -525,7 +593,16 @@ def test_recover_interrupts_only_dead_servers_operations_of_the_asked_stack(ops:
     alive = _orphan(ops, 3, "cc", os.getppid(), _stat_start(os.getppid()))  # its server still runs
     bad = _orphan(ops, 4, "../etc", dead)  # not a stack name: never turned into a lock path
     mine = _orphan(ops, 5, "dd", os.getpid(), _stat_start(os.getpid()))  # ours, but no lock held: dropped
+    alive_aa = _orphan(ops, 6, "aa", os.getppid(), _stat_start(os.getppid()))  # a live server's, same stack
+    ops.journal.append({"op": OP.format(8), "t": "begin", "stack": "ee", "kind": "backup", "pid": dead,
+                        "params": {"stack": "aa"}})  # names "aa" only inside its params
+    with pytest.raises(ValueError):
+        ops.recover("../aa")
+    seen: list[str] = []
+    ops.stack_state = lambda stack: seen.append(ops.get(a).status)  # type: ignore[func-returns-value,union-attr]
     recovered = ops.recover("aa")
+    assert seen == ["interrupted"]  # the recoverer holds the lock naming it, yet it reads interrupted
+    ops.stack_state = None
     assert [r.operation_id for r in recovered] == [a]
     rec = recovered[0]
     assert rec.status == "interrupted" and rec.result is not None
@@ -533,9 +610,12 @@ def test_recover_interrupts_only_dead_servers_operations_of_the_asked_stack(ops:
     assert rec.result["last_phase"]["name"] == "deploy" and rec.result["recovered_by_pid"] == os.getpid()
     assert rec.result["process_groups"] == [] and rec.result["stack_state"] is None
     assert ops.get(b).status == "interrupted"  # type: ignore[union-attr]  # as seen; not yet written
-    assert [r.operation_id for r in ops.recover()] == [b, mine]
+    assert [r.operation_id for r in ops.recover()] == [b, mine, OP.format(8)]
     assert ops.get(mine).result["reason"].endswith("still alive but no longer holds the stack's lock")  # type: ignore[index]
-    for untouched in (alive, bad):  # no end record written for either
+    assert set(rec.result) == {"reason", "last_phase", "process_groups", "recovered_by_pid", "stack_state",
+                               "next_step"}
+    assert rec.result["next_step"].startswith("check the stack's containers") and rec.ended_at is not None
+    for untouched in (alive, bad, alive_aa):  # no end record written for any
         assert [r["t"] for r in ops.journal.records(f'"op":"{untouched}"')] == ["begin"]
     assert ops.recover() == []  # written down once
     for stack in ("aa", "bb", "dd"):
@@ -563,7 +643,10 @@ def test_recovery_stops_recorded_groups_newest_first_and_spares_reused_ones(ops:
 
         def probe(stack: str) -> Any:
             probed.append(stack)
+            seen.append(ops.get(op).status)  # type: ignore[union-attr]
             raise ConnectionError("engine away")
+
+        seen: list[str] = []
 
         ops.stack_state = probe
         op = _orphan(ops, 1, "web", 2**22 + 12345, children=children)
@@ -579,6 +662,7 @@ def test_recovery_stops_recorded_groups_newest_first_and_spares_reused_ones(ops:
         assert groups[0].wait(timeout=5) == -signal.SIGTERM and groups[2].wait(timeout=5) == -signal.SIGTERM
         assert rec.result["stack_state"] == {"error": "state unknown: ConnectionError: engine away"}
         assert probed == ["web"] and rec.result["last_phase"] is None
+        assert seen == ["interrupted"]  # while begin recovers it, a reader already sees it interrupted
         assert ops.get(nxt.id).status == "running"  # type: ignore[union-attr]  # the new one is not recovered
         nxt.end("done")
     finally:
