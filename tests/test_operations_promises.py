@@ -242,6 +242,38 @@ def test_append_compacts_only_past_the_cap(tmp_path: Path) -> None:
     del probe
 
 
+def test_a_failing_compaction_does_not_fail_a_durable_append(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The record is on disk before compaction starts: the caller must hear success (a begin that
+    raised would release its lock; an end that raised would report a finished deploy as failed)."""
+    journal = Journal(tmp_path, max_bytes=300)
+    (tmp_path / "journal.jsonl.tmp").mkdir()  # compaction cannot write its temporary
+    ops = [_finished(journal, n, "web") for n in range(3)]  # each append past the cap tries to compact
+    assert journal.size() > journal.max_bytes
+    assert [r["op"] for r in journal.records() if r["t"] == "end"] == ops  # every record kept, none lost
+    assert "journal compaction failed" in caplog.text
+    (tmp_path / "journal.jsonl.tmp").rmdir()
+    journal.append({"op": OP.format(9), "t": "begin", "stack": "web"})
+    assert journal.size() <= journal.max_bytes  # the next append compacted
+
+
+def test_a_compaction_that_fails_midway_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = Journal(tmp_path, max_bytes=1 << 30)
+    ops = [_finished(journal, n, "web") for n in range(3)]
+    before = journal.path.read_bytes()
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(journal_mod.os, "fsync", fsync)
+    with pytest.raises(OSError):
+        journal.compact()
+    assert journal.path.read_bytes() == before and [r["op"] for r in journal.records() if r["t"] == "end"] == ops
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.jsonl", "journal.lock"]
+
+
 def test_compaction_under_max_bytes_in_a_long_run(settings: Settings) -> None:
     ops = Operations(replace(settings, journal_max_bytes=16 * 1024))
     for i in range(120):
