@@ -77,6 +77,23 @@ def test_start_time_is_the_kernel_start_time_even_with_a_hostile_command_name(sp
     assert procs.start_time(os.getpid()) == _stat_start(os.getpid())
 
 
+def test_a_group_in_our_session_is_found_by_its_group_id(spawn) -> None:  # type: ignore[no-untyped-def]
+    # A new process group inside our session: pgrp (not the session id) decides membership.
+    proc = subprocess.Popen(["sleep", "30"], process_group=0)
+    try:
+        assert os.getsid(proc.pid) != proc.pid
+        assert procs.group_members(proc.pid) == [proc.pid]
+        assert procs.group_is_ours(proc.pid, _stat_start(proc.pid))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_pid_1_is_alive() -> None:
+    # A server can run as pid 1 in a container: its operations must not be taken for orphans.
+    assert procs.is_alive(1, procs.start_time(1)) and procs.start_time(1) == _stat_start(1)
+
+
 def test_gone_and_zombie_processes_have_no_start_time(spawn) -> None:  # type: ignore[no-untyped-def]
     proc = spawn(["sleep", "30"])
     assert procs.start_time(proc.pid) is not None and procs.is_alive(proc.pid, procs.start_time(proc.pid))
@@ -114,7 +131,10 @@ def test_without_proc_the_pid_alone_is_checked(spawn, tmp_path: Path, monkeypatc
     assert procs.start_time(proc.pid) == "?" and procs.start_time(os.getpid()) == "?"
     assert procs.start_time(1) == "?"  # exists but not ours to signal (PermissionError): still alive
     assert procs.is_alive(proc.pid, "12345")  # no start time to compare: a live pid counts
+    assert not procs.is_alive(0, None)  # kill(0) would probe our own group: never an identity
     assert procs.group_members(proc.pid) == [proc.pid]
+    time.sleep(0.05)
+    assert proc.poll() is None  # probing sent signal 0, nothing the process noticed
     proc.kill()
     proc.wait()
     assert procs.start_time(proc.pid) is None and procs.group_members(proc.pid) == []

@@ -114,6 +114,7 @@ def test_the_journal_lock_is_not_inherited_by_a_child(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "expected"), [
     (b"", []),
     (b'{"op":"a","t":"begin"}\n', [{"op": "a", "t": "begin"}]),
+    (b'\n{"op":"a","t":"begin"}\n', [{"op": "a", "t": "begin"}]),  # an empty first line
     (b'{"op":"a","t":"begin"}', [{"op": "a", "t": "begin"}]),  # last line without its newline
     (b'{"op":"a","t":"begin"}\n{"op":"a","t":"end","sta', [{"op": "a", "t": "begin"}]),  # torn tail
     (b'{"op":"a","t":"begin"}\nnot json\n[1, 2]\n7\n\n{"op":"b","t":"begin"}\n',
@@ -138,6 +139,8 @@ def test_records_with_a_needle_return_exactly_the_matching_lines(tmp_path: Path)
     assert journal.records('"stack":"db"') == [rows[1], rows[3]]
     assert journal.records('"op":"c"') == [rows[3]]
     assert journal.records("nowhere") == []
+    assert journal.records('{"op":"a"') == [rows[0], rows[2], rows[4]]  # a match at the very first byte
+    assert journal.records("}") == rows  # one line per match, even when the needle ends each line
     assert journal.records() == rows
 
 
@@ -154,12 +157,13 @@ def test_an_oversized_result_is_reduced_to_scalars_at_the_limit() -> None:
     at_limit = {**base, "result": {"s": "a" * room}}
     assert len(encode(at_limit)) == MAX_RECORD_BYTES + 1
     assert json.loads(encode(at_limit))["result"] == {"s": "a" * room}  # at the limit: kept whole
-    over = {**base, "result": {"s": "a" * (room + 1), "n": 3, "f": 1.5, "ok": False, "none": None,
+    over = {**base, "result": {"s": "a" * (room + 1), "name": "wéb", "n": 3, "f": 1.5, "ok": False, "none": None,
                                "list": [1], "map": {"k": "v"}}}
     result = json.loads(encode(over))["result"]
     assert result["s"] == "a" * 2000 and (result["n"], result["f"], result["ok"], result["none"]) == (3, 1.5, False,
                                                                                                       None)
     assert "list" not in result and "map" not in result
+    assert '"name":"wéb"'.encode() in encode(over)  # the reduced line stays UTF-8 too
     full = len(json.dumps({"op": "x", "t": "end", **over}, separators=(",", ":"), ensure_ascii=False))
     assert result["truncated"] == f"the full result was {full} bytes; only its scalar fields were journaled"
     # A result that is not a mapping cannot be reduced: it is kept as it is.
@@ -221,6 +225,10 @@ def test_compaction_never_drops_a_running_operation(tmp_path: Path) -> None:
     journal.append({"op": running, "t": "phase", "stack": "web", "name": "pad", "detail": "p" * 3000})
     done = [_finished(journal, n, "web") for n in range(2, 6)]
     journal.max_bytes = 1000  # the running operation alone is three times the cap
+    only_running = Journal(tmp_path / "only", max_bytes=1 << 30)
+    _finished(only_running, 1, "web", running=True)
+    only_running.max_bytes = 10
+    assert only_running.compact() == 0 and [r["op"] for r in only_running.records()] == [OP.format(1)]
     assert journal.compact() == len(done)
     kept = _lines(journal.path)
     assert [r["op"] for r in kept] == [running] and kept[0]["end"] is None
@@ -293,7 +301,7 @@ def test_lock_is_exclusive_and_a_refusal_leaks_nothing(tmp_path: Path) -> None:
     first = StackLock(path)
     assert not first.held and first.try_acquire() and first.held
     assert (tmp_path / "locks").stat().st_mode & 0o777 == 0o700 and path.stat().st_mode & 0o777 == 0o600
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"web\.lock is already held by this object"):
         first.try_acquire()  # the same object twice is a programming error, not a silent second fd
     before = _open_fds()
     for _ in range(20):
@@ -311,7 +319,7 @@ def test_lock_is_exclusive_and_a_refusal_leaks_nothing(tmp_path: Path) -> None:
 def test_holder_is_written_whole_and_cleared_on_release(tmp_path: Path) -> None:
     path = tmp_path / "web.lock"
     lock = StackLock(path)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="write_holder without the lock"):
         lock.write_holder({"operation_id": "x"})  # without the lock
     assert read_holder(path) is None  # no file
     assert lock.try_acquire()
@@ -537,10 +545,14 @@ def test_child_is_recorded_once_with_its_start_time(ops: Operations, settings: S
 def test_end_refuses_a_status_that_is_not_final(ops: Operations) -> None:
     op = ops.begin("web", "deploy")
     for bad in ("running", "finished", ""):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"{bad!r} is not a final operation status"):
             op.end(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'explode' is not an operation kind"):
+        ops.begin("db", "explode")  # type: ignore[arg-type]
     assert not op.ended and not _free(ops)  # still running, still locked
     op.end("blocked", {"token": "hunter2-secret-xyz"})
+    with pytest.raises(RuntimeError, match=f"operation {op.id} already ended blocked"):
+        op.end("done")
     assert ops.get(op.id).result == {"token": "***"}  # type: ignore[union-attr]
 
 
@@ -756,6 +768,28 @@ class _Clock(datetime):
     @classmethod
     def now(cls, tz: Any = None) -> _Clock:  # type: ignore[override]
         return cls.frozen  # type: ignore[return-value]
+
+
+def test_until_is_read_as_utc_whatever_the_local_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30: a local-time slip would show
+    time.tzset()
+    try:
+        assert parse_until("2030-01-31T22:00:00").utcoffset() == timedelta(0)
+        assert parse_until("2030-01-31T22:00:00") == datetime(2030, 1, 31, 22, tzinfo=UTC)  # naive is UTC, not local
+        assert parse_until("2030-01-31T22:00:00+01:00") == datetime(2030, 1, 31, 21, tzinfo=UTC)
+        windows = MaintenanceWindows(tmp_path)
+        windows.set("web", "2099-01-31T22:00:00", "x")
+        assert windows.get("web")["until"] == "2099-01-31T22:00:00Z"  # type: ignore[index]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_stale_temporary_does_not_corrupt_a_window(tmp_path: Path) -> None:
+    windows = MaintenanceWindows(tmp_path)
+    (tmp_path / f".web.json.{os.getpid()}.tmp").write_text("x" * 5000)  # a set killed mid-write
+    windows.set("web", "2099-01-31T22:00:00Z", "short")
+    assert windows.get("web") is not None and windows.get("web")["reason"] == "short"  # type: ignore[index]
 
 
 def test_a_window_expires_on_its_own_at_until(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
