@@ -114,7 +114,8 @@ def test_the_journal_lock_is_not_inherited_by_a_child(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("content", "expected"), [
     (b"", []),
     (b'{"op":"a","t":"begin"}\n', [{"op": "a", "t": "begin"}]),
-    (b'\n{"op":"a","t":"begin"}\n', [{"op": "a", "t": "begin"}]),  # an empty first line
+    (b'\n{"op":"a","t":"begin"}\n{"op":"b","t":"begin"}\n',
+     [{"op": "a", "t": "begin"}, {"op": "b", "t": "begin"}]),  # an empty first line
     (b'{"op":"a","t":"begin"}', [{"op": "a", "t": "begin"}]),  # last line without its newline
     (b'{"op":"a","t":"begin"}\n{"op":"a","t":"end","sta', [{"op": "a", "t": "begin"}]),  # torn tail
     (b'{"op":"a","t":"begin"}\nnot json\n[1, 2]\n7\n\n{"op":"b","t":"begin"}\n',
@@ -140,6 +141,7 @@ def test_records_with_a_needle_return_exactly_the_matching_lines(tmp_path: Path)
     assert journal.records('"op":"c"') == [rows[3]]
     assert journal.records("nowhere") == []
     assert journal.records('{"op":"a"') == [rows[0], rows[2], rows[4]]  # a match at the very first byte
+    assert journal.records('{"op":') == rows  # a match at the first byte of every line
     assert journal.records("}") == rows  # one line per match, even when the needle ends each line
     assert journal.records() == rows
 
