@@ -553,6 +553,7 @@ def test_end_refuses_a_status_that_is_not_final(ops: Operations) -> None:
         ops.begin("db", "explode")  # type: ignore[arg-type]
     assert not op.ended and not _free(ops)  # still running, still locked
     op.end("blocked", {"token": "hunter2-secret-xyz"})
+    assert op.status == "blocked" and op.kind == "deploy" and op.ended
     with pytest.raises(RuntimeError, match=f"operation {op.id} already ended blocked"):
         op.end("done")
     assert ops.get(op.id).result == {"token": "***"}  # type: ignore[union-attr]
@@ -601,6 +602,10 @@ def test_running_names_a_holder_that_has_not_journaled_yet(ops: Operations, sett
         rec = ops.running("web")
         assert rec is not None and (rec.operation_id, rec.kind, rec.status, rec.pid, rec.started_at) == (
             OP.format(7), "backup", "running", os.getpid(), "2026-01-01T00:00:00.000Z")
+        assert (rec.stack, rec.phases, rec.params, rec.result, rec.ended_at) == ("web", [], {}, None, None)
+        lock.write_holder({"operation_id": OP.format(7), "pid": os.getpid()})  # an older holder format
+        rec = ops.running("web")
+        assert rec is not None and (rec.kind, rec.started_at) == ("deploy", "")
         ops.journal.append({"op": OP.format(7), "t": "begin", "stack": "web", "kind": "backup", "pid": os.getpid(),
                             "at": "2026-01-01T00:00:00.000Z"})
         ops.journal.append({"op": OP.format(7), "t": "end", "stack": "web", "status": "done"})
@@ -671,13 +676,54 @@ def test_recover_interrupts_only_dead_servers_operations_of_the_asked_stack(ops:
 
 def test_recover_skips_a_stack_someone_holds(ops: Operations, settings: Settings) -> None:
     orphan = _orphan(ops, 1, "web", 2**22 + 12345)
+    other = _orphan(ops, 2, "db", 2**22 + 12345)
     lock = StackLock(settings.state_dir / "locks" / "web.lock")
     assert lock.try_acquire()  # another recoverer (or a begin) is on it
     try:
-        assert ops.recover() == []
+        assert [r.operation_id for r in ops.recover()] == [other]  # the other stacks are still recovered
     finally:
         lock.release()
     assert [r.operation_id for r in ops.recover()] == [orphan]
+
+
+def test_recover_reaches_an_orphan_listed_after_a_live_servers_operation(ops: Operations) -> None:
+    live = _orphan(ops, 1, "ff", os.getppid(), _stat_start(os.getppid()))
+    dead = _orphan(ops, 2, "ff", 2**22 + 12345)
+    reused = _orphan(ops, 3, "gg", os.getppid(), "1")  # the pid now belongs to another program
+    assert [r.operation_id for r in ops.recover("ff")] == [dead]
+    assert [r["t"] for r in ops.journal.records(f'"op":"{live}"')] == ["begin"]
+    rec = ops.recover("gg")[0]
+    assert rec.operation_id == reused and rec.result is not None
+    assert rec.result["reason"] == f"its server (pid {os.getppid()}) died before the operation ended"
+    assert ops.recover("ff") == [] and ops.recover("gg") == []  # the end records are found by stack
+    assert "process_groups" in ops.history("gg")[0].result  # type: ignore[operator]  # the written record
+
+
+def test_begin_recovers_only_its_own_stack(ops: Operations) -> None:
+    ops.journal.append({"op": OP.format(8), "t": "begin", "stack": "ee", "kind": "backup", "pid": 2**22 + 12345,
+                        "params": {"stack": "aa"}})  # names "aa" only inside its params
+    ops.begin("aa", "deploy").end("done")
+    assert [r["t"] for r in ops.journal.records(f'"op":"{OP.format(8)}"')] == ["begin"]
+
+
+def test_a_begin_during_recovery_is_refused_at_once_naming_the_recovery(ops: Operations, settings: Settings) -> None:
+    orphan = _orphan(ops, 1, "web", 2**22 + 12345)
+    answers: list[Any] = []
+
+    def probe(stack: str) -> None:  # runs while recover holds the stack's lock
+        started = time.monotonic()
+        try:
+            Operations(settings).begin(stack, "deploy")
+        except StackBusy as busy:
+            answers.append((busy.operation_id, busy.kind, busy.pid, time.monotonic() - started < 0.5))
+        answers.append(read_holder(settings.state_dir / "locks" / "web.lock"))
+
+    ops.stack_state = probe
+    assert [r.operation_id for r in ops.recover()] == [orphan]
+    assert answers[0] == (orphan, "recovery", os.getpid(), True)
+    holder = answers[1]
+    assert holder["pid_start"] == _stat_start(os.getpid()) and holder["recovering"] is True
+    assert holder["started_at"].endswith("Z") and holder["operation_id"] == orphan
 
 
 def test_recovery_stops_recorded_groups_newest_first_and_spares_reused_ones(ops: Operations) -> None:
