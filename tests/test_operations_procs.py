@@ -127,8 +127,11 @@ def test_is_alive_refuses_non_positive_pids(pid: int) -> None:
 
 def test_without_proc_the_pid_alone_is_checked(spawn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(procs, "_PROC", tmp_path / "no-proc")  # a system without /proc (macOS, BSD)
-    proc = spawn(["sleep", "30"])
+    # SIGHUP back to its default (nohup may have us ignore it): a probe that sent a real signal shows
+    proc = spawn(["sleep", "30"], preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     assert procs.start_time(proc.pid) == "?" and procs.start_time(os.getpid()) == "?"
+    time.sleep(0.05)
+    assert proc.poll() is None
     assert procs.start_time(1) == "?"  # exists but not ours to signal (PermissionError): still alive
     assert procs.is_alive(proc.pid, "12345")  # no start time to compare: a live pid counts
     assert not procs.is_alive(0, None)  # kill(0) would probe our own group: never an identity
@@ -191,6 +194,17 @@ def test_stop_group_terminates_a_group_that_obeys_sigterm(spawn, tmp_path: Path)
     assert time.monotonic() - started < 1.0  # it ended on SIGTERM: no waiting out the grace
     assert procs.group_members(proc.pid) == [] and procs.start_time(member) is None
     assert proc.wait(timeout=5) == -signal.SIGTERM  # SIGTERM first, not SIGKILL
+
+
+def test_stop_group_answers_soon_after_a_slow_group_ends(spawn) -> None:  # type: ignore[no-untyped-def]
+    # The group needs ~0.1 s to finish after SIGTERM: stop_group sees it end within a short poll.
+    proc = spawn(["python3", "-c", "import signal, sys, time\n"
+                  "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.1), sys.exit(0)))\n"
+                  "print('ready', flush=True)\ntime.sleep(30)"], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"
+    started = time.monotonic()
+    assert procs.stop_group(proc.pid, _stat_start(proc.pid), grace_s=5) == "terminated"
+    assert time.monotonic() - started < 0.7
 
 
 def test_stop_group_kills_what_ignores_sigterm_after_the_grace(spawn, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
