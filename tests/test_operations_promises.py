@@ -321,7 +321,7 @@ def test_lock_is_exclusive_and_a_refusal_leaks_nothing(tmp_path: Path) -> None:
 def test_holder_is_written_whole_and_cleared_on_release(tmp_path: Path) -> None:
     path = tmp_path / "web.lock"
     lock = StackLock(path)
-    with pytest.raises(RuntimeError, match="write_holder without the lock"):
+    with pytest.raises(RuntimeError, match=r"^write_holder without the lock$"):
         lock.write_holder({"operation_id": "x"})  # without the lock
     assert read_holder(path) is None  # no file
     assert lock.try_acquire()
