@@ -585,7 +585,9 @@ def test_running_and_interrupted_as_seen_by_a_reader(ops: Operations, settings: 
         rec = ops.get(op.id)
         assert rec is not None and rec.status == seen, holder
         if seen == "interrupted":
-            assert rec.result is not None and rec.result["recovery"].startswith("pending")
+            assert rec.result is not None and rec.result["recovery"] == (
+                "pending: the next operation on the stack (or a server start) stops its leftover processes and "
+                "records it")
             assert rec.result["reason"] == f"its server (pid {os.getpid()}) stopped before the operation ended"
             assert rec.result["last_phase"]["name"] == "deploy"
     op.end("deployed")
