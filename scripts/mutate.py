@@ -87,6 +87,29 @@ MODULES: tuple[Module, ...] = (
            functions=("*xǁMemoryǁ_where__mutmut*",), baseline=("tests/test_memory_store.py",)),
     Module("memory-edge-filter", "server/memory/edge.py", ("tests/test_memory_filters.py",),
            functions=("*xǁEdgeStoreǁ_filter__mutmut*",), baseline=("tests/test_memory_store.py",)),
+    # Operations: a crash-safe journal (durable whole appends, torn tail skipped, compaction keeps
+    # operations whole and running ones always), the per-stack lock (refused at once, released on
+    # every exit), the process groups recover may kill (only ours: start time checked, never our own
+    # group) and maintenance windows (open, close, expire).
+    Module("ops-journal", "server/operations/journal.py",
+           ("tests/test_operations.py", "tests/test_operations_promises.py")),
+    Module("ops-lock", "server/operations/lock.py", ("tests/test_operations.py", "tests/test_operations_promises.py")),
+    Module("ops-procs", "server/operations/procs.py",
+           ("tests/test_operations.py", "tests/test_operations_procs.py")),
+    Module("ops-maintenance", "server/operations/maintenance.py",
+           ("tests/test_operations.py", "tests/test_operations_promises.py")),
+    # operations.py: only the functions that decide begin / end / busy / recover / interrupted
+    # (who holds a stack, when an unended operation is an orphan, which groups are stopped, that the
+    # lock goes on every exit path). Left out: phase/history/get formatting, run_detached/shutdown
+    # plumbing and the scrubbing helpers (redaction itself is the `redact` module's promise).
+    Module("ops-operations", "server/operations/operations.py",
+           ("tests/test_operations.py", "tests/test_operations_promises.py"),
+           functions=("*xǁOperationǁchild__mutmut*", "*xǁOperationǁend__mutmut*", "*xǁOperationǁ__exit____mutmut*",
+                      "*xǁOperationsǁbegin__mutmut*", "*xǁOperationsǁ_acquire__mutmut*",
+                      "*xǁOperationsǁ_live_holder__mutmut*", "*xǁOperationsǁrunning__mutmut*",
+                      "*xǁOperationsǁ_as_seen__mutmut*", "*xǁOperationsǁrecover__mutmut*",
+                      "*xǁOperationsǁ_recover_locked__mutmut*", "*xǁOperationsǁ_interrupt__mutmut*",
+                      "*xǁOperationsǁ_drive__mutmut*")),
 )
 
 

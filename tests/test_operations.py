@@ -451,6 +451,7 @@ def test_a_lock_held_by_someone_unnamed_answers_busy_after_a_moment(ops: Operati
             ops.begin("web", "deploy")
         assert 1.5 < time.monotonic() - start < 5  # waited for the holder to name itself, then answered
         assert info.value.operation_id == "unknown" and "stack_history" in str(info.value)
+        assert (info.value.kind, info.value.started_at, info.value.pid) == ("unknown", "unknown", 0)
     finally:
         probe.release()
     ops.begin("web", "deploy").end("done")

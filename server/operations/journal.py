@@ -83,7 +83,14 @@ class Journal:
             if created:
                 _fsync_dir(self.directory)
             if size > self.max_bytes:
-                self._compact()
+                try:
+                    self._compact()
+                except OSError as exc:
+                    # The record is written and fsync'd: a compaction that cannot run (disk full, a
+                    # stray temporary) must not make a durable append look failed to its caller (a
+                    # begin would release its lock, an end would report a finished deploy as an
+                    # error). The file stays over the cap; the next append tries again.
+                    log.warning("journal compaction failed; %d bytes kept for now: %s", size, exc)
 
     def records(self, needle: str | None = None) -> list[dict[str, Any]]:
         """Every parseable record in order; with ``needle``, only lines containing it.
@@ -141,16 +148,21 @@ class Journal:
             total -= len(lines.pop(op))
             dropped += 1
         tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            for line in lines.values():
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                for line in lines.values():
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a half-written copy must not take the disk space the journal needs
+            raise
         _fsync_dir(self.directory)
         log.info("journal compacted: %d operations kept, %d oldest finished dropped, %d bytes",
                  len(lines), dropped, total)
