@@ -84,6 +84,21 @@ MODULES: tuple[Module, ...] = (
            functions=("*xǁMemoryǁ_where__mutmut*",), baseline=("tests/test_memory_store.py",)),
     Module("memory-edge-filter", "server/memory/edge.py", ("tests/test_memory_filters.py",),
            functions=("*xǁEdgeStoreǁ_filter__mutmut*",), baseline=("tests/test_memory_store.py",)),
+    # The rollback path of deploy: the health gate whose verdict triggers it, the files of each
+    # successful deployment it puts back, the override that pins the previous images, and the
+    # pipeline's decisions (what is restored, in which order, what is recorded).
+    Module("deploy-health", "server/deploy/health.py", ("tests/test_deploy_units.py", "tests/test_deploy_gate.py")),
+    Module("deploy-snapshots", "server/deploy/snapshots.py", ("tests/test_deploy_files.py",),
+           baseline=("tests/test_deploy_units.py",)),
+    Module("deploy-override", "server/deploy/override.py",
+           ("tests/test_deploy_units.py", "tests/test_deploy_files.py")),
+    Module("deploy-rollback", "server/deploy/pipeline.py", ("tests/test_deploy_rollback.py",),
+           baseline=("tests/test_deploy_units.py",),
+           functions=("*xǁDeployerǁ_auto_rollback__mutmut*", "*xǁDeployerǁ_restore_dumps__mutmut*",
+                      "*xǁDeployerǁrollback__mutmut*", "*xǁDeployerǁ_explicit__mutmut*",
+                      "*xǁDeployerǁ_last_success__mutmut*", "*xǁDeployerǁ_transaction__mutmut*",
+                      "*x__targets__mutmut*", "*x__backup_after__mutmut*", "*x__end__mutmut*",
+                      "*x__maintenance_back__mutmut*")),
 )
 
 
