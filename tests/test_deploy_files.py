@@ -170,3 +170,78 @@ def test_clear_pins_without_a_compose_file_line_writes_no_env(stack: Path) -> No
     (stack / "compose.dsm.yaml").write_text("services:\n  web: {image: p:1}\n")
     assert override.clear_pins(stack)
     assert not (stack / "compose.dsm.yaml").exists() and not (stack / ".env").exists()
+
+
+def test_restore_into_a_directory_without_env_or_override(settings: Settings, stack: Path) -> None:
+    snapshots.save(settings, "app", "op-1", stack)  # it had neither
+    (stack / "compose.yaml").write_text("services: {}\n")
+    assert snapshots.restore(settings, "app", "op-1", stack) == ["compose.yaml"]
+    assert (stack / "compose.yaml").read_text() == COMPOSE
+
+
+def test_a_new_override_file_is_world_readable_not_executable(stack: Path) -> None:
+    override.write_pins(stack, {"web": "dsm-pin/app-web:1"})
+    assert _mode(stack / "compose.dsm.yaml") == 0o644
+    assert not list(stack.glob(".*dsm-tmp"))
+
+
+def test_writing_no_pins_where_there_are_none_changes_nothing(stack: Path) -> None:
+    override.write_pins(stack, {})
+    assert sorted(p.name for p in stack.iterdir()) == ["compose.yaml"]
+
+
+def test_taking_our_line_out_keeps_every_other_line(stack: Path) -> None:
+    (stack / ".env").write_text("A=1\nB=2\n")
+    override.write_pins(stack, {"web": "dsm-pin/app-web:1"})
+    assert override.clear_pins(stack)
+    assert (stack / ".env").read_text() == "A=1\nB=2\n"
+
+
+def test_compose_file_with_an_absolute_path_is_kept_absolute(stack: Path, stacks_root: Path) -> None:
+    shared = stacks_root / "shared.yaml"
+    shared.write_text(COMPOSE)
+    (stack / ".env").write_text(f"COMPOSE_FILE={shared}:compose.yaml\n")
+    override.write_pins(stack, {"web": "dsm-pin/app-web:1"})
+    assert (stack / ".env").read_text() == f"COMPOSE_FILE={shared}:compose.yaml:compose.dsm.yaml\n"
+
+
+def test_compose_path_separator_is_honoured(stack: Path) -> None:
+    (stack / "prod.yaml").write_text("services: {web: {restart: always}}\n")
+    (stack / ".env").write_text("COMPOSE_PATH_SEPARATOR=;\nCOMPOSE_FILE=compose.yaml;prod.yaml\n")
+    override.write_pins(stack, {"web": "dsm-pin/app-web:1"})
+    assert "COMPOSE_FILE=compose.yaml;prod.yaml;compose.dsm.yaml\n" in (stack / ".env").read_text()
+    from server.deploy.project import user_files
+    from server.stacks import compose_files, read_dotenv
+
+    assert compose_files(stack, None, read_dotenv(stack))[-1] == stack / "compose.dsm.yaml"
+    assert user_files(stack) == [stack / "compose.yaml", stack / "prod.yaml"]
+
+
+def test_every_compose_file_line_lists_the_override(stack: Path) -> None:
+    # Compose takes the last definition in .env: ours must be in the one that counts.
+    (stack / ".env").write_text("COMPOSE_FILE=compose.yaml\nX=1\nCOMPOSE_FILE=compose.yaml\n")
+    override.write_pins(stack, {"web": "dsm-pin/app-web:1"})
+    from server.stacks import compose_files, read_dotenv
+
+    assert compose_files(stack, None, read_dotenv(stack)) == [stack / "compose.yaml", stack / "compose.dsm.yaml"]
+    assert override.clear_pins(stack)
+    assert compose_files(stack, None, read_dotenv(stack)) == [stack / "compose.yaml"]
+
+
+def test_an_override_over_the_size_limit_is_refused(stack: Path) -> None:
+    from server.yamlsafe import UnsafeYaml
+
+    body = "services: {}\n"
+    (stack / "compose.dsm.yaml").write_text(body + "#" * (1_048_576 - len(body) - 1) + "\n")
+    assert override.read_override(stack) == {"services": {}}  # exactly 1 MiB: read
+    (stack / "compose.dsm.yaml").write_text(body + "#" * (1_048_576 - len(body)) + "\n")
+    with pytest.raises(UnsafeYaml, match=r"compose\.dsm\.yaml is 1048577 bytes"):
+        override.read_override(stack)
+
+
+def test_a_broken_override_is_named_in_the_error(stack: Path) -> None:
+    from server.errors import DsmError
+
+    (stack / "compose.dsm.yaml").write_text("services: [unclosed\n")
+    with pytest.raises(DsmError, match=r"compose\.dsm\.yaml"):
+        override.read_override(stack)
