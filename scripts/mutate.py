@@ -303,8 +303,9 @@ def diff(work: Path, path: str, name: str) -> str:
 @functools.cache
 def _functions(file: Path) -> dict[str, str]:
     source = file.read_text()
+    lines = source.splitlines()  # once: ast.get_source_segment splits the whole file per call
     return {
-        node.name: ast.get_source_segment(source, node) or ""
+        node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
         for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     }

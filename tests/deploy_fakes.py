@@ -86,7 +86,9 @@ class FakeEngine:
         return cid
 
     async def compose_containers(self, project: str | None = None) -> list[ContainerSummary]:
-        return [c for c in self.containers if project is None or c.project == project]
+        # Strict: the pipeline only ever asks for its own stack (None would list every project).
+        assert project == STACK, f"containers of {project!r} asked for"
+        return list(self.containers)
 
     async def image_attrs(self, ref: str) -> dict[str, Any] | None:
         return self.images.get(ref)
@@ -122,6 +124,12 @@ class FakeCompose:
         """Only its signature is read (whether the journal's child recorder can be passed)."""
 
     async def run_project(self, project: Any, argv: list[str], *, what: str = "", **kwargs: Any) -> None:
+        from server.redact import Scrubber
+
+        # Strict: every call names this stack's project and scrubs what it reports.
+        assert project is not None and project.name == STACK and project.directory == self.directory, project
+        if argv[0] == "up":  # (the rollback's `down` runs with the runner's default scrubber today)
+            assert isinstance(kwargs.get("scrub"), Scrubber), "no scrubber"
         path = self.directory / "compose.yaml"
         self.calls.append(ComposeCall(list(argv), what, path.read_text() if path.is_file() else "",
                                       override.pinned_images(self.directory), project, kwargs))
@@ -142,6 +150,7 @@ class FakeOp:
         self.result: Any = None
         self.phases: list[tuple[str, str, str]] = []
         self.children: list[int] = []
+        self.end_calls = 0
 
     @property
     def ended(self) -> bool:
@@ -154,6 +163,7 @@ class FakeOp:
         self.children.append(pgid)
 
     def end(self, status: str, result: Any = None) -> None:
+        self.end_calls += 1
         assert not self.ended, "ended twice"
         self.status, self.result = status, result
         self.events.append(("end", status))
@@ -171,6 +181,8 @@ class FakeOps:
         self.maintenance_fails = False
 
     def begin(self, stack: str, kind: str, params: Any = None, *, secrets: Any = ()) -> FakeOp:
+        assert stack == STACK and kind in ("deploy", "rollback"), (stack, kind)
+        self.secrets = frozenset(secrets)
         if self.busy:
             raise StackBusy(stack, operation_id="op-holder", kind="deploy", started_at="now", pid=1)
         op = FakeOp(self.events, f"op-{kind}-{len(self.begun) + 1}", kind)
@@ -180,6 +192,8 @@ class FakeOps:
         return op
 
     def history(self, stack: str, kinds: Any = ("deploy", "rollback"), limit: int = 20) -> list[Any]:
+        assert stack == STACK, stack
+        self.history_limit = limit
         if self.history_fails:
             raise OSError("journal unreadable")
         return sorted(self.records, key=lambda r: r.started_at, reverse=True)[:limit]
@@ -192,6 +206,7 @@ class FakeOps:
         return previous
 
     async def run_detached(self, op: FakeOp, work: Callable[[], Awaitable[Any]]) -> Any:
+        assert op is self.begun[-1], op
         return await work()
 
 
@@ -215,6 +230,7 @@ class FakeStore:
         self.restored_data: list[dict[str, Any]] = []
 
     async def create(self, stack: LoadedStack, *, env: Any = None, reason: str = "") -> BackupManifest:
+        assert stack.name == STACK
         self.events.append(("backup", reason))
         if self.fail_create:
             raise OSError("disk full")
@@ -227,13 +243,15 @@ class FakeStore:
             (directory / name).write_text(text)
 
     async def restore_data(self, manifest: BackupManifest, *, services: list[str] | None = None,
-                           volumes: bool = True, dumps: bool = True) -> list[str]:
+                           volumes: bool, dumps: bool) -> list[str]:
+        """(Unlike the store, no defaults: the pipeline must say what it restores.)"""
         self.events.append(("restore_data", manifest.backup_id, tuple(services or ()), volumes, dumps))
         self.restored_data.append({"backup": manifest.backup_id, "services": services, "volumes": volumes,
                                    "dumps": dumps})
         return [f"dump of {s} restored" for s in (services or [d.service for d in manifest.dumps])]
 
     def get(self, stack: str, backup_id: str) -> BackupManifest:
+        assert stack == STACK
         return self.manifests[backup_id]
 
 

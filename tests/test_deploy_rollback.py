@@ -57,13 +57,16 @@ async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFail
     """_transaction with ``_apply`` failing the given way (the backup is the world's manifest)."""
     deployer = Deployer(world.runtime)
 
-    async def apply(*_: Any) -> None:
+    run = Run(stack)
+    env, services = {"TAG": "2"}, ["web"]
+
+    async def apply(*args: Any) -> None:
+        assert args == (run, the_plan, env, services, wait_s, 0.5)
         raise failed
 
     monkeypatch.setattr(deployer, "_apply", apply)
-    run = Run(stack)
     run.op = world.ops.begin(STACK, "deploy")
-    report = await deployer._transaction(run, the_plan, {"TAG": "2"}, None, wait_s, 0.0)
+    report = await deployer._transaction(run, the_plan, env, services, wait_s, 0.5)
     return report, run
 
 
@@ -72,11 +75,15 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     _history_prev(world)
     world.store.manifest = manifest("b-1", pins={"web": WEB_PIN})
-    world.engine.add("web")
+    world.engine.add("web", image_id="sha256:old")
     stack = world.stack({"web": {"image": "img/web:2"}, "db": {"image": "pg"}}, secrets=frozenset({SECRET}))
     failed = StepFailed("health", "web is unhealthy", "web", ["web: probe failed", f"log: password={SECRET}"])
-    report, run = await _fail_deploy(world, stack, plan(web="recreate", db="unchanged"), failed, monkeypatch,
-                                     wait_s=200.0)
+    the_plan = plan(web="recreate", db="unchanged")
+    report, run = await _fail_deploy(world, stack, the_plan, failed, monkeypatch, wait_s=200.0)
+    assert report.plan == the_plan and [s.name for s in report.services] == ["web"]
+    assert run.image_ids == {"web": "sha256:old"}  # what runs now, for the journal's end record
+    assert report.phases[-1].detail == ("files of deployment op-prev restored; images pinned in compose.dsm.yaml: "
+                                        "web; previous version healthy")
 
     assert report.status == "rolled_back"
     assert report.rollback == RollbackInfo(why="health: web is unhealthy", to_deployment="op-prev", result="restored")
@@ -86,7 +93,7 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     assert up.argv == ["up", "-d", "--remove-orphans"] and up.what == "docker compose up (rollback)"
     assert up.compose_text == OLD and up.pins == {"web": WEB_PIN}
     assert up.kwargs["timeout_s"] == 200.0 and up.kwargs["on_start"] == run.op.child
-    assert up.project.directory == world.directory and up.project.name == STACK
+    assert up.project.directory == world.directory and dict(up.project.env) == {"TAG": "2"}
     assert override.pinned_images(world.directory) == {"web": WEB_PIN}
     assert "compose.dsm.yaml" in (world.directory / ".env").read_text()
     # The failed files are kept next to the backup taken before the deploy.
@@ -98,9 +105,11 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     [dep] = world.memory.deployments
     assert dep["outcome"] == "rolled_back" and dep["services"] == ["web"] and dep["operation_id"] == run.op.id
     assert dep["notes"] == "health failed: web is unhealthy" and dep["log_lines"] == failed.evidence
+    assert dep["stack"] == STACK and 0 <= dep["duration_s"] < 60
     [inc] = world.memory.incidents
     assert inc["title"] == "deploy of unit failed at health: web is unhealthy"
     assert inc["service"] == "web" and inc["severity"] == "high" and inc["source"] == "deploy"
+    assert inc["stack"] == STACK and inc["time_to_recover_s"] == dep["duration_s"]
     assert inc["outcome"] == "rolled_back" and inc["deployment_id"] == "dep-1"
     assert inc["symptoms"].startswith("web is unhealthy. Evidence: web: probe failed | log: password=")
     assert inc["log_lines"] == failed.evidence
@@ -109,7 +118,8 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     assert report.incident_id == "inc-1"
     # The report carries the failure as a finding, evidence scrubbed.
     finding = report.findings[-1]
-    assert (finding.rule, finding.severity, finding.service) == ("deploy-failed", "error", "web")
+    assert (finding.rule, finding.severity, finding.service, finding.category) == (
+        "deploy-failed", "error", "web", "deploy")
     assert finding.message == "web is unhealthy" and finding.evidence[0] == "web: probe failed"
     assert SECRET not in " ".join(finding.evidence) and len(finding.evidence) == 2
     assert [p.name for p in report.phases] == ["backup", "rollback"]
@@ -133,6 +143,9 @@ async def test_evidence_is_bounded_in_the_incident_and_the_finding(world: World,
     assert inc["symptoms"].endswith(" | ".join(evidence[:8])) and len(inc["title"]) == 200
     assert report.findings[-1].evidence == evidence[:15] and len(report.findings[-1].message) == 500
     assert report.rollback is not None and len(report.rollback.why) == 500
+    report, _ = await _fail_deploy(world, world.stack({"web": {}}), plan(web="recreate"),
+                                   StepFailed("verify", "x", "web", ["y" * 400]), monkeypatch)
+    assert report.findings[-1].evidence == ["y" * 300]
 
 
 @pytest.mark.parametrize("recorded", [False, True], ids=["no-earlier-deployment", "files-not-kept"])
@@ -161,9 +174,19 @@ async def test_nothing_ran_before_removes_the_new_containers_and_keeps_volumes(
     [down] = world.compose.calls
     assert down.argv == ["down", "--remove-orphans"] and "-v" not in down.argv
     assert down.what == "docker compose down (rollback)" and down.kwargs.get("on_start") == run.op.child
-    assert down.compose_text == OLD and down.pins == {}
+    assert down.compose_text == OLD and down.pins == {} and dict(down.project.env) == {"TAG": "2"}
     assert report.status == "rolled_back"
     assert "nothing ran before: the new containers were removed, volumes kept" in report.phases[-1].detail
+
+
+async def test_a_pinned_one_shot_that_completed_counts_as_healthy(world: World,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    _history_prev(world)
+    world.store.manifest = manifest("b-1", pins={"migrate": "dsm-pin/unit-migrate:b-1"})
+    world.engine.add("migrate", status="exited", health=None, exit_code=0)
+    report, _ = await _fail_deploy(world, world.stack({"migrate": {}}, service_dsm={"migrate": {"one_shot": True}}),
+                                   plan(migrate="recreate"), StepFailed("health", "x"), monkeypatch)
+    assert report.status == "rolled_back", report.phases[-1].detail
 
 
 async def test_previous_version_unhealthy_is_a_failed_rollback(world: World,
@@ -340,9 +363,13 @@ def _explicit_world(world: World, monkeypatch: pytest.MonkeyPatch, **stack_kw: A
     (world.directory / "compose.yaml").write_text(NEW)
     world.engine.images["sha256:old"] = {"Id": "sha256:old"}
     world.engine.add("web", image_id="sha256:old")
-    stack = world.stack({"web": {}, "db": DB}, **stack_kw)
+    service_dsm = {"migrate": {"one_shot": True}, **stack_kw.pop("service_dsm", {})}
+    stack = world.stack({"web": {}, "db": DB, "migrate": {}}, service_dsm=service_dsm,
+                        secrets=frozenset({SECRET}), **stack_kw)
+    world.engine.add("migrate", status="exited", health=None, exit_code=0)  # a one-shot that completed
 
-    async def load_stack(*_: Any, **__: Any) -> Any:
+    async def load_stack(settings: Any, compose: Any, *, path: str) -> Any:
+        assert settings is world.settings and compose is world.compose and path == str(world.directory)
         return stack
 
     monkeypatch.setattr("server.stackload.load_stack", load_stack)
@@ -355,8 +382,11 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     world.ops.window = {"until": future, "reason": "user upgrade"}
     report = await Deployer(world.runtime).rollback(STACK, wait_timeout_s=5)
     op = world.ops.begun[0]
-    assert report.status == "rolled_back"
+    assert report.status == "rolled_back", report.phases
     assert report.rollback == RollbackInfo(why="asked for", to_deployment="op-1", result="restored")
+    assert world.ops.secrets == {SECRET}
+    until = datetime.fromisoformat(str(world.ops.maintenance_calls[0][1]))
+    assert 600 < (until - datetime.now(UTC)).total_seconds() <= 2 * 5 + 600  # two gates' time, and a margin
     assert op.params == {"to_deployment": "op-1", "restore_data": False}
     assert world.store.created[0]["reason"] == f"before rollback {op.id}"
     [up] = world.compose.calls
@@ -373,10 +403,10 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     assert snapshots.exists(world.settings, STACK, op.id)
     [dep] = world.memory.deployments
     assert dep["outcome"] == "rolled_back" and dep["notes"] == "explicit rollback to op-1"
-    assert dep["operation_id"] == op.id and dep["services"] == ["web"]
+    assert dep["operation_id"] == op.id and dep["services"] == ["migrate", "web"] and dep["stack"] == STACK
     assert [(p.name, p.status) for p in report.phases] == [("backup", "ok"), ("up", "ok"), ("health", "ok")]
     assert "files of op-1 restored, 1 image(s) pinned" in report.phases[1].detail
-    assert "1 service(s) ready" in report.phases[2].detail
+    assert report.phases[2].detail == "2 service(s) ready"  # web and the completed one-shot
     assert "pinned in compose.dsm.yaml" in report.next_steps[0]
     # The user's maintenance window is put back after ours.
     assert world.ops.maintenance_calls[0][2] == f"rollback {op.id}"
@@ -539,6 +569,8 @@ TARGETS = [
     ([D4, R3, D2, D1], None, ("d4", "d2")),  # a rollback is never a target
     ([R3B, D2, D1], None, ("r3b", "d2")),  # a rollback without current_deployment is where it is
     ([DR, D2, D1], None, ("dr", "d2")),  # only deploys are targets
+    ([record("r5", T3, status="rolled_back", kind="rollback", result={"current_deployment": "d0"}), D2], None,
+     ("r5", "d2")),  # rolled back to one no longer in the history read: where it is, is the rollback
     ([D3, D2, D1], "d1", ("d3", "d1")),
     ([D3, D2, D1], "r3", ("d3", None)),
     ([D3, R3, D2], "r3", ("d3", None)),
@@ -621,7 +653,7 @@ def test_end_is_written_once_and_never_raises(world: World) -> None:
     run.op = world.ops.begin(STACK, "deploy")
     _end(run, _report("deployed"))
     _end(run, _report("failed"))  # already ended: the first end stands
-    assert run.op.status == "deployed"
+    assert run.op.status == "deployed" and run.op.end_calls == 1
 
     class Broken:
         id, ended = "op-x", False
