@@ -44,8 +44,9 @@ class _Api:
             raise NotFound(f"no container {container_id}")
         return info
 
-    def logs(self, container_id: str, **_: Any) -> bytes:
-        return "".join(f"2026-01-01T00:00:00Z {ln}\n" for ln in self._engine.logs.get(container_id, [])).encode()
+    def logs(self, container_id: str, *, tail: int, **_: Any) -> bytes:
+        lines = self._engine.logs.get(container_id, [])[-tail:]
+        return "".join(f"2026-01-01T00:00:00Z {ln}\n" for ln in lines).encode()
 
     def tag(self, image_id: str, repo: str, tag: str, force: bool = False) -> None:
         self._engine.events.append(("tag", image_id, f"{repo}:{tag}"))

@@ -136,12 +136,16 @@ async def test_gate_passes_when_every_watched_service_is_ready(engine: FakeEngin
 async def test_gate_fails_fast_with_the_evidence_and_the_logs(engine: FakeEngine) -> None:
     engine.add("db")
     cid = engine.add("web", health="unhealthy")
-    engine.logs[cid] = ["listening", "x" * 400]
+    engine.logs[cid] = [f"old {i}" for i in range(20)] + ["listening", "  at app.main(App.java:3)", "x" * 400]
     started = time.monotonic()
     gate = await run_gate(engine, STACK, [Watched("db"), WEB], timeout_s=30)  # type: ignore[arg-type]
     assert not gate.ok and time.monotonic() - started < 5  # at once, not at the 30 s timeout
     assert gate.failure == "web is unhealthy (healthcheck failing)" and gate.failed_service == "web"
-    assert gate.evidence == ["unit-web-1: health check output: web probe", "log: listening", f"log: {'x' * 300}"]
+    # The last 15 log lines, stack-trace indentation kept, each cut at 300 characters.
+    assert gate.evidence == ["unit-web-1: health check output: web probe",
+                             *[f"log: old {i}" for i in range(8, 20)], "log: listening",
+                             "log:   at app.main(App.java:3)", f"log: {'x' * 300}"]
+    assert gate.ok is False and 0 <= gate.duration_s < 5
     assert [(a.service, a.verdict) for a in gate.assessments] == [("db", "ready"), ("web", "failed")]
 
 
@@ -156,33 +160,43 @@ async def test_gate_ignores_one_off_and_unwatched_containers(engine: FakeEngine)
 
 @pytest.mark.anyio
 async def test_gate_times_out_naming_what_it_waited_for(engine: FakeEngine) -> None:
+    gone = engine.add("d")
+    del engine.infos[gone]  # removed between the listing and the inspect
     engine.add("web", health="starting")
+    engine.add("ok")
     engine.add("a", health="starting")
     engine.add("b", health="starting")
     engine.add("c", health="starting")
-    gone = engine.add("d")
-    del engine.infos[gone]  # removed between the listing and the inspect
-    watched = [WEB, Watched("db"), Watched("a"), Watched("b"), Watched("c"), Watched("d")]
+    watched = [WEB, Watched("db"), Watched("a"), Watched("b"), Watched("c"), Watched("d"), Watched("ok")]
     gate = await run_gate(engine, STACK, watched, timeout_s=0.3)  # type: ignore[arg-type]
     assert not gate.ok and gate.failed_service == "web"
     assert gate.failure == ("not ready within 0s: web health: starting, a health: starting, b health: starting, "
                             "c health: starting, d no container yet, db no container yet")
     assert gate.evidence == ["web: health: starting", "a: health: starting", "b: health: starting"]
+    assert gate.ok is False and len(gate.assessments) == 7
+    absent = gate.assessments[-1]
+    assert (absent.service, absent.container, absent.verdict, absent.state, absent.health, absent.why) == (
+        "db", "", "waiting", "absent", None, "no container yet")
     assert gate.duration_s >= 0.3
 
 
 @pytest.mark.anyio
 async def test_gate_reports_progress_while_it_waits(engine: FakeEngine) -> None:
     engine.add("web", health="starting")
+    engine.add("api", health=None, started_ago=0)
+    engine.add("ok")
     messages: list[str] = []
 
     async def on_wait(message: str) -> None:
         messages.append(message)
 
-    gate = await run_gate(engine, STACK, [WEB], timeout_s=3.5, on_wait=on_wait)  # type: ignore[arg-type]
-    assert not gate.ok and gate.failure == "not ready within 4s: web health: starting"
+    watched = [WEB, Watched("api"), Watched("ok")]
+    gate = await run_gate(engine, STACK, watched, timeout_s=3.5, on_wait=on_wait, grace_s=60)  # type: ignore[arg-type]
+    assert not gate.ok
     # Every 2 s, not at every poll: one message within 3.5 s.
-    assert len(messages) == 1 and re.fullmatch(r"waiting on health \(\ds/4s\): web \(health: starting\)", messages[0])
+    assert len(messages) == 1 and re.fullmatch(
+        r"waiting on health \(2s/4s\): web \(health: starting\), api \(no healthcheck: must stay up 60s\)",
+        messages[0]), messages
 
 
 @pytest.mark.anyio
@@ -213,3 +227,10 @@ async def test_a_restart_long_before_the_deploy_is_not_a_restart_loop(engine: Fa
     engine.add("web")
     gate = await run_gate(engine, STACK, [Watched("db"), WEB], timeout_s=5)  # type: ignore[arg-type]
     assert gate.ok, gate.failure
+
+
+@pytest.mark.anyio
+async def test_gate_grace_is_the_callers(engine: FakeEngine) -> None:
+    engine.add("web", health=None, started_ago=1)  # up 1 s, no healthcheck
+    gate = await run_gate(engine, STACK, [WEB], timeout_s=3, grace_s=0.5)  # type: ignore[arg-type]
+    assert gate.ok and gate.duration_s < 2, gate.failure

@@ -55,7 +55,13 @@ def _history_prev(world: World) -> None:
 async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFailed | BaseException,
                        monkeypatch: pytest.MonkeyPatch, wait_s: float = 30.0) -> tuple[DeployReport, Run]:
     """_transaction with ``_apply`` failing the given way (the backup is the world's manifest)."""
-    deployer = Deployer(world.runtime)
+
+    async def progress(step: float, total: float, message: str) -> None:
+        told.append(message)
+
+    told: list[str] = []
+    world.told = told  # type: ignore[attr-defined]
+    deployer = Deployer(world.runtime, progress=progress)
 
     run = Run(stack)
     env, services = {"TAG": "2"}, ["web"]
@@ -123,6 +129,7 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     assert finding.message == "web is unhealthy" and finding.evidence[0] == "web: probe failed"
     assert SECRET not in " ".join(finding.evidence) and len(finding.evidence) == 2
     assert [p.name for p in report.phases] == ["backup", "rollback"]
+    assert world.told == ["backup: files, pinned images, data", "rolling back: web is unhealthy"]  # type: ignore[attr-defined]
     assert report.phases[-1].status == "ok" and "files of deployment op-prev restored" in report.phases[-1].detail
     assert any("b-1" in s for s in report.next_steps) and "web is unhealthy" in report.next_steps[0]
     assert world.store.created == [{"reason": f"before deploy {run.op.id}", "env": {"TAG": "2"}}]
@@ -691,3 +698,25 @@ def test_maintenance_window_failure_is_not_raised(world: World) -> None:
     world.ops.maintenance_fails = True
     _maintenance_back(world.ops, STACK, {"until": _iso(3600), "reason": "x"})
     _maintenance_back(world.ops, STACK, {"until": "not a time"})
+
+
+async def test_an_explicit_rollback_that_breaks_still_ends_the_journal(world: World,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _explicit_world(world, monkeypatch)
+    world.store.fail_create = True
+    with pytest.raises(OSError, match="disk full"):
+        await Deployer(world.runtime).rollback(STACK, wait_timeout_s=5)
+    op = world.ops.begun[0]
+    assert op.status == "failed" and op.result is None  # the stack's lock is released with it
+    assert world.ops.maintenance_calls[-1] == (STACK, None, "")
+    assert world.compose.calls == [] and (world.directory / "compose.yaml").read_text() == NEW
+
+
+async def test_an_explicit_rollback_waits_three_minutes_by_default(world: World,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _explicit_world(world, monkeypatch)
+    report = await Deployer(world.runtime).rollback(STACK)
+    assert report.status == "rolled_back"
+    until = datetime.fromisoformat(str(world.ops.maintenance_calls[0][1]))
+    assert 2 * 180 + 590 < (until - datetime.now(UTC)).total_seconds() <= 2 * 180 + 600
+    assert world.compose.calls[0].kwargs["timeout_s"] == 180
