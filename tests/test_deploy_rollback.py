@@ -111,7 +111,7 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     [dep] = world.memory.deployments
     assert dep["outcome"] == "rolled_back" and dep["services"] == ["web"] and dep["operation_id"] == run.op.id
     assert dep["notes"] == "health failed: web is unhealthy" and dep["log_lines"] == failed.evidence
-    assert dep["stack"] == STACK and 0 <= dep["duration_s"] < 60
+    assert dep["stack"] == STACK and 0 <= dep["duration_s"] < 1
     [inc] = world.memory.incidents
     assert inc["title"] == "deploy of unit failed at health: web is unhealthy"
     assert inc["service"] == "web" and inc["severity"] == "high" and inc["source"] == "deploy"
@@ -131,6 +131,7 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     assert [p.name for p in report.phases] == ["backup", "rollback"]
     assert world.told == ["backup: files, pinned images, data", "rolling back: web is unhealthy"]  # type: ignore[attr-defined]
     assert report.phases[-1].status == "ok" and "files of deployment op-prev restored" in report.phases[-1].detail
+    assert report.phases[0].detail == "backup b-1: 1 image(s) pinned, 0 volume(s), 0 dump(s)"
     assert any("b-1" in s for s in report.next_steps) and "web is unhealthy" in report.next_steps[0]
     assert world.store.created == [{"reason": f"before deploy {run.op.id}", "env": {"TAG": "2"}}]
     # Order: backup, then files + pins, then up, then the health of the old version, then memory.
@@ -261,7 +262,7 @@ async def test_dumps_go_back_only_for_databases_the_failed_deploy_touched(
         world.engine.add(name)
     report, _ = await _fail_deploy(world, world.stack(services, service_dsm=dsm), plan(**changes),
                                    StepFailed("health", "x"), monkeypatch, wait_s=2)
-    assert report.status == "rolled_back"
+    assert report.status == "rolled_back" and world.compose.calls[0].kwargs["timeout_s"] == 120
     data = [e for e in world.events if e[0] == "restore_data"]
     if restored:
         # After the old version is up again; the dumps only, never the volumes.
@@ -288,11 +289,15 @@ async def test_no_dump_goes_back_into_a_database_that_is_not_healthy(world: Worl
 
 # -- the transaction's decision to roll back --------------------------------------------------------
 async def test_unchanged_and_healthy_takes_no_backup(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    world.engine.add("web")
-    report, _ = await _fail_deploy(world, world.stack({"web": {}}), plan(web="unchanged"),
-                                   StepFailed("health", "must not run"), monkeypatch)
+    world.engine.add("web", image_id="sha256:web")
+    world.engine.add("db", status="exited", exit_code=1)  # not asked for (services=["web"])
+    the_plan = plan(web="unchanged")
+    report, run = await _fail_deploy(world, world.stack({"web": {}, "db": DB}), the_plan,
+                                     StepFailed("health", "must not run"), monkeypatch)
     assert report.status == "unchanged" and world.store.created == [] and world.compose.calls == []
-    assert [(p.name, p.status) for p in report.phases] == [("health", "ok")]
+    assert [(p.name, p.status, p.detail) for p in report.phases] == [("health", "ok", "already running healthy")]
+    assert report.plan == the_plan and [s.name for s in report.services] == ["db", "web"]
+    assert run.image_ids == {"web": "sha256:web"} and report.next_steps[0].startswith("nothing to do")
 
 
 async def test_unchanged_but_not_ready_goes_through_the_deploy(world: World,
@@ -311,7 +316,9 @@ async def test_a_failed_backup_changes_nothing(world: World, monkeypatch: pytest
                                    StepFailed("health", "must not run"), monkeypatch)
     assert report.status == "failed" and report.rollback is None and world.compose.calls == []
     assert [(p.name, p.status) for p in report.phases] == [("backup", "failed")]
-    assert report.phases[0].detail == "disk full" and "nothing was changed" in report.next_steps[0]
+    assert report.phases[0].detail == "disk full"
+    assert report.next_steps[0].startswith("the backup failed, so nothing was changed")
+    assert report.plan is not None
     assert (world.directory / "compose.yaml").read_text() == NEW
 
 
@@ -321,6 +328,7 @@ async def test_blocked_after_the_backup_rolls_nothing_back(world: World, monkeyp
                                                       category="images", message="no such image")])
     report, _ = await _fail_deploy(world, world.stack({"web": {}}), plan(web="recreate"), block, monkeypatch)
     assert report.status == "blocked" and report.rollback is None and world.compose.calls == []
+    assert report.plan is not None and report.next_steps[0].startswith("nothing was changed")
     assert report.findings[-1].rule == "image-unavailable"
     assert [(p.name, p.status, p.detail) for p in report.phases][-1] == ("pull", "blocked", "image missing")
     assert (world.directory / "compose.yaml").read_text() == NEW and world.memory.incidents == []
@@ -336,7 +344,7 @@ async def test_an_interrupted_deploy_rolls_back_ends_the_journal_and_reraises(
     op = world.ops.begun[0]
     assert op.status == "rolled_back" and op.result["current_deployment"] == "op-prev"
     assert op.result["rollback"]["why"] == "deploy: interrupted: RuntimeError: bug"
-    assert world.compose.calls[0].compose_text == OLD
+    assert world.compose.calls[0].compose_text == OLD and dict(world.compose.calls[0].project.env) == {"TAG": "2"}
 
 
 async def test_success_records_the_deployment_and_keeps_its_files(world: World,
@@ -412,6 +420,9 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     assert dep["outcome"] == "rolled_back" and dep["notes"] == "explicit rollback to op-1"
     assert dep["operation_id"] == op.id and dep["services"] == ["migrate", "web"] and dep["stack"] == STACK
     assert [(p.name, p.status) for p in report.phases] == [("backup", "ok"), ("up", "ok"), ("health", "ok")]
+    assert report.phases[0].detail == "backup b-1 of the state being left"
+    assert dep["image_digests"] == {"web": "sha256:old"} and [s.name for s in report.services] == ["migrate", "web"]
+    assert report.next_steps[0].startswith("done;") and world.ops.maintenance_calls[0][0] == STACK
     assert "files of op-1 restored, 1 image(s) pinned" in report.phases[1].detail
     assert report.phases[2].detail == "2 service(s) ready"  # web and the completed one-shot
     assert "pinned in compose.dsm.yaml" in report.next_steps[0]
@@ -432,7 +443,7 @@ async def test_explicit_rollback_to_an_unhealthy_version_fails(world: World,
     assert not snapshots.exists(world.settings, STACK, op.id)
     assert world.memory.deployments[0]["outcome"] == "rollback_failed"
     assert report.phases[-1].status == "failed" and "web is unhealthy" in report.phases[-1].detail
-    assert "not healthy" in report.next_steps[0]
+    assert report.next_steps[0].startswith("the restored version is not healthy")
     assert world.ops.maintenance_calls[-1] == (STACK, None, "")
 
 
@@ -449,15 +460,16 @@ async def test_explicit_rollback_without_the_image_pins_nothing(world: World,
 async def test_explicit_rollback_with_restore_data_uses_the_backup_taken_right_after_the_target(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     _explicit_world(world, monkeypatch)
-    world.store.manifests["b-2"] = manifest("b-2", dumps=("db",))
+    world.store.manifests["b-2"] = manifest("b-2", dumps=("db", "db2"))
     world.engine.add("db")
+    world.engine.add("db2")
     report = await Deployer(world.runtime).rollback(STACK, restore_data=True, confirm=True, wait_timeout_s=5)
     assert report.status == "rolled_back"
     assert world.store.restored_data == [{"backup": "b-2", "services": None, "volumes": True, "dumps": True}]
     kinds = [e[0] for e in world.events]
     assert kinds.index("compose") < kinds.index("restore_data")
     phase = next(p for p in report.phases if p.name == "restore_data")
-    assert phase.status == "ok" and phase.detail == "dump of db restored"
+    assert phase.status == "ok" and phase.detail == "dump of db restored; dump of db2 restored"
     assert world.ops.begun[0].params == {"to_deployment": "op-1", "restore_data": True}
 
 
@@ -514,7 +526,8 @@ async def test_overwriting_state_needs_confirmation(world: World, monkeypatch: p
     with pytest.raises(DsmError, match="needs confirmation") as err:
         await deployer.rollback(STACK, restore_data=restore_data)
     assert err.value.state == "nothing was changed" and world.ops.begun == []
-    assert ("with restore_data" in str(err.value)) == restore_data
+    assert err.value.what == ("rolling back " + ("with restore_data " if restore_data else "a critical stack ")
+                              + "overwrites state and needs confirmation")
     if answer is not None:
         assert questions == [f"Roll back 'unit' to op-1{' and overwrite its data with the backup' * restore_data}?"]
 
