@@ -110,6 +110,21 @@ MODULES: tuple[Module, ...] = (
                       "*xǁOperationsǁ_as_seen__mutmut*", "*xǁOperationsǁrecover__mutmut*",
                       "*xǁOperationsǁ_recover_locked__mutmut*", "*xǁOperationsǁ_interrupt__mutmut*",
                       "*xǁOperationsǁ_drive__mutmut*")),
+    # The rollback path of deploy: the health gate whose verdict triggers it, the files of each
+    # successful deployment it puts back, the override that pins the previous images, and the
+    # pipeline's decisions (what is restored, in which order, what is recorded).
+    Module("deploy-health", "server/deploy/health.py", ("tests/test_deploy_units.py", "tests/test_deploy_gate.py")),
+    Module("deploy-snapshots", "server/deploy/snapshots.py", ("tests/test_deploy_files.py",),
+           baseline=("tests/test_deploy_units.py",)),
+    Module("deploy-override", "server/deploy/override.py",
+           ("tests/test_deploy_units.py", "tests/test_deploy_files.py")),
+    Module("deploy-rollback", "server/deploy/pipeline.py", ("tests/test_deploy_rollback.py",),
+           baseline=("tests/test_deploy_units.py",),
+           functions=("*xǁDeployerǁ_auto_rollback__mutmut*", "*xǁDeployerǁ_restore_dumps__mutmut*",
+                      "*xǁDeployerǁrollback__mutmut*", "*xǁDeployerǁ_explicit__mutmut*",
+                      "*xǁDeployerǁ_last_success__mutmut*", "*xǁDeployerǁ_transaction__mutmut*",
+                      "*x__targets__mutmut*", "*x__backup_after__mutmut*", "*x__end__mutmut*",
+                      "*x__maintenance_back__mutmut*")),
 )
 
 
@@ -314,8 +329,9 @@ def diff(work: Path, path: str, name: str) -> str:
 @functools.cache
 def _functions(file: Path) -> dict[str, str]:
     source = file.read_text()
+    lines = source.splitlines()  # once: ast.get_source_segment splits the whole file per call
     return {
-        node.name: ast.get_source_segment(source, node) or ""
+        node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
         for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     }

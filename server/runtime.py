@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from server.settings import Settings
 
 if TYPE_CHECKING:
+    from server.backups.store import BackupStore
     from server.compose import ComposeRunner
     from server.engine import Engine
     from server.memory import Memory
@@ -65,6 +66,13 @@ class Runtime:
 
                 self._operations = Operations(self.settings, stack_state=self._stack_state)
             return self._operations
+
+    def backups(self) -> BackupStore:
+        """The backup store over this runtime's engine and Compose runner (it holds no state of its
+        own, so one per call; the deploy pipeline's seam for it, see server.deploy.seams)."""
+        from server.backups.store import BackupStore
+
+        return BackupStore(self.settings, self.engine(), self.compose())
 
     def _stack_state(self, stack: str) -> list[dict[str, object]]:
         # Recorded with an interrupted operation: what the stack's containers look like now.

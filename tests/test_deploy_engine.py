@@ -210,3 +210,27 @@ async def test_sustained_memory_near_the_limit_fails_verification(runtime: Runti
     assert report.status == "rolled_back", [p.detail for p in report.phases]
     assert report.rollback is not None and "memory above 95% of its limit, sustained" in report.rollback.why
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+async def test_a_restart_from_before_the_deploy_is_not_a_restart_loop(runtime: Runtime, stacks_root: Path,
+                                                                      project_name: str) -> None:
+    """A service that crashed once, long ago, and was brought back by its restart policy keeps
+    RestartCount=1; deploying another service of the stack must not read that as a loop."""
+    port = free_port()
+    side = web_service("side", WEB_10)
+    text = web_stack(project_name, WEB_10, port).replace("volumes:\n  data:", side + "volumes:\n  data:")
+    directory = write(stacks_root, project_name, text)
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    sidecar = container_of(project_name, "side")
+    docker("exec", sidecar, "kill", "1")  # the init process ends: the container exits, its policy restarts it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = docker("inspect", "-f", "{{.RestartCount}} {{.State.Health.Status}}", sidecar)
+        if state == "1 healthy":
+            break
+        time.sleep(0.5)
+    assert state == "1 healthy", state
+    (directory / "compose.yaml").write_text(text.replace(f"image: {WEB_10}", f"image: {WEB_11}", 1))
+    report = await deploy(runtime, project_name, wait_timeout_s=60)
+    assert report.status == "deployed", report.rollback
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.1"

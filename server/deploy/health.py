@@ -124,7 +124,10 @@ async def run_gate(
                 continue
             seen.add(c.service)
             key = str(info.get("Id"))
-            baseline.setdefault(key, 0)
+            # A restart count that RISES is a loop. The count when first seen is the baseline: a
+            # container the deploy left alone may carry restarts from long ago (a crash last month
+            # that its restart policy recovered), which say nothing about this deploy.
+            baseline.setdefault(key, int(info.get("RestartCount") or 0))
             a = assess(info, by_service[c.service or ""], baseline_restarts=baseline[key], now=time.time(),
                        grace_s=grace_s)
             if a.verdict == "failed":
@@ -160,12 +163,13 @@ async def log_tail(engine: Engine, container_id: str, lines: int = 15) -> list[s
 def _parse_time(value: Any) -> float | None:
     if not value or str(value).startswith("0001-"):
         return None
+    import itertools
     from datetime import datetime
 
     text = str(value)
     if "." in text:  # nanoseconds: datetime takes microseconds
         head, frac = text.split(".", 1)
-        digits = "".join(ch for ch in frac if ch.isdigit())
+        digits = "".join(itertools.takewhile(str.isdigit, frac))
         tz = frac[len(digits):]
         text = f"{head}.{digits[:6]}{tz}"
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from server.deploy.project import OVERRIDE_NAME, user_files
+from server.stacks import read_dotenv
 from server.yamlsafe import dump_yaml, load_yaml, read_text_capped
 
 _HEADER = (
@@ -81,7 +82,9 @@ def _set_compose_file(directory: Path, *, include: bool) -> None:
     env_path = directory / ".env"
     text = env_path.read_text(encoding="utf-8") if env_path.is_file() else ""
     files = [str(f.relative_to(directory)) if f.is_relative_to(directory) else str(f) for f in user_files(directory)]
-    value = ":".join([*files, OVERRIDE_NAME] if include else files)
+    # Compose splits COMPOSE_FILE on COMPOSE_PATH_SEPARATOR when the project sets one.
+    separator = read_dotenv(directory).get("COMPOSE_PATH_SEPARATOR") or os.pathsep
+    value = separator.join([*files, OVERRIDE_NAME] if include else files)
     line = f"COMPOSE_FILE={value}"
     marker = "# added by docker-stack-mcp"
     if _COMPOSE_FILE_LINE.search(text):
@@ -91,7 +94,8 @@ def _set_compose_file(directory: Path, *, include: bool) -> None:
             keep = [ln for ln in lines if ln.rstrip("\n") != marker and not _COMPOSE_FILE_LINE.match(ln)]
             text = "".join(keep)
         else:
-            text = _COMPOSE_FILE_LINE.sub(line, text, count=1)
+            # Every definition: Compose uses the last one in .env, so ours must be in that one.
+            text = _COMPOSE_FILE_LINE.sub(line, text)
     elif include:
         prefix = text if not text or text.endswith("\n") else text + "\n"
         text = prefix + marker + "\n" + line + "\n"

@@ -21,10 +21,8 @@ def operations(runtime: Runtime) -> Operations:
 
 
 def backup_store(runtime: Runtime) -> BackupStore:
-    """``BackupStore(settings, engine, compose)``."""
-    from server.backups.store import BackupStore
-
-    return BackupStore(runtime.settings, runtime.engine(), runtime.compose())
+    """``BackupStore(settings, engine, compose)`` (``Runtime.backups``)."""
+    return runtime.backups()
 
 
 def stack_busy() -> type[StackBusy]:
