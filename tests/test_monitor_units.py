@@ -106,3 +106,71 @@ async def test_read_only_mode_publishes_the_views_not_stack_control(tmp_path: An
     assert {"stack_status", "stack_logs", "diagnose_stack"} <= names and "stack_control" not in names
     names = {t.name for t in await build_server(Settings(stacks_root=tmp_path, state_dir=tmp_path / "s")).list_tools()}
     assert "stack_control" in names
+
+
+@pytest.mark.anyio
+async def test_auto_rollback_reads_the_pipeline_report(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rollback seam answers with the pipeline's report: only ``rolled_back`` counts as done; a
+    failed rollback alerts critical and leaves the stack to the restarts; a busy stack is asked
+    again on the next pass; each outcome is recorded as an incident (once per deployment)."""
+    from types import SimpleNamespace
+
+    from server.monitor import opsbridge
+    from server.monitor.watcher import Watcher
+    from server.runtime import Runtime
+    from server.settings import Settings
+
+    runtime = Runtime(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state"))
+    op = runtime.operations().begin("p", "deploy", {})
+    op.end("deployed", {"images": []})
+    answers = ["busy", "failed"]
+    calls: list[str] = []
+
+    async def fake_rollback(rt: Runtime, stack: str, reason: str) -> Any:
+        calls.append(reason)
+        status = answers.pop(0)
+        return SimpleNamespace(status=status, rollback=None if status == "busy" else SimpleNamespace(
+            why=reason, to_deployment="op-20260101T000000Z-00000000"))
+
+    incidents: list[dict[str, Any]] = []
+    alerts: list[Any] = []
+
+    async def record_incident(**kw: Any) -> str:
+        incidents.append(kw)
+        return "i"
+
+    async def alert(stack: str, a: Any) -> None:
+        alerts.append(a)
+
+    async def tail(o: Any, n: int) -> list[str]:
+        return ["fatal: simulated crash"]
+
+    monkeypatch.setattr(opsbridge, "rollback", fake_rollback)
+    watcher = Watcher(runtime, ["p"])
+    watcher.recorder = SimpleNamespace(record_incident=record_incident)  # type: ignore[assignment]
+    monkeypatch.setattr(watcher, "_alert", alert)
+    monkeypatch.setattr(watcher, "_tail", tail)
+    pending: list[Any] = []
+    monkeypatch.setattr(watcher, "_background", pending.append)  # memory writes, awaited here in order
+
+    async def settle() -> None:
+        while pending:
+            await pending.pop(0)
+    broken = [(observed("web", "exited", exit_code=1), "exited with code 1")]
+    policy = stack_policy(None)
+
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken)  # busy: nothing done, no noise
+    await settle()
+    assert len(calls) == 1 and op.id in calls[0] and calls[0].startswith("watcher: web exited with code 1")
+    assert not incidents and not alerts and op.id not in watcher.state.data["rollbacks"]
+
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken)  # asked again; the rollback failed
+    await settle()
+    assert len(calls) == 2 and watcher.counters.rollbacks == 0
+    assert [a.level for a in alerts] == ["critical"] and "the rollback ended failed" in alerts[0].what_was_tried
+    assert incidents[0]["outcome"] == "unresolved" and incidents[0]["log_lines"] == ["fatal: simulated crash"]
+
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken)  # once per deployment
+    await settle()
+    assert len(calls) == 2 and len(incidents) == 1
+    runtime.close()

@@ -51,11 +51,13 @@ class RollbackUnavailable(Exception):
 
 async def rollback(runtime: Runtime, stack: str, reason: str) -> Any:
     """The one seam to the deploy pipeline's rollback (server.deploy): back to the previous
-    successful deployment. Raises RollbackUnavailable when the pipeline is not in this build."""
+    successful deployment, ``reason`` journaled with it. Returns the pipeline's DeployReport (its
+    status says whether it worked: rolled_back, failed, busy); raises RollbackUnavailable when the
+    pipeline is not in this build, a DsmError when there is nothing to roll back to."""
     try:
         from server.deploy.pipeline import Deployer  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise RollbackUnavailable(
             "automatic rollback is not available: server.deploy is not part of this build") from exc
     log.warning("rolling back %s: %s", stack, reason)
-    return await Deployer(runtime).rollback(stack, confirm=True)
+    return await Deployer(runtime).rollback(stack, confirm=True, reason=reason)

@@ -350,20 +350,46 @@ class Watcher:
         done[last.operation_id] = now_iso()
         self.state.save()
         what = ", ".join(f"{o.service} {kind}" for o, kind in broken)
+        why = f"{what} within {window} s of deployment {last.operation_id}"
         self._log_action(stack, "*", "rollback", what)
+        # The evidence first: the rollback replaces the broken containers and their logs with them.
+        lines = [ln for o, _ in broken[:3] for ln in await self._tail(o, 10)]
+        started = time.monotonic()
+        report: Any = None
         try:
-            await opsbridge.rollback(self.runtime, stack, f"{what} within {window}s of deployment {last.operation_id}")
-            self.counters.rollbacks += 1
-            await self._alert(stack, Alert(
-                key=f"rollback:{stack}:{last.operation_id}", level="warning", title=f"{stack}: rolled back",
-                what_broke=f"{what} within {window} s of deployment {last.operation_id}",
-                what_was_tried="automatic rollback to the previous deployment",
-                what_to_do="check the failed release before deploying it again (stack_history, diagnose_stack)"))
-            return True
+            report = await opsbridge.rollback(self.runtime, stack, f"watcher: {why}")
         except opsbridge.RollbackUnavailable as exc:
             msg = str(exc)
         except DsmError as exc:
             msg = exc.what
+        else:
+            status = getattr(report, "status", None)
+            msg = f"the rollback ended {status}" + (
+                f" ({report.rollback.why})" if getattr(report, "rollback", None) is not None else "")
+        status = getattr(report, "status", None)
+        if status == "busy":
+            # Another operation took the stack first: nothing was done; the next pass decides again.
+            done.pop(last.operation_id, None)
+            self.state.save()
+            return False
+        ok = status == "rolled_back"
+        to = getattr(getattr(report, "rollback", None), "to_deployment", None)
+        first, kind = broken[0]
+        self._background(self.recorder.record_incident(
+            title=f"{first.service} {kind} right after a deployment: automatic rollback "
+            + ("done" if ok else "failed"), stack=stack, service=first.service, severity="high",
+            symptoms=f"{why} ({_state_line(first)})", log_lines=lines,
+            resolution=f"watcher rolled {stack} back to deployment {to}" if ok else f"automatic rollback: {msg}",
+            outcome="rolled_back" if ok else "unresolved", source="rollback",
+            time_to_recover_s=round(time.monotonic() - started, 1) if ok else None,
+            tags=["watcher", "auto-rollback", _slug(kind)]))
+        if ok:
+            self.counters.rollbacks += 1
+            await self._alert(stack, Alert(
+                key=f"rollback:{stack}:{last.operation_id}", level="warning", title=f"{stack}: rolled back",
+                what_broke=why, what_was_tried=f"automatic rollback to deployment {to}",
+                what_to_do="check the failed release before deploying it again (stack_history, diagnose_stack)"))
+            return True
         await self._alert(stack, Alert(
             key=f"rollback-failed:{stack}:{last.operation_id}", level="critical",
             title=f"{stack}: automatic rollback failed", what_broke=f"{what} right after deployment "
