@@ -24,6 +24,7 @@ import anyio
 import pytest
 
 from server.operations.models import OperationRecord
+from server.operations.views import DeploymentEntry
 from server.runtime import Runtime
 from server.settings import Settings
 from tests.conftest import REPO
@@ -159,6 +160,7 @@ async def test_watcher_rolls_back_a_release_breaking_after_deploy_through_the_pi
             reason = rollback.params["reason"]  # the journal says who rolled back, and why
             assert reason.startswith("watcher: web exited with code 1") and v2_id in reason
             assert rollback.result["rollback"]["why"] == reason
+            assert DeploymentEntry.of(rollback).detail == reason[:300]  # what stack_history shows the agent
             assert {p["name"]: p["status"] for p in rollback.phases}["health"] == "ok"
             v2_op = _ops(runtime, project_name, "deploy")[0]
             assert v2_op.operation_id == v2_id and v2_op.ended_at and rollback.started_at > v2_op.ended_at
@@ -203,4 +205,51 @@ async def test_watcher_rolls_back_a_release_breaking_after_deploy_through_the_pi
         stderr = watcher.stderr.read().decode() if watcher.stderr else ""
         assert watcher.returncode == 0, stderr[-3000:]
         assert "Traceback" not in stderr, stderr[-3000:]
+    assert time.monotonic() - started < 60
+
+
+async def test_watcher_rolls_back_a_release_crash_looping_under_the_engines_restart_policy(
+        runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    """The usual homelab setting, ``restart: unless-stopped``: the engine restarts the crashing
+    release at once, so the watcher rarely sees it down; restarts since the deployment are the
+    break that rolls it back (a restart storm alert alone would leave the bad release looping)."""
+    started = time.monotonic()
+    port = free_port()
+    text = STACK.replace('restart: "no"', "restart: unless-stopped")
+    v1 = text.format(name=project_name, window=120, image="dsm-test/web:1.0", port=port, crash_after=3)
+    v2 = text.format(name=project_name, window=120, image="dsm-test/web:2.0-broken", port=port, crash_after=3)
+    directory = write(stacks_root, project_name, v1)
+    with alert_receiver() as (url, alerts):
+        watcher = _watch(runtime, project_name, url)
+        try:
+            assert (await deploy(runtime, project_name)).status == "deployed"
+            (directory / "compose.yaml").write_text(v2)
+            second = await deploy(runtime, project_name, verify_s=0)
+            assert second.status == "deployed", second
+
+            def rolled_back() -> bool:
+                done = [r for r in _ops(runtime, project_name, "rollback") if not r.running]
+                return bool(done) and _healthy(project_name)
+
+            await _until(rolled_back, 40, "the watcher's rollback of the crash-looping release")
+            [rollback] = _ops(runtime, project_name, "rollback")
+            assert rollback.status == "rolled_back" and rollback.pid == watcher.pid
+            assert "restarted" in rollback.params["reason"] and str(second.operation_id) in rollback.params["reason"]
+            assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+            [c] = _webs(project_name)
+            await anyio.sleep(3)
+            [after] = _webs(project_name)
+            assert after["Id"] == c["Id"] and after["RestartCount"] == 0 and _healthy(project_name)
+            assert len(_ops(runtime, project_name, "rollback")) == 1 and not _ops(runtime, project_name, "recovery")
+            assert [a["title"] for a in alerts if "rolled back" in a.get("title", "")] == [
+                f"{project_name}: rolled back"]
+        finally:
+            watcher.send_signal(signal.SIGTERM)
+            try:
+                watcher.wait(20)
+            except subprocess.TimeoutExpired:
+                watcher.kill()
+                watcher.wait(10)
+                pytest.fail("docker-stack-mcp watch did not stop on SIGTERM within 20 s")
+        assert watcher.returncode == 0
     assert time.monotonic() - started < 60

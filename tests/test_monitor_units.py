@@ -159,18 +159,46 @@ async def test_auto_rollback_reads_the_pipeline_report(tmp_path: Any, monkeypatc
     broken = [(observed("web", "exited", exit_code=1), "exited with code 1")]
     policy = stack_policy(None)
 
-    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken)  # busy: nothing done, no noise
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken, [])  # busy: nothing done, no noise
     await settle()
     assert len(calls) == 1 and op.id in calls[0] and calls[0].startswith("watcher: web exited with code 1")
     assert not incidents and not alerts and op.id not in watcher.state.data["rollbacks"]
 
-    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken)  # asked again; the rollback failed
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken, [])  # asked again; the rollback failed
     await settle()
     assert len(calls) == 2 and watcher.counters.rollbacks == 0
     assert [a.level for a in alerts] == ["critical"] and "the rollback ended failed" in alerts[0].what_was_tried
     assert incidents[0]["outcome"] == "unresolved" and incidents[0]["log_lines"] == ["fatal: simulated crash"]
 
-    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken)  # once per deployment
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken, [])  # once per deployment
     await settle()
     assert len(calls) == 2 and len(incidents) == 1
     runtime.close()
+
+
+def test_crash_loop_since_a_deployment_counts_as_broken(tmp_path: Any) -> None:
+    """restart: unless-stopped hides a crash loop (running again at once): restarts of a container
+    the deployment created, or restarts the watcher saw since it, are the break; older ones are not."""
+    from server.monitor.watcher import Watcher
+    from server.runtime import Runtime
+    from server.settings import Settings
+
+    watcher = Watcher(Runtime(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state")), ["p"])
+    policy = stack_policy(None, {"job": {"dsm.one-shot": "true"}})
+    since = iso_to_epoch("2026-12-04T18:00:00Z") or 0.0
+
+    def container(service: str, created: str, restarts: int, status: str = "running") -> Observed:
+        o = observed(service, status)
+        o.inspect.update(Created=created, RestartCount=restarts)
+        return o
+
+    new = "2026-12-04T18:00:01.123456789Z"
+    assert watcher._crash_looping("p", container("web", new, 2), policy, since) == (
+        "restarted 2 time(s) by the engine since the deployment")
+    assert watcher._crash_looping("p", container("web", new, 0), policy, since) is None
+    old = container("db", "2026-12-01T00:00:00Z", 5)
+    assert watcher._crash_looping("p", old, policy, since) is None  # restarted long before this deployment
+    watcher.state.service("p", "db")["engine_restarts"] = [since - 60, since + 30]
+    assert watcher._crash_looping("p", old, policy, since) == "restarted 1 time(s) by the engine since the deployment"
+    assert watcher._crash_looping("p", container("api", "2026-12-01T00:00:00Z", 0, "restarting"), policy, since)
+    assert watcher._crash_looping("p", container("job", new, 3), policy, since) is None  # one-shots are not healed

@@ -4,8 +4,10 @@ Per tick, for every watched stack (those under the stacks root, or the ``--stack
 
 - a stack under an operation (deploy, rollback, backup, control) or in a maintenance window is
   left alone: the watcher never fights a deploy, and alerts stay muted;
-- a service that breaks within ``watch_after_deploy_s`` of a deployment deploy_stack recorded is
-  rolled back (once per deployment), through the deploy pipeline's rollback;
+- a service that breaks within ``watch_after_deploy_s`` of a deployment deploy_stack recorded
+  (unhealthy, failed, or restarted by the engine's restart policy since) is rolled back once per
+  deployment, through the deploy pipeline's rollback; only a ``rolled_back`` report counts, and
+  the outcome is alerted and recorded as an incident;
 - otherwise unhealthy containers are restarted and failed ones recreated (Compose, no
   dependencies touched; a plain start when the files changed since, so undeployed edits are
   never applied), dependencies first, within a budget per service: ``x-dsm`` recovery
@@ -170,7 +172,9 @@ class Watcher:
         policy = stack_policy(location, {o.service: o.labels for o in containers})
         await self._restart_storms(stack, containers, policy)
         broken = [(o, kind) for o in _dependency_order(containers) if (kind := _broken(o, policy))]
-        if broken and await self._rollback_if_fresh_deploy(stack, policy, broken):
+        restarted = any(int(o.inspect.get("RestartCount") or 0) or o.state.get("Status") == "restarting"
+                        for o in containers)
+        if (broken or restarted) and await self._rollback_if_fresh_deploy(stack, policy, broken, containers):
             return
         for o, kind in broken:
             await self._recover(stack, o, kind, policy, location)
@@ -332,8 +336,8 @@ class Watcher:
             log_lines=lines, outcome="unresolved", source="recovery",
             tags=["watcher", "budget-exhausted", _slug(kind)]))
 
-    async def _rollback_if_fresh_deploy(self, stack: str, policy: StackPolicy,
-                                        broken: list[tuple[Observed, str]]) -> bool:
+    async def _rollback_if_fresh_deploy(self, stack: str, policy: StackPolicy, broken: list[tuple[Observed, str]],
+                                        containers: list[Observed]) -> bool:
         window = policy.settings.watch_after_deploy_s
         try:
             last = opsbridge.last_deployment(self.runtime, stack)
@@ -346,6 +350,12 @@ class Watcher:
             return False
         done = self.state.data.setdefault("rollbacks", {})
         if last.operation_id in done:
+            return False
+        since = iso_to_epoch(last.started_at or "") or ended
+        listed = {o.full_id for o, _ in broken}
+        broken = broken + [(o, kind) for o in _dependency_order(containers)
+                           if o.full_id not in listed and (kind := self._crash_looping(stack, o, policy, since))]
+        if not broken:
             return False
         done[last.operation_id] = now_iso()
         self.state.save()
@@ -396,6 +406,23 @@ class Watcher:
             f"{last.operation_id}", what_was_tried=f"automatic rollback: {msg}",
             what_to_do=f"call rollback for {stack} by hand or fix forward; the watcher now restarts services"))
         return False
+
+    def _crash_looping(self, stack: str, o: Observed, policy: StackPolicy, since: float) -> str | None:
+        """Restarted by the engine's restart policy since ``since`` (the deployment): broken, though
+        ``running`` again most of the time (``restart: unless-stopped`` hides a crash loop)."""
+        if policy.service(o.service).is_one_shot or o.labels.get("com.docker.compose.oneoff") == "True":
+            return None
+        count = int(o.inspect.get("RestartCount") or 0)
+        created = iso_to_epoch(str(o.inspect.get("Created") or ""))
+        if count and created is not None and created >= since:
+            return f"restarted {count} time(s) by the engine since the deployment"
+        # A container the deployment did not recreate: the restarts the watcher saw since.
+        seen = [t for t in self.state.service(stack, o.service).get("engine_restarts") or [] if t >= since]
+        if seen:
+            return f"restarted {len(seen)} time(s) by the engine since the deployment"
+        if (o.state.get("Status") or o.summary.state) == "restarting":
+            return "crashing (restarting under its restart policy)"
+        return None
 
     async def _restart_storms(self, stack: str, containers: list[Observed], policy: StackPolicy) -> None:
         """The engine's own restart policy looping a crashing container: alert once per window."""
