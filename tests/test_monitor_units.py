@@ -202,3 +202,33 @@ def test_crash_loop_since_a_deployment_counts_as_broken(tmp_path: Any) -> None:
     assert watcher._crash_looping("p", old, policy, since) == "restarted 1 time(s) by the engine since the deployment"
     assert watcher._crash_looping("p", container("api", "2026-12-01T00:00:00Z", 0, "restarting"), policy, since)
     assert watcher._crash_looping("p", container("job", new, 3), policy, since) is None  # one-shots are not healed
+
+
+def test_fresh_deployment_is_the_newest_change_not_a_rollback_or_a_no_op(tmp_path: Any) -> None:
+    """An unchanged redeploy does not hide the release it left running; a rollback (by hand or by
+    the watcher) after a deploy means no automatic rollback (it would go one release further back)."""
+    from server.monitor import opsbridge
+    from server.runtime import Runtime
+    from server.settings import Settings
+
+    runtime = Runtime(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state"))
+    ops = runtime.operations()
+
+    def op(kind: str, status: str) -> str:
+        o = ops.begin("p", kind, {})  # type: ignore[arg-type]
+        o.end(status, {})  # type: ignore[arg-type]
+        return o.id
+
+    assert opsbridge.last_deployment(runtime, "p") is None
+    op("deploy", "deployed")
+    v2 = op("deploy", "deployed")
+    op("deploy", "unchanged")
+    last = opsbridge.last_deployment(runtime, "p")
+    assert last.operation_id == v2 and last.kind == "deploy" and last.status == "deployed"
+    back = op("rollback", "rolled_back")
+    op("deploy", "unchanged")
+    last = opsbridge.last_deployment(runtime, "p")
+    assert last.operation_id == back and last.kind == "rollback"
+    v3 = op("deploy", "deployed")
+    assert opsbridge.last_deployment(runtime, "p").operation_id == v3
+    runtime.close()

@@ -30,10 +30,18 @@ def running(runtime: Runtime, stack: str) -> Any:
     return operations(runtime).running(stack)
 
 
+_CHANGED_NOTHING = frozenset({"unchanged", "blocked", "planned"})
+
+
 def last_deployment(runtime: Runtime, stack: str) -> Any:
-    """The newest deploy recorded in the journal for ``stack`` (an OperationRecord), or None."""
-    history = operations(runtime).history(stack, kinds=("deploy",), limit=1)
-    return history[0] if history else None
+    """The newest deploy or rollback that changed ``stack`` (an OperationRecord), or None.
+
+    A deploy that found nothing to do (``unchanged``) does not hide the release before it, and a
+    rollback (by hand or by the watcher) is the newest change: the caller then sees a rollback,
+    not a fresh deployment, and must not roll back once more (that would go one release further
+    back)."""
+    history = operations(runtime).history(stack, kinds=("deploy", "rollback"), limit=50)
+    return next((h for h in history if h.status not in _CHANGED_NOTHING), None)
 
 
 def begin(runtime: Runtime, stack: str, kind: str, params: dict[str, Any] | None = None) -> Any:

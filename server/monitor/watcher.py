@@ -343,7 +343,7 @@ class Watcher:
             last = opsbridge.last_deployment(self.runtime, stack)
         except Exception:
             return False
-        if last is None or window <= 0 or last.status not in ("deployed",):
+        if last is None or window <= 0 or last.kind != "deploy" or last.status != "deployed":
             return False
         ended = iso_to_epoch(last.ended_at or "")
         if ended is None or time.time() - ended > window:
