@@ -106,3 +106,129 @@ async def test_read_only_mode_publishes_the_views_not_stack_control(tmp_path: An
     assert {"stack_status", "stack_logs", "diagnose_stack"} <= names and "stack_control" not in names
     names = {t.name for t in await build_server(Settings(stacks_root=tmp_path, state_dir=tmp_path / "s")).list_tools()}
     assert "stack_control" in names
+
+
+@pytest.mark.anyio
+async def test_auto_rollback_reads_the_pipeline_report(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rollback seam answers with the pipeline's report: only ``rolled_back`` counts as done; a
+    failed rollback alerts critical and leaves the stack to the restarts; a busy stack is asked
+    again on the next pass; each outcome is recorded as an incident (once per deployment)."""
+    from types import SimpleNamespace
+
+    from server.monitor import opsbridge
+    from server.monitor.watcher import Watcher
+    from server.runtime import Runtime
+    from server.settings import Settings
+
+    runtime = Runtime(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state"))
+    op = runtime.operations().begin("p", "deploy", {})
+    op.end("deployed", {"images": []})
+    answers = ["busy", "failed"]
+    calls: list[str] = []
+
+    async def fake_rollback(rt: Runtime, stack: str, reason: str) -> Any:
+        calls.append(reason)
+        status = answers.pop(0)
+        return SimpleNamespace(status=status, rollback=None if status == "busy" else SimpleNamespace(
+            why=reason, to_deployment="op-20260101T000000Z-00000000"))
+
+    incidents: list[dict[str, Any]] = []
+    alerts: list[Any] = []
+
+    async def record_incident(**kw: Any) -> str:
+        incidents.append(kw)
+        return "i"
+
+    async def alert(stack: str, a: Any) -> None:
+        alerts.append(a)
+
+    async def tail(o: Any, n: int) -> list[str]:
+        return ["fatal: simulated crash"]
+
+    monkeypatch.setattr(opsbridge, "rollback", fake_rollback)
+    watcher = Watcher(runtime, ["p"])
+    watcher.recorder = SimpleNamespace(record_incident=record_incident)  # type: ignore[assignment]
+    monkeypatch.setattr(watcher, "_alert", alert)
+    monkeypatch.setattr(watcher, "_tail", tail)
+    pending: list[Any] = []
+    monkeypatch.setattr(watcher, "_background", pending.append)  # memory writes, awaited here in order
+
+    async def settle() -> None:
+        while pending:
+            await pending.pop(0)
+    broken = [(observed("web", "exited", exit_code=1), "exited with code 1")]
+    policy = stack_policy(None)
+
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken, [])  # busy: nothing done, no noise
+    await settle()
+    assert len(calls) == 1 and op.id in calls[0] and calls[0].startswith("watcher: web exited with code 1")
+    assert not incidents and not alerts and op.id not in watcher.state.data["rollbacks"]
+
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken, [])  # asked again; the rollback failed
+    await settle()
+    assert len(calls) == 2 and watcher.counters.rollbacks == 0
+    assert [a.level for a in alerts] == ["critical"] and "the rollback ended failed" in alerts[0].what_was_tried
+    assert incidents[0]["outcome"] == "unresolved" and incidents[0]["log_lines"] == ["fatal: simulated crash"]
+
+    assert not await watcher._rollback_if_fresh_deploy("p", policy, broken, [])  # once per deployment
+    await settle()
+    assert len(calls) == 2 and len(incidents) == 1
+    runtime.close()
+
+
+def test_crash_loop_since_a_deployment_counts_as_broken(tmp_path: Any) -> None:
+    """restart: unless-stopped hides a crash loop (running again at once): restarts of a container
+    the deployment created, or restarts the watcher saw since it, are the break; older ones are not."""
+    from server.monitor.watcher import Watcher
+    from server.runtime import Runtime
+    from server.settings import Settings
+
+    watcher = Watcher(Runtime(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state")), ["p"])
+    policy = stack_policy(None, {"job": {"dsm.one-shot": "true"}})
+    since = iso_to_epoch("2026-12-04T18:00:00Z") or 0.0
+
+    def container(service: str, created: str, restarts: int, status: str = "running") -> Observed:
+        o = observed(service, status)
+        o.inspect.update(Created=created, RestartCount=restarts)
+        return o
+
+    new = "2026-12-04T18:00:01.123456789Z"
+    assert watcher._crash_looping("p", container("web", new, 2), policy, since) == (
+        "restarted 2 time(s) by the engine since the deployment")
+    assert watcher._crash_looping("p", container("web", new, 0), policy, since) is None
+    old = container("db", "2026-12-01T00:00:00Z", 5)
+    assert watcher._crash_looping("p", old, policy, since) is None  # restarted long before this deployment
+    watcher.state.service("p", "db")["engine_restarts"] = [since - 60, since + 30]
+    assert watcher._crash_looping("p", old, policy, since) == "restarted 1 time(s) by the engine since the deployment"
+    assert watcher._crash_looping("p", container("api", "2026-12-01T00:00:00Z", 0, "restarting"), policy, since)
+    assert watcher._crash_looping("p", container("job", new, 3), policy, since) is None  # one-shots are not healed
+
+
+def test_fresh_deployment_is_the_newest_change_not_a_rollback_or_a_no_op(tmp_path: Any) -> None:
+    """An unchanged redeploy does not hide the release it left running; a rollback (by hand or by
+    the watcher) after a deploy means no automatic rollback (it would go one release further back)."""
+    from server.monitor import opsbridge
+    from server.runtime import Runtime
+    from server.settings import Settings
+
+    runtime = Runtime(Settings(stacks_root=tmp_path, state_dir=tmp_path / "state"))
+    ops = runtime.operations()
+
+    def op(kind: str, status: str) -> str:
+        o = ops.begin("p", kind, {})  # type: ignore[arg-type]
+        o.end(status, {})  # type: ignore[arg-type]
+        return o.id
+
+    assert opsbridge.last_deployment(runtime, "p") is None
+    op("deploy", "deployed")
+    v2 = op("deploy", "deployed")
+    op("deploy", "unchanged")
+    last = opsbridge.last_deployment(runtime, "p")
+    assert last.operation_id == v2 and last.kind == "deploy" and last.status == "deployed"
+    back = op("rollback", "rolled_back")
+    op("deploy", "unchanged")
+    last = opsbridge.last_deployment(runtime, "p")
+    assert last.operation_id == back and last.kind == "rollback"
+    v3 = op("deploy", "deployed")
+    assert opsbridge.last_deployment(runtime, "p").operation_id == v3
+    runtime.close()

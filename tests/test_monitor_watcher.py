@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -300,8 +301,9 @@ async def test_breaking_soon_after_deploy_rolls_back_once(
         op.end("deployed", {"images": []})
         calls: list[str] = []
 
-        async def fake_rollback(rt: Runtime, stack: str, reason: str) -> None:
+        async def fake_rollback(rt: Runtime, stack: str, reason: str) -> Any:
             calls.append(reason)
+            return SimpleNamespace(status="rolled_back", rollback=SimpleNamespace(why=reason, to_deployment="op-x"))
 
         monkeypatch.setattr(opsbridge, "rollback", fake_rollback)
         watcher = Watcher(runtime, interval_s=1.0, alerter=Alerter(s))

@@ -436,8 +436,10 @@ class Deployer:
         return [f"database restored from backup {backup.backup_id}: {', '.join(sorted(touched))}", *map(str, done)]
 
     async def rollback(self, stack_arg: str, *, to_deployment: str | None = None, restore_data: bool = False,
-                       confirm: bool = False, wait_timeout_s: float | None = None) -> DeployReport:
-        """Explicit rollback to a previous successful deployment (default: the one before the current)."""
+                       confirm: bool = False, wait_timeout_s: float | None = None,
+                       reason: str | None = None) -> DeployReport:
+        """Explicit rollback to a previous successful deployment (default: the one before the current).
+        ``reason`` (who asked and why, e.g. the watcher) is journaled and becomes the report's rollback.why."""
         from server.stackload import load_stack
         from server.stacks import resolve_stack
 
@@ -463,7 +465,7 @@ class Deployer:
         run = Run(stack)
         try:
             run.op = ops.begin(stack.name, "rollback", params={"to_deployment": target.operation_id,
-                                                                "restore_data": restore_data},
+                                                                "restore_data": restore_data, "reason": reason},
                                secrets=stack.secret_values)
         except stack_busy() as busy:
             return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
@@ -474,7 +476,7 @@ class Deployer:
             result: DeployReport | None = None
             previous = _maintenance(ops, stack.name, 2 * wait_s + 600, f"rollback {run.op.id}")
             try:
-                result = await self._explicit(run, target, current, restore_data, wait_s, history)
+                result = await self._explicit(run, target, current, restore_data, wait_s, history, reason)
                 return result
             finally:
                 _end(run, result)
@@ -483,7 +485,7 @@ class Deployer:
         return await ops.run_detached(run.op, work)  # type: ignore[no-any-return,unused-ignore]
 
     async def _explicit(self, run: Run, target: Any, current: Any, restore_data: bool, wait_s: float,
-                        history: list[Any]) -> DeployReport:
+                        history: list[Any], reason: str | None = None) -> DeployReport:
         stack = run.stack
         assert stack.directory is not None
         store = backup_store(self.runtime)
@@ -535,7 +537,7 @@ class Deployer:
             operation_id=run.op.id, notes=f"explicit rollback to {target.operation_id}")
         return self._report(
             run, "rolled_back" if gate.ok else "failed", services=states,
-            rollback=RollbackInfo(why="asked for", to_deployment=target.operation_id,
+            rollback=RollbackInfo(why=(reason or "asked for")[:500], to_deployment=target.operation_id,
                                   result="restored" if gate.ok else "failed"),
             next_steps=["done; the previous version runs (pinned in compose.dsm.yaml until the next deploy)"]
             if gate.ok else ["the restored version is not healthy: inspect_stack and its logs"])

@@ -30,10 +30,18 @@ def running(runtime: Runtime, stack: str) -> Any:
     return operations(runtime).running(stack)
 
 
+_CHANGED_NOTHING = frozenset({"unchanged", "blocked", "planned"})
+
+
 def last_deployment(runtime: Runtime, stack: str) -> Any:
-    """The newest deploy recorded in the journal for ``stack`` (an OperationRecord), or None."""
-    history = operations(runtime).history(stack, kinds=("deploy",), limit=1)
-    return history[0] if history else None
+    """The newest deploy or rollback that changed ``stack`` (an OperationRecord), or None.
+
+    A deploy that found nothing to do (``unchanged``) does not hide the release before it, and a
+    rollback (by hand or by the watcher) is the newest change: the caller then sees a rollback,
+    not a fresh deployment, and must not roll back once more (that would go one release further
+    back)."""
+    history = operations(runtime).history(stack, kinds=("deploy", "rollback"), limit=50)
+    return next((h for h in history if h.status not in _CHANGED_NOTHING), None)
 
 
 def begin(runtime: Runtime, stack: str, kind: str, params: dict[str, Any] | None = None) -> Any:
@@ -51,11 +59,13 @@ class RollbackUnavailable(Exception):
 
 async def rollback(runtime: Runtime, stack: str, reason: str) -> Any:
     """The one seam to the deploy pipeline's rollback (server.deploy): back to the previous
-    successful deployment. Raises RollbackUnavailable when the pipeline is not in this build."""
+    successful deployment, ``reason`` journaled with it. Returns the pipeline's DeployReport (its
+    status says whether it worked: rolled_back, failed, busy); raises RollbackUnavailable when the
+    pipeline is not in this build, a DsmError when there is nothing to roll back to."""
     try:
         from server.deploy.pipeline import Deployer  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise RollbackUnavailable(
             "automatic rollback is not available: server.deploy is not part of this build") from exc
     log.warning("rolling back %s: %s", stack, reason)
-    return await Deployer(runtime).rollback(stack, confirm=True)
+    return await Deployer(runtime).rollback(stack, confirm=True, reason=reason)

@@ -4,8 +4,10 @@ Per tick, for every watched stack (those under the stacks root, or the ``--stack
 
 - a stack under an operation (deploy, rollback, backup, control) or in a maintenance window is
   left alone: the watcher never fights a deploy, and alerts stay muted;
-- a service that breaks within ``watch_after_deploy_s`` of a deployment deploy_stack recorded is
-  rolled back (once per deployment), through the deploy pipeline's rollback;
+- a service that breaks within ``watch_after_deploy_s`` of a deployment deploy_stack recorded
+  (unhealthy, failed, or restarted by the engine's restart policy since) is rolled back once per
+  deployment, through the deploy pipeline's rollback; only a ``rolled_back`` report counts, and
+  the outcome is alerted and recorded as an incident;
 - otherwise unhealthy containers are restarted and failed ones recreated (Compose, no
   dependencies touched; a plain start when the files changed since, so undeployed edits are
   never applied), dependencies first, within a budget per service: ``x-dsm`` recovery
@@ -170,7 +172,9 @@ class Watcher:
         policy = stack_policy(location, {o.service: o.labels for o in containers})
         await self._restart_storms(stack, containers, policy)
         broken = [(o, kind) for o in _dependency_order(containers) if (kind := _broken(o, policy))]
-        if broken and await self._rollback_if_fresh_deploy(stack, policy, broken):
+        restarted = any(int(o.inspect.get("RestartCount") or 0) or o.state.get("Status") == "restarting"
+                        for o in containers)
+        if (broken or restarted) and await self._rollback_if_fresh_deploy(stack, policy, broken, containers):
             return
         for o, kind in broken:
             await self._recover(stack, o, kind, policy, location)
@@ -332,14 +336,14 @@ class Watcher:
             log_lines=lines, outcome="unresolved", source="recovery",
             tags=["watcher", "budget-exhausted", _slug(kind)]))
 
-    async def _rollback_if_fresh_deploy(self, stack: str, policy: StackPolicy,
-                                        broken: list[tuple[Observed, str]]) -> bool:
+    async def _rollback_if_fresh_deploy(self, stack: str, policy: StackPolicy, broken: list[tuple[Observed, str]],
+                                        containers: list[Observed]) -> bool:
         window = policy.settings.watch_after_deploy_s
         try:
             last = opsbridge.last_deployment(self.runtime, stack)
         except Exception:
             return False
-        if last is None or window <= 0 or last.status not in ("deployed",):
+        if last is None or window <= 0 or last.kind != "deploy" or last.status != "deployed":
             return False
         ended = iso_to_epoch(last.ended_at or "")
         if ended is None or time.time() - ended > window:
@@ -347,29 +351,78 @@ class Watcher:
         done = self.state.data.setdefault("rollbacks", {})
         if last.operation_id in done:
             return False
+        since = iso_to_epoch(last.started_at or "") or ended
+        listed = {o.full_id for o, _ in broken}
+        broken = broken + [(o, kind) for o in _dependency_order(containers)
+                           if o.full_id not in listed and (kind := self._crash_looping(stack, o, policy, since))]
+        if not broken:
+            return False
         done[last.operation_id] = now_iso()
         self.state.save()
         what = ", ".join(f"{o.service} {kind}" for o, kind in broken)
+        why = f"{what} within {window} s of deployment {last.operation_id}"
         self._log_action(stack, "*", "rollback", what)
+        # The evidence first: the rollback replaces the broken containers and their logs with them.
+        lines = [ln for o, _ in broken[:3] for ln in await self._tail(o, 10)]
+        started = time.monotonic()
+        report: Any = None
         try:
-            await opsbridge.rollback(self.runtime, stack, f"{what} within {window}s of deployment {last.operation_id}")
-            self.counters.rollbacks += 1
-            await self._alert(stack, Alert(
-                key=f"rollback:{stack}:{last.operation_id}", level="warning", title=f"{stack}: rolled back",
-                what_broke=f"{what} within {window} s of deployment {last.operation_id}",
-                what_was_tried="automatic rollback to the previous deployment",
-                what_to_do="check the failed release before deploying it again (stack_history, diagnose_stack)"))
-            return True
+            report = await opsbridge.rollback(self.runtime, stack, f"watcher: {why}")
         except opsbridge.RollbackUnavailable as exc:
             msg = str(exc)
         except DsmError as exc:
             msg = exc.what
+        else:
+            status = getattr(report, "status", None)
+            msg = f"the rollback ended {status}" + (
+                f" ({report.rollback.why})" if getattr(report, "rollback", None) is not None else "")
+        status = getattr(report, "status", None)
+        if status == "busy":
+            # Another operation took the stack first: nothing was done; the next pass decides again.
+            done.pop(last.operation_id, None)
+            self.state.save()
+            return False
+        ok = status == "rolled_back"
+        to = getattr(getattr(report, "rollback", None), "to_deployment", None)
+        first, kind = broken[0]
+        self._background(self.recorder.record_incident(
+            title=f"{first.service} {kind} right after a deployment: automatic rollback "
+            + ("done" if ok else "failed"), stack=stack, service=first.service, severity="high",
+            symptoms=f"{why} ({_state_line(first)})", log_lines=lines,
+            resolution=f"watcher rolled {stack} back to deployment {to}" if ok else f"automatic rollback: {msg}",
+            outcome="rolled_back" if ok else "unresolved", source="rollback",
+            time_to_recover_s=round(time.monotonic() - started, 1) if ok else None,
+            tags=["watcher", "auto-rollback", _slug(kind)]))
+        if ok:
+            self.counters.rollbacks += 1
+            await self._alert(stack, Alert(
+                key=f"rollback:{stack}:{last.operation_id}", level="warning", title=f"{stack}: rolled back",
+                what_broke=why, what_was_tried=f"automatic rollback to deployment {to}",
+                what_to_do="check the failed release before deploying it again (stack_history, diagnose_stack)"))
+            return True
         await self._alert(stack, Alert(
             key=f"rollback-failed:{stack}:{last.operation_id}", level="critical",
             title=f"{stack}: automatic rollback failed", what_broke=f"{what} right after deployment "
             f"{last.operation_id}", what_was_tried=f"automatic rollback: {msg}",
             what_to_do=f"call rollback for {stack} by hand or fix forward; the watcher now restarts services"))
         return False
+
+    def _crash_looping(self, stack: str, o: Observed, policy: StackPolicy, since: float) -> str | None:
+        """Restarted by the engine's restart policy since ``since`` (the deployment): broken, though
+        ``running`` again most of the time (``restart: unless-stopped`` hides a crash loop)."""
+        if policy.service(o.service).is_one_shot or o.labels.get("com.docker.compose.oneoff") == "True":
+            return None
+        count = int(o.inspect.get("RestartCount") or 0)
+        created = iso_to_epoch(str(o.inspect.get("Created") or ""))
+        if count and created is not None and created >= since:
+            return f"restarted {count} time(s) by the engine since the deployment"
+        # A container the deployment did not recreate: the restarts the watcher saw since.
+        seen = [t for t in self.state.service(stack, o.service).get("engine_restarts") or [] if t >= since]
+        if seen:
+            return f"restarted {len(seen)} time(s) by the engine since the deployment"
+        if (o.state.get("Status") or o.summary.state) == "restarting":
+            return "crashing (restarting under its restart policy)"
+        return None
 
     async def _restart_storms(self, stack: str, containers: list[Observed], policy: StackPolicy) -> None:
         """The engine's own restart policy looping a crashing container: alert once per window."""
