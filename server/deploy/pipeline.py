@@ -320,13 +320,11 @@ class Deployer:
         states = await self._states(stack, run)
         snapshots.save(self.settings, stack.name, run.op.id, stack.directory)
         digests = {s.name: s.image_digest or "" for s in states if s.image_digest}
-        from server.memory.recorder import MemoryRecorder
-
-        await MemoryRecorder(self.runtime.memory).record_deployment(
+        memory = await self._record_deployment(
             stack=stack.name, services=[s.name for s in states], outcome="success", image_digests=digests,
             duration_s=round(time.monotonic() - started, 1),
             strategy=",".join(sorted({s.strategy for s in plan.changes})) or None, operation_id=run.op.id)
-        run.phase("record", "ok", t, "journal and memory")
+        run.phase("record", "ok", t, f"journal; {memory}")
         return self._report(run, "deployed", plan=plan, services=states, next_steps=[
             "done; stack_history shows it, rollback returns to the previous deployment if needed"])
 
@@ -527,11 +525,9 @@ class Deployer:
         states = await self._states(stack, run)
         if gate.ok:
             snapshots.save(self.settings, stack.name, run.op.id, stack.directory)
-        from server.memory.recorder import MemoryRecorder
-
-        await MemoryRecorder(self.runtime.memory).record_deployment(
+        await self._record_deployment(
             stack=stack.name, services=[s.name for s in states], outcome="rolled_back" if gate.ok else
-            "rollback_failed", image_digests={s.name: s.image_digest for s in states if s.image_digest},
+            "rollback_failed", image_digests={s.name: s.image_digest or "" for s in states if s.image_digest},
             operation_id=run.op.id, notes=f"explicit rollback to {target.operation_id}")
         return self._report(
             run, "rolled_back" if gate.ok else "failed", services=states,
@@ -541,6 +537,22 @@ class Deployer:
             if gate.ok else ["the restored version is not healthy: inspect_stack and its logs"])
 
     # -- helpers ------------------------------------------------------------------------------------
+    async def _record_deployment(self, **fields: Any) -> str:
+        """The deployment's memory record, off the answer's path: posted to the memory outbox
+        (fsync'd, milliseconds) and written by its worker after the answer; never lost (a failed
+        or interrupted write is retried at the next drain or start-up). When even the outbox
+        cannot be written, the record goes to the memory directly, as before. Returns a note."""
+        try:
+            outbox = self.runtime.memory_outbox()
+            await anyio.to_thread.run_sync(lambda: outbox.post_deployment(**fields))
+            return "memory record queued"
+        except Exception as exc:  # OSError (disk) most likely: write it now instead
+            log.warning("memory outbox unavailable (%s); writing the deployment record directly", _brief(exc))
+        from server.memory.recorder import MemoryRecorder
+
+        written = await MemoryRecorder(self.runtime.memory).record_deployment(**fields)
+        return "memory record written" if written else "memory record FAILED (see the server log)"
+
     async def _missing_healthchecks(self, stack: LoadedStack, pulled: list[str]) -> list[Finding]:
         """Services whose healthcheck was unknown before the pull and, the image now local, has none."""
         from server.policy import finding
