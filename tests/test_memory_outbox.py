@@ -30,7 +30,7 @@ def _post(outbox: MemoryOutbox, op: str, stack: str = "shop", **kw: Any) -> Path
 
 def _quiet(outbox: MemoryOutbox) -> MemoryOutbox:
     """An outbox whose worker never runs: the process 'dies' right after posting."""
-    outbox.kick = lambda: 0  # type: ignore[method-assign]
+    outbox.kick = lambda delay_s=0.0: 0  # type: ignore[method-assign]
     return outbox
 
 
@@ -175,3 +175,26 @@ def test_post_needs_an_operation_id(settings: Settings) -> None:
     with pytest.raises(ValueError, match="operation_id"):
         _post(outbox, "")
     assert outbox.pending() == []
+
+
+def test_a_post_waits_for_the_delay_but_a_flush_does_not(settings: Settings) -> None:
+    runtime = Runtime(settings)
+    try:
+        lazy = MemoryOutbox(settings.state_dir / "memory-outbox", runtime.memory, delay_s=600)
+        _post(lazy, "op-lazy")
+        assert lazy.pending()  # not written yet: the worker waits out the delay
+        assert lazy.flush(60)  # ...unless flushed (a 600 s wait would time this out)
+        assert lazy.pending() == []
+
+        soon = MemoryOutbox(settings.state_dir / "memory-outbox", runtime.memory, delay_s=0.2)
+        _post(soon, "op-soon")
+        deadline = time.monotonic() + 60
+        while soon.pending() and time.monotonic() < deadline:  # written without anyone asking
+            time.sleep(0.1)
+        assert soon.pending() == []
+        assert sorted(d.operation_id or "" for d in runtime.memory().list_deployments(stack="shop").deployments) == [
+            "op-lazy", "op-soon"]
+        lazy.close()
+        soon.close()
+    finally:
+        runtime.close()

@@ -43,9 +43,15 @@ class MemoryOutbox:
     the worker. Entries whose write failed stay on disk for the next drain.
     """
 
-    def __init__(self, directory: Path, memory: Callable[[], Memory]) -> None:
+    def __init__(self, directory: Path, memory: Callable[[], Memory], *, delay_s: float = 1.0) -> None:
+        """``delay_s``: how long the worker lets a new post wait before writing it. The write is
+        CPU work in this process (on a small host it competes with the answer being built and
+        sent), so the answer goes first; :meth:`flush` and :meth:`close` do not wait."""
         self.directory = Path(directory)
         self._memory = memory
+        self.delay_s = delay_s
+        self._not_before = 0.0  # monotonic time before which a delayed round does not start
+        self._urgent = 0  # the last round asked for without delay
         self._cv = threading.Condition()
         self._wanted = 0  # drain rounds asked for
         self._finished = 0  # drain rounds done
@@ -78,7 +84,7 @@ class MemoryOutbox:
                   "log_lines": list(log_lines), "notes": notes, "incident_id": incident_id,
                   "finished_at": time.time()}
         path = self._write({"kind": "deployment", "fields": fields})
-        self.kick()
+        self.kick(self.delay_s)
         return path
 
     def _write(self, entry: dict[str, Any]) -> Path:
@@ -104,10 +110,15 @@ class MemoryOutbox:
             return []
 
     # -- the worker -----------------------------------------------------------------------------
-    def kick(self) -> int:
-        """Ask for a drain round; returns its number (for :meth:`flush`)."""
+    def kick(self, delay_s: float = 0.0) -> int:
+        """Ask for a drain round, in ``delay_s`` at the earliest (0: now, and any delayed round
+        too); returns its number (for :meth:`flush`)."""
         with self._cv:
             self._wanted += 1
+            if delay_s > 0:
+                self._not_before = time.monotonic() + delay_s
+            else:
+                self._urgent = self._wanted
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._run, name="memory-outbox", daemon=True)
                 self._worker.start()
@@ -134,9 +145,14 @@ class MemoryOutbox:
     def _run(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._finished < self._wanted or self._closing)
-                if self._finished >= self._wanted:
-                    return  # closing, nothing asked for
+                while True:
+                    self._cv.wait_for(lambda: self._finished < self._wanted or self._closing)
+                    if self._finished >= self._wanted:
+                        return  # closing, nothing asked for
+                    wait = self._not_before - time.monotonic()
+                    if wait <= 0 or self._closing or self._urgent > self._finished:
+                        break
+                    self._cv.wait(wait)  # a flush (kick without delay) ends the wait early
                 round_ = self._wanted
             try:
                 self.drain()
