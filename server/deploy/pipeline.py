@@ -140,26 +140,41 @@ class Deployer:
         if unknown:
             raise DsmError(f"unknown service(s) {', '.join(unknown)} in stack {stack.name!r}",
                            state="nothing was changed", next_step="call inspect_stack for the service names")
-        report = await validate_loaded(self.settings, stack, self.engine, env=env)
-        run.findings = [f for f in report.findings if f.severity != "info"]
-        # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
-        # be read locally or from its registry) is checked again once the image is local.
-        deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
-        blocking = [f for f in run.findings if f.severity == "error"]
-        if not report.valid or blocking:
-            run.phase("preflight", "blocked", t, report.summary)
-            return self._report(run, "blocked", next_steps=[
-                "fix the error findings (see fix), validate_compose, then deploy again; nothing was changed"])
-        run.phase("preflight", "ok", t, report.summary + (
-            f" {len(deferred)} healthcheck(s) checked again after the pull." if deferred else ""))
+        # The plan only reads (``config --hash``, containers, images, volume and network names), so it
+        # is computed alongside the host checks instead of after them; a blocked pre-flight drops it.
+        planned: dict[str, Any] = {}
 
-        t = time.monotonic()
-        await self.tell("planning: comparing config hashes and images with what runs")
-        plan, _ = await compute_plan(self.compose, self.engine, stack, env=env, services=services,
-                                     scrub=Scrubber(stack.secret_values))
+        async def plan_now() -> None:
+            began = time.monotonic()
+            try:
+                planned["plan"] = (await compute_plan(self.compose, self.engine, stack, env=env, services=services,
+                                                      scrub=Scrubber(stack.secret_values)))[0]
+            except Exception as exc:  # raised below, once the pre-flight has had its say
+                planned["error"] = exc
+            planned["took"] = time.monotonic() - began
+
+        async with anyio.create_task_group() as planning:
+            planning.start_soon(plan_now)
+            report = await validate_loaded(self.settings, stack, self.engine, env=env)
+            run.findings = [f for f in report.findings if f.severity != "info"]
+            # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
+            # be read locally or from its registry) is checked again once the image is local.
+            deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
+            blocking = [f for f in run.findings if f.severity == "error"]
+            if not report.valid or blocking:
+                planning.cancel_scope.cancel()
+                run.phase("preflight", "blocked", t, report.summary)
+                return self._report(run, "blocked", next_steps=[
+                    "fix the error findings (see fix), validate_compose, then deploy again; nothing was changed"])
+            run.phase("preflight", "ok", t, report.summary + (
+                f" {len(deferred)} healthcheck(s) checked again after the pull." if deferred else ""))
+            await self.tell("planning: comparing config hashes and images with what runs")
+        if "error" in planned:
+            raise planned["error"]
+        plan: DeployPlan = planned["plan"]
         changes = plan.changes
-        run.phase("plan", "ok", t, f"{len(changes)} change(s): " + ", ".join(f"{s.service} {s.action}"
-                                                                              for s in changes)[:400])
+        run.phase("plan", "ok", time.monotonic() - planned["took"], f"{len(changes)} change(s), computed alongside "
+                  "the pre-flight: " + ", ".join(f"{s.service} {s.action}" for s in changes)[:400])
         if plan_id is not None and plan_id != plan.plan_id:
             run.findings.append(Finding(
                 rule="plan-changed", severity="error", category="deploy",
