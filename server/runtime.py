@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from server.compose import ComposeRunner
     from server.engine import Engine
     from server.memory import Memory
+    from server.memory.outbox import MemoryOutbox
     from server.operations import Operations
 
 
@@ -27,6 +28,7 @@ class Runtime:
         self._compose: ComposeRunner | None = None
         self._memory: Memory | None = None
         self._operations: Operations | None = None
+        self._outbox: MemoryOutbox | None = None
         self.shutdown_grace_s = 30.0
         """At a normal end (the client closed stdin), how long running operations may go on."""
         self.terminating = False
@@ -58,6 +60,16 @@ class Runtime:
                 self._memory = open_memory(self.settings)
             return self._memory
 
+    def memory_outbox(self) -> MemoryOutbox:
+        """Deployment records on their way to the memory (written after the deploy answered;
+        durable on disk until then, drained again at start-up)."""
+        with self._lock:
+            if self._outbox is None:
+                from server.memory.outbox import MemoryOutbox
+
+                self._outbox = MemoryOutbox(self.settings.state_dir / "memory-outbox", self.memory)
+            return self._outbox
+
     def operations(self) -> Operations:
         """The operation journal, per-stack locks and recovery (files under DSM_STATE_DIR)."""
         with self._lock:
@@ -80,7 +92,8 @@ class Runtime:
 
     def recover_operations(self) -> None:
         """Crash recovery at start-up (run off the start path): operations a dead server left
-        unended get their process groups stopped and are recorded interrupted. Never raises."""
+        unended get their process groups stopped and are recorded interrupted; deployment records
+        it left in the memory outbox are written. Never raises."""
         import logging
 
         try:
@@ -88,6 +101,13 @@ class Runtime:
                 self.operations().recover()
         except Exception:
             logging.getLogger("docker_stack_mcp.runtime").exception("start-up recovery of operations failed")
+        try:
+            # Deployment records a stopped server posted but did not write to the memory yet.
+            outbox = self.memory_outbox()
+            if outbox.pending():
+                outbox.kick()
+        except Exception:
+            logging.getLogger("docker_stack_mcp.runtime").exception("start-up drain of the memory outbox failed")
 
     async def shutdown(self, grace_s: float = 30.0) -> None:
         """Let operations running in this process finish (then cancel them) before closing."""
@@ -95,6 +115,12 @@ class Runtime:
             await self._operations.shutdown(grace_s)
 
     def close(self) -> None:
+        # Records posted to the outbox are written before the memory closes (SIGTERM waits less:
+        # what is not written by then stays in the outbox for the next start).
+        outbox = self._outbox
+        if outbox is not None:
+            outbox.close(5.0 if self.terminating else 30.0)
+            self._outbox = None
         with self._lock:
             for closable in (self._memory, self._engine):
                 if closable is not None:

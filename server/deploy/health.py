@@ -4,10 +4,15 @@ Polls ``container inspect`` for every container of the stack until all are ready
 an exited long-running service, ``unhealthy``, a restart count that rises, an OOM kill. One-shot
 services that exit 0 count as done; services without a healthcheck (waived) must stay running
 for a grace period. The verification window (verify.py) reuses :func:`assess` every second.
+Between polls the gate also listens to the engine's events for the project (health status,
+start, die, OOM...), so a container turning healthy is seen when it happens, not at the next
+poll; without events (an engine that refuses the stream) it simply polls.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,10 +20,13 @@ from typing import Any, Literal
 
 import anyio
 
-from server.engine import Engine, container_logs, inspect_container
+from server.engine import Engine, container_logs, events_iter, inspect_container
+
+log = logging.getLogger("docker_stack_mcp.deploy")
 
 Verdict = Literal["ready", "waiting", "failed"]
 POLL_S = 0.25
+WAKE_EVENTS = ("health_status", "start", "die", "oom", "restart", "destroy")
 GRACE_S = 5.0
 
 
@@ -108,6 +116,16 @@ async def run_gate(
     grace_s: float = GRACE_S,
 ) -> GateResult:
     """Poll until every watched service is ready, any fails, or ``timeout_s`` passes."""
+    waker = _Waker()
+    await waker.start(engine, project)  # before the first look: a change after it is not missed
+    try:
+        return await _gate(engine, project, watched, timeout_s, on_wait, grace_s, waker)
+    finally:
+        waker.close()
+
+
+async def _gate(engine: Engine, project: str, watched: list[Watched], timeout_s: float,
+                on_wait: Callable[[str], Awaitable[None]] | None, grace_s: float, waker: _Waker) -> GateResult:
     started = time.monotonic()
     baseline: dict[str, int] = {}
     by_service = {w.service: w for w in watched}
@@ -152,7 +170,57 @@ async def run_gate(
             last_report = elapsed
             waiting = ", ".join(f"{a.service} ({a.why})" for a in assessments if a.verdict != "ready")
             await on_wait(f"waiting on health ({elapsed:.0f}s/{timeout_s:.0f}s): {waiting}")
-        await anyio.sleep(POLL_S)
+        await waker.wait(POLL_S)
+
+
+class _Waker:
+    """Wakes the gate as soon as the engine reports a change to one of the project's containers.
+
+    Best effort by design: the gate still polls every POLL_S, so a stream that fails to open,
+    ends or lags costs speed, never correctness. The stream is read in a daemon thread and
+    closed (its socket shut) when the gate ends."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._stream: Any = None
+        self._closed = False
+
+    async def start(self, engine: Engine, project: str) -> None:
+        filters = {"type": "container", "label": f"com.docker.compose.project={project}", "event": list(WAKE_EVENTS)}
+        try:
+            self._stream = await anyio.to_thread.run_sync(lambda: events_iter(engine, None, filters))
+        except Exception as exc:
+            log.debug("health gate: no engine events (%s); polling only", type(exc).__name__)
+            return
+        token = anyio.lowlevel.current_token()
+        threading.Thread(target=self._read, args=(token,), name=f"gate-events-{project}", daemon=True).start()
+
+    def _read(self, token: Any) -> None:
+        try:
+            for _ in self._stream:
+                if self._closed:
+                    return
+                anyio.from_thread.run_sync(self._set, token=token)
+        except Exception:  # closed under us, the engine went away, the loop ended: polling goes on
+            return
+
+    def _set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until an event came in (possibly already) or ``timeout_s`` passed."""
+        with anyio.move_on_after(timeout_s):
+            await self._event.wait()
+        self._event = anyio.Event()
+
+    def close(self) -> None:
+        self._closed = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                log.debug("health gate: closing the event stream failed", exc_info=True)
 
 
 async def log_tail(engine: Engine, container_id: str, lines: int = 15) -> list[str]:

@@ -140,26 +140,41 @@ class Deployer:
         if unknown:
             raise DsmError(f"unknown service(s) {', '.join(unknown)} in stack {stack.name!r}",
                            state="nothing was changed", next_step="call inspect_stack for the service names")
-        report = await validate_loaded(self.settings, stack, self.engine, env=env)
-        run.findings = [f for f in report.findings if f.severity != "info"]
-        # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
-        # be read locally or from its registry) is checked again once the image is local.
-        deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
-        blocking = [f for f in run.findings if f.severity == "error"]
-        if not report.valid or blocking:
-            run.phase("preflight", "blocked", t, report.summary)
-            return self._report(run, "blocked", next_steps=[
-                "fix the error findings (see fix), validate_compose, then deploy again; nothing was changed"])
-        run.phase("preflight", "ok", t, report.summary + (
-            f" {len(deferred)} healthcheck(s) checked again after the pull." if deferred else ""))
+        # The plan only reads (``config --hash``, containers, images, volume and network names), so it
+        # is computed alongside the host checks instead of after them; a blocked pre-flight drops it.
+        planned: dict[str, Any] = {}
 
-        t = time.monotonic()
-        await self.tell("planning: comparing config hashes and images with what runs")
-        plan, _ = await compute_plan(self.compose, self.engine, stack, env=env, services=services,
-                                     scrub=Scrubber(stack.secret_values))
+        async def plan_now() -> None:
+            began = time.monotonic()
+            try:
+                planned["plan"] = (await compute_plan(self.compose, self.engine, stack, env=env, services=services,
+                                                      scrub=Scrubber(stack.secret_values)))[0]
+            except Exception as exc:  # raised below, once the pre-flight has had its say
+                planned["error"] = exc
+            planned["took"] = time.monotonic() - began
+
+        async with anyio.create_task_group() as planning:
+            planning.start_soon(plan_now)
+            report = await validate_loaded(self.settings, stack, self.engine, env=env)
+            run.findings = [f for f in report.findings if f.severity != "info"]
+            # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
+            # be read locally or from its registry) is checked again once the image is local.
+            deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
+            blocking = [f for f in run.findings if f.severity == "error"]
+            if not report.valid or blocking:
+                planning.cancel_scope.cancel()
+                run.phase("preflight", "blocked", t, report.summary)
+                return self._report(run, "blocked", next_steps=[
+                    "fix the error findings (see fix), validate_compose, then deploy again; nothing was changed"])
+            run.phase("preflight", "ok", t, report.summary + (
+                f" {len(deferred)} healthcheck(s) checked again after the pull." if deferred else ""))
+            await self.tell("planning: comparing config hashes and images with what runs")
+        if "error" in planned:
+            raise planned["error"]
+        plan: DeployPlan = planned["plan"]
         changes = plan.changes
-        run.phase("plan", "ok", t, f"{len(changes)} change(s): " + ", ".join(f"{s.service} {s.action}"
-                                                                              for s in changes)[:400])
+        run.phase("plan", "ok", time.monotonic() - planned["took"], f"{len(changes)} change(s), computed alongside "
+                  "the pre-flight: " + ", ".join(f"{s.service} {s.action}" for s in changes)[:400])
         if plan_id is not None and plan_id != plan.plan_id:
             run.findings.append(Finding(
                 rule="plan-changed", severity="error", category="deploy",
@@ -320,13 +335,11 @@ class Deployer:
         states = await self._states(stack, run)
         snapshots.save(self.settings, stack.name, run.op.id, stack.directory)
         digests = {s.name: s.image_digest or "" for s in states if s.image_digest}
-        from server.memory.recorder import MemoryRecorder
-
-        await MemoryRecorder(self.runtime.memory).record_deployment(
+        memory = await self._record_deployment(
             stack=stack.name, services=[s.name for s in states], outcome="success", image_digests=digests,
             duration_s=round(time.monotonic() - started, 1),
             strategy=",".join(sorted({s.strategy for s in plan.changes})) or None, operation_id=run.op.id)
-        run.phase("record", "ok", t, "journal and memory")
+        run.phase("record", "ok", t, f"journal; {memory}")
         return self._report(run, "deployed", plan=plan, services=states, next_steps=[
             "done; stack_history shows it, rollback returns to the previous deployment if needed"])
 
@@ -529,11 +542,9 @@ class Deployer:
         states = await self._states(stack, run)
         if gate.ok:
             snapshots.save(self.settings, stack.name, run.op.id, stack.directory)
-        from server.memory.recorder import MemoryRecorder
-
-        await MemoryRecorder(self.runtime.memory).record_deployment(
+        await self._record_deployment(
             stack=stack.name, services=[s.name for s in states], outcome="rolled_back" if gate.ok else
-            "rollback_failed", image_digests={s.name: s.image_digest for s in states if s.image_digest},
+            "rollback_failed", image_digests={s.name: s.image_digest or "" for s in states if s.image_digest},
             operation_id=run.op.id, notes=f"explicit rollback to {target.operation_id}")
         return self._report(
             run, "rolled_back" if gate.ok else "failed", services=states,
@@ -543,6 +554,22 @@ class Deployer:
             if gate.ok else ["the restored version is not healthy: inspect_stack and its logs"])
 
     # -- helpers ------------------------------------------------------------------------------------
+    async def _record_deployment(self, **fields: Any) -> str:
+        """The deployment's memory record, off the answer's path: posted to the memory outbox
+        (fsync'd, milliseconds) and written by its worker after the answer; never lost (a failed
+        or interrupted write is retried at the next drain or start-up). When even the outbox
+        cannot be written, the record goes to the memory directly, as before. Returns a note."""
+        try:
+            outbox = self.runtime.memory_outbox()
+            await anyio.to_thread.run_sync(lambda: outbox.post_deployment(**fields))
+            return "memory record queued"
+        except Exception as exc:  # OSError (disk) most likely: write it now instead
+            log.warning("memory outbox unavailable (%s); writing the deployment record directly", _brief(exc))
+        from server.memory.recorder import MemoryRecorder
+
+        written = await MemoryRecorder(self.runtime.memory).record_deployment(**fields)
+        return "memory record written" if written else "memory record FAILED (see the server log)"
+
     async def _missing_healthchecks(self, stack: LoadedStack, pulled: list[str]) -> list[Finding]:
         """Services whose healthcheck was unknown before the pull and, the image now local, has none."""
         from server.policy import finding
