@@ -196,6 +196,12 @@ def project_flags(project_dir: Path, files: Sequence[Path], project_name: str | 
     return flags
 
 
+def services_argv(services: Sequence[str] | None) -> list[str]:
+    """Service names as the last arguments of a Compose command, after ``--``: Compose accepts
+    a service named ``-v`` or ``--volumes``, which must never be read as an option."""
+    return ["--", *services] if services else []
+
+
 def first_error_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for ln in reversed(lines):

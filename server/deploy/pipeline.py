@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import anyio
 
-from server.compose import ComposeRunner
+from server.compose import ComposeRunner, services_argv
 from server.deploy import override, snapshots
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL, compute_plan
@@ -251,7 +251,8 @@ class Deployer:
         if pulls:
             try:
                 await self.compose.run_project(compose_project(stack, with_override=False),
-                                               ["pull", "--quiet", *pulls], scrub=scrub, what="docker compose pull")
+                                               ["pull", "--quiet", *services_argv(pulls)], scrub=scrub,
+                                               what="docker compose pull")
             except DsmError as exc:
                 raise Blocked("pull", _brief(exc), [Finding(
                     rule="image-unavailable", severity="error", category="images", message=_brief(exc))]) from None
@@ -263,7 +264,7 @@ class Deployer:
         t = time.monotonic()
         await self.tell("up: creating networks and volumes, starting containers")
         override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
-        argv = ["up", "-d", "--remove-orphans", *(services or [])]
+        argv = ["up", "-d", "--remove-orphans", *services_argv(services)]
         try:
             await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
                                            timeout_s=max(wait_s, 120), **_on_start(self.compose, run.op))
