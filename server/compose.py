@@ -26,17 +26,27 @@ from server.settings import Settings
 log = logging.getLogger("docker_stack_mcp.compose")
 
 _PASS_THROUGH = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK")
+_SERVER_OWNED = frozenset({"PATH", "HOME"})
 _CONFIG_TIMEOUT_S = 30.0
 
 
 def client_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment a docker/compose child gets: the essentials, DOCKER_*, then ``extra``."""
+    """The environment a docker/compose child gets: the essentials, DOCKER_*, then ``extra``.
+
+    ``extra`` (a stack's given env) never replaces the engine, the binaries or the CLI config
+    of this server: a given DOCKER_HOST made ``up`` start the stack on another engine than the
+    one pre-flight, backup and the health gate looked at, and PATH or HOME chose which
+    programs (credential helpers) and which docker config Compose used.
+    """
     base = os.environ if base is None else base
     env = {k: base[k] for k in _PASS_THROUGH if k in base}
     env.update({k: v for k, v in base.items() if k.startswith("DOCKER_")})
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     if extra:
-        env.update(extra)
+        ours = sorted(k for k in extra if k in _SERVER_OWNED or k.startswith("DOCKER_"))
+        if ours:
+            log.warning("given env %s ignored: the server's own settings stay", ", ".join(ours))
+        env.update({k: v for k, v in extra.items() if k not in _SERVER_OWNED and not k.startswith("DOCKER_")})
     return env
 
 
@@ -194,6 +204,12 @@ def project_flags(project_dir: Path, files: Sequence[Path], project_name: str | 
     if project_name:
         flags += ["-p", project_name]
     return flags
+
+
+def services_argv(services: Sequence[str] | None) -> list[str]:
+    """Service names as the last arguments of a Compose command, after ``--``: Compose accepts
+    a service named ``-v`` or ``--volumes``, which must never be read as an option."""
+    return ["--", *services] if services else []
 
 
 def first_error_line(stderr: str) -> str:

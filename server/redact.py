@@ -118,6 +118,24 @@ def _mask_assignment(match: re.Match[str]) -> str:
     return f"{match['key']}{match['sep']}{quote}{MASK}{quote}"
 
 
+def _mask_assignments(text: str) -> str:
+    """Every credential assignment in ``text`` masked. After a plain key the scan goes on at its
+    value, which may itself hold one: matches must not swallow ``config: API_KEY=abc``,
+    ``env: POSTGRES_PASSWORD: x`` or ``x=TOKEN=abc`` whole."""
+    out: list[str] = []
+    pos = 0
+    while (match := _ASSIGNMENT.search(text, pos)) is not None:
+        masked = _mask_assignment(match)
+        if masked != match[0]:
+            out.append(text[pos:match.start()] + masked)
+            pos = match.end()
+        else:
+            out.append(text[pos:match.start("value")])
+            pos = match.start("value")
+    out.append(text[pos:])
+    return "".join(out)
+
+
 class Scrubber:
     """Masks known secret values and credential-shaped text in free text.
 
@@ -143,7 +161,7 @@ class Scrubber:
         if self._known is not None:
             text = self._known.sub(MASK, text)
         text = _BEARER.sub(lambda m: f"{m['scheme']} {MASK}", text)
-        return _ASSIGNMENT.sub(_mask_assignment, text) if self._assignments else text
+        return _mask_assignments(text) if self._assignments else text
 
     def lines(self, lines: Iterable[str]) -> list[str]:
         """Scrub lines as one text: a PEM block pasted as log lines is masked whole, body included

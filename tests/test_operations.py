@@ -519,3 +519,34 @@ services:
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def _window(settings: Settings, stack: str, reason: str, pid: int) -> None:
+    until = (datetime.now(UTC) + timedelta(minutes=20)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    path = settings.state_dir / "maintenance" / f"{stack}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stack": stack, "until": until, "reason": reason, "set_at": until, "pid": pid}))
+
+
+def test_recovery_closes_the_window_the_dead_operation_opened(settings: Settings) -> None:
+    """A SIGKILLed deploy's own window muted the watcher for its full length on a stack left
+    down, and the next deploy put it back as if the user had opened it."""
+    worker, op_id, _, _ = _hold(settings)
+    _window(settings, "web", f"deploy {op_id}", worker.pid)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    ops = Operations(settings, kill_grace_s=0.5)
+    assert ops.maintenance("web") is not None
+    assert [r.operation_id for r in ops.recover()] == [op_id]
+    assert ops.maintenance("web") is None
+
+
+def test_recovery_keeps_a_users_window(settings: Settings) -> None:
+    worker, op_id, _, _ = _hold(settings)
+    _window(settings, "web", "disk swap", worker.pid)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    ops = Operations(settings, kill_grace_s=0.5)
+    assert [r.operation_id for r in ops.recover()] == [op_id]
+    window = ops.maintenance("web")
+    assert window is not None and window["reason"] == "disk swap"

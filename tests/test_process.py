@@ -120,3 +120,12 @@ async def test_compose_runs_the_cli_plugin_binary_directly(
     assert await runner.prefix() == [str(plugins / "docker-compose")]
     result = await runner.run([], ["version", "--short"], cwd=tmp_path, what="compose version")
     assert result.stdout.strip().lstrip("v")[:1] == "2"
+
+
+def test_a_given_env_cannot_move_compose_to_another_engine_or_binaries() -> None:
+    base = {"PATH": "/usr/bin", "HOME": "/root", "DOCKER_HOST": "unix:///var/run/docker.sock"}
+    env = client_env({"DOCKER_HOST": "tcp://elsewhere:2375", "DOCKER_CONFIG": "/tmp/x", "PATH": "/tmp/evil",
+                      "HOME": "/tmp/evil", "WEB_VERSION": "1.1", "COMPOSE_PROFILES": "debug"}, base=base)
+    assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock" and "DOCKER_CONFIG" not in env
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == "/root"
+    assert env["WEB_VERSION"] == "1.1" and env["COMPOSE_PROFILES"] == "debug"

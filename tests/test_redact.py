@@ -351,3 +351,17 @@ def test_remember_secrets_keeps_four_characters_and_more(monkeypatch: pytest.Mon
 def test_structure_words_without_a_rendered_model(rendered: dict[str, object]) -> None:
     # a stack whose render failed still has the names its files wrote
     assert {"shopstack", "cachesvc", "pgdata"} <= structure_words(WRITTEN, rendered)
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("config: API_KEY=abc123xyz", "abc123xyz"),
+    ("old password in .env: DB_PASSWORD=pw-NC-Quoted", "pw-NC-Quoted"),
+    ("env: POSTGRES_PASSWORD: s3cretvalue", "s3cretvalue"),
+    ("x=DB_PASSWORD=abc123", "abc123"),
+    ("a: b: c: TOKEN=zz99zz", "zz99zz"),
+])
+def test_an_assignment_inside_a_plain_keys_value_is_masked(text: str, secret: str) -> None:
+    # A plain `key: ` before the credential must not swallow it (matches do not overlap).
+    out = Scrubber()(text)
+    assert secret not in out and MASK in out
+    assert out == text[:text.index(secret)] + MASK  # the words before it survive

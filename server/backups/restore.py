@@ -19,6 +19,7 @@ import anyio
 
 from server.backups.databases import recipe_by_kind
 from server.backups.models import BackupManifest, DatabaseDump, VolumeArchive
+from server.compose import services_argv
 from server.errors import BackupFailed
 from server.preflight.progress import Progress, report_progress
 from server.redact import Scrubber
@@ -145,10 +146,10 @@ async def _recreate(store: BackupStore, manifest: BackupManifest, running: list[
     # The same project description as every other Compose call (files, compose.dsm.yaml, .env).
     project = locate_stack(store.settings, str(directory), env).project().named(manifest.stack)
     if running:
-        await store.compose.run_project(project, ["up", "-d", "--no-deps", *running],
+        await store.compose.run_project(project, ["up", "-d", "--no-deps", *services_argv(running)],
                                         what="docker compose up (after a volume restore)")
     if idle:
-        await store.compose.run_project(project, ["create", "--no-recreate", *idle],
+        await store.compose.run_project(project, ["create", "--no-recreate", *services_argv(idle)],
                                         what="docker compose create (after a volume restore)")
 
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import anyio
 
-from server.compose import ComposeRunner
+from server.compose import ComposeRunner, services_argv
 from server.deploy import override, snapshots
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL, compute_plan
@@ -136,6 +136,12 @@ class Deployer:
         if stack.directory is None:
             raise DsmError("deploy_stack needs a stack directory", state="nothing was changed")
         run = Run(stack)
+        conflict = _name_taken(self.settings, stack)
+        if conflict is not None:
+            run.findings = [conflict]
+            run.phase("preflight", "blocked", t, conflict.message)
+            return self._report(run, "blocked", next_steps=[
+                "deploy each stack under its own project name; nothing was changed"])
         unknown = sorted(set(services or []) - set(stack.services))
         if unknown:
             raise DsmError(f"unknown service(s) {', '.join(unknown)} in stack {stack.name!r}",
@@ -266,7 +272,8 @@ class Deployer:
         if pulls:
             try:
                 await self.compose.run_project(compose_project(stack, with_override=False),
-                                               ["pull", "--quiet", *pulls], scrub=scrub, what="docker compose pull")
+                                               ["pull", "--quiet", *services_argv(pulls)], scrub=scrub,
+                                               what="docker compose pull")
             except DsmError as exc:
                 raise Blocked("pull", _brief(exc), [Finding(
                     rule="image-unavailable", severity="error", category="images", message=_brief(exc))]) from None
@@ -278,7 +285,7 @@ class Deployer:
         t = time.monotonic()
         await self.tell("up: creating networks and volumes, starting containers")
         override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
-        argv = ["up", "-d", "--remove-orphans", *(services or [])]
+        argv = ["up", "-d", "--remove-orphans", *services_argv(services)]
         try:
             await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
                                            timeout_s=max(wait_s, 120), **_on_start(self.compose, run.op))
@@ -740,6 +747,25 @@ def _end(run: Run, report: DeployReport | None) -> None:
         op.end(report.status, result)
     except Exception:
         log.exception("journal end write failed")
+
+
+def _name_taken(settings: Any, stack: LoadedStack) -> Finding | None:
+    """Another stack directory renders the same project name (a given COMPOSE_PROJECT_NAME, a
+    copied ``name:``): ``up --remove-orphans`` under it would remove that stack's containers."""
+    from server.stacks import discover
+
+    assert stack.directory is not None
+    here = stack.directory.resolve()
+    others = sorted(s.directory.name for s in discover(settings)[0]
+                    if s.name == stack.name and s.directory.resolve() != here)
+    if not others:
+        return None
+    return Finding(
+        rule="project-name-conflict", severity="error", category="deploy",
+        message=f"project name {stack.name!r} is also the project of stack {', '.join(others)}: deploying "
+                f"{stack.directory.name} under it would replace and remove that stack's containers",
+        fix="drop COMPOSE_PROJECT_NAME from env, or give one of the stacks a distinct top-level name:",
+        evidence=[f"{name}: project {stack.name}" for name in others])
 
 
 def _maintenance(ops: Any, stack: str, seconds: float, reason: str) -> Any:

@@ -26,10 +26,12 @@ are those of fastembed's ``Qdrant/bm25``; the collection applies the IDF modifie
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -318,9 +320,19 @@ class DenseModel:
 
 
 def _download() -> bool:
+    # huggingface_hub print()s its lazy-import errors to stdout. This thread may still be
+    # importing it when the session ends and the transport has handed fd 1 back to the wire
+    # (an import at interpreter shutdown fails): stdout belongs to the protocol, so whatever it
+    # says goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _download_quietly()
+
+
+def _download_quietly() -> bool:
     try:
         from huggingface_hub import snapshot_download
-    except ImportError:
+    except Exception as exc:  # ImportError, or RuntimeError when imported at interpreter shutdown
+        log.debug("huggingface_hub unavailable: %s", exc)
         return False
     try:
         snapshot_download(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from server.compose import services_argv
 from server.errors import StackNotFound
 from server.monitor import opsbridge
 from server.monitor.logs import BadArgument, parse_time
@@ -63,8 +64,10 @@ async def stack_control(
                                  else "maintenance ended: the watcher and alerts resume")
         project = ref.location.project().named(ref.name)
         # The whole stack goes with `down` (containers and networks; never --volumes), a subset with rm.
-        args = ["down", "--remove-orphans"] if action == "remove" and not services else [*_COMPOSE_ARGS[action],
-                                                                                        *(services or [])]
+        # `--` ends the options: a service named like a flag (Compose accepts "--volumes" and "-v")
+        # must not become one (`rm --stop --force --volumes` removes every service and its volumes).
+        args = ["down", "--remove-orphans"] if action == "remove" and not services else [
+            *_COMPOSE_ARGS[action], *services_argv(services)]
         await runtime.compose().run_project(project, args, on_start=op.child, what=f"docker compose {action}")
         op.phase(action, "done", detail=", ".join(services or declared))
         status = "done"

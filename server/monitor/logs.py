@@ -8,6 +8,7 @@ oldest timestamp of the page; pass it as ``until`` for the page before.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from server.engine import container_logs
@@ -16,7 +17,7 @@ from server.monitor.models import LogLine, LogsPage
 from server.monitor.resolve import StackRef, resolve_stack
 from server.monitor.status import Observed, observe
 from server.monitor.watchstate import iso_to_epoch
-from server.redact import Scrubber
+from server.redact import DEFAULT_ACCOUNTS, Scrubber, is_secret_key
 from server.runtime import Runtime
 from server.stacks import read_dotenv
 
@@ -39,7 +40,11 @@ def parse_time(value: str | None, what: str) -> float | None:
     match = _SINCE.match(value.strip())
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return int((datetime.now(UTC) - timedelta(seconds=int(match.group(1)) * unit)).timestamp())
+        try:
+            return int((datetime.now(UTC) - timedelta(seconds=int(match.group(1)) * unit)).timestamp())
+        except (OverflowError, ValueError):
+            raise BadArgument(f"{what}={value!r} reaches before the year 1", state="nothing was read",
+                              next_step="pass a shorter duration, e.g. '30d'") from None
     epoch = iso_to_epoch(value.strip() if "T" in value else "")
     if epoch is None:
         try:
@@ -50,14 +55,21 @@ def parse_time(value: str | None, what: str) -> float | None:
     return epoch
 
 
-def stack_scrubber(ref: StackRef) -> Scrubber:
-    """A scrubber that knows the stack's .env values (the secrets most likely to leak into logs)."""
+def stack_scrubber(ref: StackRef, observed: Iterable[Observed] = ()) -> Scrubber:
+    """A scrubber that knows the stack's .env values and the values of the credential keys in its
+    containers' environment (a literal ``DB_PASSWORD: x`` in the compose file is in no .env):
+    the secrets most likely to leak into logs."""
     secrets: list[str] = []
     if ref.location is not None:
         try:
             secrets = [v for v in read_dotenv(ref.location.directory).values() if v]
         except DsmError:
             secrets = []
+    for o in observed:
+        for item in (o.inspect.get("Config") or {}).get("Env") or []:
+            key, _, value = str(item).partition("=")
+            if value and is_secret_key(key) and value not in DEFAULT_ACCOUNTS:
+                secrets.append(value)
     return Scrubber(secrets)
 
 
@@ -81,7 +93,7 @@ async def stack_logs(
         what = f"service {service!r} of stack {ref.name!r}" if service else f"stack {ref.name!r}"
         raise StackNotFound(f"no containers of {what} on the engine",
                             next_step="call stack_status to see the services and their containers")
-    scrub = stack_scrubber(ref)
+    scrub = stack_scrubber(ref, observed)
     want = limit * (_GREP_FACTOR if pattern else 1) + 1
     lines: list[tuple[int, LogLine]] = []
     truncated = False
@@ -98,7 +110,7 @@ async def stack_logs(
                 ns = _ns(stamp)
                 if boundary_ns is not None and ns >= boundary_ns:
                     continue
-                if pattern and not pattern.search(text):
+                if pattern and not pattern.search(scrub(text)):  # never a probe of a secret's value
                     continue
                 kept.append((ns, LogLine(service=o.service, time=stamp or None, text=text)))
             more = len(raw) >= tail

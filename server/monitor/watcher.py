@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 
+from server.compose import services_argv
 from server.engine import container_logs, events_iter, restart_container, start_container
 from server.errors import DockerUnavailable, DsmError, StackBusy
 from server.memory.recorder import MemoryRecorder
@@ -299,14 +300,14 @@ class Watcher:
         if location is not None:
             project = location.project().named(stack)
             try:
-                result = await self.runtime.compose().run_project(project, ["config", "--hash", o.service],
+                result = await self.runtime.compose().run_project(project, ["config", f"--hash={o.service}"],
                                                                   timeout_s=30)
                 now_hash = (result.stdout.split() or ["", ""])[-1]
             except DsmError:
                 now_hash = ""
             if now_hash and now_hash == o.labels.get("com.docker.compose.config-hash"):
                 await self.runtime.compose().run_project(
-                    project, ["up", "-d", "--no-deps", "--force-recreate", o.service],
+                    project, ["up", "-d", "--no-deps", "--force-recreate", *services_argv([o.service])],
                     what="docker compose up (watcher recreate)", on_start=op.child if op is not None else None)
                 return "recreated with docker compose up --no-deps --force-recreate"
         await start_container(self.runtime.engine(), o.full_id)

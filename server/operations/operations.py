@@ -356,11 +356,23 @@ class Operations:
         }
         self.journal.append({"op": op_id, "t": "end", "stack": stack, "at": now_iso(), "status": "interrupted",
                              "result": scrub_json(result, Scrubber())})
+        self._close_window_of(stack, op_id, pid)
         log.warning("operation %s on %s recorded interrupted (%s); process groups: %s", op_id, stack,
                     result["reason"], groups)
         record = self.get(op_id)
         assert record is not None
         return record
+
+    def _close_window_of(self, stack: str, op_id: str, pid: int) -> None:
+        """Close the maintenance window the dead operation opened for itself (``deploy <op id>``):
+        it would mute the watcher on a stack left down, and the next deploy would put it back as
+        if the user had opened it. A user's window (another reason or process) stays."""
+        try:
+            window = self.windows.get(stack)
+            if window and str(window.get("reason", "")).endswith(f" {op_id}") and int(window.get("pid") or 0) == pid:
+                self.windows.set(stack, None, "")
+        except Exception:  # the interrupted record is written; a window ends at its `until` anyway
+            log.warning("could not close the maintenance window of %s", stack, exc_info=True)
 
     def _probe(self, stack: str) -> Any:
         if self.stack_state is None:
