@@ -328,3 +328,66 @@ def test_odd_shapes_are_skipped_not_crashed_on(settings: Settings, app: Path) ->
     assert walk(settings, app).findings == []
     write(app / "compose.yaml", "include: [{path: 5}, {env_file: 6}, 7, {project_directory: 8}]\nservices: {}\n")
     assert walk(settings, app).findings == []
+
+
+# -- COMPOSE_FILE (from .env or the given env) is checked by the loader before Compose runs ------
+
+class _ReachedCompose(Exception):
+    pass
+
+
+class _Sentinel:
+    def __getattr__(self, name: str) -> object:
+        raise _ReachedCompose(name)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("origin", [".env", "env", "both"])
+async def test_compose_file_outside_the_root_is_refused_naming_where_it_was_set(
+    settings: Settings, app: Path, tmp_path: Path, origin: str
+) -> None:
+    from server.stackload import StackRenderFailed, load_stack
+
+    outside = write(tmp_path / "elsewhere" / "compose.yaml", "services: {x: {image: busybox:1}}\n")
+    write(app / "compose.yaml", "services: {web: {image: busybox:1}}\n")
+    value = f"compose.yaml:{outside}"
+    if origin != "env":
+        write(app / ".env", f"COMPOSE_FILE={value}\n")
+    with pytest.raises(StackRenderFailed) as info:
+        await load_stack(settings, _Sentinel(), path="app",  # type: ignore[arg-type]
+                         env={"COMPOSE_FILE": value} if origin != ".env" else None)
+    assert info.value.name == "app"
+    [f] = info.value.findings
+    assert (f.rule, f.severity, f.category) == ("path-outside-root", "error", "security")
+    assert f.file == (".env" if origin == ".env" else None)
+    assert f.message == (f"COMPOSE_FILE names {str(outside)!r}, outside the stacks root "
+                         f"{settings.stacks_root.resolve()}; Compose was not run")
+    assert f.fix == "keep every file a stack uses inside its own directory under the stacks root"
+
+
+@pytest.mark.anyio
+async def test_compose_file_inside_the_root_reaches_compose(settings: Settings, app: Path) -> None:
+    from server.stackload import load_stack
+
+    write(app / "compose.yaml", "services: {web: {image: busybox:1}}\n")
+    write(app / "extra.yaml", "services: {x: {image: busybox:1}}\n")
+    write(app / ".env", "COMPOSE_FILE=compose.yaml:extra.yaml\n")
+    with pytest.raises(_ReachedCompose):
+        await load_stack(settings, _Sentinel(), path="app")  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_hostile_compose_file_named_by_compose_file_is_refused_at_its_line(
+    settings: Settings, app: Path
+) -> None:
+    from server.stackload import StackRenderFailed, load_stack
+
+    write(app / "compose.yaml", "services: {web: {image: busybox:1}}\n")
+    write(app / "sub" / "deep.yaml", "services:\n  x: " + "[" * 200 + "]" * 200 + "\n")
+    write(app / ".env", "COMPOSE_FILE=compose.yaml:sub/deep.yaml\n")
+    with pytest.raises(StackRenderFailed) as info:
+        await load_stack(settings, _Sentinel(), path="app")  # type: ignore[arg-type]
+    assert info.value.name == "app"
+    [f] = info.value.findings
+    assert (f.rule, f.severity, f.file) == ("unsafe-yaml", "error", "sub/deep.yaml")
+    assert f.line == 2
