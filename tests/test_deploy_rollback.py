@@ -361,6 +361,7 @@ async def test_success_records_the_deployment_and_keeps_its_files(world: World,
     report = await deployer._transaction(run, plan(web="recreate"), {}, None, 30.0, 0.0)
     assert report.status == "deployed" and world.compose.calls == []
     assert snapshots.exists(world.settings, STACK, run.op.id)
+    assert world.runtime.memory_outbox().flush(5.0)  # the record is written after the answer
     assert world.memory.deployments[0]["outcome"] == "success" and run.image_ids == {"web": "sha256:new"}
 
 
@@ -402,7 +403,7 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     assert world.ops.secrets == {SECRET}
     until = datetime.fromisoformat(str(world.ops.maintenance_calls[0][1]))
     assert 600 < (until - datetime.now(UTC)).total_seconds() <= 2 * 5 + 600  # two gates' time, and a margin
-    assert op.params == {"to_deployment": "op-1", "restore_data": False}
+    assert op.params == {"to_deployment": "op-1", "restore_data": False, "reason": None}
     assert world.store.created[0]["reason"] == f"before rollback {op.id}"
     [up] = world.compose.calls
     assert up.argv == ["up", "-d", "--remove-orphans"] and up.what == "docker compose up (rollback)"
@@ -410,12 +411,13 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     assert up.kwargs["timeout_s"] == 120 and up.kwargs["on_start"] == op.child
     assert ("tag", "sha256:old", "dsm-pin/unit-web:op-1") in world.events
     assert not [e for e in world.events if e[0] == "tag" and e[1] != "sha256:old"]
-    kinds = [e[0] for e in world.events]
-    assert kinds == ["begin", "backup", "tag", "compose", "memory", "end"]
+    kinds = [e[0] for e in world.events if e[0] != "memory"]  # the memory record follows via the outbox
+    assert kinds == ["begin", "backup", "tag", "compose", "end"]
     # The journal says where the stack now is; the restored files are a deployment's files again.
     assert op.status == "rolled_back" and op.result["current_deployment"] == "op-1"
     assert op.result["image_ids"] == {"web": "sha256:old"}
     assert snapshots.exists(world.settings, STACK, op.id)
+    assert world.runtime.memory_outbox().flush(5.0)
     [dep] = world.memory.deployments
     assert dep["outcome"] == "rolled_back" and dep["notes"] == "explicit rollback to op-1"
     assert dep["operation_id"] == op.id and dep["services"] == ["migrate", "web"] and dep["stack"] == STACK
@@ -441,6 +443,7 @@ async def test_explicit_rollback_to_an_unhealthy_version_fails(world: World,
     assert report.status == "failed" and report.rollback is not None and report.rollback.result == "failed"
     assert op.status == "failed" and "current_deployment" not in op.result
     assert not snapshots.exists(world.settings, STACK, op.id)
+    assert world.runtime.memory_outbox().flush(5.0)
     assert world.memory.deployments[0]["outcome"] == "rollback_failed"
     assert report.phases[-1].status == "failed" and "web is unhealthy" in report.phases[-1].detail
     assert report.next_steps[0].startswith("the restored version is not healthy")
@@ -470,7 +473,7 @@ async def test_explicit_rollback_with_restore_data_uses_the_backup_taken_right_a
     assert kinds.index("compose") < kinds.index("restore_data")
     phase = next(p for p in report.phases if p.name == "restore_data")
     assert phase.status == "ok" and phase.detail == "dump of db restored; dump of db2 restored"
-    assert world.ops.begun[0].params == {"to_deployment": "op-1", "restore_data": True}
+    assert world.ops.begun[0].params == {"to_deployment": "op-1", "restore_data": True, "reason": None}
 
 
 async def test_restore_data_waits_for_a_healthy_database(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
