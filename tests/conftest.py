@@ -13,10 +13,14 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.runtime import Runtime
 
 REPO = Path(__file__).resolve().parent.parent
 PROVISION_ENV = REPO / ".cache" / "provision.env"
@@ -125,3 +129,14 @@ async def mcp_client(settings: Settings) -> AsyncIterator[object]:
 
     async with Client(build_server(settings)) as client:
         yield client
+
+
+@pytest.fixture
+def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
+    """A real Runtime over the engine for deploy tests; closed after, and the project's pinned images removed."""
+    from tests.deploy_helpers import remove_pins, runtime_for
+
+    rt = runtime_for(settings)
+    yield rt
+    rt.close()
+    remove_pins(project_name)

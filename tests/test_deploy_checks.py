@@ -4,7 +4,6 @@ rollback, and a 12-service stack shaped like Supabase deployed, broken and rolle
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,14 +34,6 @@ from tests.deploy_helpers import (
 from tests.test_registry_config import delete_from_registry
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-
-
-@pytest.fixture
-def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
-    yield rt
-    rt.close()
-    remove_pins(project_name)
 
 
 def smoke(port: int, path: str = "/") -> str:

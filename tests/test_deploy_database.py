@@ -3,13 +3,11 @@ rollback restores the dump, so every row written before the update is there afte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from server.runtime import Runtime
-from server.settings import Settings
 from tests.deploy_helpers import (
     POSTGRES,
     WEB_10,
@@ -20,8 +18,6 @@ from tests.deploy_helpers import (
     free_port,
     get,
     phase,
-    remove_pins,
-    runtime_for,
     write,
 )
 
@@ -74,14 +70,6 @@ volumes:
 
 def psql(project: str, sql: str) -> str:
     return docker("exec", container_of(project, "db"), "psql", "-U", "postgres", "-tAc", sql)
-
-
-@pytest.fixture
-def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
-    yield rt
-    rt.close()
-    remove_pins(project_name)
 
 
 async def test_failed_migration_rolls_back_with_every_row(runtime: Runtime, stacks_root: Path,

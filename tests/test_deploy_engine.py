@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from server.errors import DsmError
 from server.runtime import Runtime
-from server.settings import Settings
 from tests.deploy_helpers import (
     POSTGRES,
     WEB_10,
@@ -25,22 +23,12 @@ from tests.deploy_helpers import (
     free_port,
     get,
     phase,
-    remove_pins,
-    runtime_for,
     web_service,
     web_stack,
     write,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-
-
-@pytest.fixture
-def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
-    yield rt
-    rt.close()
-    remove_pins(project_name)
 
 
 async def test_healthy_deploy_then_unchanged_and_plan_ids(runtime: Runtime, stacks_root: Path,

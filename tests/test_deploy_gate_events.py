@@ -3,7 +3,6 @@ wakes the gate at once; without engine events the gate still decides by polling.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +10,9 @@ import anyio
 import pytest
 
 from server.runtime import Runtime
-from server.settings import Settings
-from tests.deploy_helpers import WEB_10, deploy, docker, phase, remove_pins, runtime_for, web_stack, write
+from tests.deploy_helpers import WEB_10, deploy, docker, phase, web_stack, write
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-
-
-@pytest.fixture
-def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
-    yield rt
-    rt.close()
-    remove_pins(project_name)
 
 
 async def test_a_container_event_of_the_project_wakes_the_gate(runtime: Runtime, project_name: str) -> None:

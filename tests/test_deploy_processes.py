@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from tests.deploy_helpers import (
     deploy,
     free_port,
     get,
-    remove_pins,
-    runtime_for,
     web_stack,
     write,
 )
@@ -78,14 +75,6 @@ def wait_for(predicate: Any, timeout: float = 60) -> Any:
             return value
         time.sleep(0.2)
     raise AssertionError("condition not reached")
-
-
-@pytest.fixture
-def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
-    yield rt
-    rt.close()
-    remove_pins(project_name)
 
 
 async def test_two_deploys_from_two_processes(runtime: Runtime, stacks_root: Path, project_name: str) -> None:

@@ -5,7 +5,6 @@ server shuts down right after answering."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,6 @@ from server.settings import Settings
 from tests.deploy_helpers import WEB_10, deploy, phase, remove_pins, runtime_for, web_stack, write
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-
-
-@pytest.fixture
-def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
-    yield rt
-    rt.close()
-    remove_pins(project_name)
 
 
 def _gate_memory(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> threading.Event:

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from server.operations.views import DeploymentEntry
 from server.runtime import Runtime
 from server.settings import Settings
 from tests.conftest import REPO
-from tests.deploy_helpers import deploy, docker, free_port, get, remove_pins, runtime_for, write
+from tests.deploy_helpers import deploy, docker, free_port, get, write
 from tests.helpers_monitor import alert_receiver
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -52,14 +52,6 @@ V1_WINDOW_S = 3
 """v1's files say: roll back only what breaks within 3 s of a deployment (the restart case below)."""
 CRASH_AFTER_S = 6
 """v2 (dsm-test/web:2.0-broken) passes the health gate, then exits 1 this long after it started."""
-
-
-@pytest.fixture
-def runtime(settings: Settings, docker_engine: None, project_name: str) -> Iterator[Runtime]:
-    rt = runtime_for(settings)
-    yield rt
-    rt.close()
-    remove_pins(project_name)
 
 
 def _watch(runtime: Runtime, project: str, alert_url: str) -> subprocess.Popen[bytes]:
