@@ -82,6 +82,25 @@ class SmokeCheck(_Strict):
             raise ValueError("exec needs at least one argument")
         return v
 
+    @field_validator("http")
+    @classmethod
+    def _web_only(cls, v: str | None) -> str | None:
+        # urllib opens file:// (and ftp://) too: a smoke check must not read host files or hang on a FIFO.
+        if v is not None and not smoke_url_allowed(v):
+            raise ValueError(f"http must be an http:// or https:// URL, not {v[:80]!r}")
+        return v
+
+
+def smoke_url_allowed(url: str) -> bool:
+    """Only http(s) with a host: what a smoke check may fetch (checked at parse and again at run time)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
 
 class BackupHooks(_Strict):
     dump: list[str] | None = None

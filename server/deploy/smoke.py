@@ -4,6 +4,12 @@ An ``http`` URL whose host is a service of the stack is fetched from inside the 
 by a short-lived container created on that network from an image already local (the service's
 own image; it needs ``wget``), so nothing is pulled. Any other host (``127.0.0.1``, the host's
 name) is fetched from this host. ``exec`` runs the argv in the service's container (no shell).
+
+Only ``http``/``https`` URLs are fetched (x-dsm refuses others when it is parsed; checked again
+here): urllib would open ``file://`` and ``ftp://`` too, and a FIFO behind ``file://`` hung a
+deploy with its lock held. Every check ends within its ``timeout_s`` (plus a short grace for the
+engine), whatever the other side sends: the body of an HTTP answer is never read, and an exec
+keeps at most the first 64 KiB of its output.
 """
 
 from __future__ import annotations
@@ -12,13 +18,17 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
-from server.engine import Engine, exec_in, run_probe
+from server.engine import Engine, run_probe
 from server.stackmodel import LoadedStack
-from server.xdsm import SmokeCheck
+from server.xdsm import SmokeCheck, smoke_url_allowed
+
+_GRACE_S = 10.0
+"""Beyond a check's own timeout: creating and removing a probe container, starting an exec."""
 
 _STATUS = re.compile(r"HTTP/\d(?:\.\d)? (\d{3})")
 
@@ -31,10 +41,31 @@ class SmokeResult:
     detail: str
 
 
+def _opener() -> urllib.request.OpenerDirector:
+    """http(s) only, redirects included (the default opener follows a redirect to ftp:// and opens file://)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        if not smoke_url_allowed(newurl):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a non-http URL refused: {newurl[:80]}",
+                                         headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
 def _http_from_host(url: str, timeout_s: float) -> tuple[int | None, str]:
+    if not smoke_url_allowed(url):
+        return None, "refused: a smoke check fetches http:// or https:// URLs only"
     request = urllib.request.Request(url, headers={"User-Agent": "docker-stack-mcp smoke"})  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 (operator-given URL)
+        with _opener().open(request, timeout=timeout_s) as response:  # the body is never read
             return int(response.status), ""
     except urllib.error.HTTPError as exc:
         return int(exc.code), ""
@@ -55,8 +86,22 @@ async def run_smoke(engine: Engine, stack: LoadedStack, services: list[str], con
 
 async def _one(engine: Engine, stack: LoadedStack, service: str, check: SmokeCheck, containers: dict[str, str],
                network: str | None) -> SmokeResult:
+    from_host = bool(check.http) and not (network and (urlsplit(check.http or "").hostname or "") in stack.services)
+    try:
+        with anyio.fail_after(check.timeout_s + (1.0 if from_host else _GRACE_S)):
+            return await _bounded(engine, stack, service, check, containers, network)
+    except TimeoutError:
+        what = f"http {check.http}" if check.http else f"exec {(check.exec or ['?'])[0]}"
+        return SmokeResult(service, what, False, f"did not finish within {check.timeout_s:g}s")
+
+
+async def _bounded(engine: Engine, stack: LoadedStack, service: str, check: SmokeCheck, containers: dict[str, str],
+                   network: str | None) -> SmokeResult:
     if check.http:
         url = check.http
+        if not smoke_url_allowed(url):
+            return SmokeResult(service, f"http {url[:80]}", False,
+                               "refused: a smoke check fetches http:// or https:// URLs only")
         host = urlsplit(url).hostname or ""
         if host in stack.services and network:
             image = str(stack.services[host].get("image") or stack.services[service].get("image") or "")
@@ -66,7 +111,8 @@ async def _one(engine: Engine, stack: LoadedStack, service: str, check: SmokeChe
             status = int(match[-1]) if match else (200 if code == 0 else None)
             where = f"from inside network {network}"
         else:
-            status, out = await anyio.to_thread.run_sync(_http_from_host, url, check.timeout_s)
+            status, out = await anyio.to_thread.run_sync(_http_from_host, url, check.timeout_s,
+                                                         abandon_on_cancel=True)
             where = "from the host"
         ok = status == check.expect_status
         detail = f"GET {url} {where}: " + (f"HTTP {status}" if status else f"no answer ({out.strip()[:160]})")
@@ -75,10 +121,11 @@ async def _one(engine: Engine, stack: LoadedStack, service: str, check: SmokeChe
     container = containers.get(service)
     if not container:
         return SmokeResult(service, f"exec {argv[0]}", False, f"no running container of {service} to exec in")
-    try:
-        code, out = await exec_in(engine, container, argv, timeout_s=check.timeout_s)
-    except TimeoutError:
+    # exec_stream keeps the first 64 KiB of stdout and cuts the stream at the timeout.
+    result = await engine.exec_stream(container, argv, timeout_s=check.timeout_s)
+    if result.timed_out:
         return SmokeResult(service, f"exec {argv[0]}", False, f"did not finish within {check.timeout_s:g}s")
+    code, out = result.exit_code, (result.stdout + result.stderr)[-4000:]
     ok = code == check.expect_exit
     tail = out.strip().splitlines()[-1][:200] if out.strip() else ""
     detail = f"exit {code}" + ("" if ok else f", expected {check.expect_exit}") + (f": {tail}" if tail else "")
