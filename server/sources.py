@@ -2,9 +2,10 @@
 
 Starting from the top-level compose files (COMPOSE_FILE, or compose.yaml + override), the walk
 follows ``include`` (at every depth, with its ``env_file`` and ``project_directory``), ``extends``
-files, service ``env_file`` and ``label_file``, and the ``file`` of top-level secrets and
-configs. Remote includes (``oci://``, git URLs) are refused: their content cannot be screened
-first. References are interpolated the way Compose will (server.interpolation), resolved with
+files, service ``env_file`` and ``label_file``, the ``file`` of top-level secrets and
+configs, and what a ``build`` sends to the engine (context, Dockerfile, additional contexts, ssh
+keys). Remote includes and build contexts (``oci://``, git and http URLs) are refused: their
+content cannot be screened first. References are interpolated the way Compose will (server.interpolation), resolved with
 symlinks followed, and must stay inside the stacks root. Compose files met on the way pass
 server.yamlsafe (size, depth, alias budget); env files pass the size cap. Each file is read at
 most once (a cycle of includes stops at the second visit) and includes nest at most
@@ -28,7 +29,7 @@ from server.stacks import check_argument, read_compose_file, relative_name
 from server.yamlsafe import Line, YamlDocument, read_text_capped
 
 MAX_INCLUDE_DEPTH = 8
-_REMOTE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://|git@)")
+_REMOTE = re.compile(r"^(?:[a-zA-Z][a-zA-Z0-9+.-]*://|git@|github\.com/)")
 MAX_ENV_FILE_BYTES = 256 * 1024
 
 Kind = Literal["include", "extends", "env_file", "mounted"]
@@ -211,6 +212,38 @@ def _references(doc: YamlDocument) -> Iterator[tuple[str, tuple[str, ...], Kind]
         ext = body.get("extends")
         if isinstance(ext, dict) and isinstance(ext.get("file"), str):
             yield ext["file"], ("services", str(svc), "extends"), "extends"
+        yield from _build_paths(str(svc), body.get("build"))
+
+
+def _build_paths(svc: str, build: Any) -> Iterator[tuple[str, tuple[str, ...], Kind]]:
+    """A build reads its context, Dockerfile, additional contexts and ssh keys from the host: the
+    builder sends them to the engine, so they are path-checked like every file Compose reads."""
+    where: tuple[str, ...] = ("services", svc, "build")
+    if isinstance(build, str):
+        yield build, where, "mounted"
+        return
+    if not isinstance(build, dict):
+        return
+    context = build.get("context", ".")
+    if isinstance(context, str):
+        yield context, where, "mounted"
+        dockerfile = build.get("dockerfile")
+        if isinstance(dockerfile, str) and not _REMOTE.match(context):
+            joined = dockerfile if dockerfile.startswith("/") else f"{context.rstrip('/') or '.'}/{dockerfile}"
+            yield joined, where, "mounted"
+    extra = build.get("additional_contexts")
+    pairs = list(extra.values()) if isinstance(extra, dict) else [
+        str(item).split("=", 1)[1] for item in extra if "=" in str(item)] if isinstance(extra, list) else []
+    for value in pairs:
+        if not isinstance(value, str) or value.startswith(("docker-image://", "service:")):
+            continue  # an image or another service's build: no host file
+        yield value.removeprefix("oci-layout://"), where, "mounted"
+    ssh = build.get("ssh")
+    keys = list(ssh.values()) if isinstance(ssh, dict) else [
+        str(item).split("=", 1)[1] for item in ssh if "=" in str(item)] if isinstance(ssh, list) else []
+    for key in keys:
+        if isinstance(key, str) and key:
+            yield key, where, "mounted"
 
 
 def _strings(value: Any) -> list[str]:
