@@ -131,20 +131,28 @@ def _compose_file_origin(location: StackLocation) -> str | None:
 
 def _check_inside(settings: Settings, file: Path, location: StackLocation) -> None:
     root = settings.stacks_root.resolve()
-    if not file.resolve().is_relative_to(root):
-        raise StackRenderFailed(
-            location.name,
-            [
-                Finding(
-                    rule="path-outside-root",
-                    severity="error",
-                    category="security",
-                    file=_compose_file_origin(location),
-                    message=f"COMPOSE_FILE names {str(file)!r}, outside the stacks root {root}; Compose was not run",
-                    fix="keep every file a stack uses inside its own directory under the stacks root",
-                )
-            ],
-        )
+    resolved = file.resolve()
+    if not resolved.is_relative_to(root):
+        where = f"outside the stacks root {root}"
+    elif not resolved.is_relative_to(location.directory.resolve()):
+        # Inside the root but in another stack's directory: deploying it would run (and, with
+        # --remove-orphans, fight over) that stack's services under this one's name.
+        where = f"outside the stack directory {location.directory.name}/ (in {resolved.parent.relative_to(root)}/)"
+    else:
+        return
+    raise StackRenderFailed(
+        location.name,
+        [
+            Finding(
+                rule="path-outside-root",
+                severity="error",
+                category="security",
+                file=_compose_file_origin(location),
+                message=f"COMPOSE_FILE names {str(file)!r}, {where}; Compose was not run",
+                fix="keep every file a stack uses inside its own directory under the stacks root",
+            )
+        ],
+    )
 
 
 async def _load_inline(settings: Settings, compose: ComposeRunner, content: str, env: dict[str, str]) -> LoadedStack:

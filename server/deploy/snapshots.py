@@ -20,15 +20,34 @@ def _dir(settings: Settings, stack: str, deployment_id: str) -> Path:
     return settings.state_dir / "deployments" / stack / deployment_id
 
 
+def _kept(directory: Path) -> list[tuple[Path, str]]:
+    """The stack's files a deployment runs with: (file, path relative to the stack directory).
+    COMPOSE_FILE may name files in subdirectories (deploy/compose.yaml); they are kept too."""
+    here = directory.resolve()
+    out: list[tuple[Path, str]] = []
+    for path in [*user_files(directory), directory / ".env", directory / OVERRIDE_NAME]:
+        if not path.is_file():
+            continue
+        try:
+            rel = path.absolute().relative_to(directory.absolute())
+        except ValueError:
+            continue  # outside the stack (the loader refuses it before a deploy gets here)
+        if ".." in rel.parts or not path.resolve().is_relative_to(here):
+            continue
+        if str(rel) not in {r for _, r in out}:
+            out.append((path, str(rel)))
+    return out
+
+
 def save(settings: Settings, stack: str, deployment_id: str, directory: Path) -> list[str]:
     target = _dir(settings, stack, deployment_id)
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(target, 0o700)
     saved = []
-    for path in [*user_files(directory), directory / ".env", directory / OVERRIDE_NAME]:
-        if path.is_file() and path.parent == directory:
-            shutil.copy2(path, target / path.name)
-            saved.append(path.name)
+    for path, rel in _kept(directory):
+        (target / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copy2(path, target / rel)
+        saved.append(rel)
     (target / "FILES").write_text("\n".join(saved) + "\n")
     return saved
 
@@ -38,16 +57,25 @@ def exists(settings: Settings, stack: str, deployment_id: str) -> bool:
 
 
 def restore(settings: Settings, stack: str, deployment_id: str, directory: Path) -> list[str]:
-    """Put the deployment's files back; .env and compose.dsm.yaml it did not have are removed."""
+    """Put the deployment's files back (subdirectories included); .env and compose.dsm.yaml it did
+    not have are removed."""
     source = _dir(settings, stack, deployment_id)
     names = [n for n in (source / "FILES").read_text().splitlines() if n]
+    here = directory.resolve()
     for name in (".env", OVERRIDE_NAME):
         if name not in names:
             (directory / name).unlink(missing_ok=True)
     for name in names:
-        tmp = directory / f".{name}.dsm-tmp"
-        shutil.copy2(source / name, tmp)
-        os.replace(tmp, directory / name)
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            continue  # never written by save: a tampered list must not write outside the stack
+        dest = directory / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.parent.resolve().is_relative_to(here):
+            continue  # a subdirectory replaced by a symlink out of the stack
+        tmp = dest.with_name(f".{dest.name}.dsm-tmp")
+        shutil.copy2(source / rel, tmp)
+        os.replace(tmp, dest)
     return names
 
 
@@ -55,7 +83,7 @@ def keep_failed(settings: Settings, stack: str, label: str, directory: Path) -> 
     """Copy the files of a failed deployment aside (next to the backup taken before it)."""
     target = settings.state_dir / "backups" / stack / label / "failed-files"
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for path in [*user_files(directory), directory / ".env", directory / OVERRIDE_NAME]:
-        if path.is_file() and path.parent == directory:
-            shutil.copy2(path, target / path.name)
+    for path, rel in _kept(directory):
+        (target / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copy2(path, target / rel)
     return target
