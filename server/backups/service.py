@@ -70,10 +70,12 @@ async def operation(runtime: Runtime, stack: str, kind: OperationKind, params: d
 
 
 async def create(runtime: Runtime, location: StackLocation, reason: str, progress: Progress | None) -> BackupResult:
+    from server.ownership import require_ours  # archiving stops databases: never another project's
     from server.stackload import load_stack
 
     store = store_of(runtime)
     stack = await load_stack(runtime.settings, runtime.compose(), path=location.directory.name)
+    await require_ours(runtime.engine(), stack.name, location.directory, "backup")
     async with operation(runtime, stack.name, "backup", {"reason": reason}) as op:
         manifest = await store.create(stack, reason=reason, progress=progress)
         op.end("done", {"backup_id": manifest.backup_id, "bytes": manifest.bytes})
@@ -130,6 +132,10 @@ async def is_critical(runtime: Runtime, location: StackLocation) -> bool:
 
 
 async def restore(runtime: Runtime, manifest: BackupManifest, progress: Progress | None) -> BackupResult:
+    from server.ownership import require_ours  # never overwrite data of a project started elsewhere
+
+    await require_ours(runtime.engine(), manifest.stack, find_by_name(runtime.settings, manifest.stack).directory,
+                       "restore")
     store = store_of(runtime)
     async with operation(runtime, manifest.stack, "restore", {"backup_id": manifest.backup_id}) as op:
         restored = await store.restore_data(manifest, progress=progress)

@@ -464,6 +464,8 @@ class Deployer:
         from server.stacks import resolve_stack
 
         location = resolve_stack(self.settings, stack_arg)
+        from server.ownership import require_ours  # a project of this name started elsewhere is not ours
+        await require_ours(self.engine, location.name, location.directory, "rollback")
         ops = operations(self.runtime)
         history = ops.history(location.name, limit=200)
         current, target = _targets(history, to_deployment)

@@ -2,7 +2,8 @@
 
 Every action takes the stack's lock and is journaled (``Operations.begin(stack, 'control')``),
 so it never races a deploy, a backup or the watcher. Only stacks under the stacks root are
-changed; Compose does the work (``docker compose -p ... start|stop|restart|rm``), so
+changed, and only when the project's containers were started from the stack's directory
+(server.ownership); Compose does the work (``docker compose -p ... start|stop|restart|rm``), so
 dependency order is Compose's.
 """
 
@@ -18,6 +19,7 @@ from server.monitor.logs import BadArgument, parse_time
 from server.monitor.models import ControlResult
 from server.monitor.resolve import resolve_stack
 from server.monitor.stackpolicy import stack_policy
+from server.ownership import require_ours
 from server.runtime import Runtime
 
 _COMPOSE_ARGS = {
@@ -46,6 +48,8 @@ async def stack_control(
     if unknown:
         raise BadArgument(f"stack {ref.name!r} has no service {', '.join(unknown)}",
                           state="nothing was changed", next_step=f"services are: {', '.join(declared)}")
+    if action not in ("maintenance_on", "maintenance_off"):  # a window touches no container
+        await require_ours(runtime.engine(), ref.name, ref.location.directory, f"stack_control {action}")
     policy = stack_policy(ref.location)
     if action in ("stop", "remove") and policy.critical:
         question = f"{action} {'services ' + ', '.join(services) if services else 'every service'} of the " \

@@ -59,12 +59,14 @@ async def validate_loaded(
     ctx = source_context(stack, env=env)
     notes: list[str] = []
     extra: list[Finding] = []
+    claims: list[Finding] = []  # not subject to x-dsm policy: a stack cannot waive another project's claim
     if check_host:
         assert engine is not None, "check_host needs the engine"
         try:
             facts = (await gather_facts(engine, stack)).facts
             ctx = dataclasses.replace(ctx, facts=facts)
             notes.extend(facts.notes)
+            claims = await host_claims(engine, stack)
         except (DockerUnavailable, EngineError) as exc:
             extra.append(
                 finding(
@@ -75,7 +77,11 @@ async def validate_loaded(
                 )
             )
         await report_progress(progress, 2, total, "host checked")
-    findings = apply_policy(stack, [*run_rules(ctx), *extra])
+    else:
+        from server.preflight.datadirs import shared_data_findings
+
+        claims = shared_data_findings(stack, [])  # the stack's own databases, without the host
+    findings = sort_findings([*apply_policy(stack, [*run_rules(ctx), *extra]), *claims])
     if stack.inactive:
         findings = sort_findings([*findings, *inactive_findings(stack, ctx)])
         notes.append(
@@ -89,6 +95,17 @@ async def validate_loaded(
         stack.name, rel, valid=True, services=sorted(stack.services), findings=findings,
         host_checked=check_host and not extra, notes=notes,
     )
+
+
+async def host_claims(engine: Engine, stack: LoadedStack) -> list[Finding]:
+    """What other projects on the host claim: the project name run from another directory, this
+    directory under another name, a database's data directory (server.ownership, preflight.datadirs)."""
+    from server.ownership import ownership_findings
+    from server.preflight.datadirs import shared_data_findings
+
+    rows = list(await engine.call(lambda c: c.api.containers(all=True), "list containers") or [])
+    found = ownership_findings(rows, stack.name, stack.directory) if stack.directory is not None else []
+    return found + shared_data_findings(stack, rows)
 
 
 def _validation(
