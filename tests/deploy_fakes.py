@@ -51,6 +51,12 @@ class _Api:
     def tag(self, image_id: str, repo: str, tag: str, force: bool = False) -> None:
         self._engine.events.append(("tag", image_id, f"{repo}:{tag}"))
 
+    def containers(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``docker ps`` rows (server.ownership): the stack's containers, started from its directory."""
+        return [{"Id": c.id, "Names": [f"/{c.name}"], "State": c.state, "Image": c.image, "Mounts": [],
+                 "Labels": {**c.labels, "com.docker.compose.project.working_dir": str(self._engine.directory)}}
+                for c in self._engine.containers]
+
 
 class FakeEngine:
     def __init__(self, events: list[tuple[Any, ...]]) -> None:
@@ -62,6 +68,8 @@ class FakeEngine:
         self.later: dict[str, list[dict[str, Any]]] = {}
         self.inspected: set[str] = set()
         """Inspect results a container moves through, one per later inspect."""
+        self.directory: Path | None = None
+        """The stack directory its containers were started from (their working_dir label)."""
         self.api = _Api(self)
 
     def add(self, service: str, *, status: str = "running", health: str | None = "healthy", restarts: int = 0,
@@ -181,7 +189,7 @@ class FakeOps:
         self.history_fails = False
         self.maintenance_fails = False
 
-    def begin(self, stack: str, kind: str, params: Any = None, *, secrets: Any = ()) -> FakeOp:
+    def begin(self, stack: str, kind: str, params: Any = None, *, secrets: Any = (), directory: Any = None) -> FakeOp:
         assert stack == STACK and kind in ("deploy", "rollback"), (stack, kind)
         self.secrets = frozenset(secrets)
         if self.busy:
@@ -308,6 +316,7 @@ class World:
 
     def __post_init__(self) -> None:
         self.engine = FakeEngine(self.events)
+        self.engine.directory = self.directory
         self.compose = FakeCompose(self.events, self.directory)
         self.ops = FakeOps(self.events)
         self.memory = FakeMemory(self.events)

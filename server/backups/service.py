@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from server.backups.models import BackupManifest, BackupResult, BackupSummary
@@ -62,10 +63,12 @@ def restore_question(manifest: BackupManifest, critical: bool) -> str:
 
 
 @contextlib.asynccontextmanager
-async def operation(runtime: Runtime, stack: str, kind: OperationKind, params: dict[str, Any]) -> AsyncIterator[Any]:
-    """Hold the stack's lock and journal the act: a second create/restore (or a deploy) of the
-    same stack, from this or another server process, is refused with StackBusy naming the holder."""
-    with runtime.operations().begin(stack, kind, params) as op:
+async def operation(runtime: Runtime, stack: str, kind: OperationKind, params: dict[str, Any],
+                    directory: Path | None = None) -> AsyncIterator[Any]:
+    """Hold the stack's lock (and its directory's) and journal the act: a second create/restore (or
+    a deploy) of the same stack, from this or another server process, is refused with StackBusy
+    naming the holder."""
+    with runtime.operations().begin(stack, kind, params, directory=directory) as op:
         yield op
 
 
@@ -76,7 +79,7 @@ async def create(runtime: Runtime, location: StackLocation, reason: str, progres
     store = store_of(runtime)
     stack = await load_stack(runtime.settings, runtime.compose(), path=location.directory.name)
     await require_ours(runtime.engine(), stack.name, location.directory, "backup")
-    async with operation(runtime, stack.name, "backup", {"reason": reason}) as op:
+    async with operation(runtime, stack.name, "backup", {"reason": reason}, location.directory) as op:
         manifest = await store.create(stack, reason=reason, progress=progress)
         op.end("done", {"backup_id": manifest.backup_id, "bytes": manifest.bytes})
     return BackupResult(
@@ -134,10 +137,10 @@ async def is_critical(runtime: Runtime, location: StackLocation) -> bool:
 async def restore(runtime: Runtime, manifest: BackupManifest, progress: Progress | None) -> BackupResult:
     from server.ownership import require_ours  # never overwrite data of a project started elsewhere
 
-    await require_ours(runtime.engine(), manifest.stack, find_by_name(runtime.settings, manifest.stack).directory,
-                       "restore")
+    directory = find_by_name(runtime.settings, manifest.stack).directory
+    await require_ours(runtime.engine(), manifest.stack, directory, "restore")
     store = store_of(runtime)
-    async with operation(runtime, manifest.stack, "restore", {"backup_id": manifest.backup_id}) as op:
+    async with operation(runtime, manifest.stack, "restore", {"backup_id": manifest.backup_id}, directory) as op:
         restored = await store.restore_data(manifest, progress=progress)
         op.end("done", {"backup_id": manifest.backup_id, "restored": restored})
     return BackupResult(

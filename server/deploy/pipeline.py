@@ -201,7 +201,7 @@ class Deployer:
         try:
             op = ops.begin(stack.name, "deploy", params={
                 "path": path, "services": services, "plan_id": plan.plan_id, "wait_timeout_s": wait_timeout_s,
-                "verify_s": verify_s, "env": env}, secrets=stack.secret_values)
+                "verify_s": verify_s, "env": env}, secrets=stack.secret_values, directory=stack.directory)
         except stack_busy() as busy:
             return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
                                 phases=run.phases, next_steps=[

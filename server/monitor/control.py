@@ -56,7 +56,7 @@ async def stack_control(
                    f"critical stack {ref.name!r}?"
         await confirm(question)  # raises ConfirmationRequired unless the user agreed
     params = {"action": action, "services": services or [], "reason": reason or "", "until": until}
-    op = opsbridge.begin(runtime, ref.name, "control", params)
+    op = opsbridge.begin(runtime, ref.name, "control", params, directory=ref.location.directory)
     status = "failed"
     try:
         if action in ("maintenance_on", "maintenance_off"):

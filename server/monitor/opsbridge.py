@@ -7,6 +7,7 @@ journal and locks as deploy_stack, backup_stack and rollback.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,9 +45,11 @@ def last_deployment(runtime: Runtime, stack: str) -> Any:
     return next((h for h in history if h.status not in _CHANGED_NOTHING), None)
 
 
-def begin(runtime: Runtime, stack: str, kind: str, params: dict[str, Any] | None = None) -> Any:
-    """Take the stack's lock and open a journaled operation (raises StackBusy naming the holder)."""
-    return operations(runtime).begin(stack, kind, params or {})
+def begin(runtime: Runtime, stack: str, kind: str, params: dict[str, Any] | None = None,
+          directory: Path | None = None) -> Any:
+    """Take the stack's lock (and its directory's) and open a journaled operation (raises StackBusy
+    naming the holder)."""
+    return operations(runtime).begin(stack, kind, params or {}, directory=directory)
 
 
 def set_maintenance(runtime: Runtime, stack: str, until_iso: str | None, reason: str) -> None:

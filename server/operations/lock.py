@@ -1,5 +1,9 @@
 """One operation per stack at a time, across processes: DSM_STATE_DIR/locks/<stack>.lock.
 
+A stack directory is locked too (``locks/dir-<hash of its path>.lock``): the project name alone
+let ``deploy_stack(path=X, env={COMPOSE_PROJECT_NAME: other})`` run a second copy of X beside a
+deploy of X. :class:`HeldLocks` holds both and releases them together.
+
 ``flock`` belongs to the open file description, so it conflicts between two server processes
 and between two attempts in the same process alike, and the kernel releases it when the holder
 dies (even by SIGKILL): a lock is never left stale. The descriptor is close-on-exec, so child
@@ -61,6 +65,32 @@ class StackLock:
     def __del__(self) -> None:  # a dropped holder must not keep the stack locked for the process's life
         with contextlib.suppress(Exception):
             self.release()
+
+
+class HeldLocks:
+    """Several held locks used as one: the holder is written to each, released last-taken first."""
+
+    def __init__(self, *locks: StackLock) -> None:
+        self._locks = list(locks)
+
+    @property
+    def held(self) -> bool:
+        return any(lock.held for lock in self._locks)
+
+    def write_holder(self, info: dict[str, Any]) -> None:
+        for lock in self._locks:
+            lock.write_holder(info)
+
+    def release(self) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+
+
+def directory_lock_name(directory: Path) -> str:
+    """The lock file name of a stack directory (its resolved path, hashed: any characters, fixed length)."""
+    import hashlib
+
+    return "dir-" + hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:24] + ".lock"
 
 
 def read_holder(path: Path) -> dict[str, Any] | None:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from server.errors import DsmError, StackBusy
 from server.operations import procs
 from server.operations.journal import Journal
-from server.operations.lock import StackLock, read_holder
+from server.operations.lock import HeldLocks, StackLock, directory_lock_name, read_holder
 from server.operations.maintenance import MaintenanceWindows
 from server.operations.models import (
     FINAL_STATUSES,
@@ -61,7 +61,8 @@ class Operation:
     """
 
     def __init__(
-        self, owner: Operations, *, id: str, stack: str, kind: str, started_at: str, lock: StackLock, scrub: Scrubber
+        self, owner: Operations, *, id: str, stack: str, kind: str, started_at: str, lock: StackLock | HeldLocks,
+        scrub: Scrubber,
     ) -> None:
         self.id = id
         self.stack = stack
@@ -159,14 +160,16 @@ class Operations:
 
     # -- begin / lock -----------------------------------------------------------------------
     def begin(
-        self, stack: str, kind: OperationKind, params: Mapping[str, Any] | None = None, *, secrets: Iterable[str] = ()
+        self, stack: str, kind: OperationKind, params: Mapping[str, Any] | None = None, *, secrets: Iterable[str] = (),
+        directory: Path | None = None,
     ) -> Operation:
         """Take ``stack``'s lock without waiting and journal the start; raises StackBusy naming the
         holder. An operation of this stack that was started but never ended (its server died) is
         recovered first: its process groups are stopped and it is recorded ``interrupted``.
         ``params`` are journaled scrubbed; ``env`` in them as names only. ``secrets`` (and the
         values of ``params['env']``) are masked in every detail and result of the operation.
-        Blocking: from async code prefer :meth:`begin_async`."""
+        ``directory`` (the stack directory) is locked as well: the same directory under another
+        project name is busy too. Blocking: from async code prefer :meth:`begin_async`."""
         _check_stack(stack)
         if kind not in KINDS:
             raise ValueError(f"{kind!r} is not an operation kind ({sorted(KINDS)})")
@@ -176,8 +179,15 @@ class Operations:
         scrub = Scrubber([*secrets, *env_values])
         op_id, started_at = new_operation_id(), now_iso()
         holder = {"operation_id": op_id, "kind": kind, "started_at": started_at, "pid": os.getpid(),
-                  "pid_start": self._pid_start}
-        lock = self._acquire(stack)
+                  "pid_start": self._pid_start, "stack": stack}
+        stack_lock = self._acquire(stack)
+        lock: StackLock | HeldLocks = stack_lock
+        if directory is not None:
+            try:
+                lock = HeldLocks(stack_lock, self._acquire(stack, self.locks_dir / directory_lock_name(directory)))
+            except BaseException:
+                stack_lock.release()
+                raise
         try:
             lock.write_holder(holder)
             # Under our lock nobody else can run on this stack: an unended operation is an orphan.
@@ -193,27 +203,32 @@ class Operations:
         return Operation(self, id=op_id, stack=stack, kind=kind, started_at=started_at, lock=lock, scrub=scrub)
 
     async def begin_async(
-        self, stack: str, kind: OperationKind, params: Mapping[str, Any] | None = None, *, secrets: Iterable[str] = ()
+        self, stack: str, kind: OperationKind, params: Mapping[str, Any] | None = None, *, secrets: Iterable[str] = (),
+        directory: Path | None = None,
     ) -> Operation:
         """:meth:`begin` in a worker thread: from async code, use this one. ``begin`` fsyncs and,
         when it finds an orphan, waits seconds for its process groups to stop; the event loop
         (progress notifications, other requests) must not wait with it."""
         import anyio
 
-        return await anyio.to_thread.run_sync(lambda: self.begin(stack, kind, params, secrets=secrets))
+        return await anyio.to_thread.run_sync(
+            lambda: self.begin(stack, kind, params, secrets=secrets, directory=directory))
 
     def _lock_path(self, stack: str) -> Path:
         return self.locks_dir / f"{stack}.lock"
 
-    def _acquire(self, stack: str) -> StackLock:
-        lock = StackLock(self._lock_path(stack))
+    def _acquire(self, stack: str, path: Path | None = None) -> StackLock:
+        """The lock at ``path`` (default: the stack's); StackBusy names the holder's stack (a
+        directory's lock may be held under another project name)."""
+        path = path or self._lock_path(stack)
+        lock = StackLock(path)
         deadline = time.monotonic() + _BUSY_SETTLE_S
         while not lock.try_acquire():
-            holder = self._live_holder(stack)
+            holder = self._live_holder(stack, path)
             if holder is not None or time.monotonic() >= deadline:
                 holder = holder or {}
                 raise StackBusy(
-                    stack,
+                    str(holder.get("stack") or stack),
                     operation_id=str(holder.get("operation_id", "unknown")),
                     kind=str(holder.get("kind", "unknown")),
                     started_at=str(holder.get("started_at", "unknown")),
@@ -222,8 +237,8 @@ class Operations:
             time.sleep(0.05)  # the holder is between acquire and naming itself, or a probe holds it
         return lock
 
-    def _live_holder(self, stack: str) -> dict[str, Any] | None:
-        holder = read_holder(self._lock_path(stack))
+    def _live_holder(self, stack: str, path: Path | None = None) -> dict[str, Any] | None:
+        holder = read_holder(path or self._lock_path(stack))
         if holder and holder.get("operation_id") and procs.is_alive(int(holder.get("pid") or 0),
                                                                      holder.get("pid_start")):
             return holder
