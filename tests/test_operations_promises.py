@@ -372,7 +372,7 @@ def test_begin_names_itself_in_the_lock(ops: Operations, settings: Settings) -> 
     op = ops.begin("web", "backup")
     holder = read_holder(settings.state_dir / "locks" / "web.lock")
     assert holder == {"operation_id": op.id, "kind": "backup", "started_at": op.started_at, "pid": os.getpid(),
-                      "pid_start": _stat_start(os.getpid())}
+                      "pid_start": _stat_start(os.getpid()), "stack": "web"}  # a directory's lock names its stack
     begin = _lines(settings.state_dir / "journal" / "journal.jsonl")[0]
     # pid + start time: a later reader tells a dead server from a pid now used by another program
     assert (begin["t"], begin["op"], begin["pid"], begin["pid_start"]) == ("begin", op.id, os.getpid(),
