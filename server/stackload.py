@@ -39,6 +39,8 @@ from server.stacks import (
 from server.xdsm import ServiceSettings, XdsmInvalid, parse_service_settings, parse_stack_settings
 from server.yamlsafe import Line, YamlDocument, load_yaml
 
+MAX_SERVICES = 1000
+"""Services per stack: a 1 MiB file of 26,000 one-line services gave a 119 MB answer."""
 _COMPOSE_TOP_KEYS = {"services", "include", "name", "version", "networks", "volumes", "secrets", "configs"}
 
 
@@ -250,6 +252,13 @@ async def _render(
     directory: Path | None,
     shadowed: Mapping[str, str] | None = None,
 ) -> LoadedStack:
+    declared = _services(docs)
+    if len(declared) > MAX_SERVICES:
+        raise StackRenderFailed(name, [Finding(
+            rule="too-many-services", severity="error", category="config",
+            message=f"the stack declares {len(declared)} services; at most {MAX_SERVICES} per stack are managed "
+                    "(every answer, plan and check grows with them); Compose was not run",
+            fix="split the stack into several stacks")])
     # Every source: a value in .env that the given env overrides is still a secret on disk.
     secrets = {v for d in (dotenv, env, shadowed or {}) for k, v in d.items() if is_secret_key(k)} | _literal_secrets(
         [*docs, *templates]

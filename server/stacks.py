@@ -33,6 +33,9 @@ OVERRIDE_NAMES = {
     "docker-compose.yml": ("docker-compose.override.yml", "docker-compose.override.yaml"),
 }
 _MAX_ENV_BYTES = 256 * 1024
+MAX_NAME_BYTES = 255
+"""A file name's limit (NAME_MAX): a longer stack name or path part cannot exist on disk."""
+MAX_ARGUMENT_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,12 @@ def check_argument(value: str, what: str = "path") -> str:
         )
     if any(ord(c) < 32 for c in value):
         raise PathRejected(f"the {what} contains control characters", state="nothing was read")
+    longest = max(len(part.encode("utf-8", "surrogatepass")) for part in value.split("/"))
+    if len(value) > MAX_ARGUMENT_CHARS or longest > MAX_NAME_BYTES:
+        raise PathRejected(
+            f"the {what} is too long ({len(value)} characters): a stack name or path part is at most "
+            f"{MAX_NAME_BYTES} bytes, a path at most {MAX_ARGUMENT_CHARS} characters",
+            state="nothing was read", next_step="call list_stacks for the names and paths")
     return value
 
 

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
-from pydantic import Field
+from pydantic import Field, WrapValidator
 
 from server.deploy.report import DeployReport
-from server.errors import ReadOnlyMode
+from server.errors import DsmError, ReadOnlyMode
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, progress, tool_errors
+
+
+def _null_or_text(value: Any, handler: Any) -> str | None:
+    return None if value is None else str(handler(value))
+
+
+# An id argument is a plain ``str`` to the SDK: it turns a JSON string "null" into None for any
+# other annotation, and deploy_stack(plan_id="null") then skipped its plan check. JSON null still
+# means "not given"; every string is checked against the id's format (_checked_id).
+if TYPE_CHECKING:
+    OptionalId = str | None
+else:
+    OptionalId = Annotated[str, WrapValidator(_null_or_text)]
+
+_PLAN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _checked_id(value: str | None, name: str, pattern: re.Pattern[str], where: str) -> str | None:
+    if value is not None and not pattern.fullmatch(value):
+        raise DsmError(f"{name}={value[:80]!r} is not an id {where}", state="nothing was changed",
+                       next_step=f"pass an id exactly as {where} gives it, or leave {name} out")
+    return value
 
 
 def _confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
@@ -39,7 +62,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         env: Annotated[dict[str, str] | None, Field(description="Interpolation values; never echoed.")] = None,
         services: Annotated[list[str] | None, Field(description="Deploy only these services.")] = None,
         dry_run: Annotated[bool, Field(description="Return the plan and its plan_id; change nothing.")] = False,
-        plan_id: Annotated[str | None, Field(description="Apply exactly this dry-run plan, or refuse.")] = None,
+        plan_id: Annotated[OptionalId, Field(description="Apply exactly this dry-run plan, or refuse.")] = None,
         wait_timeout_s: Annotated[float | None, Field(ge=5, le=3600, description="Health gate timeout (180).")] = None,
         verify_s: Annotated[float | None, Field(ge=0, le=3600, description="Verification window; default x-dsm "
                                                 "verify_s, else 30; 0 = none.")] = None,
@@ -60,6 +83,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """
         if runtime.settings.read_only:
             raise ReadOnlyMode("deploy_stack is disabled by DSM_READ_ONLY", state="nothing was changed")
+        _checked_id(plan_id, "plan_id", _PLAN_ID, "from deploy_stack(dry_run=true)")
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:
@@ -76,7 +100,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     async def rollback(
         ctx: Context,
         stack: Annotated[str, Field(description="Stack name or directory.")],
-        to_deployment: Annotated[str | None, Field(description="deployment_id from stack_history; default: the "
+        to_deployment: Annotated[OptionalId, Field(description="deployment_id from stack_history; default: the "
                                                    "last successful deployment before the current one.")] = None,
         restore_data: Annotated[bool, Field(description="Also restore volumes and databases from the backup "
                                             "taken when leaving that deployment (overwrites data).")] = False,
@@ -86,6 +110,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         compose.dsm.yaml), optionally its data; then the health gate. Same report as deploy_stack."""
         if runtime.settings.read_only:
             raise ReadOnlyMode("rollback is disabled by DSM_READ_ONLY", state="nothing was changed")
+        from server.operations.models import OPERATION_ID
+
+        _checked_id(to_deployment, "to_deployment", OPERATION_ID, "from stack_history")
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:
