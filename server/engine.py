@@ -28,6 +28,7 @@ import anyio
 
 from server.errors import DockerUnavailable, EngineError
 from server.settings import Settings
+from server.statefiles import open_private
 
 if TYPE_CHECKING:
     from server.registry import ImageConfig, RegistryView
@@ -649,7 +650,7 @@ def _write_stream(chunks: Iterable[bytes], dest: Path) -> StreamedFile:
     hasher.start()
     size = 0
     try:
-        with dest.open("wb") as out:
+        with open_private(dest) as out:  # backups are state: 0600 (server.statefiles)
             for chunk in chunks:
                 if chunk:
                     pending.put(chunk)
@@ -708,7 +709,7 @@ def _drain_exec(sock: Any, stdout_to: Path | None) -> ExecResult:
     size = 0
     head = bytearray()
     tail = bytearray()
-    out = stdout_to.open("wb") if stdout_to is not None else None
+    out = open_private(stdout_to) if stdout_to is not None else None
     try:
         for stream, data in frames_iter(sock, False):
             if not data:

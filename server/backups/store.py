@@ -30,6 +30,7 @@ from server.preflight.progress import Progress, report_progress
 from server.redact import Scrubber
 from server.settings import Settings
 from server.stackmodel import LoadedStack
+from server.statefiles import copy_private, private_dir, write_private
 
 if TYPE_CHECKING:
     from server.compose import ComposeRunner
@@ -52,17 +53,6 @@ def new_backup_id(now: datetime | None = None) -> str:
 def pin_ref(stack: str, service: str, backup_id: str) -> str:
     repo = re.sub(r"[^a-z0-9_.-]+", "-", f"{stack}-{service}".lower()).strip("-.")
     return f"{PIN_REPOSITORY}{repo}:{backup_id}"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the start, atomically (tmp + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _size_of(directory: Path) -> int:
@@ -137,8 +127,7 @@ class BackupStore:
 
         Raises BackupFailed (nothing of the partial backup is left behind)."""
         backup_id = new_backup_id()
-        target = self.stack_dir(stack.name) / backup_id
-        target.mkdir(parents=True, mode=0o700)
+        target = private_dir(self.stack_dir(stack.name) / backup_id)
         os.chmod(self.root, 0o700)
         pins: builtins.list[PinnedImage] = []
         scrub = Scrubber(stack.secret_values | set((env or {}).values()))
@@ -197,7 +186,7 @@ class BackupStore:
             rel = path.resolve().relative_to(stack.directory.resolve()).as_posix()
             if rel in names:
                 continue
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            private_dir((dest / rel).parent)
             shutil.copy2(path, dest / rel)
             os.chmod(dest / rel, 0o600)
             names.append(rel)
@@ -283,8 +272,8 @@ class BackupStore:
             if not target.resolve().is_relative_to(directory.resolve()):
                 raise PathRejected(f"{rel!r} leads out of the stack directory", state="nothing was changed")
             if target.is_file():
-                aside.mkdir(mode=0o700, exist_ok=True)
-                shutil.copy2(target, aside / Path(rel).name)
+                private_dir(aside)
+                copy_private(target, aside / Path(rel).name)
             if rel in backed:
                 tmp = target.with_name(target.name + ".dsm-restore")
                 shutil.copy2(source / rel, tmp)

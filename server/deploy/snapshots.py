@@ -3,7 +3,8 @@
 A backup is taken at the start of a deploy, when the user has already edited the files; the
 files of the deployment to return to are the ones that deployment ran with. Each successful
 deploy (and rollback) copies its compose files, .env and compose.dsm.yaml to
-``DSM_STATE_DIR/deployments/<stack>/<deployment_id>/`` (0700; .env may hold secrets).
+``DSM_STATE_DIR/deployments/<stack>/<deployment_id>/`` (directories 0700, files 0600: .env may
+hold secrets; server.statefiles).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from server.deploy.project import OVERRIDE_NAME, user_files
 from server.settings import Settings
+from server.statefiles import copy_private, private_dir, write_private
 
 
 def _dir(settings: Settings, stack: str, deployment_id: str) -> Path:
@@ -40,15 +42,13 @@ def _kept(directory: Path) -> list[tuple[Path, str]]:
 
 
 def save(settings: Settings, stack: str, deployment_id: str, directory: Path) -> list[str]:
-    target = _dir(settings, stack, deployment_id)
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(target, 0o700)
+    target = private_dir(_dir(settings, stack, deployment_id))
     saved = []
     for path, rel in _kept(directory):
-        (target / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shutil.copy2(path, target / rel)
+        private_dir((target / rel).parent)
+        copy_private(path, target / rel)
         saved.append(rel)
-    (target / "FILES").write_text("\n".join(saved) + "\n")
+    write_private(target / "FILES", "\n".join(saved) + "\n")
     return saved
 
 
@@ -81,9 +81,8 @@ def restore(settings: Settings, stack: str, deployment_id: str, directory: Path)
 
 def keep_failed(settings: Settings, stack: str, label: str, directory: Path) -> Path:
     """Copy the files of a failed deployment aside (next to the backup taken before it)."""
-    target = settings.state_dir / "backups" / stack / label / "failed-files"
-    target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = private_dir(settings.state_dir / "backups" / stack / label / "failed-files")
     for path, rel in _kept(directory):
-        (target / rel).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shutil.copy2(path, target / rel)
+        private_dir((target / rel).parent)
+        copy_private(path, target / rel)
     return target

@@ -28,6 +28,7 @@ from server.memory.store import (
     Where,
     chunks,
 )
+from server.statefiles import private_dir, tighten
 
 log = logging.getLogger("docker_stack_mcp.memory")
 _UPSERT_BATCH = 256
@@ -61,8 +62,9 @@ class EdgeStore:
             if (self.shard_dir / "edge_config.json").is_file():
                 shard = qe.EdgeShard.load(str(self.shard_dir))
             else:
-                self.shard_dir.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(self.shard_dir.parent)
                 shard = qe.EdgeShard.create(str(self.shard_dir), self._config())
+            tighten(self.shard_dir)  # the library writes its files 0644: memory is state (0600)
         except Exception as exc:
             if "WouldBlock" in str(exc):
                 raise OpenContended(str(exc)) from exc
@@ -88,12 +90,12 @@ class EdgeStore:
             if name not in present:
                 shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
 
-    @staticmethod
-    def _close_shard(shard: Any) -> None:
+    def _close_shard(self, shard: Any) -> None:
         try:
             shard.flush()
         finally:
             shard.close()
+            tighten(self.shard_dir)
 
     # -- Store ----------------------------------------------------------------------------
 

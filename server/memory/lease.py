@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from server.memory.errors import MemoryBusy
+from server.statefiles import private_dir
 
 log = logging.getLogger("docker_stack_mcp.memory")
 
@@ -115,7 +116,7 @@ class ShardLease(Generic[T]):
     # -- internals -------------------------------------------------------------------------
 
     def _lock_fd(self, name: str) -> int:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._dir)
         return os.open(self._dir / name, os.O_RDWR | os.O_CREAT, 0o600)
 
     def _someone_waits(self) -> bool:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from server.statefiles import private_dir
+
 if TYPE_CHECKING:
     from server.memory.service import Memory
 
@@ -88,7 +90,7 @@ class MemoryOutbox:
         return path
 
     def _write(self, entry: dict[str, Any]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         tmp = self.directory / f".{name}.tmp"
         path = self.directory / f"{name}.json"

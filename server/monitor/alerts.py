@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -23,6 +22,7 @@ import anyio
 
 from server.redact import Scrubber
 from server.settings import Settings
+from server.statefiles import private_dir, write_private
 
 log = logging.getLogger("docker_stack_mcp.alerts")
 Level = Literal["critical", "warning", "info", "success"]
@@ -129,10 +129,7 @@ def _read(path: Path) -> dict[str, float]:
 
 
 def _write(path: Path, data: dict[str, float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_private(private_dir(path.parent) / path.name, json.dumps(data))
 
 
 async def announce_outcome(settings: Settings, *, stack: str, kind: str, status: str, operation_id: str,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from server.settings import Settings
+from server.statefiles import private_dir
 
 
 def now_iso() -> str:
@@ -41,7 +42,7 @@ class WatchState:
 
     def save(self) -> None:
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-")
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from server.operations.models import fold_states
+from server.statefiles import private_dir
 
 log = logging.getLogger("docker_stack_mcp.journal")
 
@@ -57,7 +58,7 @@ class Journal:
 
     @contextlib.contextmanager
     def _locked(self, mode: int) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         with self._thread_lock if mode == fcntl.LOCK_EX else contextlib.nullcontext():
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:

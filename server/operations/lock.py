@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from server.statefiles import private_dir
+
 
 class StackLock:
     def __init__(self, path: Path) -> None:
@@ -34,7 +36,7 @@ class StackLock:
         """Take the lock without waiting; False when someone holds it."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path.name} is already held by this object")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,6 +16,7 @@ from typing import Any
 
 from server.errors import BadMaintenanceWindow
 from server.operations.models import now_iso
+from server.statefiles import private_dir
 
 
 def parse_until(until_iso: str) -> datetime:
@@ -60,7 +61,7 @@ class MaintenanceWindows:
             "set_at": now_iso(),
             "pid": os.getpid(),
         }
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.directory)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as handle:
