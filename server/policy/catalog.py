@@ -35,6 +35,12 @@ _RULES: list[Rule] = [
     Rule("missing-variable", "error", "config", "a required ${VAR:?} has no value"),
     Rule("undefined-reference", "error", "references", "network, volume, secret, config or service used, not declared"),
     Rule("dependency-cycle", "error", "dependencies", "services wait for each other in a circle"),
+    Rule("too-many-services", "error", "config", "more than 1000 services in one stack (server.stackload)"),
+    # What other projects on the host claim (server.ownership, preflight.datadirs); never waived by x-dsm.
+    Rule("foreign-project", "error", "deploy", "the project name runs from another directory", needs_host=True),
+    Rule("directory-in-use", "error", "deploy", "the stack directory runs under another project name",
+         needs_host=True),
+    Rule("shared-data-directory", "error", "deploy", "two databases on one host data directory"),
     # Configuration.
     Rule("unset-variable", "warning", "config", "${VAR} without a value or default: Compose substitutes ''"),
     Rule("policy-unknown-reference", "warning", "config", "x-dsm policy names a rule or service that does not exist"),
