@@ -19,12 +19,13 @@ import sys
 import tarfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from server.backups import service
-from server.errors import BackupFailed
+from server.errors import BackupFailed, EngineError
 from server.runtime import Runtime
 from server.settings import Settings
 from server.stackload import load_stack
@@ -149,6 +150,10 @@ async def test_volume_archive_restored_when_the_database_cannot_start(
     assert state_of(project_name, "db") == "running"
     psql(project_name, "DROP TABLE notes")
     break_data_directory(project_name)
+    # A never-started helper a killed server left on the volume: it used to make the restore fail
+    # with "volume is in use" (and say that nothing was changed). Ours are removed first.
+    sh("docker", "create", "--label", "dsm.helper=1", "--name", f"dsm-helper-stale-{project_name}", "-v",
+       f"{project_name}_pgdata:/dsm-volume", BUSYBOX, "true")
 
     result = await service.restore(runtime, manifest, None)
 
@@ -225,3 +230,65 @@ async def test_server_killed_mid_backup_is_repaired_at_the_next_start(
     finally:
         if helper_ids:
             sh("docker", "rm", "-f", *helper_ids, check=False)
+
+
+class VolumeInUse:
+    """An engine whose volume removal fails after the restore stopped and removed a container."""
+
+    def __init__(self) -> None:
+        self.stopped: list[str] = []
+
+    async def compose_containers(self, project: str) -> list[Any]:
+        from server.engine import ContainerSummary
+
+        return [ContainerSummary(id="c1", name=f"{project}-web-1", project=project, service="web", state="running",
+                                 status="Up", health=None, image="img", image_id="sha256:1",
+                                 volumes={f"{project}_data": "/data"})]
+
+    async def image_attrs(self, ref: str) -> dict[str, Any]:
+        return {}
+
+    async def stop_container(self, container_id: str, timeout_s: int = 30) -> None:
+        self.stopped.append(container_id)
+
+    async def remove_container(self, container_id: str) -> None:
+        return None
+
+    async def call(self, fn: Any, what: str) -> list[Any]:
+        return []
+
+    async def volume_attrs(self, name: str) -> dict[str, Any]:
+        return {}
+
+    async def remove_volume(self, name: str) -> None:
+        raise EngineError(f"the Docker engine refused to remove volume {name}: volume is in use",
+                          state="nothing was changed by this call")
+
+
+async def test_an_error_after_a_change_says_what_was_changed(settings: Settings, monkeypatch: Any) -> None:
+    import hashlib
+
+    from server.backups import revive
+    from server.backups.models import BackupManifest, VolumeArchive
+    from server.backups.store import BackupStore, new_backup_id
+
+    async def no_compose(*args: Any) -> None:
+        return None
+
+    monkeypatch.setattr(revive, "recreate", no_compose)
+    engine = VolumeInUse()
+    store = BackupStore(settings, engine, None)  # type: ignore[arg-type]
+    backup_id = new_backup_id()
+    (store.backup_dir("app", backup_id) / "volumes").mkdir(parents=True)
+    (store.backup_dir("app", backup_id) / "volumes" / "app_data.tar").write_bytes(b"\0" * 1024)
+    manifest = BackupManifest(
+        backup_id=backup_id, stack="app", created_at="2026-01-01T00:00:00+00:00", reason="t", files=[], images=[],
+        volumes=[VolumeArchive(name="app_data", file="volumes/app_data.tar", bytes=1024,
+                               sha256=hashlib.sha256(b"\0" * 1024).hexdigest(), service="web")],
+        dumps=[], bytes=1024)
+    with pytest.raises(BackupFailed) as failed:
+        await store.restore_data(manifest)
+    text = str(failed.value)
+    assert engine.stopped == ["c1"]
+    assert "volume is in use" in text and "nothing was changed" not in text, text
+    assert "already changed: container app-web-1 stopped and removed" in text, text
