@@ -5,6 +5,7 @@ the data check, and errors that say what was changed. The real thing: test_resto
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,18 @@ def box(service: str, state: str = "running", cid: str | None = None) -> Contain
 
 
 class Engine:
-    def __init__(self, containers: list[ContainerSummary], counts: str = "", replay_exit: int = 0) -> None:
+    def __init__(self, containers: list[ContainerSummary], counts: str = "", replay_exit: int = 0,
+                 stderr: str = "ERROR: boom") -> None:
         self.containers = containers
         self.counts = counts
         self.replay_exit = replay_exit
+        self.stderr = stderr
+        self.start_fails = False
         self.calls: list[tuple[Any, ...]] = []
+        self.timeouts: list[float] = []
 
     async def compose_containers(self, project: str) -> list[ContainerSummary]:
+        assert project == "app"
         return list(self.containers)
 
     async def stop_container(self, container_id: str, timeout_s: int = 30) -> None:
@@ -44,12 +50,15 @@ class Engine:
 
     async def start_container(self, container_id: str) -> None:
         self.calls.append(("start", container_id))
+        if self.start_fails:
+            raise EngineError("the Docker engine refused to start it")
 
     async def exec_stream(self, container_id: str, argv: list[str], *, stdin_from: Path | None = None,
                           timeout_s: float = 0) -> ExecResult:
+        self.timeouts.append(timeout_s)
         if argv == RESTORE:
             self.calls.append(("replay", container_id, stdin_from.name if stdin_from else None))
-            return ExecResult(self.replay_exit, 0, None, "", "ERROR: boom" if self.replay_exit else "")
+            return ExecResult(self.replay_exit, 0, None, "", f"  {self.stderr}\n" if self.replay_exit else "")
         if "pg_terminate_backend" in " ".join(argv):
             self.calls.append(("terminate", container_id))
             return ExecResult(0, 0, None, "", "")
@@ -63,9 +72,18 @@ class Revive:
     def __init__(self, ready: list[str | None]) -> None:
         self.ready = list(ready)
         self.calls: list[tuple[Any, ...]] = []
+        self.progress: list[tuple[Any, Any]] = []
+
+    @staticmethod
+    def _ours(store: Any, manifest: Any) -> None:
+        assert isinstance(store, BackupStore) and isinstance(manifest, BackupManifest)
 
     async def ready_database(self, store: Any, manifest: Any, service: str, recipe: Any,
                              changes: list[str]) -> tuple[str | None, str]:
+        self._ours(store, manifest)
+        assert isinstance(changes, list)
+        kind = next(d.kind for d in manifest.dumps if d.service == service)
+        assert (recipe.kind if recipe else "hooks") == kind
         self.calls.append(("ready", service))
         got = self.ready.pop(0)
         return got, "" if got else f"{service} did not become ready (exit 1)"
@@ -73,11 +91,14 @@ class Revive:
     async def replace_volumes(self, store: Any, manifest: Any, items: list[tuple[str, Path | None]], *,
                               changes: list[str], keep_failed: bool = False, start: frozenset[str] = frozenset(),
                               progress: Any = None, total: int = 0) -> list[str]:
+        self._ours(store, manifest)
         self.calls.append(("replace", [(n, a.name if a else None) for n, a in items], keep_failed, sorted(start)))
+        self.progress.append((progress, total))
         changes.append(f"volumes {[n for n, _ in items]} replaced")
         return [f"failed-x/{n}.tar" for n, _ in items] if keep_failed else []
 
     async def recreate(self, store: Any, manifest: Any, up: list[str], create: list[str]) -> None:
+        self._ours(store, manifest)
         self.calls.append(("recreate", up, create))
 
 
@@ -91,19 +112,20 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Revive:
 
 
 def backup(store: BackupStore, *, archive: bool = False, dump: bool = True, volumes: list[str] | None = None,
-           restore_argv: list[str] | None = None, tables: dict[str, int] | None = TABLES) -> BackupManifest:
+           restore_argv: list[str] | None = None, tables: dict[str, int] | None = TABLES, kind: str = "postgres",
+           more_archives: tuple[tuple[str, str | None], ...] = ()) -> BackupManifest:
     backup_id = new_backup_id()
     directory = store.backup_dir("app", backup_id)
     (directory / "volumes").mkdir(parents=True)
     (directory / "dumps").mkdir()
     archives, dumps = [], []
-    if archive:
-        (directory / "volumes" / "app_pgdata.tar").write_bytes(b"tar")
-        archives.append(VolumeArchive(name="app_pgdata", file="volumes/app_pgdata.tar", bytes=3,
-                                      sha256=hashlib.sha256(b"tar").hexdigest(), service="db"))
+    for name, service in ((("app_pgdata", "db"),) if archive else ()) + more_archives:
+        (directory / "volumes" / f"{name}.tar").write_bytes(b"tar")
+        archives.append(VolumeArchive(name=name, file=f"volumes/{name}.tar", bytes=3,
+                                      sha256=hashlib.sha256(b"tar").hexdigest(), service=service))
     if dump:
         (directory / "dumps" / "db.sql").write_text("sql")
-        dumps.append(DatabaseDump(service="db", kind="postgres", file="dumps/db.sql", bytes=3,
+        dumps.append(DatabaseDump(service="db", kind=kind, file="dumps/db.sql", bytes=3,
                                   sha256=hashlib.sha256(b"sql").hexdigest(),
                                   restore=RESTORE if restore_argv is None else restore_argv, tables=tables,
                                   volumes=["app_pgdata"] if volumes is None else volumes))
@@ -135,9 +157,18 @@ async def test_a_damaged_dump_is_refused_before_anything_is_touched(settings: Se
     assert engine.calls == [] and fake.calls == []
     path.unlink()
     with pytest.raises(BackupFailed, match=r"is damaged: dumps/db\.sql: file missing\.") as missing:
-        await store.restore_data(manifest, volumes=False)
+        await store.restore_data(manifest, volumes=False, services=["db"])
     assert "volumes/" not in missing.value.what
     assert engine.calls == [] and fake.calls == []
+    archive = store.backup_dir("app", manifest.backup_id) / "volumes" / "app_pgdata.tar"
+    archive.rename(archive.with_suffix(".moved"))
+    with pytest.raises(BackupFailed) as both:
+        await store.restore_data(manifest)
+    assert both.value.what == (f"backup {manifest.backup_id} is damaged: volumes/app_pgdata.tar: file missing; "
+                               "dumps/db.sql: file missing")
+    archive.with_suffix(".moved").rename(archive)
+    # A service not asked for: its dump is neither checked nor replayed.
+    assert await store.restore_data(manifest, services=["web"]) == []
     # Another service's damaged dump does not stop a restore of this one's volume.
     fake.ready = []
     assert await store.restore_data(manifest, services=["db"], dumps=False) == ["volume app_pgdata"]
@@ -163,6 +194,10 @@ async def test_a_dump_without_restore_command_is_refused(settings: Settings, fak
         await store.restore_data(manifest)
     assert refused.value.what == "the dumps of db have no restore command (x-dsm backup.restore)"
     assert engine.calls == [] and fake.calls == []
+    two = manifest.model_copy(update={"dumps": [*manifest.dumps, manifest.dumps[0].model_copy(
+        update={"service": "db2"})]})
+    with pytest.raises(BackupFailed, match=r"^the dumps of db, db2 have no restore command"):
+        await store.restore_data(two)
 
 
 async def test_a_running_database_gets_its_dump_with_the_others_stopped(settings: Settings, fake: Revive) -> None:
@@ -170,7 +205,14 @@ async def test_a_running_database_gets_its_dump_with_the_others_stopped(settings
     store = store_with(settings, engine)
     manifest = backup(store)
     fake.ready = ["id-db"]
-    outcome = await store.restore_data(manifest, bring_up=True)
+    said: list[tuple[float, float, str]] = []
+
+    async def progress(done: float, total: float, message: str) -> None:
+        said.append((done, total, message))
+
+    outcome = await store.restore_data(manifest, bring_up=True, progress=progress)
+    assert said == [(1, 2, "restoring the postgres dump of db"), (2, 2, "restore done")]
+    assert engine.timeouts == [60, 6 * 3600, 600]  # terminate, replay (hours for a big dump), count
     assert outcome == ["dump db"]
     assert [(s.target, s.way, s.failed_state) for s in outcome.steps] == [("dump db", "dump", [])]
     assert engine.calls == [("stop", "id-web"), ("terminate", "id-db"), ("replay", "id-db", "db.sql"),
@@ -204,12 +246,31 @@ async def test_a_volume_restored_as_asked_is_not_restored_again(settings: Settin
     store = store_with(settings, engine)
     manifest = backup(store, archive=True)
     fake.ready = [None, "id-fresh"]
-    outcome = await store.restore_data(manifest)
+    said: list[tuple[float, float, str]] = []
+
+    async def progress(done: float, total: float, message: str) -> None:
+        said.append((done, total, message))
+
+    outcome = await store.restore_data(manifest, progress=progress)
     # The archive went back first (asked for), so the database gets a fresh directory, not it again.
     assert fake.calls == [("replace", [("app_pgdata", "app_pgdata.tar")], False, []), ("ready", "db"),
                           ("replace", [("app_pgdata", None)], True, ["db"]), ("ready", "db")]
-    assert [s.way for s in outcome.steps] == [
-        "volume archive", "dump into a fresh data directory, database could not start"]
+    assert [(s.way, s.service) for s in outcome.steps] == [
+        ("volume archive", "db"), ("dump into a fresh data directory, database could not start", "db")]
+    assert fake.progress[0] == (progress, 3)
+    assert said == [(2, 3, "restoring the postgres dump of db"), (3, 3, "restore done")]
+
+
+async def test_the_archives_a_database_may_come_back_from(settings: Settings, fake: Revive) -> None:
+    engine = Engine([box("db", state="exited")], counts=COUNTS)
+    store = store_with(settings, engine)
+    # Its data volume (by name), another archive of the same service, and another service's volume.
+    manifest = backup(store, volumes=["app_pgdata"], more_archives=(
+        ("app_pgdata", None), ("app_db_extra", "db"), ("app_web", "web")))
+    fake.ready = [None, "id-db"]
+    await store.restore_data(manifest, volumes=False)
+    assert fake.calls[1] == ("replace", [("app_pgdata", "app_pgdata.tar"), ("app_db_extra", "app_db_extra.tar")],
+                             True, ["db"])
 
 
 async def test_only_a_dump_means_a_fresh_data_directory(settings: Settings, fake: Revive) -> None:
@@ -260,7 +321,8 @@ async def test_a_failed_replay_says_what_was_changed(settings: Settings, fake: R
     with pytest.raises(BackupFailed) as failed:
         await store.restore_data(manifest)
     assert failed.value.what == "replaying the postgres dump of db failed (exit 3: ERROR: boom)"
-    assert failed.value.state.startswith("already changed: the postgres dump of db replayed")
+    assert failed.value.state == "already changed: the postgres dump of db replayed; the database may be partly " \
+        "restored"
     assert engine.calls[-1] == ("start", "id-web")  # the others run again
 
 
@@ -335,3 +397,60 @@ def test_data_check() -> None:
 def test_outcome_is_the_list_it_always_was() -> None:
     outcome = restore.RestoreOutcome()
     assert outcome == [] and outcome.steps == [] and outcome.checks == []
+
+
+async def test_a_long_error_keeps_its_end(settings: Settings, fake: Revive) -> None:
+    engine = Engine([box("db")], replay_exit=1, stderr="E" * 100 + "x" * 299 + "!")
+    store = store_with(settings, engine)
+    fake.ready = ["id-db"]
+    with pytest.raises(BackupFailed) as failed:
+        await store.restore_data(backup(store))
+    assert failed.value.what == "replaying the postgres dump of db failed (exit 1: " + "x" * 299 + "!)"
+
+
+async def test_what_could_not_be_started_again_is_said_and_noted(settings: Settings, fake: Revive) -> None:
+    engine = Engine([box("db"), box("web")], replay_exit=3)
+    engine.start_fails = True
+    store = store_with(settings, engine)
+    fake.ready = ["id-db"]
+    with pytest.raises(BackupFailed) as failed:
+        await store.restore_data(backup(store))
+    assert failed.value.state == ("already changed: web stopped; the postgres dump of db replayed; the database "
+                                  "may be partly restored")
+    notes = list((settings.state_dir / "backups" / "app" / ".stopped").glob("*.json"))
+    assert len(notes) == 1  # crash recovery (or the next start) tries again
+    note = json.loads(notes[0].read_text())
+    assert note["why"] == "replaying the dump of db" and note["containers"][0]["id"] == "id-web"
+
+
+async def test_a_hooks_dump_is_replayed_without_a_recipe(settings: Settings, fake: Revive) -> None:
+    engine = Engine([box("db")])
+    store = store_with(settings, engine)
+    fake.ready = ["id-db"]
+    outcome = await store.restore_data(backup(store, kind="hooks"))
+    assert engine.calls == [("replay", "id-db", "db.sql")]
+    check = outcome.checks[0]
+    assert (check.ok, check.detail) == (None, "the tables of this hooks database could not be counted")
+
+
+def test_checksums_read_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big"
+    path.write_bytes(b"a" * (3 * 1024 * 1024 + 5))
+    expected = hashlib.sha256(b"a" * (3 * 1024 * 1024 + 5)).hexdigest()
+    sizes: list[int | None] = []
+    real_open = Path.open
+
+    def spy_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(self, *args, **kwargs)
+        read = handle.read
+
+        def bounded(size: int | None = None) -> bytes:
+            sizes.append(size)
+            return read(size)
+
+        handle.read = bounded
+        return handle
+
+    monkeypatch.setattr(Path, "open", spy_open)
+    assert restore.sha256_file(path) == expected
+    assert sizes == [1 << 20] * 5

@@ -82,7 +82,7 @@ async def restore_data(
     volumes: bool,
     dumps: bool,
     progress: Progress | None,
-    bring_up: bool = False,
+    bring_up: bool,
 ) -> RestoreOutcome:
     chosen_volumes = [v for v in manifest.volumes if volumes and (services is None or v.service in services)]
     chosen_dumps = [d for d in manifest.dumps if dumps and (services is None or d.service in services)]
@@ -122,7 +122,7 @@ async def restore_data(
             await _restore_one_dump(store, manifest, dump, [v for v in _archives_of(manifest, dump)
                                                             if v.name not in restored], outcome, changes)
         if bring_up:
-            await _bring_up(store, manifest, changes)
+            await _bring_up(store, manifest)
     except DsmError as exc:
         if not changes:
             raise
@@ -191,7 +191,7 @@ async def _replay(store: BackupStore, manifest: BackupManifest, dump: DatabaseDu
             raise BackupFailed(
                 f"replaying the {dump.kind} dump of {dump.service} failed (exit {result.exit_code}: "
                 f"{Scrubber()(result.stderr.strip())[-300:]})",
-                state="the database may be partly restored; the stack's other services were started again",
+                state="the database may be partly restored",
                 next_step="read the database's logs, then restore again or restore an older backup",
             )
         # Counted before the other services write again.
@@ -220,7 +220,7 @@ def data_check(dump: DatabaseDump, counts: dict[str, int] | None) -> DataCheck:
     )
 
 
-async def _bring_up(store: BackupStore, manifest: BackupManifest, changes: list[str]) -> None:
+async def _bring_up(store: BackupStore, manifest: BackupManifest) -> None:
     """Services that ran when the backup was taken (the pinned ones) and do not run now are started."""
     ran = {p.service for p in manifest.images}
     containers = await store.engine.compose_containers(manifest.stack)
@@ -228,4 +228,3 @@ async def _bring_up(store: BackupStore, manifest: BackupManifest, changes: list[
     down = sorted({c.service for c in containers if not c.running and c.service in ran} - running)
     if down:
         await revive.recreate(store, manifest, down, [])
-        changes.append(f"{', '.join(down)} started")
