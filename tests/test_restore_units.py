@@ -454,3 +454,12 @@ def test_checksums_read_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(Path, "open", spy_open)
     assert restore.sha256_file(path) == expected
     assert sizes == [1 << 20] * 5
+
+
+async def test_what_every_replacement_held_is_kept(settings: Settings, fake: Revive) -> None:
+    engine = Engine([box("db", state="exited")], counts=COUNTS)
+    store = store_with(settings, engine)
+    fake.ready = [None, None, "id-db"]  # its archive did not help either: a fresh data directory then
+    outcome = await store.restore_data(backup(store, archive=True), volumes=False)
+    assert outcome.steps[-1].way == "dump into a fresh data directory, database could not start"
+    assert outcome.steps[-1].failed_state == ["failed-x/app_pgdata.tar", "failed-x/app_pgdata.tar"]

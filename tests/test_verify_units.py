@@ -7,10 +7,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from server.backups import verify as verify_module
@@ -40,18 +43,24 @@ class Engine:
         self.calls: list[tuple[Any, ...]] = []
         self.read_back: bytes | None = None  # what the scratch volume holds (default: the archive put in)
         self.put: bytes = b""
-        self.put_fails = False
+        self.put_fails: bool | str = False
         self.local_images = {"sha256:db", "sha256:web"}
         self.ready_after = 0  # probes failing before the scratch database is ready
         self.scratch_running = True
         self.replay_exit = 0
         self.counts = "app.public.items|3\n"
         self.count_exit = 0
+        self.stderr = "ERROR: bad"
+        self.error = "OOM"
+        self.hang = False
+        self.timeouts: list[float] = []
 
     async def image_attrs(self, ref: str) -> dict[str, Any] | None:
         return {"Id": ref} if ref in self.local_images else None
 
     async def create_volume(self, name: str, *, labels: dict[str, str], **kw: Any) -> None:
+        assert re.fullmatch(r"dsm-scratch-app-[0-9a-f]{8}", name), name
+        assert labels == {"dsm.scratch": "1", "dsm.helper": "1"}
         self.calls.append(("create_volume", name.rsplit("-", 1)[0], sorted(labels)))
 
     async def remove_volume(self, name: str) -> None:
@@ -59,20 +68,27 @@ class Engine:
 
     async def create_helper(self, image: str, volumes: dict[str, str], *, purpose: str,
                             labels: dict[str, str] | None = None) -> str:
+        assert (labels or {}).get("dsm.stack") == "app"
         self.calls.append(("helper", image, list(volumes.values()), purpose, sorted(labels or {})))
         return "helper-1"
 
     async def put_archive_from_file(self, container_id: str, path: str, src: Path) -> None:
+        assert (container_id, path) == ("helper-1", VOLUME_MOUNT)
         if self.put_fails:
-            raise EngineError("the Docker engine refused to extract: no space left")
+            raise EngineError(self.put_fails if isinstance(self.put_fails, str) else
+                              "the Docker engine refused to extract: no space left")
         self.put = src.read_bytes()
 
     async def read_archive(self, container_id: str, path: str, consume: Any) -> Any:
+        assert container_id == "helper-1"
         self.calls.append(("read", path))
+        if self.hang:
+            await anyio.Event().wait()
         data: BinaryIO = io.BytesIO(self.read_back if self.read_back is not None else self.put)
         return consume(data)
 
     async def remove_container(self, container_id: str) -> None:
+        await anyio.lowlevel.checkpoint()  # where a cancellation would land, were it not shielded
         self.calls.append(("remove", container_id))
 
     async def run_scratch(self, image: str, *, env: dict[str, str], purpose: str) -> str:
@@ -80,14 +96,17 @@ class Engine:
         return "scratch-1"
 
     async def container_attrs(self, container_id: str) -> dict[str, Any] | None:
+        assert container_id == "scratch-1"
         return {"State": {"Running": self.scratch_running, "ExitCode": 0 if self.scratch_running else 137,
-                          "Error": "" if self.scratch_running else "OOM"}}
+                          "Error": "" if self.scratch_running else self.error}}
 
     async def exec_stream(self, container_id: str, argv: list[str], *, stdin_from: Path | None = None,
                           timeout_s: float = 0) -> ExecResult:
+        assert container_id == "scratch-1"
+        self.timeouts.append(timeout_s)
         if argv == RESTORE:
             self.calls.append(("replay", stdin_from.name if stdin_from else None))
-            return ExecResult(self.replay_exit, 0, None, "", "ERROR: bad" if self.replay_exit else "")
+            return ExecResult(self.replay_exit, 0, None, "", f" {self.stderr}\n" if self.replay_exit else "")
         if "pg_isready" in " ".join(argv):
             self.calls.append(("probe",))
             self.ready_after -= 1
@@ -98,7 +117,7 @@ class Engine:
 
 def make(store: BackupStore, *, volume: bytes | None = None, dump: bytes | None = None,
          tables: dict[str, int] | None = None, kind: str = "postgres", files: list[str] | None = None,
-         restore: list[str] | None = None) -> BackupManifest:
+         restore: list[str] | None = None, rendered: Any = None) -> BackupManifest:
     backup_id = new_backup_id()
     directory = store.backup_dir("app", backup_id)
     (directory / "volumes").mkdir(parents=True)
@@ -116,7 +135,7 @@ def make(store: BackupStore, *, volume: bytes | None = None, dump: bytes | None 
         dumps.append(DatabaseDump(service="db", kind=kind, file="dumps/db.sql", bytes=len(dump),
                                   sha256=hashlib.sha256(dump).hexdigest(),
                                   restore=RESTORE if restore is None else restore, tables=tables))
-    (directory / "rendered.json").write_text(json.dumps({"services": {
+    (directory / "rendered.json").write_text(json.dumps(rendered if rendered is not None else {"services": {
         "db": {"image": "postgres:15", "environment": {"POSTGRES_USER": "app", "POSTGRES_PASSWORD": "pw"}}}}))
     images = [PinnedImage(service="db", image="postgres:15", image_id="sha256:db", pinned_ref="dsm-pin/app-db:1"),
               PinnedImage(service="web", image="web", image_id="sha256:web", pinned_ref="dsm-pin/app-web:1")]
@@ -129,11 +148,15 @@ def engine() -> Engine:
     return Engine()
 
 
+SLEEPS: list[float] = []
+
+
 @pytest.fixture
 def store(settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> BackupStore:
     async def no_sleep(seconds: float) -> None:
-        return None
+        SLEEPS.append(seconds)
 
+    SLEEPS.clear()
     monkeypatch.setattr(verify_module.anyio, "sleep", no_sleep)
     return BackupStore(settings, engine, None)  # type: ignore[arg-type]
 
@@ -141,9 +164,21 @@ def store(settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch) -
 ARCHIVE = tar_bytes({"./a.txt": b"hello", "./b/c.bin": b"\x00" * 10})
 
 
-async def test_a_good_backup_passes_every_check(store: BackupStore, engine: Engine) -> None:
+async def test_a_good_backup_passes_every_check(store: BackupStore, engine: Engine,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = make(store, volume=ARCHIVE, dump=b"sql", tables={"app.public.items": 3}, files=["compose.yaml"])
-    result = await store.verify(manifest)
+    said: list[tuple[float, float, str]] = []
+
+    async def progress(done: float, total: float, message: str) -> None:
+        said.append((done, total, message))
+
+    clock = iter([100.0])
+    monkeypatch.setattr(verify_module.time, "monotonic", lambda: next(clock, 101.23456))
+    result = await store.verify(manifest, progress)
+    assert said == [(1, 3, "restore drill: volume app_data"), (2, 3, "restore drill: postgres dump of db"),
+                    (3, 3, "verification done")]
+    assert result.duration_s == 1.23
+    assert engine.timeouts == [30, 6 * 3600, 600]  # probe, replay (hours for a big dump), count
     assert result.ok is True and result.backup_id == manifest.backup_id and result.stack == "app"
     assert [(c.kind, c.name, c.ok, c.detail) for c in result.checks] == [
         ("checksum", "volumes/app_data.tar", True, "sha256 matches"),
@@ -268,3 +303,86 @@ async def test_a_database_image_not_local_fails(store: BackupStore, engine: Engi
     check = (await store.verify(unpinned)).checks[-1]
     assert check.ok is True
     assert engine.calls[0][:2] == ("scratch", "postgres:15")  # the rendered image when nothing is pinned
+
+
+def more(manifest: BackupManifest, store: BackupStore) -> BackupManifest:
+    """A second archive and a second dump (good ones) after the first."""
+    directory = store.backup_dir("app", manifest.backup_id)
+    (directory / "volumes" / "app_two.tar").write_bytes(ARCHIVE)
+    (directory / "dumps" / "db2.sql").write_bytes(b"sql2")
+    volume = VolumeArchive(name="app_two", file="volumes/app_two.tar", bytes=len(ARCHIVE),
+                           sha256=hashlib.sha256(ARCHIVE).hexdigest(), service="web")
+    dump = manifest.dumps[0].model_copy(update={"service": "db2", "file": "dumps/db2.sql",
+                                                "sha256": hashlib.sha256(b"sql2").hexdigest(), "tables": None})
+    pin = manifest.images[0].model_copy(update={"service": "db2"})
+    return manifest.model_copy(update={"volumes": [*manifest.volumes, volume], "dumps": [*manifest.dumps, dump],
+                                       "images": [*manifest.images, pin]})
+
+
+async def test_one_damaged_file_does_not_stop_the_next_drill(store: BackupStore, engine: Engine) -> None:
+    manifest = more(make(store, volume=ARCHIVE, dump=b"sql"), store)
+    directory = store.backup_dir("app", manifest.backup_id)
+    (directory / "volumes" / "app_data.tar").write_bytes(b"x")
+    (directory / "dumps" / "db.sql").write_bytes(b"x")
+    result = await store.verify(manifest)
+    assert [(c.kind, c.name, c.ok) for c in result.checks if c.kind in ("volume", "dump")] == [
+        ("volume", "app_data", False), ("volume", "app_two", True), ("dump", "db", False), ("dump", "db2", True)]
+
+
+async def test_long_errors_keep_their_useful_part(store: BackupStore, engine: Engine) -> None:
+    engine.replay_exit = 1
+    engine.stderr = "E" * 100 + "x" * 299 + "!"
+    check = (await store.verify(make(store, dump=b"sql"))).checks[-1]
+    assert check.detail == "replay into a scratch database failed (exit 1): " + "x" * 299 + "!"
+    engine.put_fails = "y" * 199 + "!" + "z" * 50
+    check = (await store.verify(make(store, volume=ARCHIVE))).checks[-1]
+    assert check.detail == "restore into a scratch volume failed: " + "y" * 199 + "!"
+
+
+async def test_a_scratch_container_gone_without_an_error(store: BackupStore, engine: Engine,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.replay_exit = 2
+    engine.error = ""
+    original = engine.exec_stream
+
+    async def dies(container_id: str, argv: list[str], **kw: Any) -> ExecResult:
+        result = await original(container_id, argv, **kw)
+        engine.scratch_running = argv != RESTORE
+        return result
+
+    monkeypatch.setattr(engine, "exec_stream", dies)
+    check = (await store.verify(make(store, dump=b"sql"))).checks[-1]
+    assert check.detail.endswith("(the scratch container stopped: exit 137, gone)")
+
+
+async def test_at_most_five_differing_tables_are_shown(store: BackupStore, engine: Engine) -> None:
+    tables = {f"app.public.t{i}": i + 10 for i in range(7)}
+    engine.counts = "".join(f"app.public.t{i}|{i}\n" for i in range(7))
+    check = (await store.verify(make(store, dump=b"sql", tables=tables))).checks[-1]
+    assert check.detail == "row counts differ: " + ", ".join(f"app.public.t{i}: {i + 10} -> {i}" for i in range(5))
+
+
+async def test_odd_rendered_files_give_no_environment(store: BackupStore, engine: Engine) -> None:
+    listed = {"services": {"db": {"image": "postgres:15", "environment": ["POSTGRES_USER=app"]}}}
+    assert (await store.verify(make(store, dump=b"sql", rendered=listed))).checks[-1].ok is True
+    assert engine.calls[0] == ("scratch", "sha256:db", "verify-app-db", None, "trust")
+    engine.calls.clear()
+    assert (await store.verify(make(store, dump=b"sql", rendered=["not", "a", "mapping"]))).checks[-1].ok is True
+    assert engine.calls[0] == ("scratch", "sha256:db", "verify-app-db", None, "trust")
+
+
+async def test_a_database_never_ready_in_time(store: BackupStore, engine: Engine,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    engine.ready_after = 10**9
+    monkeypatch.setattr(verify_module, "_READY_TIMEOUT_S", 0.05)
+    check = (await store.verify(make(store, dump=b"sql"))).checks[-1]
+    assert (check.ok, check.detail) == (False, "scratch database did not become ready in 0s")
+    assert SLEEPS and set(SLEEPS) == {1}
+    assert ("replay", "db.sql") not in engine.calls and ("remove", "scratch-1") in engine.calls
+
+
+async def test_a_cancelled_drill_still_removes_its_scratch(store: BackupStore, engine: Engine) -> None:
+    engine.hang = True
+    with anyio.move_on_after(0.2):
+        await store.verify(make(store, volume=ARCHIVE))
+    assert ("remove", "helper-1") in engine.calls and ("remove_volume", "dsm-scratch-app") in engine.calls
