@@ -32,7 +32,7 @@ from server.errors import DockerUnavailable, EngineError
 from server.settings import Settings
 
 if TYPE_CHECKING:
-    from server.registry import ImageConfig, RegistryView
+    from server.registry import ImageConfig, RegistryView, TagDigest
 
 log = logging.getLogger("docker_stack_mcp.engine")
 
@@ -229,22 +229,47 @@ class Engine:
         """
         from server.registry import read_image_config
 
-        def credentials(registry: str) -> tuple[str, str] | None:
-            try:
-                from docker import auth
-
-                client = self._connect()
-                found = auth.resolve_authconfig(client.api._auth_configs, registry) or {}
-            except Exception:  # a broken credential store means: anonymous, as the CLI would try
-                log.debug("no credentials for %s", registry, exc_info=True)
-                return None
-            user, password = found.get("username") or found.get("Username"), found.get("password") or found.get(
-                "Password")
-            return (str(user), str(password)) if user and password else None
-
         return await anyio.to_thread.run_sync(
-            lambda: read_image_config(ref, view, timeout_s=timeout_s, credentials=credentials), abandon_on_cancel=True
+            lambda: read_image_config(ref, view, timeout_s=timeout_s, credentials=self._credentials),
+            abandon_on_cancel=True,
         )
+
+    async def registry_digest(
+        self, ref: str, view: RegistryView, timeout_s: float, *, direct: bool = True
+    ) -> TagDigest:
+        """The digest ``ref``'s tag points at in its registry now, without pulling.
+
+        ``direct``: one HEAD of the manifest from here (:func:`server.registry.read_digest`, with the
+        CLI's stored credentials). Otherwise (a remote engine's loopback registry, which only the
+        engine can reach) through the engine's distribution API. Never raises for the registry.
+        """
+        from server.registry import TagDigest, read_digest
+
+        if direct:
+            return await anyio.to_thread.run_sync(
+                lambda: read_digest(ref, view, timeout_s=timeout_s, credentials=self._credentials),
+                abandon_on_cancel=True,
+            )
+        try:
+            state, detail = await self.registry_state(ref, timeout_s)
+        except EngineError as exc:
+            return TagDigest("unreachable", f"could not verify: {exc.what}")
+        digest = detail.rsplit(" at ", 1)[-1] if state == "present" and " at sha256:" in detail else None
+        return TagDigest(state if digest or state != "present" else "unreachable", detail, digest)
+
+    def _credentials(self, registry: str) -> tuple[str, str] | None:
+        """The docker CLI's stored credentials for ``registry`` (config.json, credential helpers)."""
+        try:
+            from docker import auth
+
+            client = self._connect()
+            found = auth.resolve_authconfig(client.api._auth_configs, registry) or {}
+        except Exception:  # a broken credential store means: anonymous, as the CLI would try
+            log.debug("no credentials for %s", registry, exc_info=True)
+            return None
+        user, password = found.get("username") or found.get("Username"), found.get("password") or found.get(
+            "Password")
+        return (str(user), str(password)) if user and password else None
 
     async def container_stats(self, container_id: str, *, one_shot: bool = False) -> dict[str, Any] | None:
         """One ``docker stats`` sample; None when the container is gone.
