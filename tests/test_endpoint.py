@@ -172,3 +172,22 @@ def test_the_runtime_s_adapters_share_one_endpoint(settings: Settings) -> None:
     runtime = Runtime(settings)
     assert runtime.engine().endpoint_source is runtime.compose().endpoint_source is runtime.endpoint_source
     assert runtime.backups().engine.endpoint_source is runtime.endpoint_source
+
+
+async def test_list_stacks_names_the_engine_and_a_dead_context_s_problem(
+    settings: Settings, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server.inventory import list_stacks
+    from server.runtime import Runtime
+
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    runtime = Runtime(replace(settings, docker_host=None, docker_context="ctxb"))
+    try:
+        listed = await list_stacks(runtime)
+    finally:
+        runtime.close()
+    assert listed.engine == "unix:///nonexistent-b.sock (context 'ctxb', from DOCKER_CONTEXT)"
+    assert any("context 'ctxb'" in p and "cannot be reached" in p for p in listed.problems), listed.problems
+    missing = Runtime(replace(settings, docker_host=None, docker_context="nosuch"))
+    listed = await list_stacks(missing)
+    assert listed.engine is None and any("'nosuch'" in p and "does not exist" in p for p in listed.problems)
