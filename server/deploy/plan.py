@@ -20,6 +20,7 @@ from typing import Any
 from server.compose import ComposeRunner
 from server.deploy.project import OVERRIDE_NAME, compose_project, user_files
 from server.deploy.report import Action, BackupPlan, DeployPlan, ServicePlan
+from server.deploy.tags import check_tags, compared_refs
 from server.engine import ContainerSummary, Engine, object_names
 from server.project import ComposeProject
 from server.redact import Scrubber
@@ -106,12 +107,16 @@ async def compute_plan(
     for c in containers:
         by_service.setdefault(c.service or "", []).append(c)
     local: dict[str, str | None] = {}
+    images: dict[str, dict[str, Any] | None] = {}
     for name in hashes:
         ref = stack.services.get(name, {}).get("image")
         if ref and ref not in local:
-            attrs = await engine.image_attrs(str(ref))
+            attrs = images[str(ref)] = await engine.image_attrs(str(ref))
             local[str(ref)] = attrs.get("Id") if attrs else None
     selected = set(services) if services else None
+    # Tags re-pushed upstream: the registry's digest against the local image's (server.deploy.tags).
+    tags = await check_tags(engine, compared_refs(stack, [n for n in hashes if selected is None or n in selected],
+                                                  images))
     plans: list[ServicePlan] = []
     for name, want_hash in sorted(hashes.items()):
         body = stack.services.get(name, {})
@@ -120,7 +125,9 @@ async def compute_plan(
         running = by_service.get(name, [])
         image_from = running[0].labels.get(IMAGE_LABEL) if running else None
         strategy, why = strategy_for(stack, name)
-        pull = bool(ref) and image_id is None and not body.get("build")
+        tag = tags.get(ref) if ref else None
+        moved = tag is not None and tag.moved
+        pull = bool(ref) and (image_id is None or moved) and not body.get("build")
         one_shot = stack.service_settings_for(name).is_one_shot
         action: Action
         if selected is not None and name not in selected:
@@ -129,6 +136,9 @@ async def compute_plan(
             action, reason = "create", "no container yet"
         elif any(c.labels.get(HASH_LABEL) != want_hash for c in running):
             action, reason = "recreate", "its configuration changed"
+        elif moved and tag is not None:
+            action, reason = "recreate", (f"{ref} moved in its registry ({_short(tag.local_digest)} -> "
+                                          f"{_short(tag.remote)}): pulled, then recreated")
         elif pull:
             action, reason = "recreate", f"{ref} is not local: pulled, then recreated if the image differs"
         elif image_id and image_from and image_id != image_from:
@@ -140,6 +150,8 @@ async def compute_plan(
         plans.append(ServicePlan(
             service=name, action=action, image_from=image_from, image_to=ref, pull=pull and action != "unchanged",
             strategy=strategy, reason=reason if action == "unchanged" else f"{reason}; {why}",
+            digest_from=tag.local_digest if moved and tag else None, digest_to=tag.remote if moved and tag else None,
+            registry_note=tag.note if tag else None,
         ))
     for name in sorted(set(by_service) - set(hashes)):
         if name and selected is None:
@@ -185,6 +197,11 @@ def _plan_id(stack: LoadedStack, env: Mapping[str, str] | None, containers: list
         "files": files,
         "env": hashlib.sha256(json.dumps(sorted((env or {}).items())).encode()).hexdigest(),
         "running": state,
-        "plan": plan.model_dump(mode="json", exclude={"plan_id"}),
+        # A registry's passing silence (registry_note) is no reason to refuse a plan_id; a moved tag is.
+        "plan": plan.model_dump(mode="json", exclude={"plan_id": True, "services": {"__all__": {"registry_note"}}}),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "?").removeprefix("sha256:")[:12]
