@@ -129,6 +129,9 @@ def _programs(argv: list[str]) -> list[list[str]]:
     words = list(argv)
     while words:
         head = words[0].rsplit("/", 1)[-1]
+        if head in _ENTRYPOINT_SCRIPTS and len(words) > 1 and not words[1].startswith("-"):
+            words = words[1:]  # the official entrypoints exec any program they are given
+            continue
         if head in _WRAPPERS:
             words = words[1:]
             # gosu/su-exec take a user; env takes NAME=value pairs; tini and dumb-init take flags.
@@ -163,10 +166,8 @@ def _runs_server(argv: list[str] | None, kind: str | None) -> tuple[bool | None,
     for words in _programs(argv):
         program = words[0].rsplit("/", 1)[-1]
         if program in _ENTRYPOINT_SCRIPTS:
-            if len(words) == 1 or words[1].startswith("-"):
-                # The official entrypoints run the server for no argument or for server flags.
-                return kind is not None, shown
-            program = words[1].rsplit("/", 1)[-1]
+            # Left alone or given only flags, the official entrypoints run the server.
+            return kind is not None, shown
         if kind is not None and program in _SERVERS.get(kind, frozenset()):
             return True, shown
     return False, shown
@@ -176,8 +177,6 @@ def server_kind(argv: list[str] | None) -> str | None:
     """The database kind of a known server program ``argv`` runs, whatever the image is called."""
     for words in _programs(argv or []):
         program = words[0].rsplit("/", 1)[-1]
-        if program in _ENTRYPOINT_SCRIPTS and len(words) > 1:
-            program = words[1].rsplit("/", 1)[-1]
         if program in _KIND_OF_SERVER:
             return _KIND_OF_SERVER[program]
     return None

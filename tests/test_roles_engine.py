@@ -54,8 +54,6 @@ async def test_a_pinned_postgres_is_still_dumped(runtime: Runtime, stacks_root: 
     # The database now runs under our pin; the override remembers what the pin stands for.
     running = docker("inspect", "-f", "{{.Config.Image}}", container_of(project_name, "db"))
     assert running.startswith(f"dsm-pin/{project_name}-db:"), running
-    override = (directory / "compose.dsm.yaml").read_text()
-    assert "x-dsm-pins" in override and POSTGRES in override
 
     # A backup as backup_stack takes it (the files with our pins) still dumps the database.
     stack = await load_stack(runtime.settings, runtime.compose(), path=project_name)
@@ -63,6 +61,8 @@ async def test_a_pinned_postgres_is_still_dumped(runtime: Runtime, stacks_root: 
     manifest = await backup_store(runtime).create(stack, reason="after a rollback")
     assert [d.service for d in manifest.dumps] == ["db"], manifest.notes
     assert manifest.dumps[0].kind == "postgres" and manifest.dumps[0].tables == {"postgres.public.items": 42}
+    override = (directory / "compose.dsm.yaml").read_text()
+    assert "x-dsm-pins" in override and POSTGRES in override  # what each pin stands for
     pin = next(p for p in manifest.images if p.service == "db")
     assert pin.image.startswith("dsm-pin/") and pin.original == POSTGRES
     # And the next deploy's plan still counts it as a database.
