@@ -165,3 +165,29 @@ def test_pins_record_their_original_and_only_for_defined_services(tmp_path: Path
     # Clearing the pins clears their record too (and the file, nothing else of ours being in it).
     assert override.clear_pins(tmp_path)
     assert not (tmp_path / "compose.dsm.yaml").exists() and override.pin_originals(tmp_path) == {}
+
+
+def test_data_moves_renamed_replaced_dropped_or_kept() -> None:
+    from types import SimpleNamespace
+
+    from server.deploy.datamoves import data_moves
+    from server.engine import ContainerSummary
+    from server.roles import ServiceRole
+
+    def plan(mounts: list[dict[str, Any]], top: dict[str, Any] | None = None) -> list[str]:
+        stack = SimpleNamespace(name="s", services={"db": {"volumes": mounts}}, rendered={"volumes": top or {}})
+        running = ContainerSummary(id="c", name="s-db-1", project="s", service="db", state="running", status="",
+                                   health=None, image="postgres:16",
+                                   volumes={"s_pgdata": "/var/lib/postgresql/data", "f" * 64: "/extra"})
+        roles = {"db": ServiceRole("database", "postgres", "test")}
+        found = data_moves(stack, roles, {"db": [running]})  # type: ignore[arg-type]
+        assert all(f.severity == "error" and f.rule == "data-volume-moved" for f in found)
+        return [f.message.split(" is ", 1)[1].split(" ", 1)[0] for f in found]
+
+    target = "/var/lib/postgresql/data"
+    assert plan([{"type": "volume", "source": "pgdata", "target": target}], {"pgdata": {"name": "s_pgdata"}}) == []
+    assert plan([{"type": "volume", "source": "data", "target": target}], {"data": {"name": "s_pgdata"}}) == []
+    assert plan([{"type": "volume", "source": "pg2", "target": target}], {"pg2": {"name": "s_pg2"}}) == ["renamed"]
+    assert plan([{"type": "bind", "source": "/srv/pg", "target": target}]) == ["replaced"]
+    assert plan([{"type": "volume", "target": target + "/"}]) == ["replaced"]  # anonymous
+    assert plan([]) == ["dropped"]
