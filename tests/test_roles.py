@@ -191,3 +191,24 @@ def test_data_moves_renamed_replaced_dropped_or_kept() -> None:
     assert plan([{"type": "bind", "source": "/srv/pg", "target": target}]) == ["replaced"]
     assert plan([{"type": "volume", "target": target + "/"}]) == ["replaced"]  # anonymous
     assert plan([]) == ["dropped"]
+
+
+@pytest.mark.anyio
+async def test_a_deploy_renders_the_users_files_without_our_pins(settings: Any, stacks_root: Path) -> None:
+    """After a rollback .env lists compose.dsm.yaml in COMPOSE_FILE; the deploy's render must still
+    leave it out, or a pin brings back a service the new files dropped (and hides the new images)."""
+    from server.compose import ComposeRunner
+    from server.stackload import load_stack
+
+    d = stacks_root / "app"
+    d.mkdir()
+    (d / "compose.yaml").write_text("services:\n  web: {image: 'img/web:1'}\n  api: {image: 'img/api:1'}\n")
+    override.write_pins(d, {"web": "dsm-pin/app-web:1", "api": "dsm-pin/app-api:1"},
+                        originals={"web": "img/web:1", "api": "img/api:1"})
+    assert "compose.dsm.yaml" in (d / ".env").read_text()
+    (d / "compose.yaml").write_text("services:\n  web: {image: 'img/web:2'}\n")
+    runner = ComposeRunner(settings)
+    stack = await load_stack(settings, runner, path="app", dsm_override=False)
+    assert sorted(stack.services) == ["web"] and stack.services["web"]["image"] == "img/web:2"
+    pinned = await load_stack(settings, runner, path="app")
+    assert sorted(pinned.services) == ["api", "web"] and pinned.services["web"]["image"] == "dsm-pin/app-web:1"
