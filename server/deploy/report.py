@@ -38,6 +38,9 @@ class DeployPlan(Frozen):
     volumes_to_create: list[str] = Field(default_factory=list)
     networks_to_create: list[str] = Field(default_factory=list)
     backup: BackupPlan
+    findings: list[Finding] = Field(
+        default_factory=list, description="What the plan changes about data (a database volume moved): confirm first."
+    )
 
     @property
     def changes(self) -> list[ServicePlan]:
