@@ -57,7 +57,9 @@ class DockerStackServer(MCPServer[Runtime]):
         try:
             result = await super().call_tool(name, arguments, context)
         except Exception as exc:
-            call.finish("error", detail=str(exc))
+            # Rejected before the tool ran (bad arguments, unknown tool): the first line only, as
+            # the rest quotes the arguments back (input_value=...), secrets included.
+            call.finish("error", detail=str(exc).split("\n", 1)[0])
             raise
         finally:
             CURRENT.reset(token)

@@ -62,7 +62,7 @@ class Call:
                 "client": self.client,
                 "outcome": outcome,
                 "status": getattr(result, "status", None) if isinstance(getattr(result, "status", None), str) else None,
-                "detail": Scrubber(seen_secrets())(detail)[:500],
+                "detail": " ".join(Scrubber(seen_secrets())(detail).split())[:500],
                 "duration_ms": round((time.monotonic() - self.started) * 1000),
                 "operation_id": op if isinstance(op, str) else self.operation_id,
             })
