@@ -71,8 +71,11 @@ async def test_policy_gates_every_mutating_tool_on_a_running_stack(
             assert "State: nothing was changed" in text_of(result)
         assert running(project_name) == before  # same containers, same image, still running
         status = await client.call_tool("stack_status", {"stack": project_name})
-        assert not status.is_error  # reading a protected stack stays allowed
+        assert not status.is_error  # reading a protected stack stays allowed, a plan too
+        plan = await client.call_tool("deploy_stack", {"path": project_name, "dry_run": True})
+        assert not plan.is_error and plan.structured_content["status"] == "planned", text_of(plan)
+        assert running(project_name) == before
 
     outcomes = [(e["tool"], e["outcome"]) for e in audit.read(runtime.settings.state_dir)]
     assert outcomes[0] == ("deploy_stack", "ok") and outcomes.count(("stack_control", "refused")) == 3
-    assert len(outcomes) == 10
+    assert len(outcomes) == 11

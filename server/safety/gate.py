@@ -85,7 +85,8 @@ def check(settings: Settings, tool: str, stack: str, act: str, *, dry_run: bool 
             next_step="deploys, updates and rollbacks without data are allowed; a person can do this by hand "
             "or change the mode in the policy file")
     # A backup reads the stack and writes only our own store: protection is about changing stacks.
-    protection = policy.protection(names) if act not in READS_STACK else None
+    # A dry run only computes a plan: reading a protected stack stays allowed.
+    protection = policy.protection(names) if act not in READS_STACK and not dry_run else None
     if protection and protection[1] == "never":
         raise PolicyRefused(
             f"{label} refused by the safety policy: stack {names[0]!r} is protected ({protection[0]!r}: never, "
