@@ -171,6 +171,11 @@ async def test_approve_asks_the_human_and_confirm_does_not_count(
         result = await client.call_tool("stack_control", {**MAINT, "confirm": True})
     assert len(asked) == 1 and "'db'" in asked[0] and "approval" in asked[0]
     assert result.is_error is (not allowed), text_of(result)
+    from server.safety.audit import read
+
+    [line] = list(read(policy.state_dir))
+    assert line["approval"]["rule"] == "stack 'db' is protected ('db': approve)"
+    assert line["approval"].get("by") == ("user" if allowed else None)
 
 
 @pytest.mark.anyio

@@ -15,6 +15,7 @@ from typing import Any
 from mcp.server.mcpserver import Context
 
 from server.errors import ConfirmationRequired
+from server.safety.audit import CURRENT
 from server.safety.gate import UNCHANGED, Gate, PolicyRefused, check
 from server.settings import Settings
 from tools._common import Confirmation, _can_elicit
@@ -29,16 +30,24 @@ async def enforce(
     gate = check(settings, tool, stack, act, dry_run=dry_run)
     if gate.approval is None:
         return gate
+    call = CURRENT.get()
+    if call is not None:  # the audit line says which rule asked; `by` once someone answered
+        call.approval = {"rule": gate.approval}
     question = (f"{tool} {gate.act} on stack {gate.stack!r}: the safety policy needs your approval "
                 f"({gate.approval}). Go ahead?")
+    asked = ctx is not None and _can_elicit(ctx, back_channel_only=True)
+    if not _human_said_yes(answer) and asked:
+        assert ctx is not None
+        answer = await ctx.elicit(question, Confirmation)
     if _human_said_yes(answer):
+        if call is not None:
+            call.approval = {"rule": gate.approval, "by": "user"}
         return dataclasses.replace(gate, human_approved=True)
-    if ctx is not None and _can_elicit(ctx, back_channel_only=True):
-        reply = await ctx.elicit(question, Confirmation)
-        if _human_said_yes(reply):
-            return dataclasses.replace(gate, human_approved=True)
+    if asked:
         raise ConfirmationRequired(f"the user did not approve: {question}", state=UNCHANGED,
                                    next_step="ask the user what they want instead")
+    if call is not None and gate.fallback == "model" and confirm:
+        call.approval = {"rule": gate.approval, "by": "model (confirm=true, fallback: model)"}
     return _fallback(gate, question, confirm)
 
 

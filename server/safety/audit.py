@@ -45,6 +45,8 @@ class Call:
     """ok | error | refused (None until the tool wrapper or the server knows)."""
     detail: str = ""
     operation_id: str | None = None
+    approval: dict[str, str] | None = None
+    """Which policy rule asked for an approval, and who gave it (user | model); set by the gate."""
     written: bool = False
 
     def finish(self, outcome: str, *, detail: str = "", result: Any = None) -> None:
@@ -65,6 +67,7 @@ class Call:
                 "detail": " ".join(Scrubber(seen_secrets())(detail).split())[:500],
                 "duration_ms": round((time.monotonic() - self.started) * 1000),
                 "operation_id": op if isinstance(op, str) else self.operation_id,
+                "approval": self.approval,
             })
         except Exception:  # a full disk or a bad value must not turn a done deploy into an error
             import logging
