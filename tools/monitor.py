@@ -11,6 +11,7 @@ from pydantic import Field
 from server.monitor.models import ControlResult, Diagnosis, LogsPage, StatusReport
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, READ_ONLY, tool_errors
+from tools._policy import enforce
 
 StackArg = Annotated[str, Field(description="Stack name (Compose project) or its directory under the stacks root.")]
 
@@ -76,6 +77,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """Start, stop, restart or remove a stack's containers (volumes are never removed), or put
         it in maintenance (the watcher leaves it alone and alerts are muted until `until`).
         Journaled and locked like a deploy: a busy stack is refused naming the operation."""
+        await enforce(runtime.settings, ctx, "stack_control", stack, action, confirm=confirm)
         from server.monitor.control import stack_control as run
         from tools._common import confirm_destructive
 
