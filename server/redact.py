@@ -22,6 +22,7 @@ would mangle the model (``***:16``) and the mask itself would give the value awa
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterable, Sequence
@@ -327,3 +328,45 @@ def scrub_seen(text: str) -> str:
             _SEEN_SCRUB.clear()
             scrub = _SEEN_SCRUB[_SEEN_GEN[0]] = Scrubber(_SEEN)
     return scrub(text)
+
+
+class LogScrubber(logging.Filter):
+    """A log record's text (message with its arguments, and its traceback) scrubbed of every secret
+    seen in this process, ``extra`` values (the alert URLs' tokens) and every shape: for our own
+    loggers' handlers and for dependencies that log what they were given (apprise logs each
+    notification URL at DEBUG, urllib3 the request path that holds a webhook's token)."""
+
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._extra = Scrubber(extra)
+
+    def clean(self, text: str) -> str:
+        return self._extra(scrub_seen(text))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return True
+        record.msg, record.args = self.clean(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.clean(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+# Dependencies' loggers that print what they send: a filter on a logger sees only the records
+# made by that very logger, so each is named (the root handlers catch what propagates).
+_GUARDED_LOGGERS = ("apprise", "urllib3", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry",
+                    "requests", "docker", "docker.api.build", "docker.utils.config", "httpx", "httpcore")
+
+
+def guard_logs(extra: Iterable[str] = ()) -> None:
+    """Install one LogScrubber (replacing an earlier one) on the root logger's handlers and on the
+    dependencies' loggers that print URLs and payloads. Idempotent; cheap to call again."""
+    guard = LogScrubber(extra)
+    targets: list[logging.Filterer] = [logging.getLogger(n) for n in _GUARDED_LOGGERS]
+    targets += logging.getLogger().handlers
+    for target in targets:
+        for old in [f for f in target.filters if isinstance(f, LogScrubber)]:
+            target.removeFilter(old)
+        target.addFilter(guard)

@@ -104,7 +104,13 @@ services:
   long:
     image: dsm-test/busybox:1
     init: true
-    command: ["sh", "-c", "head -c 20000 /dev/zero | tr '\\\\0' a > /tmp/l; i=0; while [ $$i -lt 300 ]; do cat /tmp/l; echo; i=$$((i+1)); done; echo end; sleep 900"]
+    command:
+      - sh
+      - -c
+      - |
+        head -c 20000 /dev/zero | tr '\\0' a > /tmp/l
+        i=0; while [ $$i -lt 300 ]; do cat /tmp/l; echo; i=$$((i+1)); done
+        echo end; sleep 900
     labels: {dsm.test: "1"}
 """
 
@@ -133,9 +139,14 @@ services:
   aaa:
     image: dsm-test/busybox:1
     init: true
-    command: ["sh", "-c", "i=0; while [ $$i -lt 200 ]; do echo aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab; i=$$((i+1)); done; echo end; sleep 900"]
+    command:
+      - sh
+      - -c
+      - |
+        i=0; while [ $$i -lt 200 ]; do echo LINE; i=$$((i+1)); done
+        echo end; sleep 900
     labels: {dsm.test: "1"}
-"""
+""".replace("LINE", "a" * 70 + "b")
 
 
 async def test_a_catastrophic_grep_is_answered_within_2s_while_another_call_is_served(
@@ -179,7 +190,10 @@ services:
   app:
     image: dsm-test/busybox:1
     init: true
-    command: ["sh", "-c", "echo using key ${SERVICE_API_KEY}; echo ERROR: auth failed for ${SERVICE_API_KEY}; sleep 900"]
+    command:
+      - sh
+      - -c
+      - "echo using key ${SERVICE_API_KEY}; echo ERROR: auth failed for ${SERVICE_API_KEY}; sleep 900"
     healthcheck: {test: ["CMD", "true"], interval: 1s}
     deploy: {resources: {limits: {memory: 16m, cpus: "0.1", pids: 16}}}
     labels: {dsm.test: "1"}
