@@ -112,8 +112,9 @@ _TOKENS = re.compile(
 # The tail of a PEM key whose BEGIN line is not in the text (a log page that starts inside the
 # key): the base64 lines right before an END line.
 _PEM_TAIL = re.compile(r"(?m)(?:^[ \t]*[A-Za-z0-9+/=]++[ \t]*\r?\n)++[ \t]*-----END [A-Z0-9 ]*PRIVATE KEY-----")
-# A line of a PEM body alone (a page that starts and ends inside a key): 64 base64 characters.
-_PEM_BODY_LINE = re.compile(r"(?m)^[ \t]*[A-Za-z0-9+/]{64}[ \t]*$")
+# A line of a PEM body alone (a page that starts and ends inside a key): 64 base64 characters,
+# not a 64-digit hex string (a container id or a sha256 digest printed on its own line).
+_PEM_BODY_LINE = re.compile(r"(?m)^[ \t]*(?![0-9a-f]{64}[ \t]*$|[0-9A-F]{64}[ \t]*$)[A-Za-z0-9+/]{64}[ \t]*$")
 
 # An image reference (``docker.io/valkey/valkey:8-bookworm@sha256:...``) is structure, never a
 # ``KEY: value`` pair, though its name may hold a credential word (valKEY, KEYdb, sealed-SECRETs).

@@ -42,13 +42,15 @@ def test_a_page_keeps_one_line_per_line_and_masks_keys_and_multi_line_values_who
 
 
 def test_a_page_that_holds_only_part_of_a_key_or_value_masks_that_part() -> None:
-    body = "A" * 64
+    body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"
     # starts inside a key (its BEGIN is on the page before)
     assert Scrubber().page([body, "Zm9v==", "-----END PRIVATE KEY-----", "next"]) == [MASK, MASK, MASK, "next"]
     # ends inside a key
     assert Scrubber().page(["x", "-----BEGIN PRIVATE KEY-----", body]) == ["x", MASK, MASK]
-    # only body lines
+    # only body lines; a container id or digest alone on its line is no key
     assert Scrubber().page(["x", body, body, "y"]) == ["x", MASK, MASK, "y"]
+    assert Scrubber().page(["0123456789abcdef" * 4, "0123456789ABCDEF" * 4]) == ["0123456789abcdef" * 4,
+                                                                               "0123456789ABCDEF" * 4]
     # one line of a multi-line value
     value = "first-line-of-the-value\nsecond-line-of-value"
     assert Scrubber([value]).page(["got second-line-of-value here"]) == [f"got {MASK} here"]

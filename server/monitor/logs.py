@@ -104,16 +104,19 @@ def matcher(grep: str | None, regex: bool) -> Matcher | None:
     except rx.error as exc:
         raise BadArgument(f"grep={grep!r} is not a valid regular expression: {exc}", state="nothing was read",
                           next_step="fix the expression, or pass regex=false to match it literally") from None
-    deadline = time.monotonic() + _GREP_S
+    spent = [0.0]  # matching time only: reading the logs does not count
 
     def match(text: str) -> bool:
+        started = time.monotonic()
         try:
-            return pattern.search(text, timeout=max(deadline - time.monotonic(), 0.001), concurrent=True) is not None
+            return pattern.search(text, timeout=max(_GREP_S - spent[0], 0.001), concurrent=True) is not None
         except TimeoutError:
             raise BadArgument(
                 f"grep={grep!r} took more than {_GREP_S:.0f} s over these logs (a pattern that backtracks "
                 "without end, such as (a|aa)+$)", state="nothing was returned",
                 next_step="pass a literal substring (regex=false) or a simpler expression") from None
+        finally:
+            spent[0] += time.monotonic() - started
 
     return match
 
