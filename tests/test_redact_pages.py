@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from server.redact import MASK, Scrubber, remember_secrets, scrub_seen
+from tests.conftest import write_stack
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -78,3 +82,27 @@ def test_scrub_seen_follows_what_was_remembered() -> None:
     remember_secrets(["brand-new-secret-9921"])
     assert scrub_seen("a brand-new-secret-9921 here") == f"a {MASK} here"
     assert scrub_seen("api_token=abc123") == f"api_token={MASK}"
+
+
+VALKEY = f"""\
+name: cache
+services:
+  cache:
+    image: docker.io/valkey/valkey:8-bookworm@{DIGEST}
+    environment:
+      VALKEY_PASSWORD: ${{VALKEY_PASSWORD}}
+      VALKEY_EXTRA_FLAGS: "--maxmemory 64mb --requirepass ${{VALKEY_PASSWORD}}"
+  keydb:
+    image: eqalpha/keydb:latest
+"""
+
+
+@pytest.mark.anyio
+async def test_inspect_stack_shows_image_references_whole(mcp_client: Any, stacks_root: Path) -> None:
+    write_stack(stacks_root, "cache", VALKEY, env="VALKEY_PASSWORD=vk-Qz88-secret\n")
+    result = await mcp_client.call_tool("inspect_stack", {"path": "cache"})
+    assert not result.is_error, result.content
+    services = {s["name"]: s for s in result.structured_content["services"]}
+    assert services["cache"]["image"] == f"docker.io/valkey/valkey:8-bookworm@{DIGEST}"
+    assert services["keydb"]["image"] == "eqalpha/keydb:latest"
+    assert "vk-Qz88-secret" not in json.dumps(result.structured_content)
