@@ -22,10 +22,11 @@ would mangle the model (``***:16``) and the mask itself would give the value awa
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 MASK = "***"
@@ -109,9 +110,62 @@ _TOKENS = re.compile(
     # PEM private keys: to the END line, or to the end of the text when it was cut off.
     r"|" + _PEM
 )
-# The tail of a PEM key whose BEGIN line is not in the text (a log page that starts inside the
-# key): the base64 lines right before an END line.
-_PEM_TAIL = re.compile(r"(?m)(?:^[ \t]*[A-Za-z0-9+/=]++[ \t]*\r?\n)++[ \t]*-----END [A-Z0-9 ]*PRIVATE KEY-----")
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY-----")
+# On a log page a BEGIN line without its END (the page ends inside the key, or a line merely
+# names the marker) masks the key-like lines after it, not the rest of the page.
+_PEM_OPEN = re.compile(r"[^\n]*+(?:\n[ \t]*+(?:[A-Za-z0-9+/=]++|(?:Proc-Type|DEK-Info):[^\n]*+)?[ \t]*+(?=\n|\Z))*+")
+_BASE64_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]+[ \t]*\r?")
+
+
+def _mask_pem_page(text: str, repl: Callable[[re.Match[str]], str]) -> str:
+    """PEM keys on a page, in one pass: BEGIN to its END, or BEGIN and the key-like lines after it
+    when no END follows (no rescan of the page per BEGIN: linear)."""
+    ends = [m.end() for m in _PEM_END.finditer(text)]
+    out: list[str] = []
+    done = 0
+    for begin in _PEM_BEGIN.finditer(text):
+        if begin.start() < done:
+            continue
+        i = bisect.bisect_left(ends, begin.end() + 1)  # the first END after this BEGIN
+        opened = _PEM_OPEN.match(text, begin.end())
+        stop = ends[i] if i < len(ends) else opened.end() if opened else begin.end()
+        span = re.match(r"[\s\S]*", text[begin.start():stop])
+        assert span is not None
+        out.append(text[done:begin.start()] + repl(span))
+        done = stop
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _mask_pem_tails(text: str, repl: Callable[[re.Match[str]], str]) -> str:
+    """The tail of a PEM key whose BEGIN line is not in the text (a page that starts inside the
+    key): the END line and the base64 lines right before it, walking back from each END."""
+    out: list[str] = []
+    done = 0
+    for end in _PEM_END.finditer(text):
+        if end.start() < done:
+            continue
+        line_start = text.rfind("\n", 0, end.start()) + 1
+        if text[line_start:end.start()].strip():
+            continue  # END inside a line with other text: not a key's own END line
+        start = line_start
+        while start > done:
+            newline = text.rfind("\n", done, start - 1)
+            prev = newline + 1 if newline >= 0 else done
+            if not _BASE64_LINE.fullmatch(text, prev, start - 1):
+                break
+            start = prev
+        if start == line_start:
+            continue
+        span = re.match(r"[\s\S]*", text[start:end.end()])
+        assert span is not None
+        out.append(text[done:start] + repl(span))
+        done = end.end()
+    out.append(text[done:])
+    return "".join(out)
+
+
 # A line of a PEM body alone (a page that starts and ends inside a key): 64 base64 characters,
 # not a 64-digit hex string (a container id or a sha256 digest printed on its own line).
 _PEM_BODY_LINE = re.compile(r"(?m)^[ \t]*(?![0-9a-f]{64}[ \t]*$|[0-9A-F]{64}[ \t]*$)[A-Za-z0-9+/]{64}[ \t]*$")
@@ -208,8 +262,10 @@ class Scrubber:
         # Shapes first: a known value that is also a word of the text around a URL must not
         # break the URL's shape before its password is found.
         text = mask_url_passwords(text)
+        if keep_lines:
+            text = _mask_pem_page(text, repl)
         text = _TOKENS.sub(repl, text)
-        text = _PEM_TAIL.sub(repl, text)
+        text = _mask_pem_tails(text, repl)
         if keep_lines:
             text = _PEM_BODY_LINE.sub(MASK, text)
         if self._known is not None:

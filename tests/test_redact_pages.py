@@ -51,6 +51,9 @@ def test_a_page_that_holds_only_part_of_a_key_or_value_masks_that_part() -> None
     assert Scrubber().page([body, "Zm9v==", "-----END PRIVATE KEY-----", "next"]) == [MASK, MASK, MASK, "next"]
     # ends inside a key
     assert Scrubber().page(["x", "-----BEGIN PRIVATE KEY-----", body]) == ["x", MASK, MASK]
+    # a line that only names the marker masks the key-like lines after it, not the rest of the page
+    assert Scrubber().page(["want -----BEGIN RSA PRIVATE KEY----- here", body, "", "Zm9v==", "next line", "done"]) == [
+        f"want {MASK}", MASK, MASK, MASK, "next line", "done"]
     # only body lines; a container id or digest alone on its line is no key
     assert Scrubber().page(["x", body, body, "y"]) == ["x", MASK, MASK, "y"]
     assert Scrubber().page(["0123456789abcdef" * 4, "0123456789ABCDEF" * 4]) == ["0123456789abcdef" * 4,
