@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 
@@ -46,7 +47,9 @@ _MAX_SCAN_CHARS = 8_000_000
 _GREP_FACTOR = 10
 """With grep, read up to this many times ``limit`` lines per container to find matches."""
 _GREP_S = 1.0
-"""Time a regular expression may take over one page before the call is refused."""
+"""Time a regular expression may take over one page before the call is refused: CPU time in the
+``regex`` library's own timeout, and wall-clock time for the answer (on a busy machine the
+first is reached long after the second; the worker is then left to hit its own bound)."""
 _SINCE = re.compile(r"^(\d+)([smhd])$")
 
 Matcher = Callable[[str], bool]
@@ -87,9 +90,25 @@ def stack_scrubber(ref: StackRef, observed: Iterable[Observed] = (), settings: S
                  [(o.inspect.get("Config") or {}).get("Env") or [] for o in observed])
 
 
+class _Regex:
+    """A case-insensitive regular expression whose matching over one page is bounded by _GREP_S of
+    CPU time (the ``regex`` library's timeout; the GIL is released meanwhile)."""
+
+    def __init__(self, grep: str, pattern: Any) -> None:
+        self.grep, self._pattern, self._spent = grep, pattern, 0.0  # matching time only, not the reads
+
+    def __call__(self, text: str) -> bool:
+        started = time.monotonic()
+        try:
+            return self._pattern.search(text, timeout=max(_GREP_S - self._spent, 0.001), concurrent=True) is not None
+        except TimeoutError:
+            raise _too_slow(self.grep) from None
+        finally:
+            self._spent += time.monotonic() - started
+
+
 def matcher(grep: str | None, regex: bool) -> Matcher | None:
-    """``grep`` as a case-insensitive literal substring, or (``regex``) a regular expression
-    whose matching over one page is bounded by _GREP_S (raises BadArgument past it)."""
+    """``grep`` as a case-insensitive literal substring, or (``regex``) a time-bounded _Regex."""
     if not grep:
         return None
     if len(grep) > MAX_GREP_CHARS:
@@ -100,25 +119,16 @@ def matcher(grep: str | None, regex: bool) -> Matcher | None:
     import regex as rx
 
     try:
-        pattern = rx.compile(grep, rx.IGNORECASE)
+        return _Regex(grep, rx.compile(grep, rx.IGNORECASE))
     except rx.error as exc:
         raise BadArgument(f"grep={grep!r} is not a valid regular expression: {exc}", state="nothing was read",
                           next_step="fix the expression, or pass regex=false to match it literally") from None
-    spent = [0.0]  # matching time only: reading the logs does not count
 
-    def match(text: str) -> bool:
-        started = time.monotonic()
-        try:
-            return pattern.search(text, timeout=max(_GREP_S - spent[0], 0.001), concurrent=True) is not None
-        except TimeoutError:
-            raise BadArgument(
-                f"grep={grep!r} took more than {_GREP_S:.0f} s over these logs (a pattern that backtracks "
-                "without end, such as (a|aa)+$)", state="nothing was returned",
-                next_step="pass a literal substring (regex=false) or a simpler expression") from None
-        finally:
-            spent[0] += time.monotonic() - started
 
-    return match
+def _too_slow(grep: str) -> BadArgument:
+    return BadArgument(f"grep={grep!r} took more than {_GREP_S:.0f} s over these logs (a pattern that backtracks "
+                       "without end, such as (a|aa)+$)", state="nothing was returned",
+                       next_step="pass a literal substring (regex=false) or a simpler expression")
 
 
 async def stack_logs(
@@ -138,6 +148,7 @@ async def stack_logs(
                             next_step="call stack_status to see the services and their containers")
     scrub = await anyio.to_thread.run_sync(stack_scrubber, ref, observed, runtime.settings)
     want = limit + 1
+    deadline: list[float] = []  # wall-clock end of a regex's matching, set when it starts
     lines: list[tuple[int, LogLine, int]] = []
     truncated = False
     for o in observed:
@@ -147,7 +158,7 @@ async def stack_logs(
         while True:
             raw = await container_logs(runtime.engine(), o.full_id, tail=tail, since=since_s,
                                        until=until_s + 1e-3 if until_s is not None else None)
-            kept = await anyio.to_thread.run_sync(_select, o.service, raw, boundary_ns, scrub, match)
+            kept = await _select_bounded(o.service, raw, boundary_ns, scrub, match, deadline)
             more = len(raw) >= tail
             if (len(kept) >= want or not more or tail >= _MAX_READ
                     or sum(len(r) for r in raw) >= _MAX_SCAN_CHARS):
@@ -177,6 +188,20 @@ async def stack_logs(
                      "(page back with until=next_until)")
     return LogsPage(stack=ref.name, lines=page, truncated=truncated,
                     next_until=page[0].time if truncated and page else None, cut="; ".join(notes) or None)
+
+
+async def _select_bounded(service: str, raw: list[str], boundary_ns: int | None, scrub: Scrubber,
+                          match: Matcher | None, deadline: list[float]) -> list[tuple[int, LogLine, int]]:
+    """_select in a worker thread; with a regex, abandoned at the wall-clock deadline (the matching
+    releases the GIL and ends at its own CPU-time bound, so the thread cannot run on for long)."""
+    if not isinstance(match, _Regex):
+        return await anyio.to_thread.run_sync(_select, service, raw, boundary_ns, scrub, match)
+    if not deadline:
+        deadline.append(time.monotonic() + _GREP_S)
+    with anyio.move_on_after(max(deadline[0] - time.monotonic(), 0)):
+        return await anyio.to_thread.run_sync(_select, service, raw, boundary_ns, scrub, match,
+                                              abandon_on_cancel=True)
+    raise _too_slow(match.grep)
 
 
 def _select(service: str, raw: list[str], boundary_ns: int | None, scrub: Scrubber,
