@@ -34,7 +34,7 @@ from server.deploy.verify import verify_window
 from server.engine import Engine, image_attrs_digest, tag_image
 from server.errors import DsmError
 from server.models import Finding
-from server.redact import Scrubber, scrub_seen
+from server.redact import Scrubber
 from server.runtime import Runtime
 from server.stackmodel import LoadedStack
 
@@ -103,6 +103,8 @@ class Deployer:
         if advance:
             self._step += 1
         if self._progress is not None:
+            from server.redact import scrub_seen
+
             try:  # scrubbed like the journal: a smoke exec's output may carry api_token=...
                 await self._progress(min(self._step, len(PHASES)), len(PHASES), scrub_seen(message))
             except Exception:
