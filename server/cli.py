@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from server.monitor.alerts import url_secrets
+    from server.redact import guard_logs
+
+    guard_logs(url_secrets(settings.alert_urls))  # every record scrubbed, dependencies' (DEBUG) included
     if args.command in (None, "serve"):
         _import_sdk_server_half()
         from server.app import build_server

@@ -38,15 +38,16 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         stack: StackArg,
         service: Annotated[str | None, Field(description="One service; omit for all.")] = None,
         since: Annotated[str | None, Field(description="'15m', '2h', '1d' or an ISO time.")] = None,
-        grep: Annotated[str | None, Field(description="Case-insensitive regex lines must match.")] = None,
+        grep: Annotated[str | None, Field(description="Case-insensitive substring lines must contain.")] = None,
+        regex: Annotated[bool, Field(description="grep is a regular expression (time-bounded).")] = False,
         limit: Annotated[int, Field(ge=1, le=2000, description="Most lines returned (newest).")] = 200,
         until: Annotated[str | None, Field(description="Page back: pass the previous page's next_until.")] = None,
     ) -> LogsPage:
-        """Recent container log lines of a stack, oldest first, secrets redacted; `truncated` with
-        `next_until` when older lines exist."""
+        """Recent container log lines of a stack, oldest first, credentials redacted; `truncated` with
+        `next_until` when older lines exist, `cut` when lines or the page were shortened."""
         from server.monitor.logs import stack_logs as run
 
-        return await run(runtime, stack, service, since, grep, limit, until)
+        return await run(runtime, stack, service, since, grep, limit, until, regex)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
