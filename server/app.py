@@ -13,10 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from mcp.server.mcpserver import Icon, MCPServer
-from mcp.types import ToolAnnotations
+from mcp.server.mcpserver import Context, Icon, MCPServer
+from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
+from mcp.types import Tool as MCPTool
 
 from server import __version__
+from server.results import compact_result, slim_output_schema
 from server.runtime import Runtime
 from server.settings import Settings
 
@@ -58,6 +60,22 @@ class DockerStackServer(MCPServer[Runtime]):
             log.debug("DSM_READ_ONLY: not registering %s", name or fn.__name__)
             return
         super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Runtime, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        # Every tool's text content as compact JSON, here once for every tool family (the SDK
+        # indents it, which costs a reading model a third more characters for nothing).
+        result = await super().call_tool(name, arguments, context)
+        return compact_result(result) if isinstance(result, CallToolResult) else result
+
+    async def list_tools(self) -> list[MCPTool]:
+        # Output schemas without what a reader gains nothing from (see slim_output_schema).
+        return [
+            tool.model_copy(update={"output_schema": slim_output_schema(tool.output_schema)})
+            if tool.output_schema else tool
+            for tool in await super().list_tools()
+        ]
 
 
 def _exit_on_sigterm(runtime: Runtime) -> None:

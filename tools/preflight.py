@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
@@ -25,6 +25,14 @@ ContentArg = Annotated[
 ]
 READ_ONLY_REGISTRIES = READ_ONLY.model_copy(update={"open_world_hint": True})
 """Observes only, but with check_host it asks image registries (outside this host) about images."""
+
+DetailArg = Annotated[
+    Literal["summary", "full"],
+    Field(description="summary: one finding per rule listing its services and lines; full: one per service."),
+]
+MinSeverityArg = Annotated[
+    Literal["error", "warning", "info"], Field(description="Leave out findings below this (counted in `omitted`).")
+]
 
 EnvArg = Annotated[
     dict[str, str] | None,
@@ -50,6 +58,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
                 "file alone."
             ),
         ] = True,
+        detail: DetailArg = "summary",
+        min_severity: MinSeverityArg = "warning",
     ) -> ValidationReport:
         """Pre-flight a Compose stack: the go/no-go gate to call before any deploy or update.
 
@@ -62,6 +72,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         `go` true means no error findings, so a deployment may proceed. Each finding has a stable
         `rule` id, a `severity` (error blocks; warning and info do not), the `file` and `line` that
         set the value, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
+        One finding per rule lists its services and lines (detail='full': one per service); info
+        findings are counted in `omitted` unless min_severity='info'.
         Secrets are never shown. Key rules: compose-syntax, compose-invalid, dependency-cycle,
         undefined-reference, missing-variable, unset-variable, port-conflict, missing-healthcheck,
         healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits,
@@ -81,7 +93,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         from server.preflight.validation import validate
 
-        return await validate(
+        report = await validate(
             settings,
             runtime.compose(),
             runtime.engine,
@@ -91,6 +103,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             check_host=check_host,
             progress=tell,
         )
+        return report.for_the_caller(detail, min_severity)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors

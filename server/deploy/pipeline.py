@@ -162,7 +162,8 @@ class Deployer:
         async with anyio.create_task_group() as planning:
             planning.start_soon(plan_now)
             report = await validate_loaded(self.settings, stack, self.engine, env=env)
-            run.findings = [f for f in report.findings if f.severity != "info"]
+            # Info findings too: the tools' answer leaves them out and counts them (for_the_caller).
+            run.findings = list(report.findings)
             # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
             # be read locally or from its registry) is checked again once the image is local.
             deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
@@ -180,7 +181,8 @@ class Deployer:
         plan: DeployPlan = planned["plan"]
         changes = plan.changes
         run.phase("plan", "ok", time.monotonic() - planned["took"], f"{len(changes)} change(s), computed alongside "
-                  "the pre-flight: " + ", ".join(f"{s.service} {s.action}" for s in changes)[:400])
+                  "the pre-flight" + ("" if dry_run else ": " + ", ".join(f"{s.service} {s.action}"
+                                                                         for s in changes)[:400]))
         if plan_id is not None and plan_id != plan.plan_id:
             run.findings.append(Finding(
                 rule="plan-changed", severity="error", category="deploy",
@@ -188,10 +190,11 @@ class Deployer:
                 evidence=[f"asked {plan_id}, now {plan.plan_id}"]))
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "review the new plan (dry_run=true) and deploy with its plan_id; nothing was changed"])
+        critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
         if dry_run:
             return self._report(run, "planned", plan=plan, next_steps=[
-                f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"])
-        critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
+                f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"],
+                needs_confirm=f"critical stack {stack.name!r}" if critical and changes else None)
         if critical and changes and not confirm and not await self._ask(
                 f"Deploy {len(changes)} change(s) to critical stack {stack.name!r}?"):
             return self._report(run, "blocked", plan=plan, next_steps=[
