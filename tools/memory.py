@@ -79,9 +79,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         problem: if the same failure happened before, its root_cause and resolution are here and
         you should not solve it twice. Pasting the failing log lines works well: lines with the
         same error signature as a past incident rank first (signature_match=true). Results are
-        best first; `mode` says whether the search used meaning (hybrid) or only words
-        (lexical). Next: apply or adapt the resolution; when you have fixed a new problem, call
-        record_incident; when an old resolution was wrong or incomplete, call update_incident.
+        best first, each with `relevance` (0-1, absolute); hits under 0.25 are left out unless
+        their signature matches, and `note` says "nothing similar" when that leaves none. `mode`
+        says whether the search used meaning (hybrid) or only words (lexical). Next: apply or
+        adapt the resolution; when you have fixed a new problem, call record_incident; when an
+        old resolution was wrong or incomplete, call update_incident.
         """
         return await run(lambda m: m.search_incidents(query, stack=stack, service=service, since=since, tags=tags,
                                                       limit=limit))
