@@ -102,6 +102,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             env=env,
             check_host=check_host,
             progress=tell,
+            memory=runtime.memory,
         )
         return report.for_the_caller(detail, min_severity)
 

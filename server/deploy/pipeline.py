@@ -34,6 +34,7 @@ from server.deploy.verify import verify_window
 from server.engine import Engine, image_attrs_digest, tag_image
 from server.errors import DsmError
 from server.models import Finding
+from server.preflight.history import failed_images
 from server.redact import Scrubber
 from server.runtime import Runtime
 from server.stackmodel import LoadedStack
@@ -161,7 +162,7 @@ class Deployer:
 
         async with anyio.create_task_group() as planning:
             planning.start_soon(plan_now)
-            report = await validate_loaded(self.settings, stack, self.engine, env=env)
+            report = await validate_loaded(self.settings, stack, self.engine, env=env, memory=self.runtime.memory)
             # Info findings too: the tools' answer leaves them out and counts them (for_the_caller).
             run.findings = list(report.findings)
             # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
@@ -418,6 +419,7 @@ class Deployer:
             symptoms=f"{failed.why}. Evidence: " + " | ".join(evidence[:8]),
             stack=stack.name, service=failed.service, severity="high", log_lines=evidence[-30:],
             resolution="automatic rollback: " + "; ".join(notes), deployment_id=deployment_id,
+            image_digests=await failed_images(self.engine, stack, [s.service for s in plan.changes]),
             time_to_recover_s=ttr, outcome="rolled_back" if result == "restored" else "unresolved", source="deploy")
         if result == "restored":
             snapshots.save(self.settings, stack.name, run.op.id + "-rollback", stack.directory)

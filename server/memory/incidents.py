@@ -28,7 +28,7 @@ from server.memory.inputs import (
 )
 from server.memory.models import SEVERITIES, Deleted, Incident, IncidentHit, IncidentRecorded, IncidentSearch
 from server.memory.payloads import clip_text, derived_id, incident_text, norm_title, search_mode, to_incident
-from server.memory.store import Hit
+from server.memory.store import Hit, Where
 from server.memory.timespec import iso
 
 SEARCH_FLOOR = 0.25
@@ -112,6 +112,15 @@ class IncidentMemory(MemoryCore):
             self._write(incident_id, payload, encoder)
         return IncidentRecorded(incident_id=incident_id, created=not existing, occurrences=payload["occurrences"],
                                 signatures=payload["signatures"], mode=search_mode(encoder))
+
+    def failed_incidents_with(self, stack: str, digests: set[str]) -> list[dict[str, Any]]:
+        """Incidents of ``stack`` that ended badly (FAILED_OUTCOMES) with one of these image
+        digests ('sha256:...', or an image id), newest first: a filtered scroll, no search."""
+        scope = clean_scope(stack)
+        if not scope or not digests:
+            return []
+        hits = self.store.scroll(Where(equals={"kind": "incident", "stack": scope}), MAX_SCANNED)
+        return _failed_with(hits, {d.rsplit("@", 1)[-1] for d in digests})
 
     def get_incident(self, incident_id: str) -> Incident:
         return to_incident(self._get(incident_id, "incident"))
@@ -218,6 +227,26 @@ class IncidentMemory(MemoryCore):
             for h in hits
         ]
         return IncidentSearch(results=results, mode=found.mode, note=note)
+
+
+FAILED_OUTCOMES = frozenset({"rolled_back", "rollback_failed", "unresolved", "failure", "failed"})
+"""Incident outcomes that mean the change did not work (a pipeline records them)."""
+MAX_SCANNED = 500
+
+
+def _digest_keys(payload: dict[str, Any]) -> set[str]:
+    return {str(d).rsplit("@", 1)[-1] for d in (payload.get("image_digests") or {}).values() if d}
+
+
+def _failed_with(hits: Sequence[Hit], digests: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for h in hits:
+        p = h.payload
+        shared = _digest_keys(p) & digests
+        if p.get("outcome") in FAILED_OUTCOMES and shared:
+            out.append({"incident_id": h.id, "title": p.get("title", ""), "outcome": p.get("outcome"),
+                        "time": iso(float(p.get("ts", 0))), "digests": shared})
+    return out
 
 
 def _merge_lines(old: Sequence[str], new: Sequence[str]) -> list[str]:
