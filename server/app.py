@@ -43,7 +43,13 @@ class DockerStackServer(MCPServer[Runtime]):
 
     def __init__(self, *, read_only: bool, **kwargs: Any) -> None:
         self.read_only = read_only
+        self.hidden: set[str] = set()
         super().__init__(**kwargs)
+
+    def hide(self, *names: str) -> None:
+        """Keep these tools callable but out of tools/list: names published before a tool was
+        folded into another, kept for one release so existing clients and prompts still work."""
+        self.hidden.update(names)
 
     def add_tool(
         self,
@@ -70,11 +76,12 @@ class DockerStackServer(MCPServer[Runtime]):
         return compact_result(result) if isinstance(result, CallToolResult) else result
 
     async def list_tools(self) -> list[MCPTool]:
-        # Output schemas without what a reader gains nothing from (see slim_output_schema).
+        # Output schemas as structure only (see slim_output_schema); aliases unlisted (see hide).
         return [
             tool.model_copy(update={"output_schema": slim_output_schema(tool.output_schema)})
             if tool.output_schema else tool
             for tool in await super().list_tools()
+            if tool.name not in self.hidden
         ]
 
 

@@ -39,19 +39,46 @@ _NULL = {"type": "null"}
 
 
 def slim_output_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """An output schema that validates the same documents, minus what only pydantic needs.
+    """An output schema that accepts every result the tool gives, minus what only pydantic needs.
 
-    Dropped: auto-generated ``title``s (the property name again), ``default``s (an output always
-    carries every field), ``additionalProperties: false`` (our models never add any; a client
-    that validates still accepts every result). ``anyOf [T, null]`` of a simple type becomes
-    ``type: [T, "null"]``. Descriptions stay at the top level of the result; inside ``$defs``
-    (nested records: a finding, a service) they go, the tool's description says what matters.
+    Dropped: auto-generated ``title``s (the property name again), ``default``s and ``required``
+    (pydantic lists only the fields without a default, yet a result always carries every field:
+    the list says nothing a reader can use), ``additionalProperties: false`` (our models never
+    add any), ``type: string`` beside an enum of strings and ``type: object`` beside properties;
+    a client that validates still accepts every result. ``anyOf [T, null]`` of a simple type
+    becomes ``type: [T, "null"]``; a ``$defs`` entry used once is inlined.
+
+    And the field descriptions: the published output schema is the result's structure (names,
+    types, enums, nesting); what the fields mean is the tool description's job, which a model
+    reads anyway. They stay in the pydantic models. This halves the schemas (issue 17: the
+    tool list with output schemas within 40,000 characters).
     """
-    slim = _slim(schema)
-    defs = slim.get("$defs")
-    if isinstance(defs, dict):
-        slim["$defs"] = {name: _drop_descriptions(d) for name, d in defs.items()}
-    return slim
+    return _inline_single_use(_drop_descriptions(_slim(schema)))
+
+
+def _inline_single_use(schema: dict[str, Any]) -> dict[str, Any]:
+    """A ``$defs`` entry referenced once is written where it is used (the same schema, shorter)."""
+    defs = schema.get("$defs")
+    if not isinstance(defs, dict) or not defs:
+        return schema
+    text = json.dumps(schema)
+    once = {name for name in defs if text.count(f'"#/$defs/{name}"') == 1}
+
+    def sub(node: Any) -> Any:
+        if isinstance(node, list):
+            return [sub(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if len(node) == 1 and isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in once:
+            return sub(defs[ref[8:]])
+        return {k: sub(v) for k, v in node.items() if k != "$defs"}
+
+    out = sub(schema)
+    kept = {name: sub(d) for name, d in defs.items() if name not in once}
+    if kept:
+        out["$defs"] = kept
+    return out
 
 
 def _slim(node: Any) -> Any:
@@ -63,10 +90,14 @@ def _slim(node: Any) -> Any:
     for key, value in node.items():
         if key == "properties" and isinstance(value, dict):  # property names are data, never keywords
             out[key] = {name: _slim(sub) for name, sub in value.items()}
-        elif key in ("title", "default") or (key == "additionalProperties" and value is False):
+        elif key in ("title", "default", "required") or (key == "additionalProperties" and value is False):
             continue
         else:
             out[key] = _slim(value)
+    if "enum" in out and out.get("type") == "string" and all(isinstance(v, str) for v in out["enum"]):
+        del out["type"]  # the enum says it
+    if out.get("type") == "object" and "properties" in out:
+        del out["type"]  # the properties say it
     any_of = out.get("anyOf")
     if isinstance(any_of, list) and len(any_of) == 2 and _NULL in any_of:
         other = any_of[0] if any_of[1] == _NULL else any_of[1]

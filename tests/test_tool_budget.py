@@ -22,11 +22,17 @@ pytestmark = pytest.mark.anyio
 
 TOKEN_BUDGET = 10_000
 CHARS_PER_TOKEN = 3.5
+LIST_CHARS = 24_000
+"""Names, descriptions and input schemas (issue 17; 27,351 characters for 23 tools before it)."""
+WITH_OUTPUT_CHARS = 40_000
+"""The same with the output schemas (78,974 before issue 17: indented-free but unslimmed)."""
 
 
-def as_model_reads_it(tool: Any) -> str:
-    return json.dumps({"name": tool.name, "description": tool.description, "input_schema": tool.input_schema},
-                      separators=(",", ":"), ensure_ascii=False)
+def as_model_reads_it(tool: Any, *, output: bool = False) -> str:
+    shown = {"name": tool.name, "description": tool.description, "input_schema": tool.input_schema}
+    if output:
+        shown["output_schema"] = tool.output_schema
+    return json.dumps(shown, separators=(",", ":"), ensure_ascii=False)
 
 
 def estimate_tokens(text: str) -> int:
@@ -47,6 +53,34 @@ async def test_tool_list_fits_the_budget(settings: Settings) -> None:
     print(f"{len(tools)} tools, {sum(sizes.values())} characters, ~{total} tokens: {breakdown}")
     assert len(tools) >= 16
     assert total < TOKEN_BUDGET, f"the tool list is ~{total} tokens (budget {TOKEN_BUDGET}): {breakdown}"
+    chars = sum(sizes.values())
+    with_output = sum(len(as_model_reads_it(t, output=True)) for t in tools)
+    print(f"tool list {chars} characters, {with_output} with output schemas")
+    assert chars <= LIST_CHARS, f"the tool list is {chars} characters (budget {LIST_CHARS}): {breakdown}"
+    assert with_output <= WITH_OUTPUT_CHARS, f"with output schemas {with_output} characters ({WITH_OUTPUT_CHARS})"
+
+
+async def test_output_schemas_still_accept_what_the_tools_return(settings: Settings) -> None:
+    """The slimmed output schemas (server/results.py) validate real results: a validation report
+    with folded findings and omissions, a memory status, a refused deploy's error is no result."""
+    import jsonschema
+    from mcp import Client
+
+    from server.app import build_server
+    from tests.conftest import write_stack
+
+    write_stack(settings.stacks_root, "shop", "services:\n  web:\n    image: dsm-test/web:1.0\n  api:\n"
+                "    image: dsm-test/web:1.0\n")
+    async with Client(build_server(settings)) as client:
+        schemas = {t.name: t.output_schema for t in (await client.list_tools()).tools}
+        for name, args in (("validate_compose", {"path": "shop", "check_host": False}),
+                           ("validate_compose", {"path": "shop", "check_host": False, "detail": "full",
+                                                 "min_severity": "info"}),
+                           ("list_stacks", {})):
+            result = await client.call_tool(name, args)
+            assert not result.is_error, result.content
+            jsonschema.validate(result.structured_content, schemas[name])
+    assert all('"required"' not in json.dumps(s) and '"default"' not in json.dumps(s) for s in schemas.values())
 
 
 def test_the_estimate_is_not_trivially_small() -> None:

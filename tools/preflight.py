@@ -15,13 +15,12 @@ from tools._common import READ_ONLY, progress, tool_errors
 PathArg = Annotated[
     str | None,
     Field(
-        description="Stack directory (or a compose file in it) relative to the stacks root, e.g. 'supabase'. "
-        "See list_stacks. Give this or `content`."
+        description="Stack directory (or a compose file in it) under the stacks root, e.g. 'supabase'. Or `content`."
     ),
 ]
 ContentArg = Annotated[
     str | None,
-    Field(description="Inline compose YAML to check instead of a stack on disk (e.g. a draft). Give this or `path`."),
+    Field(description="Inline compose YAML (e.g. a draft) instead of `path`."),
 ]
 READ_ONLY_REGISTRIES = READ_ONLY.model_copy(update={"open_world_hint": True})
 """Observes only, but with check_host it asks image registries (outside this host) about images."""
@@ -53,9 +52,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         check_host: Annotated[
             bool,
             Field(
-                description="Also check the live host: ports already bound, images present locally or in their "
-                "registry, each image's own healthcheck (read without pulling), memory and disk. False lints the "
-                "file alone."
+                description="Also check the live host: ports bound, images (local or in their registry, their own "
+                "healthcheck), memory, disk. False lints the file alone."
             ),
         ] = True,
         detail: DetailArg = "summary",
@@ -63,28 +61,19 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> ValidationReport:
         """Pre-flight a Compose stack: the go/no-go gate to call before any deploy or update.
 
-        Renders the stack exactly as `docker compose up` will (.env incl. COMPOSE_FILE and
-        COMPOSE_PROFILES, interpolation, overrides, include, extends), then checks it against the
-        operator's rules and, with check_host, the live host. go/no-go covers the services `up`
-        starts; services behind inactive profiles are linted as warnings. Nothing is changed.
+        Renders the stack exactly as `docker compose up` will (.env, profiles, interpolation,
+        overrides, include, extends), checks it against the operator's rules and, with
+        check_host, the live host. Inactive profiles' services are linted as warnings. Nothing
+        is changed; secrets are never shown.
 
-        Read the result: `valid` false means Compose itself rejects the files (findings say where);
-        `go` true means no error findings, so a deployment may proceed. Each finding has a stable
-        `rule` id, a `severity` (error blocks; warning and info do not), the `file` and `line` that
-        set the value, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
-        One finding per rule lists its services and lines (detail='full': one per service); info
-        findings are counted in `omitted` unless min_severity='info'.
-        Secrets are never shown. Key rules: compose-syntax, compose-invalid, dependency-cycle,
-        undefined-reference, missing-variable, unset-variable, port-conflict, missing-healthcheck,
-        healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits,
-        image-unpinned, image-unavailable, image-unverified, plaintext-secret, privileged,
-        docker-socket, host-namespace, host-path-mount, dangerous-capability,
-        insufficient-resources; hardening hints are info.
+        `valid` false: Compose rejects the files. `go` true: no error findings, a deploy may
+        proceed. Each finding: a stable `rule` id (e.g. no-resource-limits, port-conflict,
+        docker-socket), `severity` (error blocks), `file`, `line`, `evidence`, usually a `fix`
+        (often a YAML patch). One finding per rule lists its services and lines (detail='full':
+        one per service); info findings are counted in `omitted` unless min_severity='info'.
 
-        Next: fix the errors (apply the `fix` patches) and validate again. If a rule does not
-        apply to a service, the stack's owner can waive it in the compose file with a reason
-        (x-dsm: policy: waive: [{rule, services, reason}]); waived findings stay visible as info.
-        Call check_resources for the host's load and the biggest containers.
+        Next: apply the fixes, validate again. A rule that does not apply can be waived with a
+        reason (x-dsm: policy: waive: [{rule, services, reason}]); waived findings stay as info.
         """
         _one_source(path, content)
 
@@ -116,19 +105,16 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> ResourceReport:
         """Measure the Docker host: CPUs, memory and disk free, and the containers using the most.
 
-        Without a stack: `host` (cpus, memory_total_bytes, memory_available_bytes,
-        disk_total_bytes, disk_free_bytes of Docker's root dir, cpu/memory used percent, and
-        `source` saying how each figure was measured: a remote engine is measured through the
-        Docker API, not this machine), plus `top_cpu` and `top_memory` containers. The operator
-        treats more than 95% memory or CPU in use as critical (finding host-pressure).
+        `host`: cpus, memory and disk (Docker's root dir) totals and free, CPU/memory used
+        percent, and `source` saying how each figure was measured (a remote engine through the
+        Docker API); `top_cpu` and `top_memory` containers. More than 95% memory or CPU in use
+        is critical (finding host-pressure).
 
-        With a stack (`path` or `content`): `requested` is the memory it reserves (limits where no
-        reservation, times replicas) and `sufficient` says whether that fits what is free, keeping
-        5% headroom and crediting back what the stack's own running containers use now (a
-        redeploy replaces them). `sufficient` is null without a stack.
+        With a stack (`path` or `content`): `requested` is the memory it reserves (limits where
+        no reservation, times replicas); `sufficient` says whether it fits what is free with 5%
+        headroom, crediting back what the stack's own containers use now (null without a stack).
 
-        Next: if not sufficient, free memory (stop what top_memory shows is not needed) or lower
-        the stack's limits; then run validate_compose as the go/no-go gate.
+        Next: if not sufficient, free memory or lower the stack's limits; then validate_compose.
         """
         if path is not None and content is not None:
             _one_source(path, content)

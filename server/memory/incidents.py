@@ -168,6 +168,12 @@ class IncidentMemory(MemoryCore):
             self._write(incident_id, payload, encoder)
         return to_incident(Hit(id=incident_id, score=0.0, payload=payload))
 
+    def update_incident_recorded(self, incident_id: str, **fields: Any) -> IncidentRecorded:
+        """update_incident, answered as record_incident answers (the folded record_incident tool)."""
+        incident = self.update_incident(incident_id, **fields)
+        return IncidentRecorded(incident_id=incident.incident_id, created=False, occurrences=incident.occurrences,
+                                signatures=incident.signatures, mode=search_mode(self._encoder(0.0)))
+
     def delete_incident(self, incident_id: str) -> Deleted:
         return self._delete(incident_id, "incident")
 
