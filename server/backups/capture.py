@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from server.backups.databases import Recipe, recipe_for
+from server.backups.databases import Recipe, recipe_for_role
 from server.backups.models import DatabaseDump, VolumeArchive
 from server.errors import DsmError
 from server.preflight.progress import Progress, report_progress
 from server.redact import Scrubber
+from server.roles import role_of_container
 from server.stackmodel import LoadedStack
 
 if TYPE_CHECKING:
@@ -44,12 +45,13 @@ async def capture_data(
     for container in containers:
         if not container.running or not container.service:
             continue
-        image = (stack.services.get(container.service) or {}).get("image") or container.image
         settings = stack.service_settings_for(container.service)
-        recipe = recipe_for(image, settings)
+        # What the container IS (a pin resolved to its original, what it runs), not its image's name.
+        role = await role_of_container(engine, stack, container)
+        recipe = recipe_for_role(role, settings)
         if recipe is not None:
             databases.append((container, recipe))
-        elif settings.role == "database" and container.volumes:
+        elif role.is_database and container.volumes:
             # A database we cannot dump (no hooks, unknown image): never tar it while it runs.
             notes.append(f"{container.service}: role database without x-dsm backup hooks; not dumped")
             stop_to_archive.add(container.id)

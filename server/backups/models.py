@@ -40,10 +40,18 @@ class DatabaseDump(Frozen):
 
 class PinnedImage(Frozen):
     service: str
-    image: str = Field(description="The image reference the service was configured with.")
+    image: str = Field(description="The image reference the container ran (a dsm-pin/ tag after a rollback).")
+    original: str | None = Field(
+        default=None, description="The reference the service was configured with before any pin: what it IS."
+    )
     image_id: str
     digest: str | None = Field(default=None, description="Registry digest (repo@sha256:...) when known.")
     pinned_ref: str = Field(description="Our local tag dsm-pin/<stack>-<service>:<backup_id> on image_id.")
+
+    @property
+    def reference(self) -> str:
+        """The original reference (older manifests: ``image``, unless that is itself a pin)."""
+        return self.original or self.image
 
 
 class BackupManifest(Frozen):

@@ -27,7 +27,7 @@ from server.deploy import override, snapshots
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL, compute_plan
 from server.deploy.project import compose_project, fresh_project
-from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState
+from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState, needs_confirm
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.smoke import run_smoke
 from server.deploy.verify import verify_window
@@ -36,6 +36,7 @@ from server.errors import DsmError
 from server.models import Finding
 from server.preflight.history import failed_images
 from server.redact import Scrubber
+from server.roles import original_from_tags
 from server.runtime import Runtime
 from server.stackmodel import LoadedStack
 
@@ -191,15 +192,23 @@ class Deployer:
                 evidence=[f"asked {plan_id}, now {plan.plan_id}"]))
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "review the new plan (dry_run=true) and deploy with its plan_id; nothing was changed"])
+        run.findings.extend(plan.findings)  # data moves: a database's volume renamed, replaced or dropped
         critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
         if dry_run:
             return self._report(run, "planned", plan=plan, next_steps=[
                 f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"],
-                needs_confirm=f"critical stack {stack.name!r}" if critical and changes else None)
+                needs_confirm=needs_confirm(stack.name, critical=bool(critical and changes),
+                                            data_moves=sorted({f.service or "" for f in plan.findings})))
         if critical and changes and not confirm and not await self._ask(
                 f"Deploy {len(changes)} change(s) to critical stack {stack.name!r}?"):
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "this stack is critical: confirm (confirm=true) to deploy; nothing was changed"])
+        if plan.findings and not confirm and not await self._ask(
+                f"Start {', '.join(sorted({f.service or '' for f in plan.findings}))} on a new, empty data volume?"):
+            return self._report(run, "blocked", plan=plan, next_steps=[
+                "a database's data volume moved (see findings): mount the old volume again, or deploy with "
+                "confirm=true to start it empty (the old volume keeps the data); nothing was changed"])
+        run.findings = [f.model_copy(update={"severity": "warning"}) if f in plan.findings else f for f in run.findings]
 
         ops = operations(self.runtime)
         try:
@@ -375,7 +384,8 @@ class Deployer:
                 notes.append("files as they were before this deploy restored (no earlier deployment recorded)")
             pins = {img.service: img.pinned_ref for img in run.backup.images}
             if pins:
-                override.write_pins(stack.directory, pins)
+                override.write_pins(stack.directory, pins,
+                                    originals={i.service: i.reference for i in run.backup.images})
                 notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins))}")
                 await self.compose.run_project(
                     fresh_project(self.settings, stack.directory, stack.name, env), ["up", "-d", "--remove-orphans"],
@@ -520,13 +530,15 @@ class Deployer:
         t = time.monotonic()
         snapshots.restore(self.settings, stack.name, target.operation_id, stack.directory)
         pins: dict[str, str] = {}
+        originals: dict[str, str] = {}
         for service, image_id in ((target.result or {}).get("image_ids") or {}).items():
-            if image_id and await self.engine.image_attrs(image_id):
+            if image_id and (attrs := await self.engine.image_attrs(image_id)):
                 ref = f"dsm-pin/{stack.name}-{service}:{target.operation_id}".lower()
                 await tag_image(self.engine, image_id, ref)
                 pins[service] = ref
+                originals[service] = original_from_tags(attrs) or ""
         if pins:
-            override.write_pins(stack.directory, pins)
+            override.write_pins(stack.directory, pins, originals=originals)
         await self.compose.run_project(
             fresh_project(self.settings, stack.directory, stack.name), ["up", "-d", "--remove-orphans"],
             what="docker compose up (rollback)", timeout_s=max(wait_s, 120), scrub=Scrubber(stack.secret_values),

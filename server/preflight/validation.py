@@ -78,8 +78,8 @@ async def validate_loaded(
                 finding(
                     "engine-unreachable",
                     f"the host could not be checked: {exc.what}",
-                    fix="start the Docker daemon or fix DOCKER_HOST, then validate again (check_host=false lints "
-                    "the file alone)",
+                    fix="start the Docker daemon or fix DOCKER_HOST / DOCKER_CONTEXT, then validate again "
+                    "(check_host=false lints the file alone)",
                 )
             )
         await report_progress(progress, 2, total, "host checked")
