@@ -17,15 +17,26 @@ def compact_json(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+def without_nulls(data: Any) -> Any:
+    """The data with every null member of an object left out (at any depth; list items stay)."""
+    if isinstance(data, dict):
+        return {k: without_nulls(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [without_nulls(v) for v in data]
+    return data
+
+
 def compact_result(result: CallToolResult) -> CallToolResult:
-    """The same result with each JSON text block re-serialised without indentation; plain text
-    (an error's message, a log excerpt) and the structured content are left as they are."""
+    """The same result with each JSON text block re-serialised without indentation and without
+    null members (a field the text leaves out is null: twelve planned services repeat
+    `"digest_from":null` twelve times otherwise). Plain text (an error's message, a log excerpt)
+    and the structured content, which keeps every field, are left as they are."""
     blocks: list[Any] = []
     changed = False
     for block in result.content:
         if isinstance(block, TextContent) and block.text[:1] in ("{", "["):
             try:
-                text = compact_json(json.loads(block.text))
+                text = compact_json(without_nulls(json.loads(block.text)))
             except ValueError:
                 text = block.text
             if text != block.text:

@@ -56,7 +56,7 @@ COUNTS_IN_MEMORY = ToolAnnotations(
 
 Stack = Annotated[str | None, Field(description="Compose project name, e.g. 'supabase'. Omit for host-wide.")]
 Service = Annotated[str | None, Field(description="Service name inside the stack, e.g. 'auth'.")]
-Tags = Annotated[list[str] | None, Field(description="Short labels, e.g. ['oom', 'postgres']; at most 20.")]
+Tags = Annotated[list[str] | None, Field(description="Short labels, e.g. ['oom']; at most 20.")]
 Since = Annotated[str | None, Field(description="Only records seen since: ISO 8601 ('2024-05-01') or a "
                                                 "duration back from now ('12h', '7d').")]
 IncidentId = Annotated[str, Field(description="The incident_id from record_incident or search_past_incidents.")]
@@ -97,8 +97,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=CHANGES_IDEMPOTENT)
     @tool_errors
     async def record_incident(
-        title: Annotated[str | None, Field(description="One line naming the failure, e.g. 'Supabase auth "
-                                                       "crash-loops before Postgres is ready'.")] = None,
+        title: Annotated[str | None, Field(description="One line naming the failure.")] = None,
         symptoms: Annotated[str | None, Field(description="What was observed: errors, states, what users saw."
                                               )] = None,
         root_cause: Annotated[str | None, Field(description="Why it happened, once known.")] = None,
@@ -155,9 +154,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> PatternSearch:
         """Find procedures that worked before, before you deploy, update, migrate or back up.
 
-        Each pattern has its steps and its record (successes, failures, last_outcome): prefer a
-        good record, read the notes of failures. Next: follow or adapt the steps, then report how
-        it went with record_deployment_pattern(pattern_id, outcome).
+        Each has its steps and record (successes, failures, last_outcome): prefer a good record,
+        read the notes of failures. Then report how it went: record_deployment_pattern(pattern_id,
+        outcome).
         """
         return await run(lambda m: m.search_patterns(query, stack=stack, service=service, operation=operation,
                                                      limit=limit))
@@ -165,19 +164,17 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=COUNTS_IN_MEMORY)
     @tool_errors
     async def record_deployment_pattern(
-        title: Annotated[str | None, Field(description="What the procedure does, e.g. 'Update Supabase'.")] = None,
+        title: Annotated[str | None, Field(description="What it does, e.g. 'Update Supabase'.")] = None,
         steps: Annotated[list[str] | None, Field(description="The steps in order, each concrete, e.g. 'dump the "
                                                              "database first'.")] = None,
-        stack: Annotated[str | None, Field(description="The stack it is for; omit when it applies to any.")
-                         ] = None,
+        stack: Annotated[str | None, Field(description="Omit when it applies to any stack.")] = None,
         service: Service = None,
-        operation: Annotated[str | None, Field(description="deploy, update, rollback, backup, restore, migrate, "
-                                                           "...")] = None,
+        operation: Annotated[str | None, Field(description="deploy, update, rollback, backup, migrate, ...")
+                             ] = None,
         tags: Tags = None,
-        notes: Annotated[str | None, Field(description="Caveats, prerequisites; with outcome: what happened.")
-                         ] = None,
-        pattern_id: Annotated[str | None, Field(description="Update this pattern instead (only the fields you pass "
-                                                            "change), and/or count an outcome for it.")] = None,
+        notes: Annotated[str | None, Field(description="Caveats; with outcome: what happened.")] = None,
+        pattern_id: Annotated[str | None, Field(description="Update this pattern (the fields you pass) and/or count "
+                                                            "an outcome.")] = None,
         outcome: Annotated[PatternOutcome | None, Field(description="Count one use as success or failure.")
                            ] = None,
     ) -> PatternRecorded:

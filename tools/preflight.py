@@ -27,7 +27,7 @@ READ_ONLY_REGISTRIES = READ_ONLY.model_copy(update={"open_world_hint": True})
 
 DetailArg = Annotated[
     Literal["summary", "full"],
-    Field(description="summary: one finding per rule listing its services and lines; full: one per service."),
+    Field(description="full: one finding per service, not per rule."),
 ]
 MinSeverityArg = Annotated[
     Literal["error", "warning", "info"], Field(description="Leave out findings below this (counted in `omitted`).")
@@ -63,8 +63,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         Renders the stack exactly as `docker compose up` will (.env, profiles, interpolation,
         overrides, include, extends), checks it against the operator's rules and, with
-        check_host, the live host. Inactive profiles' services are linted as warnings. Nothing
-        is changed; secrets are never shown.
+        check_host, the live host. Changes nothing; never shows secrets.
 
         `valid` false: Compose rejects the files. `go` true: no error findings, a deploy may
         proceed. Each finding: a stable `rule` id (e.g. no-resource-limits, port-conflict,
@@ -72,8 +71,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         (often a YAML patch). One finding per rule lists its services and lines (detail='full':
         one per service); info findings are counted in `omitted` unless min_severity='info'.
 
-        Next: apply the fixes, validate again. A rule that does not apply can be waived with a
-        reason (x-dsm: policy: waive: [{rule, services, reason}]); waived findings stay as info.
+        Next: apply the fixes, validate again. A rule that does not apply is waived with a reason
+        (x-dsm: policy: waive: [{rule, services, reason}]).
         """
         _one_source(path, content)
 
@@ -105,16 +104,13 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> ResourceReport:
         """Measure the Docker host: CPUs, memory and disk free, and the containers using the most.
 
-        `host`: cpus, memory and disk (Docker's root dir) totals and free, CPU/memory used
-        percent, and `source` saying how each figure was measured (a remote engine through the
-        Docker API); `top_cpu` and `top_memory` containers. More than 95% memory or CPU in use
-        is critical (finding host-pressure).
+        `host`: CPU, memory and disk (Docker's root dir) totals, free and used percent, with the
+        `source` of each figure; `top_cpu`, `top_memory`. Above 95% memory or CPU is critical.
+        With a stack (`path` or `content`): `requested` memory (reservations, else limits, times
+        replicas) and `sufficient`: it fits what is free with 5% headroom, crediting what the
+        stack's own containers use now (null without a stack).
 
-        With a stack (`path` or `content`): `requested` is the memory it reserves (limits where
-        no reservation, times replicas); `sufficient` says whether it fits what is free with 5%
-        headroom, crediting back what the stack's own containers use now (null without a stack).
-
-        Next: if not sufficient, free memory or lower the stack's limits; then validate_compose.
+        Next: if not sufficient, free memory or lower the limits; then validate_compose.
         """
         if path is not None and content is not None:
             _one_source(path, content)
