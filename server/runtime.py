@@ -85,7 +85,8 @@ class Runtime:
             if self._operations is None:
                 from server.operations import Operations
 
-                self._operations = Operations(self.settings, stack_state=self._stack_state)
+                self._operations = Operations(self.settings, stack_state=self._stack_state,
+                                              repair=self._repair_stack)
             return self._operations
 
     def backups(self) -> BackupStore:
@@ -98,6 +99,12 @@ class Runtime:
     def _stack_state(self, stack: str) -> list[dict[str, object]]:
         # Recorded with an interrupted operation: what the stack's containers look like now.
         return self.engine().project_state_blocking(stack)
+
+    def _repair_stack(self, stack: str) -> dict[str, object]:
+        # Crash recovery: start what a dead backup or restore stopped, remove its helper containers.
+        from server.backups.recovery import repair_blocking
+
+        return repair_blocking(self.settings, self.engine(), stack)
 
     def recover_operations(self) -> None:
         """Crash recovery at start-up (run off the start path): operations a dead server left
