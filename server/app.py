@@ -18,7 +18,7 @@ from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
 from mcp.types import Tool as MCPTool
 
 from server import __version__
-from server.results import compact_result, slim_output_schema
+from server.results import compact_result, slim_input_schema, slim_output_schema
 from server.runtime import Runtime
 from server.settings import Settings
 
@@ -76,10 +76,13 @@ class DockerStackServer(MCPServer[Runtime]):
         return compact_result(result) if isinstance(result, CallToolResult) else result
 
     async def list_tools(self) -> list[MCPTool]:
-        # Output schemas as structure only (see slim_output_schema); aliases unlisted (see hide).
+        # Schemas without pydantic's noise, output schemas as structure only (server/results.py);
+        # aliases unlisted (see hide).
         return [
-            tool.model_copy(update={"output_schema": slim_output_schema(tool.output_schema)})
-            if tool.output_schema else tool
+            tool.model_copy(update={
+                "input_schema": slim_input_schema(tool.input_schema),
+                "output_schema": slim_output_schema(tool.output_schema) if tool.output_schema else None,
+            })
             for tool in await super().list_tools()
             if tool.name not in self.hidden
         ]

@@ -64,7 +64,39 @@ def slim_output_schema(schema: dict[str, Any]) -> dict[str, Any]:
     reads anyway. They stay in the pydantic models. This halves the schemas (issue 17: the
     tool list with output schemas within 40,000 characters).
     """
-    return _inline_single_use(_drop_descriptions(_slim(schema)))
+    slim = _inline_single_use(_drop_descriptions(_slim(schema)))
+    # MCP requires `type: object` at the root of an output schema (clients of the older
+    # protocol versions reject a tool list without it).
+    return {"type": "object", **slim}
+
+
+def slim_input_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """An input schema that accepts exactly the same arguments, without pydantic's generated
+    ``title``s (the argument name again); ``anyOf [T, null]`` of a simple type becomes
+    ``type: [T, "null"]``. Descriptions, defaults and ``required`` stay: a caller needs them.
+    (The SDK validates arguments with its own model, not with the published schema.)"""
+    slim: dict[str, Any] = _slim_input(schema)
+    return slim
+
+
+def _slim_input(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_slim_input(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: _slim_input(sub) for name, sub in value.items()}
+        elif key != "title":
+            out[key] = _slim_input(value)
+    any_of = out.get("anyOf")
+    if isinstance(any_of, list) and len(any_of) == 2 and _NULL in any_of:
+        other = any_of[0] if any_of[1] == _NULL else any_of[1]
+        if isinstance(other, dict) and set(other) == {"type"} and isinstance(other["type"], str):
+            del out["anyOf"]
+            out["type"] = [other["type"], "null"]
+    return out
 
 
 def _inline_single_use(schema: dict[str, Any]) -> dict[str, Any]:

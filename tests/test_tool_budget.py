@@ -86,3 +86,44 @@ async def test_output_schemas_still_accept_what_the_tools_return(settings: Setti
 def test_the_estimate_is_not_trivially_small() -> None:
     # The estimator itself: a known text, a known count (guards against measuring the wrong thing).
     assert estimate_tokens("x" * 35) == 10 and estimate_tokens("x" * 36) == 11 and estimate_tokens("") == 0
+
+
+async def test_input_schemas_accept_and_refuse_as_before(settings: Settings) -> None:
+    """The published input schemas lose pydantic's titles only: the same arguments pass and fail
+    as with the SDK's own schema."""
+    import jsonschema
+    from mcp import Client
+
+    from server.app import build_server
+
+    server = build_server(settings)
+    async with Client(server) as client:
+        published = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    raw = {t.name: t.input_schema for t in await super(type(server), server).list_tools()}
+    cases = {
+        "validate_compose": ([{"path": "shop"}, {"content": "services: {}", "check_host": False, "env": {"A": "1"},
+                                                 "detail": "full", "min_severity": "info"}],
+                             [{"check_host": "no"}, {"detail": "everything"}, {"env": {"A": 1}}]),
+        "record_incident": ([{"title": "t", "symptoms": "s", "severity": "high", "tags": None}],
+                            [{"severity": "urgent"}, {"log_lines": "one line"}]),
+        "search_past_incidents": ([{"query": "q", "limit": 3}], [{}, {"query": "q", "limit": 0}]),
+    }
+    for name, (good, bad) in cases.items():
+        assert not titles(published[name]) and titles(raw[name])
+        for schema in (published[name], raw[name]):
+            for args in good:
+                jsonschema.validate(args, schema)
+            for args in bad:
+                with pytest.raises(jsonschema.ValidationError):
+                    jsonschema.validate(args, schema)
+
+
+def titles(node: Any) -> int:
+    """How many schema nodes carry a ``title`` keyword (an argument named title is no keyword)."""
+    if isinstance(node, list):
+        return sum(titles(v) for v in node)
+    if not isinstance(node, dict):
+        return 0
+    own = int("title" in node)
+    return own + sum(titles(v) if k != "properties" else sum(titles(p) for p in v.values())
+                     for k, v in node.items())
