@@ -25,7 +25,7 @@ CHARS_PER_TOKEN = 3.5
 LIST_CHARS = 24_000
 """Names, descriptions and input schemas (issue 17; 27,351 characters for 23 tools before it)."""
 WITH_OUTPUT_CHARS = 40_000
-"""The same with the output schemas (78,974 before issue 17: indented-free but unslimmed)."""
+"""The same with the output schemas (78,974 before issue 17)."""
 
 
 def as_model_reads_it(tool: Any, *, output: bool = False) -> str:
