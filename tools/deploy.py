@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
@@ -44,6 +44,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         verify_s: Annotated[float | None, Field(ge=0, le=3600, description="Verification window; default x-dsm "
                                                 "verify_s, else 30; 0 = none.")] = None,
         confirm: Annotated[bool, Field(description="Confirms a deploy to a critical stack.")] = False,
+        detail: Annotated[Literal["summary", "full"], Field(description="full: also info findings and unchanged "
+                                                            "services.")] = "summary",
     ) -> DeployReport:
         """Deploy a stack as one transaction: ends healthy, or rolled back to where it started.
 
@@ -56,7 +58,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         status: deployed | unchanged | rolled_back | blocked | failed | planned | busy. `busy` names
         the running operation_id: poll operation_status, do not retry. Read `phases`, `findings`,
-        `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`.
+        `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`; a dry run's
+        `needs_confirm` names the confirmation the real call needs. `omitted` counts what was left out.
         """
         gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run)
         confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
@@ -69,7 +72,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             path, env=env, services=services, dry_run=dry_run, plan_id=plan_id, wait_timeout_s=wait_timeout_s,
             verify_s=verify_s, confirm=confirm)
         await _announce(report, "deploy")
-        return report
+        return report.for_the_caller(detail)
 
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
@@ -95,7 +98,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         report = await Deployer(runtime, tell, _confirmer(ctx)).rollback(
             stack, to_deployment=to_deployment, restore_data=restore_data, confirm=confirm)
         await _announce(report, "rollback")
-        return report
+        return report.for_the_caller()
 
     async def _announce(report: DeployReport, kind: str) -> None:
         """Deployments and rollbacks announce their outcome through the alert path (DSM_ALERT_URLS).

@@ -27,13 +27,14 @@ from server.deploy import override, snapshots
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL, compute_plan
 from server.deploy.project import compose_project, fresh_project
-from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState
+from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState, needs_confirm
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.smoke import run_smoke
 from server.deploy.verify import verify_window
 from server.engine import Engine, image_attrs_digest, tag_image
 from server.errors import DsmError
 from server.models import Finding
+from server.preflight.history import failed_images
 from server.redact import Scrubber
 from server.roles import original_from_tags
 from server.runtime import Runtime
@@ -164,8 +165,9 @@ class Deployer:
 
         async with anyio.create_task_group() as planning:
             planning.start_soon(plan_now)
-            report = await validate_loaded(self.settings, stack, self.engine, env=env)
-            run.findings = [f for f in report.findings if f.severity != "info"]
+            report = await validate_loaded(self.settings, stack, self.engine, env=env, memory=self.runtime.memory)
+            # Info findings too: the tools' answer leaves them out and counts them (for_the_caller).
+            run.findings = list(report.findings)
             # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
             # be read locally or from its registry) is checked again once the image is local.
             deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
@@ -183,7 +185,8 @@ class Deployer:
         plan: DeployPlan = planned["plan"]
         changes = plan.changes
         run.phase("plan", "ok", time.monotonic() - planned["took"], f"{len(changes)} change(s), computed alongside "
-                  "the pre-flight: " + ", ".join(f"{s.service} {s.action}" for s in changes)[:400])
+                  "the pre-flight" + ("" if dry_run else ": " + ", ".join(f"{s.service} {s.action}"
+                                                                         for s in changes)[:400]))
         if plan_id is not None and plan_id != plan.plan_id:
             run.findings.append(Finding(
                 rule="plan-changed", severity="error", category="deploy",
@@ -192,10 +195,12 @@ class Deployer:
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "review the new plan (dry_run=true) and deploy with its plan_id; nothing was changed"])
         run.findings.extend(plan.findings)  # data moves: a database's volume renamed, replaced or dropped
+        critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
         if dry_run:
             return self._report(run, "planned", plan=plan, next_steps=[
-                f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"])
-        critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
+                f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"],
+                needs_confirm=needs_confirm(stack.name, critical=bool(critical and changes),
+                                            data_moves=sorted({f.service or "" for f in plan.findings})))
         if critical and changes and not confirm and not await self._ask(
                 f"Deploy {len(changes)} change(s) to critical stack {stack.name!r}?"):
             return self._report(run, "blocked", plan=plan, next_steps=[
@@ -429,6 +434,7 @@ class Deployer:
             symptoms=f"{failed.why}. Evidence: " + " | ".join(evidence[:8]),
             stack=stack.name, service=failed.service, severity="high", log_lines=evidence[-30:],
             resolution="automatic rollback: " + "; ".join(notes), deployment_id=deployment_id,
+            image_digests=await failed_images(self.engine, stack, [s.service for s in plan.changes]),
             time_to_recover_s=ttr, outcome="rolled_back" if result == "restored" else "unresolved", source="deploy")
         if result == "restored":
             snapshots.save(self.settings, stack.name, run.op.id + "-rollback", stack.directory)

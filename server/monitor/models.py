@@ -70,7 +70,7 @@ class SimilarIncident(Frozen):
     stack: str | None = None
     root_cause: str | None = None
     resolution: str | None = None
-    score: float | None = None
+    score: float | None = Field(default=None, description="Relevance: cosine similarity with the symptoms, 0-1.")
 
 
 class DiagnosisFinding(Finding):
