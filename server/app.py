@@ -10,13 +10,16 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
-from mcp.server.mcpserver import Icon, MCPServer
-from mcp.types import ToolAnnotations
+from mcp.server.mcpserver import Context, Icon, MCPServer
+from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
+from mcp.types import Tool as MCPTool
 
 from server import __version__
+from server.results import compact_result, slim_input_schema, slim_output_schema
 from server.runtime import Runtime
 from server.settings import Settings
 
@@ -39,9 +42,40 @@ class DockerStackServer(MCPServer[Runtime]):
     without annotations is treated as one that changes things.
     """
 
-    def __init__(self, *, read_only: bool, **kwargs: Any) -> None:
+    def __init__(self, *, read_only: bool, state_dir: Path | None = None, **kwargs: Any) -> None:
         self.read_only = read_only
+        self.state_dir = state_dir
+        self.hidden: set[str] = set()
         super().__init__(**kwargs)
+
+    def hide(self, *names: str) -> None:
+        """Keep these tools callable but out of tools/list: names published before a tool was
+        folded into another, kept for one release so existing clients and prompts still work."""
+        self.hidden.update(names)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        """Every tool call gets its audit line (server/safety/audit.py): the tool wrapper records
+        the outcome; a call that never reached it (bad arguments, unknown tool) is recorded here."""
+        if self.state_dir is None:
+            return await self._compact_call(name, arguments, context)
+        from server.safety.audit import CURRENT, Call
+
+        call = Call(self.state_dir, name, dict(arguments or {}), client=_client_name(context))
+        token = CURRENT.set(call)
+        try:
+            result = await self._compact_call(name, arguments, context)
+        except Exception as exc:
+            # Rejected before the tool ran (bad arguments, unknown tool): the first line only, as
+            # the rest quotes the arguments back (input_value=...), secrets included.
+            call.finish("error", detail=str(exc).split("\n", 1)[0])
+            raise
+        finally:
+            CURRENT.reset(token)
+        if type(result).__name__ == "InputRequiredResult":
+            call.finish("asked", detail="waiting for the user's answer (input required)")
+        else:
+            call.finish("ok", result=result)
+        return result
 
     def add_tool(
         self,
@@ -58,6 +92,36 @@ class DockerStackServer(MCPServer[Runtime]):
             log.debug("DSM_READ_ONLY: not registering %s", name or fn.__name__)
             return
         super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
+
+    async def _compact_call(
+        self, name: str, arguments: dict[str, Any], context: Context[Runtime, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        # Every tool's text content as compact JSON, here once for every tool family (the SDK
+        # indents it, which costs a reading model a third more characters for nothing).
+        result = await super().call_tool(name, arguments, context)
+        return compact_result(result) if isinstance(result, CallToolResult) else result
+
+    async def list_tools(self) -> list[MCPTool]:
+        # Schemas without pydantic's noise, output schemas as structure only (server/results.py);
+        # aliases unlisted (see hide).
+        return [
+            tool.model_copy(update={
+                "input_schema": slim_input_schema(tool.input_schema),
+                "output_schema": slim_output_schema(tool.output_schema) if tool.output_schema else None,
+            })
+            for tool in await super().list_tools()
+            if tool.name not in self.hidden
+        ]
+
+
+def _client_name(context: Any) -> str | None:
+    try:
+        info = context.request_context.session.client_params.client_info
+        return f"{info.name}/{info.version}" if info.version else str(info.name)
+    except AttributeError:
+        return None
+    except ValueError:  # no request context
+        return None
 
 
 def _exit_on_sigterm(runtime: Runtime) -> None:
@@ -91,6 +155,17 @@ def _exit_on_sigterm(runtime: Runtime) -> None:
         loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(terminate()))
     except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here
         log.debug("SIGTERM handler not installed", exc_info=True)
+
+
+def _read_only(settings: Settings) -> bool:
+    """DSM_READ_ONLY, or the policy's mode: read_only at start-up: changing tools are not even
+    published. A policy switched to read_only later is enforced by the gate (server/safety/gate.py);
+    one switched away from it takes a restart to publish the changing tools again."""
+    if settings.read_only:
+        return True
+    from server.safety.gate import current
+
+    return current(settings).policy.mode == "read_only"
 
 
 def build_server(
@@ -130,7 +205,8 @@ def build_server(
                 runtime.close()
 
     server = DockerStackServer(
-        read_only=settings.read_only,
+        read_only=_read_only(settings),
+        state_dir=settings.state_dir,
         name="docker-stack",
         version=__version__,
         instructions=INSTRUCTIONS,

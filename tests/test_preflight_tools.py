@@ -21,6 +21,8 @@ pytestmark = pytest.mark.anyio
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stacks"
 SUPABASE_SERVICES = ["analytics", "auth", "db", "functions", "imgproxy", "kong", "meta", "realtime", "rest",
                      "storage", "studio", "vector"]
+FULL = {"detail": "full", "min_severity": "info"}
+"""The rules' own findings, one per service (the tool's default folds them and leaves info out)."""
 
 
 def copy_fixture(stacks_root: Path, name: str) -> Path:
@@ -61,7 +63,7 @@ async def call(client: Any, tool: str, args: dict[str, Any]) -> dict[str, Any]:
 
 async def test_supabase_shaped_stack(client: Any, stacks_root: Path) -> None:
     directory = copy_fixture(stacks_root, "supabase")
-    out = await call(client, "validate_compose", {"path": "supabase", "check_host": False})
+    out = await call(client, "validate_compose", {"path": "supabase", "check_host": False, **FULL})
     assert out["valid"] is True and out["go"] is False and out["host_checked"] is False
     assert out["stack"] == "supabase" and out["services"] == SUPABASE_SERVICES
     by_rule: dict[str, set[str]] = {}
@@ -96,7 +98,7 @@ async def test_well_run_stack_has_no_errors_or_warnings(client: Any, stacks_root
 
 async def test_broken_stack_findings(client: Any, stacks_root: Path) -> None:
     copy_fixture(stacks_root, "broken")
-    out = await call(client, "validate_compose", {"path": "broken/compose.yaml", "check_host": False})
+    out = await call(client, "validate_compose", {"path": "broken/compose.yaml", "check_host": False, **FULL})
     assert out["valid"] and not out["go"]
     rules = {(f["rule"], f["service"]) for f in out["findings"] if f["severity"] != "info"}
     assert {
@@ -153,5 +155,5 @@ async def test_tools_are_listed_read_only_with_schemas(client: Any) -> None:
         assert tool.annotations.read_only_hint and not tool.annotations.destructive_hint
         assert tool.output_schema and len(tool.description) > 200
     props = tools["validate_compose"].input_schema["properties"]
-    assert set(props) == {"path", "content", "env", "check_host"}
+    assert set(props) == {"path", "content", "env", "check_host", "detail", "min_severity"}
     assert set(tools["check_resources"].input_schema["properties"]) == {"path", "content", "env"}

@@ -94,7 +94,8 @@ async def test_structure_is_not_masked_when_a_password_equals_it(mcp_client: Any
     (db,) = out["services"]
     assert db["image"] == "postgres:16" and out["volumes"] == ["pgdata"]
     assert db["environment"] == {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": "***", "POSTGRES_DB": "shop"}
-    err, report = await call(mcp_client, "validate_compose", {"path": "pg", "check_host": False})
+    err, report = await call(mcp_client, "validate_compose", {"path": "pg", "check_host": False,
+                                                              "detail": "full", "min_severity": "info"})
     assert not err, report
     texts = [f["message"] + (f["fix"] or "") for f in report["findings"]]
     assert all("***:16" not in t and "-U ***" not in t for t in texts), texts

@@ -31,7 +31,7 @@ async def test_every_tool_is_typed_and_annotated(settings: Settings) -> None:
     for name, tool in tools.items():
         assert tool.description and len(tool.description) > 80, name
         assert tool.output_schema, f"{name} has no outputSchema"
-        assert tool.input_schema["type"] == "object"
+        assert tool.input_schema["type"] == "object" and tool.output_schema["type"] == "object", name
         ann = tool.annotations
         assert ann is not None and ann.read_only_hint is not None and ann.destructive_hint is not None, name
         assert ann.idempotent_hint is not None, name

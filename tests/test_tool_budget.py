@@ -22,11 +22,17 @@ pytestmark = pytest.mark.anyio
 
 TOKEN_BUDGET = 10_000
 CHARS_PER_TOKEN = 3.5
+LIST_CHARS = 24_000
+"""Names, descriptions and input schemas (issue 17; 27,351 characters for 23 tools before it)."""
+WITH_OUTPUT_CHARS = 40_000
+"""The same with the output schemas (78,974 before issue 17)."""
 
 
-def as_model_reads_it(tool: Any) -> str:
-    return json.dumps({"name": tool.name, "description": tool.description, "input_schema": tool.input_schema},
-                      separators=(",", ":"), ensure_ascii=False)
+def as_model_reads_it(tool: Any, *, output: bool = False) -> str:
+    shown = {"name": tool.name, "description": tool.description, "input_schema": tool.input_schema}
+    if output:
+        shown["output_schema"] = tool.output_schema
+    return json.dumps(shown, separators=(",", ":"), ensure_ascii=False)
 
 
 def estimate_tokens(text: str) -> int:
@@ -47,8 +53,77 @@ async def test_tool_list_fits_the_budget(settings: Settings) -> None:
     print(f"{len(tools)} tools, {sum(sizes.values())} characters, ~{total} tokens: {breakdown}")
     assert len(tools) >= 16
     assert total < TOKEN_BUDGET, f"the tool list is ~{total} tokens (budget {TOKEN_BUDGET}): {breakdown}"
+    chars = sum(sizes.values())
+    with_output = sum(len(as_model_reads_it(t, output=True)) for t in tools)
+    print(f"tool list {chars} characters, {with_output} with output schemas")
+    assert chars <= LIST_CHARS, f"the tool list is {chars} characters (budget {LIST_CHARS}): {breakdown}"
+    assert with_output <= WITH_OUTPUT_CHARS, f"with output schemas {with_output} characters ({WITH_OUTPUT_CHARS})"
+
+
+async def test_output_schemas_still_accept_what_the_tools_return(settings: Settings) -> None:
+    """The slimmed output schemas (server/results.py) validate real results: a validation report
+    with folded findings and omissions, a memory status, a refused deploy's error is no result."""
+    import jsonschema
+    from mcp import Client
+
+    from server.app import build_server
+    from tests.conftest import write_stack
+
+    write_stack(settings.stacks_root, "shop", "services:\n  web:\n    image: dsm-test/web:1.0\n  api:\n"
+                "    image: dsm-test/web:1.0\n")
+    async with Client(build_server(settings)) as client:
+        schemas = {t.name: t.output_schema for t in (await client.list_tools()).tools}
+        for name, args in (("validate_compose", {"path": "shop", "check_host": False}),
+                           ("validate_compose", {"path": "shop", "check_host": False, "detail": "full",
+                                                 "min_severity": "info"}),
+                           ("list_stacks", {})):
+            result = await client.call_tool(name, args)
+            assert not result.is_error, result.content
+            jsonschema.validate(result.structured_content, schemas[name])
+    assert all('"required"' not in json.dumps(s) and '"default"' not in json.dumps(s) for s in schemas.values())
 
 
 def test_the_estimate_is_not_trivially_small() -> None:
     # The estimator itself: a known text, a known count (guards against measuring the wrong thing).
     assert estimate_tokens("x" * 35) == 10 and estimate_tokens("x" * 36) == 11 and estimate_tokens("") == 0
+
+
+async def test_input_schemas_accept_and_refuse_as_before(settings: Settings) -> None:
+    """The published input schemas lose pydantic's titles only: the same arguments pass and fail
+    as with the SDK's own schema."""
+    import jsonschema
+    from mcp import Client
+
+    from server.app import build_server
+
+    server = build_server(settings)
+    async with Client(server) as client:
+        published = {t.name: t.input_schema for t in (await client.list_tools()).tools}
+    raw = {t.name: t.input_schema for t in await super(type(server), server).list_tools()}
+    cases = {
+        "validate_compose": ([{"path": "shop"}, {"content": "services: {}", "check_host": False, "env": {"A": "1"},
+                                                 "detail": "full", "min_severity": "info"}],
+                             [{"check_host": "no"}, {"detail": "everything"}, {"env": {"A": 1}}]),
+        "record_incident": ([{"title": "t", "symptoms": "s", "severity": "high", "tags": None}],
+                            [{"severity": "urgent"}, {"log_lines": "one line"}]),
+        "search_past_incidents": ([{"query": "q", "limit": 3}], [{}, {"query": "q", "limit": 0}]),
+    }
+    for name, (good, bad) in cases.items():
+        assert not titles(published[name]) and titles(raw[name])
+        for schema in (published[name], raw[name]):
+            for args in good:
+                jsonschema.validate(args, schema)
+            for args in bad:
+                with pytest.raises(jsonschema.ValidationError):
+                    jsonschema.validate(args, schema)
+
+
+def titles(node: Any) -> int:
+    """How many schema nodes carry a ``title`` keyword (an argument named title is no keyword)."""
+    if isinstance(node, list):
+        return sum(titles(v) for v in node)
+    if not isinstance(node, dict):
+        return 0
+    own = int("title" in node)
+    return own + sum(titles(v) if k != "properties" else sum(titles(p) for p in v.values())
+                     for k, v in node.items())

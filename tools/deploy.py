@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field, WrapValidator
 
 from server.deploy.report import DeployReport
-from server.errors import DsmError, ReadOnlyMode
+from server.errors import DsmError
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, progress, tool_errors
+from tools._policy import enforce
 
 
 def _null_or_text(value: Any, handler: Any) -> str | None:
@@ -67,6 +68,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         verify_s: Annotated[float | None, Field(ge=0, le=3600, description="Verification window; default x-dsm "
                                                 "verify_s, else 30; 0 = none.")] = None,
         confirm: Annotated[bool, Field(description="Confirms a deploy to a critical stack.")] = False,
+        detail: Annotated[Literal["summary", "full"], Field(description="full: also info findings and unchanged "
+                                                            "services.")] = "summary",
     ) -> DeployReport:
         """Deploy a stack as one transaction: ends healthy, or rolled back to where it started.
 
@@ -79,11 +82,12 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         status: deployed | unchanged | rolled_back | blocked | failed | planned | busy. `busy` names
         the running operation_id: poll operation_status, do not retry. Read `phases`, `findings`,
-        `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`.
+        `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`; a dry run's
+        `needs_confirm` names the confirmation the real call needs. `omitted` counts what was left out.
         """
-        if runtime.settings.read_only:
-            raise ReadOnlyMode("deploy_stack is disabled by DSM_READ_ONLY", state="nothing was changed")
         _checked_id(plan_id, "plan_id", _PLAN_ID, "from deploy_stack(dry_run=true)")
+        gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run)
+        confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:
@@ -93,7 +97,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             path, env=env, services=services, dry_run=dry_run, plan_id=plan_id, wait_timeout_s=wait_timeout_s,
             verify_s=verify_s, confirm=confirm)
         await _announce(report, "deploy")
-        return report
+        return report.for_the_caller(detail)
 
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
@@ -108,11 +112,12 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> DeployReport:
         """Roll a stack back to a previous successful deployment: its files, its images (pinned in
         compose.dsm.yaml), optionally its data; then the health gate. Same report as deploy_stack."""
-        if runtime.settings.read_only:
-            raise ReadOnlyMode("rollback is disabled by DSM_READ_ONLY", state="nothing was changed")
         from server.operations.models import OPERATION_ID
 
         _checked_id(to_deployment, "to_deployment", OPERATION_ID, "from stack_history")
+        gate = await enforce(runtime.settings, ctx, "rollback", stack, "rollback_data" if restore_data else "rollback",
+                             confirm=confirm)
+        confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:
@@ -121,7 +126,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         report = await Deployer(runtime, tell, _confirmer(ctx)).rollback(
             stack, to_deployment=to_deployment, restore_data=restore_data, confirm=confirm)
         await _announce(report, "rollback")
-        return report
+        return report.for_the_caller()
 
     async def _announce(report: DeployReport, kind: str) -> None:
         """Deployments and rollbacks announce their outcome through the alert path (DSM_ALERT_URLS).

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
+from server.memory.errors import MemoryInputError
 from server.memory.models import (
     Deleted,
     Incident,
@@ -35,6 +36,15 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+ALIASES = {
+    "update_incident": "record_incident(incident_id=...)",
+    "delete_incident": "forget(kind='incident', id=...)",
+    "record_pattern_outcome": "record_deployment_pattern(pattern_id=..., outcome=...)",
+    "update_deployment_pattern": "record_deployment_pattern(pattern_id=...)",
+    "delete_deployment_pattern": "forget(kind='pattern', id=...)",
+}
+"""Names published before the memory's ten tools were folded into six: callable, not listed."""
+
 DELETES_MEMORY = ToolAnnotations(
     read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False
 )
@@ -46,10 +56,9 @@ COUNTS_IN_MEMORY = ToolAnnotations(
 
 Stack = Annotated[str | None, Field(description="Compose project name, e.g. 'supabase'. Omit for host-wide.")]
 Service = Annotated[str | None, Field(description="Service name inside the stack, e.g. 'auth'.")]
-Tags = Annotated[list[str] | None, Field(description="Short labels, e.g. ['oom', 'postgres']; at most 20.")]
-Since = Annotated[str | None, Field(description="Only records seen since then: ISO 8601 ('2024-05-01', "
-                                                "'2024-05-01T10:00:00Z') or a duration back from now "
-                                                "('12h', '7d', '2w').")]
+Tags = Annotated[list[str] | None, Field(description="Short labels, e.g. ['oom']; at most 20.")]
+Since = Annotated[str | None, Field(description="Only records seen since: ISO 8601 ('2024-05-01') or a "
+                                                "duration back from now ('12h', '7d').")]
 IncidentId = Annotated[str, Field(description="The incident_id from record_incident or search_past_incidents.")]
 PatternId = Annotated[str, Field(description="The pattern_id from record_deployment_pattern or "
                                              "search_deployment_patterns.")]
@@ -73,15 +82,14 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         tags: Tags = None,
         limit: Annotated[int, Field(ge=1, le=20, description="How many incidents to return.")] = 5,
     ) -> IncidentSearch:
-        """Search the memory of past incidents before you diagnose or fix anything.
+        """Search past incidents before you diagnose or fix anything: if the same failure happened
+        before, its root_cause and resolution are here; do not solve it twice.
 
-        Call this first whenever a deployment fails, a service is unhealthy or a user reports a
-        problem: if the same failure happened before, its root_cause and resolution are here and
-        you should not solve it twice. Pasting the failing log lines works well: lines with the
-        same error signature as a past incident rank first (signature_match=true). Results are
-        best first; `mode` says whether the search used meaning (hybrid) or only words
-        (lexical). Next: apply or adapt the resolution; when you have fixed a new problem, call
-        record_incident; when an old resolution was wrong or incomplete, call update_incident.
+        Pasted log lines work well: lines with the same error signature as a past incident rank
+        first (signature_match). Each hit has `relevance` (0-1, absolute); hits under 0.25 are
+        left out unless their signature matches, and `note` says "nothing similar" when none is
+        left. `mode`: hybrid (meaning and words) or lexical (words only). Next: apply or adapt
+        the resolution; after fixing a new problem, record_incident.
         """
         return await run(lambda m: m.search_incidents(query, stack=stack, service=service, since=since, tags=tags,
                                                       limit=limit))
@@ -89,32 +97,121 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=CHANGES_IDEMPOTENT)
     @tool_errors
     async def record_incident(
-        title: Annotated[str, Field(description="One line naming the failure, e.g. 'Supabase auth crash-loops "
-                                                "before Postgres is ready'.")],
-        symptoms: Annotated[str, Field(description="What was observed: errors, states, what users saw.")],
+        title: Annotated[str | None, Field(description="One line naming the failure.")] = None,
+        symptoms: Annotated[str | None, Field(description="What was observed: errors, states, what users saw."
+                                              )] = None,
         root_cause: Annotated[str | None, Field(description="Why it happened, once known.")] = None,
         resolution: Annotated[str | None, Field(description="What fixed it, concretely enough to repeat.")] = None,
         stack: Stack = None,
         service: Service = None,
-        severity: Annotated[Severity | None, Field(description="critical | high | medium | low; medium when "
-                                                                "omitted.")] = None,
+        severity: Annotated[Severity | None, Field(description="Default medium.")] = None,
         tags: Tags = None,
-        log_lines: Annotated[list[str] | None, Field(description="The telling error/log lines, verbatim. They are "
-                                                                 "fingerprinted so future pastes of the same "
-                                                                 "error find this incident; secrets are masked.")
+        log_lines: Annotated[list[str] | None, Field(description="Telling error lines, verbatim (fingerprinted).")
                              ] = None,
+        incident_id: Annotated[str | None, Field(description="Update this incident instead: only the fields you "
+                                                             "pass change (tags: the full new list).")] = None,
     ) -> IncidentRecorded:
-        """Remember an incident so that no later session has to solve it again.
+        """Remember an incident (title and symptoms required) so no later session solves it again;
+        with incident_id, correct or complete one (a root cause found later, a wrong resolution).
 
-        Call after you have diagnosed (and ideally fixed) a problem, with the root cause and the
-        resolution that worked. Recording the same incident again (same title, stack, service
-        and symptoms, whatever the timestamps) updates it and counts another occurrence instead
-        of duplicating it. Credentials in the text are masked before storing. Returns the
-        incident_id; keep it to add the root cause or resolution later with update_incident.
+        Call after you diagnosed (ideally fixed) a problem, with the root cause and the resolution
+        that worked. The same incident recorded again counts another occurrence. Credentials are
+        masked before storing.
         """
+        if incident_id is not None:
+            if log_lines:
+                raise MemoryInputError("log_lines are kept only when an incident is recorded, not on an update",
+                                       state="nothing was changed", next_step="call again without log_lines")
+            return await run(lambda m: m.update_incident_recorded(
+                incident_id, title=title, symptoms=symptoms, root_cause=root_cause, resolution=resolution,
+                severity=severity, tags=tags, stack=stack, service=service))
+        if title is None or symptoms is None:
+            raise MemoryInputError("a new incident needs a title and symptoms", state="nothing was recorded",
+                                   next_step="pass title and symptoms, or incident_id to update one")
         return await run(lambda m: m.record_incident(
             title=title, symptoms=symptoms, root_cause=root_cause, resolution=resolution, stack=stack,
             service=service, severity=severity, tags=tags or (), log_lines=log_lines or ()))
+
+    @server.tool(annotations=DELETES_MEMORY)
+    @tool_errors
+    async def forget(
+        kind: Annotated[Literal["incident", "pattern"], Field(description="What the id names.")],
+        id: Annotated[str, Field(description="incident_id or pattern_id.")],
+    ) -> Deleted:
+        """Delete a stored incident or deployment pattern for good (a mistake, wrong or obsolete
+        advice); to fix part of one, record it again with its id. An unknown id: deleted=false."""
+        return await run(lambda m: m.delete_incident(id) if kind == "incident" else m.delete_pattern(id))
+
+    @server.tool(annotations=READ_ONLY)
+    @tool_errors
+    async def search_deployment_patterns(
+        query: Annotated[str, Field(description="The operation you are about to do, e.g. 'update supabase'.")],
+        stack: Annotated[str | None, Field(description="The stack concerned; patterns for any stack are "
+                                                       "included.")] = None,
+        service: Service = None,
+        operation: Annotated[str | None, Field(description="deploy, update, rollback, backup, migrate, ...")] = None,
+        limit: Annotated[int, Field(ge=1, le=20)] = 5,
+    ) -> PatternSearch:
+        """Find procedures that worked before, before you deploy, update, migrate or back up.
+
+        Each has its steps and record (successes, failures, last_outcome): prefer a good record,
+        read the notes of failures. Then report how it went: record_deployment_pattern(pattern_id,
+        outcome).
+        """
+        return await run(lambda m: m.search_patterns(query, stack=stack, service=service, operation=operation,
+                                                     limit=limit))
+
+    @server.tool(annotations=COUNTS_IN_MEMORY)
+    @tool_errors
+    async def record_deployment_pattern(
+        title: Annotated[str | None, Field(description="What it does, e.g. 'Update Supabase'.")] = None,
+        steps: Annotated[list[str] | None, Field(description="The steps in order, each concrete, e.g. 'dump the "
+                                                             "database first'.")] = None,
+        stack: Annotated[str | None, Field(description="Omit when it applies to any stack.")] = None,
+        service: Service = None,
+        operation: Annotated[str | None, Field(description="deploy, update, rollback, backup, migrate, ...")
+                             ] = None,
+        tags: Tags = None,
+        notes: Annotated[str | None, Field(description="Caveats; with outcome: what happened.")] = None,
+        pattern_id: Annotated[str | None, Field(description="Update this pattern (the fields you pass) and/or count "
+                                                            "an outcome.")] = None,
+        outcome: Annotated[PatternOutcome | None, Field(description="Count one use as success or failure.")
+                           ] = None,
+    ) -> PatternRecorded:
+        """Save a deployment procedure that worked (title and steps), so later sessions follow it;
+        with pattern_id, improve one or report one more use of it (outcome, notes).
+
+        Saving the same title and scope again updates the steps and keeps the counts.
+        """
+        if pattern_id is None:
+            if title is None or steps is None:
+                raise MemoryInputError("a new pattern needs a title and steps", state="nothing was recorded",
+                                       next_step="pass title and steps, or pattern_id to update one")
+            recorded = await run(lambda m: m.record_pattern(title=title, steps=steps, stack=stack, service=service,
+                                                            operation=operation, tags=tags or (), notes=notes))
+            if outcome is None:
+                return recorded
+            pattern_id = recorded.pattern_id
+        pid = pattern_id
+
+        def change(m: Memory) -> PatternRecorded:
+            if stack is not None or service is not None:
+                raise MemoryInputError("a pattern's stack and service are part of its identity",
+                                       state="nothing was changed",
+                                       next_step="record a new pattern for the other scope")
+            pattern = m.get_pattern(pid)
+            if any(v is not None for v in (title, steps, operation, tags)) or (notes is not None and outcome is None):
+                pattern = m.update_pattern(pid, title=title, steps=steps, operation=operation, tags=tags,
+                                           notes=notes if outcome is None else None)
+            if outcome is not None:
+                pattern = m.record_pattern_outcome(pid, outcome, notes)
+            return PatternRecorded(pattern_id=pattern.pattern_id, created=False, successes=pattern.successes,
+                                   failures=pattern.failures)
+
+        return await run(change)
+
+    # -- aliases: the names published before the memory tools were folded (issue 17). They stay
+    # callable for one release, unlisted (DockerStackServer.hide), and then go.
 
     @server.tool(annotations=CHANGES_IDEMPOTENT)
     @tool_errors
@@ -128,10 +225,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         tags: Annotated[list[str] | None, Field(description="The full new tag list (replaces the old one).")
                         ] = None,
     ) -> Incident:
-        """Correct or complete a recorded incident: add the root cause or resolution found later,
-        fix a wrong resolution, change severity or tags. Only the fields you pass change; the id
-        stays. Returns the incident as now stored.
-        """
+        """Deprecated alias: record_incident(incident_id=...). Changes the fields you pass."""
         return await run(lambda m: m.update_incident(
             incident_id, title=title, symptoms=symptoms, root_cause=root_cause, resolution=resolution,
             severity=severity, tags=tags))
@@ -139,56 +233,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=DELETES_MEMORY)
     @tool_errors
     async def delete_incident(incident_id: IncidentId) -> Deleted:
-        """Delete a recorded incident for good, e.g. one recorded by mistake or holding wrong advice.
-        Prefer update_incident when only part of it is wrong. Deleting an unknown id reports
-        deleted=false and changes nothing.
-        """
+        """Deprecated alias: forget(kind='incident', id=...). Deletes an incident for good."""
         return await run(lambda m: m.delete_incident(incident_id))
-
-    @server.tool(annotations=READ_ONLY)
-    @tool_errors
-    async def search_deployment_patterns(
-        query: Annotated[str, Field(description="The operation you are about to do, e.g. 'update supabase' or "
-                                                "'move n8n to a new host'.")],
-        stack: Annotated[str | None, Field(description="The stack concerned; patterns for any stack are "
-                                                       "included.")] = None,
-        service: Service = None,
-        operation: Annotated[str | None, Field(description="Only patterns for this operation: deploy, update, "
-                                                           "rollback, backup, migrate, ...")] = None,
-        limit: Annotated[int, Field(ge=1, le=20)] = 5,
-    ) -> PatternSearch:
-        """Find procedures that worked before, before you deploy, update, migrate or back up.
-
-        Each pattern has its steps and how often it succeeded or failed (successes, failures,
-        last_outcome): prefer patterns with a good record, and read the notes of failures. Next:
-        follow or adapt the steps, then call record_pattern_outcome with how it went; if you
-        found a better procedure, save it with record_deployment_pattern.
-        """
-        return await run(lambda m: m.search_patterns(query, stack=stack, service=service, operation=operation,
-                                                     limit=limit))
-
-    @server.tool(annotations=CHANGES_IDEMPOTENT)
-    @tool_errors
-    async def record_deployment_pattern(
-        title: Annotated[str, Field(description="What the procedure does, e.g. 'Update Supabase'.")],
-        steps: Annotated[list[str], Field(description="The steps in order, each one concrete, e.g. 'dump the "
-                                                      "database first', 'migrate auth before rest'.")],
-        stack: Annotated[str | None, Field(description="The stack it is for; omit when it applies to any.")
-                         ] = None,
-        service: Service = None,
-        operation: Annotated[str | None, Field(description="deploy, update, rollback, backup, restore, migrate, "
-                                                           "rotate-secrets, maintenance, ...")] = None,
-        tags: Tags = None,
-        notes: Annotated[str | None, Field(description="Caveats, prerequisites, what to check.")] = None,
-    ) -> PatternRecorded:
-        """Save a deployment procedure that worked, so later sessions can follow it.
-
-        Recording a pattern with the same title and scope again updates its steps and keeps its
-        success/failure counts. Returns the pattern_id; report each later use with
-        record_pattern_outcome.
-        """
-        return await run(lambda m: m.record_pattern(title=title, steps=steps, stack=stack, service=service,
-                                                    operation=operation, tags=tags or (), notes=notes))
 
     @server.tool(annotations=COUNTS_IN_MEMORY)
     @tool_errors
@@ -198,9 +244,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         notes: Annotated[str | None, Field(description="What went wrong or what to watch, for next time.")
                          ] = None,
     ) -> Pattern:
-        """Count one use of a deployment pattern as a success or a failure (with notes).
-        Call after following a pattern's steps. Returns the pattern with its updated counts.
-        """
+        """Deprecated alias: record_deployment_pattern(pattern_id=..., outcome=...). Counts one use."""
         return await run(lambda m: m.record_pattern_outcome(pattern_id, outcome, notes))
 
     @server.tool(annotations=CHANGES_IDEMPOTENT)
@@ -213,19 +257,19 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         tags: Annotated[list[str] | None, Field(description="The full new tag list.")] = None,
         notes: Annotated[str | None, Field(description="New notes.")] = None,
     ) -> Pattern:
-        """Improve a deployment pattern (fix a step, add a caveat). Only the fields you pass change;
-        the counts stay. Returns the pattern as now stored.
-        """
+        """Deprecated alias: record_deployment_pattern(pattern_id=...). Changes the fields you pass."""
         return await run(lambda m: m.update_pattern(pattern_id, title=title, steps=steps, operation=operation,
                                                     tags=tags, notes=notes))
 
     @server.tool(annotations=DELETES_MEMORY)
     @tool_errors
     async def delete_deployment_pattern(pattern_id: PatternId) -> Deleted:
-        """Delete a deployment pattern for good (wrong or obsolete procedure). Deleting an unknown
-        id reports deleted=false and changes nothing.
-        """
+        """Deprecated alias: forget(kind='pattern', id=...). Deletes a pattern for good."""
         return await run(lambda m: m.delete_pattern(pattern_id))
+
+    hide = getattr(server, "hide", None)
+    if hide is not None:
+        hide(*ALIASES)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
@@ -15,16 +15,23 @@ from tools._common import READ_ONLY, progress, tool_errors
 PathArg = Annotated[
     str | None,
     Field(
-        description="Stack directory (or a compose file in it) relative to the stacks root, e.g. 'supabase'. "
-        "See list_stacks. Give this or `content`."
+        description="Stack directory (or a compose file in it) under the stacks root, e.g. 'supabase'. Or `content`."
     ),
 ]
 ContentArg = Annotated[
     str | None,
-    Field(description="Inline compose YAML to check instead of a stack on disk (e.g. a draft). Give this or `path`."),
+    Field(description="Inline compose YAML (e.g. a draft) instead of `path`."),
 ]
 READ_ONLY_REGISTRIES = READ_ONLY.model_copy(update={"open_world_hint": True})
 """Observes only, but with check_host it asks image registries (outside this host) about images."""
+
+DetailArg = Annotated[
+    Literal["summary", "full"],
+    Field(description="full: one finding per service, not per rule."),
+]
+MinSeverityArg = Annotated[
+    Literal["error", "warning", "info"], Field(description="Leave out findings below this (counted in `omitted`).")
+]
 
 EnvArg = Annotated[
     dict[str, str] | None,
@@ -45,34 +52,27 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         check_host: Annotated[
             bool,
             Field(
-                description="Also check the live host: ports already bound, images present locally or in their "
-                "registry, each image's own healthcheck (read without pulling), memory and disk. False lints the "
-                "file alone."
+                description="Also check the live host: ports bound, images (local or in their registry, their own "
+                "healthcheck), memory, disk. False lints the file alone."
             ),
         ] = True,
+        detail: DetailArg = "summary",
+        min_severity: MinSeverityArg = "warning",
     ) -> ValidationReport:
         """Pre-flight a Compose stack: the go/no-go gate to call before any deploy or update.
 
-        Renders the stack exactly as `docker compose up` will (.env incl. COMPOSE_FILE and
-        COMPOSE_PROFILES, interpolation, overrides, include, extends), then checks it against the
-        operator's rules and, with check_host, the live host. go/no-go covers the services `up`
-        starts; services behind inactive profiles are linted as warnings. Nothing is changed.
+        Renders the stack exactly as `docker compose up` will (.env, profiles, interpolation,
+        overrides, include, extends), checks it against the operator's rules and, with
+        check_host, the live host. Changes nothing; never shows secrets.
 
-        Read the result: `valid` false means Compose itself rejects the files (findings say where);
-        `go` true means no error findings, so a deployment may proceed. Each finding has a stable
-        `rule` id, a `severity` (error blocks; warning and info do not), the `file` and `line` that
-        set the value, `evidence`, and usually a `fix` (often a YAML patch, e.g. proposed memory limits).
-        Secrets are never shown. Key rules: compose-syntax, compose-invalid, dependency-cycle,
-        undefined-reference, missing-variable, unset-variable, port-conflict, missing-healthcheck,
-        healthcheck-unverified (the image may bring one: check_host reads it), no-resource-limits,
-        image-unpinned, image-unavailable, image-unverified, plaintext-secret, privileged,
-        docker-socket, host-namespace, host-path-mount, dangerous-capability,
-        insufficient-resources; hardening hints are info.
+        `valid` false: Compose rejects the files. `go` true: no error findings, a deploy may
+        proceed. Each finding: a stable `rule` id (e.g. no-resource-limits, port-conflict,
+        docker-socket), `severity` (error blocks), `file`, `line`, `evidence`, usually a `fix`
+        (often a YAML patch). One finding per rule lists its services and lines (detail='full':
+        one per service); info findings are counted in `omitted` unless min_severity='info'.
 
-        Next: fix the errors (apply the `fix` patches) and validate again. If a rule does not
-        apply to a service, the stack's owner can waive it in the compose file with a reason
-        (x-dsm: policy: waive: [{rule, services, reason}]); waived findings stay visible as info.
-        Call check_resources for the host's load and the biggest containers.
+        Next: apply the fixes, validate again. A rule that does not apply is waived with a reason
+        (x-dsm: policy: waive: [{rule, services, reason}]).
         """
         _one_source(path, content)
 
@@ -81,7 +81,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         from server.preflight.validation import validate
 
-        return await validate(
+        report = await validate(
             settings,
             runtime.compose(),
             runtime.engine,
@@ -90,7 +90,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             env=env,
             check_host=check_host,
             progress=tell,
+            memory=runtime.memory,
         )
+        return report.for_the_caller(detail, min_severity)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
@@ -102,19 +104,13 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> ResourceReport:
         """Measure the Docker host: CPUs, memory and disk free, and the containers using the most.
 
-        Without a stack: `host` (cpus, memory_total_bytes, memory_available_bytes,
-        disk_total_bytes, disk_free_bytes of Docker's root dir, cpu/memory used percent, and
-        `source` saying how each figure was measured: a remote engine is measured through the
-        Docker API, not this machine), plus `top_cpu` and `top_memory` containers. The operator
-        treats more than 95% memory or CPU in use as critical (finding host-pressure).
+        `host`: CPU, memory and disk (Docker's root dir) totals, free and used percent, with the
+        `source` of each figure; `top_cpu`, `top_memory`. Above 95% memory or CPU is critical.
+        With a stack (`path` or `content`): `requested` memory (reservations, else limits, times
+        replicas) and `sufficient`: it fits what is free with 5% headroom, crediting what the
+        stack's own containers use now (null without a stack).
 
-        With a stack (`path` or `content`): `requested` is the memory it reserves (limits where no
-        reservation, times replicas) and `sufficient` says whether that fits what is free, keeping
-        5% headroom and crediting back what the stack's own running containers use now (a
-        redeploy replaces them). `sufficient` is null without a stack.
-
-        Next: if not sufficient, free memory (stop what top_memory shows is not needed) or lower
-        the stack's limits; then run validate_compose as the go/no-go gate.
+        Next: if not sufficient, free memory or lower the limits; then validate_compose.
         """
         if path is not None and content is not None:
             _one_source(path, content)

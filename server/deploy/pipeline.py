@@ -27,13 +27,14 @@ from server.deploy import override, snapshots
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL, compute_plan
 from server.deploy.project import compose_project, fresh_project
-from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState
+from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState, needs_confirm
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.smoke import run_smoke
 from server.deploy.verify import verify_window
 from server.engine import Engine, image_attrs_digest, tag_image
 from server.errors import DsmError
 from server.models import Finding
+from server.preflight.history import failed_images
 from server.redact import Scrubber
 from server.roles import original_from_tags
 from server.runtime import Runtime
@@ -104,8 +105,10 @@ class Deployer:
         if advance:
             self._step += 1
         if self._progress is not None:
-            try:
-                await self._progress(min(self._step, len(PHASES)), len(PHASES), message)
+            from server.redact import scrub_seen
+
+            try:  # scrubbed like the journal: a smoke exec's output may carry api_token=...
+                await self._progress(min(self._step, len(PHASES)), len(PHASES), scrub_seen(message))
             except Exception:
                 log.debug("progress not delivered", exc_info=True)
 
@@ -162,8 +165,9 @@ class Deployer:
 
         async with anyio.create_task_group() as planning:
             planning.start_soon(plan_now)
-            report = await validate_loaded(self.settings, stack, self.engine, env=env)
-            run.findings = [f for f in report.findings if f.severity != "info"]
+            report = await validate_loaded(self.settings, stack, self.engine, env=env, memory=self.runtime.memory)
+            # Info findings too: the tools' answer leaves them out and counts them (for_the_caller).
+            run.findings = list(report.findings)
             # A healthcheck unknown before the pull (healthcheck-unverified: the image's config could not
             # be read locally or from its registry) is checked again once the image is local.
             deferred = [f for f in run.findings if f.rule == "healthcheck-unverified"]
@@ -181,7 +185,8 @@ class Deployer:
         plan: DeployPlan = planned["plan"]
         changes = plan.changes
         run.phase("plan", "ok", time.monotonic() - planned["took"], f"{len(changes)} change(s), computed alongside "
-                  "the pre-flight: " + ", ".join(f"{s.service} {s.action}" for s in changes)[:400])
+                  "the pre-flight" + ("" if dry_run else ": " + ", ".join(f"{s.service} {s.action}"
+                                                                         for s in changes)[:400]))
         if plan_id is not None and plan_id != plan.plan_id:
             run.findings.append(Finding(
                 rule="plan-changed", severity="error", category="deploy",
@@ -190,10 +195,12 @@ class Deployer:
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "review the new plan (dry_run=true) and deploy with its plan_id; nothing was changed"])
         run.findings.extend(plan.findings)  # data moves: a database's volume renamed, replaced or dropped
+        critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
         if dry_run:
             return self._report(run, "planned", plan=plan, next_steps=[
-                f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"])
-        critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
+                f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"],
+                needs_confirm=needs_confirm(stack.name, critical=bool(critical and changes),
+                                            data_moves=sorted({f.service or "" for f in plan.findings})))
         if critical and changes and not confirm and not await self._ask(
                 f"Deploy {len(changes)} change(s) to critical stack {stack.name!r}?"):
             return self._report(run, "blocked", plan=plan, next_steps=[
@@ -216,6 +223,9 @@ class Deployer:
                                     f"another {getattr(busy, 'kind', 'operation')} runs on this stack: poll "
                                     f"operation_status('{getattr(busy, 'operation_id', '')}') instead of retrying"])
         run.op = op
+        from server.stacksecrets import remember
+
+        remember(self.settings, stack.name, stack.secret_values)  # known secrets: masked in its logs from now on
         wait_s = wait_timeout_s if wait_timeout_s is not None else DEFAULT_WAIT_S
         window = verify_s if verify_s is not None else _verify_default(stack, services)
 
@@ -424,6 +434,7 @@ class Deployer:
             symptoms=f"{failed.why}. Evidence: " + " | ".join(evidence[:8]),
             stack=stack.name, service=failed.service, severity="high", log_lines=evidence[-30:],
             resolution="automatic rollback: " + "; ".join(notes), deployment_id=deployment_id,
+            image_digests=await failed_images(self.engine, stack, [s.service for s in plan.changes]),
             time_to_recover_s=ttr, outcome="rolled_back" if result == "restored" else "unresolved", source="deploy")
         if result == "restored":
             snapshots.save(self.settings, stack.name, run.op.id + "-rollback", stack.directory)
@@ -675,7 +686,11 @@ class Deployer:
         return states
 
     def _report(self, run: Run, status: str, **extra: Any) -> DeployReport:
-        scrub = Scrubber(run.stack.secret_values, assignments=False)
+        scrub = Scrubber(run.stack.secret_values)  # as the journal: assignments too
+        if extra.get("next_steps"):
+            extra["next_steps"] = [scrub(step) for step in extra["next_steps"]]
+        if extra.get("rollback") is not None:
+            extra["rollback"] = extra["rollback"].model_copy(update={"why": scrub(extra["rollback"].why)})
         return DeployReport(
             status=status,  # type: ignore[arg-type]
             stack=run.stack.name,

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from server.digest import Detail, briefly
 from server.models import Finding, Frozen
 
 Action = Literal["create", "recreate", "unchanged", "remove"]
@@ -81,3 +82,46 @@ class DeployReport(Frozen):
     incident_id: str | None = None
     plan: DeployPlan | None = None
     next_steps: list[str] = Field(default_factory=list)
+    needs_confirm: str | None = Field(
+        default=None, description="Dry run: the confirmation the real call will need (confirm=true), and why; "
+        "null: none.")
+    omitted: dict[str, int] = Field(
+        default_factory=dict, description="Left out of this answer (detail='full' shows them): info_findings, "
+        "unchanged_services, warning_details (fix and evidence of pre-flight warnings).")
+
+    def for_the_caller(self, detail: Detail = "summary") -> DeployReport:
+        """The answer as the tools give it. ``summary``: no info findings, one finding per rule
+        listing its services, pre-flight warnings without fix and evidence (validate_compose
+        gives them), no unchanged service that runs as it should; each left-out kind counted in
+        ``omitted``. Errors always keep every detail. ``full``: the report as built."""
+        if detail == "full":
+            return self
+        kept = [f for f in self.findings if f.severity != "info"]
+        omitted = dict(self.omitted)
+        if len(kept) < len(self.findings):
+            omitted["info_findings"] = len(self.findings) - len(kept)
+        kept, stripped = briefly(kept)
+        if stripped:
+            omitted["warning_details"] = stripped
+        update: dict[str, object] = {"findings": kept}
+        if self.plan is not None:
+            same = {s.service for s in self.plan.services if s.action == "unchanged"}
+            if same:
+                omitted["unchanged_services"] = len(same)
+                update["plan"] = self.plan.model_copy(
+                    update={"services": [s for s in self.plan.services if s.service not in same]})
+                update["services"] = [s for s in self.services if not (
+                    s.name in same and s.state == "running" and s.health in (None, "healthy"))]
+        update["omitted"] = omitted
+        return self.model_copy(update=update)
+
+
+def needs_confirm(stack: str, *, critical: bool, data_moves: list[str]) -> str | None:
+    """What a dry run says the real call will need confirmed (confirm=true or the user's yes),
+    in the order the deploy asks; None when nothing."""
+    reasons = []
+    if critical:
+        reasons.append(f"critical stack {stack!r}")
+    if data_moves:
+        reasons.append(f"data move: {', '.join(data_moves)} would start on a new, empty data volume")
+    return "; ".join(reasons) or None

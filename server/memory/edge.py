@@ -162,6 +162,9 @@ class EdgeStore:
     def _request(self, spec: SearchSpec) -> Any:
         qe = self._qe
         flt = self._filter(spec.where)
+        if not spec.fuse and spec.dense is not None:
+            return qe.QueryRequest(limit=spec.limit, query=qe.Query.Nearest(list(spec.dense), using=DENSE),
+                                   filter=flt, with_payload=False)
         sparse_query = qe.Query.Nearest(qe.SparseVector(list(spec.sparse.indices), list(spec.sparse.values)),
                                         using=SPARSE) if spec.sparse else None
         if spec.dense is None:

@@ -28,8 +28,20 @@ from server.memory.inputs import (
 )
 from server.memory.models import SEVERITIES, Deleted, Incident, IncidentHit, IncidentRecorded, IncidentSearch
 from server.memory.payloads import clip_text, derived_id, incident_text, norm_title, search_mode, to_incident
-from server.memory.store import Hit
+from server.memory.store import Hit, Where
 from server.memory.timespec import iso
+
+SEARCH_FLOOR = 0.25
+"""A search shows no incident less relevant than this (cosine of all-MiniLM-L6-v2, absolute), unless
+it shares an error signature with the query. On the labelled set (tests/memory_data) every
+expected incident of the 150 queries is at or above 0.28 (paraphrases 0.28-0.92, log pastes
+>= 0.45), and off-topic questions reach 0.08-0.16 at most."""
+SIMILAR_FLOOR = 0.40
+"""What is *offered* unasked as a similar incident (diagnose_stack, the pre-flight) must be closer:
+on the labelled set 100% of pasted log lines and 98% of direct descriptions of the right
+incident are at or above it, while the nearest *other* incident of the same domain is above it
+for 56% of the queries (cosine cannot tell near neighbours apart: that is what the signature
+match and the ranking do)."""
 
 
 class IncidentMemory(MemoryCore):
@@ -101,6 +113,15 @@ class IncidentMemory(MemoryCore):
         return IncidentRecorded(incident_id=incident_id, created=not existing, occurrences=payload["occurrences"],
                                 signatures=payload["signatures"], mode=search_mode(encoder))
 
+    def failed_incidents_with(self, stack: str, digests: set[str]) -> list[dict[str, Any]]:
+        """Incidents of ``stack`` that ended badly (FAILED_OUTCOMES) with one of these image
+        digests ('sha256:...', or an image id), newest first: a filtered scroll, no search."""
+        scope = clean_scope(stack)
+        if not scope or not digests:
+            return []
+        hits = self.store.scroll(Where(equals={"kind": "incident", "stack": scope}), MAX_SCANNED)
+        return _failed_with(hits, {d.rsplit("@", 1)[-1] for d in digests})
+
     def get_incident(self, incident_id: str) -> Incident:
         return to_incident(self._get(incident_id, "incident"))
 
@@ -147,6 +168,12 @@ class IncidentMemory(MemoryCore):
             self._write(incident_id, payload, encoder)
         return to_incident(Hit(id=incident_id, score=0.0, payload=payload))
 
+    def update_incident_recorded(self, incident_id: str, **fields: Any) -> IncidentRecorded:
+        """update_incident, answered as record_incident answers (the folded record_incident tool)."""
+        incident = self.update_incident(incident_id, **fields)
+        return IncidentRecorded(incident_id=incident.incident_id, created=False, occurrences=incident.occurrences,
+                                signatures=incident.signatures, mode=search_mode(self._encoder(0.0)))
+
     def delete_incident(self, incident_id: str) -> Deleted:
         return self._delete(incident_id, "incident")
 
@@ -161,8 +188,13 @@ class IncidentMemory(MemoryCore):
         tags: Sequence[str] | None = None,
         severity: str | None = None,
         limit: int = 5,
+        min_relevance: float = SEARCH_FLOOR,
     ) -> IncidentSearch:
-        """Hybrid search over incidents; lines of the query that match stored error signatures rank first."""
+        """Hybrid search over incidents; lines of the query that match stored error signatures rank first.
+
+        Hits under ``min_relevance`` (cosine similarity with the query; SEARCH_FLOOR, or
+        SIMILAR_FLOOR for what is offered unasked) are left out unless they share an error
+        signature with the query; when that leaves nothing, the note says "nothing similar"."""
         query = required_text(query, "query", MAX_QUERY)
         limit = search_limit(limit)
         where = self._where("incident", stack=stack, service=service, since=since, until=until, tags=tags)
@@ -171,11 +203,21 @@ class IncidentMemory(MemoryCore):
             where.equals["severity"] = severity
         signatures = list(line_signatures([query]))
         found = self._search(query, where, limit, signatures)
+        note = found.note
+        hits = found.hits
+        if found.relevance:
+            kept = [h for h in hits if h.id in found.by_signature or found.relevance[h.id] >= min_relevance]
+            if hits and not kept:
+                best = max(hits, key=lambda h: found.relevance[h.id])
+                note = (f"nothing similar: the closest incident ({best.payload.get('title', '')!r}) has relevance "
+                        f"{found.relevance[best.id]:.2f}, under the floor {min_relevance:.2f}")
+            hits = kept
         results = [
             IncidentHit(
                 incident_id=h.id,
                 title=h.payload.get("title", ""),
                 score=round(h.score, 6),
+                relevance=round(found.relevance[h.id], 3) if h.id in found.relevance else None,
                 stack=h.payload.get("stack"),
                 service=h.payload.get("service"),
                 severity=h.payload.get("severity", "medium"),
@@ -188,9 +230,29 @@ class IncidentMemory(MemoryCore):
                 tags=list(h.payload.get("tags", [])),
                 signature_match=h.id in found.by_signature,
             )
-            for h in found.hits
+            for h in hits
         ]
-        return IncidentSearch(results=results, mode=found.mode, note=found.note)
+        return IncidentSearch(results=results, mode=found.mode, note=note)
+
+
+FAILED_OUTCOMES = frozenset({"rolled_back", "rollback_failed", "unresolved", "failure", "failed"})
+"""Incident outcomes that mean the change did not work (a pipeline records them)."""
+MAX_SCANNED = 500
+
+
+def _digest_keys(payload: dict[str, Any]) -> set[str]:
+    return {str(d).rsplit("@", 1)[-1] for d in (payload.get("image_digests") or {}).values() if d}
+
+
+def _failed_with(hits: Sequence[Hit], digests: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for h in hits:
+        p = h.payload
+        shared = _digest_keys(p) & digests
+        if p.get("outcome") in FAILED_OUTCOMES and shared:
+            out.append({"incident_id": h.id, "title": p.get("title", ""), "outcome": p.get("outcome"),
+                        "time": iso(float(p.get("ts", 0))), "digests": shared})
+    return out
 
 
 def _merge_lines(old: Sequence[str], new: Sequence[str]) -> list[str]:

@@ -24,6 +24,9 @@ class IncidentHit(Frozen):
     incident_id: str
     title: str
     score: float = Field(description="Fused rank score; compare within one result list only.")
+    relevance: float | None = Field(
+        default=None, description="Cosine similarity with the query, 0-1, the same at any memory size; null "
+        "when lexical.")
     stack: str | None
     service: str | None
     severity: Severity

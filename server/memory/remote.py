@@ -183,6 +183,9 @@ class ClientStore:
     def _request(self, spec: SearchSpec) -> Any:
         m = self._m
         flt = self._filter(spec.where)
+        if not spec.fuse and spec.dense is not None:
+            return m.QueryRequest(query=list(spec.dense), using=DENSE, filter=flt, limit=spec.limit,
+                                  with_payload=False)
         sparse = m.SparseVector(indices=list(spec.sparse.indices), values=list(spec.sparse.values)) if spec.sparse \
             else None
         if spec.dense is None:

@@ -133,7 +133,10 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
                                  ts_gte=where.ts_gte, ts_lte=where.ts_lte)
             specs.append(SearchSpec(where=by_signature, sparse=sparse, dense=dense, limit=limit,
                                     prefetch_limit=prefetch))
+        if dense is not None:  # the absolute relevance of what the fused search finds
+            specs.append(SearchSpec(where=where, sparse=Sparse([], []), dense=dense, limit=prefetch, fuse=False))
         answers = self.store.search(specs)
+        cosines = {h.id: h.score for h in answers.pop()} if dense is not None else {}
         matched = answers[1] if len(answers) > 1 else []
         seen: set[str] = set()
         ordered: list[Hit] = []
@@ -141,8 +144,13 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
             if hit.id not in seen:
                 seen.add(hit.id)
                 ordered.append(hit)
-        return Found(hits=ordered[:limit], by_signature={h.id for h in matched}, mode=search_mode(encoder),
-                     note=self._note(encoder))
+        hits = ordered[:limit]
+        relevance: dict[str, float] = {}
+        if cosines:
+            bound = min(cosines.values())
+            relevance = {h.id: cosines.get(h.id, bound) for h in hits}
+        return Found(hits=hits, by_signature={h.id for h in matched}, mode=search_mode(encoder),
+                     note=self._note(encoder), relevance=relevance)
 
     def _write(self, point_id: str, payload: dict[str, Any], encoder: DenseEncoder | None) -> None:
         indices, values = sparse_encoder().document(payload["text"])

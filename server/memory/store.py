@@ -73,6 +73,9 @@ class SearchSpec:
     dense: Sequence[float] | None
     limit: int
     prefetch_limit: int = 32
+    fuse: bool = True
+    """False: the dense vector alone, scored by cosine similarity (an absolute relevance, where a
+    fused rank score only orders one result list); ``sparse`` is ignored and no payload returned."""
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = Non
     if not observed:
         raise StackNotFound(f"no containers of stack {ref.name!r} on the engine",
                             state="the stack is not deployed", next_step="call list_stacks")
-    scrub = stack_scrubber(ref, observed)
+    scrub = stack_scrubber(ref, observed, runtime.settings)
     out = _Collector(scrub)
     in_scope = [o for o in observed if service is None or o.service == service]
     state = watchstate.load(runtime.settings)
@@ -308,12 +308,17 @@ async def _similar(runtime: Runtime, stack: str, service: str | None, findings: 
     query = "\n".join([f.message for f in problems[:3]] + [e for f in problems[:3] for e in f.evidence[-2:]])[:1500]
 
     def search() -> list[SimilarIncident]:
+        from server.memory.incidents import SIMILAR_FLOOR
+
         memory = runtime.memory()
-        hits = memory.search_incidents(query, stack=stack, service=service, limit=3).results
+        # Offered unasked: only what is close in absolute terms (or shares an error signature).
+        hits = memory.search_incidents(query, stack=stack, service=service, limit=3,
+                                       min_relevance=SIMILAR_FLOOR).results
         if not hits:  # the same failure on another stack is still worth knowing
-            hits = memory.search_incidents(query, limit=3).results
+            hits = memory.search_incidents(query, limit=3, min_relevance=SIMILAR_FLOOR).results
         return [SimilarIncident(incident_id=h.incident_id, title=h.title, stack=h.stack, root_cause=h.root_cause,
-                                resolution=h.resolution, score=h.score) for h in hits]
+                                resolution=h.resolution, score=h.relevance if h.relevance is not None else h.score)
+                for h in hits]
 
     try:
         return await anyio.to_thread.run_sync(search)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from server.models import Finding, Frozen
+from server.digest import Detail, at_least, fold
+from server.models import Finding, Frozen, Severity
 
 
 class ValidationReport(Frozen):
@@ -20,6 +21,25 @@ class ValidationReport(Frozen):
     infos: int
     findings: list[Finding] = Field(description="Errors first. Each has rule, severity, line, fix, evidence.")
     notes: list[str] = Field(default_factory=list, description="What could not be checked, and why.")
+    omitted: dict[str, int] = Field(
+        default_factory=dict, description="Findings left out below min_severity, by kind (counts stay full)."
+    )
+
+    def for_the_caller(self, detail: Detail = "summary", min_severity: Severity = "info") -> ValidationReport:
+        """The answer as the tool gives it: findings below ``min_severity`` left out (and counted
+        in ``omitted``), and with ``detail="summary"`` one finding per rule listing its services."""
+        kept = at_least(self.findings, min_severity)
+        left = len(self.findings) - len(kept)
+        omitted = {**self.omitted}
+        for severity in ("warning", "info"):
+            n = sum(f.severity == severity for f in self.findings) - sum(f.severity == severity for f in kept)
+            if n:
+                omitted[f"{severity}_findings"] = n
+        if detail == "summary":
+            kept = fold(kept)
+        if not left and kept == self.findings:
+            return self
+        return self.model_copy(update={"findings": kept, "omitted": omitted})
 
 
 class HostResources(Frozen):

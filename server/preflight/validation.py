@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from server.compose import ComposeRunner, client_env
 from server.engine import Engine
@@ -17,6 +18,9 @@ from server.settings import Settings
 from server.stackload import StackRenderFailed, load_stack
 from server.stackmodel import LoadedStack
 
+if TYPE_CHECKING:
+    from server.memory.service import Memory
+
 
 async def validate(
     settings: Settings,
@@ -28,6 +32,7 @@ async def validate(
     env: Mapping[str, str] | None = None,
     check_host: bool = True,
     progress: Progress | None = None,
+    memory: Callable[[], Memory] | None = None,
 ) -> ValidationReport:
     """Render, lint and (optionally) check the host; never raises for problems of the stack itself."""
     total = 3 if check_host else 2
@@ -40,7 +45,8 @@ async def validate(
     await report_progress(progress, 1, total, f"rendered {len(stack.services)} services; linting")
     # check_host=False never touches the engine (lints the files alone, with no daemon at all).
     return await validate_loaded(
-        settings, stack, engine() if check_host else None, env=env, check_host=check_host, progress=progress
+        settings, stack, engine() if check_host else None, env=env, check_host=check_host, progress=progress,
+        memory=memory,
     )
 
 
@@ -52,9 +58,11 @@ async def validate_loaded(
     env: Mapping[str, str] | None = None,
     check_host: bool = True,
     progress: Progress | None = None,
+    memory: Callable[[], Memory] | None = None,
 ) -> ValidationReport:
     """Lint (and host-check) a stack that is already loaded: the deploy pipeline keeps the one
-    LoadedStack it deploys instead of rendering twice."""
+    LoadedStack it deploys instead of rendering twice. With ``memory``, a failed incident of this
+    stack with an image it would run again is a ``failed-before`` warning (see preflight.history)."""
     total = 3 if check_host else 2
     ctx = source_context(stack, env=env)
     notes: list[str] = []
@@ -81,7 +89,17 @@ async def validate_loaded(
         from server.preflight.datadirs import shared_data_findings
 
         claims = shared_data_findings(stack, [])  # the stack's own databases, without the host
-    findings = sort_findings([*apply_policy(stack, [*run_rules(ctx), *extra]), *claims])
+    findings = apply_policy(stack, [*run_rules(ctx), *extra])
+    from server.safety.registries import registry_findings
+
+    # Operator policy and what other projects claim: no x-dsm waiver applies to either.
+    findings = sort_findings([*findings, *registry_findings(settings, stack), *claims])
+    if memory is not None:
+        from server.preflight.history import failed_before
+
+        past = await failed_before(stack, engine, memory)
+        if past:
+            findings = sort_findings([*findings, *past])
     if stack.inactive:
         findings = sort_findings([*findings, *inactive_findings(stack, ctx)])
         notes.append(
