@@ -31,6 +31,7 @@ from pathlib import Path
 from server.errors import DsmError
 from server.redact import DEFAULT_ACCOUNTS, Scrubber, is_secret_key
 from server.settings import Settings
+from server.statefiles import private_dir
 
 log = logging.getLogger("docker_stack_mcp.secrets")
 
@@ -74,8 +75,7 @@ def remember(settings: Settings, stack: str, values: Iterable[str]) -> None:
             merged = list(dict.fromkeys([*sorted(set(fresh)), *old]))[:MAX_VALUES]
             if merged == old:
                 return
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(path.parent, 0o700)
+            private_dir(path.parent)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from server.redact import MASK, Scrubber, seen_secrets
+from server.statefiles import private_dir
 
 MAX_BYTES = 5 * 1024 * 1024
 KEEP = 3
@@ -117,8 +118,7 @@ def append(state_dir: Path, entry: dict[str, Any]) -> None:
     directory = audit_dir(state_dir)
     line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
     with _LOCK:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(directory, 0o700)
+        private_dir(directory)
         path = directory / "audit.jsonl"
         try:
             if path.stat().st_size + len(line) > MAX_BYTES:
