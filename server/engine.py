@@ -548,6 +548,8 @@ class ContainerSummary:
     """The full image id (sha256:...) the container was created from."""
     volumes: dict[str, str] = field(default_factory=dict)
     """Named volumes mounted: volume name -> path in the container."""
+    networks: tuple[str, ...] = ()
+    """Names of the networks the container is attached to now."""
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> ContainerSummary:
@@ -571,6 +573,7 @@ class ContainerSummary:
             image_id=row.get("ImageID"),
             volumes={m["Name"]: m.get("Destination", "") for m in row.get("Mounts") or []
                      if m.get("Type") == "volume" and m.get("Name")},
+            networks=tuple(sorted(((row.get("NetworkSettings") or {}).get("Networks") or {}).keys())),
         )
 
     @property
