@@ -158,7 +158,8 @@ def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[
                 likely_cause="the process crashes soon after start: " + (_exit_cause(int(st.get("ExitCode") or 0),
                                                                                        errors)),
                 fix="look at the error lines; a restart will not fix a crash on start", evidence=tail)
-    health = st.get("Health") or {}
+    # An exited container keeps its last health status: only a running one is judged by it.
+    health = (st.get("Health") or {}) if status == "running" else {}
     if health.get("Status") == "unhealthy":
         probes = [f"healthcheck exit {h.get('ExitCode')}: {str(h.get('Output') or '').strip()[:200] or '(no output)'}"
                   for h in (health.get("Log") or [])[-5:] if h.get("ExitCode") != 0][-3:]
