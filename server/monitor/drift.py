@@ -101,7 +101,7 @@ async def compare(runtime: Runtime, ref: StackRef, model: dict[str, Any], observ
                                  likely_cause="it was removed by hand, or never created (a deploy stopped early)",
                                  fix=f"{fix} creates it", evidence=[f"model: service {name} ({body.get('image')})"]))
             continue
-        wanted = expected_networks(model, ref.name, name)
+        wanted = None if job else expected_networks(model, ref.name, name)  # a finished job needs none
         for o in containers:
             have = set(netcheck.networks(o))
             missing = sorted((wanted or set()) - have)
