@@ -57,6 +57,9 @@ def test_plan_sees_a_container_detached_from_its_networks() -> None:
     assert missing_networks(stack, "app", [_container()]) == ["p_back"]
     default = _stack(None, {"default": {"name": "p_default"}})
     assert missing_networks(default, "app", [_container("other")]) == ["p_default"]
+    unknown = ContainerSummary(id="c2", name="p-app-1", project="p", service="app", state="running", status="",
+                               health=None, image="web:1")
+    assert missing_networks(stack, "app", [unknown]) == []  # the engine did not say: no change invented
     host = SimpleNamespace(name="p", services={"app": {"network_mode": "host"}}, rendered={})
     assert missing_networks(host, "app", [_container()]) == []
 

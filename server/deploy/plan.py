@@ -132,7 +132,7 @@ async def compute_plan(
             action, reason = "create", "no container yet"
         elif any(c.labels.get(HASH_LABEL) != want_hash for c in running):
             action, reason = "recreate", "its configuration changed"
-        elif detached := missing_networks(stack, name, running):
+        elif not one_shot and (detached := missing_networks(stack, name, running)):
             action, reason = "recreate", f"its container is not attached to {', '.join(detached)} as the files say"
         elif moved and tag is not None:
             action, reason = "recreate", (f"{ref} moved in its registry ({_short(tag.local_digest)} -> "
@@ -179,7 +179,7 @@ def missing_networks(stack: LoadedStack, service: str, running: list[ContainerSu
     declared = stack.rendered.get("networks") or {}
     wanted = {str((declared.get(key) or {}).get("name") or f"{stack.name}_{key}")
               for key in (body.get("networks") or {"default": None})}
-    return sorted({net for c in running for net in wanted - set(c.networks)})
+    return sorted({net for c in running if c.networks is not None for net in wanted - set(c.networks)})
 
 
 async def _to_create(engine: Engine, stack: LoadedStack) -> tuple[list[str], list[str]]:
