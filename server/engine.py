@@ -552,6 +552,8 @@ class ContainerSummary:
     """The full image id (sha256:...) the container was created from."""
     volumes: dict[str, str] = field(default_factory=dict)
     """Named volumes mounted: volume name -> path in the container."""
+    networks: tuple[str, ...] | None = None
+    """Names of the networks the container is attached to now (None: the engine did not say)."""
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> ContainerSummary:
@@ -575,6 +577,8 @@ class ContainerSummary:
             image_id=row.get("ImageID"),
             volumes={m["Name"]: m.get("Destination", "") for m in row.get("Mounts") or []
                      if m.get("Type") == "volume" and m.get("Name")},
+            networks=tuple(sorted((row["NetworkSettings"].get("Networks") or {}).keys()))
+            if isinstance(row.get("NetworkSettings"), dict) else None,
         )
 
     @property

@@ -26,7 +26,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> StatusReport:
         """Live state of every service of one stack, or of all Compose stacks on the host (stacks
         started by hand included): state, health, restarts, exit_code, oom_killed, started_at,
-        ports, image, memory limit, CPU/memory with with_stats, the active maintenance window, and
+        ports, networks, image, memory limit, CPU/memory with with_stats, the active maintenance window, and
         what the watcher last saw and did. `managed: false` means outside the stacks root (observe only)."""
         from server.monitor.status import stack_status as run
 
@@ -58,7 +58,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """Troubleshoot a running stack: findings (rule, severity, evidence, fix, likely_cause) for
         exit codes, OOM kills (limit, peak), restart loops, failing healthchecks, error lines in logs,
         connectivity to each dependency from inside the stack's networks, resource pressure, port
-        conflicts and changes since the last deployment; similar past incidents and next_steps.
+        conflicts, drift from the files (missing container, detached network, other image: the fix
+        names the deploy_stack call) and changes since the last deployment; similar past incidents
+        and next_steps.
         `healthy` is true when no finding is an error. Takes a few seconds (probes run in containers)."""
         from server.monitor.diagnose import diagnose_stack as run
 
@@ -77,7 +79,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> ControlResult:
         """Start, stop, restart or remove a stack's containers (volumes are never removed), or put
         it in maintenance (the watcher leaves it alone and alerts are muted until `until`).
-        Journaled and locked like a deploy: a busy stack is refused naming the operation."""
+        Journaled and locked like a deploy: a busy stack is refused naming the operation.
+        start/restart then wait up to 60 s on the health gate and report `health`."""
         await enforce(runtime.settings, ctx, "stack_control", stack, action, confirm=confirm)
         from server.monitor.control import stack_control as run
         from tools._common import confirm_destructive

@@ -132,6 +132,8 @@ async def compute_plan(
             action, reason = "create", "no container yet"
         elif any(c.labels.get(HASH_LABEL) != want_hash for c in running):
             action, reason = "recreate", "its configuration changed"
+        elif not one_shot and (detached := missing_networks(stack, name, running)):
+            action, reason = "recreate", f"its container is not attached to {', '.join(detached)} as the files say"
         elif moved and tag is not None:
             action, reason = "recreate", (f"{ref} moved in its registry ({_short(tag.local_digest)} -> "
                                           f"{_short(tag.remote)}): pulled, then recreated")
@@ -166,6 +168,18 @@ async def compute_plan(
                        backup=backup, findings=data_moves(stack, roles, by_service, selected))
     plan_id = _plan_id(stack, env, containers, draft)
     return draft.model_copy(update={"plan_id": plan_id}), PlanInputs(hashes, containers, local)
+
+
+def missing_networks(stack: LoadedStack, service: str, running: list[ContainerSummary]) -> list[str]:
+    """Networks the files give ``service`` that one of its containers is not attached to (a
+    ``docker network disconnect`` leaves the config hash as it was: only this tells)."""
+    body = stack.services.get(service) or {}
+    if body.get("network_mode") or not running:
+        return []
+    declared = stack.rendered.get("networks") or {}
+    wanted = {str((declared.get(key) or {}).get("name") or f"{stack.name}_{key}")
+              for key in (body.get("networks") or {"default": None})}
+    return sorted({net for c in running if c.networks is not None for net in wanted - set(c.networks)})
 
 
 async def _to_create(engine: Engine, stack: LoadedStack) -> tuple[list[str], list[str]]:

@@ -16,9 +16,9 @@ from server.compose import services_argv
 from server.errors import StackNotFound
 from server.monitor import opsbridge
 from server.monitor.logs import BadArgument, parse_time
-from server.monitor.models import ControlResult
+from server.monitor.models import ControlResult, HealthAfter, ServiceHealth
 from server.monitor.resolve import resolve_stack
-from server.monitor.stackpolicy import stack_policy
+from server.monitor.stackpolicy import StackPolicy, stack_policy
 from server.ownership import require_ours
 from server.runtime import Runtime
 
@@ -28,6 +28,8 @@ _COMPOSE_ARGS = {
     "restart": ["restart"],
     "remove": ["rm", "--stop", "--force"],  # no --volumes, ever
 }
+HEALTH_TIMEOUT_S = 60.0
+"""start/restart wait this long for the deploy's health gate on the services acted on."""
 
 
 async def stack_control(
@@ -74,11 +76,43 @@ async def stack_control(
             *_COMPOSE_ARGS[action], *services_argv(services)]
         await runtime.compose().run_project(project, args, on_start=op.child, what=f"docker compose {action}")
         op.phase(action, "done", detail=", ".join(services or declared))
+        health = None
+        if action in ("start", "restart"):
+            health = await health_after(runtime, ref.name, services or declared, policy)
+            op.phase("health", "ok" if health.ok else "failed", detail=health.failure or "ready")
         status = "done"
+        detail = f"{action} done; volumes are kept" if action == "remove" else f"{action} done"
+        if health is not None:
+            detail += "; every service is ready" if health.ok else f"; NOT healthy: {health.failure}"
         return ControlResult(stack=ref.name, action=action, operation_id=op.id, services=services or declared,
-                             detail=f"{action} done; volumes are kept" if action == "remove" else f"{action} done")
+                             detail=detail, health=health)
     finally:
         op.end(status, {"action": action, "services": services or []})
+
+
+async def health_after(runtime: Runtime, project: str, services: list[str], policy: StackPolicy,
+                       timeout_s: float = HEALTH_TIMEOUT_S) -> HealthAfter:
+    """The deploy's health gate (server.deploy.health) on the services acted on that have containers;
+    one-shot jobs (x-dsm, or awaited with service_completed_successfully) count as done at exit 0."""
+    from server.deploy.health import Watched, run_gate
+    from server.monitor.netcheck import COMPLETED
+
+    engine = runtime.engine()
+    containers = [c for c in await engine.compose_containers(project)
+                  if c.labels.get("com.docker.compose.oneoff") != "True"]
+    awaited = {part.split(":", 1)[0] for c in containers
+               for part in c.labels.get("com.docker.compose.depends_on", "").split(",")
+               if part.split(":")[1:2] == [COMPLETED]}
+    present = {c.service for c in containers}
+    watched = [Watched(s, one_shot=policy.service(s).is_one_shot or s in awaited) for s in services if s in present]
+    if not watched:
+        return HealthAfter(ok=True, timeout_s=timeout_s, failure="")
+    gate = await run_gate(engine, project, watched, timeout_s=timeout_s)
+    return HealthAfter(ok=gate.ok, timeout_s=timeout_s, failure=gate.failure,
+                       services=[ServiceHealth(service=a.service, verdict=a.verdict, why=a.why)
+                                 for a in gate.assessments],
+                       # Log lines stay out (they may hold secrets): stack_logs masks them.
+                       evidence=[e for e in gate.evidence if not e.startswith("log: ")][:6])
 
 
 def _maintenance(runtime: Runtime, stack: str, action: str, until: str | None, reason: str | None) -> dict | None:

@@ -20,10 +20,12 @@ import anyio
 from server.errors import DsmError, StackNotFound
 from server.memory.fingerprint import line_signatures
 from server.models import SEVERITY_ORDER, Severity
-from server.monitor import netcheck, watchstate
+from server.monitor import drift, netcheck, since, watchstate
+from server.monitor.connectivity import check_connectivity
 from server.monitor.logs import recent_lines, stack_scrubber
 from server.monitor.models import Diagnosis, DiagnosisFinding, SimilarIncident
 from server.monitor.resolve import StackRef, resolve_stack
+from server.monitor.stackpolicy import StackPolicy, stack_policy
 from server.monitor.status import Observed, observe, sample_usage
 from server.redact import Scrubber
 from server.runtime import Runtime
@@ -32,6 +34,7 @@ log = logging.getLogger("docker_stack_mcp.monitor")
 
 LOG_TAIL = 200
 RESTART_LOOP = 3
+AFTER_ACT = "began-after-deploy"
 PRESSURE = 0.90
 ERROR_LINE = re.compile(
     r"\b(error|fatal|panic|exception|traceback|critical|refused|denied|unreachable|timed? ?out|"
@@ -79,30 +82,23 @@ async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = Non
     async with anyio.create_task_group() as tg:
         for o in in_scope:
             tg.start_soon(read, o)
-    from server.monitor.stackpolicy import stack_policy
-
     policy = stack_policy(ref.location, {o.service: o.labels for o in observed})
+    model = await drift.model_of(runtime, ref)
+    one_shots = _one_shots(observed, model, policy)
     for o in in_scope:
         _check_container(out, o, logs.get(o.summary.id, []), watchstate.service_view(state, ref.name, o.service),
-                         one_shot=policy.service(o.service).is_one_shot)
-    try:
-        for r in await netcheck.check(runtime, observed, only=service):
-            if not r.ok:
-                dns = "bad address" in r.detail or "resolve" in r.detail
-                out.add(
-                    "dependency-unreachable", "error", "network", r.service,
-                    f"{r.service} cannot reach {r.target} from network {r.network}"
-                    f" ({'name does not resolve' if dns else 'TCP connect fails'})",
-                    likely_cause=(f"{r.service} and {r.dependency} share no network (or the name is wrong)" if dns
-                                  else f"{r.dependency} is not listening on that port or is not running"),
-                    fix=(f"attach {r.service} and {r.dependency} to a common network in the compose file"
-                         if dns else f"check that {r.dependency} listens on {r.target.rsplit(':', 1)[1]}"),
-                    evidence=[f"probe on network {r.network}: {r.detail}"])
-    except DsmError as exc:
-        log.info("connectivity check skipped: %s", exc)
+                         one_shot=o.service in one_shots)
+    await check_connectivity(runtime, out.add, ref, observed, service, one_shots, model)
+    if model is not None:
+        for d in await drift.compare(runtime, ref, model, observed, one_shots, only=service):
+            out.add(d.rule, d.severity, "drift", d.service, d.message, likely_cause=d.likely_cause, fix=d.fix,
+                    evidence=d.evidence)
     await _check_pressure(runtime, out, in_scope)
     await _check_changes(runtime, out, ref, in_scope)
-    findings = sorted(out.items, key=lambda f: (SEVERITY_ORDER[f.severity], f.service or "", f.rule))
+    await _check_after_act(runtime, out, ref, in_scope)
+    # Errors tied to the deploy or rollback after which they began rank first: the likeliest cause.
+    findings = sorted(out.items, key=lambda f: (SEVERITY_ORDER[f.severity], f.rule != AFTER_ACT, f.service or "",
+                                                f.rule))
     similar = await _similar(runtime, ref.name, service, findings, logs)
     return Diagnosis(stack=ref.name, healthy=not any(f.severity == "error" for f in findings),
                      findings=findings, similar_incidents=similar, next_steps=_next_steps(findings, similar))
@@ -113,8 +109,14 @@ def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[
     st, svc = o.state, o.service
     status = st.get("Status") or o.summary.state
     limit = o.memory_limit
-    errors = [line for line in lines if ERROR_LINE.search(line)]
+    noise = [line for line in lines if since.is_restore_noise(line)]
+    errors = [line for line in lines if ERROR_LINE.search(line) and not since.is_restore_noise(line)]
     tail = errors[-5:] or lines[-5:]
+    if noise:
+        out.add("restore-noise", "info", "logs", svc,
+                f"{svc} logged {len(noise)} error lines a database restore itself produces (not counted as errors)",
+                likely_cause="a pg_dumpall --clean dump replayed into the running server drops and recreates "
+                "roles and databases that exist: these errors are expected", evidence=noise[-3:])
     if st.get("OOMKilled") or (status == "exited" and st.get("ExitCode") == 137 and limit):
         peak = (seen or {}).get("peak_memory_bytes")
         out.add("oom-killed", "error", "resources", svc,
@@ -157,7 +159,8 @@ def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[
                 likely_cause="the process crashes soon after start: " + (_exit_cause(int(st.get("ExitCode") or 0),
                                                                                        errors)),
                 fix="look at the error lines; a restart will not fix a crash on start", evidence=tail)
-    health = st.get("Health") or {}
+    # An exited container keeps its last health status: only a running one is judged by it.
+    health = (st.get("Health") or {}) if status == "running" else {}
     if health.get("Status") == "unhealthy":
         probes = [f"healthcheck exit {h.get('ExitCode')}: {str(h.get('Output') or '').strip()[:200] or '(no output)'}"
                   for h in (health.get("Log") or [])[-5:] if h.get("ExitCode") != 0][-3:]
@@ -178,6 +181,53 @@ def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[
                 likely_cause="a dependency (database, API) refuses connections" if db
                 else "the application reports errors while still running",
                 fix="search_past_incidents with one of these lines", evidence=[*(db or errors)[-3:], *top])
+
+
+def _one_shots(observed: list[Observed], model: dict[str, Any] | None, policy: StackPolicy) -> set[str]:
+    """One-shot jobs: x-dsm, or awaited with service_completed_successfully (server.roles)."""
+    from server.roles import awaited
+
+    jobs = {o.service for o in observed if policy.service(o.service).is_one_shot}
+    jobs |= {d for o in observed for d in netcheck.completion_dependencies(o)}
+    services = (model or {}).get("services") or {}
+    return jobs | {name for name in services if awaited(services, name)
+                   and ((services[name] or {}).get("restart") not in ("always", "unless-stopped"))}
+
+
+async def _check_after_act(runtime: Runtime, out: _Collector, ref: StackRef, observed: list[Observed]) -> None:
+    """Problems that began after the newest deploy or rollback name it (and rank first)."""
+    act = since.last_act(runtime, ref.name)
+    problems = [f for f in out.items if f.severity in ("error", "warning") and f.service
+                and f.category in ("state", "health", "logs", "resources", "network")]
+    if act is None or not problems:
+        return
+    by_service = {o.service: o for o in observed}
+    after: list[str] = []
+    for name in sorted({f.service for f in problems if f.service}):
+        o = by_service.get(name)
+        if o is None:
+            continue
+        if since.began_after(act, o.state.get("StartedAt")):
+            after.append(name)
+            continue
+        try:  # a container the act left alone: did its errors start after it?
+            lines = await recent_lines(runtime, o, LOG_TAIL, since=act.started_epoch)
+        except DsmError:
+            continue
+        if any(ERROR_LINE.search(ln) and not since.is_restore_noise(ln) for ln in lines):
+            after.append(name)
+    if not after:
+        return
+    worst = min((f.severity for f in problems if f.service in after), key=lambda s: SEVERITY_ORDER[s])
+    rollback = act.kind == "rollback"
+    out.add(AFTER_ACT, worst, "changes", None,
+            f"the problems of {', '.join(after)} began after {act.named()}",
+            likely_cause=f"the {act.kind} {act.operation_id} changed what these services run or depend on",
+            fix=("do not roll back again (that goes one release further back): fix the cause in the evidence"
+                 if rollback else f"rollback(stack={ref.name!r}) returns to the release before it; "
+                 "stack_history shows what changed"),
+            evidence=[f"{act.kind} {act.operation_id} ended {act.ended_at}", *act.changed[:6],
+                      *[f"{f.service}: {f.message}" for f in problems if f.service in after][:4]])
 
 
 def _exit_cause(code: int, errors: list[str]) -> str:
@@ -335,7 +385,14 @@ def _next_steps(findings: list[DiagnosisFinding], similar: list[SimilarIncident]
     rules = {f.rule for f in findings}
     if "oom-killed" in rules:
         steps.append("raise the memory limit (inspect_stack shows it), validate_compose, then deploy_stack")
-    if "dependency-unreachable" in rules:
+    if AFTER_ACT in rules:
+        first = next(f for f in findings if f.rule == AFTER_ACT)
+        steps.append(f"the problems began after a deployment: {first.fix}")
+    if rules & {"network-detached", "container-missing", "image-drift"}:
+        steps.append("the running stack differs from its files: the drift findings name the deploy_stack call "
+                     "that repairs each (deploy_stack dry_run shows it as a change)")
+    file_fault = [f for f in findings if f.rule == "dependency-unreachable" and "compose file" in (f.fix or "")]
+    if file_fault:
         steps.append("fix the networks in the compose file so each service shares one with its dependencies")
     if rules & {"unhealthy", "exited", "restart-loop"}:
         steps.append("stack_logs for the failing service, then stack_control restart once; if it fails again, "

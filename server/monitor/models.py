@@ -34,6 +34,7 @@ class ServiceStatus(Frozen):
     memory_limit_bytes: int | None = Field(description="null: unlimited")
     ports: list[str]
     image: str | None
+    networks: list[str] = Field(default_factory=list, description="Networks the container is attached to now.")
     watcher: WatcherView | None = None
 
 
@@ -87,6 +88,22 @@ class Diagnosis(Frozen):
     next_steps: list[str]
 
 
+class ServiceHealth(Frozen):
+    service: str
+    verdict: str = Field(description="ready | waiting | failed")
+    why: str
+
+
+class HealthAfter(Frozen):
+    """The health gate a deploy uses, run on the services acted on (short timeout)."""
+
+    ok: bool
+    timeout_s: float
+    failure: str = ""
+    services: list[ServiceHealth] = Field(default_factory=list)
+    evidence: list[str] = Field(default_factory=list)
+
+
 class ControlResult(Frozen):
     stack: str
     action: str
@@ -94,3 +111,4 @@ class ControlResult(Frozen):
     services: list[str] = Field(description="Services acted on.")
     maintenance: dict[str, object] | None = None
     detail: str
+    health: HealthAfter | None = Field(default=None, description="start/restart: health after the act.")

@@ -152,6 +152,7 @@ def _service(o: Observed, usage: Usage | None, seen: dict[str, Any] | None) -> S
         memory_limit_bytes=o.memory_limit,
         ports=_ports(o.summary.ports),
         image=(o.inspect.get("Config") or {}).get("Image") or o.summary.image,
+        networks=sorted(((o.inspect.get("NetworkSettings") or {}).get("Networks") or {}).keys()),
         watcher=_watcher_view(seen) if seen else None,
     )
 

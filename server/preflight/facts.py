@@ -40,12 +40,14 @@ class HostSnapshot:
 
 
 async def gather_facts(
-    engine: Engine, stack: LoadedStack | None, *, sample_cpu: bool = False, check_images: bool = True
+    engine: Engine, stack: LoadedStack | None, *, sample_cpu: bool = True, check_images: bool = True
 ) -> HostSnapshot:
     """Everything host-side the rules need, gathered in parallel. Raises DockerUnavailable.
 
-    Without ``sample_cpu`` only the stack's own containers are measured (memory, to credit it
-    back); with it every running container is, over a short window, and the host's CPU too.
+    By default every running container is measured over a short window, and the host's CPU too:
+    check_resources and validate_compose judge host pressure from this same sampling (the rule,
+    policy.resources.host_load, sets the stack's own containers apart). ``sample_cpu=False``
+    measures only the stack's own containers (memory, to credit it back).
     """
     info, containers, api_version = await _info_and_containers(engine)
     endpoint = engine.endpoint_url()

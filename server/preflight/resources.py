@@ -56,7 +56,7 @@ async def check_resources(
         except StackRenderFailed as exc:
             render_findings, name = exc.findings, exc.name
     await report_progress(progress, 1, 2, "measuring the host")
-    snap = await gather_facts(engine, stack, sample_cpu=True, check_images=False)
+    snap = await gather_facts(engine, stack, check_images=False)
     facts = snap.facts
     requested: ResourceRequest | None = None
     sufficient: bool | None = None
