@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -143,10 +144,19 @@ async def test_two_failures_in_a_row_and_after_explicit_rollbacks_every_row_is_t
     assert [(i.service, i.image) for i in failed.failed_images] == [("api", WEB_BROKEN)]
 
 
-def _events(project: str, since: float) -> list[dict[str, Any]]:
-    out = docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}", "--filter",
-                 f"label=com.docker.compose.project={project}", "--format", "{{json .}}")
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
+def _watch_events(project: str, into: Path) -> subprocess.Popen[bytes]:
+    """Stream the project's engine events to a file while the deploy runs (the engine keeps only
+    its last 256 events, shared by every project on it, so they cannot be read afterwards)."""
+    with into.open("wb") as out:
+        return subprocess.Popen(["docker", "events", "--filter", f"label=com.docker.compose.project={project}",
+                                 "--format", "{{json .}}"], stdout=out, stderr=subprocess.DEVNULL)
+
+
+def _events(proc: subprocess.Popen[bytes], path: Path) -> list[dict[str, Any]]:
+    time.sleep(0.5)
+    proc.terminate()
+    proc.wait(timeout=10)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 async def test_broken_schema_caught_by_smoke_is_restored_and_a_lost_dump_is_a_failed_rollback(
@@ -162,7 +172,11 @@ async def test_broken_schema_caught_by_smoke_is_restored_and_a_lost_dump_is_a_fa
             began.append(time.time())
 
     (directory / "compose.yaml").write_text(app(project_name, port, WEB_11, BREAK_SCHEMA, smoke=True))
-    report = await Deployer(runtime, progress=progress).deploy(project_name, wait_timeout_s=120)
+    watcher = _watch_events(project_name, stacks_root / "events.jsonl")
+    try:
+        report = await Deployer(runtime, progress=progress).deploy(project_name, wait_timeout_s=120)
+    finally:
+        events = _events(watcher, stacks_root / "events.jsonl")
     assert report.rollback is not None and report.rollback.why.startswith("smoke:"), report
     _restored(report, 20)
     assert phase(report, "rollback_smoke").status == "ok"
@@ -170,27 +184,30 @@ async def test_broken_schema_caught_by_smoke_is_restored_and_a_lost_dump_is_a_fa
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
 
     # Order: no api container started after the rollback began until the dump was replayed.
-    events = _events(project_name, began[0] - 0.5)
-    restore = next(e for e in events if e.get("Action", "").startswith("exec_start") and "ON_ERROR_STOP=0" in
-                   e["Action"])
-    exec_id = restore["Actor"]["Attributes"].get("execID")
-    done = next(e for e in events if e["timeNano"] > restore["timeNano"] and e.get("Action") == "exec_die"
-                and e["Actor"]["Attributes"].get("execID", exec_id) == exec_id)
+    execs = [e for e in events if str(e.get("Action", "")).startswith("exec_")]
+    restore = [e for e in execs if "ON_ERROR_STOP=0" in e["Action"]]
+    assert restore, [e["Action"][:100] for e in events if "pg_isready" not in e["Action"]]
+    exec_id = restore[0]["Actor"]["Attributes"].get("execID")
+    done = [e for e in execs if e["timeNano"] > restore[0]["timeNano"] and e["Action"].startswith("exec_die")
+            and e["Actor"]["Attributes"].get("execID", exec_id) == exec_id]
+    assert done, [(e["Action"][:60], e["Actor"]["Attributes"].get("execID")) for e in execs]
+    done_at = done[0]["timeNano"]
     api_starts = [e for e in events if e.get("Action") == "start" and e.get("Type") == "container"
                   and e["Actor"]["Attributes"].get("com.docker.compose.service") == "api"
                   and e["timeNano"] >= began[0] * 1e9]
     assert api_starts, "the old api was never started"
-    assert all(e["timeNano"] > done["timeNano"] for e in api_starts), "the old api started before the restore"
+    assert all(e["timeNano"] > done_at for e in api_starts), "the old api started before the restore"
 
     # The same failure from the pinned state, with the dump gone before the rollback: `failed`.
     async def lose_dump(step: float, total: float, message: str) -> None:
         if message.startswith("rolling back"):
-            for dump in (runtime.settings.state_dir / "backups" / project_name).glob("*/dumps/*"):
-                dump.unlink()
+            backups = runtime.settings.state_dir / "backups" / project_name
+            for data in [*backups.glob("*/dumps/*"), *backups.glob("*/volumes/*")]:
+                data.unlink()
 
     (directory / "compose.yaml").write_text(app(project_name, port, WEB_11, BREAK_SCHEMA, smoke=True))
     report = await Deployer(runtime, progress=lose_dump).deploy(project_name, wait_timeout_s=120)
-    assert report.status == "failed", report
+    assert report.status == "failed", report.phases
     assert report.rollback is not None and report.rollback.result == "failed"
     assert phase(report, "restore_data").status == "failed"
     assert "data was NOT restored" in report.next_steps[0] and "api" in report.next_steps[0]
