@@ -239,7 +239,7 @@ async def data_check(d: Deployer, project: str, backup: Any, services: list[str]
             parts.append(f"{dump.service}: MISMATCH " + "; ".join(diff[:5]))
         else:
             parts.append(f"{dump.service}: {len(dump.tables)} table(s), {sum(dump.tables.values())} row(s) as dumped")
-    return ok, ("; ".join(parts) or "no dump restored")[:400]
+    return ok, ("; ".join(parts) or "no dump: volume archives restored, rows not counted")[:400]
 
 
 async def _load(d: Deployer, stack: LoadedStack, env: dict[str, str]) -> LoadedStack:
