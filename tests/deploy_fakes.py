@@ -51,6 +51,9 @@ class _Api:
     def tag(self, image_id: str, repo: str, tag: str, force: bool = False) -> None:
         self._engine.events.append(("tag", image_id, f"{repo}:{tag}"))
 
+    def stop(self, container_id: str, timeout: int = 10) -> None:
+        self._engine.events.append(("stop", container_id))
+
 
 class FakeEngine:
     def __init__(self, events: list[tuple[Any, ...]]) -> None:

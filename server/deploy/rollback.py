@@ -71,6 +71,8 @@ class Spec:
     """Services whose data goes back; None: everything the backup holds (explicit restore_data)."""
     env: dict[str, str] = field(default_factory=dict)
     window: float = 0.0
+    nothing_ran: bool = False
+    """Nothing ran before the failed deploy: going back means removing its containers."""
 
 
 @dataclass
@@ -133,7 +135,7 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
             await store.restore_files(run.backup, stack.directory)
             out.notes.append("files as they were before this deploy restored (no earlier deployment recorded)")
         project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
-        if not spec.pins:
+        if spec.nothing_ran:
             # Nothing ran before: back where it started is no containers (volumes kept).
             await d.compose.run_project(project, ["down", "--remove-orphans"], scrub=scrub,
                                         what="docker compose down (rollback)", **on_start(d.compose, run.op))
@@ -144,7 +146,7 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
         old = await _load(d, stack, spec.env)
         pins = {s: ref for s, ref in spec.pins.items() if s in old.services}
         override.write_pins(stack.directory, pins)
-        out.notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins))}")
+        out.notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
         project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
         if restoring:
             run.phase("rollback", "ok", t, "; ".join(out.notes))
@@ -273,7 +275,8 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
         log.warning("could not keep the failed files of %s", stack.name, exc_info=True)
     touched = touched_databases(stack, plan, run.backup)
     spec = Spec(target=target, pins={p.service: p.pinned_ref for p in run.backup.images},
-                data=run.backup if touched else None, databases=touched, env=env, window=window)
+                data=run.backup if touched else None, databases=touched, env=env, window=window,
+                nothing_ran=not run.backup.images)
     out = await restore_version(d, run, spec, wait_s)
     ttr = round(time.monotonic() - started, 1)
     recorder = MemoryRecorder(d.runtime.memory)

@@ -70,8 +70,9 @@ async def run_checks(engine: Engine, run: Run, stack: LoadedStack, watched: list
     """Health gate, smoke checks, verification window; raises StepFailed at the first that fails.
     ``prefix`` names the phases of a rollback apart from the deploy's (``rollback_health``):
     the journal keeps one entry per phase name."""
+    label = prefix.replace("_", " ")
     t = time.monotonic()
-    await tell(f"{prefix}health gate: waiting up to {wait_s:.0f}s", True)
+    await tell(f"{label}health gate: waiting up to {wait_s:.0f}s", True)
     gate = await run_gate(engine, stack.name, watched, timeout_s=wait_s, on_wait=lambda m: tell(m, False))
     if not gate.ok:
         run.phase(prefix + "health", "failed", t, gate.failure)
@@ -79,7 +80,7 @@ async def run_checks(engine: Engine, run: Run, stack: LoadedStack, watched: list
     run.phase(prefix + "health", "ok", t, f"{len(watched)} service(s) ready")
 
     t = time.monotonic()
-    await tell(f"{prefix}smoke tests", True)
+    await tell(f"{label}smoke tests", True)
     smoke_services = [w.service for w in watched if stack.service_settings_for(w.service).smoke]
     if smoke_services:
         results = await run_smoke(engine, stack, smoke_services, await container_ids(engine, stack.name))
@@ -94,7 +95,7 @@ async def run_checks(engine: Engine, run: Run, stack: LoadedStack, watched: list
         run.phase(prefix + "smoke", "skipped", t, "no x-dsm smoke checks")
 
     t = time.monotonic()
-    await tell(f"{prefix}verification window: {window:.0f}s", True)
+    await tell(f"{label}verification window: {window:.0f}s", True)
     verdict = await verify_window(engine, stack.name, watched, changed, window_s=window,
                                   dependencies=frozenset(stack.services), tell=lambda m: tell(m, False))
     if not verdict.ok:
