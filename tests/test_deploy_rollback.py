@@ -5,6 +5,7 @@ rollback, what is put back, in which order, and what is recorded. The real engin
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFail
     async def load_stack(settings: Any, compose: Any, *, path: str, env: Any = None, dsm_override: bool = True
                          ) -> Any:
         assert path == str(world.directory) and dsm_override is False  # the old files, without our pins
-        return stack
+        # The old version's own verification window (x-dsm verify_s: 0 here), not the failed one's.
+        return dataclasses.replace(stack, settings=stack.settings.model_copy(update={"verify_s": 0}))
 
     monkeypatch.setattr(deployer, "_apply", apply)
     monkeypatch.setattr("server.stackload.load_stack", load_stack)

@@ -28,6 +28,7 @@ from server.deploy.project import compose_project
 from server.deploy.report import DeployPlan, DeployReport, Phase
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.steps import (
+    DEFAULT_VERIFY_S,
     Blocked,
     Run,
     StepFailed,
@@ -39,6 +40,7 @@ from server.deploy.steps import (
     on_start,
     run_checks,
     states,
+    verify_default,
 )
 from server.deploy.targets import adopt_if_new
 from server.engine import Engine
@@ -54,7 +56,6 @@ Progress = Callable[[float, float, str], Awaitable[None]]
 Confirm = Callable[[str], Awaitable[bool]]
 PHASES = ("preflight", "plan", "backup", "pull", "up", "health", "smoke", "verify", "record")
 DEFAULT_WAIT_S = 180.0
-DEFAULT_VERIFY_S = 30.0
 
 
 class Deployer:
@@ -227,12 +228,12 @@ class Deployer:
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "nothing was changed: fix the findings and deploy again"])
         except StepFailed as failed:
-            return await rollback.automatic(self, run, plan, env, failed, started, wait_s, window)
+            return await rollback.automatic(self, run, plan, env, failed, started, wait_s)
         except BaseException as exc:
             # Server shutdown (cancellation) or a bug mid-deploy: roll back, shielded, then re-raise.
             interrupted = StepFailed("deploy", f"interrupted: {type(exc).__name__}: {brief(exc)}")
             with anyio.CancelScope(shield=True):
-                report = await rollback.automatic(self, run, plan, env, interrupted, started, wait_s, window)
+                report = await rollback.automatic(self, run, plan, env, interrupted, started, wait_s)
                 end_journal(run, report)
             raise
         return await self._success(run, plan, started)
@@ -407,15 +408,6 @@ def _watched(stack: LoadedStack, plan: DeployPlan, services: list[str] | None = 
                 todo.extend(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {}))
     return [Watched(s.service, stack.service_settings_for(s.service).is_one_shot or completed_dep(stack, s.service))
             for s in plan.services if s.action != "remove" and s.service in wanted]
-
-
-def verify_default(stack: LoadedStack, services: list[str] | None) -> float:
-    value = stack.settings.verify_s
-    per_service = [stack.service_settings_for(s).verify_s for s in (services or stack.services)]
-    values = [v for v in per_service if v is not None]
-    if values:
-        return float(max(values))
-    return float(value) if value is not None else DEFAULT_VERIFY_S
 
 
 def _name_taken(settings: Any, stack: LoadedStack) -> Finding | None:

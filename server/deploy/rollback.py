@@ -42,6 +42,7 @@ from server.deploy.steps import (
     on_start,
     run_checks,
     states,
+    verify_default,
     watched_all,
 )
 from server.deploy.targets import backup_after, targets
@@ -70,7 +71,9 @@ class Spec:
     databases: list[str] | None = field(default_factory=list)
     """Services whose data goes back; None: everything the backup holds (explicit restore_data)."""
     env: dict[str, str] = field(default_factory=dict)
-    window: float = 0.0
+    window: float | None = None
+    """Verification window; None: the old version's own (x-dsm verify_s, else the default), not
+    the one asked for the failed version (a shutdown's shielded rollback must not wait 2 min)."""
     nothing_ran: bool = False
     """Nothing ran before the failed deploy: going back means removing its containers."""
 
@@ -150,9 +153,9 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
         project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
         if restoring:
             run.phase("rollback", "ok", t, "; ".join(out.notes))
-            t, stage = time.monotonic(), "restore_data"
+            t, stage, mark = time.monotonic(), "restore_data", len(out.notes)
             ok = await _restore_data(d, run, spec, old, sorted(dbs & set(old.services)), project, scrub, wait_s, out)
-            run.phase("restore_data", "ok" if ok else "failed", t, "; ".join(out.notes[-3:]))
+            run.phase("restore_data", "ok" if ok else "failed", t, "; ".join(out.notes[mark:]))
             if not ok:
                 out.kept_stopped = sorted(set(old.services) - dbs)
                 return out
@@ -166,7 +169,8 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
         running = {c.service or "" for c in await d.engine.compose_containers(stack.name)}
         checked = _with_pins(old, pins)
         await run_checks(d.engine, run, checked, watched_all(checked, running), set(checked.services),
-                         wait_s=wait_s, window=spec.window, tell=lambda m, a: d.tell(m, advance=a),
+                         wait_s=wait_s, window=verify_default(old, None) if spec.window is None else spec.window,
+                         tell=lambda m, a: d.tell(m, advance=a),
                          prefix="rollback_")
         out.notes.append("previous version healthy: health gate, smoke checks and verification passed")
         out.result = "restored"
@@ -259,7 +263,7 @@ def _with_pins(stack: LoadedStack, pins: dict[str, str]) -> LoadedStack:
 
 # -- the two callers --------------------------------------------------------------------------------
 async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
-                    started: float, wait_s: float, window: float) -> DeployReport:
+                    started: float, wait_s: float) -> DeployReport:
     """A deploy failed after its backup: back to the last good deployment, with the images that ran
     before it (the backup's pins) and the data of every database the failed change touched."""
     from server.memory.recorder import MemoryRecorder
@@ -275,7 +279,7 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
         log.warning("could not keep the failed files of %s", stack.name, exc_info=True)
     touched = touched_databases(stack, plan, run.backup)
     spec = Spec(target=target, pins={p.service: p.pinned_ref for p in run.backup.images},
-                data=run.backup if touched else None, databases=touched, env=env, window=window,
+                data=run.backup if touched else None, databases=touched, env=env,
                 nothing_ran=not run.backup.images)
     out = await restore_version(d, run, spec, wait_s)
     ttr = round(time.monotonic() - started, 1)
@@ -354,8 +358,6 @@ async def explicit(d: Deployer, stack_arg: str, *, to_deployment: str | None, re
 
 async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait_s: float, history: list[Any],
                     reason: str | None) -> DeployReport:
-    from server.deploy.pipeline import verify_default
-
     stack = run.stack
     store = backup_store(d.runtime)
     started = time.monotonic()
@@ -376,8 +378,7 @@ async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait
             return _explicit_report(d, run, target, Outcome(notes=["no backup of that deployment's data"]),
                                     reason, started)
         data = store.get(stack.name, data_id)
-    spec = Spec(target=target.operation_id, pins=pins, data=data, databases=None, env={},
-                window=verify_default(stack, None))
+    spec = Spec(target=target.operation_id, pins=pins, data=data, databases=None, env={})
     out = await restore_version(d, run, spec, wait_s)
     if out.result == "restored":
         assert stack.directory is not None

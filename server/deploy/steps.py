@@ -26,6 +26,7 @@ from server.stackmodel import LoadedStack
 log = logging.getLogger("docker_stack_mcp.deploy")
 
 Tell = Callable[[str], Awaitable[None]]
+DEFAULT_VERIFY_S = 30.0
 
 
 class StepFailed(Exception):
@@ -193,3 +194,12 @@ def on_start(compose: ComposeRunner, op: Any) -> dict[str, Any]:
 
 def brief(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).splitlines()[0][:400]
+
+
+def verify_default(stack: LoadedStack, services: list[str] | None) -> float:
+    value = stack.settings.verify_s
+    per_service = [stack.service_settings_for(s).verify_s for s in (services or stack.services)]
+    values = [v for v in per_service if v is not None]
+    if values:
+        return float(max(values))
+    return float(value) if value is not None else DEFAULT_VERIFY_S
