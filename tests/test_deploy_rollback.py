@@ -871,3 +871,32 @@ def test_an_interrupted_operation_names_its_backup(world: World) -> None:
     assert record_ is not None and record_.status == "interrupted" and record_.result is not None
     assert record_.result["backup_id"] == "20260101T000000Z-abcdef"
     assert DeploymentEntry.of(record_).backup_id == "20260101T000000Z-abcdef"
+
+
+@pytest.mark.parametrize(("now", "ok", "summary"), [
+    ({"postgres.public.items": 250}, True, "db: 1 table(s), 250 row(s) as dumped"),
+    ({"postgres.public.items": 0}, False, "db: MISMATCH postgres.public.items 0 rows, dumped 250"),
+    ({}, False, "db: MISMATCH postgres.public.items missing rows, dumped 250"),
+    ({"postgres.public.items": 250, "postgres.public.new": 1}, False,
+     "db: MISMATCH postgres.public.new not in the dump"),
+    (None, False, "db: rows could not be counted after the restore"),
+])
+async def test_data_check_compares_rows_with_the_dump(world: World, now: dict[str, int] | None, ok: bool,
+                                                      summary: str) -> None:
+    from server.deploy.datacheck import data_check
+
+    world.engine.add("db")
+    dump = manifest("b-1", dumps=("db", "cache")).dumps
+    backup = manifest("b-1").model_copy(update={"dumps": [
+        dump[0].model_copy(update={"tables": {"postgres.public.items": 250}}),
+        dump[1].model_copy(update={"kind": "redis"})]})
+
+    class Store:
+        async def exec_counts(self, container_id: str, recipe: Any) -> dict[str, int] | None:
+            assert container_id == "db-c0" and recipe.kind == "postgres"
+            return now
+
+    result = await data_check(world.engine, Store(), STACK, backup, ["db"])  # type: ignore[arg-type]
+    assert result == (ok, summary)
+    assert (await data_check(world.engine, Store(), STACK, backup, None))[1].endswith(  # type: ignore[arg-type]
+        "; cache: restored (no row counts recorded)")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from server.deploy import override, snapshots
+from server.deploy.datacheck import data_check
 from server.deploy.health import Watched, run_gate
 from server.deploy.project import fresh_project
 from server.deploy.report import DeployPlan, DeployReport, RollbackInfo
@@ -212,40 +213,10 @@ async def _restore_data(d: Deployer, run: Run, spec: Spec, old: LoadedStack, dbs
         out.notes.append(f"data NOT restored from backup {spec.data.backup_id}: {brief(exc)}")
         return False
     out.notes.append(f"data restored from backup {spec.data.backup_id}: {', '.join(map(str, done)) or 'nothing'}")
-    ok, out.data_check = await data_check(d, run.stack.name, spec.data, spec.databases)
+    ok, out.data_check = await data_check(d.engine, backup_store(d.runtime), run.stack.name, spec.data,
+                                         spec.databases)
     out.notes.append(f"data check: {out.data_check}")
     return ok
-
-
-async def data_check(d: Deployer, project: str, backup: Any, services: list[str] | None) -> tuple[bool, str]:
-    """Tables and row counts now against those recorded when each dump was taken."""
-    from server.backups.databases import recipe_by_kind
-
-    store = backup_store(d.runtime)
-    running = {c.service: c.id for c in await d.engine.compose_containers(project) if c.running}
-    ok, parts = True, []
-    for dump in backup.dumps:
-        if services is not None and dump.service not in services:
-            continue
-        if dump.tables is None:
-            parts.append(f"{dump.service}: restored (no row counts recorded)")
-            continue
-        recipe = recipe_by_kind(dump.kind)
-        now = await store.exec_counts(running[dump.service], recipe) \
-            if recipe is not None and dump.service in running else None
-        if now is None:
-            ok = False
-            parts.append(f"{dump.service}: rows could not be counted after the restore")
-            continue
-        diff = [f"{t} {now.get(t, 'missing')} rows, dumped {n}" for t, n in sorted(dump.tables.items())
-                if now.get(t) != n]
-        diff += [f"{t} not in the dump" for t in sorted(set(now) - set(dump.tables))]
-        if diff:
-            ok = False
-            parts.append(f"{dump.service}: MISMATCH " + "; ".join(diff[:5]))
-        else:
-            parts.append(f"{dump.service}: {len(dump.tables)} table(s), {sum(dump.tables.values())} row(s) as dumped")
-    return ok, ("; ".join(parts) or "no dump: volume archives restored, rows not counted")[:400]
 
 
 async def _load(d: Deployer, stack: LoadedStack, env: dict[str, str]) -> LoadedStack:
