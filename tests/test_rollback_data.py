@@ -278,3 +278,20 @@ async def test_rollback_after_an_interrupted_deploy_goes_to_the_last_good_deploy
     assert report.status == "rolled_back", report
     assert report.rollback is not None and report.rollback.to_deployment == d2.deployment_id
     assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
+
+
+async def test_backing_up_a_stack_started_by_hand_adopts_it(runtime: Runtime, stacks_root: Path,
+                                                            project_name: str) -> None:
+    from server.backups import service
+
+    port = free_port()
+    directory = write(stacks_root, project_name, web_stack(project_name, WEB_10, port, volume=False))
+    docker("compose", "up", "-d", cwd=directory)
+    wait_for(lambda: _serves(port, "web 1.0"), timeout=60)
+    result = await service.create(runtime, service.resolve_stack(runtime, project_name), "by hand", None)
+    [adopted] = operations(runtime).history(project_name)
+    entry = DeploymentEntry.of(adopted)
+    assert (entry.kind, entry.status, entry.backup_id) == ("deploy", "adopted", result.backups[0].backup_id)
+    assert [(i.service, i.image) for i in entry.images] == [("web", WEB_10)]
+    await service.create(runtime, service.resolve_stack(runtime, project_name), "again", None)
+    assert len(operations(runtime).history(project_name)) == 1  # adopted once
