@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL_DIR := $(CURDIR)/.cache/embedding-model
 PYTEST_ARGS ?=
 
-.PHONY: install provision model test lint demo bench mutate clean-test
+.PHONY: install provision model test test-fast lint demo bench mutate clean-test
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,13 @@ lint: install
 
 test: provision model lint
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The fast tier: every test that needs no engine, in well under a minute. DOCKER_HOST points at a
+# socket that does not exist, so a test that reaches the engine without being marked `docker` fails
+# here instead of passing by luck (conftest marks every test using an engine fixture).
+test-fast: model
+	DOCKER_HOST=unix:///nonexistent/dsm-test-fast.sock DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) \
+		$(VENV)/bin/pytest -q -n 2 -m "not docker and not slow" $(PYTEST_ARGS)
 
 demo: provision model
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) examples/demo.py

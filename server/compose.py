@@ -1,7 +1,9 @@
 """Every ``docker compose`` call goes through :class:`ComposeRunner`.
 
 Compose runs with a clean environment: PATH, HOME, Docker's own ``DOCKER_*`` client settings,
-and the values the caller gave for interpolation. Nothing else of this server's environment
+and the values the caller gave for interpolation. The engine is the runtime's one endpoint
+(:mod:`server.endpoint`), passed as an explicit DOCKER_HOST with DOCKER_CONTEXT removed, so
+Compose acts on the engine pre-flight, the backup and the health gate look at. Nothing else of this server's environment
 leaks in (its own secrets, a stray COMPOSE_PROJECT_NAME). The stack's ``.env`` is read by Compose
 itself from the project directory, as it would be for the operator.
 """
@@ -17,7 +19,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from server.errors import ComposeError, ComposeTimeout, ComposeUnavailable
+from server.endpoint import CLIENT_VARS, Endpoint, EndpointSource
+from server.errors import ComposeError, ComposeTimeout, ComposeUnavailable, DockerUnavailable
 from server.process import ProcessResult, run_argv
 from server.project import ComposeProject
 from server.redact import Scrubber
@@ -28,10 +31,17 @@ log = logging.getLogger("docker_stack_mcp.compose")
 _PASS_THROUGH = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR", "SSH_AUTH_SOCK")
 _SERVER_OWNED = frozenset({"PATH", "HOME"})
 _CONFIG_TIMEOUT_S = 30.0
+_ENGINE_FREE = frozenset({"config", "version"})
 
 
-def client_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def client_env(
+    extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None, endpoint: Endpoint | None = None
+) -> dict[str, str]:
     """The environment a docker/compose child gets: the essentials, DOCKER_*, then ``extra``.
+
+    With ``endpoint``, the variables that choose the engine (DOCKER_HOST, DOCKER_CONTEXT, TLS)
+    come from it alone: a DOCKER_CONTEXT left in the environment would let Compose pick another
+    engine than the one docker-py talks to.
 
     ``extra`` (a stack's given env) never replaces the engine, the binaries or the CLI config
     of this server: a given DOCKER_HOST made ``up`` start the stack on another engine than the
@@ -41,6 +51,10 @@ def client_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] |
     base = os.environ if base is None else base
     env = {k: base[k] for k in _PASS_THROUGH if k in base}
     env.update({k: v for k, v in base.items() if k.startswith("DOCKER_")})
+    if endpoint is not None:
+        for key in CLIENT_VARS:
+            env.pop(key, None)
+        env.update(endpoint.client_env())
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     if extra:
         ours = sorted(k for k in extra if k in _SERVER_OWNED or k.startswith("DOCKER_"))
@@ -53,8 +67,10 @@ def client_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] |
 class ComposeRunner:
     """Locates Compose v2 once and runs it. Async; safe to share between tool calls."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, endpoint: EndpointSource | None = None) -> None:
         self.settings = settings
+        self.endpoint_source = endpoint or EndpointSource(settings)
+        """Shared with the runtime's Engine: Compose acts on the engine docker-py looks at."""
         self._prefix: list[str] | None = None
 
     async def prefix(self) -> list[str]:
@@ -119,7 +135,7 @@ class ComposeRunner:
         argv = [*(await self.prefix()), *project_args, *args]
         timeout = timeout_s if timeout_s is not None else self.settings.compose_timeout_s
         result = await run_argv(
-            argv, timeout_s=timeout, env=client_env(env), cwd=cwd, stdin=stdin, term_grace_s=term_grace_s,
+            argv, timeout_s=timeout, env=self._child_env(args, env), cwd=cwd, stdin=stdin, term_grace_s=term_grace_s,
             on_start=on_start,
         )
         scrub = scrub or Scrubber()
@@ -140,6 +156,18 @@ class ComposeRunner:
                 stderr=scrub(result.stderr[-4000:]),
             )
         return result
+
+    def _child_env(self, args: Sequence[str], env: Mapping[str, str] | None) -> dict[str, str]:
+        """The child's environment on the runtime's endpoint. An endpoint that cannot be resolved
+        (a context that does not exist) raises DockerUnavailable before anything runs, except for
+        ``config`` and ``version``, which never reach an engine: linting works without one."""
+        try:
+            return client_env(env, endpoint=self.endpoint_source.get())
+        except DockerUnavailable:
+            flags = list(args[: list(args).index("--")] if "--" in args else args)
+            if not _ENGINE_FREE & set(flags):
+                raise
+            return {k: v for k, v in client_env(env).items() if k not in CLIENT_VARS}
 
     async def run_project(self, project: ComposeProject, args: Sequence[str], **kwargs: Any) -> ProcessResult:
         """``compose <project.args()> <args>`` in the project directory with the project's env.

@@ -1,9 +1,10 @@
 """The Docker engine, through docker-py: the only module that imports ``docker``.
 
 docker-py is synchronous, so every call runs in a worker thread. The API version is negotiated
-with the daemon (users run engines from Docker 20 to 28). ``DOCKER_HOST`` wins; otherwise the
-current Docker context is honoured, as the docker CLI would. Errors become DockerUnavailable
-(cannot reach the daemon) or EngineError (the daemon said no), with advice.
+with the daemon (users run engines from Docker 20 to 28). The engine is the runtime's one
+endpoint (:mod:`server.endpoint`: DOCKER_HOST, else DOCKER_CONTEXT, else the CLI's current
+context), the same one Compose is pointed at. Errors become DockerUnavailable (cannot reach the
+daemon) or EngineError (the daemon said no), with advice.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
 import anyio
 
+from server.endpoint import Endpoint, EndpointSource
 from server.errors import DockerUnavailable, EngineError
 from server.settings import Settings
 
 if TYPE_CHECKING:
-    from server.registry import ImageConfig, RegistryView
+    from server.registry import ImageConfig, RegistryView, TagDigest
 
 log = logging.getLogger("docker_stack_mcp.engine")
 
@@ -55,8 +57,10 @@ RegistryState = Literal["present", "absent", "unreachable"]
 class Engine:
     """Lazy docker-py client. Construction does no I/O; the first call connects."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, endpoint: EndpointSource | None = None) -> None:
         self.settings = settings
+        self.endpoint_source = endpoint or EndpointSource(settings)
+        """Shared with the runtime's ComposeRunner: both act on the same engine."""
         self._client: Any = None
         self._stream_client: Any = None
         self._lock = threading.Lock()
@@ -77,18 +81,29 @@ class Engine:
                 self._stream_client = self._new_client(_STREAM_TIMEOUT_S)
             return self._stream_client
 
+    def endpoint(self) -> Endpoint:
+        """The engine this adapter talks to; raises DockerUnavailable when it cannot be resolved."""
+        return self.endpoint_source.get()
+
     def _new_client(self, timeout: float) -> Any:
         import docker
         from docker.errors import DockerException
 
+        endpoint = self.endpoint()
         try:
-            if self.settings.docker_host:
-                return docker.DockerClient(base_url=self.settings.docker_host, version="auto", timeout=timeout)
-            return _client_from_context(docker, timeout) or docker.DockerClient(
-                base_url="unix:///var/run/docker.sock", version="auto", timeout=timeout
-            )
+            tls: Any = False
+            if endpoint.tls is not None:
+                from docker.tls import TLSConfig
+
+                material = endpoint.tls
+                tls = TLSConfig(
+                    client_cert=(material.cert, material.key) if material.cert and material.key else None,
+                    ca_cert=material.ca,
+                    verify=material.verify,  # with ca_cert: that CA; without: the system's CAs
+                )
+            return docker.DockerClient(base_url=endpoint.host, tls=tls, version="auto", timeout=timeout)
         except DockerException as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, endpoint) from None
 
     async def call(self, fn: Callable[[Any], T], what: str, *, streaming: bool = False) -> T:
         """Run ``fn(client)`` in a worker thread with errors mapped to ours.
@@ -111,9 +126,9 @@ class Engine:
                     state="nothing was changed by this call",
                 ) from None
             except (RequestsConnectionError, ReadTimeout) as exc:
-                raise _unavailable(exc) from None
+                raise _unavailable(exc, self.endpoint()) from None
             except DockerException as exc:
-                raise _unavailable(exc) from None
+                raise _unavailable(exc, self.endpoint()) from None
 
         return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
 
@@ -146,7 +161,7 @@ class Engine:
         try:
             rows = self._connect().api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
         except (DockerException, RequestException) as exc:
-            raise _unavailable(exc) from None
+            raise _unavailable(exc, self.endpoint()) from None
         return [
             {"service": c.service, "name": c.name, "state": c.state, "health": c.health, "image": c.image}
             for c in map(ContainerSummary.from_api, rows)
@@ -166,22 +181,9 @@ class Engine:
 
     # -- host preflight ---------------------------------------------------------------------
     def endpoint_url(self) -> str:
-        """Where the engine is: DOCKER_HOST, else the current context's host, else the default socket.
-
-        No I/O beyond reading the docker context; used to decide whether host figures can be read
-        from this machine (a unix socket) or must come through the API (tcp://, ssh://).
-        """
-        if self.settings.docker_host:
-            return self.settings.docker_host
-        try:
-            from docker.context import ContextAPI
-
-            context = ContextAPI.get_current_context()
-        except Exception:  # same tolerance as _client_from_context
-            context = None
-        if context is not None and context.Name != "default" and context.Host:
-            return str(context.Host)
-        return "unix:///var/run/docker.sock"
+        """Where the engine is (the runtime's endpoint's host URL); used to decide whether host
+        figures can be read from this machine (a unix socket) or must come through the API."""
+        return self.endpoint().host
 
     async def running_containers(self) -> list[RunningContainer]:
         """Every running container (Compose or not), with its full id. One API call."""
@@ -227,22 +229,47 @@ class Engine:
         """
         from server.registry import read_image_config
 
-        def credentials(registry: str) -> tuple[str, str] | None:
-            try:
-                from docker import auth
-
-                client = self._connect()
-                found = auth.resolve_authconfig(client.api._auth_configs, registry) or {}
-            except Exception:  # a broken credential store means: anonymous, as the CLI would try
-                log.debug("no credentials for %s", registry, exc_info=True)
-                return None
-            user, password = found.get("username") or found.get("Username"), found.get("password") or found.get(
-                "Password")
-            return (str(user), str(password)) if user and password else None
-
         return await anyio.to_thread.run_sync(
-            lambda: read_image_config(ref, view, timeout_s=timeout_s, credentials=credentials), abandon_on_cancel=True
+            lambda: read_image_config(ref, view, timeout_s=timeout_s, credentials=self._credentials),
+            abandon_on_cancel=True,
         )
+
+    async def registry_digest(
+        self, ref: str, view: RegistryView, timeout_s: float, *, direct: bool = True
+    ) -> TagDigest:
+        """The digest ``ref``'s tag points at in its registry now, without pulling.
+
+        ``direct``: one HEAD of the manifest from here (:func:`server.registry.read_digest`, with the
+        CLI's stored credentials). Otherwise (a remote engine's loopback registry, which only the
+        engine can reach) through the engine's distribution API. Never raises for the registry.
+        """
+        from server.registry import TagDigest, read_digest
+
+        if direct:
+            return await anyio.to_thread.run_sync(
+                lambda: read_digest(ref, view, timeout_s=timeout_s, credentials=self._credentials),
+                abandon_on_cancel=True,
+            )
+        try:
+            state, detail = await self.registry_state(ref, timeout_s)
+        except EngineError as exc:
+            return TagDigest("unreachable", f"could not verify: {exc.what}")
+        digest = detail.rsplit(" at ", 1)[-1] if state == "present" and " at sha256:" in detail else None
+        return TagDigest(state if digest or state != "present" else "unreachable", detail, digest)
+
+    def _credentials(self, registry: str) -> tuple[str, str] | None:
+        """The docker CLI's stored credentials for ``registry`` (config.json, credential helpers)."""
+        try:
+            from docker import auth
+
+            client = self._connect()
+            found = auth.resolve_authconfig(client.api._auth_configs, registry) or {}
+        except Exception:  # a broken credential store means: anonymous, as the CLI would try
+            log.debug("no credentials for %s", registry, exc_info=True)
+            return None
+        user, password = found.get("username") or found.get("Username"), found.get("password") or found.get(
+            "Password")
+        return (str(user), str(password)) if user and password else None
 
     async def container_stats(self, container_id: str, *, one_shot: bool = False) -> dict[str, Any] | None:
         """One ``docker stats`` sample; None when the container is gone.
@@ -303,12 +330,15 @@ class Engine:
 
         await self.call(rm, f"remove volume {name}")
 
-    async def create_helper(self, image: str, volumes: dict[str, str], *, purpose: str) -> str:
+    async def create_helper(
+        self, image: str, volumes: dict[str, str], *, purpose: str, labels: dict[str, str] | None = None
+    ) -> str:
         """A container that is created and never started, with ``volumes`` (name -> path) mounted.
 
         The engine's archive API reads and writes a stopped container's volumes, so nothing runs:
         any local image will do (the service's own, even a distroless one), and nothing is pulled.
-        Remove it with :meth:`remove_container` (in a ``finally``).
+        Remove it with :meth:`remove_container` (in a ``finally``). ``labels`` are added to ours
+        (the backups label their helpers with stack and owner, so recovery finds orphans).
         """
         name = f"{HELPER_PREFIX}{_slug(purpose)}-{secrets.token_hex(4)}"
 
@@ -322,7 +352,7 @@ class Engine:
                     entrypoint=["/dsm-helper-never-started"],
                     command=[],
                     name=name,
-                    labels={HELPER_LABEL: "1"},
+                    labels={**(labels or {}), HELPER_LABEL: "1"},
                     host_config=host_config,
                     network_disabled=True,
                 )["Id"]
@@ -578,30 +608,20 @@ def _registry_error(exc: Any) -> tuple[RegistryState, str]:
     return "unreachable", f"could not verify: {text[:200]}"
 
 
-def _client_from_context(docker: Any, timeout: float = _API_TIMEOUT_S) -> Any:
-    """A client for the current docker context when it is not the default one."""
-    try:
-        from docker.context import ContextAPI
-
-        context = ContextAPI.get_current_context()
-    except Exception:  # a broken ~/.docker/config.json must not stop us from trying the socket
-        log.debug("could not read the current docker context", exc_info=True)
-        return None
-    if context is None or context.Name == "default" or not context.Host:
-        return None
-    return docker.DockerClient(base_url=context.Host, tls=context.TLSConfig, version="auto", timeout=timeout)
-
-
-def _unavailable(exc: BaseException) -> DockerUnavailable:
+def _unavailable(exc: BaseException, endpoint: Endpoint | None = None) -> DockerUnavailable:
     text = str(exc)
-    if "Permission denied" in text:
+    if endpoint is not None and endpoint.source in ("DOCKER_CONTEXT", "currentContext"):
+        hint = (f"start the engine that docker context {endpoint.name!r} points at, or choose another engine "
+                "(DOCKER_CONTEXT, `docker context use`, DOCKER_HOST) and restart the server")
+    elif "Permission denied" in text:
         hint = "add this user to the docker group or point DOCKER_HOST at a socket it may use"
     elif "No such file" in text or "Connection refused" in text or "Connection aborted" in text:
         hint = "start the Docker daemon (systemctl start docker) or set DOCKER_HOST"
     else:
         hint = "check that the Docker daemon runs and DOCKER_HOST / the docker context point at it"
+    where = f" at {endpoint.describe()}" if endpoint is not None else ""
     return DockerUnavailable(
-        f"the Docker engine cannot be reached ({text[:200]})",
+        f"the Docker engine{where} cannot be reached ({text[:200]})",
         state="nothing was changed",
         next_step=hint,
     )

@@ -59,7 +59,8 @@ async def list_stacks(runtime: Runtime) -> StackList:
         for name, group in sorted(by_project.items())
         if name
     ]
-    return StackList(stacks_root=str(root), stacks=entries, other_projects=others, problems=problems)
+    return StackList(stacks_root=str(root), stacks=entries, other_projects=others, problems=problems,
+                     engine=_engine_named(runtime))
 
 
 async def inspect_stack(runtime: Runtime, path: str, env: Mapping[str, str] | None) -> StackInspection:
@@ -93,6 +94,16 @@ async def inspect_stack(runtime: Runtime, path: str, env: Mapping[str, str] | No
         settings=stack.settings.model_dump(exclude_defaults=True),
         findings=[],
     )
+
+
+def _engine_named(runtime: Runtime) -> str | None:
+    """The endpoint, already resolved by the listing above (no I/O); a URL may carry a password."""
+    from server.redact import Scrubber
+
+    try:
+        return Scrubber()(runtime.endpoint().describe())
+    except DockerUnavailable:
+        return None
 
 
 def _state(total: int, running: int, healthy: int, *, engine_ok: bool) -> str:

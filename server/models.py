@@ -119,6 +119,8 @@ class StackList(Frozen):
         description="Compose projects running on the host that are not under the stacks root: observed only."
     )
     problems: list[str] = Field(description="Name conflicts, unreadable directories, engine unreachable, ...")
+    engine: str | None = Field(default=None, description="The engine listed: its URL and what chose it "
+                               "(DOCKER_HOST, a docker context); null when no engine could be named.")
 
 
 class StackInspection(Frozen):

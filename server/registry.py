@@ -2,7 +2,8 @@
 
 The only module that speaks the registry's HTTP API (OCI distribution / registry v2). Used to
 learn an image's own HEALTHCHECK and USER when the image is not on the host: manifest (an index
-or manifest list resolves to the engine's platform), then the config blob. Anonymous bearer
+or manifest list resolves to the engine's platform), then the config blob; and, for the deploy
+plan, the digest a tag points at now (one HEAD of its manifest, :func:`read_digest`). Anonymous bearer
 tokens are fetched as the registry's ``WWW-Authenticate`` challenge says (Docker Hub, GHCR,
 Quay...), with the docker CLI's stored credentials when the engine's client has some.
 Registries the engine treats as insecure (its ``InsecureRegistryCIDRs`` and index configs, which
@@ -22,7 +23,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 RegistryState = Literal["present", "absent", "unreachable"]
 
@@ -182,12 +183,12 @@ class _Client:
     token: str | None = None
     basic: bool = False
 
-    def get(self, path: str, accept: str | None = None) -> Any:
+    def get(self, path: str, accept: str | None = None, method: str = "GET") -> Any:
         headers = {"Accept": accept} if accept else {}
-        response = self._get(path, headers)
+        response = self._get(path, headers, method)
         if response.status_code == 401 and (self.token is None and not self.basic):
             self._authenticate(response.headers.get("WWW-Authenticate") or "")
-            response = self._get(path, headers)
+            response = self._get(path, headers, method)
         if response.status_code == 404:
             raise _Refused("absent", f"registry answered 404 for {self.ref.repository}:{self.ref.reference} "
                            "(manifest unknown)")
@@ -204,14 +205,15 @@ class _Client:
             raise _Refused("unreachable", f"could not verify: the registry did not answer within {self.timeout_s:g}s")
         return left
 
-    def _get(self, url_or_path: str, headers: dict[str, str]) -> Any:
+    def _get(self, url_or_path: str, headers: dict[str, str], method: str = "GET") -> Any:
         url = url_or_path if url_or_path.startswith("http") else self.base + url_or_path
         if self.token:
             headers = {**headers, "Authorization": f"Bearer {self.token}"}
         auth = self.credentials if self.basic else None
         left = self._remaining()
-        response = self.session.get(url, headers=headers, auth=auth, timeout=(min(left, self.timeout_s), left),
-                                    verify=self.verify, stream=True, allow_redirects=True)
+        response = self.session.request(method, url, headers=headers, auth=auth,
+                                        timeout=(min(left, self.timeout_s), left), verify=self.verify, stream=True,
+                                        allow_redirects=True)
         return response
 
     def _authenticate(self, challenge: str) -> None:
@@ -255,6 +257,24 @@ def _json(response: Any) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class TagDigest:
+    """The digest a tag points at in its registry now (what ``docker pull`` of the tag would get
+    and record in the image's RepoDigests), or why it is not known."""
+
+    state: RegistryState
+    detail: str
+    digest: str | None = None
+
+
+class _Answer(Protocol):
+    @property
+    def state(self) -> RegistryState: ...
+
+
+R = TypeVar("R", bound=_Answer)
+
+
 def read_image_config(
     ref: str, view: RegistryView, *, timeout_s: float = 4.0, credentials: Credentials | None = None
 ) -> ImageConfig:
@@ -262,13 +282,21 @@ def read_image_config(
 
     Bounded by ``timeout_s`` in total; never raises for the registry's answers or silence.
     """
+    return _each_endpoint(ref, view, timeout_s, credentials, _read,
+                          ImageConfig("unreachable", "could not verify: no registry endpoint was tried"))
+
+
+def _each_endpoint(ref: str, view: RegistryView, timeout_s: float, credentials: Credentials | None,
+                   read: Callable[[_Client, RegistryView], R], nothing: R) -> R:
+    """``read`` on the registry's endpoints in the engine's order (Hub mirrors first; https, then
+    plain http where the engine allows it) until one answers; within ``timeout_s`` in total."""
     import requests
 
     parsed = parse_reference(ref)
     deadline = time.monotonic() + timeout_s
     hosts = [*(m for m in view.mirrors if parsed.registry == DOCKER_HUB), parsed.api_host]
     creds = credentials(parsed.registry) if credentials else None
-    last = ImageConfig("unreachable", "could not verify: no registry endpoint was tried")
+    last = nothing
     with requests.Session() as session:
         session.trust_env = True
         for host in hosts:
@@ -280,11 +308,48 @@ def read_image_config(
                 bases = [(f"https://{host}", True)]
             for base, verify in bases:
                 client = _Client(parsed, base.rstrip("/"), timeout_s, deadline, verify, creds, session)
-                result = _read(client, view)
+                result = read(client, view)
                 if result.state != "unreachable" or time.monotonic() >= deadline:
                     return result
                 last = result
     return last
+
+
+def read_digest(
+    ref: str, view: RegistryView, *, timeout_s: float = 4.0, credentials: Credentials | None = None
+) -> TagDigest:
+    """One HEAD of the tag's manifest (nothing is downloaded; a HEAD does not count as a pull on
+    Docker Hub); a registry that sends no Docker-Content-Digest gets one GET, hashed.
+
+    Bounded by ``timeout_s`` in total; never raises for the registry's answers or silence.
+    """
+    return _each_endpoint(ref, view, timeout_s, credentials, _read_digest,
+                          TagDigest("unreachable", "could not verify: no registry endpoint was tried"))
+
+
+def _read_digest(client: _Client, view: RegistryView) -> TagDigest:
+    import hashlib
+
+    import requests
+
+    ref = client.ref
+    path = f"/v2/{ref.repository}/manifests/{ref.reference}"
+    try:
+        digest = client.get(path, _MANIFEST_TYPES, method="HEAD").headers.get("Docker-Content-Digest")
+        if not digest:
+            raw = client.get(path, _MANIFEST_TYPES).raw.read(_MAX_BODY + 1, decode_content=True)
+            if len(raw) > _MAX_BODY:
+                return TagDigest("unreachable", f"registry sent more than {_MAX_BODY} bytes for a manifest")
+            digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    except _Refused as exc:
+        return TagDigest(exc.state, exc.detail)
+    except requests.exceptions.Timeout:
+        return TagDigest("unreachable", f"could not verify: the registry did not answer within {client.timeout_s:g}s")
+    except requests.exceptions.SSLError as exc:
+        return TagDigest("unreachable", f"could not verify: TLS failed ({_short(exc)})")
+    except requests.exceptions.RequestException as exc:
+        return TagDigest("unreachable", f"could not verify: {_short(exc)}")
+    return TagDigest("present", f"registry {client.base.split('://', 1)[-1]} has it at {digest}", digest=str(digest))
 
 
 def _read(client: _Client, view: RegistryView) -> ImageConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
+from server.endpoint import Endpoint, EndpointSource
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
+        self.endpoint_source = EndpointSource(settings)
+        """The one engine every adapter of this runtime uses (resolved on first use, then fixed)."""
         self._engine: Engine | None = None
         self._compose: ComposeRunner | None = None
         self._memory: Memory | None = None
@@ -34,21 +37,27 @@ class Runtime:
         self.terminating = False
         """Set by SIGTERM: running operations are cancelled at once (they roll back)."""
 
+    def endpoint(self) -> Endpoint:
+        """Where the engine is (DOCKER_HOST, DOCKER_CONTEXT, the CLI's current context); raises
+        DockerUnavailable when a named context does not exist."""
+        return self.endpoint_source.get()
+
     def engine(self) -> Engine:
         """The docker-py adapter; raises DockerUnavailable on first real call if the daemon is away."""
         with self._lock:
             if self._engine is None:
                 from server.engine import Engine
 
-                self._engine = Engine(self.settings)
+                self._engine = Engine(self.settings, self.endpoint_source)
             return self._engine
 
     def compose(self) -> ComposeRunner:
+        """The Compose CLI, on the same endpoint as :meth:`engine`."""
         with self._lock:
             if self._compose is None:
                 from server.compose import ComposeRunner
 
-                self._compose = ComposeRunner(self.settings)
+                self._compose = ComposeRunner(self.settings, self.endpoint_source)
             return self._compose
 
     def memory(self) -> Memory:
@@ -76,7 +85,8 @@ class Runtime:
             if self._operations is None:
                 from server.operations import Operations
 
-                self._operations = Operations(self.settings, stack_state=self._stack_state)
+                self._operations = Operations(self.settings, stack_state=self._stack_state,
+                                              repair=self._repair_stack)
             return self._operations
 
     def backups(self) -> BackupStore:
@@ -89,6 +99,12 @@ class Runtime:
     def _stack_state(self, stack: str) -> list[dict[str, object]]:
         # Recorded with an interrupted operation: what the stack's containers look like now.
         return self.engine().project_state_blocking(stack)
+
+    def _repair_stack(self, stack: str) -> dict[str, object]:
+        # Crash recovery: start what a dead backup or restore stopped, remove its helper containers.
+        from server.backups.recovery import repair_blocking
+
+        return repair_blocking(self.settings, self.engine(), stack)
 
     def recover_operations(self) -> None:
         """Crash recovery at start-up (run off the start path): operations a dead server left

@@ -79,9 +79,13 @@ async def load_stack(
         return await _load_inline(settings, compose, content, env)
     assert path is not None
     location = locate_stack(settings, path, env)
+    project = location.project()
     if not dsm_override and location.overrides:
         keep = len(location.files) - len(location.overrides)
         location = dataclasses.replace(location, files=location.files[:keep], documents=location.documents[:keep])
+        # Spelled out with -f: with none, Compose reads COMPOSE_FILE from .env, which lists our
+        # override, and would render the pins (and services only a pin still names) after all.
+        project = dataclasses.replace(project, files=project.files or project.resolved_files, overrides=())
     if location.dotenv_error:
         raise StackRenderFailed(location.name, [_invalid(location.dotenv_error, None, file=".env")])
     top: list[tuple[Path, YamlDocument]] = []
@@ -111,7 +115,7 @@ async def load_stack(
         settings,
         compose,
         location.name,
-        location.project(),
+        project,
         [f for f, _ in top],
         [*found.included, *(d for _, d in top)],
         found.extended,

@@ -14,7 +14,8 @@ Top level::
 Per service (``services.<name>.x-dsm``)::
 
       x-dsm:
-        role: database               # database | cache | web | worker | proxy | one-shot
+        role: database               # database | cache | web | worker | proxy | one-shot (wins over
+                                     # what server.roles reads off the image and its command)
         critical: true
         one_shot: true               # runs to completion (migrations, init); exempt from health rules
         waive: [{rule: missing-healthcheck, reason: "vendor image, watched by smoke test"}]

@@ -140,3 +140,15 @@ def runtime(settings: Settings, docker_engine: None, project_name: str) -> Itera
     yield rt
     rt.close()
     remove_pins(project_name)
+
+
+# Fixtures that reach the engine: a test using any of them (directly or through another fixture)
+# is a docker test whether or not its file says so, so `-m "not docker"` (make test-fast) never
+# runs one and CI never skips one.
+ENGINE_FIXTURES = frozenset({"docker_engine", "registry", "runtime"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ())) and not item.get_closest_marker("docker"):
+            item.add_marker(pytest.mark.docker)

@@ -77,3 +77,4 @@ async def test_dead_daemon_still_lists_files(stacks_root: Path, tmp_path: Path) 
     out = result.structured_content
     assert not result.is_error and out["stacks"][0]["state"] == "unknown"
     assert any("cannot be reached" in p for p in out["problems"])
+    assert out["engine"] == f"unix://{tmp_path}/no-such.sock (from DOCKER_HOST)"  # which engine was asked

@@ -207,6 +207,7 @@ def test_several_writer_processes_lose_nothing(settings: Settings) -> None:
 
 # -- the lock across processes ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_processes_race_one_wins(settings: Settings, tmp_path: Path) -> None:
     for round_ in range(3):
         go = tmp_path / f"go{round_}"

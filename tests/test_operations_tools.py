@@ -109,6 +109,7 @@ async def test_list_deployments_is_gone(mcp_client: Any) -> None:
     assert {"operation_status", "stack_history"} <= names and "list_deployments" not in names
 
 
+@pytest.mark.slow
 async def test_over_stdio_a_killed_servers_operation(stacks_root: Path, tmp_path: Path) -> None:
     """Another process holds the stack and is SIGKILLed: a fresh server over stdio sees the
     operation running, then interrupted, and its start-up recovery stops the leftover group."""

@@ -67,6 +67,7 @@ def test_nothing_but_protocol_on_stdout(stacks_root: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(shutil.which("npx") is None and not os.environ.get("CI"), reason="npx not installed")
+@pytest.mark.slow
 def test_mcp_inspector_cli(stacks_root: Path, tmp_path: Path) -> None:
     write_stack(stacks_root, "app", "services:\n  web:\n    image: busybox:1\n")
     envargs = []

@@ -1,18 +1,19 @@
 """How each kind of database is dumped, restored, probed and counted, as argv run by exec.
 
-A service is a database when its ``x-dsm`` block has ``backup.dump`` hooks, or its image is a
-known one: postgres (pg_dumpall), mysql/mariadb (mysqldump / mariadb-dump), mongo (mongodump),
-redis (``SAVE`` first, then its volume is archived: the snapshot on disk is consistent).
+A service is a database when its ``x-dsm`` block has ``backup.dump`` hooks, or server.roles
+resolves it to one (its original image, x-dsm role, what it runs). Kinds: postgres
+(pg_dumpall), mysql/mariadb (mysqldump / mariadb-dump), mongo (mongodump), redis (``SAVE``
+first, then its volume is archived: the snapshot on disk is consistent).
 Credentials are read inside the container from its own environment (``sh -c`` expands them
 there), so no password ever sits in our argv, manifest or logs.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass, field
 
+from server.roles import ServiceRole, repository_name, resolve_role
 from server.xdsm import ServiceSettings
 
 _PG_ENV = 'export PGPASSWORD="${POSTGRES_PASSWORD:-}"; U="${POSTGRES_USER:-postgres}"; '
@@ -111,34 +112,30 @@ def _redis() -> Recipe:
     )
 
 
-_BY_IMAGE: list[tuple[re.Pattern[str], object]] = [
-    (re.compile(r"^(postgres|postgis|timescaledb(-ha)?|pgvector|supabase-postgres|postgresql)$"), _postgres),
-    (re.compile(r"^(mysql|mariadb|percona(-server)?|mysql-server)$"), _mysql),
-    (re.compile(r"^(mongo|mongodb(-community-server)?)$"), _mongo),
-    (re.compile(r"^(redis|valkey|redis-stack-server|keydb)$"), _redis),
-]
+_BY_KIND = {"postgres": _postgres, "mysql": _mysql, "mongo": _mongo, "redis": _redis}
 
 
 def image_repository_name(image: str) -> str:
     """'docker.io/library/postgres:15@sha256:..' -> 'postgres'."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
-    return last.split(":", 1)[0].lower()
+    return repository_name(image)
 
 
-def recipe_for(image: str | None, settings: ServiceSettings) -> Recipe | None:
-    """The recipe for a service: its x-dsm backup hooks first, else a known database image."""
+def recipe_for_role(role: ServiceRole, settings: ServiceSettings) -> Recipe | None:
+    """The recipe for a service whose role is resolved (server.roles): its x-dsm backup hooks, else
+    the built-in recipe of its database kind; none for anything that is not a database."""
     hooks = settings.backup
     if hooks.dump:
         return Recipe(kind="hooks", ext="dump", dump=list(hooks.dump),
                       restore=list(hooks.restore) if hooks.restore else None)
-    if not image:
+    if not role.is_database or role.kind is None:
         return None
-    repo = image_repository_name(image)
-    for pattern, factory in _BY_IMAGE:
-        if pattern.match(repo):
-            return factory()  # type: ignore[operator]
-    return None
+    factory = _BY_KIND.get(role.kind)
+    return factory() if factory is not None else None
+
+
+def recipe_for(image: str | None, settings: ServiceSettings) -> Recipe | None:
+    """The recipe for a service known only by its image reference and settings (no command known)."""
+    return recipe_for_role(resolve_role(settings, image=image), settings)
 
 
 def scratch_environment(recipe: Recipe, service_env: dict[str, str]) -> dict[str, str]:
@@ -168,4 +165,5 @@ def parse_counts(text: str) -> dict[str, int]:
 
 def recipe_by_kind(kind: str) -> Recipe | None:
     """The built-in recipe of a dump's kind (hooks have none: their argv is in the manifest)."""
-    return {"postgres": _postgres, "mysql": _mysql, "mongo": _mongo, "redis": _redis}.get(kind, lambda: None)()
+    factory = _BY_KIND.get(kind)
+    return factory() if factory is not None else None

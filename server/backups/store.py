@@ -32,6 +32,7 @@ from server.settings import Settings
 from server.stackmodel import LoadedStack
 
 if TYPE_CHECKING:
+    from server.backups.restore import RestoreOutcome
     from server.compose import ComposeRunner
     from server.engine import ContainerSummary, Engine
 
@@ -147,7 +148,7 @@ class BackupStore:
             write_private(target / "rendered.json", json.dumps(stack.rendered, indent=1))
             write_private(target / "env.json", json.dumps(dict(env or {})))
             containers = await self.engine.compose_containers(stack.name)
-            pins = await self._pin_images(stack.name, backup_id, containers)
+            pins = await self._pin_images(stack.name, backup_id, containers, self._pin_originals(stack))
             volumes: builtins.list[VolumeArchive] = []
             dumps: builtins.list[DatabaseDump] = []
             notes: builtins.list[str] = []
@@ -203,9 +204,25 @@ class BackupStore:
             names.append(rel)
         return names
 
+    def _pin_originals(self, stack: LoadedStack) -> dict[str, str]:
+        """``service -> original reference`` known before looking at images: the pins' record in
+        compose.dsm.yaml, else the newest backup that pinned the same image (pin of a pin)."""
+        from server.roles import pin_originals
+
+        found = pin_originals(stack)
+        for manifest in self.list(stack.name):
+            for pin in manifest.images:
+                if pin.original and pin.service not in found:
+                    found.setdefault(f"{pin.service}@{pin.image_id}", pin.original)
+        return found
+
     async def _pin_images(
-        self, stack: str, backup_id: str, containers: builtins.list[ContainerSummary]
+        self, stack: str, backup_id: str, containers: builtins.list[ContainerSummary],
+        originals: dict[str, str] | None = None,
     ) -> builtins.list[PinnedImage]:
+        from server.roles import is_pin, original_from_tags
+
+        originals = originals or {}
         pins: builtins.list[PinnedImage] = []
         seen: set[str] = set()
         for container in containers:
@@ -219,10 +236,15 @@ class BackupStore:
             await self.engine.tag_image(container.image_id, repository, tag)
             attrs = await self.engine.image_attrs(container.image_id) or {}
             digests = attrs.get("RepoDigests") or []
+            image = container.image or ""
+            original = image if image and not is_pin(image) and not image.startswith("sha256:") else (
+                originals.get(container.service) or originals.get(f"{container.service}@{container.image_id}")
+                or original_from_tags(attrs))
             pins.append(
                 PinnedImage(
                     service=container.service,
-                    image=container.image or "",
+                    image=image,
+                    original=original,
                     image_id=container.image_id,
                     digest=digests[0] if digests else None,
                     pinned_ref=ref,
@@ -300,13 +322,22 @@ class BackupStore:
         volumes: bool = True,
         dumps: bool = True,
         progress: Progress | None = None,
-    ) -> builtins.list[str]:
+        bring_up: bool = False,
+    ) -> RestoreOutcome:
         """Volumes (recreated empty, then filled) and database dumps (restored by exec). Returns
-        what was restored, e.g. ``['volume dsm_data', 'dump db']``."""
+        what was restored, e.g. ``['volume dsm_data', 'dump db']``, a list that also carries
+        ``.steps`` (which way each went) and ``.checks`` (tables and rows after each dump vs dump
+        time). Every file is checked against its sha256 first: a damaged backup changes nothing.
+
+        A database that does not run or does not become ready is brought back: from the backup's
+        archive of its volumes if there is one, else its volumes are emptied (what they held is
+        archived into the backup directory first) so that it initialises a fresh data directory,
+        and the dump is replayed into that. ``bring_up`` starts, afterwards, the services that ran
+        when the backup was taken and do not run now (backup_stack restore: the stack comes back)."""
         from server.backups.restore import restore_data
 
         return await restore_data(self, manifest, services=services, volumes=volumes, dumps=dumps,
-                                  progress=progress)
+                                  progress=progress, bring_up=bring_up)
 
     async def verify(self, manifest: BackupManifest, progress: Progress | None = None) -> BackupVerification:
         """Restore drill into scratch volumes and scratch database containers (removed after)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +32,66 @@ def read_override(directory: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+PINS_KEY = "x-dsm-pins"
+"""Top-level extension key: ``service -> {pinned: ref, original: ref}``. The original reference a
+pin stands for (``postgres:16``), so what a pinned service IS stays known (server.roles)."""
+
+
 def pinned_images(directory: Path) -> dict[str, str]:
     services = read_override(directory).get("services") or {}
     return {str(k): str(v["image"]) for k, v in services.items() if isinstance(v, dict) and v.get("image")}
 
 
-def write_pins(directory: Path, pins: dict[str, str]) -> None:
-    """Pin ``service -> image ref`` (replacing earlier pins) and list the file in COMPOSE_FILE."""
+def pin_originals(directory: Path) -> dict[str, str]:
+    """``service -> original image reference`` for the pins in place (none recorded: not listed)."""
     data = read_override(directory)
+    pinned = pinned_images(directory)
+    out: dict[str, str] = {}
+    for name, entry in (data.get(PINS_KEY) or {}).items():
+        if isinstance(entry, dict) and entry.get("original") and str(name) in pinned:
+            out[str(name)] = str(entry["original"])
+    return out
+
+
+def write_pins(directory: Path, pins: Mapping[str, str], *, originals: Mapping[str, str] | None = None,
+               defined: Iterable[str] | None = None) -> list[str]:
+    """Pin ``service -> image ref`` (replacing earlier pins) and list the file in COMPOSE_FILE.
+
+    ``originals``: the reference each pin stands for, recorded under ``x-dsm-pins``. ``defined``:
+    the services the user's files define; a pin for any other service is left out (a pin alone
+    would make Compose create a service the files dropped). Returns the services left out."""
+    data = read_override(directory)
+    keep = set(defined) if defined is not None else None
+    dropped = sorted(name for name in pins if keep is not None and name not in keep)
     services: dict[str, Any] = {}
     for name, body in (data.get("services") or {}).items():
         rest = {k: v for k, v in (body or {}).items() if k != "image"}
-        if rest:
+        if rest and (keep is None or name in keep):
             services[name] = rest
+    records: dict[str, Any] = {}
     for name, ref in sorted(pins.items()):
+        if name in dropped:
+            continue
         services.setdefault(name, {})["image"] = ref
-    _write(directory, {**{k: v for k, v in data.items() if k != "services"}, "services": services})
+        if originals and originals.get(name):
+            records[name] = {"pinned": ref, "original": originals[name]}
+    rest = {k: v for k, v in data.items() if k not in ("services", PINS_KEY)}
+    _write(directory, {**rest, "services": services, **({PINS_KEY: records} if records else {})})
+    return dropped
+
+
+def drop_undefined_pins(directory: Path, defined: Iterable[str]) -> list[str]:
+    """Take out our entries for services the user's files no longer define. Returns them."""
+    data = read_override(directory)
+    keep = set(defined)
+    gone = sorted(str(n) for n in (data.get("services") or {}) if str(n) not in keep)
+    if not gone:
+        return []
+    services = {k: v for k, v in (data.get("services") or {}).items() if str(k) in keep}
+    records = {k: v for k, v in (data.get(PINS_KEY) or {}).items() if str(k) in keep}
+    rest = {k: v for k, v in data.items() if k not in ("services", PINS_KEY)}
+    _write(directory, {**rest, "services": services, **({PINS_KEY: records} if records else {})})
+    return gone
 
 
 def clear_pins(directory: Path) -> bool:
@@ -62,13 +107,14 @@ def clear_pins(directory: Path) -> bool:
         rest = {k: v for k, v in (body or {}).items() if k != "image"}
         if rest:
             services[name] = rest
-    _write(directory, {**{k: v for k, v in data.items() if k != "services"}, "services": services})
+    rest_top = {k: v for k, v in data.items() if k not in ("services", PINS_KEY)}
+    _write(directory, {**rest_top, "services": services})
     return True
 
 
 def _write(directory: Path, data: dict[str, Any]) -> None:
     path = directory / OVERRIDE_NAME
-    if not data.get("services") and set(data) <= {"services"}:
+    if not data.get("services") and set(data) <= {"services", PINS_KEY}:
         # Nothing of ours left: no file, and COMPOSE_FILE no longer lists it.
         path.unlink(missing_ok=True)
         _set_compose_file(directory, include=False)

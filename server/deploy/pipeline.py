@@ -78,8 +78,10 @@ class Deployer:
         if advance:
             self._step += 1
         if self._progress is not None:
-            try:
-                await self._progress(min(self._step, len(PHASES)), len(PHASES), message)
+            from server.redact import scrub_seen
+
+            try:  # scrubbed like the journal: a smoke exec's output may carry api_token=...
+                await self._progress(min(self._step, len(PHASES)), len(PHASES), scrub_seen(message))
             except Exception:
                 log.debug("progress not delivered", exc_info=True)
 
@@ -163,6 +165,7 @@ class Deployer:
                 evidence=[f"asked {plan_id}, now {plan.plan_id}"]))
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "review the new plan (dry_run=true) and deploy with its plan_id; nothing was changed"])
+        run.findings.extend(plan.findings)  # data moves: a database's volume renamed, replaced or dropped
         if dry_run:
             return self._report(run, "planned", plan=plan, next_steps=[
                 f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"])
@@ -171,6 +174,12 @@ class Deployer:
                 f"Deploy {len(changes)} change(s) to critical stack {stack.name!r}?"):
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "this stack is critical: confirm (confirm=true) to deploy; nothing was changed"])
+        if plan.findings and not confirm and not await self._ask(
+                f"Start {', '.join(sorted({f.service or '' for f in plan.findings}))} on a new, empty data volume?"):
+            return self._report(run, "blocked", plan=plan, next_steps=[
+                "a database's data volume moved (see findings): mount the old volume again, or deploy with "
+                "confirm=true to start it empty (the old volume keeps the data); nothing was changed"])
+        run.findings = [f.model_copy(update={"severity": "warning"}) if f in plan.findings else f for f in run.findings]
 
         ops = operations(self.runtime)
         try:
@@ -183,6 +192,9 @@ class Deployer:
                                     f"another {getattr(busy, 'kind', 'operation')} runs on this stack: poll "
                                     f"operation_status('{getattr(busy, 'operation_id', '')}') instead of retrying"])
         run.op = op
+        from server.stacksecrets import remember
+
+        remember(self.settings, stack.name, stack.secret_values)  # known secrets: masked in its logs from now on
         wait_s = wait_timeout_s if wait_timeout_s is not None else DEFAULT_WAIT_S
         window = verify_s if verify_s is not None else verify_default(stack, services)
 
@@ -382,7 +394,11 @@ class Deployer:
         return None
 
     def _report(self, run: Run, status: str, **extra: Any) -> DeployReport:
-        scrub = Scrubber(run.stack.secret_values, assignments=False)
+        scrub = Scrubber(run.stack.secret_values)  # as the journal: assignments too
+        if extra.get("next_steps"):
+            extra["next_steps"] = [scrub(step) for step in extra["next_steps"]]
+        if extra.get("rollback") is not None:
+            extra["rollback"] = extra["rollback"].model_copy(update={"why": scrub(extra["rollback"].why)})
         return DeployReport(
             status=status,  # type: ignore[arg-type]
             stack=run.stack.name,

@@ -18,17 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.compose import ComposeRunner
+from server.deploy.datamoves import data_moves
 from server.deploy.project import OVERRIDE_NAME, compose_project, user_files
 from server.deploy.report import Action, BackupPlan, DeployPlan, ServicePlan
+from server.deploy.tags import check_tags, compared_refs
 from server.engine import ContainerSummary, Engine, object_names
 from server.project import ComposeProject
 from server.redact import Scrubber
+from server.roles import ServiceRole, pin_originals, role_of_service, roles_for_stack
 from server.stackmodel import LoadedStack
 
 HASH_LABEL = "com.docker.compose.config-hash"
 IMAGE_LABEL = "com.docker.compose.image"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
-DATABASE_FAMILIES = ("postgres", "mysql", "mariadb", "mongo", "redis", "valkey")
 
 
 @dataclass(frozen=True)
@@ -57,18 +59,12 @@ async def config_hashes(compose: ComposeRunner, project: ComposeProject, scrub: 
     return hashes
 
 
-def is_database(stack: LoadedStack, service: str) -> bool:
-    settings = stack.service_settings_for(service)
-    if settings.role == "database" or settings.backup.dump:
-        return True
-    if settings.role is not None or settings.is_one_shot:
-        return False  # a declared role wins over the image name (psql clients run postgres images)
-    image = str(stack.services.get(service, {}).get("image") or "")
-    family = image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0].lower()
-    return any(family == f or family.startswith(f + "-") for f in DATABASE_FAMILIES) and "postgrest" not in family
+def is_database(stack: LoadedStack, service: str, role: ServiceRole | None = None) -> bool:
+    """A database by server.roles (x-dsm, the original image, what it runs): never by image name alone."""
+    return (role or role_of_service(stack, service, originals=pin_originals(stack))).is_database
 
 
-def strategy_for(stack: LoadedStack, service: str) -> tuple[str, str]:
+def strategy_for(stack: LoadedStack, service: str, role: ServiceRole | None = None) -> tuple[str, str]:
     """(strategy, why): x-dsm update.strategy, with 'auto' resolved by the service's role."""
     settings = stack.service_settings_for(service)
     chosen = settings.update.strategy
@@ -77,7 +73,7 @@ def strategy_for(stack: LoadedStack, service: str) -> tuple[str, str]:
     body = stack.services.get(service, {})
     fixed_ports = any(isinstance(p, dict) and p.get("published") for p in body.get("ports") or [])
     named_volumes = any(isinstance(v, dict) and v.get("type") == "volume" for v in body.get("volumes") or [])
-    if is_database(stack, service):
+    if is_database(stack, service, role):
         return "planned-downtime", "auto: a database is never run twice on one data directory"
     if named_volumes:
         return "planned-downtime", "auto: it writes a named volume"
@@ -106,12 +102,17 @@ async def compute_plan(
     for c in containers:
         by_service.setdefault(c.service or "", []).append(c)
     local: dict[str, str | None] = {}
+    images: dict[str, dict[str, Any] | None] = {}
     for name in hashes:
         ref = stack.services.get(name, {}).get("image")
         if ref and ref not in local:
-            attrs = await engine.image_attrs(str(ref))
+            attrs = images[str(ref)] = await engine.image_attrs(str(ref))
             local[str(ref)] = attrs.get("Id") if attrs else None
     selected = set(services) if services else None
+    # Tags re-pushed upstream: the registry's digest against the local image's (server.deploy.tags).
+    tags = await check_tags(engine, compared_refs(stack, [n for n in hashes if selected is None or n in selected],
+                                                  images))
+    roles = await roles_for_stack(engine, stack, hashes)
     plans: list[ServicePlan] = []
     for name, want_hash in sorted(hashes.items()):
         body = stack.services.get(name, {})
@@ -119,8 +120,10 @@ async def compute_plan(
         image_id = local.get(ref) if ref else None
         running = by_service.get(name, [])
         image_from = running[0].labels.get(IMAGE_LABEL) if running else None
-        strategy, why = strategy_for(stack, name)
-        pull = bool(ref) and image_id is None and not body.get("build")
+        strategy, why = strategy_for(stack, name, roles[name])
+        tag = tags.get(ref) if ref else None
+        moved = tag is not None and tag.moved
+        pull = bool(ref) and (image_id is None or moved) and not body.get("build")
         one_shot = stack.service_settings_for(name).is_one_shot
         action: Action
         if selected is not None and name not in selected:
@@ -129,6 +132,9 @@ async def compute_plan(
             action, reason = "create", "no container yet"
         elif any(c.labels.get(HASH_LABEL) != want_hash for c in running):
             action, reason = "recreate", "its configuration changed"
+        elif moved and tag is not None:
+            action, reason = "recreate", (f"{ref} moved in its registry ({_short(tag.local_digest)} -> "
+                                          f"{_short(tag.remote)}): pulled, then recreated")
         elif pull:
             action, reason = "recreate", f"{ref} is not local: pulled, then recreated if the image differs"
         elif image_id and image_from and image_id != image_from:
@@ -140,6 +146,8 @@ async def compute_plan(
         plans.append(ServicePlan(
             service=name, action=action, image_from=image_from, image_to=ref, pull=pull and action != "unchanged",
             strategy=strategy, reason=reason if action == "unchanged" else f"{reason}; {why}",
+            digest_from=tag.local_digest if moved and tag else None, digest_to=tag.remote if moved and tag else None,
+            registry_note=tag.note if tag else None,
         ))
     for name in sorted(set(by_service) - set(hashes)):
         if name and selected is None:
@@ -152,10 +160,10 @@ async def compute_plan(
         images=sorted(n for n, cs in by_service.items() if n and any(c.running for c in cs)),
         volumes=sorted(str((v or {}).get("name") or k) for k, v in (stack.rendered.get("volumes") or {}).items()
                        if not (v or {}).get("external")),
-        dumps=sorted(n for n in hashes if is_database(stack, n) and by_service.get(n)),
+        dumps=sorted(n for n in hashes if roles[n].is_database and by_service.get(n)),
     )
     draft = DeployPlan(plan_id="", services=plans, volumes_to_create=volumes, networks_to_create=networks,
-                       backup=backup)
+                       backup=backup, findings=data_moves(stack, roles, by_service, selected))
     plan_id = _plan_id(stack, env, containers, draft)
     return draft.model_copy(update={"plan_id": plan_id}), PlanInputs(hashes, containers, local)
 
@@ -185,6 +193,11 @@ def _plan_id(stack: LoadedStack, env: Mapping[str, str] | None, containers: list
         "files": files,
         "env": hashlib.sha256(json.dumps(sorted((env or {}).items())).encode()).hexdigest(),
         "running": state,
-        "plan": plan.model_dump(mode="json", exclude={"plan_id"}),
+        # A registry's passing silence (registry_note) is no reason to refuse a plan_id; a moved tag is.
+        "plan": plan.model_dump(mode="json", exclude={"plan_id": True, "services": {"__all__": {"registry_note"}}}),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "?").removeprefix("sha256:")[:12]

@@ -17,7 +17,10 @@ class ServicePlan(Frozen):
     action: Action
     image_from: str | None = Field(default=None, description="Image id running now (null: none).")
     image_to: str | None = Field(default=None, description="Image reference to run.")
-    pull: bool = Field(default=False, description="The image is not local and will be pulled.")
+    pull: bool = Field(default=False, description="The image will be pulled: not local, or its tag moved.")
+    digest_from: str | None = Field(default=None, description="Tag moved: the digest the local image has.")
+    digest_to: str | None = Field(default=None, description="Tag moved: the digest its registry has now.")
+    registry_note: str | None = Field(default=None, description="Why the tag could not be compared.")
     strategy: str = Field(description="rolling | blue-green | planned-downtime (executed by Compose recreate today).")
     reason: str
 
@@ -35,6 +38,9 @@ class DeployPlan(Frozen):
     volumes_to_create: list[str] = Field(default_factory=list)
     networks_to_create: list[str] = Field(default_factory=list)
     backup: BackupPlan
+    findings: list[Finding] = Field(
+        default_factory=list, description="What the plan changes about data (a database volume moved): confirm first."
+    )
 
     @property
     def changes(self) -> list[ServicePlan]:

@@ -51,6 +51,7 @@ from server.engine import stop_container, tag_image
 from server.errors import DsmError
 from server.models import Finding
 from server.redact import Scrubber
+from server.roles import original_from_tags
 from server.stackmodel import LoadedStack
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class Spec:
     """Deployment id returned to (None: nothing recorded, the backup's files go back)."""
     pins: dict[str, str]
     """service -> local image ref to pin (already tagged)."""
+    originals: dict[str, str] = field(default_factory=dict)
+    """service -> the reference each pin stands for (what the service IS: server.roles)."""
     data: Any = None
     """The backup whose data goes back (None: no data)."""
     databases: list[str] | None = field(default_factory=list)
@@ -89,10 +92,13 @@ class Outcome:
 
 
 def databases_of(stack: LoadedStack, backup: Any) -> set[str]:
-    """Which services are databases: the one place this rollback decides it (server.roles will).
-    A service the backup dumped, whose volume it archived as a database's, or x-dsm role database."""
+    """Which services are databases: the one place this rollback decides it. A service the backup
+    dumped, or a database by server.roles (x-dsm role, the original image of a pin, what it runs)."""
+    from server.roles import pin_originals, role_of_service
+
     found = {d.service for d in getattr(backup, "dumps", []) or []}
-    found |= {s for s in stack.services if stack.service_settings_for(s).role == "database"}
+    originals = pin_originals(stack)
+    found |= {s for s in stack.services if role_of_service(stack, s, originals=originals).is_database}
     return found
 
 
@@ -149,7 +155,8 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
             return out
         old = await _load(d, stack, spec.env)
         pins = {s: ref for s, ref in spec.pins.items() if s in old.services}
-        override.write_pins(stack.directory, pins)
+        override.write_pins(stack.directory, pins, originals={s: o for s, o in spec.originals.items() if o},
+                            defined=old.services)
         out.notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
         project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
         if restoring:
@@ -250,6 +257,7 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
         log.warning("could not keep the failed files of %s", stack.name, exc_info=True)
     touched = touched_databases(stack, plan, run.backup)
     spec = Spec(target=target, pins={p.service: p.pinned_ref for p in run.backup.images},
+                originals={p.service: p.reference for p in run.backup.images},
                 data=run.backup if touched else None, databases=touched, env=env,
                 nothing_ran=not run.backup.images)
     out = await restore_version(d, run, spec, wait_s)
@@ -336,11 +344,13 @@ async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait
     run.backup = await store.create(stack, reason=f"before rollback {run.op.id}")
     run.phase("backup", "ok", t, f"backup {run.backup.backup_id} of the state being left")
     pins: dict[str, str] = {}
+    originals: dict[str, str] = {}
     for service, image_id in ((target.result or {}).get("image_ids") or {}).items():
-        if image_id and await d.engine.image_attrs(image_id):
+        if image_id and (attrs := await d.engine.image_attrs(image_id)):
             ref = f"dsm-pin/{stack.name}-{service}:{target.operation_id}".lower()
             await tag_image(d.engine, image_id, ref)
             pins[service] = ref
+            originals[service] = original_from_tags(attrs) or ""
     data = None
     if restore_data:
         data_id = backup_after(history, target)
@@ -349,7 +359,7 @@ async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait
             return _explicit_report(d, run, target, Outcome(notes=["no backup of that deployment's data"]),
                                     reason, started)
         data = store.get(stack.name, data_id)
-    spec = Spec(target=target.operation_id, pins=pins, data=data, databases=None, env={})
+    spec = Spec(target=target.operation_id, pins=pins, originals=originals, data=data, databases=None, env={})
     out = await restore_version(d, run, spec, wait_s)
     if out.result == "restored":
         assert stack.directory is not None

@@ -23,7 +23,7 @@ class ValidationReport(Frozen):
 
 
 class HostResources(Frozen):
-    engine: str = Field(description="The engine endpoint measured.")
+    engine: str = Field(description="The engine measured: its URL and what chose it (DOCKER_HOST, a context).")
     engine_local: bool = Field(description="The engine runs on this machine (figures read from its kernel).")
     cpus: int | None
     memory_total_bytes: int | None

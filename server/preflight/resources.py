@@ -79,7 +79,7 @@ async def check_resources(
             sufficient = not any(f.rule == "insufficient-resources" and f.severity == "error" for f in findings)
     else:
         findings = sort_findings([*render_findings, *resource_rules.host_level(facts)])
-    host = _host_resources(snap)
+    host = _host_resources(snap, engine.endpoint().describe())
     usages = [_container_usage(c, snap) for c in snap.containers]
     top_cpu = sorted((u for u in usages if u.cpu_percent is not None), key=lambda u: -(u.cpu_percent or 0))[:top]
     top_mem = sorted((u for u in usages if u.memory_bytes is not None), key=lambda u: -(u.memory_bytes or 0))[:top]
@@ -97,7 +97,7 @@ async def check_resources(
     )
 
 
-def _host_resources(snap: HostSnapshot) -> HostResources:
+def _host_resources(snap: HostSnapshot, where: str) -> HostResources:
     f = snap.facts
     used = (
         round(100.0 * (1 - f.memory_available_bytes / f.memory_total_bytes), 1)
@@ -105,7 +105,7 @@ def _host_resources(snap: HostSnapshot) -> HostResources:
         else None
     )
     return HostResources(
-        engine=Scrubber()(snap.endpoint),  # a DOCKER_HOST URL may carry a password
+        engine=Scrubber()(where),  # a DOCKER_HOST URL may carry a password
         engine_local=f.engine_local,
         cpus=f.cpus,
         memory_total_bytes=f.memory_total_bytes,

@@ -70,12 +70,15 @@ async def validate_loaded(
                 finding(
                     "engine-unreachable",
                     f"the host could not be checked: {exc.what}",
-                    fix="start the Docker daemon or fix DOCKER_HOST, then validate again (check_host=false lints "
-                    "the file alone)",
+                    fix="start the Docker daemon or fix DOCKER_HOST / DOCKER_CONTEXT, then validate again "
+                    "(check_host=false lints the file alone)",
                 )
             )
         await report_progress(progress, 2, total, "host checked")
     findings = apply_policy(stack, [*run_rules(ctx), *extra])
+    from server.safety.registries import registry_findings
+
+    findings = sort_findings([*findings, *registry_findings(settings, stack)])  # operator policy: no waiver
     if stack.inactive:
         findings = sort_findings([*findings, *inactive_findings(stack, ctx)])
         notes.append(
