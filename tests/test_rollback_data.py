@@ -44,7 +44,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 V1 = ["CREATE TABLE IF NOT EXISTS items(id int primary key, note text)"]
 DELETE_AND_FAIL = ["DELETE FROM items", "SELECT no_such_function()"]
 BREAK_SCHEMA = ["ALTER TABLE items RENAME COLUMN note TO body"]
-ARCHIVED = "no dump: volume archives restored, rows not counted"
 SMOKE = '{smoke: [{exec: [psql, -U, postgres, -tAc, "SELECT note FROM items LIMIT 1"]}]}'
 
 
@@ -99,13 +98,11 @@ async def _deploy(runtime: Runtime, directory: Path, text: str, **kw: Any) -> An
     return await deploy(runtime, directory.name, wait_timeout_s=120, **kw)
 
 
-def _restored(report: Any, count: int, pinned: bool = False) -> None:
+def _restored(report: Any, count: int) -> None:
     assert report.status == "rolled_back", report
     assert report.rollback is not None and report.rollback.result == "restored"
-    # From a pinned state the backup may archive the volume instead of dumping (until server.roles
-    # knows a pinned postgres is postgres); the rows are then checked by the caller's psql.
-    dumped = f"db: 1 table(s), {count} row(s) as dumped"
-    assert report.rollback.data_check in ((dumped, ARCHIVED) if pinned else (dumped,)), report.rollback
+    # Also from a pinned state: a pinned postgres is still dumped as postgres (server.roles).
+    assert report.rollback.data_check == f"db: 1 table(s), {count} row(s) as dumped", report.rollback
     assert report.rollback.time_to_recover_s is not None and report.rollback.time_to_recover_s > 0
 
 
@@ -125,7 +122,7 @@ async def test_two_failures_in_a_row_and_after_explicit_rollbacks_every_row_is_t
     assert f3.rollback.to_deployment == d2.deployment_id and f3.rollback.failed_images == {"api": WEB_BROKEN}
     # Second failure, from that pinned state: the migration deletes every row, then fails.
     f4 = await _deploy(runtime, directory, app(project_name, port, WEB_11, DELETE_AND_FAIL))
-    _restored(f4, 50, pinned=True)
+    _restored(f4, 50)
     assert rows(project_name) == "50" and get(f"http://127.0.0.1:{port}/") == "web 1.1"
 
     # An explicit rollback (to d1), then the same failure: every row is there.
@@ -133,7 +130,7 @@ async def test_two_failures_in_a_row_and_after_explicit_rollbacks_every_row_is_t
     assert r5.status == "rolled_back" and r5.rollback and r5.rollback.to_deployment == d1.deployment_id, r5
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
     f6 = await _deploy(runtime, directory, app(project_name, port, WEB_10, DELETE_AND_FAIL))
-    _restored(f6, 50, pinned=True)
+    _restored(f6, 50)
     assert f6.rollback and f6.rollback.to_deployment == d1.deployment_id
     assert rows(project_name) == "50"
 
@@ -142,7 +139,7 @@ async def test_two_failures_in_a_row_and_after_explicit_rollbacks_every_row_is_t
     assert r7.status == "rolled_back", r7
     assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
     f8 = await _deploy(runtime, directory, app(project_name, port, WEB_11, DELETE_AND_FAIL))
-    _restored(f8, 50, pinned=True)
+    _restored(f8, 50)
     assert rows(project_name) == "50" and get(f"http://127.0.0.1:{port}/") == "web 1.1"
     history = [DeploymentEntry.of(r) for r in operations(runtime).history(project_name)]
     failed = next(h for h in history if h.deployment_id == f3.deployment_id)
