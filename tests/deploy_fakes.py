@@ -57,6 +57,9 @@ class _Api:
                  "Labels": {**c.labels, "com.docker.compose.project.working_dir": str(self._engine.directory)}}
                 for c in self._engine.containers]
 
+    def stop(self, container_id: str, timeout: int = 10) -> None:
+        self._engine.events.append(("stop", container_id))
+
 
 class FakeEngine:
     def __init__(self, events: list[tuple[Any, ...]]) -> None:
@@ -137,7 +140,7 @@ class FakeCompose:
 
         # Strict: every call names this stack's project and scrubs what it reports.
         assert project is not None and project.name == STACK and project.directory == self.directory, project
-        if argv[0] == "up":  # (the rollback's `down` runs with the runner's default scrubber today)
+        if argv[0] in ("up", "down"):  # the rollback's `down` too: its output may echo the stack's secrets
             assert isinstance(kwargs.get("scrub"), Scrubber), "no scrubber"
         path = self.directory / "compose.yaml"
         self.calls.append(ComposeCall(list(argv), what, path.read_text() if path.is_file() else "",

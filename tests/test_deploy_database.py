@@ -86,7 +86,8 @@ async def test_failed_migration_rolls_back_with_every_row(runtime: Runtime, stac
     assert report.status == "rolled_back", report
     assert report.rollback is not None and report.rollback.result == "restored"
     assert "migrate" in report.rollback.why
-    assert "database restored" in phase(report, "rollback").detail
+    assert "data restored" in phase(report, "restore_data").detail
+    assert report.rollback.data_check and "1 table(s), 250 row(s) as dumped" in report.rollback.data_check
     assert psql(project_name, "SELECT count(*) FROM items") == "250"
     assert psql(project_name, "SELECT count(*) FROM information_schema.columns WHERE table_name='items' "
                               "AND column_name='price'") == "0"

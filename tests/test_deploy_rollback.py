@@ -1,28 +1,25 @@
-"""The rollback path of deploy, at the pipeline's own seams (fakes for the engine, Compose, the
+"""The one rollback path (server/deploy/rollback.py), at the pipeline's own seams (fakes for the engine, Compose, the
 journal, backups and memory; real files on disk): after a failed deploy, and on an explicit
 rollback, what is put back, in which order, and what is recorded. The real engine tests
 (tests/test_deploy_engine.py) are the test of the capability; these pin its decisions."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.deploy import override, snapshots
-from server.deploy.pipeline import (
-    Blocked,
-    Deployer,
-    Run,
-    StepFailed,
-    _backup_after,
-    _end,
-    _maintenance_back,
-    _targets,
-)
+from server.deploy import override, rollback, snapshots
+from server.deploy.pipeline import Deployer
 from server.deploy.report import DeployReport, RollbackInfo
+from server.deploy.steps import Blocked, Run, StepFailed
+from server.deploy.steps import end_journal as _end
+from server.deploy.steps import maintenance_back as _maintenance_back
+from server.deploy.targets import backup_after as _backup_after
+from server.deploy.targets import targets as _targets
 from server.errors import DsmError
 from server.models import Finding
 from server.settings import Settings
@@ -52,6 +49,10 @@ def _history_prev(world: World) -> None:
     world.ops.records = [record("op-prev", T1, result={"status": "deployed", "current_deployment": "op-prev"})]
 
 
+def _ph(report: DeployReport, name: str) -> Any:
+    return next(p for p in report.phases if p.name == name)
+
+
 async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFailed | BaseException,
                        monkeypatch: pytest.MonkeyPatch, wait_s: float = 30.0) -> tuple[DeployReport, Run]:
     """_transaction with ``_apply`` failing the given way (the backup is the world's manifest)."""
@@ -67,12 +68,19 @@ async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFail
     env, services = {"TAG": "2"}, ["web"]
 
     async def apply(*args: Any) -> None:
-        assert args == (run, the_plan, env, services, wait_s, 0.5)
+        assert args == (run, the_plan, env, services, wait_s, 0.0)
         raise failed
 
+    async def load_stack(settings: Any, compose: Any, *, path: str, env: Any = None, dsm_override: bool = True
+                         ) -> Any:
+        assert path == str(world.directory) and dsm_override is False  # the old files, without our pins
+        # The old version's own verification window (x-dsm verify_s: 0 here), not the failed one's.
+        return dataclasses.replace(stack, settings=stack.settings.model_copy(update={"verify_s": 0}))
+
     monkeypatch.setattr(deployer, "_apply", apply)
+    monkeypatch.setattr("server.stackload.load_stack", load_stack)
     run.op = world.ops.begin(STACK, "deploy")
-    report = await deployer._transaction(run, the_plan, env, services, wait_s, 0.5)
+    report = await deployer._transaction(run, the_plan, env, services, wait_s, 0.0)
     return report, run
 
 
@@ -88,11 +96,13 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     report, run = await _fail_deploy(world, stack, the_plan, failed, monkeypatch, wait_s=200.0)
     assert report.plan == the_plan and [s.name for s in report.services] == ["web"]
     assert run.image_ids == {"web": "sha256:old"}  # what runs now, for the journal's end record
-    assert report.phases[-1].detail == ("files of deployment op-prev restored; images pinned in compose.dsm.yaml: "
-                                        "web; previous version healthy")
+    assert _ph(report, "rollback").detail == ("files of deployment op-prev restored; images pinned in "
+                                              "compose.dsm.yaml: web; old version started")
 
     assert report.status == "rolled_back"
-    assert report.rollback == RollbackInfo(why="health: web is unhealthy", to_deployment="op-prev", result="restored")
+    assert report.rollback is not None and report.rollback.time_to_recover_s is not None
+    assert report.rollback == RollbackInfo(why="health: web is unhealthy", to_deployment="op-prev", result="restored",
+                                           time_to_recover_s=report.rollback.time_to_recover_s)
     assert report.backup_id == "b-1"
     # One `up`, on the last good deployment's files, with the images that ran before pinned.
     [up] = world.compose.calls
@@ -129,9 +139,13 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
         "deploy-failed", "error", "web", "deploy")
     assert finding.message == "web is unhealthy" and finding.evidence[0] == "web: probe failed"
     assert SECRET not in " ".join(finding.evidence) and len(finding.evidence) == 2
-    assert [p.name for p in report.phases] == ["backup", "rollback"]
-    assert world.told == ["backup: files, pinned images, data", "rolling back: web is unhealthy"]  # type: ignore[attr-defined]
-    assert report.phases[-1].status == "ok" and "files of deployment op-prev restored" in report.phases[-1].detail
+    # The old version passes the same checks as a deploy: gate, smoke, verification window.
+    assert [p.name for p in report.phases] == ["backup", "rollback", "rollback_health", "rollback_smoke",
+                                               "rollback_verify"]
+    assert world.told == ["backup: files, pinned images, data", "rolling back: web is unhealthy",  # type: ignore[attr-defined]
+                          "rollback health gate: waiting up to 200s", "rollback smoke tests",
+                          "rollback verification window: 0s"]
+    assert _ph(report, "rollback_health").detail == "1 service(s) ready"  # db has no container
     assert report.phases[0].detail == "backup b-1: 1 image(s) pinned, 0 volume(s), 0 dump(s)"
     assert any("b-1" in s for s in report.next_steps) and "web is unhealthy" in report.next_steps[0]
     assert world.store.created == [{"reason": f"before deploy {run.op.id}", "env": {"TAG": "2"}}]
@@ -171,7 +185,7 @@ async def test_without_the_last_good_files_the_backup_files_go_back(
     assert ("restore_files", "b-1") in world.events
     [up] = world.compose.calls
     assert up.compose_text == BEFORE and up.pins == {"web": WEB_PIN}
-    assert "no earlier deployment recorded" in report.phases[-1].detail
+    assert "no earlier deployment recorded" in _ph(report, "rollback").detail
 
 
 async def test_nothing_ran_before_removes_the_new_containers_and_keeps_volumes(
@@ -208,8 +222,8 @@ async def test_previous_version_unhealthy_is_a_failed_rollback(world: World,
     assert report.status == "failed"
     assert report.rollback is not None and report.rollback.result == "failed"
     assert report.rollback.to_deployment == "op-prev"
-    assert report.phases[-1].name == "rollback" and report.phases[-1].status == "failed"
-    assert "the previous version is not healthy either: web is unhealthy" in report.phases[-1].detail
+    assert report.phases[-1].name == "rollback_health" and report.phases[-1].status == "failed"
+    assert "web is unhealthy" in report.phases[-1].detail
     assert not snapshots.exists(world.settings, STACK, run.op.id + "-rollback")
     assert world.memory.deployments[0]["outcome"] == "rollback_failed"
     assert world.memory.incidents[0]["outcome"] == "unresolved"
@@ -260,32 +274,74 @@ async def test_dumps_go_back_only_for_databases_the_failed_deploy_touched(
     _history_prev(world)
     world.store.manifest = manifest("b-1", pins={"db": "dsm-pin/unit-db:b-1"}, dumps=dumps)
     for name in services:
-        world.engine.add(name)
+        if name == "migrate":  # a one-shot that completed
+            world.engine.add(name, status="exited", health=None, exit_code=0)
+        else:
+            world.engine.add(name)
     report, _ = await _fail_deploy(world, world.stack(services, service_dsm=dsm), plan(**changes),
                                    StepFailed("health", "x"), monkeypatch, wait_s=2)
-    assert report.status == "rolled_back" and world.compose.calls[0].kwargs["timeout_s"] == 120
+    assert report.status == "rolled_back", report.phases
     data = [e for e in world.events if e[0] == "restore_data"]
     if restored:
-        # After the old version is up again; the dumps only, never the volumes.
-        assert data == [("restore_data", "b-1", tuple(restored), False, True)]
+        # Data first: the services that use it stopped, the databases started alone, the dumps (or
+        # the volume archives where there is no dump) restored, then the rest of the old version.
+        assert data == [("restore_data", "b-1", tuple(restored), True, True)]
         kinds = [e[0] for e in world.events]
+        ups = [c.argv for c in world.compose.calls]
+        assert ups == [["up", "-d", *sorted(set(restored) | set(dumps) & set(services))],
+                       ["up", "-d", "--remove-orphans"]]
         assert kinds.index("compose") < kinds.index("restore_data")
-        assert f"database restored from backup b-1: {', '.join(restored)}" in report.phases[-1].detail
-        assert f"dump of {restored[0]} restored" in report.phases[-1].detail
+        assert kinds.index("restore_data") < len(kinds) - 1 - kinds[::-1].index("compose")
+        stopped = [e[1].split("-c")[0] for e in world.events if e[0] == "stop"]
+        assert stopped == sorted(set(services) - set(dumps) - {"migrate"})  # a completed one-shot is not running
+        assert all(kinds.index("stop") < kinds.index("compose") for _ in stopped[:1])
+        detail = _ph(report, "restore_data").detail
+        assert f"data restored from backup b-1: dump of {restored[0]} restored" in detail
+        assert report.rollback is not None and report.rollback.data_check == "; ".join(
+            f"{s}: restored (no row counts recorded)" for s in dumps if s in restored)
+        assert _ph(report, "rollback_up").status == "ok"
     else:
-        assert data == [] and "database restored" not in report.phases[-1].detail
+        assert data == [] and "restore_data" not in [p.name for p in report.phases]
+        assert [c.argv for c in world.compose.calls] == [["up", "-d", "--remove-orphans"]]
+        assert report.rollback is not None and report.rollback.data_check is None
 
 
-async def test_no_dump_goes_back_into_a_database_that_is_not_healthy(world: World,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_database_that_does_not_start_is_still_restored_then_judged(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The restore may bring it back (a volume archive, a fresh data directory): it is tried, and the
+    old version must then pass the checks; here it still does not: `failed`, never `rolled_back`."""
     _history_prev(world)
     world.store.manifest = manifest("b-1", pins={"web": WEB_PIN}, dumps=("db",))
     world.engine.add("web")
     world.engine.add("db", status="exited", exit_code=3)
     report, _ = await _fail_deploy(world, world.stack({"db": DB, "web": {}}), plan(db="recreate"),
                                    StepFailed("health", "x"), monkeypatch)
-    assert not [e for e in world.events if e[0] == "restore_data"]
-    assert "database not healthy for the restore: db exited with code 3" in report.phases[-1].detail
+    assert [e for e in world.events if e[0] == "restore_data"] == [("restore_data", "b-1", ("db",), True, True)]
+    assert "database not healthy before the restore: db exited with code 3" in _ph(report, "restore_data").detail
+    assert report.status == "failed" and report.rollback is not None and report.rollback.result == "failed"
+    assert _ph(report, "rollback_health").status == "failed" and "NOT healthy" in report.next_steps[0]
+
+
+async def test_data_that_cannot_be_restored_leaves_its_users_stopped_and_fails(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    _history_prev(world)
+    world.store.manifest = manifest("b-1", pins={"web": WEB_PIN, "db": "dsm-pin/unit-db:b-1"}, dumps=("db",))
+    world.engine.add("web")
+    world.engine.add("db")
+
+    async def broken(*_: Any, **__: Any) -> list[str]:
+        raise DsmError("backup b-1 is damaged: dumps/db.sql: file missing")
+
+    monkeypatch.setattr(world.store, "restore_data", broken)
+    report, _ = await _fail_deploy(world, world.stack({"db": DB, "web": {}}), plan(db="recreate"),
+                                   StepFailed("health", "x"), monkeypatch)
+    assert report.status == "failed" and report.rollback is not None and report.rollback.result == "failed"
+    assert _ph(report, "restore_data").status == "failed"
+    assert "data NOT restored from backup b-1: backup b-1 is damaged" in _ph(report, "restore_data").detail
+    assert [c.argv for c in world.compose.calls] == [["up", "-d", "db"]]  # the app is never started
+    assert ("stop", "web-c0") in world.events
+    assert "data was NOT restored" in report.next_steps[0] and "web are left stopped" in report.next_steps[0]
+    assert world.memory.incidents[0]["outcome"] == "unresolved"
 
 
 # -- the transaction's decision to roll back --------------------------------------------------------
@@ -382,10 +438,11 @@ def _explicit_world(world: World, monkeypatch: pytest.MonkeyPatch, **stack_kw: A
     world.engine.add("web", image_id="sha256:old")
     service_dsm = {"migrate": {"one_shot": True}, **stack_kw.pop("service_dsm", {})}
     stack = world.stack({"web": {}, "db": DB, "migrate": {}}, service_dsm=service_dsm,
-                        secrets=frozenset({SECRET}), **stack_kw)
+                        secrets=frozenset({SECRET}), x_dsm={"verify_s": 0, **stack_kw.pop("x_dsm", {})}, **stack_kw)
     world.engine.add("migrate", status="exited", health=None, exit_code=0)  # a one-shot that completed
 
-    async def load_stack(settings: Any, compose: Any, *, path: str) -> Any:
+    async def load_stack(settings: Any, compose: Any, *, path: str, env: Any = None, dsm_override: bool = True
+                         ) -> Any:
         assert settings is world.settings and compose is world.compose and path == str(world.directory)
         return stack
 
@@ -400,7 +457,9 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     report = await Deployer(world.runtime).rollback(STACK, wait_timeout_s=5)
     op = world.ops.begun[0]
     assert report.status == "rolled_back", report.phases
-    assert report.rollback == RollbackInfo(why="asked for", to_deployment="op-1", result="restored")
+    assert report.rollback is not None
+    assert report.rollback == RollbackInfo(why="asked for", to_deployment="op-1", result="restored",
+                                           time_to_recover_s=report.rollback.time_to_recover_s)
     assert world.ops.secrets == {SECRET}
     until = datetime.fromisoformat(str(world.ops.maintenance_calls[0][1]))
     assert 600 < (until - datetime.now(UTC)).total_seconds() <= 2 * 5 + 600  # two gates' time, and a margin
@@ -422,11 +481,13 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     [dep] = world.memory.deployments
     assert dep["outcome"] == "rolled_back" and dep["notes"] == "explicit rollback to op-1"
     assert dep["operation_id"] == op.id and dep["services"] == ["migrate", "web"] and dep["stack"] == STACK
-    assert [(p.name, p.status) for p in report.phases] == [("backup", "ok"), ("up", "ok"), ("health", "ok")]
+    assert [(p.name, p.status) for p in report.phases] == [
+        ("backup", "ok"), ("rollback", "ok"), ("rollback_health", "ok"), ("rollback_smoke", "skipped"),
+        ("rollback_verify", "skipped")]
     assert report.phases[0].detail == "backup b-1 of the state being left"
     assert dep["image_digests"] == {"web": "sha256:old"} and [s.name for s in report.services] == ["migrate", "web"]
     assert report.next_steps[0].startswith("done;") and world.ops.maintenance_calls[0][0] == STACK
-    assert "files of op-1 restored, 1 image(s) pinned" in report.phases[1].detail
+    assert "files of deployment op-1 restored; images pinned in compose.dsm.yaml: web" in report.phases[1].detail
     assert report.phases[2].detail == "2 service(s) ready"  # web and the completed one-shot
     assert "pinned in compose.dsm.yaml" in report.next_steps[0]
     # The user's maintenance window is put back after ours.
@@ -447,7 +508,7 @@ async def test_explicit_rollback_to_an_unhealthy_version_fails(world: World,
     assert world.runtime.memory_outbox().flush(5.0)
     assert world.memory.deployments[0]["outcome"] == "rollback_failed"
     assert report.phases[-1].status == "failed" and "web is unhealthy" in report.phases[-1].detail
-    assert report.next_steps[0].startswith("the restored version is not healthy")
+    assert report.next_steps[0].startswith("the stack is on deployment op-1 but NOT healthy")
     assert world.ops.maintenance_calls[-1] == (STACK, None, "")
 
 
@@ -458,7 +519,7 @@ async def test_explicit_rollback_without_the_image_pins_nothing(world: World,
     report = await Deployer(world.runtime).rollback(STACK, wait_timeout_s=5)
     assert report.status == "rolled_back" and not [e for e in world.events if e[0] == "tag"]
     assert world.compose.calls[0].pins == {} and not (world.directory / "compose.dsm.yaml").exists()
-    assert "0 image(s) pinned" in report.phases[1].detail
+    assert "images pinned in compose.dsm.yaml: none (not local)" in report.phases[1].detail
 
 
 async def test_explicit_rollback_with_restore_data_uses_the_backup_taken_right_after_the_target(
@@ -470,21 +531,27 @@ async def test_explicit_rollback_with_restore_data_uses_the_backup_taken_right_a
     report = await Deployer(world.runtime).rollback(STACK, restore_data=True, confirm=True, wait_timeout_s=5)
     assert report.status == "rolled_back"
     assert world.store.restored_data == [{"backup": "b-2", "services": None, "volumes": True, "dumps": True}]
+    # The users of the data stopped, the databases alone, the data, then the rest of the old version.
+    assert [c.argv for c in world.compose.calls] == [["up", "-d", "db"], ["up", "-d", "--remove-orphans"]]
     kinds = [e[0] for e in world.events]
-    assert kinds.index("compose") < kinds.index("restore_data")
+    assert kinds.index("stop") < kinds.index("compose") < kinds.index("restore_data") < kinds.index("compose",
+        kinds.index("restore_data"))
     phase = next(p for p in report.phases if p.name == "restore_data")
-    assert phase.status == "ok" and phase.detail == "dump of db restored; dump of db2 restored"
+    assert phase.status == "ok" and "data restored from backup b-2: dump of db restored, dump of db2 restored" in \
+        phase.detail
     assert world.ops.begun[0].params == {"to_deployment": "op-1", "restore_data": True, "reason": None}
 
 
-async def test_restore_data_waits_for_a_healthy_database(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_restore_data_into_a_database_that_does_not_start_is_tried_then_judged(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     _explicit_world(world, monkeypatch)
     world.store.manifests["b-2"] = manifest("b-2", dumps=("db",))
     world.engine.add("db", status="exited", exit_code=1)
     report = await Deployer(world.runtime).rollback(STACK, restore_data=True, confirm=True, wait_timeout_s=5)
-    assert world.store.restored_data == []
+    assert world.store.restored_data == [{"backup": "b-2", "services": None, "volumes": True, "dumps": True}]
     phase = next(p for p in report.phases if p.name == "restore_data")
-    assert phase.status == "failed" and phase.detail == "db exited with code 1"
+    assert "database not healthy before the restore: db exited with code 1" in phase.detail
+    assert report.status == "failed" and report.rollback is not None and report.rollback.result == "failed"
 
 
 async def test_restore_data_without_a_later_backup_says_so(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -492,7 +559,7 @@ async def test_restore_data_without_a_later_backup_says_so(world: World, monkeyp
     world.ops.records[1].result.pop("backup_id")
     report = await Deployer(world.runtime).rollback(STACK, restore_data=True, confirm=True, wait_timeout_s=5)
     phase = next(p for p in report.phases if p.name == "restore_data")
-    assert (phase.status, phase.detail) == ("failed", "no backup taken right after that deployment")
+    assert (phase.status, phase.detail) == ("failed", "no backup taken when that deployment was left")
     assert world.store.restored_data == []
 
 
@@ -519,7 +586,7 @@ async def test_a_rollback_with_nowhere_to_go_says_so_and_changes_nothing(
 async def test_overwriting_state_needs_confirmation(world: World, monkeypatch: pytest.MonkeyPatch,
                                                     restore_data: bool, critical: bool, answer: bool | None,
                                                     asked: bool) -> None:
-    _explicit_world(world, monkeypatch, x_dsm={"critical": True} if critical else None)
+    _explicit_world(world, monkeypatch, x_dsm={"critical": True} if critical else {})
     questions: list[str] = []
 
     async def confirm(question: str) -> bool:
@@ -595,6 +662,19 @@ TARGETS = [
     ([DR, D2, D1], None, ("dr", "d2")),  # only deploys are targets
     ([record("r5", T3, status="rolled_back", kind="rollback", result={"current_deployment": "d0"}), D2], None,
      ("r5", "d2")),  # rolled back to one no longer in the history read: where it is, is the rollback
+    # An interrupted deploy, or one that failed after its backup (its rollback failed), left the
+    # stack off the last good deployment: rollback() returns to that one, not to the one before it.
+    ([record("i3", T3, status="interrupted", result={}), D2, D1], None, ("d2", "d2")),
+    ([record("i3", T3, status="running", result={}), D2, D1], None, ("d2", "d2")),
+    ([record("f3", T3, status="failed", result={"backup_id": "b-3"}), D2, D1], None, ("d2", "d2")),
+    ([record("f3", T3, status="failed", kind="rollback", result={"backup_id": "b-3"}), D2, D1], None,
+     ("d2", "d2")),
+    ([record("f3", T3, status="failed", result={"status": "failed"}), D2, D1], None, ("d2", "d1")),  # no backup
+    ([record("i4", T4, status="interrupted", result={}), R3, D2, D1], None, ("d1", "d1")),
+    ([D4, record("i3", T3, status="interrupted", result={}), D2], None, ("d4", "d2")),  # deployed since
+    # What ran before us, adopted, is a deployment like any other.
+    ([D2, record("a1", T1, status="adopted")], None, ("d2", "a1")),
+    ([record("a1", T1, status="adopted")], None, ("a1", None)),
     ([D3, D2, D1], "d1", ("d3", "d1")),
     ([D3, D2, D1], "r3", ("d3", None)),
     ([D3, R3, D2], "r3", ("d3", None)),
@@ -632,16 +712,18 @@ def test_backup_after_is_the_first_backup_after_the_target(history: list[Any], e
     assert _backup_after(history, record("x", T1)) == expected
 
 
-async def test_last_success(world: World) -> None:
+async def test_last_good(world: World) -> None:
     deployer = Deployer(world.runtime)
     world.ops.records = [D2, D1]
-    assert deployer._last_success(STACK, exclude="op-now") == "d2"
-    assert deployer._last_success(STACK, exclude="d2") is None
+    assert rollback._last_good(deployer, STACK, exclude="op-now") == "d2"
+    assert rollback._last_good(deployer, STACK, exclude="d2") == "d1"  # the running deploy is never the target
+    world.ops.records = [record("i3", T3, status="interrupted"), D2, D1]
+    assert rollback._last_good(deployer, STACK, exclude="op-now") == "d2"
     world.ops.records = []
-    assert deployer._last_success(STACK, exclude="op-now") is None
+    assert rollback._last_good(deployer, STACK, exclude="op-now") is None
     world.ops.records = [D2]
     world.ops.history_fails = True
-    assert deployer._last_success(STACK, exclude="op-now") is None
+    assert rollback._last_good(deployer, STACK, exclude="op-now") is None
 
 
 def _report(status: str, rollback: RollbackInfo | None = None) -> DeployReport:
@@ -737,3 +819,85 @@ async def test_an_explicit_rollback_waits_three_minutes_by_default(world: World,
     until = datetime.fromisoformat(str(world.ops.maintenance_calls[0][1]))
     assert 2 * 180 + 590 < (until - datetime.now(UTC)).total_seconds() <= 2 * 180 + 600
     assert world.compose.calls[0].kwargs["timeout_s"] == 180
+
+
+# -- adopting what ran before us --------------------------------------------------------------------
+def test_adopt_records_what_ran_once_just_before_the_operation(world: World) -> None:
+    from types import SimpleNamespace
+
+    from server.deploy.targets import adopt_if_new
+    from server.operations import Operations
+    from server.operations.views import DeploymentEntry, ImageRef
+
+    ops = Operations(world.settings)
+    runtime = SimpleNamespace(settings=world.settings, operations=lambda: ops)
+    stack = world.stack({"web": {}})
+    assert adopt_if_new(runtime, stack, manifest("b-0")) is None  # nothing ran: nothing to go back to
+    op_id = adopt_if_new(runtime, stack, manifest("b-1", pins={"web": WEB_PIN}), before="2026-01-01T00:00:00.000Z")
+    record_ = ops.get(op_id or "")
+    assert record_ is not None and (record_.kind, record_.status) == ("deploy", "adopted")
+    assert record_.started_at == "2025-12-31T23:59:59.999Z"
+    assert record_.result is not None and record_.result["image_ids"] == {"web": "sha256:web"}
+    assert record_.result["current_deployment"] == op_id
+    assert snapshots.exists(world.settings, STACK, record_.operation_id)
+    entry = DeploymentEntry.of(record_)
+    assert entry.backup_id == "b-1" and entry.images == [ImageRef(service="web", image="img/web")]
+    assert entry.detail is not None and entry.detail.startswith("adopted: what ran before")
+    assert adopt_if_new(runtime, stack, manifest("b-2", pins={"web": WEB_PIN})) is None  # known now
+    assert _targets(ops.history(STACK), None)[0].operation_id == op_id
+
+
+def test_adoption_never_fails_its_caller(world: World) -> None:
+    from types import SimpleNamespace
+
+    from server.deploy.targets import adopt_if_new
+
+    def broken() -> Any:
+        raise OSError("journal unreadable")
+
+    runtime = SimpleNamespace(settings=world.settings, operations=broken)
+    assert adopt_if_new(runtime, world.stack({"web": {}}), manifest("b-1", pins={"web": WEB_PIN})) is None
+
+
+def test_an_interrupted_operation_names_its_backup(world: World) -> None:
+    from server.operations import Operations
+    from server.operations.views import DeploymentEntry
+
+    ops = Operations(world.settings)
+    op = ops.begin(STACK, "deploy")
+    op.phase("backup", "ok", "backup 20260101T000000Z-abcdef: 1 image(s) pinned, 0 volume(s), 0 dump(s)")
+    op._lock.release()  # its server died: the next begin recovers it
+    ops.begin(STACK, "rollback").end("failed", {})
+    record_ = ops.get(op.id)
+    assert record_ is not None and record_.status == "interrupted" and record_.result is not None
+    assert record_.result["backup_id"] == "20260101T000000Z-abcdef"
+    assert DeploymentEntry.of(record_).backup_id == "20260101T000000Z-abcdef"
+
+
+@pytest.mark.parametrize(("now", "ok", "summary"), [
+    ({"postgres.public.items": 250}, True, "db: 1 table(s), 250 row(s) as dumped"),
+    ({"postgres.public.items": 0}, False, "db: MISMATCH postgres.public.items 0 rows, dumped 250"),
+    ({}, False, "db: MISMATCH postgres.public.items missing rows, dumped 250"),
+    ({"postgres.public.items": 250, "postgres.public.new": 1}, False,
+     "db: MISMATCH postgres.public.new not in the dump"),
+    (None, False, "db: rows could not be counted after the restore"),
+])
+async def test_data_check_compares_rows_with_the_dump(world: World, now: dict[str, int] | None, ok: bool,
+                                                      summary: str) -> None:
+    from server.deploy.datacheck import data_check
+
+    world.engine.add("db")
+    dump = manifest("b-1", dumps=("db", "cache")).dumps
+    backup = manifest("b-1").model_copy(update={"dumps": [
+        dump[0].model_copy(update={"tables": {"postgres.public.items": 250}}),
+        dump[1].model_copy(update={"kind": "redis"})]})
+
+    class Store:
+        async def exec_counts(self, container_id: str, recipe: Any) -> dict[str, int] | None:
+            assert container_id == "db-c0" and recipe.kind == "postgres"
+            return now
+
+    result = await data_check(world.engine, Store(), STACK, backup, ["db"])  # type: ignore[arg-type]
+    assert result == (ok, summary)
+    assert (await data_check(world.engine, Store(), STACK, backup, None))[1].endswith(  # type: ignore[arg-type]
+        "; cache: restored (no row counts recorded)")

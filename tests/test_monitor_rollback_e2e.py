@@ -153,7 +153,7 @@ async def test_watcher_rolls_back_a_release_breaking_after_deploy_through_the_pi
             assert reason.startswith("watcher: web exited with code 1") and v2_id in reason
             assert rollback.result["rollback"]["why"] == reason
             assert DeploymentEntry.of(rollback).detail == reason[:300]  # what stack_history shows the agent
-            assert {p["name"]: p["status"] for p in rollback.phases}["health"] == "ok"
+            assert {p["name"]: p["status"] for p in rollback.phases}["rollback_health"] == "ok"
             v2_op = _ops(runtime, project_name, "deploy")[0]
             assert v2_op.operation_id == v2_id and v2_op.ended_at and rollback.started_at > v2_op.ended_at
 

@@ -666,7 +666,8 @@ def test_recover_interrupts_only_dead_servers_operations_of_the_asked_stack(ops:
     assert [r.operation_id for r in ops.recover()] == [b, mine, OP.format(8)]
     assert ops.get(mine).result["reason"].endswith("still alive but no longer holds the stack's lock")  # type: ignore[index]
     assert set(rec.result) == {"reason", "last_phase", "process_groups", "recovered_by_pid", "stack_state",
-                               "next_step"}
+                               "next_step", "backup_id"}
+    assert rec.result["backup_id"] is None  # no backup phase journaled (tests/test_deploy_rollback.py has one)
     assert rec.result["next_step"].startswith("check the stack's containers") and rec.ended_at is not None
     for untouched in (alive, bad, alive_aa):  # no end record written for any
         assert [r["t"] for r in ops.journal.records(f'"op":"{untouched}"')] == ["begin"]

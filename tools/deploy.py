@@ -105,13 +105,15 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         ctx: Context,
         stack: Annotated[str, Field(description="Stack name or directory.")],
         to_deployment: Annotated[OptionalId, Field(description="deployment_id from stack_history; default: the "
-                                                   "last successful deployment before the current one.")] = None,
+                                                   "one before the current, or the current one after an "
+                                                   "interrupted or failed deploy.")] = None,
         restore_data: Annotated[bool, Field(description="Also restore volumes and databases from the backup "
                                             "taken when leaving that deployment (overwrites data).")] = False,
         confirm: Annotated[bool, Field(description="Required for restore_data and for critical stacks.")] = False,
     ) -> DeployReport:
-        """Roll a stack back to a previous successful deployment: its files, its images (pinned in
-        compose.dsm.yaml), optionally its data; then the health gate. Same report as deploy_stack."""
+        """Roll a stack back to a previous good deployment: its data first (restore_data), then its files
+        and images (pinned in compose.dsm.yaml), then the deploy's checks; `failed` if they do not pass.
+        Same report as deploy_stack."""
         from server.operations.models import OPERATION_ID
 
         _checked_id(to_deployment, "to_deployment", OPERATION_ID, "from stack_history")

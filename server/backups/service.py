@@ -82,6 +82,9 @@ async def create(runtime: Runtime, location: StackLocation, reason: str, progres
     async with operation(runtime, stack.name, "backup", {"reason": reason}, location.directory) as op:
         manifest = await store.create(stack, reason=reason, progress=progress)
         op.end("done", {"backup_id": manifest.backup_id, "bytes": manifest.bytes})
+    from server.deploy.targets import adopt_if_new
+
+    adopt_if_new(runtime, stack, manifest)  # a stack we never deployed: what runs becomes a deployment
     return BackupResult(
         stack=stack.name,
         action="create",

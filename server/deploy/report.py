@@ -67,6 +67,10 @@ class RollbackInfo(Frozen):
     why: str
     to_deployment: str | None = Field(default=None, description="Deployment (operation) id rolled back to.")
     result: Literal["restored", "failed", "nothing_changed"]
+    time_to_recover_s: float | None = Field(default=None, description="From the change to the old version passing.")
+    data_check: str | None = Field(
+        default=None, description="Tables and row counts after the restore against those at the dump.")
+    failed_images: dict[str, str] | None = Field(default=None, description="service -> image of the failed version.")
 
 
 class DeployReport(Frozen):

@@ -17,8 +17,10 @@ from typing import Any, Literal, get_args
 
 OperationKind = Literal["deploy", "rollback", "backup", "restore", "control", "recovery"]
 OperationStatus = Literal[
-    "running", "deployed", "unchanged", "rolled_back", "blocked", "failed", "planned", "interrupted", "done"
+    "running", "deployed", "unchanged", "rolled_back", "blocked", "failed", "planned", "interrupted", "done",
+    "adopted",
 ]
+"""``adopted``: a deployment recorded from what already ran (server.deploy.targets), never run by us."""
 KINDS: frozenset[str] = frozenset(get_args(OperationKind))
 STATUSES: frozenset[str] = frozenset(get_args(OperationStatus))
 FINAL_STATUSES: frozenset[str] = STATUSES - {"running"}

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from server.errors import DsmError, StackBusy
@@ -41,6 +42,7 @@ from server.operations.models import (
     new_operation_id,
     now_iso,
 )
+from server.operations.views import backup_id_of
 from server.redact import Scrubber, redact_mapping
 from server.settings import Settings
 
@@ -368,6 +370,7 @@ class Operations:
             "reason": (f"its server (pid {pid}) is still alive but no longer holds the stack's lock"
                        if server_alive else f"its server (pid {pid}) died before the operation ended"),
             "last_phase": last,
+            "backup_id": backup_id_of(SimpleNamespace(result=None, phases=phases)),
             "process_groups": groups,
             "recovered_by_pid": os.getpid(),
             "stack_state": self._probe(stack),

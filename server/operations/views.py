@@ -61,6 +61,8 @@ class DeploymentEntry(_Frozen):
     ended_at: str | None = None
     images: list[ImageRef] = Field(default_factory=list)
     backup_id: str | None = None
+    failed_images: list[ImageRef] = Field(
+        default_factory=list, description="Rolled back: the images of the version that failed.")
     detail: str | None = Field(None, description="Why it failed, was interrupted or rolled back.")
 
     @classmethod
@@ -68,9 +70,8 @@ class DeploymentEntry(_Frozen):
         result = rec.result or {}
         return cls(
             deployment_id=rec.operation_id, kind=rec.kind, status=rec.status, started_at=rec.started_at,
-            ended_at=rec.ended_at, images=images_of(result),
-            backup_id=result.get("backup_id") if isinstance(result.get("backup_id"), str) else None,
-            detail=_detail(rec),
+            ended_at=rec.ended_at, images=images_of(result), backup_id=backup_id_of(rec),
+            failed_images=_failed_images(result), detail=_detail(rec),
         )
 
 
@@ -96,6 +97,27 @@ def images_of(result: dict[str, Any]) -> list[ImageRef]:
         out.append(ImageRef(service=service, image=image if isinstance(image, str) else None,
                             digest=digest if isinstance(digest, str) else None))
     return out
+
+
+def backup_id_of(rec: Any) -> str | None:
+    """The backup the operation took: in its result, else in its backup phase (journaled when the
+    backup was taken, so an interrupted operation names it too)."""
+    result = getattr(rec, "result", None) or {}
+    if isinstance(result.get("backup_id"), str):
+        return str(result["backup_id"])
+    for phase in getattr(rec, "phases", None) or []:
+        detail = str(phase.get("detail") or "")
+        if phase.get("name") == "backup" and phase.get("status") == "ok" and detail.startswith("backup "):
+            return detail.split()[1].rstrip(":")
+    return None
+
+
+def _failed_images(result: dict[str, Any]) -> list[ImageRef]:
+    rollback = result.get("rollback")
+    failed = rollback.get("failed_images") if isinstance(rollback, dict) else None
+    if not isinstance(failed, dict):
+        return []
+    return [ImageRef(service=str(k), image=str(v)) for k, v in sorted(failed.items())]
 
 
 def _detail(rec: OperationRecord) -> str | None:

@@ -1,0 +1,205 @@
+"""What the deploy and the rollback share: the run being reported, how a step fails, the checks a
+new (or restored) version must pass, and the journal's end record and maintenance window.
+
+The checks (health gate, x-dsm smoke, verification window) live here so that a rollback runs
+exactly the checks a deploy runs: a version is judged the same way whichever path started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.compose import ComposeRunner
+from server.deploy.health import Watched, run_gate
+from server.deploy.plan import IMAGE_LABEL
+from server.deploy.report import DeployReport, Phase, ServiceState
+from server.deploy.smoke import run_smoke
+from server.deploy.verify import verify_window
+from server.engine import Engine, image_attrs_digest
+from server.models import Finding
+from server.stackmodel import LoadedStack
+
+log = logging.getLogger("docker_stack_mcp.deploy")
+
+Tell = Callable[[str], Awaitable[None]]
+DEFAULT_VERIFY_S = 30.0
+
+
+class StepFailed(Exception):
+    """A phase after the backup failed; carries what the incident and the report need."""
+
+    def __init__(self, phase: str, why: str, service: str | None = None, evidence: list[str] | None = None) -> None:
+        self.phase, self.why, self.service, self.evidence = phase, why, service, evidence or []
+        super().__init__(why)
+
+
+class Blocked(Exception):
+    def __init__(self, phase: str, why: str, findings: list[Finding]) -> None:
+        self.phase, self.why, self.findings = phase, why, findings
+        super().__init__(why)
+
+
+@dataclass
+class Run:
+    """What one deploy or rollback call has done so far (becomes the report)."""
+
+    stack: LoadedStack
+    op: Any = None
+    phases: list[Phase] = field(default_factory=list)
+    backup: Any = None
+    findings: list[Finding] = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+    image_ids: dict[str, str] = field(default_factory=dict)
+
+    def phase(self, name: str, status: str, started: float, detail: str = "") -> None:
+        duration = round(time.monotonic() - started, 2)
+        self.phases.append(Phase(name=name, status=status, duration_s=duration, detail=detail[:500]))  # type: ignore[arg-type]
+        if self.op is not None:
+            try:
+                self.op.phase(name, status, detail[:500], duration)
+            except Exception:  # the journal must not break the transaction it records
+                log.exception("journal phase write failed")
+
+
+async def run_checks(engine: Engine, run: Run, stack: LoadedStack, watched: list[Watched], changed: set[str], *,
+                     wait_s: float, window: float, tell: Callable[[str, bool], Awaitable[None]],
+                     prefix: str = "") -> None:
+    """Health gate, smoke checks, verification window; raises StepFailed at the first that fails.
+    ``prefix`` names the phases of a rollback apart from the deploy's (``rollback_health``):
+    the journal keeps one entry per phase name."""
+    label = prefix.replace("_", " ")
+    t = time.monotonic()
+    await tell(f"{label}health gate: waiting up to {wait_s:.0f}s", True)
+    gate = await run_gate(engine, stack.name, watched, timeout_s=wait_s, on_wait=lambda m: tell(m, False))
+    if not gate.ok:
+        run.phase(prefix + "health", "failed", t, gate.failure)
+        raise StepFailed(prefix + "health", gate.failure, gate.failed_service, gate.evidence)
+    run.phase(prefix + "health", "ok", t, f"{len(watched)} service(s) ready")
+
+    t = time.monotonic()
+    await tell(f"{label}smoke tests", True)
+    smoke_services = [w.service for w in watched if stack.service_settings_for(w.service).smoke]
+    if smoke_services:
+        results = await run_smoke(engine, stack, smoke_services, await container_ids(engine, stack.name))
+        bad = [r for r in results if not r.ok]
+        detail = "; ".join(f"{r.service}: {r.detail}" for r in results)
+        if bad:
+            run.phase(prefix + "smoke", "failed", t, detail)
+            raise StepFailed(prefix + "smoke", f"smoke check failed: {bad[0].service}: {bad[0].detail}",
+                             bad[0].service, [f"{r.service}: {r.detail}" for r in bad])
+        run.phase(prefix + "smoke", "ok", t, detail)
+    else:
+        run.phase(prefix + "smoke", "skipped", t, "no x-dsm smoke checks")
+
+    t = time.monotonic()
+    await tell(f"{label}verification window: {window:.0f}s", True)
+    verdict = await verify_window(engine, stack.name, watched, changed, window_s=window,
+                                  dependencies=frozenset(stack.services), tell=lambda m: tell(m, False))
+    if not verdict.ok:
+        run.phase(prefix + "verify", "failed", t, verdict.failure)
+        raise StepFailed(prefix + "verify", verdict.failure, verdict.failed_service, verdict.evidence)
+    run.phase(prefix + "verify", "ok" if window > 0 else "skipped", t, verdict.summary)
+
+
+def completed_dep(stack: LoadedStack, service: str) -> bool:
+    """Another service waits for this one to complete: it is a one-shot in all but name."""
+    for body in stack.services.values():
+        cfg = (body.get("depends_on") or {}).get(service)
+        if isinstance(cfg, dict) and cfg.get("condition") == "service_completed_successfully":
+            return True
+    return False
+
+
+def watched_all(stack: LoadedStack, running: set[str]) -> list[Watched]:
+    """Every service of ``stack`` that has a container, judged as the deploy judges it."""
+    return [Watched(s, stack.service_settings_for(s).is_one_shot or completed_dep(stack, s))
+            for s in stack.services if s in running]
+
+
+async def container_ids(engine: Engine, project: str) -> dict[str, str]:
+    return {c.service or "": c.id for c in await engine.compose_containers(project) if c.running}
+
+
+async def states(engine: Engine, stack: LoadedStack, run: Run | None = None) -> list[ServiceState]:
+    out = []
+    for c in sorted(await engine.compose_containers(stack.name), key=lambda c: c.name):
+        image_id = c.labels.get(IMAGE_LABEL)
+        if run is not None and image_id and c.service and c.running:
+            run.image_ids[c.service] = image_id
+        out.append(ServiceState(name=c.service or c.name, state=c.state, health=c.health, image=c.image,
+                                image_digest=await image_attrs_digest(engine, image_id) if image_id else None))
+    return out
+
+
+def end_journal(run: Run, report: DeployReport | None) -> None:
+    """The operation's end record: status, the report, and where the stack now is."""
+    op = run.op
+    if op is None or getattr(op, "ended", False):
+        return
+    try:
+        if report is None:
+            op.end("failed", None)
+            return
+        result = report.model_dump(mode="json", exclude={"plan"})
+        if report.status == "deployed":
+            result["current_deployment"] = op.id
+        elif report.status == "rolled_back" and report.rollback:
+            result["current_deployment"] = report.rollback.to_deployment
+        result["image_ids"] = dict(run.image_ids)
+        op.end(report.status, result)
+    except Exception:
+        log.exception("journal end write failed")
+
+
+def maintenance(ops: Any, stack: str, seconds: float, reason: str) -> Any:
+    """Open a maintenance window for the operation (the health watcher stays out of its way);
+    returns the user's window open before, to put back afterwards."""
+    from datetime import UTC, datetime, timedelta
+
+    until = (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat(timespec="seconds")
+    try:
+        return ops.set_maintenance(stack, until, reason) or {}
+    except Exception:  # a window is a courtesy to the watcher, never a reason to fail a deploy
+        log.warning("could not open a maintenance window for %s", stack, exc_info=True)
+        return None
+
+
+def maintenance_back(ops: Any, stack: str, previous: Any) -> None:
+    if previous is None:
+        return
+    try:
+        from datetime import UTC, datetime
+
+        until = previous.get("until")
+        if until and datetime.fromisoformat(str(until).replace("Z", "+00:00")) > datetime.now(UTC):
+            ops.set_maintenance(stack, until, previous.get("reason") or "")
+        else:
+            ops.set_maintenance(stack, None, "")
+    except Exception:
+        log.warning("could not restore the maintenance window of %s", stack, exc_info=True)
+
+
+def on_start(compose: ComposeRunner, op: Any) -> dict[str, Any]:
+    """Pass the journal's child recorder when ComposeRunner.run supports it (journal branch)."""
+    import inspect
+
+    if op is not None and "on_start" in inspect.signature(compose.run).parameters:
+        return {"on_start": op.child}
+    return {}
+
+
+def brief(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0][:400]
+
+
+def verify_default(stack: LoadedStack, services: list[str] | None) -> float:
+    value = stack.settings.verify_s
+    per_service = [stack.service_settings_for(s).verify_s for s in (services or stack.services)]
+    values = [v for v in per_service if v is not None]
+    if values:
+        return float(max(values))
+    return float(value) if value is not None else DEFAULT_VERIFY_S
