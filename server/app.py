@@ -114,6 +114,7 @@ def build_server(
             # otherwise pay before answering initialize.
             threading.Timer(1.0, lambda: runtime.memory().warm_up()).start()
         if recover_operations:
+            runtime.track_children()  # before any tool runs: what this server starts, the next start can reap
             threading.Thread(target=runtime.recover_operations, name="recover-operations", daemon=True).start()
         if handle_sigterm:
             _exit_on_sigterm(runtime)
