@@ -59,6 +59,20 @@ class DockerStackServer(MCPServer[Runtime]):
             return
         super().add_tool(fn, name, title, description, annotations, icons, meta, structured_output)
 
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio loop, except that a request line its parser refuses because a string
+        holds a lone UTF-16 surrogate gets an answer instead of silence (server.transport)."""
+        from mcp.server.stdio import stdio_server
+
+        from server.transport import AnswerRefusedLines
+
+        async with stdio_server() as (read_stream, write_stream):
+            await self._lowlevel_server.run(
+                AnswerRefusedLines(read_stream, write_stream),
+                write_stream,
+                self._lowlevel_server.create_initialization_options(),
+            )
+
 
 def _exit_on_sigterm(runtime: Runtime) -> None:
     """SIGTERM (systemd, docker stop, an MCP client shutting us down) cancels the operations
