@@ -30,6 +30,7 @@ from server.deploy.project import compose_project, fresh_project
 from server.deploy.report import DeployPlan, DeployReport, Phase, RollbackInfo, ServiceState
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.smoke import run_smoke
+from server.deploy.timeouts import deploy_up_timeout_s
 from server.deploy.verify import verify_window
 from server.engine import Engine, image_attrs_digest, tag_image
 from server.errors import DsmError
@@ -296,7 +297,8 @@ class Deployer:
         argv = ["up", "-d", "--remove-orphans", *services_argv(services)]
         try:
             await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
-                                           timeout_s=max(wait_s, 120), **_on_start(self.compose, run.op))
+                                           timeout_s=deploy_up_timeout_s(stack, plan, wait_s),
+                                           **_on_start(self.compose, run.op))
         except DsmError as exc:
             run.phase("up", "failed", t, _brief(exc))
             stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
