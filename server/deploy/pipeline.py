@@ -39,6 +39,7 @@ from server.redact import Scrubber
 from server.roles import original_from_tags
 from server.runtime import Runtime
 from server.stackmodel import LoadedStack
+from server.statedisk import is_disk_refusal, unwritable
 
 log = logging.getLogger("docker_stack_mcp.deploy")
 
@@ -211,6 +212,10 @@ class Deployer:
             op = ops.begin(stack.name, "deploy", params={
                 "path": path, "services": services, "plan_id": plan.plan_id, "wait_timeout_s": wait_timeout_s,
                 "verify_s": verify_s, "env": env}, secrets=stack.secret_values)
+        except OSError as exc:
+            if not is_disk_refusal(exc):
+                raise
+            raise unwritable(exc, state="nothing was changed: the deploy did not start") from None
         except stack_busy() as busy:
             return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
                                 phases=run.phases, next_steps=[
@@ -350,13 +355,13 @@ class Deployer:
         t = time.monotonic()
         await self.tell("recording the deployment")
         states = await self._states(stack, run)
-        snapshots.save(self.settings, stack.name, run.op.id, stack.directory)
+        kept = _save_files(self.settings, stack.name, run.op.id, stack.directory)
         digests = {s.name: s.image_digest or "" for s in states if s.image_digest}
         memory = await self._record_deployment(
             stack=stack.name, services=[s.name for s in states], outcome="success", image_digests=digests,
             duration_s=round(time.monotonic() - started, 1),
             strategy=",".join(sorted({s.strategy for s in plan.changes})) or None, operation_id=run.op.id)
-        run.phase("record", "ok", t, f"journal; {memory}")
+        run.phase("record", "ok", t, f"journal; {memory}" + ("" if kept else f"; {_FILES_NOT_KEPT}"))
         return self._report(run, "deployed", plan=plan, services=states, next_steps=[
             "done; stack_history shows it, rollback returns to the previous deployment if needed"])
 
@@ -372,7 +377,10 @@ class Deployer:
         notes: list[str] = []
         result: Literal["restored", "failed"] = "failed"
         try:
-            snapshots.keep_failed(self.settings, stack.name, run.backup.backup_id, stack.directory)
+            try:  # a nicety: a full or read-only state disk must not stop the rollback itself
+                snapshots.keep_failed(self.settings, stack.name, run.backup.backup_id, stack.directory)
+            except OSError as exc:
+                notes.append(f"the failed files could not be kept ({exc.strerror or exc})")
             if target and snapshots.exists(self.settings, stack.name, target):
                 snapshots.restore(self.settings, stack.name, target, stack.directory)
                 notes.append(f"files of deployment {target} restored")
@@ -428,7 +436,7 @@ class Deployer:
             resolution="automatic rollback: " + "; ".join(notes), deployment_id=deployment_id,
             time_to_recover_s=ttr, outcome="rolled_back" if result == "restored" else "unresolved", source="deploy")
         if result == "restored":
-            snapshots.save(self.settings, stack.name, run.op.id + "-rollback", stack.directory)
+            _save_files(self.settings, stack.name, run.op.id + "-rollback", stack.directory)
         status = "rolled_back" if result == "restored" else "failed"
         steps = [f"read the evidence: {failed.why}", "fix the new version (the failed files are kept with backup "
                  f"{run.backup.backup_id}) and deploy again"] if result == "restored" else [
@@ -498,6 +506,10 @@ class Deployer:
             run.op = ops.begin(stack.name, "rollback", params={"to_deployment": target.operation_id,
                                                                 "restore_data": restore_data, "reason": reason},
                                secrets=stack.secret_values)
+        except OSError as exc:
+            if not is_disk_refusal(exc):
+                raise
+            raise unwritable(exc, state="nothing was changed: the deploy did not start") from None
         except stack_busy() as busy:
             return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
                                 next_steps=[f"poll operation_status('{getattr(busy, 'operation_id', '')}')"])
@@ -741,6 +753,21 @@ def _backup_after(history: list[Any], target: Any) -> str | None:
     later = [h for h in history if h.started_at > target.started_at and (h.result or {}).get("backup_id")]
     later.sort(key=lambda h: h.started_at)
     return str(later[0].result["backup_id"]) if later else None
+
+
+_FILES_NOT_KEPT = ("the deployment's files could not be kept (state directory not writable): a rollback to it "
+                   "falls back to the files of the backup taken before the next deploy")
+
+
+def _save_files(settings: Any, stack: str, deployment_id: str, directory: Any) -> bool:
+    """Keep a deployment's files for later rollbacks; False (logged) when the state disk refuses:
+    the containers already run, so the deploy or rollback itself still ends as it went."""
+    try:
+        snapshots.save(settings, stack, deployment_id, directory)
+    except OSError as exc:
+        log.warning("could not keep the files of deployment %s of %s: %s", deployment_id, stack, exc)
+        return False
+    return True
 
 
 def _end(run: Run, report: DeployReport | None) -> None:
