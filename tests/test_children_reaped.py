@@ -127,3 +127,12 @@ async def test_children_are_registered_while_they_run(tmp_path: Path) -> None:
     assert result.stdout.strip().endswith(".json")  # recorded while it ran
     assert not list((tmp_path / "children").iterdir())  # forgotten once it ended
     assert registry.reap() == []
+
+
+@pytest.mark.anyio
+async def test_every_child_is_started_with_the_parent_death_signal() -> None:
+    # What the child itself reads back with prctl(PR_GET_PDEATHSIG): SIGKILL (9).
+    probe = ("import ctypes; v = ctypes.c_int(); "
+             "ctypes.CDLL(None).prctl(2, ctypes.byref(v), 0, 0, 0); print(v.value)")
+    result = await run_argv([sys.executable, "-I", "-S", "-c", probe], timeout_s=30, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0 and result.stdout.strip() == str(int(signal.SIGKILL)), result
