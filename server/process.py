@@ -164,8 +164,11 @@ async def _spawn(
         # (and their messages) get without it.
         path = env.get("PATH", os.defpath)
         found = shutil.which(argv[0], path=path) if os.sep not in argv[0] else argv[0]
-        if found is None or not os.access(os.path.join(cwd or "", found), os.X_OK):
+        target = os.path.join(cwd or "", found) if found is not None else None
+        if target is None or not os.path.exists(target):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        if not os.access(target, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), argv[0])
     return await anyio.open_process(
         [*_PDEATHSIG, *argv],
         # Never inherit our stdin: on stdio it is the MCP protocol stream, and a child that reads

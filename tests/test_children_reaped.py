@@ -108,6 +108,10 @@ async def test_a_missing_program_is_still_file_not_found(tmp_path: Path) -> None
         await run_argv(["dsm-no-such-program"], timeout_s=5, env={"PATH": str(tmp_path)})
     with pytest.raises(FileNotFoundError):
         await run_argv([str(tmp_path / "nope")], timeout_s=5, env={"PATH": "/usr/bin:/bin"})
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    with pytest.raises(PermissionError):
+        await run_argv([str(plain)], timeout_s=5, env={"PATH": "/usr/bin:/bin"})
     ok = await run_argv(["true"], timeout_s=5, env={"PATH": "/usr/bin:/bin"})
     assert ok.returncode == 0
 
