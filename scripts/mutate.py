@@ -123,7 +123,8 @@ MODULES: tuple[Module, ...] = (
            ("tests/test_deploy_units.py", "tests/test_deploy_files.py")),
     # The verification window after the gate: critical log lines (new containers only, a last scan
     # at the window's end), log bursts, sustained CPU/memory pressure, restarts.
-    Module("deploy-verify", "server/deploy/verify.py", ("tests/test_verify_promises.py", "tests/test_deploy_units.py")),
+    Module("deploy-verify", "server/deploy/verify.py",
+           ("tests/test_verify_promises.py", "tests/test_deploy_verify_units.py", "tests/test_deploy_units.py")),
     # The watcher's decisions: what counts as broken or crash-looping, and the restart budget (the
     # first restart at once, then doubling backoff, max_restarts per window, then give up).
     Module("monitor-watcher", "server/monitor/watcher.py",
