@@ -169,8 +169,9 @@ async def test_pressure_that_eases_passes_and_unlimited_containers_are_not_sampl
 @pytest.mark.anyio
 async def test_no_window_and_a_container_that_fails_in_it(clock: Clock) -> None:
     engine = StatsEngine([10.0])
-    assert (await verify_module.verify_window(engine, STACK, [], set(), window_s=0,  # type: ignore[arg-type]
-                                              dependencies=frozenset())).summary == "no verification window (verify_s=0)"
+    none = await verify_module.verify_window(engine, STACK, [], set(), window_s=0,  # type: ignore[arg-type]
+                                             dependencies=frozenset())
+    assert none.ok and none.summary == "no verification window (verify_s=0)"
     cid = _limited(engine, "api")
     engine.later[cid] = [{**engine.infos[cid], "State": {**engine.infos[cid]["State"], "Status": "exited",
                                                           "ExitCode": 1}}]
