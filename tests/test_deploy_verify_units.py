@@ -180,3 +180,128 @@ async def test_no_window_and_a_container_that_fails_in_it(clock: Clock) -> None:
                                                window_s=30.0, dependencies=frozenset())
     assert not result.ok and result.failed_service == "api"
     assert result.failure.endswith("during the verification window (1s in)") and "log: boom" in result.evidence
+
+
+def test_more_edges_of_the_usage_arithmetic() -> None:
+    assert usage_percent({"memory_stats": {"usage": 1}}, {"HostConfig": {"Memory": 1}}) == (100.0, None)  # 1 byte
+    no_totals = {"cpu_stats": {"cpu_usage": {}, "system_cpu_usage": 2000, "online_cpus": 1},
+                 "precpu_stats": {"cpu_usage": {}, "system_cpu_usage": 1000}}
+    assert usage_percent(no_totals, {"HostConfig": {"NanoCpus": 10**9}}) == (None, 0.0)
+    no_system = {"cpu_stats": {"cpu_usage": {"total_usage": 5}, "online_cpus": 1},
+                 "precpu_stats": {"cpu_usage": {"total_usage": 0}}}
+    assert usage_percent(no_system, {"HostConfig": {"NanoCpus": 10**9}}) == (None, None)
+    one_tick = _cpu(1, 0, 1001, 1000, online=1)
+    assert usage_percent(one_tick, {"HostConfig": {"NanoCpus": 10**9}}) == (None, 100.0)
+    tiny_quota = usage_percent(_cpu(400, 200, 2000, 1000), {"HostConfig": {"CpuQuota": 1, "CpuPeriod": 100000}})
+    assert tiny_quota[1] is not None and tiny_quota[1] > 1000
+
+
+def test_burst_window_slides_one_line_at_a_time() -> None:
+    assert burst([0.0, 30.0, 61.0, 62.0], per_minute=2)  # 30, 61, 62 fall within one minute
+
+
+class PerContainer(FakeEngine):
+    """Stats per container id: a list of samples, one per call (the last repeats), or None."""
+
+    def __init__(self, stats: dict[str, list[dict[str, Any]] | None]) -> None:
+        super().__init__([])
+        self.stats = stats
+        self.calls: dict[str, int] = {}
+
+    async def container_stats(self, cid: str) -> dict[str, Any] | None:
+        n = self.calls[cid] = self.calls.get(cid, 0) + 1
+        series = self.stats.get(cid)
+        return None if series is None else series[min(n, len(series)) - 1]
+
+
+def _mem(pct: float) -> dict[str, Any]:
+    return {"memory_stats": {"usage": pct * 10}}
+
+
+def _cpu_pct(pct: float) -> dict[str, Any]:
+    return _cpu(pct, 0, 100, 0, online=1)  # of a 1-CPU limit
+
+
+async def _window(engine: FakeEngine, services: list[str], window_s: float = 60.0) -> Any:
+    return await verify_module.verify_window(engine, STACK, [Watched(s) for s in services],  # type: ignore[arg-type]
+                                             set(services), window_s=window_s, dependencies=frozenset())
+
+
+@pytest.mark.anyio
+async def test_cpu_pressure_alone_is_found(clock: Clock) -> None:
+    engine = PerContainer({})
+    cid = engine.add("api")
+    engine.infos[cid]["HostConfig"] = {"NanoCpus": 10**9}  # a CPU limit, no memory limit
+    engine.stats[cid] = [_cpu_pct(99.0)]
+    result = await _window(engine, ["api"])
+    assert result.ok is False and result.failure == "api cpu above 95% of its limit, sustained (99%, 99%, 99%)"
+
+
+@pytest.mark.anyio
+async def test_memory_and_cpu_are_separate_series(clock: Clock) -> None:
+    engine = PerContainer({})
+    cid = engine.add("api")
+    engine.infos[cid]["HostConfig"] = {"Memory": 1000, "NanoCpus": 10**9}
+    engine.stats[cid] = [{**_mem(99.0), **_cpu_pct(10.0)}]
+    result = await _window(engine, ["api"])
+    assert result.ok is False and result.failure.startswith("api memory above 95%")
+
+
+@pytest.mark.anyio
+async def test_containers_are_separate_series_and_one_without_stats_is_skipped(clock: Clock) -> None:
+    engine = PerContainer({})
+    quiet = engine.add("quiet")
+    engine.infos[quiet]["HostConfig"] = {"Memory": 1000}
+    engine.stats[quiet] = None  # no stats (gone between the listing and the sample)
+    calm = engine.add("calm")
+    engine.infos[calm]["HostConfig"] = {"Memory": 1000}
+    engine.stats[calm] = [_mem(10.0)]
+    hot = engine.add("hot")
+    engine.infos[hot]["HostConfig"] = {"Memory": 1000}
+    engine.stats[hot] = [_mem(96.0), _mem(97.0), _mem(50.0), _mem(98.0), _mem(99.0), _mem(96.0), _mem(97.0),
+                         _mem(98.0), _mem(99.0)]
+    result = await _window(engine, ["quiet", "calm", "hot"])
+    assert result.ok is False and result.failed_service == "hot"
+    assert result.failure == "hot memory above 95% of its limit, sustained (97%, 98%, 99%)"
+    assert result.evidence == [f"{STACK}-hot-1: memory 97%, 98%, 99% of limit"]
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_critical_lines_fails_with_the_last_ten_as_evidence(clock: Clock) -> None:
+    engine = FakeEngine([])
+    cid = engine.add("api")
+    engine.add("api", oneoff=True, cid="run-1")  # a one-off `run` container is never judged
+    engine.infos["run-1"]["State"]["Status"] = "exited"
+    engine.infos["run-1"]["State"]["ExitCode"] = 1
+    long_tail = "x" * 400
+    engine.logs[cid] = [f"FATAL: could not connect to the database (attempt {i}) {long_tail}" for i in range(12)]
+    result = await verify_module.verify_window(engine, STACK, [Watched("api")], {"api"},  # type: ignore[arg-type]
+                                               window_s=30.0, dependencies=frozenset())
+    assert result.ok is False and result.failed_service == "api"
+    assert result.failure == ("api logged 12 critical lines (more than 10 a minute) during the verification window")
+    assert len(result.evidence) == 10 and result.evidence[0].startswith("log: fatal: FATAL: could not "
+                                                                          "connect to the database (attempt 2) ")
+    assert all(len(e) == len("log: fatal: ") + 300 for e in result.evidence)  # each line cut at 300
+
+
+@pytest.mark.anyio
+async def test_refused_connections_count_only_when_they_name_a_dependency(clock: Clock) -> None:
+    engine = FakeEngine([])
+    cid = engine.add("api")
+    engine.logs[cid] = [f"dial tcp db:5433: connect: connection refused ({i})" for i in range(12)]
+    calm = await verify_module.verify_window(engine, STACK, [Watched("api")], {"api"},  # type: ignore[arg-type]
+                                             window_s=6.0, dependencies=frozenset({"cache"}))
+    assert calm.ok and "0 critical log line(s)" in calm.summary
+    loud = await verify_module.verify_window(engine, STACK, [Watched("api")], {"api"},  # type: ignore[arg-type]
+                                             window_s=6.0, dependencies=frozenset({"db"}))
+    assert loud.ok is False and "12 critical lines" in loud.failure
+    assert loud.evidence[-1].startswith("log: dependency-refused: dial tcp db:5433")
+
+
+@pytest.mark.anyio
+async def test_restarts_before_the_window_are_the_baseline_and_a_one_second_window_runs(clock: Clock) -> None:
+    engine = FakeEngine([])
+    engine.add("api", restarts=3)  # restarted before the window opened: not a failure in it
+    result = await verify_module.verify_window(engine, STACK, [Watched("api")], {"api"},  # type: ignore[arg-type]
+                                               window_s=1.0, dependencies=frozenset())
+    assert result.ok and result.summary.startswith("1s window passed: health held (2 checks)")
