@@ -38,7 +38,7 @@ test: provision model lint
 # here instead of passing by luck (conftest marks every test using an engine fixture).
 test-fast: model
 	DOCKER_HOST=unix:///nonexistent/dsm-test-fast.sock DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) \
-		$(VENV)/bin/pytest -q -m "not docker and not slow" $(PYTEST_ARGS)
+		$(VENV)/bin/pytest -q -n 2 -m "not docker and not slow" $(PYTEST_ARGS)
 
 demo: provision model
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) examples/demo.py

@@ -306,6 +306,9 @@ async def monitor_session(client: Any, env: dict[str, str]) -> None:
         banner("Worked example 2: a chat app update breaks its database schema; the API fails its healthcheck.\n"
                "deploy_stack rolls back on its own, restores the database, records the incident.")
         await deploy_sessions.chat_rollback(call, say, ROOT, "chat")
+        banner("The second failure: the next update deletes half the messages, then breaks the API again.\n"
+               "The database now runs under the image pinned by the first rollback; every row must come back.")
+        await deploy_sessions.chat_second_failure(call, say, ROOT, "chat")
 
 
 def main() -> None:

@@ -133,6 +133,11 @@ V1 = ["CREATE TABLE IF NOT EXISTS messages(id serial primary key, body text)"]
 V2 = ["ALTER TABLE messages RENAME COLUMN body TO content", "ALTER TABLE messages ADD COLUMN room int"]
 
 
+# A second bad update, on top of the first rollback (its images now run under our pins): the
+# migration deletes half the messages before the schema change breaks the API again.
+V3 = ["DELETE FROM messages WHERE id % 2 = 0", "ALTER TABLE messages RENAME COLUMN body TO text"]
+
+
 def psql(name: str, sql: str) -> str:
     out = subprocess.run(["docker", "compose", "-p", name, "exec", "-T", "db", "psql", "-U", "postgres", "-tAc", sql],
                          capture_output=True, text=True, timeout=60)
@@ -168,3 +173,19 @@ async def chat_rollback(call: Call, say: Say, root: Path, name: str) -> dict[str
     for hit in found.get("results", [])[:2]:
         say(f"  found: {hit['title'][:100]}")
     return {"first": first, "report": report, "rows": rows, "columns": columns, "search": found}
+
+
+async def chat_second_failure(call: Call, say: Say, root: Path, name: str) -> dict[str, Any]:
+    """After chat_rollback: the next bad update deletes rows and fails too; its automatic rollback must
+    bring every row back although the database now runs under a pinned image."""
+    directory = root / name
+    before = psql(name, "SELECT count(*) FROM messages")
+    (directory / "compose.yaml").write_text(chat_compose(name, POSTGRES, "body", V3))
+    report = await call("deploy_stack", {"path": name, "wait_timeout_s": 60})
+    rb = report.get("rollback") or {}
+    say(f"  => {report['status']}: {rb.get('why', '')[:100]} -> {rb.get('result')}")
+    rows = psql(name, "SELECT count(*) FROM messages")
+    columns = psql(name, "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns "
+                         "WHERE table_name = 'messages'")
+    say(f"  before the update {before} messages; after its rollback {rows} messages, columns {columns}")
+    return {"report": report, "before": before, "rows": rows, "columns": columns}

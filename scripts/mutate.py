@@ -137,6 +137,13 @@ MODULES: tuple[Module, ...] = (
                       "*xǁDeployerǁ_last_success__mutmut*", "*xǁDeployerǁ_transaction__mutmut*",
                       "*x__targets__mutmut*", "*x__backup_after__mutmut*", "*x__end__mutmut*",
                       "*x__maintenance_back__mutmut*")),
+    # Restoring a backup: every file checked before any change, the way each database comes back
+    # (running; its archive; a fresh data directory), the data check, errors that say what changed.
+    # The engine-facing halves (revive.py, the real replay) are held by the docker tests.
+    Module("backups-restore", "server/backups/restore.py", ("tests/test_restore_units.py",)),
+    # Restore drills: every file's checksum, damaged files not drilled, a scratch tree or database
+    # judged against the archive's content and the row counts recorded at dump time.
+    Module("backups-verify", "server/backups/verify.py", ("tests/test_verify_units.py",)),
 )
 
 

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -39,9 +40,34 @@ class DockerStackServer(MCPServer[Runtime]):
     without annotations is treated as one that changes things.
     """
 
-    def __init__(self, *, read_only: bool, **kwargs: Any) -> None:
+    def __init__(self, *, read_only: bool, state_dir: Path | None = None, **kwargs: Any) -> None:
         self.read_only = read_only
+        self.state_dir = state_dir
         super().__init__(**kwargs)
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        """Every tool call gets its audit line (server/safety/audit.py): the tool wrapper records
+        the outcome; a call that never reached it (bad arguments, unknown tool) is recorded here."""
+        if self.state_dir is None:
+            return await super().call_tool(name, arguments, context)
+        from server.safety.audit import CURRENT, Call
+
+        call = Call(self.state_dir, name, dict(arguments or {}), client=_client_name(context))
+        token = CURRENT.set(call)
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except Exception as exc:
+            # Rejected before the tool ran (bad arguments, unknown tool): the first line only, as
+            # the rest quotes the arguments back (input_value=...), secrets included.
+            call.finish("error", detail=str(exc).split("\n", 1)[0])
+            raise
+        finally:
+            CURRENT.reset(token)
+        if type(result).__name__ == "InputRequiredResult":
+            call.finish("asked", detail="waiting for the user's answer (input required)")
+        else:
+            call.finish("ok", result=result)
+        return result
 
     def add_tool(
         self,
@@ -72,6 +98,16 @@ class DockerStackServer(MCPServer[Runtime]):
                 write_stream,
                 self._lowlevel_server.create_initialization_options(),
             )
+
+
+def _client_name(context: Any) -> str | None:
+    try:
+        info = context.request_context.session.client_params.client_info
+        return f"{info.name}/{info.version}" if info.version else str(info.name)
+    except AttributeError:
+        return None
+    except ValueError:  # no request context
+        return None
 
 
 def _exit_on_sigterm(runtime: Runtime) -> None:
@@ -105,6 +141,17 @@ def _exit_on_sigterm(runtime: Runtime) -> None:
         loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(terminate()))
     except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here
         log.debug("SIGTERM handler not installed", exc_info=True)
+
+
+def _read_only(settings: Settings) -> bool:
+    """DSM_READ_ONLY, or the policy's mode: read_only at start-up: changing tools are not even
+    published. A policy switched to read_only later is enforced by the gate (server/safety/gate.py);
+    one switched away from it takes a restart to publish the changing tools again."""
+    if settings.read_only:
+        return True
+    from server.safety.gate import current
+
+    return current(settings).policy.mode == "read_only"
 
 
 def build_server(
@@ -145,7 +192,8 @@ def build_server(
                 runtime.close()
 
     server = DockerStackServer(
-        read_only=settings.read_only,
+        read_only=_read_only(settings),
+        state_dir=settings.state_dir,
         name="docker-stack",
         version=__version__,
         instructions=INSTRUCTIONS,

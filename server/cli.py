@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--interval", type=float, default=10.0, help="seconds between health passes (default 10)")
     watch.add_argument("--metrics-port", type=int, default=None,
                        help="serve Prometheus metrics on 127.0.0.1:PORT (default: DSM_METRICS_PORT, else off)")
+    audit = sub.add_parser("audit", help="print the audit trail of tool calls, one line per call")
+    audit.add_argument("--stack", default=None, metavar="S", help="only calls about this stack (name or glob)")
+    audit.add_argument("--since", default=None, metavar="T",
+                       help="only calls since T: an ISO time (2026-12-07T10:00) or a duration ago (30m, 2h, 7d)")
+    audit.add_argument("--json", action="store_true", help="print the raw JSON lines")
     return parser
 
 
@@ -74,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from server.monitor.alerts import url_secrets
+    from server.redact import guard_logs
+
+    guard_logs(url_secrets(settings.alert_urls))  # every record scrubbed, dependencies' (DEBUG) included
     if args.command in (None, "serve"):
         _import_sdk_server_half()
         from server.app import build_server
@@ -82,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "watch":
         return _watch(settings, args)
+    if args.command == "audit":
+        from server.safety.auditcli import print_audit
+
+        return print_audit(settings, stack=args.stack, since=args.since, raw=args.json)
     return 2
 
 

@@ -330,12 +330,15 @@ class Engine:
 
         await self.call(rm, f"remove volume {name}")
 
-    async def create_helper(self, image: str, volumes: dict[str, str], *, purpose: str) -> str:
+    async def create_helper(
+        self, image: str, volumes: dict[str, str], *, purpose: str, labels: dict[str, str] | None = None
+    ) -> str:
         """A container that is created and never started, with ``volumes`` (name -> path) mounted.
 
         The engine's archive API reads and writes a stopped container's volumes, so nothing runs:
         any local image will do (the service's own, even a distroless one), and nothing is pulled.
-        Remove it with :meth:`remove_container` (in a ``finally``).
+        Remove it with :meth:`remove_container` (in a ``finally``). ``labels`` are added to ours
+        (the backups label their helpers with stack and owner, so recovery finds orphans).
         """
         name = f"{HELPER_PREFIX}{_slug(purpose)}-{secrets.token_hex(4)}"
 
@@ -349,7 +352,7 @@ class Engine:
                     entrypoint=["/dsm-helper-never-started"],
                     command=[],
                     name=name,
-                    labels={HELPER_LABEL: "1"},
+                    labels={**(labels or {}), HELPER_LABEL: "1"},
                     host_config=host_config,
                     network_disabled=True,
                 )["Id"]

@@ -22,9 +22,11 @@ would mangle the model (``***:16``) and the mask itself would give the value awa
 
 from __future__ import annotations
 
+import bisect
+import logging
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 MASK = "***"
@@ -89,11 +91,14 @@ def _scalar(v: Any) -> bool:
     return not isinstance(v, dict | list)
 
 
-# KEY=value, KEY: value, "key": "value" where KEY names a credential.
-_ASSIGNMENT = re.compile(
-    r"""(?P<key>["']?[A-Za-z_][\w.-]{0,80}["']?)(?P<sep>\s*[=:]\s*)(?P<value>"[^"\n]*"|'[^'\n]*'|[^\s,;&}]+)"""
-)
+# KEY=value, KEY: value, "key": "value" where KEY names a credential. The key cannot start inside
+# a word (``(?<![\w.])``) and is matched possessively, and the value is matched only after a
+# credential key: every start scanning a long run of word characters, or every ``x:`` rescanning
+# the rest of the line as its value, made a hostile 20 kB log line cost seconds (quadratic).
+_KEY_SEP = re.compile(r"""(?<![\w.])(?P<key>["']?[A-Za-z_][\w.-]{0,80}+["']?)(?P<sep>\s*+[=:]\s*+)""")
+_VALUE = re.compile(r""""[^"\n]*"|'[^'\n]*'|[^\s,;&}]+""")
 _BEARER = re.compile(r"\b(?P<scheme>Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
+_PEM = r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[\s\S]*)"
 # Tokens that are secrets whatever key they stand next to.
 _TOKENS = re.compile(
     r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT (Supabase anon/service keys)
@@ -103,37 +108,131 @@ _TOKENS = re.compile(
     r"|\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic style API keys (LibreChat)
     r"|\bxox[abpors]-[A-Za-z0-9-]{10,}"  # Slack tokens
     # PEM private keys: to the END line, or to the end of the text when it was cut off.
-    r"|-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[\s\S]*)"
+    r"|" + _PEM
 )
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY-----")
+# On a log page a BEGIN line without its END (the page ends inside the key, or a line merely
+# names the marker) masks the key-like lines after it, not the rest of the page.
+_PEM_OPEN = re.compile(r"[^\n]*+(?:\n[ \t]*+(?:[A-Za-z0-9+/=]++|(?:Proc-Type|DEK-Info):[^\n]*+)?[ \t]*+(?=\n|\Z))*+")
+_BASE64_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=]+[ \t]*\r?")
 
 
-def _mask_assignment(match: re.Match[str]) -> str:
-    key = match["key"].strip("\"'")
-    if not is_secret_key(key):
-        return match[0]
-    value = match["value"]
-    if value.strip("\"'") in ("", MASK):
-        return match[0]
-    quote = value[0] if value[:1] in ("'", '"') else ""
-    return f"{match['key']}{match['sep']}{quote}{MASK}{quote}"
+def _mask_pem_page(text: str, repl: Callable[[re.Match[str]], str]) -> str:
+    """PEM keys on a page, in one pass: BEGIN to its END, or BEGIN and the key-like lines after it
+    when no END follows (no rescan of the page per BEGIN: linear)."""
+    ends = [m.end() for m in _PEM_END.finditer(text)]
+    out: list[str] = []
+    done = 0
+    for begin in _PEM_BEGIN.finditer(text):
+        if begin.start() < done:
+            continue
+        i = bisect.bisect_left(ends, begin.end() + 1)  # the first END after this BEGIN
+        opened = _PEM_OPEN.match(text, begin.end())
+        stop = ends[i] if i < len(ends) else opened.end() if opened else begin.end()
+        span = re.match(r"[\s\S]*", text[begin.start():stop])
+        assert span is not None
+        out.append(text[done:begin.start()] + repl(span))
+        done = stop
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _mask_pem_tails(text: str, repl: Callable[[re.Match[str]], str]) -> str:
+    """The tail of a PEM key whose BEGIN line is not in the text (a page that starts inside the
+    key): the END line and the base64 lines right before it, walking back from each END."""
+    out: list[str] = []
+    done = 0
+    for end in _PEM_END.finditer(text):
+        if end.start() < done:
+            continue
+        line_start = text.rfind("\n", 0, end.start()) + 1
+        if text[line_start:end.start()].strip():
+            continue  # END inside a line with other text: not a key's own END line
+        start = line_start
+        while start > done:
+            newline = text.rfind("\n", done, start - 1)
+            prev = newline + 1 if newline >= 0 else done
+            if not _BASE64_LINE.fullmatch(text, prev, start - 1):
+                break
+            start = prev
+        if start == line_start:
+            continue
+        span = re.match(r"[\s\S]*", text[start:end.end()])
+        assert span is not None
+        out.append(text[done:start] + repl(span))
+        done = end.end()
+    out.append(text[done:])
+    return "".join(out)
+
+
+# A line of a PEM body alone (a page that starts and ends inside a key): 64 base64 characters,
+# not a 64-digit hex string (a container id or a sha256 digest printed on its own line).
+_PEM_BODY_LINE = re.compile(r"(?m)^[ \t]*(?![0-9a-f]{64}[ \t]*$|[0-9A-F]{64}[ \t]*$)[A-Za-z0-9+/]{64}[ \t]*$")
+
+# An image reference (``docker.io/valkey/valkey:8-bookworm@sha256:...``) is structure, never a
+# ``KEY: value`` pair, though its name may hold a credential word (valKEY, KEYdb, sealed-SECRETs).
+_REF_NAME = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_REF_TAG = re.compile(r"\w[\w.-]{0,127}(?:@sha256:[0-9a-f]{64})?")
+_REF_REST = re.compile(r"[^\w@:/=$]*")
+_VERSION_TAG = re.compile(r"v?\d+(?:\.\d+)*(?:[-_.+][A-Za-z0-9][\w.-]*)?|(?:latest|stable|edge|alpine|slim|bookworm|"
+                          r"bullseye|jammy|noble|focal)(?:[-_.][\w.-]*)?", re.IGNORECASE)
+# Whole words of a name that make it a credential whatever follows (``api_key:1.2`` is no image).
+_BARE_CREDENTIAL = frozenset({"key", "keys", "apikey", "pass", "passwd", "password", "passphrase", "pwd", "secret",
+                              "secrets", "token", "tokens", "salt", "credential", "credentials", "private",
+                              "privatekey", "auth"})
+
+
+def _is_image_reference(text: str, start: int, key: str, sep: str, value: str) -> bool:
+    name = key.lstrip("\"'")  # a quoted reference ("valkey:8"), not a quoted key ("key":)
+    if sep != ":" or not _REF_NAME.fullmatch(name):
+        return False
+    tag = _REF_TAG.match(value)
+    if tag is None or not _REF_REST.fullmatch(value, tag.end()):
+        return False
+    if (name == key and start > 0 and text[start - 1] == "/") or "@sha256:" in tag[0]:
+        return True  # a repository path (registry/namespace/name:tag) or a pinned digest
+    # ``valkey:8-bookworm``: a version tag, and the credential word only glued inside the name.
+    words = re.split(r"[._-]+", name)
+    return bool(_VERSION_TAG.fullmatch(tag[0].partition("@")[0])) and not _BARE_CREDENTIAL.intersection(words)
 
 
 def _mask_assignments(text: str) -> str:
-    """Every credential assignment in ``text`` masked. After a plain key the scan goes on at its
-    value, which may itself hold one: matches must not swallow ``config: API_KEY=abc``,
-    ``env: POSTGRES_PASSWORD: x`` or ``x=TOKEN=abc`` whole."""
+    """Every credential assignment in ``text`` masked. After a key the scan goes on at its value,
+    which may itself hold one: matches must not swallow ``config: API_KEY=abc``,
+    ``env: POSTGRES_PASSWORD: x`` or ``x=TOKEN=abc`` whole. Linear in the text."""
     out: list[str] = []
-    pos = 0
-    while (match := _ASSIGNMENT.search(text, pos)) is not None:
-        masked = _mask_assignment(match)
-        if masked != match[0]:
-            out.append(text[pos:match.start()] + masked)
-            pos = match.end()
-        else:
-            out.append(text[pos:match.start("value")])
-            pos = match.start("value")
-    out.append(text[pos:])
+    done = scan = 0  # text[:done] is in out; the next key is searched from scan
+    while (match := _KEY_SEP.search(text, scan)) is not None:
+        scan = match.end()
+        key = match["key"]
+        if not is_secret_key(key.strip("\"'")):
+            continue
+        value = _VALUE.match(text, scan)
+        if value is None or value[0].strip("\"'") in ("", MASK) or _is_image_reference(
+                text, match.start(), key, match["sep"], value[0]):
+            continue
+        quote = value[0][0] if value[0][:1] in ("'", '"') else ""
+        out.append(text[done:scan] + f"{quote}{MASK}{quote}")
+        done = scan = value.end()
+    out.append(text[done:])
     return "".join(out)
+
+
+_MIN_LINE_OF_VALUE = 8
+"""A line of a multi-line secret this long is a known value on its own (a page may hold only part of it)."""
+_PAGE_CHUNK = 256 * 1024
+"""Characters scrubbed in one go by :meth:`Scrubber.page`: the stdlib ``re`` holds the GIL for a whole
+``sub``, so a huge page in one piece would stall every other thread (and the event loop) meanwhile."""
+
+
+def _masked_lines(match: re.Match[str]) -> str:
+    """The mask, once per line the masked text spans: a page keeps its line count."""
+    return "\n".join([MASK] * (match[0].count("\n") + 1))
+
+
+def _masked(match: re.Match[str]) -> str:
+    return MASK
 
 
 class Scrubber:
@@ -141,32 +240,63 @@ class Scrubber:
 
     Known values are matched by one alternation, longest first, so a secret never leaks as the
     tail of a shorter one (``abcd1234`` with ``abcd`` also secret gives ``***``, not ``***1234``).
-    ``assignments=False`` keeps ``KEY: value`` pairs as they are: Compose's own error messages
-    read like ``...environment.TOKEN_URL: required variable X is missing`` and must stay
-    parseable; the values that could be secret there are passed in as known ``secrets``.
+    Each line of a multi-line known value is a known value too, so a page holding only part of
+    it masks that part. ``assignments=False`` keeps ``KEY: value`` pairs as they are: Compose's
+    own error messages read like ``...environment.TOKEN_URL: required variable X is missing`` and
+    must stay parseable; the values that could be secret there are passed in as known ``secrets``.
     """
 
     def __init__(self, secrets: Iterable[str] = (), *, assignments: bool = True) -> None:
-        known = sorted({s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SCRUB_LEN}, key=len, reverse=True)
+        values = {s for s in secrets if isinstance(s, str) and len(s) >= _MIN_SCRUB_LEN}
+        for multi in [s for s in values if "\n" in s]:
+            values.update(ln.strip() for ln in multi.splitlines() if len(ln.strip()) >= _MIN_LINE_OF_VALUE)
+        known = sorted(values, key=len, reverse=True)
         self._known = re.compile("|".join(re.escape(s) for s in known)) if known else None
         self._assignments = assignments
 
     def __call__(self, text: str) -> str:
-        if not text:
-            return text
+        return self._scrub(text, keep_lines=False) if text else text
+
+    def _scrub(self, text: str, *, keep_lines: bool) -> str:
+        repl = _masked_lines if keep_lines else _masked
         # Shapes first: a known value that is also a word of the text around a URL must not
         # break the URL's shape before its password is found.
         text = mask_url_passwords(text)
-        text = _TOKENS.sub(MASK, text)
+        if keep_lines:
+            text = _mask_pem_page(text, repl)
+        text = _TOKENS.sub(repl, text)
+        text = _mask_pem_tails(text, repl)
+        if keep_lines:
+            text = _PEM_BODY_LINE.sub(MASK, text)
         if self._known is not None:
-            text = self._known.sub(MASK, text)
+            text = self._known.sub(repl, text)
         text = _BEARER.sub(lambda m: f"{m['scheme']} {MASK}", text)
         return _mask_assignments(text) if self._assignments else text
 
     def lines(self, lines: Iterable[str]) -> list[str]:
         """Scrub lines as one text: a PEM block pasted as log lines is masked whole, body included
-        (line by line, only its BEGIN line would look like a key)."""
+        (line by line, only its BEGIN line would look like a key). The block becomes one line."""
         return self("\n".join(lines)).split("\n")
+
+    def page(self, lines: Sequence[str]) -> list[str]:
+        """Scrub lines as one text and give back exactly one line per line (a log page: each line
+        keeps its timestamp). Every line a multi-line secret or key spans reads ``***``. Scrubbed
+        in chunks of whole lines; a key cut by a chunk's end is masked to that end, and its rest
+        by the PEM-tail rule of the next chunk."""
+        out: list[str] = []
+        chunk: list[str] = []
+        size = 0
+        for line in [*lines, None]:
+            if line is None or (chunk and size + len(line) > _PAGE_CHUNK):
+                text = self._scrub("\n".join(chunk), keep_lines=True) if chunk else ""
+                parts = text.split("\n")
+                # A line that itself held a newline: no positional mapping, so line by line.
+                out.extend(parts if len(parts) == len(chunk) else [self(c) for c in chunk])
+                chunk, size = [], 0
+            if line is not None:
+                chunk.append(line)
+                size += len(line) + 1
+        return out
 
 
 def positional_secrets(candidates: Iterable[str], sources: Iterable[Any], rendered: dict[str, Any]) -> frozenset[str]:
@@ -224,12 +354,16 @@ def structure_words(sources: Iterable[Any], rendered: dict[str, Any]) -> set[str
 _SEEN: dict[str, None] = {}
 _SEEN_LOCK = threading.Lock()
 _SEEN_MAX = 10_000
+_SEEN_GEN = [0]  # bumped whenever a new value is seen
+_SEEN_SCRUB: dict[int, Scrubber] = {}  # generation -> its scrubber (one entry)
 
 
 def remember_secrets(values: Iterable[str]) -> None:
     with _SEEN_LOCK:
         for v in values:
             if isinstance(v, str) and len(v) >= _MIN_SCRUB_LEN:
+                if v not in _SEEN:
+                    _SEEN_GEN[0] += 1
                 _SEEN.pop(v, None)
                 _SEEN[v] = None
                 if len(_SEEN) > _SEEN_MAX:
@@ -239,3 +373,57 @@ def remember_secrets(values: Iterable[str]) -> None:
 def seen_secrets() -> frozenset[str]:
     with _SEEN_LOCK:
         return frozenset(_SEEN)
+
+
+def scrub_seen(text: str) -> str:
+    """``text`` scrubbed (assignments and shapes included) of every secret value a stack load has
+    seen in this process: for texts with no stack at hand (progress messages, log records). The
+    scrubber is compiled again only when a new value was seen."""
+    with _SEEN_LOCK:
+        scrub = _SEEN_SCRUB.get(_SEEN_GEN[0])
+        if scrub is None:
+            _SEEN_SCRUB.clear()
+            scrub = _SEEN_SCRUB[_SEEN_GEN[0]] = Scrubber(_SEEN)
+    return scrub(text)
+
+
+class LogScrubber(logging.Filter):
+    """A log record's text (message with its arguments, and its traceback) scrubbed of every secret
+    seen in this process, ``extra`` values (the alert URLs' tokens) and every shape: for our own
+    loggers' handlers and for dependencies that log what they were given (apprise logs each
+    notification URL at DEBUG, urllib3 the request path that holds a webhook's token)."""
+
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._extra = Scrubber(extra)
+
+    def clean(self, text: str) -> str:
+        return self._extra(scrub_seen(text))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is the logging module's to report
+            return True
+        record.msg, record.args = self.clean(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.clean(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+# Dependencies' loggers that print what they send: a filter on a logger sees only the records
+# made by that very logger, so each is named (the root handlers catch what propagates).
+_GUARDED_LOGGERS = ("apprise", "urllib3", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry",
+                    "requests", "docker", "docker.api.build", "docker.utils.config", "httpx", "httpcore")
+
+
+def guard_logs(extra: Iterable[str] = ()) -> None:
+    """Install one LogScrubber (replacing an earlier one) on the root logger's handlers and on the
+    dependencies' loggers that print URLs and payloads. Idempotent; cheap to call again."""
+    guard = LogScrubber(extra)
+    targets: list[logging.Filterer] = [logging.getLogger(n) for n in _GUARDED_LOGGERS]
+    targets += logging.getLogger().handlers
+    for target in targets:
+        for old in [f for f in target.filters if isinstance(f, LogScrubber)]:
+            target.removeFilter(old)
+        target.addFilter(guard)

@@ -86,7 +86,8 @@ class Runtime:
             if self._operations is None:
                 from server.operations import Operations
 
-                self._operations = Operations(self.settings, stack_state=self._stack_state)
+                self._operations = Operations(self.settings, stack_state=self._stack_state,
+                                              repair=self._repair_stack)
             return self._operations
 
     def backups(self) -> BackupStore:
@@ -109,6 +110,12 @@ class Runtime:
 
         self._tracks_children = True
         track_children(ChildRegistry(self.settings.state_dir / "children"))
+
+    def _repair_stack(self, stack: str) -> dict[str, object]:
+        # Crash recovery: start what a dead backup or restore stopped, remove its helper containers.
+        from server.backups.recovery import repair_blocking
+
+        return repair_blocking(self.settings, self.engine(), stack)
 
     def recover_operations(self) -> None:
         """Crash recovery at start-up (run off the start path): operations a dead server left

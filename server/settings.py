@@ -46,6 +46,8 @@ class Settings:
     alert_dedup_s: float = 3600.0
     alert_rate_per_min: int = 10
     metrics_port: int | None = None
+    policy_path: Path | None = None
+    """DSM_POLICY: the safety policy file (server/safety/policy.py); None = today's behaviour."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,7 +73,9 @@ class Settings:
         qdrant_url = env.get("QDRANT_URL") or None
         if qdrant_url and not qdrant_url.startswith(("http://", "https://")):
             raise SettingsError(f"QDRANT_URL={qdrant_url!r} must start with http:// or https://")
+        policy_path = _policy(env.get("DSM_POLICY", ""))
         return cls(
+            policy_path=policy_path,
             stacks_root=root,
             state_dir=state,
             read_only=_flag("DSM_READ_ONLY", env.get("DSM_READ_ONLY", "")),
@@ -114,6 +118,21 @@ def _abs_dir(name: str, raw: str, *, must_exist: bool) -> Path:
     # Resolved even when it does not exist yet: a state dir reached through a symlink into the
     # stacks root must be seen as inside it (resolve() follows the part that exists).
     return path.resolve()
+
+
+def _policy(raw: str) -> Path | None:
+    """DSM_POLICY validated now, so a bad file stops the server at start-up with the key named."""
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise SettingsError(f"DSM_POLICY={raw!r} must be an absolute path")
+    if not path.is_file():
+        raise SettingsError(f"DSM_POLICY={raw} is not a file", next_step="fix the path or unset DSM_POLICY")
+    from server.safety.policy import read
+
+    read(path)
+    return path
 
 
 def _flag(name: str, raw: str) -> bool:

@@ -44,6 +44,7 @@ async def test_worked_examples_over_stdio(stacks_root: Path, tmp_path: Path, nam
 
         calls.clear()
         out = await deploy_sessions.chat_rollback(call, said.append, stacks_root, chat_name)
+        second = await deploy_sessions.chat_second_failure(call, said.append, stacks_root, chat_name)
     assert out["first"]["status"] == "deployed"
     report = out["report"]
     assert report["status"] == "rolled_back", (report["phases"], report.get("rollback"), report["findings"])
@@ -51,3 +52,8 @@ async def test_worked_examples_over_stdio(stacks_root: Path, tmp_path: Path, nam
     assert any("api" in (f.get("service") or "") for f in report["findings"])
     assert out["rows"] == "500" and out["columns"] == "body,id"  # the database as before the update
     assert report["incident_id"] in {hit["incident_id"] for hit in out["search"]["results"]}
+    # The second failure (issue 14): the database runs under our pin; the failed migration deleted
+    # rows; after the automatic rollback every row and the old schema are back.
+    assert second["before"] == "500", second
+    assert second["report"]["status"] == "rolled_back", (second["report"]["phases"], second["report"].get("rollback"))
+    assert second["rows"] == "500" and second["columns"] == "body,id", second

@@ -132,9 +132,8 @@ async def test_binary_garbage_and_huge_file(mcp_client: Any, stacks_root: Path) 
         for _ in range(50):
             fh.write(b"#" * (1024 * 1024))
     for path, needle in (("garbage", "binary"), ("huge", "limit")):
-        start = time.perf_counter()
+        # (No wall-clock bound: it failed under load. The tracemalloc peak below proves the file is never read.)
         err, out = await call(mcp_client, "inspect_stack", {"path": path})
-        assert time.perf_counter() - start < 1.0
         assert not err and out["rendered"] is False and needle in out["findings"][0]["message"]
     # The in-memory client runs the server in this process: tracemalloc sees what the tool reads.
     tracemalloc.start()

@@ -60,6 +60,8 @@ async def test_grep_cannot_probe_a_secret_and_literal_credentials_are_masked(
     assert await lines() == ["token ***", "literal ***"]
     assert await lines(grep="token s3cr") == []  # the raw value is not searchable
     assert await lines(grep="lit-pass") == []
-    assert await lines(grep=r"token \*\*\*") == ["token ***"]  # what is shown is what grep sees
+    assert await lines(grep="token ***") == ["token ***"]  # what is shown is what grep sees
+    assert await lines(grep=r"token \*{3}$", regex=True) == ["token ***"]
+    assert await lines(grep="token s3cr.*", regex=True) == []
     bad = await mcp_client.call_tool("stack_logs", {"stack": "leaky", "since": "99999999d"})
     assert bad.is_error and "since" in bad.content[0].text and "internal" not in bad.content[0].text

@@ -147,7 +147,7 @@ async def test_status_of_all_stacks_logs_paged_and_redacted_control(
     assert secret not in json.dumps(older)
     grep = await call(mcp_client, "stack_logs", {"stack": project_name, "grep": "error"})
     assert [ln["text"] for ln in grep["lines"]] == ["ERROR: db down"] and not grep["truncated"]
-    bad = await mcp_client.call_tool("stack_logs", {"stack": project_name, "grep": "("})
+    bad = await mcp_client.call_tool("stack_logs", {"stack": project_name, "grep": "(", "regex": True})
     assert bad.is_error and "regular expression" in bad.content[0].text
     missing = await mcp_client.call_tool("stack_status", {"stack": "no-such-stack"})
     assert missing.is_error and "list_stacks" in missing.content[0].text

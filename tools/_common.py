@@ -49,15 +49,27 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from server.safety.audit import CURRENT, outcome_of
+
+        call = CURRENT.get()  # the audit line of this call (set by the server; None in bare tests)
         try:
-            return await fn(*args, **kwargs)
+            result = await fn(*args, **kwargs)
+            if call is not None:
+                call.finish("ok", result=result)
+            return result
         except ToolError as exc:
+            if call is not None:
+                call.finish("error", detail=scrub_error(str(exc)))
             raise ToolError(scrub_error(str(exc))) from None
         except DsmError as exc:
             message = scrub_error(str(exc))
+            if call is not None:
+                call.finish(outcome_of(exc), detail=message)
             log.info("tool %s refused: %s", fn.__name__, message)
             raise ToolError(message) from None
         except Exception as exc:
+            if call is not None:
+                call.finish("error", detail=f"internal error ({type(exc).__name__})")
             log.exception("tool %s failed unexpectedly", fn.__name__)
             raise ToolError(
                 f"{fn.__name__} failed with an internal error ({type(exc).__name__}). State: unknown; "
@@ -137,6 +149,17 @@ def require_confirmation(answer: Any, question: str, confirm: bool) -> None:
             f"confirmation required: {question}",
             state="nothing was changed",
             next_step="ask the user; if they agree, call again with confirm=true",
+        )
+    # The safety policy decides whether the model's confirm=true may stand in for a human.
+    from server.safety.gate import FALLBACK, PolicyRefused
+
+    if (fallback := FALLBACK.get()) != "model":
+        raise PolicyRefused(
+            f"{question} needs a human approval, this client cannot ask the user, and the safety policy's "
+            f"fallback is {fallback}" + (": out-of-band approval is not available yet" if fallback == "out_of_band"
+                                         else ""),
+            state="nothing was changed",
+            next_step="use a client that supports MCP elicitation, or a person makes the change by hand",
         )
 
 

@@ -13,6 +13,7 @@ from server.backups.models import BackupResult
 from server.errors import DsmError
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, Confirmation, ask_user, progress, require_confirmation, tool_errors
+from tools._policy import enforce
 
 
 async def _restore_question(runtime: Runtime, stack: str, action: str, backup_id: str | None) -> str | None:
@@ -61,6 +62,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """
         from server.backups import service
 
+        if action in ("create", "restore"):
+            await enforce(runtime.settings, ctx, "backup_stack", stack, action, confirm=confirm, answer=approval)
         location = service.resolve_stack(runtime, stack)
 
         async def report(done: float, total: float, message: str) -> None:

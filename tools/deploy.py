@@ -9,9 +9,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
 from server.deploy.report import DeployReport
-from server.errors import ReadOnlyMode
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, progress, tool_errors
+from tools._policy import enforce
 
 
 def _confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
@@ -58,8 +58,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         the running operation_id: poll operation_status, do not retry. Read `phases`, `findings`,
         `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`.
         """
-        if runtime.settings.read_only:
-            raise ReadOnlyMode("deploy_stack is disabled by DSM_READ_ONLY", state="nothing was changed")
+        gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run)
+        confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:
@@ -84,8 +84,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> DeployReport:
         """Roll a stack back to a previous successful deployment: its files, its images (pinned in
         compose.dsm.yaml), optionally its data; then the health gate. Same report as deploy_stack."""
-        if runtime.settings.read_only:
-            raise ReadOnlyMode("rollback is disabled by DSM_READ_ONLY", state="nothing was changed")
+        gate = await enforce(runtime.settings, ctx, "rollback", stack, "rollback_data" if restore_data else "rollback",
+                             confirm=confirm)
+        confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:

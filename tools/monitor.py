@@ -11,6 +11,7 @@ from pydantic import Field
 from server.monitor.models import ControlResult, Diagnosis, LogsPage, StatusReport
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, READ_ONLY, tool_errors
+from tools._policy import enforce
 
 StackArg = Annotated[str, Field(description="Stack name (Compose project) or its directory under the stacks root.")]
 
@@ -37,15 +38,16 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         stack: StackArg,
         service: Annotated[str | None, Field(description="One service; omit for all.")] = None,
         since: Annotated[str | None, Field(description="'15m', '2h', '1d' or an ISO time.")] = None,
-        grep: Annotated[str | None, Field(description="Case-insensitive regex lines must match.")] = None,
+        grep: Annotated[str | None, Field(description="Case-insensitive substring lines must contain.")] = None,
+        regex: Annotated[bool, Field(description="grep is a regular expression (time-bounded).")] = False,
         limit: Annotated[int, Field(ge=1, le=2000, description="Most lines returned (newest).")] = 200,
         until: Annotated[str | None, Field(description="Page back: pass the previous page's next_until.")] = None,
     ) -> LogsPage:
-        """Recent container log lines of a stack, oldest first, secrets redacted; `truncated` with
-        `next_until` when older lines exist."""
+        """Recent container log lines of a stack, oldest first, credentials redacted; `truncated` with
+        `next_until` when older lines exist, `cut` when lines or the page were shortened."""
         from server.monitor.logs import stack_logs as run
 
-        return await run(runtime, stack, service, since, grep, limit, until)
+        return await run(runtime, stack, service, since, grep, limit, until, regex)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
@@ -76,6 +78,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """Start, stop, restart or remove a stack's containers (volumes are never removed), or put
         it in maintenance (the watcher leaves it alone and alerts are muted until `until`).
         Journaled and locked like a deploy: a busy stack is refused naming the operation."""
+        await enforce(runtime.settings, ctx, "stack_control", stack, action, confirm=confirm)
         from server.monitor.control import stack_control as run
         from tools._common import confirm_destructive
 

@@ -12,7 +12,9 @@ from server.backups.models import (
     BackupManifest,
     BackupVerification,
     DatabaseDump,
+    DataCheck,
     PinnedImage,
+    RestoreStep,
     VerifyCheck,
     VolumeArchive,
 )
@@ -27,8 +29,10 @@ __all__ = [
     "BackupNotFound",
     "BackupStore",
     "BackupVerification",
+    "DataCheck",
     "DatabaseDump",
     "PinnedImage",
+    "RestoreStep",
     "VerifyCheck",
     "VolumeArchive",
 ]

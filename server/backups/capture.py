@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from server.backups import recovery
 from server.backups.databases import Recipe, recipe_for_role
 from server.backups.models import DatabaseDump, VolumeArchive
 from server.errors import DsmError
@@ -88,27 +89,24 @@ async def capture_data(
         mounted_by = users.get(name, [])
         to_stop = [c for c in mounted_by if c.id in stop_to_archive and c.running]
         image = await store.helper_image([c.image_id for c in mounted_by] + [c.image_id for c in containers])
-        stopped: list[str] = []
-        try:
-            for c in to_stop:
-                await engine.stop_container(c.id)
-                stopped.append(c.id)
-                notes.append(f"volume {name}: {c.service} was stopped while it was archived, then started again")
-            archives.append(await archive_volume(store, name, image, target, mounted_by))
-        finally:
-            for cid in stopped:
-                await engine.start_container(cid)
+        # Noted before they stop: a server killed mid-archive has them started by crash recovery.
+        async with recovery.stopped(store, stack.name, to_stop, f"archiving volume {name}"):
+            notes.extend(f"volume {name}: {c.service} was stopped while it was archived, then started again"
+                         for c in to_stop)
+            archives.append(await archive_volume(store, name, image, target, mounted_by, stack=stack.name))
     return archives, dumps, notes
 
 
 async def archive_volume(
-    store: BackupStore, name: str, image: str, target: Path, mounted_by: list[ContainerSummary]
+    store: BackupStore, name: str, image: str, target: Path, mounted_by: list[ContainerSummary],
+    *, stack: str | None = None,
 ) -> VolumeArchive:
     """Archive one volume from a created-never-started helper container into volumes/<name>.tar."""
     from server.backups.store import VOLUME_MOUNT
 
     engine = store.engine
-    helper = await engine.create_helper(image, {name: VOLUME_MOUNT}, purpose=f"archive-{name}")
+    helper = await engine.create_helper(image, {name: VOLUME_MOUNT}, purpose=f"archive-{name}",
+                                        labels=recovery.helper_labels(stack) if stack else None)
     try:
         rel = f"volumes/{name}.tar"
         written = await engine.archive_to_file(helper, f"{VOLUME_MOUNT}/.", target / rel)

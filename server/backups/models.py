@@ -106,10 +106,47 @@ class BackupSummary(Frozen):
         )
 
 
+class DataCheck(Frozen):
+    """Tables and rows of a database after its dump was replayed, against those recorded when the
+    dump was taken (``DatabaseDump.tables``)."""
+
+    service: str
+    tables_expected: int | None = Field(description="Tables recorded at dump time (None: not recorded).")
+    tables_found: int | None = Field(description="Tables counted after the restore (None: could not count).")
+    rows_expected: int | None
+    rows_found: int | None
+    ok: bool | None = Field(
+        description="True: every recorded table is back with its row count; False: not (see missing, "
+        "differ); None: not checked (detail says why)."
+    )
+    missing: list[str] = Field(default_factory=list, description="Tables recorded at dump time and not found.")
+    differ: list[str] = Field(default_factory=list, description="'table: recorded -> found' row counts.")
+    detail: str = ""
+
+
+RestoreWay = Literal["volume archive", "dump", "volume archive, database could not start",
+                     "dump into a fresh data directory, database could not start"]
+
+
+class RestoreStep(Frozen):
+    """One thing a restore put back, and which way it went."""
+
+    target: str = Field(description="'volume <name>' or 'dump <service>'.")
+    way: RestoreWay
+    service: str | None = None
+    failed_state: list[str] = Field(
+        default_factory=list,
+        description="Archives of what the volumes held before (kept in the backup directory, relative to it).",
+    )
+    detail: str = ""
+
+
 class BackupResult(Frozen):
     stack: str
     action: Literal["create", "list", "restore", "verify"]
     backups: list[BackupSummary] = Field(description="list: newest first; create: the new backup.")
     verification: BackupVerification | None = None
     restored: list[str] = Field(default_factory=list, description="restore: volumes and dumps put back.")
+    steps: list[RestoreStep] = Field(default_factory=list, description="restore: which way each one went.")
+    data_checks: list[DataCheck] = Field(default_factory=list, description="restore: tables and rows vs dump time.")
     next_steps: list[str] = Field(default_factory=list)

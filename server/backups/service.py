@@ -130,14 +130,31 @@ async def is_critical(runtime: Runtime, location: StackLocation) -> bool:
 
 
 async def restore(runtime: Runtime, manifest: BackupManifest, progress: Progress | None) -> BackupResult:
+    """Put the backup's data back and bring the stack back up: a database that cannot start on
+    what it has now is revived (its archive, or a fresh data directory for the dump); services
+    that ran when the backup was taken run afterwards."""
     store = store_of(runtime)
     async with operation(runtime, manifest.stack, "restore", {"backup_id": manifest.backup_id}) as op:
-        restored = await store.restore_data(manifest, progress=progress)
-        op.end("done", {"backup_id": manifest.backup_id, "restored": restored})
+        outcome = await store.restore_data(manifest, progress=progress, bring_up=True)
+        op.end("done", {"backup_id": manifest.backup_id, "restored": list(outcome),
+                        "steps": [s.model_dump(mode="json") for s in outcome.steps],
+                        "data_checks": [c.model_dump(mode="json") for c in outcome.checks]})
+    next_steps = [f"check the stack: inspect_stack(path={manifest.stack!r}) and list_stacks for its health"]
+    kept = sorted({f for s in outcome.steps for f in s.failed_state})
+    if kept:
+        folder = store.backup_dir(manifest.stack, manifest.backup_id)
+        next_steps.append(f"the database could not start on its data, so it was replaced; what it held is kept in "
+                          f"{', '.join(str(folder / f) for f in kept)} (delete it once the stack is fine)")
+    for check in outcome.checks:
+        if check.ok is False:
+            next_steps.append(f"the data of {check.service} differs from dump time ({check.detail}): compare "
+                              f"missing {check.missing[:5]} and differ {check.differ[:5]} before going on")
     return BackupResult(
         stack=manifest.stack,
         action="restore",
         backups=[BackupSummary.of(manifest)],
-        restored=restored,
-        next_steps=[f"check the stack: inspect_stack(path={manifest.stack!r}) and list_stacks for its health"],
+        restored=list(outcome),
+        steps=outcome.steps,
+        data_checks=outcome.checks,
+        next_steps=next_steps,
     )

@@ -32,6 +32,7 @@ from server.settings import Settings
 from server.stackmodel import LoadedStack
 
 if TYPE_CHECKING:
+    from server.backups.restore import RestoreOutcome
     from server.compose import ComposeRunner
     from server.engine import ContainerSummary, Engine
 
@@ -321,13 +322,22 @@ class BackupStore:
         volumes: bool = True,
         dumps: bool = True,
         progress: Progress | None = None,
-    ) -> builtins.list[str]:
+        bring_up: bool = False,
+    ) -> RestoreOutcome:
         """Volumes (recreated empty, then filled) and database dumps (restored by exec). Returns
-        what was restored, e.g. ``['volume dsm_data', 'dump db']``."""
+        what was restored, e.g. ``['volume dsm_data', 'dump db']``, a list that also carries
+        ``.steps`` (which way each went) and ``.checks`` (tables and rows after each dump vs dump
+        time). Every file is checked against its sha256 first: a damaged backup changes nothing.
+
+        A database that does not run or does not become ready is brought back: from the backup's
+        archive of its volumes if there is one, else its volumes are emptied (what they held is
+        archived into the backup directory first) so that it initialises a fresh data directory,
+        and the dump is replayed into that. ``bring_up`` starts, afterwards, the services that ran
+        when the backup was taken and do not run now (backup_stack restore: the stack comes back)."""
         from server.backups.restore import restore_data
 
         return await restore_data(self, manifest, services=services, volumes=volumes, dumps=dumps,
-                                  progress=progress)
+                                  progress=progress, bring_up=bring_up)
 
     async def verify(self, manifest: BackupManifest, progress: Progress | None = None) -> BackupVerification:
         """Restore drill into scratch volumes and scratch database containers (removed after)."""

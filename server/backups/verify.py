@@ -19,6 +19,7 @@ import anyio
 
 from server.backups.databases import recipe_by_kind, scratch_environment
 from server.backups.models import BackupManifest, BackupVerification, DatabaseDump, VerifyCheck, VolumeArchive
+from server.backups.recovery import helper_labels
 from server.backups.restore import check_checksums
 from server.backups.tarsum import tar_content, tar_content_of_file
 from server.errors import DsmError
@@ -82,7 +83,8 @@ async def _drill_volume(store: BackupStore, manifest: BackupManifest, volume: Vo
     await engine.create_volume(scratch, labels={SCRATCH_LABEL: "1", HELPER_LABEL: "1"})
     helper = None
     try:
-        helper = await engine.create_helper(image, {scratch: VOLUME_MOUNT}, purpose=f"verify-{volume.name}")
+        helper = await engine.create_helper(image, {scratch: VOLUME_MOUNT}, purpose=f"verify-{volume.name}",
+                                           labels=helper_labels(manifest.stack))
         await engine.put_archive_from_file(helper, VOLUME_MOUNT, path)
         got = await engine.read_archive(helper, f"{VOLUME_MOUNT}/.", tar_content)
     except DsmError as exc:

@@ -106,8 +106,10 @@ class Deployer:
         if advance:
             self._step += 1
         if self._progress is not None:
-            try:
-                await self._progress(min(self._step, len(PHASES)), len(PHASES), message)
+            from server.redact import scrub_seen
+
+            try:  # scrubbed like the journal: a smoke exec's output may carry api_token=...
+                await self._progress(min(self._step, len(PHASES)), len(PHASES), scrub_seen(message))
             except Exception:
                 log.debug("progress not delivered", exc_info=True)
 
@@ -222,6 +224,9 @@ class Deployer:
                                     f"another {getattr(busy, 'kind', 'operation')} runs on this stack: poll "
                                     f"operation_status('{getattr(busy, 'operation_id', '')}') instead of retrying"])
         run.op = op
+        from server.stacksecrets import remember
+
+        remember(self.settings, stack.name, stack.secret_values)  # known secrets: masked in its logs from now on
         wait_s = wait_timeout_s if wait_timeout_s is not None else DEFAULT_WAIT_S
         window = verify_s if verify_s is not None else _verify_default(stack, services)
 
@@ -687,7 +692,11 @@ class Deployer:
         return states
 
     def _report(self, run: Run, status: str, **extra: Any) -> DeployReport:
-        scrub = Scrubber(run.stack.secret_values, assignments=False)
+        scrub = Scrubber(run.stack.secret_values)  # as the journal: assignments too
+        if extra.get("next_steps"):
+            extra["next_steps"] = [scrub(step) for step in extra["next_steps"]]
+        if extra.get("rollback") is not None:
+            extra["rollback"] = extra["rollback"].model_copy(update={"why": scrub(extra["rollback"].why)})
         return DeployReport(
             status=status,  # type: ignore[arg-type]
             stack=run.stack.name,

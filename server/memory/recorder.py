@@ -4,6 +4,13 @@ A failing memory must never fail a deployment or a rollback, so every method her
 everything, logs it to stderr and returns None instead of an id. The methods are async and
 run the blocking work in a worker thread.
 
+What is recorded is scrubbed by the stack's one scrubber first (server.stacksecrets: its known
+secrets, .env credentials and every shape; the memory itself masks shapes only): a password
+from the stack's .env in a log line must not be stored and offered to later sessions. The
+caller passes ``scrub`` when it has the stack's scrubber at hand (the watcher); otherwise the
+stack's known secrets are read from DSM_STATE_DIR (``settings``, or the Runtime whose
+``memory`` method was passed as the provider).
+
 Usage from a pipeline::
 
     recorder = MemoryRecorder(runtime.memory)
@@ -30,6 +37,9 @@ from server.errors import DsmError
 
 if TYPE_CHECKING:
     from server.memory.service import Memory
+    from server.settings import Settings
+
+Scrub = Callable[[str], str]
 
 log = logging.getLogger("docker_stack_mcp.memory")
 
@@ -37,9 +47,18 @@ log = logging.getLogger("docker_stack_mcp.memory")
 class MemoryRecorder:
     """Records deployments and incidents on behalf of the pipelines; never raises."""
 
-    def __init__(self, memory: Callable[[], Memory]) -> None:
+    def __init__(self, memory: Callable[[], Memory], settings: Settings | None = None) -> None:
         """``memory`` is a provider (e.g. ``runtime.memory``), called lazily on first record."""
         self._memory = memory
+        # runtime.memory is a bound method of the Runtime: its settings locate the known secrets.
+        self._settings = settings or getattr(getattr(memory, "__self__", None), "settings", None)
+
+    def _scrubber(self, stack: str | None, scrub: Scrub | None) -> Scrub:
+        if scrub is not None:
+            return scrub
+        from server.stacksecrets import stack_scrubber
+
+        return stack_scrubber(self._settings, stack) if stack else stack_scrubber(None, "")
 
     async def record_deployment(
         self,
@@ -55,6 +74,7 @@ class MemoryRecorder:
         pattern_id: str | None = None,
         incident_id: str | None = None,
         operation_id: str | None = None,
+        scrub: Scrub | None = None,
     ) -> str | None:
         """Store one finished deployment; returns its id, or None when memory failed.
 
@@ -65,11 +85,13 @@ class MemoryRecorder:
         """
 
         def run() -> str:
+            clean = self._scrubber(stack, scrub)
             memory = self._memory()
             deployment_id = memory.record_deployment(
                 stack=stack, services=services, outcome=outcome, image_digests=image_digests,
-                duration_s=duration_s, strategy=strategy, log_lines=log_lines, notes=notes,
-                pattern_id=pattern_id, incident_id=incident_id, operation_id=operation_id)
+                duration_s=duration_s, strategy=strategy, log_lines=_page(clean, log_lines),
+                notes=clean(notes) if notes else notes, pattern_id=pattern_id, incident_id=incident_id,
+                operation_id=operation_id)
             if pattern_id:
                 memory.record_pattern_outcome(pattern_id, "success" if outcome == "success" else "failure",
                                               notes=f"deployment {deployment_id}: {outcome}")
@@ -94,6 +116,7 @@ class MemoryRecorder:
         time_to_recover_s: float | None = None,
         outcome: str | None = None,
         source: str = "pipeline",
+        scrub: Scrub | None = None,
     ) -> str | None:
         """Store (or count again) an incident seen by a pipeline; returns its id or None.
 
@@ -102,9 +125,12 @@ class MemoryRecorder:
         """
 
         def run() -> str:
+            clean = self._scrubber(stack, scrub)
             return self._memory().record_incident(
-                title=title, symptoms=symptoms, stack=stack, service=service, severity=severity,
-                root_cause=root_cause, resolution=resolution, log_lines=log_lines, tags=tags,
+                title=clean(title), symptoms=clean(symptoms), stack=stack, service=service, severity=severity,
+                root_cause=clean(root_cause) if root_cause else root_cause,
+                resolution=clean(resolution) if resolution else resolution, log_lines=_page(clean, log_lines),
+                tags=tags,
                 deployment_id=deployment_id, image_digests=image_digests, time_to_recover_s=time_to_recover_s,
                 outcome=outcome, source=source).incident_id
 
@@ -121,3 +147,11 @@ class MemoryRecorder:
         except Exception:
             log.exception("memory %s failed; the operation itself is unaffected", what)
             return None
+
+
+def _page(clean: Scrub, lines: Sequence[str]) -> list[str]:
+    """Log lines scrubbed as one text when ``clean`` is a Scrubber (a PEM key masked whole)."""
+    if isinstance(lines, str):
+        lines = lines.splitlines()
+    page = getattr(clean, "page", None)
+    return list(page(list(lines))) if page is not None else [clean(str(ln)) for ln in lines]

@@ -3,8 +3,11 @@
 De-duplicated: the same ``key`` (e.g. ``budget:web/db``) is sent once per ``dedup_s``, also
 across watcher restarts (DSM_STATE_DIR/alerts/sent.json). Rate-limited: at most
 ``rate_per_min`` alerts in any minute; what was held back is counted into the next one. A
-critical alert says what broke, what was tried and what a person should do. The URLs carry
-tokens: they are never logged. apprise is imported on first send.
+critical alert says what broke, what was tried and what a person should do. Title and body
+are scrubbed by the stack's one scrubber (server.stacksecrets: its known secrets, its .env
+credentials, every shape), not by shape only. The URLs carry tokens: they are never logged by
+us, and apprise's and urllib3's loggers (which print them at DEBUG) get a LogScrubber that knows
+them. apprise is imported on first send.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 
-from server.redact import Scrubber
+from server.redact import Scrubber, guard_logs
 from server.settings import Settings
 
 log = logging.getLogger("docker_stack_mcp.alerts")
@@ -37,6 +42,8 @@ class Alert:
     what_broke: str
     what_was_tried: str = ""
     what_to_do: str = ""
+    stack: str | None = None
+    """The stack it is about: its known secrets are masked (when the sender passes no scrubber)."""
 
     def body(self) -> str:
         parts = [self.what_broke]
@@ -52,7 +59,10 @@ class Alerter:
         self.urls = list(settings.alert_urls)
         self.dedup_s = settings.alert_dedup_s
         self.rate_per_min = settings.alert_rate_per_min
+        self.settings = settings
         self.scrub = scrub or Scrubber()
+        if self.urls:
+            guard_logs(url_secrets(self.urls))
         self._path = settings.state_dir / "alerts" / "sent.json"
         self._lock = threading.Lock()
         self._sent = _read(self._path)
@@ -71,10 +81,21 @@ class Alerter:
             if self._sent.pop(key, None) is not None:
                 _write(self._path, self._sent)
 
-    async def send(self, alert: Alert) -> bool:
-        """Send unless a duplicate or over the rate; True when delivered to at least one URL."""
+    def _scrubber(self, alert: Alert, scrub: Scrubber | None) -> Scrubber:
+        if scrub is not None:
+            return scrub
+        if alert.stack:
+            from server.stacksecrets import stack_scrubber
+
+            return stack_scrubber(self.settings, alert.stack)
+        return self.scrub
+
+    async def send(self, alert: Alert, scrub: Scrubber | None = None) -> bool:
+        """Send unless a duplicate or over the rate; True when delivered to at least one URL.
+        ``scrub``: the stack's scrubber (default: the known secrets of ``alert.stack``)."""
+        clean = self._scrubber(alert, scrub)
         if not self.urls:
-            log.info("alert (no DSM_ALERT_URLS): %s: %s", alert.title, self.scrub(alert.body()))
+            log.info("alert (no DSM_ALERT_URLS): %s: %s", clean(alert.title), clean(alert.body()))
             return False
         now = time.time()
         with self._lock:
@@ -95,8 +116,8 @@ class Alerter:
                     del self._sent[old]
             _write(self._path, self._sent)
             held, self._held_back = self._held_back, 0
-        body = self.scrub(alert.body()) + (f"\n({held} other alerts were held back by the rate limit)" if held else "")
-        ok = await anyio.to_thread.run_sync(self._notify, self.scrub(alert.title), body, alert.level)
+        body = clean(alert.body()) + (f"\n({held} other alerts were held back by the rate limit)" if held else "")
+        ok = await anyio.to_thread.run_sync(self._notify, clean(alert.title), body, alert.level)
         if ok:
             self.delivered += 1
         else:
@@ -118,6 +139,21 @@ class Alerter:
         except Exception:  # a broken notifier must never take the watcher down
             log.exception("apprise failed")
             return False
+
+
+def url_secrets(urls: Iterable[str]) -> list[str]:
+    """The parts of alert URLs that can be tokens: user, password, host (apprise's ``slack://T/B/x``
+    keeps one there), path segments and query values; loopback hosts and short parts are not."""
+    parts: list[str] = []
+    for url in urls:
+        try:
+            split = urlsplit(url)
+            candidates = [split.username, split.password, split.hostname, *split.path.split("/"),
+                          *(v for _, v in parse_qsl(split.query))]
+        except ValueError:
+            continue
+        parts += [unquote(c) for c in candidates if c and len(c) >= 6 and c not in ("127.0.0.1", "localhost")]
+    return parts
 
 
 def _read(path: Path) -> dict[str, float]:
@@ -148,7 +184,8 @@ async def announce_outcome(settings: Settings, *, stack: str, kind: str, status:
         return await Alerter(settings).send(Alert(
             key=f"{kind}:{stack}:{operation_id}", level=level, title=f"{stack}: {kind} {status}",
             what_broke=detail or f"{kind} {operation_id} ended {status}",
-            what_was_tried="" if level == "success" else f"{kind} {operation_id}", what_to_do=what_to_do))
+            what_was_tried="" if level == "success" else f"{kind} {operation_id}", what_to_do=what_to_do,
+            stack=stack))
     except Exception:  # an alert must never fail the operation it reports
         log.exception("announcing %s of %s failed", kind, stack)
         return False

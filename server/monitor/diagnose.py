@@ -64,7 +64,7 @@ async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = Non
     if not observed:
         raise StackNotFound(f"no containers of stack {ref.name!r} on the engine",
                             state="the stack is not deployed", next_step="call list_stacks")
-    scrub = stack_scrubber(ref, observed)
+    scrub = stack_scrubber(ref, observed, runtime.settings)
     out = _Collector(scrub)
     in_scope = [o for o in observed if service is None or o.service == service]
     state = watchstate.load(runtime.settings)

@@ -61,6 +61,7 @@ class LogsPage(Frozen):
     lines: list[LogLine] = Field(description="Oldest first, secrets redacted.")
     truncated: bool = Field(description="More lines exist before this page.")
     next_until: str | None = Field(description="Pass as `until` to read the page before this one.")
+    cut: str | None = Field(default=None, description="What was shortened or left out to bound the page.")
 
 
 class SimilarIncident(Frozen):

@@ -21,7 +21,9 @@ Every attempt is written to DSM_STATE_DIR/watcher/state.json (fsync'd) *before* 
 keyed by the container's start/finish time, so a watcher killed mid-way and restarted neither
 repeats the action nor forgets its budget. Each action is journaled as a ``recovery``
 operation (taking the stack's lock, so it never overlaps a deploy) and recorded as an incident
-in the memory.
+in the memory. Alerts, incidents, journal details and log messages about a stack go through the
+stack's one scrubber (server.stacksecrets), made once per pass: a password from its .env in a
+log line reaches neither the alert receiver nor the memory.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from server.monitor.resolve import managed_locations
 from server.monitor.stackpolicy import StackPolicy, stack_policy
 from server.monitor.status import Observed, observe, sample_usage
 from server.monitor.watchstate import WatchState, iso_to_epoch, now_iso
+from server.redact import Scrubber
 from server.runtime import Runtime
 from server.stacks import StackLocation
 
@@ -88,6 +91,7 @@ class Watcher:
         self._last_event = int(time.time())
         self._connected = True
         self._tg: Any = None
+        self._scrubbers: dict[str, Scrubber] = {}
 
     # -- main loop ------------------------------------------------------------------------------
     async def run(self, stop: anyio.Event | None = None) -> None:
@@ -164,6 +168,12 @@ class Watcher:
 
     async def check_stack(self, stack: str, containers: list[Observed], location: StackLocation | None,
                           usage: dict[str, Any] | None = None) -> None:
+        from server.stacksecrets import stack_scrubber
+
+        # Read once per pass: its .env and known secrets may have changed with a deploy since.
+        self._scrubbers[stack] = await anyio.to_thread.run_sync(
+            stack_scrubber, self.runtime.settings, stack, location.directory if location is not None else None,
+            [(o.inspect.get("Config") or {}).get("Env") or [] for o in containers])
         paused = self._paused(stack)
         for o in containers:
             self._seen(stack, o, paused)
@@ -280,12 +290,12 @@ class Watcher:
                 detail = await self._recreate(stack, o, location, op)
                 self.counters.recreates += 1
         except DsmError as exc:
-            status, detail = "failed", exc.what
+            status, detail = "failed", self.scrub(stack)(exc.what)
             rec["outcome"] = "failed"
-            log.warning("%s of %s/%s failed: %s", action, stack, o.service, exc.what)
+            log.warning("%s of %s/%s failed: %s", action, stack, o.service, detail)
         finally:
             rec.pop("in_flight", None)
-            op.phase(action, status, detail=detail or f"{kind}; attempt {attempt}")
+            op.phase(action, status, detail=self.scrub(stack)(detail) if detail else f"{kind}; attempt {attempt}")
             op.end("done" if status == "done" else "failed",
                    {"service": o.service, "action": action, "problem": kind, "attempt": attempt})
         self.state.save()
@@ -293,7 +303,7 @@ class Watcher:
         self._background(self.recorder.record_incident(
             title=f"{o.service} {kind}: watcher {action}", stack=stack, service=o.service, severity="medium",
             symptoms=f"{o.service} of {stack} was {kind} ({_state_line(o)})", resolution=f"watcher {action}",
-            outcome="recovering", source="recovery", tags=["watcher", _slug(kind)]))
+            outcome="recovering", source="recovery", tags=["watcher", _slug(kind)], scrub=self.scrub(stack)))
 
     async def _recreate(self, stack: str, o: Observed, location: StackLocation | None, op: Any) -> str:
         """Compose recreates the service when its files still match the container; else a plain start."""
@@ -335,7 +345,7 @@ class Watcher:
             title=f"{o.service} of {stack} keeps failing ({kind}); automatic recovery gave up",
             symptoms=f"{o.service} {kind}: {_state_line(o)}", stack=stack, service=o.service, severity="high",
             log_lines=lines, outcome="unresolved", source="recovery",
-            tags=["watcher", "budget-exhausted", _slug(kind)]))
+            tags=["watcher", "budget-exhausted", _slug(kind)], scrub=self.scrub(stack)))
 
     async def _rollback_if_fresh_deploy(self, stack: str, policy: StackPolicy, broken: list[tuple[Observed, str]],
                                         containers: list[Observed]) -> bool:
@@ -393,7 +403,7 @@ class Watcher:
             resolution=f"watcher rolled {stack} back to deployment {to}" if ok else f"automatic rollback: {msg}",
             outcome="rolled_back" if ok else "unresolved", source="rollback",
             time_to_recover_s=round(time.monotonic() - started, 1) if ok else None,
-            tags=["watcher", "auto-rollback", _slug(kind)]))
+            tags=["watcher", "auto-rollback", _slug(kind)], scrub=self.scrub(stack)))
         if ok:
             self.counters.rollbacks += 1
             await self._alert(stack, Alert(
@@ -516,10 +526,14 @@ class Watcher:
             what_to_do=f"run diagnose_stack {stack} and check_resources"))
 
     # -- helpers ------------------------------------------------------------------------------------
+    def scrub(self, stack: str) -> Scrubber:
+        """The stack's scrubber of this pass (shapes only before its first pass)."""
+        return self._scrubbers.get(stack) or Scrubber()
+
     async def _alert(self, stack: str, alert: Alert) -> None:
         if self._paused(stack):
             return
-        if await self.alerter.send(alert):
+        if await self.alerter.send(alert, scrub=self.scrub(stack)):
             self.counters.alerts += 1
 
     async def _tail(self, o: Observed, n: int) -> list[str]:

@@ -137,7 +137,8 @@ class Operations:
 
     ``stack_state`` (optional, blocking) describes a stack's containers for the record of an
     interrupted operation; ``kill_grace_s`` is how long an orphaned process group gets between
-    SIGTERM and SIGKILL.
+    SIGTERM and SIGKILL. ``repair`` (optional, blocking) puts right what a dead operation left
+    on the engine (containers it stopped, helpers it created); its answer is recorded too.
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class Operations:
         *,
         stack_state: Callable[[str], Any] | None = None,
         kill_grace_s: float = 5.0,
+        repair: Callable[[str], Any] | None = None,
     ) -> None:
         self.settings = settings
         state = Path(settings.state_dir)
@@ -153,6 +155,7 @@ class Operations:
         self.locks_dir = state / "locks"
         self.windows = MaintenanceWindows(state / "maintenance")
         self.stack_state = stack_state
+        self.repair = repair
         self.kill_grace_s = kill_grace_s
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pid_start = procs.start_time(os.getpid())
@@ -345,6 +348,7 @@ class Operations:
                 outcome = procs.stop_group(pgid, child.get("start"), self.kill_grace_s)
                 groups.append({"pgid": pgid, "outcome": outcome})
         last = next((p for p in reversed(phases) if p.get("name")), None)
+        repaired = self._repair(stack)  # before the probe: the state recorded is the state after it
         result: dict[str, Any] = {
             "reason": (f"its server (pid {pid}) is still alive but no longer holds the stack's lock"
                        if server_alive else f"its server (pid {pid}) died before the operation ended"),
@@ -354,6 +358,8 @@ class Operations:
             "stack_state": self._probe(stack),
             "next_step": "check the stack's containers, then deploy or roll back again",
         }
+        if repaired:
+            result["repaired"] = repaired
         self.journal.append({"op": op_id, "t": "end", "stack": stack, "at": now_iso(), "status": "interrupted",
                              "result": scrub_json(result, Scrubber())})
         self._close_window_of(stack, op_id, pid)
@@ -373,6 +379,14 @@ class Operations:
                 self.windows.set(stack, None, "")
         except Exception:  # the interrupted record is written; a window ends at its `until` anyway
             log.warning("could not close the maintenance window of %s", stack, exc_info=True)
+
+    def _repair(self, stack: str) -> Any:
+        if self.repair is None:
+            return None
+        try:
+            return self.repair(stack)
+        except Exception as exc:  # the interrupted record is written whatever happens here
+            return {"error": f"repair failed: {type(exc).__name__}: {str(exc)[:300]}"}
 
     def _probe(self, stack: str) -> Any:
         if self.stack_state is None:

@@ -75,6 +75,8 @@ _RULES: list[Rule] = [
     Rule("image-no-digest", "info", "images", "a tag without a digest can change under you", hint=True),
     Rule("image-unavailable", "error", "images", "image neither local nor in its registry", needs_host=True),
     Rule("image-unverified", "warning", "images", "the image's registry could not be reached", needs_host=True),
+    Rule("image-registry-not-allowed", "error", "images",
+         "an image from a registry the operator's DSM_POLICY does not allow (not waivable by x-dsm)"),
     Rule("build-and-image", "warning", "images", "build and image together without pull_policy"),
     # What Compose accepts and the engine refuses at create time.
     Rule("engine-refuses", "error", "engine", "a setting the engine refuses (container_name, image reference, "

@@ -76,6 +76,9 @@ async def validate_loaded(
             )
         await report_progress(progress, 2, total, "host checked")
     findings = apply_policy(stack, [*run_rules(ctx), *extra])
+    from server.safety.registries import registry_findings
+
+    findings = sort_findings([*findings, *registry_findings(settings, stack)])  # operator policy: no waiver
     if stack.inactive:
         findings = sort_findings([*findings, *inactive_findings(stack, ctx)])
         notes.append(
