@@ -199,3 +199,65 @@ def test_what_counts_as_a_crash_loop(tmp_path: Any) -> None:
     undated.inspect.update(RestartCount=4)  # no Created: not counted as the deployment's
     assert watcher._crash_looping("p", undated, policy, since) is None
     watcher.runtime.close()
+
+
+@pytest.mark.anyio
+async def test_the_budget_hands_the_right_things_to_its_actions(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SimpleNamespace(now=5000.0)
+    monkeypatch.setattr(watcher_mod, "time", SimpleNamespace(time=lambda: clock.now, monotonic=lambda: clock.now))
+    watcher = _watcher(tmp_path)
+    loc = location("services:\n  web:\n    image: x\n"
+                   "    x-dsm: {recovery: {max_restarts: 2, window_s: 600, backoff_s: 10}}\n", tmp_path)
+    policy = stack_policy(loc)
+    calls: list[tuple[Any, ...]] = []
+
+    async def act(*args: Any) -> None:
+        calls.append(("act", *args))
+
+    async def give_up(*args: Any) -> None:
+        calls.append(("give_up", *args))
+
+    monkeypatch.setattr(watcher, "_act", act)
+    monkeypatch.setattr(watcher, "_give_up", give_up)
+    rec = watcher.state.service("p", "web")
+    o = observed("web", "exited", exit_code=1)
+    o.inspect["Id"] = "0123456789abcdef" * 4
+    o.state.update(StartedAt="s1", FinishedAt="f1")
+    rec["attempts"] = [5000.0 - 600.0, 5000.0 - 5.0]  # one exactly a window old: out of the budget
+    await watcher._recover("p", o, "exited", policy, loc)
+    assert rec["attempts"] == [4995.0] and not calls  # pruned, then deferred (backoff 10 s)
+    clock.now = 5005.5
+    await watcher._recover("p", o, "exited", policy, loc)
+    assert len(calls) == 1
+    _, stack, seen, kind, arec, aloc, attempt, attempts = calls[0]
+    assert (stack, seen, kind, arec, aloc, attempt) == ("p", o, "exited", rec, loc, 2)
+    assert attempts is rec["attempts"] and attempts == [4995.0, 5005.5]
+    assert rec["last_key"] == "0123456789ab@s1/f1" and isinstance(rec["action_at"], str)
+    clock.now = 5005.5 + 30.0  # in flight exactly 30 s: not yet re-issued
+    await watcher._recover("p", o, "exited", policy, loc)
+    assert len(calls) == 1
+    clock.now += 0.5
+    await watcher._recover("p", o, "exited", policy, loc)
+    assert calls[-1][1:] == ("p", o, "exited", rec, loc, 2, rec["attempts"])
+    rec.pop("in_flight")
+    watcher.counters.gave_up = 5
+    again = observed("web", "exited", exit_code=1)
+    again.state.update(StartedAt="s2", FinishedAt="f2")
+    await watcher._recover("p", again, "exited", policy, loc)
+    assert calls[-1] == ("give_up", "p", again, "exited", 2, 600) and watcher.counters.gave_up == 6
+    assert isinstance(rec["action_at"], str) and rec["action_at"] != ""
+    watcher.runtime.close()
+
+
+def test_inspect_state_wins_over_the_listing(tmp_path: Any) -> None:
+    from server.monitor.watcher import _broken
+
+    policy = stack_policy(None)
+    listed_running = observed("web", "running")
+    listed_running.state.update(Status="exited", ExitCode=4)  # the listing is older than the inspect
+    assert _broken(listed_running, policy) == "exited with code 4"
+    watcher = _watcher(tmp_path)
+    restarting = observed("web", "running")
+    restarting.state["Status"] = "restarting"
+    assert watcher._crash_looping("p", restarting, policy, 0.0) == "crashing (restarting under its restart policy)"
+    watcher.runtime.close()
