@@ -72,7 +72,10 @@ MODULES: tuple[Module, ...] = (
     Module("stackload", "server/stackload.py", ("tests/test_stackload_paths.py", "tests/test_sources_promises.py"),
            baseline=("tests/test_stackload_paths.py",),
            functions=("*x__check_inside__*", "*x__compose_file_origin__*", "*x__screen_file__*")),
-    Module("process", "server/process.py", ("tests/test_process.py", "tests/test_process_group.py")),
+    Module("process", "server/process.py", ("tests/test_process.py", "tests/test_process_group.py",
+                                            "tests/test_children_reaped.py::test_a_missing_program_is_still_file_not_found",
+                                            "tests/test_children_reaped.py::test_children_are_registered_while_they_run",
+                                            "tests/test_children_reaped.py::test_every_child_is_started_with_the_parent_death_signal")),
     Module("ports", "server/preflight/ports.py", ("tests/test_ports.py", "tests/test_preflight_units.py")),
     Module("security", "server/policy/security.py", ("tests/test_security_rules.py", "tests/test_policy_units.py"),
            baseline=("tests/test_policy_rules.py", "tests/test_policy_units.py")),
@@ -118,6 +121,15 @@ MODULES: tuple[Module, ...] = (
            baseline=("tests/test_deploy_units.py",)),
     Module("deploy-override", "server/deploy/override.py",
            ("tests/test_deploy_units.py", "tests/test_deploy_files.py")),
+    # The verification window after the gate: critical log lines (new containers only, a last scan
+    # at the window's end), log bursts, sustained CPU/memory pressure, restarts.
+    Module("deploy-verify", "server/deploy/verify.py",
+           ("tests/test_verify_promises.py", "tests/test_deploy_verify_units.py", "tests/test_deploy_units.py")),
+    # The watcher's decisions: what counts as broken or crash-looping, and the restart budget (the
+    # first restart at once, then doubling backoff, max_restarts per window, then give up).
+    Module("monitor-watcher", "server/monitor/watcher.py",
+           ("tests/test_monitor_units.py", "tests/test_watcher_backoff.py"),
+           functions=("*xǁWatcherǁ_recover__mutmut*", "*xǁWatcherǁ_crash_looping__mutmut*", "*x__broken__mutmut*")),
     Module("deploy-rollback", "server/deploy/pipeline.py", ("tests/test_deploy_rollback.py",),
            baseline=("tests/test_deploy_units.py",),
            functions=("*xǁDeployerǁ_auto_rollback__mutmut*", "*xǁDeployerǁ_restore_dumps__mutmut*",

@@ -113,6 +113,20 @@ class DockerStackServer(MCPServer[Runtime]):
             if tool.name not in self.hidden
         ]
 
+    async def run_stdio_async(self) -> None:
+        """The SDK's stdio loop, except that a request line its parser refuses because a string
+        holds a lone UTF-16 surrogate gets an answer instead of silence (server.transport)."""
+        from mcp.server.stdio import stdio_server
+
+        from server.transport import AnswerRefusedLines
+
+        async with stdio_server() as (read_stream, write_stream):
+            await self._lowlevel_server.run(
+                AnswerRefusedLines(read_stream, write_stream),
+                write_stream,
+                self._lowlevel_server.create_initialization_options(),
+            )
+
 
 def _client_name(context: Any) -> str | None:
     try:
@@ -189,6 +203,7 @@ def build_server(
             # otherwise pay before answering initialize.
             threading.Timer(1.0, lambda: runtime.memory().warm_up()).start()
         if recover_operations:
+            runtime.track_children()  # before any tool runs: what this server starts, the next start can reap
             threading.Thread(target=runtime.recover_operations, name="recover-operations", daemon=True).start()
         if handle_sigterm:
             _exit_on_sigterm(runtime)

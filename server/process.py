@@ -4,18 +4,30 @@ Every program gets an argv list (never a shell), its own process group, a timeou
 output capture. On timeout or cancellation the whole group is killed: the Compose plugin
 survives a signal sent to the ``docker`` CLI alone, and a runaway ``compose config`` can take
 all memory, so signalling only the direct child is not enough.
+
+Children die with the server: on Linux each is started through ``setpriv --pdeathsig KILL``
+(util-linux; it sets PR_SET_PDEATHSIG and execs the program in place, so the pid, the process
+group and the timeouts are unchanged), so a SIGKILLed server does not leave a ``compose config``
+running for half an hour. That signal reaches the direct child only; its own children (the
+Compose plugin under the docker CLI, a shell's commands) stay in the child's process group,
+which a server registers with :func:`track_children` and the next start reaps
+(``server.operations.children``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
@@ -29,6 +41,43 @@ child_recorder: contextvars.ContextVar[Callable[[int], None] | None] = contextva
 """Set by a running operation (``Operations.run_detached``) for its task: every process started
 in that context has its group journaled, even by code that does not pass ``on_start``."""
 _TERM_GRACE_S = 3.0
+
+
+class ChildTracker(Protocol):
+    """Where a server records the process groups it starts, so that the next start can stop them
+    if this server dies first (server.operations.children.ChildRegistry). Never raises."""
+
+    def add(self, pgid: int) -> None: ...
+
+    def discard(self, pgid: int) -> None: ...
+
+
+_tracker: ChildTracker | None = None
+
+
+def track_children(tracker: ChildTracker | None) -> None:
+    """Register every process group started from now on with ``tracker`` (process-wide: set once
+    by the server at start-up; None stops tracking)."""
+    global _tracker
+    _tracker = tracker
+
+
+def _pdeathsig_prefix() -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return []  # no PR_SET_PDEATHSIG: the next start's reaping is all there is
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--"]
+    # No util-linux: the same in a few lines of Python (slower to start, so only as a fallback).
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_PY]
+
+
+_PDEATHSIG_PY = (
+    "import ctypes,os,sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\n"  # PR_SET_PDEATHSIG, SIGKILL
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+_PDEATHSIG = _pdeathsig_prefix()
 
 
 @dataclass(frozen=True)
@@ -69,7 +118,10 @@ async def run_argv(
     out = _Capture(max_output)
     err = _Capture(max_output // 4)
     timed_out = False
+    tracker = _tracker
     try:
+        if tracker is not None:
+            tracker.add(proc.pid)
         recorder = child_recorder.get()
         for hook in (recorder, on_start):
             if hook is not None:
@@ -91,6 +143,9 @@ async def run_argv(
         with anyio.CancelScope(shield=True):
             await _kill_group(proc, term_grace_s)
         raise
+    finally:
+        if tracker is not None:
+            tracker.discard(proc.pid)
     return ProcessResult(
         argv=argv,
         returncode=-9 if timed_out else (proc.returncode if proc.returncode is not None else -1),
@@ -104,8 +159,18 @@ async def run_argv(
 async def _spawn(
     argv: list[str], stdin: bytes | None, cwd: str | os.PathLike[str] | None, env: Mapping[str, str]
 ) -> Process:
+    if _PDEATHSIG:
+        # The wrapper would report a missing program as its own exit 127: keep the error callers
+        # (and their messages) get without it.
+        path = env.get("PATH", os.defpath)
+        found = shutil.which(argv[0], path=path) if os.sep not in argv[0] else argv[0]
+        target = os.path.join(cwd or "", found) if found is not None else None
+        if target is None or not os.path.exists(target):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        if not os.access(target, os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), argv[0])
     return await anyio.open_process(
-        argv,
+        [*_PDEATHSIG, *argv],
         # Never inherit our stdin: on stdio it is the MCP protocol stream, and a child that reads
         # it (a compose prompt, a cat) would eat the client's messages.
         stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,

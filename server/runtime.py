@@ -25,6 +25,7 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
+        self._tracks_children = False
         self.endpoint_source = EndpointSource(settings)
         """The one engine every adapter of this runtime uses (resolved on first use, then fixed)."""
         self._engine: Engine | None = None
@@ -100,6 +101,16 @@ class Runtime:
         # Recorded with an interrupted operation: what the stack's containers look like now.
         return self.engine().project_state_blocking(stack)
 
+    def track_children(self) -> None:
+        """From now on every process group this process starts is recorded under the state
+        directory until it ends, for :meth:`recover_operations` of the next start to reap should
+        this server be killed (server.operations.children). Set by a server at start-up."""
+        from server.operations.children import ChildRegistry
+        from server.process import track_children
+
+        self._tracks_children = True
+        track_children(ChildRegistry(self.settings.state_dir / "children"))
+
     def _repair_stack(self, stack: str) -> dict[str, object]:
         # Crash recovery: start what a dead backup or restore stopped, remove its helper containers.
         from server.backups.recovery import repair_blocking
@@ -108,8 +119,9 @@ class Runtime:
 
     def recover_operations(self) -> None:
         """Crash recovery at start-up (run off the start path): operations a dead server left
-        unended get their process groups stopped and are recorded interrupted; deployment records
-        it left in the memory outbox are written. Never raises."""
+        unended get their process groups stopped and are recorded interrupted; any other process
+        group a dead server left running (a ``compose config`` under a killed server) is stopped;
+        deployment records it left in the memory outbox are written. Never raises."""
         import logging
 
         try:
@@ -117,6 +129,13 @@ class Runtime:
                 self.operations().recover()
         except Exception:
             logging.getLogger("docker_stack_mcp.runtime").exception("start-up recovery of operations failed")
+        try:
+            # After the journal's recovery, which records what it stopped with the operation.
+            from server.operations.children import ChildRegistry
+
+            ChildRegistry(self.settings.state_dir / "children").reap()
+        except Exception:
+            logging.getLogger("docker_stack_mcp.runtime").exception("start-up reaping of child processes failed")
         try:
             # Deployment records a stopped server posted but did not write to the memory yet.
             outbox = self.memory_outbox()
@@ -131,6 +150,11 @@ class Runtime:
             await self._operations.shutdown(grace_s)
 
     def close(self) -> None:
+        if self._tracks_children:
+            from server.process import track_children
+
+            track_children(None)
+            self._tracks_children = False
         # Records posted to the outbox are written before the memory closes (SIGTERM waits less:
         # what is not written by then stays in the outbox for the next start).
         outbox = self._outbox

@@ -108,7 +108,8 @@ async def test_failed_deploy_restores_last_good_files_before_up_with_previous_im
     [up] = world.compose.calls
     assert up.argv == ["up", "-d", "--remove-orphans"] and up.what == "docker compose up (rollback)"
     assert up.compose_text == OLD and up.pins == {"web": WEB_PIN}
-    assert up.kwargs["timeout_s"] == 200.0 and up.kwargs["on_start"] == run.op.child
+    # The wait, plus each service's stop grace period (10 s by default): it may have to stop any of them.
+    assert up.kwargs["timeout_s"] == 200.0 + 10 * 2 and up.kwargs["on_start"] == run.op.child
     assert up.project.directory == world.directory and dict(up.project.env) == {"TAG": "2"}
     assert override.pinned_images(world.directory) == {"web": WEB_PIN}
     assert "compose.dsm.yaml" in (world.directory / ".env").read_text()
@@ -468,7 +469,7 @@ async def test_explicit_rollback_backs_up_then_restores_files_and_pins_images(
     [up] = world.compose.calls
     assert up.argv == ["up", "-d", "--remove-orphans"] and up.what == "docker compose up (rollback)"
     assert up.compose_text == OLD and up.pins == {"web": "dsm-pin/unit-web:op-1"}
-    assert up.kwargs["timeout_s"] == 120 and up.kwargs["on_start"] == op.child
+    assert up.kwargs["timeout_s"] == 120 + 10 * 3 and up.kwargs["on_start"] == op.child  # + each grace period
     assert ("tag", "sha256:old", "dsm-pin/unit-web:op-1") in world.events
     assert not [e for e in world.events if e[0] == "tag" and e[1] != "sha256:old"]
     kinds = [e[0] for e in world.events if e[0] != "memory"]  # the memory record follows via the outbox
@@ -818,7 +819,7 @@ async def test_an_explicit_rollback_waits_three_minutes_by_default(world: World,
     assert report.status == "rolled_back"
     until = datetime.fromisoformat(str(world.ops.maintenance_calls[0][1]))
     assert 2 * 180 + 590 < (until - datetime.now(UTC)).total_seconds() <= 2 * 180 + 600
-    assert world.compose.calls[0].kwargs["timeout_s"] == 180
+    assert world.compose.calls[0].kwargs["timeout_s"] == 180 + 10 * 3  # + each service's stop grace period
 
 
 # -- adopting what ran before us --------------------------------------------------------------------

@@ -502,8 +502,10 @@ services:
             time.sleep(0.3)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
+        # The compose child gets SIGKILL with its server (PR_SET_PDEATHSIG, server.process); whatever
+        # of its group is still there (a child of it, or the death signal not yet delivered) is the
+        # next begin's to stop.
         members = procs.group_members(pgid)
-        assert members  # docker compose up (and its plugin) outlive the killed server
         runtime = Runtime(settings)
         try:
             op = runtime.operations().begin(project_name, "deploy")
@@ -513,7 +515,7 @@ services:
         rec = Operations(settings).get(op_id)
         assert rec is not None and rec.status == "interrupted" and rec.result is not None
         assert rec.result["process_groups"][0]["pgid"] == pgid
-        assert rec.result["process_groups"][0]["outcome"] in ("terminated", "killed")
+        assert rec.result["process_groups"][0]["outcome"] in ("terminated", "killed", "gone")
         states = rec.result["stack_state"]  # the stack as it is now, from the real engine
         assert isinstance(states, list) and [s["service"] for s in states] == ["web"]
         op.end("deployed")

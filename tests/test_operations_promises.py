@@ -865,3 +865,33 @@ def test_a_window_expires_on_its_own_at_until(tmp_path: Path, monkeypatch: pytes
 def test_an_unreadable_or_expired_window_is_no_window(tmp_path: Path, content: str) -> None:
     (tmp_path / "web.json").write_text(content)
     assert MaintenanceWindows(tmp_path).get("web") is None
+
+
+def test_append_fsyncs_the_written_record_not_before_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync covers the record: every byte of it is written to the file before the file is
+    fsync'd, and nothing is written to it after (an fsync ahead of the write syncs nothing)."""
+    journal = Journal(tmp_path / "j", max_bytes=1 << 20)
+    journal.append({"op": OP.format(1), "t": "begin", "stack": "web"})
+    events: list[tuple[str, bytes]] = []
+    real_fsync, real_write = os.fsync, os.write
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(journal.path):
+            events.append(("fsync", journal.path.read_bytes()))
+        real_fsync(fd)
+
+    def write(fd: int, data: Any) -> int:
+        n = real_write(fd, data)
+        if os.readlink(f"/proc/self/fd/{fd}") == str(journal.path):
+            events.append(("write", bytes(data[:n])))
+        return n
+
+    monkeypatch.setattr(journal_mod.os, "fsync", fsync)
+    monkeypatch.setattr(journal_mod.os, "write", write)
+    journal.append({"op": OP.format(1), "t": "end", "stack": "web", "result": {"pad": "y" * 300}})
+    kinds = [k for k, _ in events]
+    assert kinds and kinds[-1] == "fsync" and "write" in kinds, kinds
+    assert kinds.index("fsync") > max(i for i, k in enumerate(kinds) if k == "write")  # no write after
+    synced = events[-1][1]
+    assert synced.endswith(b"".join(d for k, d in events if k == "write"))
+    assert synced.splitlines()[-1].startswith(b'{') and b'"t":"end"' in synced.splitlines()[-1]

@@ -43,12 +43,14 @@ from server.deploy.steps import (
     verify_default,
 )
 from server.deploy.targets import adopt_if_new
+from server.deploy.timeouts import deploy_up_timeout_s
 from server.engine import Engine
 from server.errors import DsmError
 from server.models import Finding
 from server.redact import Scrubber
 from server.runtime import Runtime
 from server.stackmodel import LoadedStack
+from server.statedisk import is_disk_refusal, unwritable
 
 log = logging.getLogger("docker_stack_mcp.deploy")
 
@@ -190,6 +192,10 @@ class Deployer:
             op = ops.begin(stack.name, "deploy", params={
                 "path": path, "services": services, "plan_id": plan.plan_id, "wait_timeout_s": wait_timeout_s,
                 "verify_s": verify_s, "env": env}, secrets=stack.secret_values, directory=stack.directory)
+        except OSError as exc:
+            if not is_disk_refusal(exc):
+                raise
+            raise unwritable(exc, state="nothing was changed: the deploy did not start") from None
         except stack_busy() as busy:
             return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
                                 phases=run.phases, next_steps=[
@@ -281,7 +287,8 @@ class Deployer:
         argv = ["up", "-d", "--remove-orphans", *services_argv(services)]
         try:
             await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
-                                           timeout_s=max(wait_s, 120), **on_start(self.compose, run.op))
+                                           timeout_s=deploy_up_timeout_s(stack, plan, wait_s),
+                                           **on_start(self.compose, run.op))
         except DsmError as exc:
             run.phase("up", "failed", t, brief(exc))
             stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
@@ -300,13 +307,13 @@ class Deployer:
         t = time.monotonic()
         await self.tell("recording the deployment")
         now = await states(self.engine, stack, run)
-        snapshots.save(self.settings, stack.name, run.op.id, stack.directory)
+        kept = snapshots.save_kept(self.settings, stack.name, run.op.id, stack.directory)
         digests = {s.name: s.image_digest or "" for s in now if s.image_digest}
         memory = await self._record_deployment(
             stack=stack.name, services=[s.name for s in now], outcome="success", image_digests=digests,
             duration_s=round(time.monotonic() - started, 1),
             strategy=",".join(sorted({s.strategy for s in plan.changes})) or None, operation_id=run.op.id)
-        run.phase("record", "ok", t, f"journal; {memory}")
+        run.phase("record", "ok", t, f"journal; {memory}" + ("" if kept else f"; {snapshots.FILES_NOT_KEPT}"))
         return self._report(run, "deployed", plan=plan, services=now, next_steps=[
             "done; stack_history shows it, rollback returns to the previous deployment if needed"])
 

@@ -22,7 +22,9 @@ version's data is how a "healthy" rollback answers 500.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,6 +49,7 @@ from server.deploy.steps import (
     watched_all,
 )
 from server.deploy.targets import backup_after, targets
+from server.deploy.timeouts import rollback_up_timeout_s
 from server.engine import stop_container, tag_image
 from server.errors import DsmError
 from server.models import Finding
@@ -76,6 +79,8 @@ class Spec:
     """Services whose data goes back; None: everything the backup holds (explicit restore_data)."""
     env: dict[str, str] = field(default_factory=dict)
     window: float | None = None
+    notes: list[str] = field(default_factory=list)
+    """What the caller already has to say (e.g. the failed files could not be kept)."""
     """Verification window; None: the old version's own (x-dsm verify_s, else the default), not
     the one asked for the failed version (a shutdown's shielded rollback must not wait 2 min)."""
     nothing_ran: bool = False
@@ -126,12 +131,14 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
     """Steps 1-5 of the module's docstring. Never raises for a failed step: the outcome says."""
     stack = run.stack
     assert stack.directory is not None
-    out = Outcome()
+    out = Outcome(notes=list(spec.notes))
     store = backup_store(d.runtime)
     scrub = Scrubber(stack.secret_values)
     t = time.monotonic()
     stage = "rollback"
     try:
+        if not stack.directory.is_dir():  # deleted by someone meanwhile: never resurrect it, say so
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(stack.directory))
         dbs = databases_of(stack, spec.data) if spec.data is not None else set()
         restoring = spec.data is not None and (spec.databases is None or bool(spec.databases))
         if restoring:
@@ -169,7 +176,7 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
                 return out
             t, stage = time.monotonic(), "rollback_up"
         await d.compose.run_project(project, ["up", "-d", "--remove-orphans"], scrub=scrub,
-                                    what="docker compose up (rollback)", timeout_s=max(wait_s, 120),
+                                    what="docker compose up (rollback)", timeout_s=rollback_up_timeout_s(old, wait_s),
                                     **on_start(d.compose, run.op))
         out.notes.append("old version started" + (" after its data" if restoring else ""))
         run.phase(stage, "ok", t, "; ".join(out.notes))
@@ -208,7 +215,8 @@ async def _restore_data(d: Deployer, run: Run, spec: Spec, old: LoadedStack, dbs
     store = backup_store(d.runtime)
     if dbs:
         await d.tell(f"rollback: starting the databases alone ({', '.join(dbs)})")
-        await d.compose.run_project(project, ["up", "-d", *dbs], scrub=scrub, timeout_s=max(wait_s, 120),
+        await d.compose.run_project(project, ["up", "-d", *dbs], scrub=scrub,
+                                    timeout_s=rollback_up_timeout_s(old, wait_s),
                                     what="docker compose up (rollback: databases first)",
                                     **on_start(d.compose, run.op))
         gate = await run_gate(d.engine, run.stack.name, [Watched(s) for s in dbs], timeout_s=wait_s)
@@ -252,15 +260,17 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
     await d.tell(f"rolling back: {failed.why}")
     evidence = list(failed.evidence)
     target = _last_good(d, stack.name, exclude=run.op.id)
-    try:
+    first: list[str] = []
+    try:  # a nicety: a full or read-only state disk must not stop the rollback itself
         snapshots.keep_failed(d.settings, stack.name, run.backup.backup_id, stack.directory)
-    except OSError:
+    except OSError as exc:
         log.warning("could not keep the failed files of %s", stack.name, exc_info=True)
+        first.append(f"the failed files could not be kept ({exc.strerror or exc})")
     touched = touched_databases(stack, plan, run.backup)
     spec = Spec(target=target, pins={p.service: p.pinned_ref for p in run.backup.images},
                 originals={p.service: p.reference for p in run.backup.images},
                 data=run.backup if touched else None, databases=touched, env=env,
-                nothing_ran=not run.backup.images)
+                nothing_ran=not run.backup.images, notes=first)
     out = await restore_version(d, run, spec, wait_s)
     ttr = round(time.monotonic() - started, 1)
     recorder = MemoryRecorder(d.runtime.memory)
@@ -278,7 +288,7 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
         image_digests=await failed_digests(d.engine, stack, [s.service for s in plan.changes]),
         time_to_recover_s=ttr, outcome="rolled_back" if ok else "unresolved", source="deploy")
     if ok:
-        snapshots.save(d.settings, stack.name, run.op.id + "-rollback", stack.directory)
+        snapshots.save_kept(d.settings, stack.name, run.op.id + "-rollback", stack.directory)
     steps = [f"read the evidence: {failed.why}", "fix the new version (the failed files are kept with backup "
              f"{run.backup.backup_id}) and deploy again"] if ok else _failed_steps(out, target, run.backup)
     failed_images = {s.service: s.image_to for s in plan.changes if s.image_to}
@@ -323,6 +333,12 @@ async def explicit(d: Deployer, stack_arg: str, *, to_deployment: str | None, re
         run.op = ops.begin(stack.name, "rollback", params={"to_deployment": target.operation_id,
                                                             "restore_data": restore_data, "reason": reason},
                            secrets=stack.secret_values, directory=stack.directory)
+    except OSError as exc:
+        from server.statedisk import is_disk_refusal, unwritable
+
+        if not is_disk_refusal(exc):
+            raise
+        raise unwritable(exc, state="nothing was changed: the rollback did not start") from None
     except stack_busy() as busy:
         return DeployReport(status="busy", stack=stack.name, operation_id=getattr(busy, "operation_id", None),
                             next_steps=[f"poll operation_status('{getattr(busy, 'operation_id', '')}')"])
@@ -368,7 +384,7 @@ async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait
     out = await restore_version(d, run, spec, wait_s)
     if out.result == "restored":
         assert stack.directory is not None
-        snapshots.save(d.settings, stack.name, run.op.id, stack.directory)
+        snapshots.save_kept(d.settings, stack.name, run.op.id, stack.directory)
     return await _explicit_record(d, run, target, out, reason, started)
 
 

@@ -9,6 +9,7 @@ hold secrets; server.statefiles).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -39,6 +40,22 @@ def _kept(directory: Path) -> list[tuple[Path, str]]:
         if str(rel) not in {r for _, r in out}:
             out.append((path, str(rel)))
     return out
+
+
+FILES_NOT_KEPT = ("the deployment's files could not be kept (state directory not writable): a rollback to it "
+                  "falls back to the files of the backup taken before the next deploy")
+
+
+def save_kept(settings: Settings, stack: str, deployment_id: str, directory: Path) -> bool:
+    """:func:`save`, for a deployment whose containers already run: False (logged) when the state
+    disk refuses, so the deploy or rollback itself still ends as it went."""
+    try:
+        save(settings, stack, deployment_id, directory)
+    except OSError as exc:
+        logging.getLogger("docker_stack_mcp.deploy").warning(
+            "could not keep the files of deployment %s of %s: %s", deployment_id, stack, exc)
+        return False
+    return True
 
 
 def save(settings: Settings, stack: str, deployment_id: str, directory: Path) -> list[str]:

@@ -29,12 +29,36 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from server.memory.errors import MemoryBusy
+from server.memory.errors import MemoryBusy, MemoryUnavailable
 from server.statefiles import private_dir
 
 log = logging.getLogger("docker_stack_mcp.memory")
 
 T = TypeVar("T")
+
+
+MIN_FREE_BYTES = 64 * 1024 * 1024
+"""Below this much free space on its disk the shard is not touched. The embedded store writes
+through memory-mapped sparse files (32 MiB WAL segments and pages): on a full disk a write to a
+page not yet backed faults with SIGBUS, which kills the whole server, not just the call."""
+
+
+def _check_free_space(directory: Path) -> None:
+    probe = directory
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return  # cannot tell: let the open say what is wrong
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise MemoryUnavailable(
+            f"the memory is not opened: the disk holding {directory} has {free // (1024 * 1024)} MiB free, "
+            f"under the {MIN_FREE_BYTES // (1024 * 1024)} MiB the embedded store needs to write safely",
+            state="nothing was read or written in the memory; deployments and the stacks are unaffected",
+            next_step="free space on the disk holding DSM_STATE_DIR",
+        )
 
 
 class OpenContended(Exception):
@@ -86,6 +110,7 @@ class ShardLease(Generic[T]):
         with self._lock:
             if self._closed:
                 raise MemoryBusy("the memory store was closed", next_step="restart the server")
+            _check_free_space(self._dir)
             if self._resource is None:
                 self._acquire()
             self._depth += 1
