@@ -421,10 +421,19 @@ def compose_error_findings(
         ]
     named, named_key = _service_and_key(text, names)
     place: int | None = None
+    fix: str | None = None
     if named:
-        place = lines.get("services", named, named_key) if named_key else lines.get("services", named)
+        # The deepest key the message names (services.web.healthcheck.test.0 -> the `test:` line).
+        deeper = re.search(rf"services\.{re.escape(named)}\.(?P<path>[\w.-]+)", text)
+        path = deeper.group("path").split(".") if deeper else [named_key] if named_key else []
+        place = lines.get("services", named, *path)
+    if named is None and _HEALTHCHECK_TEST in text:
+        named, place = _bad_healthcheck_test(docs, lines)
     if named is None:
         named, place = _only_place(text, lines, docs)
+    if _HEALTHCHECK_TEST in text:
+        fix = ('give healthcheck.test a string (a shell command) or a list of strings that starts with "CMD", '
+               '"CMD-SHELL" or "NONE"')
     return [
         Finding(
             rule="compose-invalid",
@@ -433,9 +442,33 @@ def compose_error_findings(
             service=named,
             message=text[:500],
             line=place,
+            fix=fix,
             evidence=[f"compose: {text[:300]}"],
         )
     ]
+
+
+_HEALTHCHECK_TEST = "healthcheck.test"
+_TEST_FORMS = ("CMD", "CMD-SHELL", "NONE")
+
+
+def _bad_healthcheck_test(docs: list[YamlDocument], lines: SourceMap) -> tuple[str | None, int | None]:
+    """The service whose healthcheck ``test`` list Compose rejects without naming it ("healthcheck.test
+    must start either by CMD, CMD-SHELL or NONE"): the list, as the last file that sets it wrote it,
+    whose first word is none of those (Compose compares case-sensitively). First in load order when
+    several are wrong (Compose stops at one)."""
+    tests: dict[str, Any] = {}
+    for doc in docs:
+        services = doc.data.get("services") if isinstance(doc.data, dict) else None
+        for svc, body in services.items() if isinstance(services, dict) else []:
+            check = body.get("healthcheck") if isinstance(body, dict) else None
+            if isinstance(check, dict) and "test" in check:
+                tests[str(svc)] = check["test"]
+    for svc, test in tests.items():
+        first = test[0] if isinstance(test, list) and test else None
+        if isinstance(first, str) and "$" not in first and first not in _TEST_FORMS:
+            return svc, lines.get("services", svc, "healthcheck", "test")
+    return None, None
 
 
 _QUOTED = re.compile(r"['\"](?P<word>[^'\"\s]{2,})['\"]")
