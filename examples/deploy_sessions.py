@@ -39,8 +39,10 @@ POSTGRES = "dsm-test/postgres:15"
 def server_params(root: Path, state: Path) -> Any:
     from mcp.client.stdio import StdioServerParameters
 
+    # PYTHONPATH: the server runs this checkout's code (the venv's editable install may point at another).
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DSM_STACKS_ROOT": str(root),
-           "DSM_STATE_DIR": str(state), "DSM_LOG_LEVEL": "WARNING"}
+           "DSM_STATE_DIR": str(state), "DSM_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     model = os.environ.get("DSM_EMBEDDING_MODEL_PATH") or str(
         Path(__file__).resolve().parent.parent / ".cache" / "embedding-model")
     if Path(model).is_dir():
