@@ -48,3 +48,14 @@ async def test_rejected_test_in_the_main_file_among_valid_ones(settings: Setting
     report = await validate(settings, ComposeRunner(settings), _no_engine, path="hc2", check_host=False)
     [f] = [f for f in report.findings if f.severity == "error"]
     assert (f.service, f.file, f.line) == ("web", "compose.yaml", 9), f
+
+
+async def test_rejected_test_inherited_through_extends(settings: Settings, stacks_root: Path) -> None:
+    """The list sits in an `extends` template file: the finding names the service that inherits it,
+    and the template's file and line."""
+    directory = write_stack(stacks_root, "hc3", "services:\n  web:\n    extends: {file: common.yaml, service: base}\n")
+    (directory / "common.yaml").write_text("services:\n  base:\n    image: busybox:1\n    healthcheck:\n"
+                                           "      test: [BOGUS]\n")
+    report = await validate(settings, ComposeRunner(settings), _no_engine, path="hc3", check_host=False)
+    [f] = [f for f in report.findings if f.severity == "error"]
+    assert (f.service, f.file, f.line) == ("web", "common.yaml", 5), f
