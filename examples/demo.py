@@ -309,6 +309,9 @@ async def monitor_session(client: Any, env: dict[str, str]) -> None:
         banner("The second failure: the next update deletes half the messages, then breaks the API again.\n"
                "The database now runs under the image pinned by the first rollback; every row must come back.")
         await deploy_sessions.chat_second_failure(call, say, ROOT, "chat")
+        banner("Worked example 3: services that cannot reach each other (a worker on another network than\n"
+               "the web service it depends on): diagnose, apply the fix named, redeploy, diagnose again")
+        await deploy_sessions.troubleshoot_network(call, say, ROOT, "netfix")
 
 
 def main() -> None:
@@ -321,7 +324,7 @@ def main() -> None:
         say("(teardown) stopping the example stack")
         subprocess.run(["docker", "compose", "down", "--volumes", "--timeout", "5"], cwd=ROOT / "homepage",
                        capture_output=True, timeout=120)
-        for name in ("monitoring", "chat"):
+        for name in ("monitoring", "chat", "netfix"):
             subprocess.run(["docker", "compose", "-p", name, "down", "--volumes", "--timeout", "5"],
                            capture_output=True, timeout=120)
     say("demo finished")

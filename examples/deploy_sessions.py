@@ -7,6 +7,13 @@
    migration renames a column the API reads, the API's healthcheck fails, deploy_stack rolls
    back on its own with the database restored from the dump taken before, records the incident,
    and search_past_incidents finds it afterwards.
+3. Troubleshoot a stack whose services cannot reach each other: a worker was put on another
+   network than the web service it depends on. diagnose_stack names the cause and the fix (a
+   common network in the compose file, then deploy_stack); the fix is applied and the stack is
+   diagnosed again. Three calls.
+
+Every call's cost to the calling model is counted as the characters of its text content (what a
+model reads); the tests assert calls and characters per session.
 
 Used by examples/demo.py (`make demo`) and by tests/test_deploy_sessions.py, which asserts on
 what these functions return. Stack names are given by the caller (tests use dsmtest* names).
@@ -32,8 +39,10 @@ POSTGRES = "dsm-test/postgres:15"
 def server_params(root: Path, state: Path) -> Any:
     from mcp.client.stdio import StdioServerParameters
 
+    # PYTHONPATH: the server runs this checkout's code (the venv's editable install may point at another).
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "DSM_STACKS_ROOT": str(root),
-           "DSM_STATE_DIR": str(state), "DSM_LOG_LEVEL": "WARNING"}
+           "DSM_STATE_DIR": str(state), "DSM_LOG_LEVEL": "WARNING",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     model = os.environ.get("DSM_EMBEDDING_MODEL_PATH") or str(
         Path(__file__).resolve().parent.parent / ".cache" / "embedding-model")
     if Path(model).is_dir():
@@ -41,11 +50,15 @@ def server_params(root: Path, state: Path) -> Any:
     return StdioServerParameters(command=str(EXE), args=[], env=env)
 
 
-def caller(client: Any, say: Say, log: list[str]) -> Call:
+def caller(client: Any, say: Say, log: list[str], read: list[int] | None = None) -> Call:
+    """A tool caller that logs each call's name in ``log`` and, when given, the characters of its
+    text content (what the calling model reads) in ``read``."""
     async def call(tool: str, args: dict[str, Any]) -> dict[str, Any]:
         log.append(tool)
         say(f"> {tool}({json.dumps(args)})")
         result = await client.call_tool(tool, args)
+        if read is not None:
+            read.append(sum(len(getattr(c, "text", "") or "") for c in result.content))
         if result.is_error:
             raise RuntimeError(f"{tool} failed: {result.content[0].text}")
         return dict(result.structured_content or {})
@@ -189,3 +202,69 @@ async def chat_second_failure(call: Call, say: Say, root: Path, name: str) -> di
                          "WHERE table_name = 'messages'")
     say(f"  before the update {before} messages; after its rollback {rows} messages, columns {columns}")
     return {"report": report, "before": before, "rows": rows, "columns": columns}
+
+
+def network_compose(name: str, worker_networks: str) -> str:
+    """A web service on `back` and a worker that depends on it, on ``worker_networks``."""
+    return f"""name: {name}
+x-dsm: {{verify_s: 3}}
+services:
+  web:
+    image: {WEB}
+    init: true
+    restart: unless-stopped
+    networks: [back]
+    mem_limit: 64m
+    cpus: 0.25
+    labels: {{dsm.test: '1'}}
+  worker:
+    image: {WEB}
+    init: true
+    restart: unless-stopped
+    networks: [{worker_networks}]
+    depends_on: [web]
+    mem_limit: 64m
+    cpus: 0.25
+    labels: {{dsm.test: '1'}}
+networks:
+  front: {{labels: {{dsm.test: '1'}}}}
+  back: {{labels: {{dsm.test: '1'}}}}
+"""
+
+
+def reaches(name: str, service: str, url: str) -> bool:
+    """Whether ``service``'s container fetches ``url`` (checked outside the session, with docker)."""
+    # No wget -T: the test image's busybox wget crashes with it; the name fails fast when unresolved.
+    out = subprocess.run(["docker", "compose", "-p", name, "exec", "-T", service, "wget", "-qO-", url],
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode == 0
+
+
+async def troubleshoot_network(call: Call, say: Say, root: Path, name: str) -> dict[str, Any]:
+    """A stack started by hand whose worker cannot reach web (another network): diagnose, apply the
+    fix the diagnosis names, redeploy, diagnose again. Returns what the tests check."""
+    directory = root / name
+    directory.mkdir(parents=True, exist_ok=True)
+    compose = directory / "compose.yaml"
+    compose.write_text(network_compose(name, "front"))
+    subprocess.run(["docker", "compose", "up", "-d", "--wait", "--wait-timeout", "60"], cwd=directory,
+                   check=True, capture_output=True, timeout=120)
+    before = reaches(name, "worker", "http://web/")
+    say(f"  (setup) stack {name} started by hand; worker reaches web: {before}")
+    diagnosis = await call("diagnose_stack", {"stack": name})
+    found = [f for f in diagnosis["findings"] if f["rule"] == "dependency-unreachable"]
+    for f in found:
+        say(f"  {f['severity'].upper()} {f['rule']} [{f['service']}] {f['message']}")
+        say(f"    likely cause: {f['likely_cause']}")
+        say(f"    fix: {f['fix']}")
+    if not found:
+        return {"diagnosis": diagnosis, "found": found, "before": before}
+    # The fix named: put worker on a network web is on (the compose file), then deploy_stack.
+    compose.write_text(network_compose(name, "back"))
+    say("  (agent edits compose.yaml: worker networks [front] -> [back])")
+    report = await call("deploy_stack", {"path": name, "wait_timeout_s": 60})
+    say(f"  => {report['status']}, backup {report['backup_id']}")
+    after = await call("diagnose_stack", {"stack": name})
+    say(f"  healthy: {after['healthy']}; worker reaches web: {reaches(name, 'worker', 'http://web/')}")
+    return {"diagnosis": diagnosis, "found": found, "before": before, "report": report, "after": after,
+            "reaches": reaches(name, "worker", "http://web/")}

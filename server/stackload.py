@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +281,9 @@ async def _render(
     if isinstance(rendered_or_error, ComposeError):
         if rendered_or_error.returncode is None:  # timed out: not a property of the file we can point at
             raise rendered_or_error
-        raise StackRenderFailed(name, compose_error_findings(rendered_or_error.stderr, lines, docs, inactive)) from None
+        raise StackRenderFailed(
+            name, compose_error_findings(rendered_or_error.stderr, lines, docs, inactive, templates=templates)
+        ) from None
     if isinstance(rendered_or_error, BaseException):
         raise rendered_or_error
     rendered: dict[str, Any] = rendered_or_error
@@ -390,6 +392,8 @@ def compose_error_findings(
     lines: SourceMap,
     docs: list[YamlDocument],
     inactive: Mapping[str, tuple[str, ...]] | None = None,
+    *,
+    templates: Sequence[YamlDocument] = (),
 ) -> list[Finding]:
     """Map Compose's error text to findings, with file and line from our own parse where we have them."""
     inactive = inactive or {}
@@ -438,10 +442,19 @@ def compose_error_findings(
         ]
     named, named_key = _service_and_key(text, names)
     place: int | None = None
+    fix: str | None = None
     if named:
-        place = lines.get("services", named, named_key) if named_key else lines.get("services", named)
+        # The deepest key the message names (services.web.healthcheck.test.0 -> the `test:` line).
+        deeper = re.search(rf"services\.{re.escape(named)}\.(?P<path>[\w.-]+)", text)
+        path = deeper.group("path").split(".") if deeper else [named_key] if named_key else []
+        place = lines.get("services", named, *path)
+    if named is None and _HEALTHCHECK_TEST in text:
+        named, place = _bad_healthcheck_test(docs, templates, lines)
     if named is None:
         named, place = _only_place(text, lines, docs)
+    if _HEALTHCHECK_TEST in text:
+        fix = ('give healthcheck.test a string (a shell command) or a list of strings that starts with "CMD", '
+               '"CMD-SHELL" or "NONE"')
     return [
         Finding(
             rule="compose-invalid",
@@ -450,9 +463,47 @@ def compose_error_findings(
             service=named,
             message=text[:500],
             line=place,
+            fix=fix,
             evidence=[f"compose: {text[:300]}"],
         )
     ]
+
+
+_HEALTHCHECK_TEST = "healthcheck.test"
+_TEST_FORMS = ("CMD", "CMD-SHELL", "NONE")
+
+
+def _bad_healthcheck_test(
+    docs: list[YamlDocument], templates: Sequence[YamlDocument], lines: SourceMap
+) -> tuple[str | None, int | None]:
+    """The service whose healthcheck ``test`` list Compose rejects without naming it ("healthcheck.test
+    must start either by CMD, CMD-SHELL or NONE"): the list, as the last file that sets it wrote it
+    (or the ``extends`` template it inherits from), whose first word is none of those (Compose
+    compares case-sensitively). First in load order when several are wrong (Compose stops at one)."""
+    tests: dict[str, Any] = {}
+    bases: dict[str, str] = {}
+    for doc in [*templates, *docs]:
+        services = doc.data.get("services") if isinstance(doc.data, dict) else None
+        for svc, body in services.items() if isinstance(services, dict) else []:
+            body = body if isinstance(body, dict) else {}
+            check = body.get("healthcheck")
+            ext = body.get("extends")
+            base = ext if isinstance(ext, str) else ext.get("service") if isinstance(ext, dict) else None
+            if isinstance(base, str) and doc in docs:
+                bases[str(svc)] = base
+            if isinstance(check, dict) and "test" in check:
+                tests[str(svc) if doc in docs else f"template:{svc}"] = check["test"]
+    for svc, base in bases.items():  # inherited: the template's test unless the service sets its own
+        inherited = tests.get(f"template:{base}", tests.get(base))
+        if svc not in tests and inherited is not None:
+            tests[svc] = inherited
+    for svc, test in tests.items():
+        if svc.startswith("template:"):
+            continue
+        first = test[0] if isinstance(test, list) and test else None
+        if isinstance(first, str) and "$" not in first and first not in _TEST_FORMS:
+            return svc, lines.get("services", svc, "healthcheck", "test")
+    return None, None
 
 
 _QUOTED = re.compile(r"['\"](?P<word>[^'\"\s]{2,})['\"]")

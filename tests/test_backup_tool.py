@@ -72,9 +72,15 @@ async def test_backup_tool_end_to_end(settings: Settings, stacks_root: Path, pro
         created = (await call(client, {"stack": directory_name, "action": "create"})).structured_content
         assert created["stack"] == project_name
         backup_id = created["backups"][0]["backup_id"]
-        assert created["backups"][0]["dumps"] == ["db"]
+        # In human terms (issue 17): the reference the service runs, the dump's size and rows.
+        [dump] = created["backups"][0]["dumps"]
+        assert dump.startswith("db: postgres, ") and "B, 2 rows in 1 table" in dump, dump
+        [image] = created["backups"][0]["images"]
+        assert image.startswith(f"db: {POSTGRES} (id sha256:") or image.startswith(f"db: {POSTGRES}@sha256:"), image
+        assert "dsm-pin" not in json.dumps(created["backups"][0])
         listed = (await call(client, {"stack": project_name, "action": "list"})).structured_content
         assert [b["backup_id"] for b in listed["backups"]] == [backup_id]
+        assert listed["backups"][0]["dumps"] == [dump] and listed["backups"][0]["images"] == [image]
         verified = (await call(client, {"stack": project_name, "action": "verify"})).structured_content
         assert verified["verification"]["ok"] is True
 

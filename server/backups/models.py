@@ -83,13 +83,19 @@ class BackupVerification(Frozen):
 
 
 class BackupSummary(Frozen):
+    """A backup in human terms: what each service ran (its own reference, not our pin), and what each
+    dump holds. Compact strings: one per image, volume and dump."""
+
     backup_id: str
     created_at: str
     reason: str
     bytes: int
-    volumes: list[str]
-    dumps: list[str] = Field(description="Services whose database was dumped.")
-    images: list[str] = Field(description="Pinned image references, one per running service.")
+    size: str = Field(default="", description="bytes, readable (e.g. '12.4 MiB').")
+    volumes: list[str] = Field(description="'volume (size, files)' per volume archived.")
+    dumps: list[str] = Field(description="'service: kind, size, rows in tables' per database dumped.")
+    images: list[str] = Field(
+        description="'service: image reference @ digest' per running service: what it ran (tag and digest)."
+    )
     notes: list[str] = Field(default_factory=list)
 
     @classmethod
@@ -99,11 +105,48 @@ class BackupSummary(Frozen):
             created_at=manifest.created_at,
             reason=manifest.reason,
             bytes=manifest.bytes,
-            volumes=[v.name for v in manifest.volumes],
-            dumps=[d.service for d in manifest.dumps],
-            images=[p.pinned_ref for p in manifest.images],
+            size=human_size(manifest.bytes),
+            volumes=[_volume(v) for v in manifest.volumes],
+            dumps=[_dump(d) for d in manifest.dumps],
+            images=[_image(p) for p in manifest.images],
             notes=manifest.notes,
         )
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KiB': one decimal from KiB up."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover - the loop returns
+
+
+def _short(digest: str) -> str:
+    """'repo@sha256:abcd...' or 'sha256:abcd...' -> 'sha256:' and 12 hex digits."""
+    value = digest.rsplit("@", 1)[-1]
+    algo, _, hexa = value.partition(":")
+    return f"{algo}:{hexa[:12]}" if hexa else value[:19]
+
+
+def _image(p: PinnedImage) -> str:
+    """The reference the service was configured with, and what pins it: the registry digest when
+    known, else the local image id."""
+    pin = f"@{_short(p.digest)}" if p.digest else f" (id {_short(p.image_id)})"
+    return f"{p.service}: {p.reference}{pin}"
+
+
+def _volume(v: VolumeArchive) -> str:
+    files = f", {v.files} files" if v.files is not None else ""
+    return f"{v.name} ({human_size(v.bytes)}{files})"
+
+
+def _dump(d: DatabaseDump) -> str:
+    rows = ""
+    if d.tables is not None:
+        rows = f", {sum(d.tables.values())} rows in {len(d.tables)} table{'s' if len(d.tables) != 1 else ''}"
+    return f"{d.service}: {d.kind}, {human_size(d.bytes)}{rows}"
 
 
 class DataCheck(Frozen):
