@@ -99,7 +99,8 @@ async def _deploy(runtime: Runtime, directory: Path, text: str, **kw: Any) -> An
 
 
 def _restored(report: Any, count: int) -> None:
-    assert report.status == "rolled_back", report
+    assert report.status == "rolled_back", ([(p.name, p.status, p.detail) for p in report.phases], report.rollback,
+                                            report.next_steps)
     assert report.rollback is not None and report.rollback.result == "restored"
     # Also from a pinned state: a pinned postgres is still dumped as postgres (server.roles).
     assert report.rollback.data_check == f"db: 1 table(s), {count} row(s) as dumped", report.rollback
@@ -292,3 +293,35 @@ async def test_backing_up_a_stack_started_by_hand_adopts_it(runtime: Runtime, st
     assert [(i.service, i.image) for i in entry.images] == [("web", WEB_10)]
     await service.create(runtime, service.resolve_stack(runtime, project_name), "again", None)
     assert len(operations(runtime).history(project_name)) == 1  # adopted once
+
+
+def upgraded(name: str, port: int) -> str:
+    """A new version whose one-shot rewrites the database's data directory in place before the new
+    server starts (as an in-place major upgrade does): this server refuses it, and so will the old."""
+    old_db = f"  db:\n    image: {POSTGRES}\n    init: true\n"
+    new_db = (
+        "  upgrade:\n    image: dsm-test/busybox:1\n"
+        '    command: ["sh", "-c", "echo 99 > /data/PG_VERSION"]\n'
+        "    volumes: [pgdata:/data]\n    restart: 'no'\n    mem_limit: 32m\n    labels: {dsm.test: '1'}\n"
+        "    x-dsm: {one-shot: true}\n"
+        f"  db:\n    image: {POSTGRES}\n    init: true\n"
+        "    depends_on: {upgrade: {condition: service_completed_successfully}}\n"
+        '    command: ["postgres", "-c", "max_connections=90"]\n')
+    text = app(name, port, WEB_10, V1)
+    assert old_db in text
+    return text.replace(old_db, new_db)
+
+
+async def test_a_rewritten_data_directory_is_rolled_back_with_every_row(
+        runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    port = free_port()
+    directory = write(stacks_root, project_name, app(project_name, port, WEB_10, V1))
+    assert (await deploy(runtime, project_name, wait_timeout_s=120)).status == "deployed"
+    psql(project_name, "INSERT INTO items SELECT g, 'row' FROM generate_series(1, 30) g")
+    report = await _deploy(runtime, directory, upgraded(project_name, port))
+    # The new server refused the rewritten directory; the old one refuses it too, so the rollback
+    # must bring the data back another way (the volume archive, or the dump into a fresh directory).
+    assert report.rollback is not None, report
+    _restored(report, 30)
+    assert rows(project_name) == "30" and get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert docker("exec", container_of(project_name, "db"), "cat", "/var/lib/postgresql/data/PG_VERSION") == "15"

@@ -152,6 +152,12 @@ async def recreate(store: BackupStore, manifest: BackupManifest, up: list[str], 
     directory = find_by_name(store.settings, manifest.stack).directory
     # The same project description as every other Compose call (files, compose.dsm.yaml, .env).
     project = locate_stack(store.settings, str(directory), env).project().named(manifest.stack)
+    # Only services the files define now: a rollback may already have put back files without a
+    # service whose container used the volume (a one-shot of the failed version, say).
+    listed = await store.compose.run_project(project, ["config", "--services"],
+                                             what="docker compose config --services (after a restore)")
+    defined = set(listed.stdout.split())
+    up, create = [s for s in up if s in defined], [s for s in create if s in defined]
     if up:
         await store.compose.run_project(project, ["up", "-d", "--no-deps", *services_argv(up)],
                                         what="docker compose up (after a restore)")

@@ -135,7 +135,7 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
     store = backup_store(d.runtime)
     scrub = Scrubber(stack.secret_values)
     t = time.monotonic()
-    stage = "rollback"
+    stage, mark = "rollback", 0
     try:
         if not stack.directory.is_dir():  # deleted by someone meanwhile: never resurrect it, say so
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(stack.directory))
@@ -174,12 +174,12 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
             if not ok:
                 out.kept_stopped = sorted(set(old.services) - dbs)
                 return out
-            t, stage = time.monotonic(), "rollback_up"
+            t, stage, mark = time.monotonic(), "rollback_up", len(out.notes)
         await d.compose.run_project(project, ["up", "-d", "--remove-orphans"], scrub=scrub,
                                     what="docker compose up (rollback)", timeout_s=rollback_up_timeout_s(old, wait_s),
                                     **on_start(d.compose, run.op))
         out.notes.append("old version started" + (" after its data" if restoring else ""))
-        run.phase(stage, "ok", t, "; ".join(out.notes))
+        run.phase(stage, "ok", t, "; ".join(out.notes[mark:]))  # each phase says its own part
         stage = ""
         running = {c.service or "" for c in await d.engine.compose_containers(stack.name)}
         checked = _with_pins(old, pins)
