@@ -42,7 +42,15 @@ from server.memory.embedding import DenseEncoder, DenseModel, sparse_encoder  # 
 from server.memory.payloads import incident_text as _incident_text  # noqa: E402
 from server.memory.service import Memory  # noqa: E402
 from server.memory.store import PointData, SearchSpec, Sparse, Where  # noqa: E402
-from tests.memory_data.helpers import incidents, queries, rank_of, record_all, score  # noqa: E402
+from tests.memory_data.helpers import (  # noqa: E402
+    hard_incidents,
+    hard_queries,
+    incidents,
+    queries,
+    rank_of,
+    record_all,
+    score,
+)
 
 CACHE = REPO / ".cache" / "bench-memory"
 ROUNDS = 2
@@ -203,9 +211,12 @@ def points_with_labelled(store: EdgeStore, ids: dict[str, str], encoder: DenseEn
             for h, v in zip(hits, vectors, strict=True)]
 
 
+DATA_SETS = {"labelled": (incidents, queries), "hard": (hard_incidents, hard_queries)}
+
+
 def run_size(size: int, encoder: DenseEncoder, fillers: list[dict[str, Any]], filler_vectors: np.ndarray,
-             workdir: Path) -> dict[str, Any]:
-    labelled = incidents()
+             workdir: Path, data_set: str = "labelled") -> dict[str, Any]:
+    labelled = DATA_SETS[data_set][0]()
     n_fill = size - len(labelled)
     directory = workdir / f"edge-{size}"
     store = EdgeStore(directory, idle_s=3600.0)
@@ -213,7 +224,7 @@ def run_size(size: int, encoder: DenseEncoder, fillers: list[dict[str, Any]], fi
     dense._encoder, dense._state = encoder, "ready"  # share the loaded model
     dense._done.set()
     memory = Memory(lambda: store, dense)
-    ids = record_all(memory)  # the labelled incidents go through the real write path
+    ids = record_all(memory, labelled)  # the labelled incidents go through the real write path
     sparse = sparse_encoder()
     points = []
     filler_ids = []
@@ -244,7 +255,7 @@ def run_size(size: int, encoder: DenseEncoder, fillers: list[dict[str, Any]], fi
         warnings.simplefilter("ignore")
         baseline.insert(base_ids, base_vectors, base_payloads)
 
-    qs = queries()
+    qs = DATA_SETS[data_set][1]()
     stack_of = {x["key"]: x["stack"] for x in labelled}
     qvecs = {q["query"]: encoder.embed([q["query"]])[0] for q in qs}
 
@@ -305,20 +316,25 @@ def run_size(size: int, encoder: DenseEncoder, fillers: list[dict[str, Any]], fi
     base_open = baseline.reopen_seconds()
     memory.close()
     baseline.client.close()
-    para = {q["query"] for q in qs if q["kind"] == "paraphrase"}
+    kind_of = {q["query"]: q["kind"] for q in qs}
+    kinds = sorted(set(kind_of.values()))
 
-    def only_para(ranks: list[tuple[int | None, str]]) -> Any:
-        return score([r for r in ranks if r[1] in para])
+    def per_kind(ranks: list[tuple[int | None, str]]) -> dict[str, Any]:
+        return {k: score([r for r in ranks if kind_of[r[1]] == k]) for k in kinds}
 
     return {"size": size, "ours": score(ours_ranks), "lexical": score(lex_ranks), "baseline": score(base_ranks),
-            "ours_para": only_para(ours_ranks), "lexical_para": only_para(lex_ranks),
-            "baseline_para": only_para(base_ranks),
+            "ours_kind": per_kind(ours_ranks), "lexical_kind": per_kind(lex_ranks),
+            "baseline_kind": per_kind(base_ranks), "n_queries": len(qs), "kind_n": {
+                k: sum(1 for v in kind_of.values() if v == k) for k in kinds},
             "latency": latency, "open_ms": statistics.median(opens) * 1000, "base_open_ms": base_open * 1000}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--set", choices=sorted(DATA_SETS), default="labelled", dest="data_set",
+                        help="labelled: 48 incidents / 150 queries; hard: 42 confusable incidents / 126 queries "
+                             "(multi-line log pastes, paraphrases, why-questions)")
     args = parser.parse_args()
     raw = os.environ.get("DSM_EMBEDDING_MODEL_PATH")
     model = DenseModel(Path(raw) if raw else None, None, allow_download=False)
@@ -328,7 +344,7 @@ def main() -> int:
         return 2
     print(f"model: {model.detail}", file=sys.stderr)
     largest = max(args.sizes)
-    fillers = filler_incidents(largest - len(incidents()))
+    fillers = filler_incidents(largest - len(DATA_SETS[args.data_set][0]()))
     texts = [_incident_text({**f, "log_templates": []}) for f in fillers]
     vectors = embed_cached(encoder, texts)
     workdir = Path(tempfile.mkdtemp(prefix="dsm-bench-memory-"))
@@ -336,13 +352,14 @@ def main() -> int:
     try:
         for size in args.sizes:
             print(f"  running {size} records ...", file=sys.stderr)
-            results.append(run_size(size, encoder, fillers, vectors, workdir))
+            results.append(run_size(size, encoder, fillers, vectors, workdir, args.data_set))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     print("\n== memory search: ours (embedded Qdrant, hybrid dense+BM25 RRF) vs baseline "
           "(qdrant-client local mode, dense only) ==")
-    print(f"queries: {len(queries())} labelled (direct, pasted log lines, paraphrases) x {ROUNDS} rounds; "
+    print(f"set {args.data_set}: {results[0]['n_queries']} queries ({', '.join(results[0]['kind_n'])}) "
+          f"x {ROUNDS} rounds; "
           f"limit {LIMIT}; machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     header = f"{'records':>8} {'what':<38} {'ours p50':>9} {'p95':>8} {'base p50':>9} {'p95':>8} {'ratio p50':>10}"
     print(header)
@@ -362,9 +379,12 @@ def main() -> int:
     print(f"{'records':>8} {'recall@3 / MRR':<20} {'ours hybrid':>14} {'ours BM25-only':>16} {'baseline dense':>16}")
     for r in results:
         cells = [f"{s.recall_at_3:.3f} / {s.mrr:.3f}" for s in (r["ours"], r["lexical"], r["baseline"])]
-        print(f"{r['size']:>8} {'all 150 queries':<20} {cells[0]:>14} {cells[1]:>16} {cells[2]:>16}")
-        para = [f"{s.recall_at_3:.3f} / {s.mrr:.3f}" for s in (r["ours_para"], r["lexical_para"], r["baseline_para"])]
-        print(f"{r['size']:>8} {'48 paraphrases':<20} {para[0]:>14} {para[1]:>16} {para[2]:>16}")
+        print(f"{r['size']:>8} {'all ' + str(r['n_queries']) + ' queries':<20} {cells[0]:>14} {cells[1]:>16} "
+              f"{cells[2]:>16}")
+        for kind, n in r["kind_n"].items():
+            row = [f"{s.recall_at_3:.3f} / {s.mrr:.3f}" for s in (r["ours_kind"][kind], r["lexical_kind"][kind],
+                                                                 r["baseline_kind"][kind])]
+            print(f"{r['size']:>8} {f'{n} {kind}':<20} {row[0]:>14} {row[1]:>16} {row[2]:>16}")
     print()
     for r in results:
         print(f"shard open (embedded, {r['size']} records): {r['open_ms']:.0f} ms median of 5 "

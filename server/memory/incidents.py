@@ -28,7 +28,9 @@ from server.memory.inputs import (
 )
 from server.memory.models import SEVERITIES, Deleted, Incident, IncidentHit, IncidentRecorded, IncidentSearch
 from server.memory.payloads import clip_text, derived_id, incident_text, norm_title, search_mode, to_incident
+from server.memory.rerank import CANDIDATES, rerank
 from server.memory.store import Hit, Where
+from server.memory.summary import query_expansion
 from server.memory.timespec import iso
 
 SEARCH_FLOOR = 0.25
@@ -202,9 +204,9 @@ class IncidentMemory(MemoryCore):
             one_of(severity, "severity", SEVERITIES)
             where.equals["severity"] = severity
         signatures = list(line_signatures([query]))
-        found = self._search(query, where, limit, signatures)
+        found = self._search(query, where, max(limit, CANDIDATES), signatures, query_expansion(query))
         note = found.note
-        hits = found.hits
+        hits = rerank(found.hits, found.by_signature, query, limit)
         if found.relevance:
             kept = [h for h in hits if h.id in found.by_signature or found.relevance[h.id] >= min_relevance]
             if hits and not kept:

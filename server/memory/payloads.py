@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from server.memory.fingerprint import strip_placeholders
 from server.memory.models import Deployment, Incident, Pattern, SearchMode
 from server.memory.store import Hit
+from server.memory.summary import record_summary
 from server.memory.timespec import iso
 
 if TYPE_CHECKING:
@@ -46,9 +47,11 @@ def search_mode(encoder: DenseEncoder | None) -> SearchMode:
 
 
 def incident_text(p: dict[str, Any]) -> str:
-    parts = [p["title"], p["symptoms"], p.get("root_cause") or "", p.get("resolution") or "",
-             " ".join(strip_placeholders(t) for t in p.get("log_templates", [])[:20]),
-             " ".join(x for x in (p.get("stack"), p.get("service")) if x), " ".join(p.get("tags", []))]
+    templates = [strip_placeholders(t) for t in p.get("log_templates", [])[:20]]
+    parts = [p["title"], p["symptoms"], p.get("root_cause") or "", p.get("resolution") or "", " ".join(templates),
+             " ".join(x for x in (p.get("stack"), p.get("service")) if x), " ".join(p.get("tags", [])),
+             record_summary(p["title"], p["symptoms"], p.get("root_cause"), templates, p.get("stack"),
+                            p.get("service"), p.get("tags", []))]
     return "\n".join(part for part in parts if part)
 
 

@@ -120,10 +120,12 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
             where = Where(equals=where.equals, any_of=where.any_of, ts_gte=gte, ts_lte=lte)
         return where
 
-    def _search(self, query: str, where: Where, limit: int, signatures: Sequence[str]) -> Found:
+    def _search(self, query: str, where: Where, limit: int, signatures: Sequence[str], expansion: str = "") -> Found:
         encoder = self._encoder()
         self._maybe_backfill(encoder)
-        indices, values = sparse_encoder().query(query)
+        # The expansion (failure-kind words, see .summary) goes to BM25 only: the dense vector is
+        # the query's own, so its cosine keeps meaning what the relevance floors were set on.
+        indices, values = sparse_encoder().query(f"{query}\n{expansion}" if expansion else query)
         dense = encoder.embed([query])[0] if encoder is not None else None
         sparse = Sparse(indices, values)
         prefetch = max(4 * limit, 32)

@@ -32,6 +32,18 @@ def queries() -> list[dict[str, Any]]:
     return json.loads((DATA / "queries.json").read_text())
 
 
+def hard_incidents() -> list[dict[str, Any]]:
+    """The harder set: 42 confusable incidents (six Postgres failures on one Supabase stack, ...)."""
+    return json.loads((DATA / "hard_incidents.json").read_text())
+
+
+def hard_queries() -> list[dict[str, Any]]:
+    """126 queries on the harder set: multi-line log pastes with fresh timestamps (``log``), an
+    operator's words avoiding the record's (``paraphrase``), "why ...?" questions (``why``), and
+    two ``direct`` ones for incidents that have no log line."""
+    return json.loads((DATA / "hard_queries.json").read_text())
+
+
 def patterns() -> dict[str, Any]:
     return json.loads((DATA / "patterns.json").read_text())
 
@@ -69,10 +81,10 @@ def make_memory(backend: str, directory: Path, dense: DenseModel, **lease: float
     return Memory(lambda: ClientStore.local(str(directory / "qdrant-local")), dense)
 
 
-def record_all(memory: Memory) -> dict[str, str]:
-    """Record the labelled incidents; returns incident_id -> key."""
+def record_all(memory: Memory, data: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """Record the labelled incidents (or ``data``); returns incident_id -> key."""
     ids: dict[str, str] = {}
-    for x in incidents():
+    for x in incidents() if data is None else data:
         result = memory.record_incident(
             title=x["title"], symptoms=x["symptoms"], root_cause=x["root_cause"], resolution=x["resolution"],
             stack=x["stack"], service=x["service"], severity=x["severity"], tags=x["tags"],
@@ -103,11 +115,11 @@ def score(ranks: list[tuple[int | None, str]]) -> Scores:
     )
 
 
-def evaluate(memory: Memory, ids: dict[str, str], kinds: tuple[str, ...] = ("direct", "log", "paraphrase"),
-             limit: int = 10) -> dict[str, Scores]:
-    """Recall@3 and MRR per query kind and over all (key 'all')."""
+def evaluate(memory: Memory, ids: dict[str, str], kinds: tuple[str, ...] = ("direct", "log", "paraphrase", "why"),
+             limit: int = 10, data: list[dict[str, Any]] | None = None) -> dict[str, Scores]:
+    """Recall@3 and MRR per query kind and over all (key 'all'), on ``queries()`` or ``data``."""
     per_kind: dict[str, list[tuple[int | None, str]]] = {k: [] for k in kinds}
-    for q in queries():
+    for q in queries() if data is None else data:
         if q["kind"] not in kinds:
             continue
         found = memory.search_incidents(q["query"], stack=q.get("stack"), service=q.get("service"), limit=limit)
