@@ -32,8 +32,15 @@ async def list_stacks(runtime: Runtime) -> StackList:
         by_project.setdefault(c.project or "", []).append(c)
     root = settings.stacks_root.resolve() if settings.stacks_root.exists() else settings.stacks_root
     entries = []
+    from server.ownership import WORKING_DIR_LABEL, same_directory
+
     for loc in locations:
-        mine = by_project.pop(loc.name, [])
+        # Only the containers started from this stack's directory are this stack's: a project of the
+        # same name started by hand elsewhere stays an observed project (server.ownership).
+        group = by_project.pop(loc.name, [])
+        mine = [c for c in group if same_directory((c.labels or {}).get(WORKING_DIR_LABEL), loc.directory)]
+        if len(mine) < len(group):
+            by_project[loc.name] = [c for c in group if c not in mine]
         running = sum(c.running for c in mine)
         healthy = sum(c.healthy for c in mine)
         entries.append(

@@ -77,6 +77,16 @@ async def test_a_foreign_project_of_the_same_name_is_never_touched(
 
     assert snapshot(project_name) == before  # same containers, still running
 
+    # Nor is it shown as ours: list_stacks counts none of its containers for the stack and lists
+    # the project as observed; stack_status says it is not managed.
+    listed = (await call(mcp_client, "list_stacks", {})).structured_content
+    [entry] = [s for s in listed["stacks"] if s["name"] == project_name]
+    assert entry["containers"] == 0 and entry["state"] == "not-deployed", entry
+    [observed] = [p for p in listed["other_projects"] if p["name"] == project_name]
+    assert observed["containers"] == 2 and observed["working_dir"] == str(elsewhere), observed
+    status = (await call(mcp_client, "stack_status", {"stack": project_name})).structured_content
+    assert [s["managed"] for s in status["stacks"]] == [False], status
+
 
 async def test_restore_refuses_a_foreign_project(
         docker_engine: None, settings: Any, stacks_root: Path, tmp_path: Path, project_name: str) -> None:

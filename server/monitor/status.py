@@ -117,7 +117,12 @@ async def stack_status(runtime: Runtime, stack: str | None = None, with_stats: b
         # One-shot jobs (migrations, init) that finished with 0 did their work: not a degraded stack.
         counted = [s for s in services
                    if not (policy.service(s.service).is_one_shot and s.state == "exited" and s.exit_code == 0)]
-        stacks.append(StackStatus(stack=name, managed=name in managed, state=_stack_state(counted or services),
+        from server.ownership import WORKING_DIR_LABEL, same_directory
+
+        # Ours only when its containers were started from the stack's directory (server.ownership).
+        ours = name in managed and all(same_directory(o.labels.get(WORKING_DIR_LABEL), managed[name].directory)
+                                       for o in grouped[name])
+        stacks.append(StackStatus(stack=name, managed=ours, state=_stack_state(counted or services),
                                   maintenance=maint, services=services))
     return StatusReport(stacks=stacks, problems=problems)
 
