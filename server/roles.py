@@ -43,6 +43,9 @@ class ServiceRole:
     """Database kind: postgres | mysql | mongo | redis | hooks (x-dsm backup.dump) | None (unknown)."""
     reason: str
     """One line on why, for plans, notes and reports."""
+    known_kind: str | None = None
+    """With x-dsm hooks (kind 'hooks'): the kind the service is without them (postgres ...), so the
+    hooks dump records that kind's table row counts and the restore can be checked."""
 
     @property
     def is_database(self) -> bool:
@@ -201,7 +204,12 @@ def resolve_role(
     effective ones); ``image_entrypoint``/``image_cmd``: the image config's; ``awaited_completion``:
     another service depends on it with ``service_completed_successfully``."""
     if settings.backup.dump:
-        return ServiceRole("database", "hooks", "x-dsm backup.dump hooks")
+        plain = resolve_role(
+            settings.model_copy(update={"backup": type(settings.backup)()}), image=image, original=original,
+            entrypoint=entrypoint, command=command, image_entrypoint=image_entrypoint, image_cmd=image_cmd,
+            awaited_completion=awaited_completion, restart=restart)
+        return ServiceRole("database", "hooks", "x-dsm backup.dump hooks",
+                           known_kind=plain.kind if plain.is_database else None)
     ref = original if original and not is_pin(original) else image
     named = kind_of_image(ref)
     argv = effective_argv(entrypoint, command, image_entrypoint, image_cmd)

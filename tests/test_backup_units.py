@@ -81,6 +81,21 @@ def test_hooks_win_over_the_image_and_keep_their_argv() -> None:
     assert image_repository_name("registry:5000/team/MyDB:1") == "mydb"
 
 
+@pytest.mark.parametrize(("image", "counted"), [("postgres:16", "postgres"), ("acme/app:1", None),
+                                                ("mysql:8", None)])
+def test_hooks_on_a_known_database_still_record_its_row_counts(image: str, counted: str | None) -> None:
+    # Hooks change how the dump is taken, not what the database is: a postgres service's hooks dump
+    # records postgres row counts, so the data check after a restore compares rows.
+    settings = parse_service_settings("db", {"backup": {"dump": ["pg_dumpall", "-U", "postgres"],
+                                                         "restore": ["psql", "-U", "postgres"]}})
+    recipe = recipe_for(image, settings)
+    assert recipe is not None and recipe.kind == "hooks" and recipe.dump == ["pg_dumpall", "-U", "postgres"]
+    assert recipe.counts_kind == counted
+    postgres = recipe_for("postgres:16", parse_service_settings("db", None))
+    assert postgres is not None
+    assert recipe.counts == (postgres.counts if counted else None)
+
+
 def test_recipes_keep_passwords_out_of_argv() -> None:
     for image in ("postgres:16", "mysql:8", "mongo:7"):
         recipe = recipe_for(image, parse_service_settings("db", None))

@@ -122,3 +122,26 @@ async def test_a_redirect_out_of_http_is_not_followed() -> None:
         assert not result.ok and "HTTP 302" in result.detail, result
     finally:
         stop.set()
+
+
+async def test_a_failing_exec_keeps_the_last_meaningful_lines_of_its_output() -> None:
+    """psql ends its error with a caret line: the ERROR line itself must be in the evidence."""
+    stderr = ('ERROR:  column "title" does not exist\nLINE 1: SELECT title FROM items\n'
+              "               ^\n\n" + "x" * 5000)
+    psql = 'psql: warning\nERROR:  column "title" does not exist\nLINE 1: SELECT title FROM items\n               ^\n'
+
+    class Engine:
+        def __init__(self, out: str) -> None:
+            self.out = out
+
+        async def exec_stream(self, container: str, argv: list[str], *, timeout_s: float) -> Any:
+            return SimpleNamespace(timed_out=False, exit_code=1, stdout="", stderr=self.out)
+
+    check = SmokeCheck(exec=["psql", "-c", "SELECT title FROM items"])
+    result = await smoke._one(Engine(psql), _stack(), "web", check, {"web": "c1"}, None)  # type: ignore[arg-type]
+    assert not result.ok and result.detail == (
+        'exit 1, expected 0: psql: warning | ERROR:  column "title" does not exist | LINE 1: SELECT title FROM items')
+    # Bounded whatever the output: three lines of at most 160 characters.
+    result = await smoke._one(Engine(stderr), _stack(), "web", check, {"web": "c1"}, None)  # type: ignore[arg-type]
+    assert result.detail.endswith("x" * 160) and len(result.detail) < 3 * 160 + 40
+    assert smoke.last_lines("  a \n\n b\n^\n c  \n d\n") == "b | c | d"

@@ -229,6 +229,9 @@ async def test_previous_version_unhealthy_is_a_failed_rollback(world: World,
     assert world.memory.deployments[0]["outcome"] == "rollback_failed"
     assert world.memory.incidents[0]["outcome"] == "unresolved"
     assert "NOT healthy" in report.next_steps[0]
+    # The deploy's own backup holds the data of before the change.
+    assert "backup_stack(action='restore', backup_id='b-1') puts back the data as deployment op-prev had it" \
+        in report.next_steps[1]
 
 
 async def test_a_rollback_step_that_fails_is_reported_not_raised(world: World,
@@ -299,7 +302,7 @@ async def test_dumps_go_back_only_for_databases_the_failed_deploy_touched(
         detail = _ph(report, "restore_data").detail
         assert f"data restored from backup b-1: dump of {restored[0]} restored" in detail
         assert report.rollback is not None and report.rollback.data_check == "; ".join(
-            f"{s}: restored (no row counts recorded)" for s in dumps if s in restored)
+            f"{s}: restored, not verified: no row counts were recorded for this dump" for s in dumps if s in restored)
         assert _ph(report, "rollback_up").status == "ok"
     else:
         assert data == [] and "restore_data" not in [p.name for p in report.phases]
@@ -511,6 +514,24 @@ async def test_explicit_rollback_to_an_unhealthy_version_fails(world: World,
     assert report.phases[-1].status == "failed" and "web is unhealthy" in report.phases[-1].detail
     assert report.next_steps[0].startswith("the stack is on deployment op-1 but NOT healthy")
     assert world.ops.maintenance_calls[-1] == (STACK, None, "")
+    # The data of before the change is in b-2 (taken right after op-1); b-1, taken just before this
+    # rollback, holds the broken state and is never offered as the data to go back to.
+    assert "backup_stack(action='restore', backup_id='b-2') puts back the data as deployment op-1 had it" \
+        in report.next_steps[1]
+    assert "backup_id='b-1'" not in report.next_steps[1] and "backup b-1 holds the state just left, the broken " \
+        "one" in report.next_steps[1]
+
+
+async def test_a_failed_explicit_rollback_without_a_data_backup_says_none_is_known(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    _explicit_world(world, monkeypatch)
+    world.ops.records[1].result.pop("backup_id")
+    world.engine.containers.clear()
+    world.engine.add("web", health="unhealthy", image_id="sha256:old")
+    report = await Deployer(world.runtime).rollback(STACK, wait_timeout_s=5)
+    assert report.status == "failed"
+    assert "no backup holding the data of deployment op-1 is known" in report.next_steps[1]
+    assert "backup_stack(action='restore'" not in report.next_steps[1]
 
 
 async def test_explicit_rollback_without_the_image_pins_nothing(world: World,
@@ -901,4 +922,22 @@ async def test_data_check_compares_rows_with_the_dump(world: World, now: dict[st
     result = await data_check(world.engine, Store(), STACK, backup, ["db"])  # type: ignore[arg-type]
     assert result == (ok, summary)
     assert (await data_check(world.engine, Store(), STACK, backup, None))[1].endswith(  # type: ignore[arg-type]
-        "; cache: restored (no row counts recorded)")
+        "; cache: restored, not verified: no row counts were recorded for this dump")
+
+
+async def test_a_hooks_dump_of_postgres_is_recounted_as_postgres_and_a_mismatch_fails(world: World) -> None:
+    # x-dsm hooks without --clean replay over the failed version's rows: the recount shows it.
+    from server.deploy.datacheck import data_check
+
+    world.engine.add("db")
+    dump = manifest("b-1", dumps=("db",)).dumps[0].model_copy(update={
+        "kind": "hooks", "counted_as": "postgres", "tables": {"postgres.public.items": 250}})
+    backup = manifest("b-1").model_copy(update={"dumps": [dump]})
+
+    class Store:
+        async def exec_counts(self, container_id: str, recipe: Any) -> dict[str, int] | None:
+            assert recipe.kind == "postgres" and recipe.counts
+            return {"postgres.public.items": 200}
+
+    assert await data_check(world.engine, Store(), STACK, backup, None) == (  # type: ignore[arg-type]
+        False, "db: MISMATCH postgres.public.items 200 rows, dumped 250")

@@ -74,7 +74,9 @@ def test_x_dsm_role_wins() -> None:
     # Hooks make a database of anything, and keep their argv.
     settings = parse_service_settings("db", {"backup": {"dump": ["pg_dump", "-Fc"]}})
     r = resolve_role(settings, image="acme/app:1")
-    assert (r.role, r.kind) == ("database", "hooks")
+    assert (r.role, r.kind, r.known_kind) == ("database", "hooks", None)
+    # ... and still know what the database is underneath (its row counts are recorded).
+    assert resolve_role(settings, image="dsm-pin/s-db:op-1", original="postgres:16").known_kind == "postgres"
     recipe = recipe_for_role(r, settings)
     assert recipe is not None and recipe.dump == ["pg_dump", "-Fc"]
 

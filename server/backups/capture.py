@@ -164,6 +164,7 @@ async def _dump(
         restore=list(recipe.restore or []),
         tables=tables,
         volumes=sorted(container.volumes),
+        counted_as=recipe.counts_kind if tables is not None and recipe.kind == "hooks" else None,
     )
 
 

@@ -51,6 +51,8 @@ class Recipe:
     """Flushes a consistent snapshot to the volume before it is archived (redis)."""
     scratch_env: dict[str, str] = field(default_factory=dict)
     """Environment for a scratch container of this image (on top of the service's user names)."""
+    counts_kind: str | None = None
+    """The kind whose ``counts`` these are (a hooks dump of a known database counts as that kind)."""
 
 
 def _postgres() -> Recipe:
@@ -61,6 +63,7 @@ def _postgres() -> Recipe:
         # ON_ERROR_STOP stays off: pg_dumpall --clean drops and recreates the roles, and the role
         # we connect as cannot be dropped; psql reports that and goes on, as intended.
         restore=["sh", "-c", _PG_ENV + 'exec psql -X -q -v ON_ERROR_STOP=0 -U "$U" -d postgres -o /dev/null'],
+        counts_kind="postgres",
         ready=["sh", "-c", 'pg_isready -q -h 127.0.0.1 -U "${POSTGRES_USER:-postgres}"'],
         counts=[
             "sh",
@@ -125,8 +128,14 @@ def recipe_for_role(role: ServiceRole, settings: ServiceSettings) -> Recipe | No
     the built-in recipe of its database kind; none for anything that is not a database."""
     hooks = settings.backup
     if hooks.dump:
+        # Hooks replace how the dump is taken, not what the database is: a known kind's row counts
+        # are still recorded, so the data check after a restore compares rows (a dump without
+        # --clean replayed over the failed version's data shows up as a mismatch, not as success).
+        known = recipe_by_kind(role.known_kind) if role.known_kind else None
+        counts = known.counts if known is not None else None
         return Recipe(kind="hooks", ext="dump", dump=list(hooks.dump),
-                      restore=list(hooks.restore) if hooks.restore else None)
+                      restore=list(hooks.restore) if hooks.restore else None,
+                      counts=counts, counts_kind=role.known_kind if counts is not None else None)
     if not role.is_database or role.kind is None:
         return None
     factory = _BY_KIND.get(role.kind)
@@ -167,3 +176,9 @@ def recipe_by_kind(kind: str) -> Recipe | None:
     """The built-in recipe of a dump's kind (hooks have none: their argv is in the manifest)."""
     factory = _BY_KIND.get(kind)
     return factory() if factory is not None else None
+
+
+def counts_recipe(kind: str, counted_as: str | None) -> Recipe | None:
+    """The recipe whose ``counts`` recount a dump's tables: its own kind's, or for a hooks dump the
+    kind it was counted as when taken (``DatabaseDump.counted_as``)."""
+    return recipe_by_kind(counted_as or kind)

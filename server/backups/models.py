@@ -36,6 +36,9 @@ class DatabaseDump(Frozen):
         default=None, description="Rows per table when the dump was taken (postgres), for restore drills."
     )
     volumes: list[str] = Field(default_factory=list, description="Volumes the dump stands for (not archived).")
+    counted_as: str | None = Field(
+        default=None, description="A hooks dump's tables were counted as this kind (postgres); recount the same way."
+    )
 
 
 class PinnedImage(Frozen):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from server.backups import recovery, revive
-from server.backups.databases import recipe_by_kind
+from server.backups.databases import counts_recipe, recipe_by_kind
 from server.backups.models import BackupManifest, DatabaseDump, DataCheck, RestoreStep, RestoreWay, VolumeArchive
 from server.errors import BackupFailed, DsmError
 from server.preflight.progress import Progress, report_progress
@@ -195,7 +195,8 @@ async def _replay(store: BackupStore, manifest: BackupManifest, dump: DatabaseDu
                 next_step="read the database's logs, then restore again or restore an older backup",
             )
         # Counted before the other services write again.
-        counts = await store.exec_counts(database, recipe) if recipe is not None else None
+        counter = counts_recipe(dump.kind, dump.counted_as)
+        counts = await store.exec_counts(database, counter) if counter is not None else None
     return data_check(dump, counts)
 
 

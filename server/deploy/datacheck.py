@@ -3,14 +3,15 @@
 Tables and row counts in each restored database, counted by the same recipe the backup used
 (``BackupStore.exec_counts``), against those recorded when the dump was taken. A missing or extra
 table, or a different count, is a mismatch: the rollback then ends ``failed``. A dump with no
-counts recorded (not postgres) and a volume archive are reported as restored, not counted.
+counts recorded (not postgres, hooks of an unknown kind) is reported plainly as NOT verified, never
+as a success; a hooks dump of a known kind was counted as that kind when taken and is recounted so.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from server.backups.databases import recipe_by_kind
+from server.backups.databases import counts_recipe
 from server.engine import Engine
 
 
@@ -24,9 +25,9 @@ async def data_check(engine: Engine, store: Any, project: str, backup: Any, serv
         if services is not None and dump.service not in services:
             continue
         if dump.tables is None:
-            parts.append(f"{dump.service}: restored (no row counts recorded)")
+            parts.append(f"{dump.service}: restored, not verified: no row counts were recorded for this dump")
             continue
-        recipe = recipe_by_kind(dump.kind)
+        recipe = counts_recipe(dump.kind, dump.counted_as)
         now = await store.exec_counts(running[dump.service], recipe) \
             if recipe is not None and dump.service in running else None
         if now is None:
@@ -41,4 +42,4 @@ async def data_check(engine: Engine, store: Any, project: str, backup: Any, serv
             parts.append(f"{dump.service}: MISMATCH " + "; ".join(diff[:5]))
         else:
             parts.append(f"{dump.service}: {len(dump.tables)} table(s), {sum(dump.tables.values())} row(s) as dumped")
-    return ok, ("; ".join(parts) or "no dump: volume archives restored, rows not counted")[:400]
+    return ok, ("; ".join(parts) or "no dump: volume archives restored, not verified (rows not counted)")[:400]

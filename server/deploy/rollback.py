@@ -290,7 +290,7 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
     if ok:
         snapshots.save_kept(d.settings, stack.name, run.op.id + "-rollback", stack.directory)
     steps = [f"read the evidence: {failed.why}", "fix the new version (the failed files are kept with backup "
-             f"{run.backup.backup_id}) and deploy again"] if ok else _failed_steps(out, target, run.backup)
+             f"{run.backup.backup_id}) and deploy again"] if ok else _failed_steps(out, target, run.backup.backup_id)
     failed_images = {s.service: s.image_to for s in plan.changes if s.image_to}
     report = d._report(run, "rolled_back" if ok else "failed", plan=plan, services=now, incident_id=incident_id,
                        rollback=_info(f"{failed.phase}: {failed.why}", target, out, ttr, failed_images),
@@ -403,7 +403,8 @@ def _explicit_report(d: Deployer, run: Run, target: Any, out: Outcome, reason: s
                      services: Any = None) -> DeployReport:
     ok = out.result == "restored"
     steps = ["done; the previous version runs (pinned in compose.dsm.yaml until the next deploy)"] if ok else \
-        _failed_steps(out, target.operation_id, run.backup)
+        _failed_steps(out, target.operation_id, _data_backup_of(d, run.stack.name, target),
+                      left=getattr(run.backup, "backup_id", None))
     return d._report(run, "rolled_back" if ok else "failed", services=services or [],
                      rollback=_info(reason or "asked for", target.operation_id, out,
                                     round(time.monotonic() - started, 1), None), next_steps=steps)
@@ -415,7 +416,11 @@ def _info(why: str, target: str | None, out: Outcome, ttr: float, failed_images:
                         data_check=out.data_check, failed_images=failed_images or None)
 
 
-def _failed_steps(out: Outcome, target: str | None, backup: Any) -> list[str]:
+def _failed_steps(out: Outcome, target: str | None, good: str | None, left: str | None = None) -> list[str]:
+    """``good``: the backup holding the data of before the change (an automatic rollback: the deploy's
+    own backup; an explicit one: the backup taken right after the target deployment), None when none
+    is known. ``left``: an explicit rollback's backup of the state being left, the broken one: it is
+    named as that, never offered as the data to go back to."""
     evidence = out.failure.evidence[:3] if out.failure else []
     where = f"deployment {target}" if target else "the files and images from before the deploy"
     if out.kept_stopped:
@@ -424,11 +429,22 @@ def _failed_steps(out: Outcome, target: str | None, backup: Any) -> list[str]:
                  "the wrong data")
     else:
         state = f"the stack is on {where} but NOT healthy: {out.notes[-1] if out.notes else 'see phases'}"
+    data = (f"backup_stack(action='restore', backup_id='{good}') puts back the data as {where} had it"
+            if good else f"no backup holding the data of {where} is known")
+    if left:
+        data += f" (backup {left} holds the state just left, the broken one: not the data to go back to)"
     return [state + (f" (evidence: {' | '.join(evidence)})" if evidence else ""),
             "a person should read the evidence (inspect_stack, the logs of the failing service), then: "
-            f"backup_stack(action='restore', backup_id='{getattr(backup, 'backup_id', '?')}') puts the data of "
-            "before the change back; deploy_stack with fixed files, or rollback(to_deployment=...) to another "
+            f"{data}; deploy_stack with fixed files, or rollback(to_deployment=...) to another "
             "deployment from stack_history"]
+
+
+def _data_backup_of(d: Deployer, stack: str, target: Any) -> str | None:
+    """The backup holding the data as ``target`` left it (for next steps; None when unknown)."""
+    try:
+        return backup_after(operations(d.runtime).history(stack, limit=200), target)
+    except Exception:
+        return None
 
 
 def _last_good(d: Deployer, stack: str, exclude: str) -> str | None:

@@ -127,9 +127,16 @@ async def _bounded(engine: Engine, stack: LoadedStack, service: str, check: Smok
         return SmokeResult(service, f"exec {argv[0]}", False, f"did not finish within {check.timeout_s:g}s")
     code, out = result.exit_code, (result.stdout + result.stderr)[-4000:]
     ok = code == check.expect_exit
-    tail = out.strip().splitlines()[-1][:200] if out.strip() else ""
+    tail = last_lines(out)
     detail = f"exit {code}" + ("" if ok else f", expected {check.expect_exit}") + (f": {tail}" if tail else "")
     return SmokeResult(service, f"exec {' '.join(argv)[:80]}", ok, detail)
+
+
+def last_lines(out: str, keep: int = 3, width: int = 160) -> str:
+    """The last few meaningful lines of a check's output, each stripped and bounded: the one line
+    that matters is rarely the last (psql ends an error with a caret line under ``LINE 1: ...``)."""
+    lines = [line.strip()[:width] for line in out.splitlines() if any(ch.isalnum() for ch in line)]
+    return " | ".join(lines[-keep:])
 
 
 def _network(stack: LoadedStack) -> str | None:
