@@ -20,11 +20,12 @@ from typing import Any
 
 import anyio
 
-from server.compose import ComposeRunner, services_argv
-from server.deploy import override, rollback, snapshots
-from server.deploy.health import GateResult, Watched
+from server.compose import ComposeRunner
+from server.deploy import rollback, snapshots
+from server.deploy.compose_executor import ComposeExecutor, watched
+from server.deploy.executor import Change
+from server.deploy.health import GateResult
 from server.deploy.plan import compute_plan
-from server.deploy.project import compose_project
 from server.deploy.report import DeployPlan, DeployReport, Phase, needs_confirm
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.steps import (
@@ -32,18 +33,16 @@ from server.deploy.steps import (
     Blocked,
     Run,
     StepFailed,
+    StepLog,
     brief,
-    completed_dep,
     end_journal,
     maintenance,
     maintenance_back,
-    on_start,
     run_checks,
     states,
     verify_default,
 )
 from server.deploy.targets import adopt_if_new
-from server.deploy.timeouts import deploy_up_timeout_s
 from server.engine import Engine
 from server.errors import DsmError
 from server.models import Finding
@@ -67,6 +66,7 @@ class Deployer:
         self._progress = progress
         self._confirm = confirm
         self._step = 0
+        self.executor = ComposeExecutor(runtime)
 
     @property
     def compose(self) -> ComposeRunner:
@@ -86,6 +86,9 @@ class Deployer:
                 await self._progress(min(self._step, len(PHASES)), len(PHASES), scrub_seen(message))
             except Exception:
                 log.debug("progress not delivered", exc_info=True)
+
+    def steps(self, run: Run) -> StepLog:
+        return StepLog(run, lambda m, a: self.tell(m, advance=a))
 
     # ---------------------------------------------------------------------------------------------
     async def deploy(
@@ -224,7 +227,7 @@ class Deployer:
                            wait_s: float, window: float) -> DeployReport:
         stack = run.stack
         assert stack.directory is not None
-        if not plan.changes and await self._all_ready(stack, services):
+        if not plan.changes and (await self.executor.observe(stack, services)).ready:
             run.phase("health", "ok", time.monotonic(), "already running healthy")
             return self._report(run, "unchanged", plan=plan, services=await states(self.engine, stack, run),
                                 next_steps=["nothing to do: the stack already runs this configuration healthy"])
@@ -263,43 +266,10 @@ class Deployer:
     async def _apply(self, run: Run, plan: DeployPlan, env: dict[str, str], services: list[str] | None,
                      wait_s: float, window: float) -> None:
         stack = run.stack
-        assert stack.directory is not None
-        scrub = Scrubber(stack.secret_values)
-        pulls = sorted({s.service for s in plan.services if s.pull})
-        t = time.monotonic()
-        await self.tell(f"pull: {', '.join(pulls) or 'nothing missing'}")
-        if pulls:
-            try:
-                await self.compose.run_project(compose_project(stack, with_override=False),
-                                               ["pull", "--quiet", *services_argv(pulls)], scrub=scrub,
-                                               what="docker compose pull")
-            except DsmError as exc:
-                raise Blocked("pull", brief(exc), [Finding(
-                    rule="image-unavailable", severity="error", category="images", message=brief(exc))]) from None
-            missing = await self._missing_healthchecks(stack, pulls)
-            if missing:
-                raise Blocked("pull", "a service still has no healthcheck now that its image is local", missing)
-        run.phase("pull", "ok" if pulls else "skipped", t, f"pulled {', '.join(pulls)}" if pulls else "all local")
-
-        t = time.monotonic()
-        await self.tell("up: creating networks and volumes, starting containers")
-        override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
-        argv = ["up", "-d", "--remove-orphans", *services_argv(services)]
-        try:
-            await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
-                                           timeout_s=deploy_up_timeout_s(stack, plan, wait_s),
-                                           **on_start(self.compose, run.op))
-        except DsmError as exc:
-            run.phase("up", "failed", t, brief(exc))
-            stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
-            culprit = await self._diagnose(stack, _watched(stack, plan, services))
-            raise StepFailed("up", f"docker compose up failed: {brief(exc)}" + (
-                f" ({culprit.service} {culprit.why})" if culprit else ""),
-                culprit.service if culprit else None, [*(culprit.evidence if culprit else []), *stderr]) from None
-        run.phase("up", "ok", t, ", ".join(f"{s.service} {s.action}" for s in plan.changes)[:400])
-
-        await run_checks(self.engine, run, stack, _watched(stack, plan, services), {s.service for s in plan.changes},
-                         wait_s=wait_s, window=window, tell=lambda m, a: self.tell(m, advance=a))
+        steps = self.steps(run)
+        await self.executor.apply(Change(stack, plan, services, wait_s, run.op), steps)
+        await run_checks(steps, self.engine, stack, watched(stack, plan, services), {s.service for s in plan.changes},
+                         wait_s=wait_s, window=window, gate=self.executor.gate)
 
     async def _success(self, run: Run, plan: DeployPlan, started: float) -> DeployReport:
         stack = run.stack
@@ -344,65 +314,8 @@ class Deployer:
         written = await MemoryRecorder(self.runtime.memory).record_deployment(**fields)
         return "memory record written" if written else "memory record FAILED (see the server log)"
 
-    async def _missing_healthchecks(self, stack: LoadedStack, pulled: list[str]) -> list[Finding]:
-        """Services whose healthcheck was unknown before the pull and, the image now local, has none."""
-        from server.policy import finding
-        from server.policy.waivers import apply_policy
-        from server.stackview import has_healthcheck
-
-        raw = []
-        for name in pulled:
-            body = stack.services.get(name, {})
-            if has_healthcheck(body) or stack.service_settings_for(name).is_one_shot or completed_dep(stack, name):
-                continue
-            attrs = await self.engine.image_attrs(str(body.get("image") or ""))
-            if attrs and not ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test"):
-                raw.append(finding(
-                    "missing-healthcheck", f"service {name!r} has no healthcheck: none in the compose file and "
-                    "none in the image just pulled; the deploy stops before up", service=name,
-                    line=stack.line_of(name), evidence=["the image was not local at the pre-flight"]))
-        return [f for f in apply_policy(stack, raw) if f.severity == "error" and f.rule == "missing-healthcheck"]
-
     async def _ask(self, question: str) -> bool:
         return bool(self._confirm and await self._confirm(question))
-
-    async def _all_ready(self, stack: LoadedStack, services: list[str] | None) -> bool:
-        from server.deploy.health import assess
-        from server.engine import inspect_container
-
-        containers = await self.engine.compose_containers(stack.name)
-        wanted = set(services or stack.services)
-        seen = set()
-        for c in containers:
-            if c.service not in wanted:
-                continue
-            info = await inspect_container(self.engine, c.id)
-            if info is None:
-                return False
-            a = assess(info, Watched(c.service or "", stack.service_settings_for(c.service or "").is_one_shot),
-                       baseline_restarts=int(info.get("RestartCount") or 0), now=time.time())
-            if a.verdict != "ready":
-                return False
-            seen.add(c.service)
-        return bool(seen)
-
-    async def _diagnose(self, stack: LoadedStack, watched: list[Watched]) -> Any:
-        """After a failed ``up``: the first container that the gate would fail, with its evidence."""
-        from server.deploy.health import assess, log_tail
-        from server.engine import inspect_container
-
-        by_service = {w.service: w for w in watched}
-        for c in await self.engine.compose_containers(stack.name):
-            if c.service not in by_service:
-                continue
-            info = await inspect_container(self.engine, c.id)
-            if info is None:
-                continue
-            a = assess(info, by_service[c.service or ""], baseline_restarts=0, now=time.time(), grace_s=0)
-            if a.verdict == "failed":
-                a.evidence.extend(await log_tail(self.engine, c.id))
-                return a
-        return None
 
     def _report(self, run: Run, status: str, **extra: Any) -> DeployReport:
         scrub = Scrubber(run.stack.secret_values)  # as the journal: assignments too
@@ -420,21 +333,6 @@ class Deployer:
             backup_id=run.backup.backup_id if run.backup is not None else None,
             **extra,
         )
-
-
-def _watched(stack: LoadedStack, plan: DeployPlan, services: list[str] | None = None) -> list[Watched]:
-    """The services the gate waits for: all of the plan, or the ones asked for and what they
-    depend on (``up SERVICE`` starts its dependencies too)."""
-    wanted = {s.service for s in plan.services if s.action != "remove"}
-    if services:
-        todo, wanted = list(services), set()
-        while todo:
-            name = todo.pop()
-            if name not in wanted:
-                wanted.add(name)
-                todo.extend(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {}))
-    return [Watched(s.service, stack.service_settings_for(s.service).is_one_shot or completed_dep(stack, s.service))
-            for s in plan.services if s.action != "remove" and s.service in wanted]
 
 
 def _name_taken(settings: Any, stack: LoadedStack) -> Finding | None:

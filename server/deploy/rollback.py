@@ -183,9 +183,8 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
         stage = ""
         running = {c.service or "" for c in await d.engine.compose_containers(stack.name)}
         checked = _with_pins(old, pins)
-        await run_checks(d.engine, run, checked, watched_all(checked, running), set(checked.services),
+        await run_checks(d.steps(run), d.engine, checked, watched_all(checked, running), set(checked.services),
                          wait_s=wait_s, window=verify_default(old, None) if spec.window is None else spec.window,
-                         tell=lambda m, a: d.tell(m, advance=a),
                          prefix="rollback_")
         out.notes.append("previous version healthy: health gate, smoke checks and verification passed")
         out.result = "restored"
