@@ -55,7 +55,7 @@ def _ph(report: DeployReport, name: str) -> Any:
 
 async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFailed | BaseException,
                        monkeypatch: pytest.MonkeyPatch, wait_s: float = 30.0) -> tuple[DeployReport, Run]:
-    """_transaction with ``_apply`` failing the given way (the backup is the world's manifest)."""
+    """Transaction.execute with ``_apply`` failing the given way (the backup is the world's manifest)."""
 
     async def progress(step: float, total: float, message: str) -> None:
         told.append(message)
@@ -80,7 +80,7 @@ async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFail
     monkeypatch.setattr(deployer, "_apply", apply)
     monkeypatch.setattr("server.stackload.load_stack", load_stack)
     run.op = world.ops.begin(STACK, "deploy")
-    report = await deployer._transaction(run, the_plan, env, services, wait_s, 0.0)
+    report = await deployer.execute(run, the_plan, env, services, wait_s, 0.0)
     return report, run
 
 
@@ -416,7 +416,7 @@ async def test_success_records_the_deployment_and_keeps_its_files(world: World,
     monkeypatch.setattr(deployer, "_apply", apply)
     run = Run(world.stack({"web": {}}))
     run.op = world.ops.begin(STACK, "deploy")
-    report = await deployer._transaction(run, plan(web="recreate"), {}, None, 30.0, 0.0)
+    report = await deployer.execute(run, plan(web="recreate"), {}, None, 30.0, 0.0)
     assert report.status == "deployed" and world.compose.calls == []
     assert snapshots.exists(world.settings, STACK, run.op.id)
     assert world.runtime.memory_outbox().flush(5.0)  # the record is written after the answer

@@ -75,7 +75,7 @@ async def _failing_deploy(world: World, monkeypatch: pytest.MonkeyPatch, mid: An
     monkeypatch.setattr(deployer, "_apply", apply)
     monkeypatch.setattr("server.stackload.load_stack", load_stack)
     run.op = world.ops.begin(STACK, "deploy")
-    return await deployer._transaction(run, plan(web="recreate"), {}, ["web"], 30.0, 0.5)
+    return await deployer.execute(run, plan(web="recreate"), {}, ["web"], 30.0, 0.5)
 
 
 @pytest.mark.anyio

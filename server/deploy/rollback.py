@@ -58,7 +58,7 @@ from server.roles import original_from_tags
 from server.stackmodel import LoadedStack
 
 if TYPE_CHECKING:
-    from server.deploy.pipeline import Deployer
+    from server.deploy.transaction import Transaction
 
 log = logging.getLogger("docker_stack_mcp.deploy")
 
@@ -127,7 +127,7 @@ def touched_databases(stack: LoadedStack, plan: DeployPlan, backup: Any) -> list
     return sorted(touched)
 
 
-async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> Outcome:
+async def restore_version(d: Transaction, run: Run, spec: Spec, wait_s: float) -> Outcome:
     """Steps 1-5 of the module's docstring. Never raises for a failed step: the outcome says."""
     stack = run.stack
     assert stack.directory is not None
@@ -199,7 +199,7 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
     return out
 
 
-async def _stop_users(d: Deployer, project: str, databases: set[str]) -> list[str]:
+async def _stop_users(d: Transaction, project: str, databases: set[str]) -> list[str]:
     stopped = []
     for c in await d.engine.compose_containers(project):
         if c.running and c.service not in databases:
@@ -208,7 +208,7 @@ async def _stop_users(d: Deployer, project: str, databases: set[str]) -> list[st
     return sorted(set(stopped))
 
 
-async def _restore_data(d: Deployer, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], project: Any,
+async def _restore_data(d: Transaction, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], project: Any,
                         scrub: Scrubber, wait_s: float, out: Outcome) -> bool:
     """Start the databases alone, put their data back, check it. False: the data is not back."""
     store = backup_store(d.runtime)
@@ -233,7 +233,7 @@ async def _restore_data(d: Deployer, run: Run, spec: Spec, old: LoadedStack, dbs
     return ok
 
 
-async def _load(d: Deployer, stack: LoadedStack, env: dict[str, str]) -> LoadedStack:
+async def _load(d: Transaction, stack: LoadedStack, env: dict[str, str]) -> LoadedStack:
     from server.stackload import load_stack
 
     assert stack.directory is not None
@@ -247,7 +247,7 @@ def _with_pins(stack: LoadedStack, pins: dict[str, str]) -> LoadedStack:
 
 
 # -- the two callers --------------------------------------------------------------------------------
-async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
+async def automatic(d: Transaction, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
                     started: float, wait_s: float) -> DeployReport:
     """A deploy failed after its backup: back to the last good deployment, with the images that ran
     before it (the backup's pins) and the data of every database the failed change touched."""
@@ -299,7 +299,7 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
         message=failed.why[:500], evidence=[Scrubber(stack.secret_values)(e)[:300] for e in evidence[:15]])]})
 
 
-async def explicit(d: Deployer, stack_arg: str, *, to_deployment: str | None, restore_data: bool, confirm: bool,
+async def explicit(d: Transaction, stack_arg: str, *, to_deployment: str | None, restore_data: bool, confirm: bool,
                    wait_s: float, reason: str | None) -> DeployReport:
     """The ``rollback`` tool: to ``to_deployment`` or the last good deployment (see targets)."""
     from server.stackload import load_stack
@@ -355,7 +355,7 @@ async def explicit(d: Deployer, stack_arg: str, *, to_deployment: str | None, re
     return await ops.run_detached(run.op, work)  # type: ignore[no-any-return,unused-ignore]
 
 
-async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait_s: float, history: list[Any],
+async def _explicit(d: Transaction, run: Run, target: Any, restore_data: bool, wait_s: float, history: list[Any],
                     reason: str | None) -> DeployReport:
     stack = run.stack
     store = backup_store(d.runtime)
@@ -387,7 +387,7 @@ async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait
     return await _explicit_record(d, run, target, out, reason, started)
 
 
-async def _explicit_record(d: Deployer, run: Run, target: Any, out: Outcome, reason: str | None,
+async def _explicit_record(d: Transaction, run: Run, target: Any, out: Outcome, reason: str | None,
                            started: float) -> DeployReport:
     now = await states(d.engine, run.stack, run)
     ok = out.result == "restored"
@@ -398,7 +398,7 @@ async def _explicit_record(d: Deployer, run: Run, target: Any, out: Outcome, rea
     return _explicit_report(d, run, target, out, reason, started, services=now)
 
 
-def _explicit_report(d: Deployer, run: Run, target: Any, out: Outcome, reason: str | None, started: float,
+def _explicit_report(d: Transaction, run: Run, target: Any, out: Outcome, reason: str | None, started: float,
                      services: Any = None) -> DeployReport:
     ok = out.result == "restored"
     steps = ["done; the previous version runs (pinned in compose.dsm.yaml until the next deploy)"] if ok else \
@@ -430,7 +430,7 @@ def _failed_steps(out: Outcome, target: str | None, backup: Any) -> list[str]:
             "deployment from stack_history"]
 
 
-def _last_good(d: Deployer, stack: str, exclude: str) -> str | None:
+def _last_good(d: Transaction, stack: str, exclude: str) -> str | None:
     """The deployment an automatic rollback returns to (None: none recorded, not even adopted)."""
     try:
         history = operations(d.runtime).history(stack, limit=200)
