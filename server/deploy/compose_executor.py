@@ -14,7 +14,17 @@ from typing import Any, ClassVar
 
 from server.compose import ComposeRunner, services_argv
 from server.deploy import override, snapshots
-from server.deploy.executor import Change, Observed, OnWait, RollContext, Snapshot, Start, Strategy, StrategyName
+from server.deploy.executor import (
+    Change,
+    Observed,
+    OnWait,
+    Restored,
+    RollContext,
+    Snapshot,
+    Start,
+    Strategy,
+    StrategyName,
+)
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.project import compose_project, fresh_project
 from server.deploy.steps import Blocked, StepFailed, StepLog, brief, completed_dep, on_start
@@ -124,23 +134,31 @@ class ComposeExecutor:
         return Observed(ready=ready and bool(seen), services=frozenset(seen))
 
     # -- rollback -------------------------------------------------------------------------------
-    async def restore(self, snapshot: Snapshot, steps: StepLog) -> list[str]:
+    async def restore(self, snapshot: Snapshot, steps: StepLog) -> Restored:
         """The old version's files (the kept deployment's, else the backup's) and, once rendered,
         its images pinned in ``compose.dsm.yaml`` for the services those files define."""
+        from server.stackload import load_stack
+
         stack = snapshot.stack
         assert stack.directory is not None
         if snapshot.target and snapshots.exists(self.settings, stack.name, snapshot.target):
             snapshots.restore(self.settings, stack.name, snapshot.target, stack.directory)
-            return [f"files of deployment {snapshot.target} restored"]
-        await self.runtime.backups().restore_files(snapshot.backup, stack.directory)
-        return ["files as they were before this deploy restored (no earlier deployment recorded)"]
-
-    def pin(self, old: LoadedStack, snapshot: Snapshot) -> dict[str, str]:
-        assert old.directory is not None
+            notes = [f"files of deployment {snapshot.target} restored"]
+        else:
+            await self.runtime.backups().restore_files(snapshot.backup, stack.directory)
+            notes = ["files as they were before this deploy restored (no earlier deployment recorded)"]
+        if snapshot.nothing_ran:  # back where it started is no containers (volumes kept)
+            project = fresh_project(self.settings, stack.directory, stack.name, snapshot.env)
+            await self.compose.run_project(project, ["down", "--remove-orphans"], scrub=Scrubber(stack.secret_values),
+                                           what="docker compose down (rollback)", **on_start(self.compose, snapshot.op))
+            return Restored(None, {}, [*notes, "nothing ran before: the new containers were removed, volumes kept"])
+        old = await load_stack(self.settings, self.compose, path=str(stack.directory), env=snapshot.env,
+                               dsm_override=False)
         pins = {s: ref for s, ref in snapshot.pins.items() if s in old.services}
-        override.write_pins(old.directory, pins, originals={s: o for s, o in snapshot.originals.items() if o},
+        override.write_pins(stack.directory, pins, originals={s: o for s, o in snapshot.originals.items() if o},
                             defined=old.services)
-        return pins
+        notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
+        return Restored(old, pins, notes)
 
     async def start(self, start: Start) -> None:
         stack = start.stack
@@ -149,12 +167,6 @@ class ComposeExecutor:
         argv = ["up", "-d", "--remove-orphans"] if start.services is None else ["up", "-d", *start.services]
         await self.compose.run_project(project, argv, scrub=Scrubber(stack.secret_values), what=start.what,
                                        timeout_s=start.timeout_s, **on_start(self.compose, start.op))
-
-    async def remove(self, stack: LoadedStack, env: dict[str, str], op: Any) -> None:
-        assert stack.directory is not None
-        project = fresh_project(self.settings, stack.directory, stack.name, env)
-        await self.compose.run_project(project, ["down", "--remove-orphans"], scrub=Scrubber(stack.secret_values),
-                                       what="docker compose down (rollback)", **on_start(self.compose, op))
 
     # -- helpers --------------------------------------------------------------------------------
     async def _missing_healthchecks(self, stack: LoadedStack, pulled: list[str]) -> list[Finding]:

@@ -59,7 +59,19 @@ class Snapshot:
     pins: dict[str, str] = field(default_factory=dict)
     """service -> local image ref that ran (already tagged)."""
     originals: dict[str, str] = field(default_factory=dict)
+    nothing_ran: bool = False
+    """Nothing ran before the failed deploy: going back means removing its containers."""
     op: Any = None
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The old version's definition, back in place (not started yet: data goes first)."""
+
+    stack: LoadedStack | None
+    """The old version as its files render it, without our pins (None: nothing ran, nothing to start)."""
+    pins: dict[str, str]
+    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -84,14 +96,12 @@ class Executor(Protocol):
                    on_wait: OnWait) -> GateResult:
         """The health gate on the services the plan started."""
 
-    async def restore(self, snapshot: Snapshot, steps: StepLog) -> list[str]:
-        """Put the old version's definition back (files, pinned images); notes what was done."""
+    async def restore(self, snapshot: Snapshot, steps: StepLog) -> Restored:
+        """Put the old version's definition back (files, the images it ran pinned); when nothing
+        ran before, remove the failed version's containers (never a volume)."""
 
     async def start(self, start: Start) -> None:
-        """Start a restored version (or its databases alone, data first)."""
-
-    async def remove(self, stack: LoadedStack, env: dict[str, str], op: Any) -> None:
-        """Nothing ran before: remove the containers (never the volumes)."""
+        """Start a restored version (or its databases alone: data first)."""
 
 
 @dataclass

@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from server.deploy import override, snapshots
+from server.deploy import snapshots
 from server.deploy.datacheck import data_check
+from server.deploy.executor import Snapshot, Start
 from server.deploy.health import Watched, run_gate
-from server.deploy.project import fresh_project
 from server.deploy.report import DeployPlan, DeployReport, RollbackInfo
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.steps import (
@@ -42,7 +42,6 @@ from server.deploy.steps import (
     end_journal,
     maintenance,
     maintenance_back,
-    on_start,
     run_checks,
     states,
     verify_default,
@@ -132,8 +131,6 @@ async def restore_version(d: Transaction, run: Run, spec: Spec, wait_s: float) -
     stack = run.stack
     assert stack.directory is not None
     out = Outcome(notes=list(spec.notes))
-    store = backup_store(d.runtime)
-    scrub = Scrubber(stack.secret_values)
     t = time.monotonic()
     stage = "rollback"
     try:
@@ -145,39 +142,26 @@ async def restore_version(d: Transaction, run: Run, spec: Spec, wait_s: float) -
             stopped = await _stop_users(d, stack.name, dbs)
             out.notes.append(f"stopped {', '.join(stopped)} (they use the data)" if stopped else
                              "no running service uses the data")
-        if spec.target and snapshots.exists(d.settings, stack.name, spec.target):
-            snapshots.restore(d.settings, stack.name, spec.target, stack.directory)
-            out.notes.append(f"files of deployment {spec.target} restored")
-        else:
-            await store.restore_files(run.backup, stack.directory)
-            out.notes.append("files as they were before this deploy restored (no earlier deployment recorded)")
-        project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
-        if spec.nothing_ran:
-            # Nothing ran before: back where it started is no containers (volumes kept).
-            await d.compose.run_project(project, ["down", "--remove-orphans"], scrub=scrub,
-                                        what="docker compose down (rollback)", **on_start(d.compose, run.op))
-            out.notes.append("nothing ran before: the new containers were removed, volumes kept")
+        restored = await d.executor.restore(Snapshot(
+            stack, spec.env, spec.target, run.backup, pins=spec.pins, originals=spec.originals,
+            nothing_ran=spec.nothing_ran, op=run.op), d.steps(run))
+        out.notes.extend(restored.notes)
+        if restored.stack is None:  # nothing ran before: its containers are gone, nothing to start
             out.result = "restored"
             run.phase("rollback", "ok", t, "; ".join(out.notes))
             return out
-        old = await _load(d, stack, spec.env)
-        pins = {s: ref for s, ref in spec.pins.items() if s in old.services}
-        override.write_pins(stack.directory, pins, originals={s: o for s, o in spec.originals.items() if o},
-                            defined=old.services)
-        out.notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
-        project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
+        old, pins = restored.stack, restored.pins
         if restoring:
             run.phase("rollback", "ok", t, "; ".join(out.notes))
             t, stage, mark = time.monotonic(), "restore_data", len(out.notes)
-            ok = await _restore_data(d, run, spec, old, sorted(dbs & set(old.services)), project, scrub, wait_s, out)
+            ok = await _restore_data(d, run, spec, old, sorted(dbs & set(old.services)), wait_s, out)
             run.phase("restore_data", "ok" if ok else "failed", t, "; ".join(out.notes[mark:]))
             if not ok:
                 out.kept_stopped = sorted(set(old.services) - dbs)
                 return out
             t, stage = time.monotonic(), "rollback_up"
-        await d.compose.run_project(project, ["up", "-d", "--remove-orphans"], scrub=scrub,
-                                    what="docker compose up (rollback)", timeout_s=rollback_up_timeout_s(old, wait_s),
-                                    **on_start(d.compose, run.op))
+        await d.executor.start(Start(old, spec.env, None, rollback_up_timeout_s(old, wait_s),
+                                     "docker compose up (rollback)", run.op))
         out.notes.append("old version started" + (" after its data" if restoring else ""))
         run.phase(stage, "ok", t, "; ".join(out.notes))
         stage = ""
@@ -208,16 +192,14 @@ async def _stop_users(d: Transaction, project: str, databases: set[str]) -> list
     return sorted(set(stopped))
 
 
-async def _restore_data(d: Transaction, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], project: Any,
-                        scrub: Scrubber, wait_s: float, out: Outcome) -> bool:
+async def _restore_data(d: Transaction, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], wait_s: float,
+                        out: Outcome) -> bool:
     """Start the databases alone, put their data back, check it. False: the data is not back."""
     store = backup_store(d.runtime)
     if dbs:
         await d.tell(f"rollback: starting the databases alone ({', '.join(dbs)})")
-        await d.compose.run_project(project, ["up", "-d", *dbs], scrub=scrub,
-                                    timeout_s=rollback_up_timeout_s(old, wait_s),
-                                    what="docker compose up (rollback: databases first)",
-                                    **on_start(d.compose, run.op))
+        await d.executor.start(Start(old, spec.env, dbs, rollback_up_timeout_s(old, wait_s),
+                                     "docker compose up (rollback: databases first)", run.op))
         gate = await run_gate(d.engine, run.stack.name, [Watched(s) for s in dbs], timeout_s=wait_s)
         if not gate.ok:  # the restore may still bring it back (a volume archive, a fresh data directory)
             out.notes.append(f"database not healthy before the restore: {gate.failure}")
@@ -231,13 +213,6 @@ async def _restore_data(d: Transaction, run: Run, spec: Spec, old: LoadedStack, 
                                          spec.databases)
     out.notes.append(f"data check: {out.data_check}")
     return ok
-
-
-async def _load(d: Transaction, stack: LoadedStack, env: dict[str, str]) -> LoadedStack:
-    from server.stackload import load_stack
-
-    assert stack.directory is not None
-    return await load_stack(d.settings, d.compose, path=str(stack.directory), env=env, dsm_override=False)
 
 
 def _with_pins(stack: LoadedStack, pins: dict[str, str]) -> LoadedStack:
