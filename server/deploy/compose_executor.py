@@ -84,7 +84,7 @@ class ComposeExecutor:
                 except DsmError as exc:
                     raise Blocked("pull", brief(exc), [Finding(
                         rule="image-unavailable", severity="error", category="images", message=brief(exc))]) from None
-                missing = await self._missing_healthchecks(stack, pulls)
+                missing = await missing_healthchecks(self.engine, stack, pulls)
                 if missing:
                     raise Blocked("pull", "a service still has no healthcheck now that its image is local", missing)
             step.status, step.detail = ("ok", f"pulled {', '.join(pulls)}") if pulls else ("skipped", "all local")
@@ -169,25 +169,6 @@ class ComposeExecutor:
                                        timeout_s=start.timeout_s, **on_start(self.compose, start.op))
 
     # -- helpers --------------------------------------------------------------------------------
-    async def _missing_healthchecks(self, stack: LoadedStack, pulled: list[str]) -> list[Finding]:
-        """Services whose healthcheck was unknown before the pull and, the image now local, has none."""
-        from server.policy import finding
-        from server.policy.waivers import apply_policy
-        from server.stackview import has_healthcheck
-
-        raw = []
-        for name in pulled:
-            body = stack.services.get(name, {})
-            if has_healthcheck(body) or stack.service_settings_for(name).is_one_shot or completed_dep(stack, name):
-                continue
-            attrs = await self.engine.image_attrs(str(body.get("image") or ""))
-            if attrs and not ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test"):
-                raw.append(finding(
-                    "missing-healthcheck", f"service {name!r} has no healthcheck: none in the compose file and "
-                    "none in the image just pulled; the deploy stops before up", service=name,
-                    line=stack.line_of(name), evidence=["the image was not local at the pre-flight"]))
-        return [f for f in apply_policy(stack, raw) if f.severity == "error" and f.rule == "missing-healthcheck"]
-
     async def _diagnose(self, stack: LoadedStack, watched: list[Watched]) -> Any:
         """After a failed ``up``: the first container that the gate would fail, with its evidence."""
         from server.deploy.health import assess, log_tail
@@ -220,3 +201,23 @@ def watched(stack: LoadedStack, plan: Any, services: list[str] | None = None) ->
                 todo.extend(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {}))
     return [Watched(s.service, stack.service_settings_for(s.service).is_one_shot or completed_dep(stack, s.service))
             for s in plan.services if s.action != "remove" and s.service in wanted]
+
+
+async def missing_healthchecks(engine: Engine, stack: LoadedStack, pulled: list[str]) -> list[Finding]:
+    """Services whose healthcheck was unknown before the pull and, the image now local, has none."""
+    from server.policy import finding
+    from server.policy.waivers import apply_policy
+    from server.stackview import has_healthcheck
+
+    raw = []
+    for name in pulled:
+        body = stack.services.get(name, {})
+        if has_healthcheck(body) or stack.service_settings_for(name).is_one_shot or completed_dep(stack, name):
+            continue
+        attrs = await engine.image_attrs(str(body.get("image") or ""))
+        if attrs and not ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test"):
+            raw.append(finding(
+                "missing-healthcheck", f"service {name!r} has no healthcheck: none in the compose file and "
+                "none in the image just pulled; the deploy stops before up", service=name,
+                line=stack.line_of(name), evidence=["the image was not local at the pre-flight"]))
+    return [f for f in apply_policy(stack, raw) if f.severity == "error" and f.rule == "missing-healthcheck"]
