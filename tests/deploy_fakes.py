@@ -361,7 +361,7 @@ class World:
 def plan(**actions: str) -> DeployPlan:
     """``plan(web="recreate", db="unchanged")``."""
     return DeployPlan(plan_id="plan-1", backup=BackupPlan(), services=[
-        ServicePlan(service=s, action=a, strategy="rolling", reason="test")  # type: ignore[arg-type]
+        ServicePlan(service=s, action=a, strategy="recreate", reason="test")  # type: ignore[arg-type]
         for s, a in actions.items()])
 
 
