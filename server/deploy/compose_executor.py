@@ -27,7 +27,7 @@ from server.deploy.executor import (
 )
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.project import compose_project, fresh_project
-from server.deploy.steps import Blocked, StepFailed, StepLog, brief, completed_dep, on_start
+from server.deploy.steps import Blocked, StepFailed, StepLog, brief, completed_dep, on_start, watched
 from server.deploy.timeouts import deploy_up_timeout_s
 from server.engine import Engine
 from server.errors import DsmError
@@ -186,21 +186,6 @@ class ComposeExecutor:
                 a.evidence.extend(await log_tail(self.engine, c.id))
                 return a
         return None
-
-
-def watched(stack: LoadedStack, plan: Any, services: list[str] | None = None) -> list[Watched]:
-    """The services the gate waits for: all of the plan, or the ones asked for and what they
-    depend on (``up SERVICE`` starts its dependencies too)."""
-    wanted = {s.service for s in plan.services if s.action != "remove"}
-    if services:
-        todo, wanted = list(services), set()
-        while todo:
-            name = todo.pop()
-            if name not in wanted:
-                wanted.add(name)
-                todo.extend(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {}))
-    return [Watched(s.service, stack.service_settings_for(s.service).is_one_shot or completed_dep(stack, s.service))
-            for s in plan.services if s.action != "remove" and s.service in wanted]
 
 
 async def missing_healthchecks(engine: Engine, stack: LoadedStack, pulled: list[str]) -> list[Finding]:

@@ -17,7 +17,7 @@ from typing import Any
 from server.compose import ComposeRunner
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL
-from server.deploy.report import DeployReport, Phase, ServiceState
+from server.deploy.report import DeployPlan, DeployReport, Phase, ServiceState
 from server.deploy.smoke import run_smoke
 from server.deploy.verify import verify_window
 from server.engine import Engine, image_attrs_digest
@@ -154,6 +154,21 @@ def completed_dep(stack: LoadedStack, service: str) -> bool:
         if isinstance(cfg, dict) and cfg.get("condition") == "service_completed_successfully":
             return True
     return False
+
+
+def watched(stack: LoadedStack, plan: DeployPlan, services: list[str] | None = None) -> list[Watched]:
+    """The services the gate waits for: all of the plan, or the ones asked for and what they
+    depend on (``up SERVICE`` starts its dependencies too)."""
+    wanted = {s.service for s in plan.services if s.action != "remove"}
+    if services:
+        todo, wanted = list(services), set()
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo.extend(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {}))
+    return [Watched(s.service, stack.service_settings_for(s.service).is_one_shot or completed_dep(stack, s.service))
+            for s in plan.services if s.action != "remove" and s.service in wanted]
 
 
 def watched_all(stack: LoadedStack, running: set[str]) -> list[Watched]:

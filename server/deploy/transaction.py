@@ -22,7 +22,6 @@ import anyio
 
 from server.compose import ComposeRunner
 from server.deploy import rollback, snapshots
-from server.deploy.compose_executor import watched
 from server.deploy.executor import Change, Executor
 from server.deploy.health import GateResult
 from server.deploy.plan import compute_plan
@@ -41,6 +40,7 @@ from server.deploy.steps import (
     run_checks,
     states,
     verify_default,
+    watched,
 )
 from server.deploy.targets import adopt_if_new
 from server.engine import Engine
@@ -237,17 +237,18 @@ class Transaction:
             run.phase("health", "ok", time.monotonic(), "already running healthy")
             return self._report(run, "unchanged", plan=plan, services=await states(self.engine, stack, run),
                                 next_steps=["nothing to do: the stack already runs this configuration healthy"])
-        t = time.monotonic()
-        await self.tell("backup: files, pinned images, data")
         store = backup_store(self.runtime)
         try:
-            run.backup = await store.create(stack, env=env, reason=f"before deploy {run.op.id}")
-        except Exception as exc:
-            run.phase("backup", "failed", t, brief(exc))
+            async with self.steps(run).phase("backup", "backup: files, pinned images, data") as step:
+                try:
+                    run.backup = await store.create(stack, env=env, reason=f"before deploy {run.op.id}")
+                except Exception as exc:
+                    raise StepFailed("backup", brief(exc)) from None
+                step.detail = (f"backup {run.backup.backup_id}: {len(run.backup.images)} image(s) pinned, "
+                               f"{len(run.backup.volumes)} volume(s), {len(run.backup.dumps)} dump(s)")
+        except StepFailed:
             return self._report(run, "failed", plan=plan, next_steps=[
                 "the backup failed, so nothing was changed: fix the cause (see detail) and deploy again"])
-        run.phase("backup", "ok", t, f"backup {run.backup.backup_id}: {len(run.backup.images)} image(s) pinned, "
-                  f"{len(run.backup.volumes)} volume(s), {len(run.backup.dumps)} dump(s)")
         # The first change to a stack we have no deployment for: what runs becomes a deployment.
         adopt_if_new(self.runtime, stack, run.backup, before=getattr(run.op, "started_at", None))
         started = time.monotonic()
@@ -280,16 +281,15 @@ class Transaction:
     async def _success(self, run: Run, plan: DeployPlan, started: float) -> DeployReport:
         stack = run.stack
         assert stack.directory is not None
-        t = time.monotonic()
-        await self.tell("recording the deployment")
-        now = await states(self.engine, stack, run)
-        kept = snapshots.save_kept(self.settings, stack.name, run.op.id, stack.directory)
-        digests = {s.name: s.image_digest or "" for s in now if s.image_digest}
-        memory = await self._record_deployment(
-            stack=stack.name, services=[s.name for s in now], outcome="success", image_digests=digests,
-            duration_s=round(time.monotonic() - started, 1),
-            strategy=",".join(sorted({s.strategy for s in plan.changes})) or None, operation_id=run.op.id)
-        run.phase("record", "ok", t, f"journal; {memory}" + ("" if kept else f"; {snapshots.FILES_NOT_KEPT}"))
+        async with self.steps(run).phase("record", "recording the deployment") as step:
+            now = await states(self.engine, stack, run)
+            kept = snapshots.save_kept(self.settings, stack.name, run.op.id, stack.directory)
+            digests = {s.name: s.image_digest or "" for s in now if s.image_digest}
+            memory = await self._record_deployment(
+                stack=stack.name, services=[s.name for s in now], outcome="success", image_digests=digests,
+                duration_s=round(time.monotonic() - started, 1),
+                strategy=",".join(sorted({s.strategy for s in plan.changes})) or None, operation_id=run.op.id)
+            step.detail = f"journal; {memory}" + ("" if kept else f"; {snapshots.FILES_NOT_KEPT}")
         return self._report(run, "deployed", plan=plan, services=now, next_steps=[
             "done; stack_history shows it, rollback returns to the previous deployment if needed"])
 
