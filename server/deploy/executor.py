@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from server.deploy.health import GateResult, Watched
-from server.deploy.report import DeployPlan
-from server.deploy.steps import StepLog
+from server.deploy.report import DeployPlan, DeployReport
+from server.deploy.steps import Run, StepLog
 from server.models import Finding
 from server.stackmodel import LoadedStack
+
+if TYPE_CHECKING:
+    from server.compose import ComposeRunner
+    from server.engine import Engine
+    from server.runtime import Runtime
+    from server.settings import Settings
 
 StrategyName = Literal["recreate", "rolling", "blue_green", "planned_downtime"]
 OnWait = Callable[[str], Awaitable[None]]
@@ -121,3 +127,28 @@ class Strategy(Protocol):
 
     async def roll(self, svc: str, ctx: RollContext) -> None:
         """Bring ``svc`` to its new version before the executor's converging ``up``."""
+
+
+class RollbackHost(Protocol):
+    """What the rollback (server/deploy/rollback.py) needs of the transaction that calls it
+    (server/deploy/transaction.py): named here so the rollback does not import the transaction."""
+
+    runtime: Runtime
+    settings: Settings
+    executor: Executor
+
+    @property
+    def engine(self) -> Engine: ...
+
+    @property
+    def compose(self) -> ComposeRunner: ...
+
+    def steps(self, run: Run) -> StepLog: ...
+
+    async def tell(self, message: str, advance: bool = True) -> None: ...
+
+    async def _ask(self, question: str) -> bool: ...
+
+    async def _record_deployment(self, **fields: Any) -> str: ...
+
+    def _report(self, run: Run, status: str, **extra: Any) -> DeployReport: ...

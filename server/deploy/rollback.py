@@ -27,11 +27,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from server.deploy import snapshots
 from server.deploy.datacheck import data_check
-from server.deploy.executor import Snapshot, Start
+from server.deploy.executor import RollbackHost, Snapshot, Start
 from server.deploy.health import Watched, run_gate
 from server.deploy.report import DeployPlan, DeployReport, RollbackInfo
 from server.deploy.seams import backup_store, operations, stack_busy
@@ -55,9 +55,6 @@ from server.models import Finding
 from server.redact import Scrubber
 from server.roles import original_from_tags
 from server.stackmodel import LoadedStack
-
-if TYPE_CHECKING:
-    from server.deploy.transaction import Transaction
 
 log = logging.getLogger("docker_stack_mcp.deploy")
 
@@ -126,7 +123,7 @@ def touched_databases(stack: LoadedStack, plan: DeployPlan, backup: Any) -> list
     return sorted(touched)
 
 
-async def restore_version(d: Transaction, run: Run, spec: Spec, wait_s: float) -> Outcome:
+async def restore_version(d: RollbackHost, run: Run, spec: Spec, wait_s: float) -> Outcome:
     """Steps 1-5 of the module's docstring. Never raises for a failed step: the outcome says."""
     stack = run.stack
     assert stack.directory is not None
@@ -183,7 +180,7 @@ async def restore_version(d: Transaction, run: Run, spec: Spec, wait_s: float) -
     return out
 
 
-async def _stop_users(d: Transaction, project: str, databases: set[str]) -> list[str]:
+async def _stop_users(d: RollbackHost, project: str, databases: set[str]) -> list[str]:
     stopped = []
     for c in await d.engine.compose_containers(project):
         if c.running and c.service not in databases:
@@ -192,7 +189,7 @@ async def _stop_users(d: Transaction, project: str, databases: set[str]) -> list
     return sorted(set(stopped))
 
 
-async def _restore_data(d: Transaction, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], wait_s: float,
+async def _restore_data(d: RollbackHost, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], wait_s: float,
                         out: Outcome) -> bool:
     """Start the databases alone, put their data back, check it. False: the data is not back."""
     store = backup_store(d.runtime)
@@ -222,7 +219,7 @@ def _with_pins(stack: LoadedStack, pins: dict[str, str]) -> LoadedStack:
 
 
 # -- the two callers --------------------------------------------------------------------------------
-async def automatic(d: Transaction, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
+async def automatic(d: RollbackHost, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
                     started: float, wait_s: float) -> DeployReport:
     """A deploy failed after its backup: back to the last good deployment, with the images that ran
     before it (the backup's pins) and the data of every database the failed change touched."""
@@ -274,7 +271,7 @@ async def automatic(d: Transaction, run: Run, plan: DeployPlan, env: dict[str, s
         message=failed.why[:500], evidence=[Scrubber(stack.secret_values)(e)[:300] for e in evidence[:15]])]})
 
 
-async def explicit(d: Transaction, stack_arg: str, *, to_deployment: str | None, restore_data: bool, confirm: bool,
+async def explicit(d: RollbackHost, stack_arg: str, *, to_deployment: str | None, restore_data: bool, confirm: bool,
                    wait_s: float, reason: str | None) -> DeployReport:
     """The ``rollback`` tool: to ``to_deployment`` or the last good deployment (see targets)."""
     from server.stackload import load_stack
@@ -330,7 +327,7 @@ async def explicit(d: Transaction, stack_arg: str, *, to_deployment: str | None,
     return await ops.run_detached(run.op, work)  # type: ignore[no-any-return,unused-ignore]
 
 
-async def _explicit(d: Transaction, run: Run, target: Any, restore_data: bool, wait_s: float, history: list[Any],
+async def _explicit(d: RollbackHost, run: Run, target: Any, restore_data: bool, wait_s: float, history: list[Any],
                     reason: str | None) -> DeployReport:
     stack = run.stack
     store = backup_store(d.runtime)
@@ -362,7 +359,7 @@ async def _explicit(d: Transaction, run: Run, target: Any, restore_data: bool, w
     return await _explicit_record(d, run, target, out, reason, started)
 
 
-async def _explicit_record(d: Transaction, run: Run, target: Any, out: Outcome, reason: str | None,
+async def _explicit_record(d: RollbackHost, run: Run, target: Any, out: Outcome, reason: str | None,
                            started: float) -> DeployReport:
     now = await states(d.engine, run.stack, run)
     ok = out.result == "restored"
@@ -373,7 +370,7 @@ async def _explicit_record(d: Transaction, run: Run, target: Any, out: Outcome, 
     return _explicit_report(d, run, target, out, reason, started, services=now)
 
 
-def _explicit_report(d: Transaction, run: Run, target: Any, out: Outcome, reason: str | None, started: float,
+def _explicit_report(d: RollbackHost, run: Run, target: Any, out: Outcome, reason: str | None, started: float,
                      services: Any = None) -> DeployReport:
     ok = out.result == "restored"
     steps = ["done; the previous version runs (pinned in compose.dsm.yaml until the next deploy)"] if ok else \
@@ -405,7 +402,7 @@ def _failed_steps(out: Outcome, target: str | None, backup: Any) -> list[str]:
             "deployment from stack_history"]
 
 
-def _last_good(d: Transaction, stack: str, exclude: str) -> str | None:
+def _last_good(d: RollbackHost, stack: str, exclude: str) -> str | None:
     """The deployment an automatic rollback returns to (None: none recorded, not even adopted)."""
     try:
         history = operations(d.runtime).history(stack, limit=200)
