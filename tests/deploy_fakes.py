@@ -13,8 +13,12 @@ from typing import Any
 
 from server.backups.models import BackupManifest, DatabaseDump, PinnedImage
 from server.deploy import override
+from server.deploy.compose_executor import ComposeExecutor
+from server.deploy.executor import Change
+from server.deploy.health import GateResult, Watched
 from server.deploy.plan import IMAGE_LABEL
 from server.deploy.report import BackupPlan, DeployPlan, ServicePlan
+from server.deploy.steps import StepLog
 from server.engine import ContainerSummary
 from server.errors import DsmError, StackBusy
 from server.runtime import Runtime
@@ -357,5 +361,25 @@ class World:
 def plan(**actions: str) -> DeployPlan:
     """``plan(web="recreate", db="unchanged")``."""
     return DeployPlan(plan_id="plan-1", backup=BackupPlan(), services=[
-        ServicePlan(service=s, action=a, strategy="rolling", reason="test")  # type: ignore[arg-type]
+        ServicePlan(service=s, action=a, strategy="recreate", reason="test")  # type: ignore[arg-type]
         for s, a in actions.items()])
+
+
+class FakeExecutor(ComposeExecutor):
+    """The transaction's executor for unit tests: ``apply`` does what the test says (record the
+    change, raise a StepFailed, Blocked or a bug); the gate passes; the rollback's restore and start
+    are Compose's, on the world's FakeCompose (so a test sees the rollback's ``up``)."""
+
+    def __init__(self, runtime: Runtime, apply: Callable[[Change], Awaitable[None]] | None = None) -> None:
+        super().__init__(runtime)
+        self._apply = apply
+        self.changes: list[Change] = []
+
+    async def apply(self, change: Change, steps: StepLog) -> None:
+        self.changes.append(change)
+        if self._apply is not None:
+            await self._apply(change)
+
+    async def gate(self, stack: LoadedStack, watched: list[Watched], timeout_s: float,
+                   on_wait: Callable[[str], Awaitable[None]]) -> GateResult:
+        return GateResult(ok=True, assessments=[])

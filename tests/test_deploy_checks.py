@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from server.deploy.compose_executor import missing_healthchecks
 from server.deploy.pipeline import Deployer
 from server.runtime import Runtime
 from server.settings import Settings
@@ -91,12 +92,12 @@ async def test_missing_healthcheck_known_from_the_registry_or_after_the_pull(
 
         docker("pull", ref)
         stack = await load_stack(runtime.settings, runtime.compose(), path=project_name)
-        found = await Deployer(runtime)._missing_healthchecks(stack, ["web"])
+        found = await missing_healthchecks(runtime.engine(), stack, ["web"])
         assert [f.rule for f in found] == ["missing-healthcheck"] and found[0].service == "web"
         waive = "    x-dsm: {waive: [{rule: missing-healthcheck, reason: smoke-tested}]}\n"
         write(stacks_root, project_name, web_stack(project_name, ref, extra=waive))
         stack = await load_stack(runtime.settings, runtime.compose(), path=project_name)
-        assert await Deployer(runtime)._missing_healthchecks(stack, ["web"]) == []
+        assert await missing_healthchecks(runtime.engine(), stack, ["web"]) == []
     finally:
         docker("rmi", ref, check=False)
         delete_from_registry(registry, ref)

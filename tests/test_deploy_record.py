@@ -87,7 +87,7 @@ async def test_a_blocked_preflight_wins_over_the_plan_computed_alongside(
         runtime: Runtime, stacks_root: Path, project_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan runs next to the host checks; when the pre-flight blocks, the answer is the
     pre-flight's (even if the plan failed too) and nothing is created."""
-    import server.deploy.pipeline as pipeline
+    import server.deploy.transaction as transaction
     from server.errors import DsmError
     from tests.deploy_helpers import containers
 
@@ -95,7 +95,7 @@ async def test_a_blocked_preflight_wins_over_the_plan_computed_alongside(
         raise DsmError("config --hash failed", state="nothing was changed")
 
     write(stacks_root, project_name, web_stack(project_name, WEB_10, extra="    privileged: true\n"))
-    monkeypatch.setattr(pipeline, "compute_plan", failing_plan)
+    monkeypatch.setattr(transaction, "compute_plan", failing_plan)
     blocked = await deploy(runtime, project_name)
     assert blocked.status == "blocked" and [p.name for p in blocked.phases] == ["preflight"]
     assert any(f.rule == "privileged" and f.severity == "error" for f in blocked.findings)

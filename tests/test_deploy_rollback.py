@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from server.deploy import override, rollback, snapshots
+from server.deploy.executor import Change
 from server.deploy.pipeline import Deployer
 from server.deploy.report import DeployReport, RollbackInfo
 from server.deploy.steps import Blocked, Run, StepFailed
@@ -20,10 +21,11 @@ from server.deploy.steps import end_journal as _end
 from server.deploy.steps import maintenance_back as _maintenance_back
 from server.deploy.targets import backup_after as _backup_after
 from server.deploy.targets import targets as _targets
+from server.deploy.transaction import Transaction
 from server.errors import DsmError
 from server.models import Finding
 from server.settings import Settings
-from tests.deploy_fakes import STACK, World, manifest, plan, record
+from tests.deploy_fakes import STACK, FakeExecutor, World, manifest, plan, record
 
 pytestmark = pytest.mark.anyio
 
@@ -55,21 +57,21 @@ def _ph(report: DeployReport, name: str) -> Any:
 
 async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFailed | BaseException,
                        monkeypatch: pytest.MonkeyPatch, wait_s: float = 30.0) -> tuple[DeployReport, Run]:
-    """_transaction with ``_apply`` failing the given way (the backup is the world's manifest)."""
+    """Transaction.execute with the executor's apply failing the given way (the backup is the world's manifest)."""
 
     async def progress(step: float, total: float, message: str) -> None:
         told.append(message)
 
     told: list[str] = []
     world.told = told  # type: ignore[attr-defined]
-    deployer = Deployer(world.runtime, progress=progress)
-
     run = Run(stack)
     env, services = {"TAG": "2"}, ["web"]
 
-    async def apply(*args: Any) -> None:
-        assert args == (run, the_plan, env, services, wait_s, 0.0)
+    async def apply(change: Change) -> None:
+        assert change == Change(stack, the_plan, services, wait_s, run.op)
         raise failed
+
+    deployer = Transaction(world.runtime, FakeExecutor(world.runtime, apply), progress=progress)
 
     async def load_stack(settings: Any, compose: Any, *, path: str, env: Any = None, dsm_override: bool = True
                          ) -> Any:
@@ -77,10 +79,9 @@ async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFail
         # The old version's own verification window (x-dsm verify_s: 0 here), not the failed one's.
         return dataclasses.replace(stack, settings=stack.settings.model_copy(update={"verify_s": 0}))
 
-    monkeypatch.setattr(deployer, "_apply", apply)
     monkeypatch.setattr("server.stackload.load_stack", load_stack)
     run.op = world.ops.begin(STACK, "deploy")
-    report = await deployer._transaction(run, the_plan, env, services, wait_s, 0.0)
+    report = await deployer.execute(run, the_plan, env, services, wait_s, 0.0)
     return report, run
 
 
@@ -411,16 +412,13 @@ async def test_an_interrupted_deploy_rolls_back_ends_the_journal_and_reraises(
 async def test_success_records_the_deployment_and_keeps_its_files(world: World,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     world.engine.add("web", image_id="sha256:new")
-    deployer = Deployer(world.runtime)
-
-    async def apply(*_: Any) -> None:
-        return None
-
-    monkeypatch.setattr(deployer, "_apply", apply)
+    executor = FakeExecutor(world.runtime)
+    deployer = Transaction(world.runtime, executor)
     run = Run(world.stack({"web": {}}))
     run.op = world.ops.begin(STACK, "deploy")
-    report = await deployer._transaction(run, plan(web="recreate"), {}, None, 30.0, 0.0)
-    assert report.status == "deployed" and world.compose.calls == []
+    report = await deployer.execute(run, plan(web="recreate"), {}, None, 30.0, 0.0)
+    assert report.status == "deployed" and world.compose.calls == [] and len(executor.changes) == 1
+    assert [p.name for p in report.phases] == ["backup", "health", "smoke", "verify", "record"]
     assert snapshots.exists(world.settings, STACK, run.op.id)
     assert world.runtime.memory_outbox().flush(5.0)  # the record is written after the answer
     assert world.memory.deployments[0]["outcome"] == "success" and run.image_ids == {"web": "sha256:new"}

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.deploy.pipeline import _watched
 from server.deploy.steps import DEFAULT_VERIFY_S
 from server.deploy.steps import verify_default as _verify_default
+from server.deploy.steps import watched as _watched
 from server.settings import Settings
 from tests.deploy_fakes import World, plan
 

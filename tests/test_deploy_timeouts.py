@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from server.deploy.pipeline import Deployer, Run, StepFailed
+from server.deploy.compose_executor import ComposeExecutor
+from server.deploy.executor import Change
+from server.deploy.pipeline import Run, StepFailed
+from server.deploy.steps import StepLog
 from server.deploy.timeouts import (
     deploy_up_timeout_s,
     duration_s,
@@ -73,10 +76,10 @@ async def test_deploys_up_waits_out_a_long_stop_grace_period(tmp_path: Path) -> 
     world = _world(tmp_path)
     world.compose.fail.add("up")  # stop right after the call: only its arguments matter here
     stack = world.stack({"db": {"image": "pg", "stop_grace_period": "10m"}, "web": {"image": "w"}})
-    deployer = Deployer(world.runtime)
     run = Run(stack)
     run.op = world.ops.begin(STACK, "deploy")
     with pytest.raises(StepFailed):
-        await deployer._apply(run, plan(db="recreate", web="unchanged"), {}, None, 60.0, 0.0)
+        await ComposeExecutor(world.runtime).apply(Change(stack, plan(db="recreate", web="unchanged"), None, 60.0,
+                                                          run.op), StepLog(run))
     [up] = [c for c in world.compose.calls if c.argv[0] == "up"]
     assert up.kwargs["timeout_s"] == 120 + 600  # not a fixed 120 s: the db may take 10 minutes to stop

@@ -80,7 +80,8 @@ async def test_an_api_built_from_the_postgres_image_is_not_a_database(runtime: R
     assert planned.plan is not None and planned.plan.backup.dumps == []  # nothing runs yet
     by_service = {s.service: s for s in planned.plan.services}
     assert "a database" in by_service["db"].reason and "database" not in by_service["api"].reason
-    assert by_service["api"].strategy == "rolling", by_service["api"]
+    assert by_service["api"].suggested_strategy == "rolling", by_service["api"]
+    assert by_service["api"].strategy == "recreate"  # what runs: the plan never names what will not
     assert (await deploy(runtime, project_name, wait_timeout_s=120)).status == "deployed"
     plan = (await deploy(runtime, project_name, dry_run=True)).plan
     assert plan is not None and plan.backup.dumps == ["db"]

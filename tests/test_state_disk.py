@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from server.deploy import snapshots
-from server.deploy.pipeline import Deployer, Run, StepFailed
+from server.deploy.pipeline import Run, StepFailed
+from server.deploy.transaction import Transaction
 from server.settings import Settings
-from tests.deploy_fakes import STACK, World, manifest, plan, record
+from tests.deploy_fakes import STACK, FakeExecutor, World, manifest, plan, record
 
 OLD = "services:\n  web:\n    image: img/web:1\n"
 NEW = "services:\n  web:\n    image: img/web:2\n"
@@ -62,20 +63,20 @@ def world(tiny_state: Path, stacks_root: Path) -> World:
 
 
 async def _failing_deploy(world: World, monkeypatch: pytest.MonkeyPatch, mid: Any) -> Any:
-    deployer = Deployer(world.runtime)
     run = Run(world.stack({"web": {"image": "img/web:2"}}))
 
-    async def apply(*_: Any) -> None:
+    async def apply(_: Any) -> None:
         mid()  # the disk or the directory goes away while the deploy runs
         raise StepFailed("health", "web is unhealthy", "web", [])
+
+    deployer = Transaction(world.runtime, FakeExecutor(world.runtime, apply))
 
     async def load_stack(*_: Any, **__: Any) -> Any:  # the old files, as the rollback renders them
         return run.stack
 
-    monkeypatch.setattr(deployer, "_apply", apply)
     monkeypatch.setattr("server.stackload.load_stack", load_stack)
     run.op = world.ops.begin(STACK, "deploy")
-    return await deployer._transaction(run, plan(web="recreate"), {}, ["web"], 30.0, 0.5)
+    return await deployer.execute(run, plan(web="recreate"), {}, ["web"], 30.0, 0.5)
 
 
 @pytest.mark.anyio

@@ -3,7 +3,8 @@
 Compose decides to recreate a container when the service's config hash (``docker compose config
 --hash``) differs from the container's ``com.docker.compose.config-hash`` label, or when the
 image id differs from its ``com.docker.compose.image`` label. We ask the same questions up front,
-so the plan says what ``up`` will do, per service, with the update strategy each service gets.
+so the plan says what ``up`` will do, per service: the strategy that runs (recreate) and the one its
+role suggests.
 
 ``plan_id`` is a sha256 over the files, the env given, the running state and the plan itself:
 deploying with a plan_id applies exactly that plan or refuses when any of them moved.
@@ -147,7 +148,10 @@ async def compute_plan(
             action, reason = "unchanged", "same configuration and image as running"
         plans.append(ServicePlan(
             service=name, action=action, image_from=image_from, image_to=ref, pull=pull and action != "unchanged",
-            strategy=strategy, reason=reason if action == "unchanged" else f"{reason}; {why}",
+            # What runs is the executor's (recreate, server/deploy/compose_executor.py); the role's
+            # choice is reported apart until a strategy that honours it is executed (issue 16).
+            strategy="recreate", suggested_strategy=strategy.replace("-", "_"),
+            reason=reason if action == "unchanged" else f"{reason}; suggested {strategy.replace('-', '_')}: {why}",
             digest_from=tag.local_digest if moved and tag else None, digest_to=tag.remote if moved and tag else None,
             registry_note=tag.note if tag else None,
         ))
@@ -155,7 +159,7 @@ async def compute_plan(
         if name and selected is None:
             plans.append(ServicePlan(
                 service=name, action="remove", image_from=by_service[name][0].labels.get(IMAGE_LABEL),
-                strategy="planned-downtime", reason="no longer in the compose files (orphan; its volumes are kept)",
+                strategy="recreate", reason="no longer in the compose files (orphan; its volumes are kept)",
             ))
     volumes, networks = await _to_create(engine, stack)
     backup = BackupPlan(

@@ -22,7 +22,11 @@ class ServicePlan(Frozen):
     digest_from: str | None = Field(default=None, description="Tag moved: the digest the local image has.")
     digest_to: str | None = Field(default=None, description="Tag moved: the digest its registry has now.")
     registry_note: str | None = Field(default=None, description="Why the tag could not be compared.")
-    strategy: str = Field(description="rolling | blue-green | planned-downtime (executed by Compose recreate today).")
+    strategy: str = Field(default="recreate", description="What will run: recreate (stop the old container, "
+                          "start the new one), the only strategy executed today.")
+    suggested_strategy: str | None = Field(
+        default=None, description="rolling | blue_green | planned_downtime: what x-dsm update.strategy or the "
+        "service's role asks for (the reason says why); NOT executed yet, recreate runs.")
     reason: str
 
 

@@ -27,12 +27,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from server.deploy import override, snapshots
+from server.deploy import snapshots
 from server.deploy.datacheck import data_check
+from server.deploy.executor import RollbackHost, Snapshot, Start
 from server.deploy.health import Watched, run_gate
-from server.deploy.project import fresh_project
 from server.deploy.report import DeployPlan, DeployReport, RollbackInfo
 from server.deploy.seams import backup_store, operations, stack_busy
 from server.deploy.steps import (
@@ -42,7 +42,6 @@ from server.deploy.steps import (
     end_journal,
     maintenance,
     maintenance_back,
-    on_start,
     run_checks,
     states,
     verify_default,
@@ -56,9 +55,6 @@ from server.models import Finding
 from server.redact import Scrubber
 from server.roles import original_from_tags
 from server.stackmodel import LoadedStack
-
-if TYPE_CHECKING:
-    from server.deploy.pipeline import Deployer
 
 log = logging.getLogger("docker_stack_mcp.deploy")
 
@@ -127,13 +123,11 @@ def touched_databases(stack: LoadedStack, plan: DeployPlan, backup: Any) -> list
     return sorted(touched)
 
 
-async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> Outcome:
+async def restore_version(d: RollbackHost, run: Run, spec: Spec, wait_s: float) -> Outcome:
     """Steps 1-5 of the module's docstring. Never raises for a failed step: the outcome says."""
     stack = run.stack
     assert stack.directory is not None
     out = Outcome(notes=list(spec.notes))
-    store = backup_store(d.runtime)
-    scrub = Scrubber(stack.secret_values)
     t = time.monotonic()
     stage, mark = "rollback", 0
     try:
@@ -145,47 +139,33 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
             stopped = await _stop_users(d, stack.name, dbs)
             out.notes.append(f"stopped {', '.join(stopped)} (they use the data)" if stopped else
                              "no running service uses the data")
-        if spec.target and snapshots.exists(d.settings, stack.name, spec.target):
-            snapshots.restore(d.settings, stack.name, spec.target, stack.directory)
-            out.notes.append(f"files of deployment {spec.target} restored")
-        else:
-            await store.restore_files(run.backup, stack.directory)
-            out.notes.append("files as they were before this deploy restored (no earlier deployment recorded)")
-        project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
-        if spec.nothing_ran:
-            # Nothing ran before: back where it started is no containers (volumes kept).
-            await d.compose.run_project(project, ["down", "--remove-orphans"], scrub=scrub,
-                                        what="docker compose down (rollback)", **on_start(d.compose, run.op))
-            out.notes.append("nothing ran before: the new containers were removed, volumes kept")
+        restored = await d.executor.restore(Snapshot(
+            stack, spec.env, spec.target, run.backup, pins=spec.pins, originals=spec.originals,
+            nothing_ran=spec.nothing_ran, op=run.op), d.steps(run))
+        out.notes.extend(restored.notes)
+        if restored.stack is None:  # nothing ran before: its containers are gone, nothing to start
             out.result = "restored"
             run.phase("rollback", "ok", t, "; ".join(out.notes))
             return out
-        old = await _load(d, stack, spec.env)
-        pins = {s: ref for s, ref in spec.pins.items() if s in old.services}
-        override.write_pins(stack.directory, pins, originals={s: o for s, o in spec.originals.items() if o},
-                            defined=old.services)
-        out.notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
-        project = fresh_project(d.settings, stack.directory, stack.name, spec.env)
+        old, pins = restored.stack, restored.pins
         if restoring:
             run.phase("rollback", "ok", t, "; ".join(out.notes))
             t, stage, mark = time.monotonic(), "restore_data", len(out.notes)
-            ok = await _restore_data(d, run, spec, old, sorted(dbs & set(old.services)), project, scrub, wait_s, out)
+            ok = await _restore_data(d, run, spec, old, sorted(dbs & set(old.services)), wait_s, out)
             run.phase("restore_data", "ok" if ok else "failed", t, "; ".join(out.notes[mark:]))
             if not ok:
                 out.kept_stopped = sorted(set(old.services) - dbs)
                 return out
             t, stage, mark = time.monotonic(), "rollback_up", len(out.notes)
-        await d.compose.run_project(project, ["up", "-d", "--remove-orphans"], scrub=scrub,
-                                    what="docker compose up (rollback)", timeout_s=rollback_up_timeout_s(old, wait_s),
-                                    **on_start(d.compose, run.op))
+        await d.executor.start(Start(old, spec.env, None, rollback_up_timeout_s(old, wait_s),
+                                     "docker compose up (rollback)", run.op))
         out.notes.append("old version started" + (" after its data" if restoring else ""))
         run.phase(stage, "ok", t, "; ".join(out.notes[mark:]))  # each phase says its own part
         stage = ""
         running = {c.service or "" for c in await d.engine.compose_containers(stack.name)}
         checked = _with_pins(old, pins)
-        await run_checks(d.engine, run, checked, watched_all(checked, running), set(checked.services),
+        await run_checks(d.steps(run), d.engine, checked, watched_all(checked, running), set(checked.services),
                          wait_s=wait_s, window=verify_default(old, None) if spec.window is None else spec.window,
-                         tell=lambda m, a: d.tell(m, advance=a),
                          prefix="rollback_")
         out.notes.append("previous version healthy: health gate, smoke checks and verification passed")
         out.result = "restored"
@@ -200,7 +180,7 @@ async def restore_version(d: Deployer, run: Run, spec: Spec, wait_s: float) -> O
     return out
 
 
-async def _stop_users(d: Deployer, project: str, databases: set[str]) -> list[str]:
+async def _stop_users(d: RollbackHost, project: str, databases: set[str]) -> list[str]:
     stopped = []
     for c in await d.engine.compose_containers(project):
         if c.running and c.service not in databases:
@@ -209,16 +189,14 @@ async def _stop_users(d: Deployer, project: str, databases: set[str]) -> list[st
     return sorted(set(stopped))
 
 
-async def _restore_data(d: Deployer, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], project: Any,
-                        scrub: Scrubber, wait_s: float, out: Outcome) -> bool:
+async def _restore_data(d: RollbackHost, run: Run, spec: Spec, old: LoadedStack, dbs: list[str], wait_s: float,
+                        out: Outcome) -> bool:
     """Start the databases alone, put their data back, check it. False: the data is not back."""
     store = backup_store(d.runtime)
     if dbs:
         await d.tell(f"rollback: starting the databases alone ({', '.join(dbs)})")
-        await d.compose.run_project(project, ["up", "-d", *dbs], scrub=scrub,
-                                    timeout_s=rollback_up_timeout_s(old, wait_s),
-                                    what="docker compose up (rollback: databases first)",
-                                    **on_start(d.compose, run.op))
+        await d.executor.start(Start(old, spec.env, dbs, rollback_up_timeout_s(old, wait_s),
+                                     "docker compose up (rollback: databases first)", run.op))
         gate = await run_gate(d.engine, run.stack.name, [Watched(s) for s in dbs], timeout_s=wait_s)
         if not gate.ok:  # the restore may still bring it back (a volume archive, a fresh data directory)
             out.notes.append(f"database not healthy before the restore: {gate.failure}")
@@ -234,13 +212,6 @@ async def _restore_data(d: Deployer, run: Run, spec: Spec, old: LoadedStack, dbs
     return ok
 
 
-async def _load(d: Deployer, stack: LoadedStack, env: dict[str, str]) -> LoadedStack:
-    from server.stackload import load_stack
-
-    assert stack.directory is not None
-    return await load_stack(d.settings, d.compose, path=str(stack.directory), env=env, dsm_override=False)
-
-
 def _with_pins(stack: LoadedStack, pins: dict[str, str]) -> LoadedStack:
     """The old stack as it runs: its images are our pins (smoke probes use a service's image)."""
     services = {n: ({**body, "image": pins[n]} if n in pins else body) for n, body in stack.services.items()}
@@ -248,7 +219,7 @@ def _with_pins(stack: LoadedStack, pins: dict[str, str]) -> LoadedStack:
 
 
 # -- the two callers --------------------------------------------------------------------------------
-async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
+async def automatic(d: RollbackHost, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
                     started: float, wait_s: float) -> DeployReport:
     """A deploy failed after its backup: back to the last good deployment, with the images that ran
     before it (the backup's pins) and the data of every database the failed change touched."""
@@ -300,7 +271,7 @@ async def automatic(d: Deployer, run: Run, plan: DeployPlan, env: dict[str, str]
         message=failed.why[:500], evidence=[Scrubber(stack.secret_values)(e)[:300] for e in evidence[:15]])]})
 
 
-async def explicit(d: Deployer, stack_arg: str, *, to_deployment: str | None, restore_data: bool, confirm: bool,
+async def explicit(d: RollbackHost, stack_arg: str, *, to_deployment: str | None, restore_data: bool, confirm: bool,
                    wait_s: float, reason: str | None) -> DeployReport:
     """The ``rollback`` tool: to ``to_deployment`` or the last good deployment (see targets)."""
     from server.stackload import load_stack
@@ -356,7 +327,7 @@ async def explicit(d: Deployer, stack_arg: str, *, to_deployment: str | None, re
     return await ops.run_detached(run.op, work)  # type: ignore[no-any-return,unused-ignore]
 
 
-async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait_s: float, history: list[Any],
+async def _explicit(d: RollbackHost, run: Run, target: Any, restore_data: bool, wait_s: float, history: list[Any],
                     reason: str | None) -> DeployReport:
     stack = run.stack
     store = backup_store(d.runtime)
@@ -388,7 +359,7 @@ async def _explicit(d: Deployer, run: Run, target: Any, restore_data: bool, wait
     return await _explicit_record(d, run, target, out, reason, started)
 
 
-async def _explicit_record(d: Deployer, run: Run, target: Any, out: Outcome, reason: str | None,
+async def _explicit_record(d: RollbackHost, run: Run, target: Any, out: Outcome, reason: str | None,
                            started: float) -> DeployReport:
     now = await states(d.engine, run.stack, run)
     ok = out.result == "restored"
@@ -399,7 +370,7 @@ async def _explicit_record(d: Deployer, run: Run, target: Any, out: Outcome, rea
     return _explicit_report(d, run, target, out, reason, started, services=now)
 
 
-def _explicit_report(d: Deployer, run: Run, target: Any, out: Outcome, reason: str | None, started: float,
+def _explicit_report(d: RollbackHost, run: Run, target: Any, out: Outcome, reason: str | None, started: float,
                      services: Any = None) -> DeployReport:
     ok = out.result == "restored"
     steps = ["done; the previous version runs (pinned in compose.dsm.yaml until the next deploy)"] if ok else \
@@ -439,7 +410,7 @@ def _failed_steps(out: Outcome, target: str | None, good: str | None, left: str 
             "deployment from stack_history"]
 
 
-def _data_backup_of(d: Deployer, stack: str, target: Any) -> str | None:
+def _data_backup_of(d: RollbackHost, stack: str, target: Any) -> str | None:
     """The backup holding the data as ``target`` left it (for next steps; None when unknown)."""
     try:
         return backup_after(operations(d.runtime).history(stack, limit=200), target)
@@ -447,7 +418,7 @@ def _data_backup_of(d: Deployer, stack: str, target: Any) -> str | None:
         return None
 
 
-def _last_good(d: Deployer, stack: str, exclude: str) -> str | None:
+def _last_good(d: RollbackHost, stack: str, exclude: str) -> str | None:
     """The deployment an automatic rollback returns to (None: none recorded, not even adopted)."""
     try:
         history = operations(d.runtime).history(stack, limit=200)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.compose import ComposeRunner
-from server.deploy.health import Watched, run_gate
+from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.plan import IMAGE_LABEL
-from server.deploy.report import DeployReport, Phase, ServiceState
+from server.deploy.report import DeployPlan, DeployReport, Phase, ServiceState
 from server.deploy.smoke import run_smoke
 from server.deploy.verify import verify_window
 from server.engine import Engine, image_attrs_digest
@@ -65,44 +66,85 @@ class Run:
                 log.exception("journal phase write failed")
 
 
-async def run_checks(engine: Engine, run: Run, stack: LoadedStack, watched: list[Watched], changed: set[str], *,
-                     wait_s: float, window: float, tell: Callable[[str, bool], Awaitable[None]],
-                     prefix: str = "") -> None:
-    """Health gate, smoke checks, verification window; raises StepFailed at the first that fails.
-    ``prefix`` names the phases of a rollback apart from the deploy's (``rollback_health``):
-    the journal keeps one entry per phase name."""
+@dataclass
+class Step:
+    """One phase in progress: what it says when it ends (``status``/``detail`` may be set inside)."""
+
+    name: str
+    started: float
+    status: str = "ok"
+    detail: str = ""
+
+
+class StepLog:
+    """Times, journals and reports each phase in one place: ``async with steps.phase("up", "up: ..."):``
+    tells the progress message, then records the phase (report and journal) when the block ends:
+    ``ok`` (or the status the block set), ``failed`` on StepFailed."""
+
+    def __init__(self, run: Run, tell: Callable[[str, bool], Awaitable[None]] | None = None) -> None:
+        self.run = run
+        self._tell = tell
+
+    async def tell(self, message: str, advance: bool = True) -> None:
+        if self._tell is not None:
+            await self._tell(message, advance)
+
+    def record(self, name: str, status: str, started: float, detail: str = "") -> None:
+        self.run.phase(name, status, started, detail)
+
+    @asynccontextmanager
+    async def phase(self, name: str, message: str | None = None) -> AsyncIterator[Step]:
+        if message is not None:
+            await self.tell(message, True)
+        step = Step(name, time.monotonic())
+        try:
+            yield step
+        except StepFailed as failed:
+            self.record(name, "failed", step.started, step.detail or failed.why)
+            raise
+        except Blocked:  # nothing changed: the transaction records it, whoever raised it
+            raise
+        self.record(name, step.status, step.started, step.detail)
+
+
+Gate = Callable[[LoadedStack, list[Watched], float, Callable[[str], Awaitable[None]]], Awaitable[GateResult]]
+
+
+async def run_checks(steps: StepLog, engine: Engine, stack: LoadedStack, watched: list[Watched], changed: set[str], *,
+                     wait_s: float, window: float, gate: Gate | None = None, prefix: str = "") -> None:
+    """Health gate (the executor's, else the containers of the project), smoke checks, verification
+    window; raises StepFailed at the first that fails. ``prefix`` names the phases of a rollback
+    apart from the deploy's (``rollback_health``): the journal keeps one entry per phase name."""
     label = prefix.replace("_", " ")
-    t = time.monotonic()
-    await tell(f"{label}health gate: waiting up to {wait_s:.0f}s", True)
-    gate = await run_gate(engine, stack.name, watched, timeout_s=wait_s, on_wait=lambda m: tell(m, False))
-    if not gate.ok:
-        run.phase(prefix + "health", "failed", t, gate.failure)
-        raise StepFailed(prefix + "health", gate.failure, gate.failed_service, gate.evidence)
-    run.phase(prefix + "health", "ok", t, f"{len(watched)} service(s) ready")
 
-    t = time.monotonic()
-    await tell(f"{label}smoke tests", True)
-    smoke_services = [w.service for w in watched if stack.service_settings_for(w.service).smoke]
-    if smoke_services:
-        results = await run_smoke(engine, stack, smoke_services, await container_ids(engine, stack.name))
-        bad = [r for r in results if not r.ok]
-        detail = "; ".join(f"{r.service}: {r.detail}" for r in results)
-        if bad:
-            run.phase(prefix + "smoke", "failed", t, detail)
-            raise StepFailed(prefix + "smoke", f"smoke check failed: {bad[0].service}: {bad[0].detail}",
-                             bad[0].service, [f"{r.service}: {r.detail}" for r in bad])
-        run.phase(prefix + "smoke", "ok", t, detail)
-    else:
-        run.phase(prefix + "smoke", "skipped", t, "no x-dsm smoke checks")
+    async def waiting(message: str) -> None:
+        await steps.tell(message, False)
 
-    t = time.monotonic()
-    await tell(f"{label}verification window: {window:.0f}s", True)
-    verdict = await verify_window(engine, stack.name, watched, changed, window_s=window,
-                                  dependencies=frozenset(stack.services), tell=lambda m: tell(m, False))
-    if not verdict.ok:
-        run.phase(prefix + "verify", "failed", t, verdict.failure)
-        raise StepFailed(prefix + "verify", verdict.failure, verdict.failed_service, verdict.evidence)
-    run.phase(prefix + "verify", "ok" if window > 0 else "skipped", t, verdict.summary)
+    async with steps.phase(prefix + "health", f"{label}health gate: waiting up to {wait_s:.0f}s") as step:
+        result = await (gate(stack, watched, wait_s, waiting) if gate is not None else
+                        run_gate(engine, stack.name, watched, timeout_s=wait_s, on_wait=waiting))
+        if not result.ok:
+            raise StepFailed(prefix + "health", result.failure, result.failed_service, result.evidence)
+        step.detail = f"{len(watched)} service(s) ready"
+
+    async with steps.phase(prefix + "smoke", f"{label}smoke tests") as step:
+        smoke_services = [w.service for w in watched if stack.service_settings_for(w.service).smoke]
+        if smoke_services:
+            results = await run_smoke(engine, stack, smoke_services, await container_ids(engine, stack.name))
+            bad = [r for r in results if not r.ok]
+            step.detail = "; ".join(f"{r.service}: {r.detail}" for r in results)
+            if bad:
+                raise StepFailed(prefix + "smoke", f"smoke check failed: {bad[0].service}: {bad[0].detail}",
+                                 bad[0].service, [f"{r.service}: {r.detail}" for r in bad])
+        else:
+            step.status, step.detail = "skipped", "no x-dsm smoke checks"
+
+    async with steps.phase(prefix + "verify", f"{label}verification window: {window:.0f}s") as step:
+        verdict = await verify_window(engine, stack.name, watched, changed, window_s=window,
+                                      dependencies=frozenset(stack.services), tell=waiting)
+        if not verdict.ok:
+            raise StepFailed(prefix + "verify", verdict.failure, verdict.failed_service, verdict.evidence)
+        step.status, step.detail = ("ok" if window > 0 else "skipped"), verdict.summary
 
 
 def completed_dep(stack: LoadedStack, service: str) -> bool:
@@ -112,6 +154,21 @@ def completed_dep(stack: LoadedStack, service: str) -> bool:
         if isinstance(cfg, dict) and cfg.get("condition") == "service_completed_successfully":
             return True
     return False
+
+
+def watched(stack: LoadedStack, plan: DeployPlan, services: list[str] | None = None) -> list[Watched]:
+    """The services the gate waits for: all of the plan, or the ones asked for and what they
+    depend on (``up SERVICE`` starts its dependencies too)."""
+    wanted = {s.service for s in plan.services if s.action != "remove"}
+    if services:
+        todo, wanted = list(services), set()
+        while todo:
+            name = todo.pop()
+            if name not in wanted:
+                wanted.add(name)
+                todo.extend(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {}))
+    return [Watched(s.service, stack.service_settings_for(s.service).is_one_shot or completed_dep(stack, s.service))
+            for s in plan.services if s.action != "remove" and s.service in wanted]
 
 
 def watched_all(stack: LoadedStack, running: set[str]) -> list[Watched]:

@@ -1,0 +1,208 @@
+"""ComposeExecutor: a plan executed by Docker Compose on the runtime's engine.
+
+``apply``: ``pull`` of what the plan marks (healthchecks unknown at the pre-flight checked again
+on the now-local images), each changed service rolled by its Strategy, then one converging
+``up -d --remove-orphans`` (networks, volumes, orphans, and the services whose strategy is
+``recreate``: the only one today). ``gate``: the health gate on the plan's services. ``restore``
+/``start``/``remove``: the rollback's file and pin restore, and its ``up``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+from server.compose import ComposeRunner, services_argv
+from server.deploy import override, snapshots
+from server.deploy.executor import (
+    Change,
+    Observed,
+    OnWait,
+    Restored,
+    RollContext,
+    Snapshot,
+    Start,
+    Strategy,
+    StrategyName,
+)
+from server.deploy.health import GateResult, Watched, run_gate
+from server.deploy.project import compose_project, fresh_project
+from server.deploy.steps import Blocked, StepFailed, StepLog, brief, completed_dep, on_start, watched
+from server.deploy.timeouts import deploy_up_timeout_s
+from server.engine import Engine
+from server.errors import DsmError
+from server.models import Finding
+from server.redact import Scrubber
+from server.stackmodel import LoadedStack
+
+
+class Recreate:
+    """Stop the old container, start the new one: what ``docker compose up -d`` does. Its roll is
+    the executor's converging ``up``, so there is nothing to do per service beforehand."""
+
+    name: ClassVar[StrategyName] = "recreate"
+
+    def refuse(self, svc: str, stack: LoadedStack) -> Finding | None:
+        return None
+
+    async def roll(self, svc: str, ctx: RollContext) -> None:
+        return None
+
+
+RECREATE = Recreate()
+
+
+class ComposeExecutor:
+    def __init__(self, runtime: Any, strategies: dict[str, Strategy] | None = None) -> None:
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.strategies: dict[str, Strategy] = dict(strategies or {})
+
+    @property
+    def compose(self) -> ComposeRunner:
+        return self.runtime.compose()  # type: ignore[no-any-return,unused-ignore]
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine()  # type: ignore[no-any-return,unused-ignore]
+
+    def strategy(self, service: str) -> Strategy:
+        return self.strategies.get(service, RECREATE)
+
+    # -- deploy ---------------------------------------------------------------------------------
+    async def apply(self, change: Change, steps: StepLog) -> None:
+        stack, plan = change.stack, change.plan
+        assert stack.directory is not None
+        scrub = Scrubber(stack.secret_values)
+        pulls = sorted({s.service for s in plan.services if s.pull})
+        async with steps.phase("pull", f"pull: {', '.join(pulls) or 'nothing missing'}") as step:
+            if pulls:
+                try:
+                    await self.compose.run_project(compose_project(stack, with_override=False),
+                                                   ["pull", "--quiet", *services_argv(pulls)], scrub=scrub,
+                                                   what="docker compose pull")
+                except DsmError as exc:
+                    raise Blocked("pull", brief(exc), [Finding(
+                        rule="image-unavailable", severity="error", category="images", message=brief(exc))]) from None
+                missing = await missing_healthchecks(self.engine, stack, pulls)
+                if missing:
+                    raise Blocked("pull", "a service still has no healthcheck now that its image is local", missing)
+            step.status, step.detail = ("ok", f"pulled {', '.join(pulls)}") if pulls else ("skipped", "all local")
+
+        ctx = RollContext(change, steps, self)
+        for svc in plan.changes:  # a strategy other than recreate brings its service up first
+            await self.strategy(svc.service).roll(svc.service, ctx)
+        async with steps.phase("up", "up: creating networks and volumes, starting containers") as step:
+            override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
+            argv = ["up", "-d", "--remove-orphans", *services_argv(change.services)]
+            try:
+                await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
+                                               timeout_s=deploy_up_timeout_s(stack, plan, change.wait_s),
+                                               **on_start(self.compose, change.op))
+            except DsmError as exc:
+                step.detail = brief(exc)
+                stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
+                culprit = await self._diagnose(stack, watched(stack, plan, change.services))
+                raise StepFailed("up", f"docker compose up failed: {brief(exc)}" + (
+                    f" ({culprit.service} {culprit.why})" if culprit else ""),
+                    culprit.service if culprit else None, [*(culprit.evidence if culprit else []), *stderr]) from None
+            step.detail = ", ".join(f"{s.service} {s.action}" for s in plan.changes)[:400]
+
+    async def gate(self, stack: LoadedStack, watched: list[Watched], timeout_s: float, on_wait: OnWait) -> GateResult:
+        return await run_gate(self.engine, stack.name, watched, timeout_s=timeout_s, on_wait=on_wait)
+
+    async def observe(self, stack: LoadedStack, services: list[str] | None) -> Observed:
+        from server.deploy.health import assess
+        from server.engine import inspect_container
+
+        containers = await self.engine.compose_containers(stack.name)
+        wanted = set(services or stack.services)
+        seen: set[str] = set()
+        ready = True
+        for c in containers:
+            if c.service not in wanted:
+                continue
+            info = await inspect_container(self.engine, c.id)
+            if info is None:
+                return Observed(ready=False, services=frozenset(seen))
+            a = assess(info, Watched(c.service or "", stack.service_settings_for(c.service or "").is_one_shot),
+                       baseline_restarts=int(info.get("RestartCount") or 0), now=time.time())
+            if a.verdict != "ready":
+                ready = False
+                break
+            seen.add(c.service or "")
+        return Observed(ready=ready and bool(seen), services=frozenset(seen))
+
+    # -- rollback -------------------------------------------------------------------------------
+    async def restore(self, snapshot: Snapshot, steps: StepLog) -> Restored:
+        """The old version's files (the kept deployment's, else the backup's) and, once rendered,
+        its images pinned in ``compose.dsm.yaml`` for the services those files define."""
+        from server.stackload import load_stack
+
+        stack = snapshot.stack
+        assert stack.directory is not None
+        if snapshot.target and snapshots.exists(self.settings, stack.name, snapshot.target):
+            snapshots.restore(self.settings, stack.name, snapshot.target, stack.directory)
+            notes = [f"files of deployment {snapshot.target} restored"]
+        else:
+            await self.runtime.backups().restore_files(snapshot.backup, stack.directory)
+            notes = ["files as they were before this deploy restored (no earlier deployment recorded)"]
+        if snapshot.nothing_ran:  # back where it started is no containers (volumes kept)
+            project = fresh_project(self.settings, stack.directory, stack.name, snapshot.env)
+            await self.compose.run_project(project, ["down", "--remove-orphans"], scrub=Scrubber(stack.secret_values),
+                                           what="docker compose down (rollback)", **on_start(self.compose, snapshot.op))
+            return Restored(None, {}, [*notes, "nothing ran before: the new containers were removed, volumes kept"])
+        old = await load_stack(self.settings, self.compose, path=str(stack.directory), env=snapshot.env,
+                               dsm_override=False)
+        pins = {s: ref for s, ref in snapshot.pins.items() if s in old.services}
+        override.write_pins(stack.directory, pins, originals={s: o for s, o in snapshot.originals.items() if o},
+                            defined=old.services)
+        notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
+        return Restored(old, pins, notes)
+
+    async def start(self, start: Start) -> None:
+        stack = start.stack
+        assert stack.directory is not None
+        project = fresh_project(self.settings, stack.directory, stack.name, start.env)
+        argv = ["up", "-d", "--remove-orphans"] if start.services is None else ["up", "-d", *start.services]
+        await self.compose.run_project(project, argv, scrub=Scrubber(stack.secret_values), what=start.what,
+                                       timeout_s=start.timeout_s, **on_start(self.compose, start.op))
+
+    # -- helpers --------------------------------------------------------------------------------
+    async def _diagnose(self, stack: LoadedStack, watched: list[Watched]) -> Any:
+        """After a failed ``up``: the first container that the gate would fail, with its evidence."""
+        from server.deploy.health import assess, log_tail
+        from server.engine import inspect_container
+
+        by_service = {w.service: w for w in watched}
+        for c in await self.engine.compose_containers(stack.name):
+            if c.service not in by_service:
+                continue
+            info = await inspect_container(self.engine, c.id)
+            if info is None:
+                continue
+            a = assess(info, by_service[c.service or ""], baseline_restarts=0, now=time.time(), grace_s=0)
+            if a.verdict == "failed":
+                a.evidence.extend(await log_tail(self.engine, c.id))
+                return a
+        return None
+
+
+async def missing_healthchecks(engine: Engine, stack: LoadedStack, pulled: list[str]) -> list[Finding]:
+    """Services whose healthcheck was unknown before the pull and, the image now local, has none."""
+    from server.policy import finding
+    from server.policy.waivers import apply_policy
+    from server.stackview import has_healthcheck
+
+    raw = []
+    for name in pulled:
+        body = stack.services.get(name, {})
+        if has_healthcheck(body) or stack.service_settings_for(name).is_one_shot or completed_dep(stack, name):
+            continue
+        attrs = await engine.image_attrs(str(body.get("image") or ""))
+        if attrs and not ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test"):
+            raw.append(finding(
+                "missing-healthcheck", f"service {name!r} has no healthcheck: none in the compose file and "
+                "none in the image just pulled; the deploy stops before up", service=name,
+                line=stack.line_of(name), evidence=["the image was not local at the pre-flight"]))
+    return [f for f in apply_policy(stack, raw) if f.severity == "error" and f.rule == "missing-healthcheck"]
