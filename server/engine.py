@@ -124,7 +124,9 @@ class Engine:
             except APIError as exc:
                 raise EngineError(
                     f"the Docker engine refused to {what}: {exc.explanation or exc}",
-                    state="nothing was changed by this call",
+                    # Only this one engine request is known not to have happened: the tool call it
+                    # is part of may have changed things before it (a deploy after its backup).
+                    state="the engine did not carry out this request",
                 ) from None
             except (RequestsConnectionError, ReadTimeout) as exc:
                 raise _unavailable(exc, self.endpoint()) from None
@@ -278,7 +280,7 @@ class Engine:
         The engine takes about a second for a full sample (it waits for two CPU readings);
         ``one_shot`` answers at once, with memory but without a CPU delta (API 1.41+).
         """
-        from docker.errors import InvalidVersion, NotFound
+        from docker.errors import APIError, InvalidVersion
 
         def get(c: Any) -> dict[str, Any] | None:
             try:
@@ -286,8 +288,12 @@ class Engine:
                     return dict(c.api.stats(container_id, stream=False, one_shot=one_shot or None))
                 except InvalidVersion:  # engines older than API 1.41
                     return dict(c.api.stats(container_id, stream=False))
-            except (NotFound, ValueError):  # gone, or an empty body from a container being removed
+            except ValueError:  # an empty body from a container being removed
                 return None
+            except APIError as exc:  # gone, or a 409 while it is being removed
+                if vanished(exc):
+                    return None
+                raise
 
         return await self.call(get, f"read stats of container {container_id[:12]}")
 
@@ -771,15 +777,34 @@ def _slug(text: str) -> str:
 # -- monitoring (stack_status, stack_logs, diagnose_stack, the watcher) ---------------------------
 
 
+def vanished(exc: BaseException) -> bool:
+    """The engine's answers for a container that is gone or going: NotFound, or a 409 conflict
+    ("removal of container ... is already in progress", "... is dead or marked for removal").
+    A read (inspect, logs, stats) that meets one treats the container as gone, never as an error:
+    a deploy or rollback replaces containers while the gate and verify read them."""
+    from docker.errors import APIError, NotFound
+
+    if isinstance(exc, NotFound):
+        return True
+    if not isinstance(exc, APIError):
+        return False
+    text = str(exc.explanation or exc).lower()
+    if "no such container" in text:
+        return True
+    return exc.status_code == 409 and any(w in text for w in ("removal", "being removed", "marked for"))
+
+
 async def inspect_container(engine: Engine, container_id: str) -> dict[str, Any] | None:
-    """``docker inspect`` of one container; None when it is gone."""
-    from docker.errors import NotFound
+    """``docker inspect`` of one container; None when it is gone (or being removed)."""
+    from docker.errors import APIError
 
     def get(c: Any) -> dict[str, Any] | None:
         try:
             return dict(c.api.inspect_container(container_id))
-        except NotFound:
-            return None
+        except APIError as exc:
+            if vanished(exc):
+                return None
+            raise
 
     return await engine.call(get, f"inspect container {container_id[:12]}")
 
@@ -791,14 +816,24 @@ async def container_logs(
 
     Bounded by ``tail`` on the engine side, so a chatty container never fills our memory.
     """
-    from docker.errors import NotFound
+    found = await read_logs(engine, container_id, tail=tail, since=since, until=until)
+    return [] if found is None else found
 
-    def get(c: Any) -> list[str]:
+
+async def read_logs(
+    engine: Engine, container_id: str, *, tail: int, since: float | None = None, until: float | None = None
+) -> list[str] | None:
+    """As container_logs, but None when the container is gone or being removed."""
+    from docker.errors import APIError
+
+    def get(c: Any) -> list[str] | None:
         try:
             raw = c.api.logs(container_id, stdout=True, stderr=True, timestamps=True, tail=tail,
                              since=since, until=until)
-        except NotFound:
-            return []
+        except APIError as exc:
+            if vanished(exc):
+                return None
+            raise
         return raw.decode("utf-8", "replace").splitlines()
 
     return await engine.call(get, f"read logs of container {container_id[:12]}")

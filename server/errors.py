@@ -17,6 +17,15 @@ class DsmError(Exception):
         self.next_step = next_step
         super().__init__(self.render())
 
+    def restate(self, state: str, next_step: str | None = None) -> DsmError:
+        """The same error with a new State (and Next): for an error raised after something changed,
+        whose own state ("nothing was changed") described only the step that raised it."""
+        self.state = state
+        if next_step is not None:
+            self.next_step = next_step
+        self.args = (self.render(),)
+        return self
+
     def render(self) -> str:
         parts = [self.what.rstrip(".") + "."]
         if self.state:

@@ -3,7 +3,8 @@
 ONE definition of a credential, shared by the ``plaintext-secret`` rule, the rendered-model
 view and :class:`Scrubber`:
 
-- the value of a key whose name contains PASS, PWD, SECRET, TOKEN, KEY, SALT, CREDENTIAL,
+- the value of a key whose name contains PASS (as PASSWORD, PASSWD, PASSPHRASE or ending a
+  word: ``DB_PASS``, not ``PASSED``), PWD, SECRET, TOKEN, KEY, SALT, CREDENTIAL,
   PRIVATE or ENC (at the start of a word: ``VAULT_ENC_KEY``, ``N8N_ENCRYPTION_KEY``, not
   ``LATENCY``), or ends in ``_IV``, unless the name also contains PUBLIC, EXPIR, TTL or LENGTH
   or ends in ``_FILE`` or ``_PATH`` (those point at a secret or describe one). The key decides,
@@ -31,11 +32,16 @@ from typing import Any
 
 MASK = "***"
 
-_CREDENTIAL_WORD = re.compile(r"PASS|PWD|SECRET|TOKEN|KEY|SALT|CREDENTIAL|PRIVATE|(?:^|[^A-Z0-9])ENC|_IV$")
+# PASS only as a credential: PASSWORD, PASSWD, PASSPHRASE, PASSCODE, PASSKEY or PASS ending a word
+# (DB_PASS, SMTPPASS) -- never the start of an ordinary word (PASSED, PASSES, PASSING, PASSENGER):
+# a report line "5s window passed: 3 held" is no assignment of a password.
+_CREDENTIAL_WORD = re.compile(r"PASS(?:W|PHRASE|CODE|KEY|$|[^A-Z])|PWD|SECRET|TOKEN|KEY|SALT|CREDENTIAL|PRIVATE|"
+                              r"(?:^|[^A-Z0-9])ENC|_IV$")
 _NOT_CREDENTIAL = re.compile(r"PUBLIC|EXPIR|TTL|LENGTH|_FILE$|_PATH$")
 # Words that merely contain a credential word; taken out of the name before it is judged, so
 # KEYCLOAK_ADMIN and FTP_PASSIVE_PORTS are no credentials but KEYCLOAK_ADMIN_PASSWORD is.
-_LOOKALIKE = re.compile(r"KEYCLOAK|KEYBOARD|HOTKEY|PASSIVE|PASSTHROUGH|BYPASS|COMPASS|ENCODING")
+_LOOKALIKE = re.compile(r"KEYCLOAK|KEYBOARD|HOTKEY|PASSIVE|PASSTHROUGH|BYPASS|COMPASS|ENCODING|OVERPASS|UNDERPASS|"
+                        r"TRESPASS|SURPASS|SECRETAR")
 # The scheme is bounded: unbounded, every start inside a long run of letters and digits scans to
 # the run's end, and scrubbing a hostile 40 kB log line would take seconds (quadratic).
 URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]{0,31}://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@", re.I)

@@ -39,6 +39,8 @@ class _Api:
     def inspect_container(self, container_id: str) -> dict[str, Any]:
         from docker.errors import NotFound
 
+        if container_id in self._engine.read_errors:
+            raise self._engine.read_errors[container_id]
         later = self._engine.later.get(container_id)
         if later and container_id in self._engine.inspected:  # the container changes between polls
             self._engine.infos[container_id] = later.pop(0)
@@ -49,6 +51,8 @@ class _Api:
         return info
 
     def logs(self, container_id: str, *, tail: int, **_: Any) -> bytes:
+        if container_id in self._engine.log_errors:
+            raise self._engine.log_errors[container_id]
         lines = self._engine.logs.get(container_id, [])[-tail:]
         return "".join(f"2026-01-01T00:00:00Z {ln}\n" for ln in lines).encode()
 
@@ -71,6 +75,10 @@ class FakeEngine:
         self.containers: list[ContainerSummary] = []
         self.infos: dict[str, dict[str, Any]] = {}
         self.logs: dict[str, list[str]] = {}
+        self.log_errors: dict[str, Exception] = {}
+        """What reading a container's logs raises (a 409 while it is being removed, NotFound)."""
+        self.read_errors: dict[str, Exception] = {}
+        """What inspecting a container raises."""
         self.images: dict[str, dict[str, Any]] = {}
         self.later: dict[str, list[dict[str, Any]]] = {}
         self.inspected: set[str] = set()

@@ -234,3 +234,43 @@ async def test_gate_grace_is_the_callers(engine: FakeEngine) -> None:
     engine.add("web", health=None, started_ago=1)  # up 1 s, no healthcheck
     gate = await run_gate(engine, STACK, [WEB], timeout_s=3, grace_s=0.5)  # type: ignore[arg-type]
     assert gate.ok and gate.duration_s < 2, gate.failure
+
+
+def _removing(cid: str) -> Exception:
+    from docker.errors import APIError
+
+    response = type("R", (), {"status_code": 409, "reason": "Conflict"})()
+    return APIError("409 Client Error: Conflict", response=response,  # type: ignore[arg-type]
+                    explanation=f"removal of container {cid} is already in progress")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("error", ["removing", "not-found"])
+async def test_gate_reads_a_container_removed_meanwhile_as_gone(engine: FakeEngine, error: str) -> None:
+    """A rollback replaces containers while the gate reads them: their logs answer 409 or NotFound.
+    That is evidence ("gone"), never an exception that fails the gate (and with it the rollback)."""
+    from docker.errors import NotFound
+
+    cid = engine.add("web", health="unhealthy")
+    engine.log_errors[cid] = _removing(cid) if error == "removing" else NotFound("no such container")
+    gate = await run_gate(engine, STACK, [WEB], timeout_s=5)  # type: ignore[arg-type]
+    assert not gate.ok and gate.failed_service == "web"
+    assert gate.evidence[-1] == f"log: (container {cid[:12]} is gone: removed while its logs were read)"
+
+
+@pytest.mark.anyio
+async def test_gate_inspect_of_a_container_being_removed_is_gone(engine: FakeEngine) -> None:
+    going = engine.add("web")
+    engine.read_errors[going] = _removing(going)
+    engine.add("web", cid="web-new")
+    gate = await run_gate(engine, STACK, [WEB], timeout_s=5)  # type: ignore[arg-type]
+    assert gate.ok and len(gate.assessments) == 1
+
+
+def test_only_gone_or_going_counts_as_vanished() -> None:
+    from docker.errors import APIError, NotFound
+
+    from server.engine import vanished
+
+    assert vanished(_removing("abc")) and vanished(NotFound("no such container"))
+    assert not vanished(APIError("500 Server Error", explanation="something else broke"))

@@ -409,6 +409,22 @@ async def test_an_interrupted_deploy_rolls_back_ends_the_journal_and_reraises(
     assert world.compose.calls[0].compose_text == OLD and dict(world.compose.calls[0].project.env) == {"TAG": "2"}
 
 
+async def test_an_error_after_the_backup_never_says_nothing_was_changed(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine refusal raised mid-deploy carries the engine call's own state; once the backup is
+    taken the deploy may have changed the stack, so the caller is told the state is unknown."""
+    from server.errors import EngineError
+
+    _history_prev(world)
+    world.store.manifest = manifest("b-1", pins={"web": WEB_PIN})
+    world.engine.add("web")
+    refused = EngineError("the Docker engine refused to read logs", state="nothing was changed by this call")
+    with pytest.raises(EngineError) as err:
+        await _fail_deploy(world, world.stack({"web": {}}), plan(web="recreate"), refused, monkeypatch)
+    assert "nothing was changed" not in str(err.value)
+    assert "State: unknown" in str(err.value) and "stack_status and stack_history" in str(err.value)
+
+
 async def test_success_records_the_deployment_and_keeps_its_files(world: World,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     world.engine.add("web", image_id="sha256:new")

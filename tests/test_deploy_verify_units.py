@@ -182,6 +182,25 @@ async def test_no_window_and_a_container_that_fails_in_it(clock: Clock) -> None:
     assert result.failure.endswith("during the verification window (1s in)") and "log: boom" in result.evidence
 
 
+@pytest.mark.anyio
+async def test_a_container_removed_while_the_window_reads_it_is_gone_not_an_error(clock: Clock) -> None:
+    """A 409 "removal ... already in progress" from logs (a rollback replacing the container) is
+    an evidence line, never an exception out of the verification window."""
+    from docker.errors import APIError
+
+    engine = StatsEngine([10.0])
+    cid = _limited(engine, "api")
+    engine.later[cid] = [{**engine.infos[cid], "State": {**engine.infos[cid]["State"], "Status": "exited",
+                                                          "ExitCode": 1}}]
+    response = type("R", (), {"status_code": 409, "reason": "Conflict"})()
+    engine.log_errors[cid] = APIError("409 Client Error: Conflict", response=response,  # type: ignore[arg-type]
+                                      explanation=f"removal of container {cid} is already in progress")
+    result = await verify_module.verify_window(engine, STACK, [Watched("api")], {"api"},  # type: ignore[arg-type]
+                                               window_s=30.0, dependencies=frozenset())
+    assert not result.ok and result.failed_service == "api"
+    assert f"log: (container {cid[:12]} is gone: removed while its logs were read)" in result.evidence
+
+
 def test_more_edges_of_the_usage_arithmetic() -> None:
     assert usage_percent({"memory_stats": {"usage": 1}}, {"HostConfig": {"Memory": 1}}) == (100.0, None)  # 1 byte
     no_totals = {"cpu_stats": {"cpu_usage": {}, "system_cpu_usage": 2000, "online_cpus": 1},

@@ -75,3 +75,29 @@ async def test_too_many_services_is_a_finding_and_a_small_answer(mcp_client: Any
     assert len(json.dumps(report)) < 10_000
     inspected = await mcp_client.call_tool("inspect_stack", {"path": "many"})
     assert len(text(inspected)) < 10_000
+
+
+@pytest.mark.parametrize("action", ["verify", "restore"])
+@pytest.mark.parametrize("value", ["null", "", "None", "newest"])
+async def test_a_backup_id_that_is_not_an_id_is_an_error_not_the_newest(mcp_client: Any, stacks_root: Path,
+                                                                       action: str, value: str) -> None:
+    write_stack(stacks_root, "app", "services:\n  web:\n    image: nginx:alpine\n")
+    result = await mcp_client.call_tool("backup_stack", {"stack": "app", "action": action, "backup_id": value,
+                                                         "confirm": True})
+    assert result.is_error and "is not an id from backup_stack(action='list')" in text(result), text(result)
+    assert "nothing was changed" in text(result)
+
+
+@pytest.mark.parametrize(("arg", "value"), [("until", "null"), ("until", ""), ("since", "null"), ("since", " ")])
+async def test_a_log_window_that_is_not_a_time_is_an_error_not_no_window(mcp_client: Any, stacks_root: Path,
+                                                                         arg: str, value: str) -> None:
+    write_stack(stacks_root, "app", "services:\n  web:\n    image: nginx:alpine\n")
+    result = await mcp_client.call_tool("stack_logs", {"stack": "app", arg: value})
+    assert result.is_error and f"{arg}={value!r} is neither a duration" in text(result), text(result)
+
+
+async def test_a_path_null_is_a_path_that_does_not_exist(mcp_client: Any) -> None:
+    result = await mcp_client.call_tool("validate_compose", {"path": "null"})
+    assert "'null'" in text(result) and "exactly one of" not in text(result), text(result)
+    both = await mcp_client.call_tool("validate_compose", {"path": "null", "content": "services: {}\n"})
+    assert both.is_error and "exactly one of" in text(both), text(both)

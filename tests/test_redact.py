@@ -26,12 +26,14 @@ CREDENTIAL_KEYS = [
     "N8N_ENCRYPTION_KEY", "VAULT_ENC_KEY", "ENC", "AUTH_SALT", "AWS_CREDENTIALS", "PRIVATE", "SSH_PRIVATE",
     "AES_IV", "api_key", "db.password", "secret-key", "apikey", "SERVICE_ROLE_KEY", "ENCRYPTION",
     "KEYCLOAK_ADMIN_PASSWORD", "FTP_PASSIVE_PASSWORD",
+    "pass", "passwd", "passphrase", "pwd", "SMTPPASS", "dbPassword", "PASS_1", "mail.pass", "ADMIN_PASSCODE",
 ]
 NOT_CREDENTIAL_KEYS = [
     "POSTGRES_PASSWORD_FILE", "TLS_KEY_PATH", "SUPABASE_PUBLIC_URL", "NEXT_PUBLIC_ANON_KEY", "JWT_EXPIRY",
     "TOKEN_EXPIRES_IN", "SESSION_TTL", "PASSWORD_MIN_LENGTH", "POSTGRES_USER", "TZ", "PORT", "AUTH_ENABLED",
     "POSTGRES_HOST_AUTH_METHOD", "LATENCY_MS", "WORKER_CONCURRENCY", "DSN", "IV", "DATABASE_URL",
     "THEME_IVORY", "KEYCLOAK_ADMIN", "KEYCLOAK_HOSTNAME", "FTP_PASSIVE_PORTS", "DB_ENCODING", "AUTH_BYPASS",
+    "passed", "passes", "passing", "compass", "bypass", "PASSENGER_COUNT", "checks_passed", "secretary",
 ]
 
 
@@ -88,6 +90,14 @@ ASSIGNMENTS = [
 def test_assignment_layer(text: str, secret: str) -> None:
     assert secret not in Scrubber()(f"env {text} set")
     assert Scrubber(assignments=False)(f"env {text} set") == f"env {text} set"  # only that layer catches it
+
+
+@pytest.mark.parametrize("text", [
+    "5s window passed: 3 held", "compass: north, passes: 3", "tests passed=12 failed=0", "bypass: on",
+    "passing: yes", "secretary: bob",
+])
+def test_ordinary_words_that_contain_pass_are_no_credential_keys(text: str) -> None:
+    assert Scrubber(())(text) == text
 
 
 def test_assignment_layer_keeps_non_credentials() -> None:

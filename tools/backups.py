@@ -14,6 +14,7 @@ from server.errors import DsmError
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, Confirmation, ask_user, progress, require_confirmation, tool_errors
 from tools._policy import enforce
+from tools.deploy import OptionalId, _checked_id
 
 
 async def _restore_question(runtime: Runtime, stack: str, action: str, backup_id: str | None) -> str | None:
@@ -48,7 +49,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             Literal["create", "list", "restore", "verify"],
             Field(description="create | list | verify (restore drill, changes nothing) | restore (destructive)"),
         ] = "list",
-        backup_id: Annotated[str | None, Field(description="For verify/restore; default the newest.")] = None,
+        backup_id: Annotated[OptionalId, Field(description="For verify/restore; default the newest.")] = None,
         confirm: Annotated[bool, Field(description="restore only: true once the user agreed.")] = False,
     ) -> BackupResult:
         """Back up a stack, list its backups, prove one restores, or restore one.
@@ -61,7 +62,10 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         restart); the user must confirm. Config and images are rolled back by rollback.
         """
         from server.backups import service
+        from server.backups.store import BACKUP_ID
 
+        # "null" or "" is not "the newest": only a JSON null (or leaving it out) means that.
+        _checked_id(backup_id, "backup_id", BACKUP_ID, "from backup_stack(action='list')")
         if action in ("create", "restore"):
             await enforce(runtime.settings, ctx, "backup_stack", stack, action, confirm=confirm, answer=approval)
         location = service.resolve_stack(runtime, stack)

@@ -12,6 +12,7 @@ from server.monitor.models import ControlResult, Diagnosis, LogsPage, StatusRepo
 from server.runtime import Runtime
 from tools._common import CHANGES_STACKS, READ_ONLY, tool_errors
 from tools._policy import enforce
+from tools.deploy import OptionalId
 
 StackArg = Annotated[str, Field(description="Stack name (Compose project) or its directory under the stacks root.")]
 
@@ -37,11 +38,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     async def stack_logs(
         stack: StackArg,
         service: Annotated[str | None, Field(description="One service; omit for all.")] = None,
-        since: Annotated[str | None, Field(description="'15m', '2h', '1d' or an ISO time.")] = None,
+        since: Annotated[OptionalId, Field(description="'15m', '2h', '1d' or an ISO time.")] = None,
         grep: Annotated[str | None, Field(description="Case-insensitive substring lines must contain.")] = None,
         regex: Annotated[bool, Field(description="grep is a regular expression (time-bounded).")] = False,
         limit: Annotated[int, Field(ge=1, le=2000, description="Most lines returned (newest).")] = 200,
-        until: Annotated[str | None, Field(description="Page back: pass the previous page's next_until.")] = None,
+        until: Annotated[OptionalId, Field(description="Page back: pass the previous page's next_until.")] = None,
     ) -> LogsPage:
         """Recent container log lines of a stack, oldest first, credentials redacted; `truncated` with
         `next_until` when older lines exist, `cut` when lines or the page were shortened."""

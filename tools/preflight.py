@@ -11,9 +11,10 @@ from server.errors import PathRejected
 from server.preflight.reports import ResourceReport, ValidationReport
 from server.runtime import Runtime
 from tools._common import READ_ONLY, progress, tool_errors
+from tools.deploy import OptionalId
 
 PathArg = Annotated[
-    str | None,
+    OptionalId,  # a JSON string "null" is a path (one that does not exist), never "no path"
     Field(
         description="Stack directory (or a compose file in it) under the stacks root, e.g. 'supabase'. Or `content`."
     ),

