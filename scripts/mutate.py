@@ -130,13 +130,12 @@ MODULES: tuple[Module, ...] = (
     Module("monitor-watcher", "server/monitor/watcher.py",
            ("tests/test_monitor_units.py", "tests/test_watcher_backoff.py"),
            functions=("*xǁWatcherǁ_recover__mutmut*", "*xǁWatcherǁ_crash_looping__mutmut*", "*x__broken__mutmut*")),
-    Module("deploy-rollback", "server/deploy/pipeline.py", ("tests/test_deploy_rollback.py",),
-           baseline=("tests/test_deploy_units.py",),
-           functions=("*xǁDeployerǁ_auto_rollback__mutmut*", "*xǁDeployerǁ_restore_dumps__mutmut*",
-                      "*xǁDeployerǁrollback__mutmut*", "*xǁDeployerǁ_explicit__mutmut*",
-                      "*xǁDeployerǁ_last_success__mutmut*", "*xǁDeployerǁ_transaction__mutmut*",
-                      "*x__targets__mutmut*", "*x__backup_after__mutmut*", "*x__end__mutmut*",
-                      "*x__maintenance_back__mutmut*")),
+    Module("deploy-rollback", "server/deploy/rollback.py", ("tests/test_deploy_rollback.py",),
+           baseline=("tests/test_deploy_units.py",)),
+    # Where a rollback goes (the last good deployment, counting interrupted and failed ones) and
+    # adoption of what ran before the server.
+    Module("deploy-targets", "server/deploy/targets.py", ("tests/test_deploy_rollback.py",),
+           baseline=("tests/test_deploy_units.py",)),
     # Restoring a backup: every file checked before any change, the way each database comes back
     # (running; its archive; a fresh data directory), the data check, errors that say what changed.
     # The engine-facing halves (revive.py, the real replay) are held by the docker tests.
