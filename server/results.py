@@ -90,13 +90,7 @@ def _slim_input(node: Any) -> Any:
             out[key] = {name: _slim_input(sub) for name, sub in value.items()}
         elif key != "title":
             out[key] = _slim_input(value)
-    any_of = out.get("anyOf")
-    if isinstance(any_of, list) and len(any_of) == 2 and _NULL in any_of:
-        other = any_of[0] if any_of[1] == _NULL else any_of[1]
-        if isinstance(other, dict) and set(other) == {"type"} and isinstance(other["type"], str):
-            del out["anyOf"]
-            out["type"] = [other["type"], "null"]
-    return out
+    return _collapse_nullable(out)
 
 
 def _inline_single_use(schema: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +135,11 @@ def _slim(node: Any) -> Any:
         del out["type"]  # the enum says it
     if out.get("type") == "object" and "properties" in out:
         del out["type"]  # the properties say it
+    return _collapse_nullable(out)
+
+
+def _collapse_nullable(out: dict[str, Any]) -> dict[str, Any]:
+    """``anyOf [T, null]`` of a simple type becomes ``type: [T, "null"]`` (same values accepted)."""
     any_of = out.get("anyOf")
     if isinstance(any_of, list) and len(any_of) == 2 and _NULL in any_of:
         other = any_of[0] if any_of[1] == _NULL else any_of[1]
