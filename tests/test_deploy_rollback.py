@@ -56,7 +56,8 @@ def _ph(report: DeployReport, name: str) -> Any:
 
 
 async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFailed | BaseException,
-                       monkeypatch: pytest.MonkeyPatch, wait_s: float = 30.0) -> tuple[DeployReport, Run]:
+                       monkeypatch: pytest.MonkeyPatch, wait_s: float = 30.0, window: float = 0.0,
+                       old_verify_s: float = 0) -> tuple[DeployReport, Run]:
     """Transaction.execute with the executor's apply failing the given way (the backup is the world's manifest)."""
 
     async def progress(step: float, total: float, message: str) -> None:
@@ -77,15 +78,39 @@ async def _fail_deploy(world: World, stack: Any, the_plan: Any, failed: StepFail
                          ) -> Any:
         assert path == str(world.directory) and dsm_override is False  # the old files, without our pins
         # The old version's own verification window (x-dsm verify_s: 0 here), not the failed one's.
-        return dataclasses.replace(stack, settings=stack.settings.model_copy(update={"verify_s": 0}))
+        return dataclasses.replace(stack, settings=stack.settings.model_copy(update={"verify_s": old_verify_s}))
 
     monkeypatch.setattr("server.stackload.load_stack", load_stack)
     run.op = world.ops.begin(STACK, "deploy")
-    report = await deployer.execute(run, the_plan, env, services, wait_s, 0.0)
+    report = await deployer.execute(run, the_plan, env, services, wait_s, window)
     return report, run
 
 
 # -- automatic rollback after a failed deploy -------------------------------------------------------
+@pytest.mark.parametrize(("window", "old_verify_s", "expected"), [(5.0, 60, 5.0), (90.0, 20, 20.0)])
+async def test_the_rollback_verifies_the_old_version_for_the_shorter_window(
+        world: World, monkeypatch: pytest.MonkeyPatch, window: float, old_verify_s: float, expected: float) -> None:
+    """The old version's own window, but never longer than the failed deploy's: a caller who asked
+    for 5 s does not wait 60 for the rollback (found by a newcomer: 30 s after verify_s=5)."""
+    windows: list[float] = []
+
+    async def verify_window(*_: Any, window_s: float, **__: Any) -> Any:
+        from server.deploy.verify import VerifyResult
+
+        windows.append(window_s)
+        return VerifyResult(True, summary="checked")
+
+    monkeypatch.setattr("server.deploy.steps.verify_window", verify_window)
+    _history_prev(world)
+    world.store.manifest = manifest("b-1", pins={"web": WEB_PIN})
+    world.engine.add("web", image_id="sha256:old")
+    stack = world.stack({"web": {"image": "img/web:2"}})
+    report, _ = await _fail_deploy(world, stack, plan(web="recreate"), StepFailed("health", "web is unhealthy", "web"),
+                                   monkeypatch, window=window, old_verify_s=old_verify_s)
+    assert report.status == "rolled_back", report.phases
+    assert windows == [expected]
+
+
 async def test_failed_deploy_restores_last_good_files_before_up_with_previous_images_pinned(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     _history_prev(world)

@@ -75,6 +75,8 @@ class Spec:
     """Services whose data goes back; None: everything the backup holds (explicit restore_data)."""
     env: dict[str, str] = field(default_factory=dict)
     window: float | None = None
+    window_cap: float | None = None
+    """The verification window is at most this (the failed deploy's own window)."""
     notes: list[str] = field(default_factory=list)
     """What the caller already has to say (e.g. the failed files could not be kept)."""
     """Verification window; None: the old version's own (x-dsm verify_s, else the default), not
@@ -165,7 +167,7 @@ async def restore_version(d: RollbackHost, run: Run, spec: Spec, wait_s: float) 
         running = {c.service or "" for c in await d.engine.compose_containers(stack.name)}
         checked = _with_pins(old, pins)
         await run_checks(d.steps(run), d.engine, checked, watched_all(checked, running), set(checked.services),
-                         wait_s=wait_s, window=verify_default(old, None) if spec.window is None else spec.window,
+                         wait_s=wait_s, window=_window(spec, old),
                          prefix="rollback_")
         out.notes.append("previous version healthy: health gate, smoke checks and verification passed")
         out.result = "restored"
@@ -220,9 +222,11 @@ def _with_pins(stack: LoadedStack, pins: dict[str, str]) -> LoadedStack:
 
 # -- the two callers --------------------------------------------------------------------------------
 async def automatic(d: RollbackHost, run: Run, plan: DeployPlan, env: dict[str, str], failed: StepFailed,
-                    started: float, wait_s: float) -> DeployReport:
+                    started: float, wait_s: float, window: float | None = None) -> DeployReport:
     """A deploy failed after its backup: back to the last good deployment, with the images that ran
-    before it (the backup's pins) and the data of every database the failed change touched."""
+    before it (the backup's pins) and the data of every database the failed change touched.
+    ``window``: the failed deploy's verification window; the old version is verified for its own
+    window or this one, whichever is shorter (a caller who asked for 5 s does not wait 30)."""
     from server.memory.recorder import MemoryRecorder
     from server.preflight.history import failed_images as failed_digests
 
@@ -241,7 +245,7 @@ async def automatic(d: RollbackHost, run: Run, plan: DeployPlan, env: dict[str, 
     spec = Spec(target=target, pins={p.service: p.pinned_ref for p in run.backup.images},
                 originals={p.service: p.reference for p in run.backup.images},
                 data=run.backup if touched else None, databases=touched, env=env,
-                nothing_ran=not run.backup.images, notes=first)
+                nothing_ran=not run.backup.images, notes=first, window_cap=window)
     out = await restore_version(d, run, spec, wait_s)
     ttr = round(time.monotonic() - started, 1)
     recorder = MemoryRecorder(d.runtime.memory)
@@ -416,6 +420,11 @@ def _data_backup_of(d: RollbackHost, stack: str, target: Any) -> str | None:
         return backup_after(operations(d.runtime).history(stack, limit=200), target)
     except Exception:
         return None
+
+
+def _window(spec: Spec, old: LoadedStack) -> float:
+    window = verify_default(old, None) if spec.window is None else spec.window
+    return window if spec.window_cap is None else min(window, spec.window_cap)
 
 
 def _last_good(d: RollbackHost, stack: str, exclude: str) -> str | None:

@@ -263,12 +263,12 @@ class Transaction:
                 return self._report(run, "blocked", plan=plan, next_steps=[
                     "nothing was changed: fix the findings and deploy again"])
             except StepFailed as failed:
-                return await rollback.automatic(self, run, plan, env, failed, started, wait_s)
+                return await rollback.automatic(self, run, plan, env, failed, started, wait_s, window)
             except BaseException as exc:
                 # Server shutdown (cancellation) or a bug mid-deploy: roll back, shielded, then re-raise.
                 interrupted = StepFailed("deploy", f"interrupted: {type(exc).__name__}: {brief(exc)}")
                 with anyio.CancelScope(shield=True):
-                    report = await rollback.automatic(self, run, plan, env, interrupted, started, wait_s)
+                    report = await rollback.automatic(self, run, plan, env, interrupted, started, wait_s, window)
                     end_journal(run, report)
                 raise
             return await self._success(run, plan, started)
