@@ -24,7 +24,7 @@ class ServiceStatus(Frozen):
     name: str
     container_id: str
     state: str
-    health: str | None = Field(description="null: no healthcheck")
+    health: str | None = Field(description="null: no healthcheck, or not running")
     restarts: int
     exit_code: int | None
     oom_killed: bool

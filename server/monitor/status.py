@@ -147,7 +147,9 @@ def _service(o: Observed, usage: Usage | None, seen: dict[str, Any] | None) -> S
         name=o.summary.name,
         container_id=o.summary.id,
         state=status,
-        health=o.health,
+        # An exited container keeps its last probe result ("unhealthy" after a clean exit 0 of a
+        # one-shot): health means something only while it runs.
+        health=o.health if status in ("running", "restarting") else None,
         restarts=int(o.inspect.get("RestartCount") or 0),
         exit_code=exit_code,
         oom_killed=bool(st.get("OOMKilled")),
