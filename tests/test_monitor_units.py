@@ -232,3 +232,12 @@ def test_fresh_deployment_is_the_newest_change_not_a_rollback_or_a_no_op(tmp_pat
     v3 = op("deploy", "deployed")
     assert opsbridge.last_deployment(runtime, "p").operation_id == v3
     runtime.close()
+
+
+def test_status_shows_health_only_while_a_container_runs() -> None:
+    from server.monitor.status import _service
+
+    assert _service(observed("api", health="healthy"), None, None).health == "healthy"
+    # A one-shot that exited 0 keeps its last probe result in the engine: not shown as unhealthy.
+    done = _service(observed("migrate", status="exited", health="unhealthy"), None, None)
+    assert done.health is None and done.exit_code == 0
