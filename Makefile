@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_DIR := $(CURDIR)/.cache/embedding-model
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: install provision model test test-fast lint demo bench mutate clean-test
 
