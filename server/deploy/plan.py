@@ -121,7 +121,7 @@ async def compute_plan(
         image_id = local.get(ref) if ref else None
         running = by_service.get(name, [])
         image_from = running[0].labels.get(IMAGE_LABEL) if running else None
-        strategy, why = strategy_for(stack, name, roles[name])
+        strategy, _why = strategy_for(stack, name, roles[name])
         tag = tags.get(ref) if ref else None
         moved = tag is not None and tag.moved
         pull = bool(ref) and (image_id is None or moved) and not body.get("build")
@@ -151,7 +151,7 @@ async def compute_plan(
             # What runs is the executor's (recreate, server/deploy/compose_executor.py); the role's
             # choice is reported apart until a strategy that honours it is executed (issue 16).
             strategy="recreate", suggested_strategy=strategy.replace("-", "_"),
-            reason=reason if action == "unchanged" else f"{reason}; suggested {strategy.replace('-', '_')}: {why}",
+            reason=reason,  # why this action; the suggestion's own reason waits for its strategy (issue 16)
             digest_from=tag.local_digest if moved and tag else None, digest_to=tag.remote if moved and tag else None,
             registry_note=tag.note if tag else None,
         ))
