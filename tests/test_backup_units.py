@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from server.backups.databases import image_repository_name, parse_counts, recipe_for
+from server.backups.databases import parse_counts, recipe_for
 from server.backups.models import BackupManifest
 from server.backups.store import BACKUP_ID, BackupStore, new_backup_id, pin_ref
 from server.backups.tarsum import tar_content
 from server.errors import BackupNotFound, PathRejected, SettingsError
+from server.roles import repository_name
 from server.settings import Settings
 from server.xdsm import parse_service_settings
 
@@ -78,7 +79,7 @@ def test_hooks_win_over_the_image_and_keep_their_argv() -> None:
     recipe = recipe_for("postgres:16", settings)
     assert recipe is not None and recipe.kind == "hooks"
     assert recipe.dump == ["pg_dump", "-Fc"] and recipe.restore == ["pg_restore"]
-    assert image_repository_name("registry:5000/team/MyDB:1") == "mydb"
+    assert repository_name("registry:5000/team/MyDB:1") == "mydb"
 
 
 @pytest.mark.parametrize(("image", "counted"), [("postgres:16", "postgres"), ("acme/app:1", None),

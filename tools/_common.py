@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WrapValidator
 
 from server.errors import DsmError
 from server.redact import Scrubber, seen_secrets
@@ -29,6 +30,26 @@ def scrub_error(text: str) -> str:
     """A tool error's text without credentials: their shapes, and every secret value a stack load
     in this process has seen (.env values, given env), whatever code raised it."""
     return Scrubber(seen_secrets())(text)
+def _null_or_text(value: Any, handler: Any) -> str | None:
+    return None if value is None else str(handler(value))
+
+
+# An id argument is a plain ``str`` to the SDK: it turns a JSON string "null" into None for any
+# other annotation, and deploy_stack(plan_id="null") then skipped its plan check. JSON null still
+# means "not given"; every string is checked against the id's format (checked_id).
+if TYPE_CHECKING:
+    OptionalId = str | None
+else:
+    OptionalId = Annotated[str, WrapValidator(_null_or_text)]
+
+def checked_id(value: str | None, name: str, pattern: re.Pattern[str], where: str) -> str | None:
+    """``value`` unless it is a string that is not an id of ``pattern`` (then a clear DsmError)."""
+    if value is not None and not pattern.fullmatch(value):
+        raise DsmError(f"{name}={value[:80]!r} is not an id {where}", state="nothing was changed",
+                       next_step=f"pass an id exactly as {where} gives it, or leave {name} out")
+    return value
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

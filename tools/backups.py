@@ -12,9 +12,17 @@ from pydantic import Field
 from server.backups.models import BackupResult
 from server.errors import DsmError
 from server.runtime import Runtime
-from tools._common import CHANGES_STACKS, Confirmation, ask_user, progress, require_confirmation, tool_errors
+from tools._common import (
+    CHANGES_STACKS,
+    Confirmation,
+    OptionalId,
+    ask_user,
+    checked_id,
+    progress,
+    require_confirmation,
+    tool_errors,
+)
 from tools._policy import enforce
-from tools.deploy import OptionalId, _checked_id
 
 
 async def _restore_question(runtime: Runtime, stack: str, action: str, backup_id: str | None) -> str | None:
@@ -65,7 +73,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         from server.backups.store import BACKUP_ID
 
         # "null" or "" is not "the newest": only a JSON null (or leaving it out) means that.
-        _checked_id(backup_id, "backup_id", BACKUP_ID, "from backup_stack(action='list')")
+        checked_id(backup_id, "backup_id", BACKUP_ID, "from backup_stack(action='list')")
         if action in ("create", "restore"):
             await enforce(runtime.settings, ctx, "backup_stack", stack, action, confirm=confirm, answer=approval)
         location = service.resolve_stack(runtime, stack)

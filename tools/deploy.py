@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
-from pydantic import Field, WrapValidator
+from pydantic import Field
 
 from server.deploy.report import DeployReport
-from server.errors import DsmError
 from server.runtime import Runtime
-from tools._common import CHANGES_STACKS, progress, tool_errors
+from tools._common import CHANGES_STACKS, OptionalId, checked_id, progress, tool_errors
 from tools._policy import enforce
 
-
-def _null_or_text(value: Any, handler: Any) -> str | None:
-    return None if value is None else str(handler(value))
-
-
-# An id argument is a plain ``str`` to the SDK: it turns a JSON string "null" into None for any
-# other annotation, and deploy_stack(plan_id="null") then skipped its plan check. JSON null still
-# means "not given"; every string is checked against the id's format (_checked_id).
-if TYPE_CHECKING:
-    OptionalId = str | None
-else:
-    OptionalId = Annotated[str, WrapValidator(_null_or_text)]
-
 _PLAN_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _checked_id(value: str | None, name: str, pattern: re.Pattern[str], where: str) -> str | None:
-    if value is not None and not pattern.fullmatch(value):
-        raise DsmError(f"{name}={value[:80]!r} is not an id {where}", state="nothing was changed",
-                       next_step=f"pass an id exactly as {where} gives it, or leave {name} out")
-    return value
 
 
 def _confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
@@ -85,7 +64,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`; a dry run's
         `needs_confirm` names the confirmation the real call needs. `omitted` counts what was left out.
         """
-        _checked_id(plan_id, "plan_id", _PLAN_ID, "from deploy_stack(dry_run=true)")
+        checked_id(plan_id, "plan_id", _PLAN_ID, "from deploy_stack(dry_run=true)")
         gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run)
         confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
         from server.deploy.pipeline import Deployer
@@ -116,7 +95,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         Same report as deploy_stack."""
         from server.operations.models import OPERATION_ID
 
-        _checked_id(to_deployment, "to_deployment", OPERATION_ID, "from stack_history")
+        checked_id(to_deployment, "to_deployment", OPERATION_ID, "from stack_history")
         gate = await enforce(runtime.settings, ctx, "rollback", stack, "rollback_data" if restore_data else "rollback",
                              confirm=confirm)
         confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once

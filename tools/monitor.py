@@ -10,9 +10,8 @@ from pydantic import Field
 
 from server.monitor.models import ControlResult, Diagnosis, LogsPage, StatusReport
 from server.runtime import Runtime
-from tools._common import CHANGES_STACKS, READ_ONLY, tool_errors
+from tools._common import CHANGES_STACKS, READ_ONLY, OptionalId, tool_errors
 from tools._policy import enforce
-from tools.deploy import OptionalId
 
 StackArg = Annotated[str, Field(description="Stack name (Compose project) or its directory under the stacks root.")]
 

@@ -10,8 +10,7 @@ from pydantic import Field
 from server.errors import PathRejected
 from server.preflight.reports import ResourceReport, ValidationReport
 from server.runtime import Runtime
-from tools._common import READ_ONLY, progress, tool_errors
-from tools.deploy import OptionalId
+from tools._common import READ_ONLY, OptionalId, progress, tool_errors
 
 PathArg = Annotated[
     OptionalId,  # a JSON string "null" is a path (one that does not exist), never "no path"

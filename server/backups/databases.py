@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from server.roles import ServiceRole, repository_name, resolve_role
+from server.roles import ServiceRole, resolve_role
 from server.xdsm import ServiceSettings
 
 _PG_ENV = 'export PGPASSWORD="${POSTGRES_PASSWORD:-}"; U="${POSTGRES_USER:-postgres}"; '
@@ -116,11 +116,6 @@ def _redis() -> Recipe:
 
 
 _BY_KIND = {"postgres": _postgres, "mysql": _mysql, "mongo": _mongo, "redis": _redis}
-
-
-def image_repository_name(image: str) -> str:
-    """'docker.io/library/postgres:15@sha256:..' -> 'postgres'."""
-    return repository_name(image)
 
 
 def recipe_for_role(role: ServiceRole, settings: ServiceSettings) -> Recipe | None:
