@@ -69,8 +69,10 @@ async def load_stack(
 ) -> LoadedStack:
     """Screen, check and render one stack. Raises StackRenderFailed (findings) or PathRejected.
 
-    ``dsm_override=False`` leaves our compose.dsm.yaml out: a deploy states its own images, so it
-    checks the user's files as it will run them (the pins of an earlier rollback are dropped)."""
+    ``dsm_override=False`` leaves our compose.dsm.yaml out while it pins images: a deploy states
+    its own images, so it checks the user's files as it will run them (the pins of an earlier
+    rollback are dropped). Without pins the file holds only scale_service's replicas and limits,
+    which the deploy runs: it stays in."""
     env = dict(env or {})
     for key in env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
@@ -82,7 +84,7 @@ async def load_stack(
     assert path is not None
     location = locate_stack(settings, path, env)
     project = location.project()
-    if not dsm_override and location.overrides:
+    if not dsm_override and location.overrides and _pins_in(location.directory):
         keep = len(location.files) - len(location.overrides)
         location = dataclasses.replace(location, files=location.files[:keep], documents=location.documents[:keep])
         # Spelled out with -f: with none, Compose reads COMPOSE_FILE from .env, which lists our
@@ -590,3 +592,9 @@ def _services(docs: list[YamlDocument]) -> set[str]:
         services = doc.data.get("services") if isinstance(doc.data, dict) else None
         names.update(map(str, services) if isinstance(services, dict) else [])
     return names
+
+
+def _pins_in(directory: Path) -> bool:
+    from server.deploy.project import holds_pins
+
+    return holds_pins(directory)

@@ -1,8 +1,10 @@
 """``compose.dsm.yaml``: the one override file through which we change a stack.
 
-Our changes (today: images pinned by a rollback; later replicas and limits) live here, never in
-the user's files. The stack's ``.env`` lists it in ``COMPOSE_FILE`` after the user's own files, so
-a plain ``docker compose up`` in the stack directory gives the same state we deployed.
+Our changes (images pinned by a rollback; replicas and limits set by scale_service) live here,
+never in the user's files. A deploy drops the pins (it states its own images) and keeps the scale
+entries: they are the operator's choice until scale_service changes them. The stack's ``.env``
+lists it in ``COMPOSE_FILE`` after the user's own files, so a plain ``docker compose up`` in the
+stack directory gives the same state we deployed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from server.stacks import read_dotenv
 from server.yamlsafe import dump_yaml, load_yaml, read_text_capped
 
 _HEADER = (
-    "# Written by docker-stack-mcp: images pinned by a rollback (and, later, replicas and limits).\n"
-    "# Listed in .env COMPOSE_FILE after your own files. A successful deploy_stack removes the pins.\n"
+    "# Written by docker-stack-mcp: images pinned by a rollback, replicas and limits set by scale_service.\n"
+    "# Listed in .env COMPOSE_FILE after your own files. A successful deploy_stack removes the pins;\n"
+    "# replicas and limits stay until scale_service changes them.\n"
 )
 _COMPOSE_FILE_LINE = re.compile(r"^\s*(?:export\s+)?COMPOSE_FILE\s*=.*$", re.MULTILINE)
 
@@ -92,6 +95,35 @@ def drop_undefined_pins(directory: Path, defined: Iterable[str]) -> list[str]:
     rest = {k: v for k, v in data.items() if k not in ("services", PINS_KEY)}
     _write(directory, {**rest, "services": services, **({PINS_KEY: records} if records else {})})
     return gone
+
+
+def holds_pins(directory: Path) -> bool:
+    """A rollback's image pins are in place (a deploy's view of the stack leaves the file out then)."""
+    return bool(pinned_images(directory))
+
+
+def scale_entry(directory: Path, service: str) -> dict[str, Any]:
+    """Our entry for ``service`` without its pinned image: what scale_service wrote (replicas,
+    limits, reservations); ``{}`` when none."""
+    body = (read_override(directory).get("services") or {}).get(service)
+    return {str(k): v for k, v in body.items() if k != "image"} if isinstance(body, dict) else {}
+
+
+def write_scale(directory: Path, service: str, entry: Mapping[str, Any]) -> None:
+    """Replace our entry for ``service`` (a pinned image stays) and list the file in COMPOSE_FILE;
+    an empty entry with no pin takes the service out of the file (the file too when it empties)."""
+    data = read_override(directory)
+    services: dict[str, Any] = dict(data.get("services") or {})
+    old = services.get(service)
+    body = {"image": old["image"]} if isinstance(old, dict) and old.get("image") else {}
+    body.update(entry)
+    if body:
+        services[service] = body
+    else:
+        services.pop(service, None)
+    records = data.get(PINS_KEY)
+    rest = {k: v for k, v in data.items() if k not in ("services", PINS_KEY)}
+    _write(directory, {**rest, "services": services, **({PINS_KEY: records} if records else {})})
 
 
 def clear_pins(directory: Path) -> bool:

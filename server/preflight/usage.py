@@ -161,3 +161,17 @@ def usage_from_stats(stats: dict[str, Any]) -> Usage:
         pass
     limit = mem.get("limit")
     return Usage(memory_bytes=memory, cpu_percent=cpu_pct, memory_limit_bytes=int(limit) if limit else None)
+
+
+def memory_peak(full_id: str) -> int | None:
+    """A container's peak memory since it started (cgroup v2 ``memory.peak``, v1
+    ``memory.max_usage_in_bytes``; page cache included); None when the engine is not local or the
+    kernel does not keep it. scale_service sizes a limit from it."""
+    paths = _cgroup_paths(full_id)
+    if paths is None:
+        return None
+    mem_dir, _, v2 = paths
+    try:
+        return int((mem_dir / ("memory.peak" if v2 else "memory.max_usage_in_bytes")).read_text())
+    except (OSError, ValueError):
+        return None
