@@ -100,7 +100,10 @@ def new_entry(body: Mapping[str, Any], old: Mapping[str, Any], ask: Ask) -> dict
         value = values[field]
         if value is None:
             continue
-        if flat is not None and flat in body:
+        if flat is not None and (flat in body or (field == "replicas" and not _has(body, path))):
+            # Replicas go in as ``scale`` unless the files say deploy.replicas: Compose leaves both out
+            # of the config hash, but a ``deploy`` block that was not there changes it, and scaling
+            # out would recreate the containers already running.
             entry[flat] = value
             continue
         node = entry
@@ -108,6 +111,15 @@ def new_entry(body: Mapping[str, Any], old: Mapping[str, Any], ask: Ask) -> dict
             node = node.setdefault(key, {})
         node[path[-1]] = value
     return entry
+
+
+def _has(body: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = body
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def merged(body: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from server.deploy.override import pinned_images
 from server.errors import ConfirmationRequired, DsmError
 from server.runtime import Runtime
 from server.scale import scale_service
@@ -67,7 +68,7 @@ async def test_scale_up_down_and_limits_survive_deploy_and_plain_up(runtime: Run
     assert len(running(project_name)) == 3
     assert {limits(c) for c in running(project_name)} == {(96 * 1024**2, 250_000_000)}
     # Spelled as the file spells it (mem_limit, cpus): Compose refuses two spellings of one setting.
-    assert entry(directory) == {"deploy": {"replicas": 3}, "mem_limit": "96m", "cpus": 0.25}
+    assert entry(directory) == {"scale": 3, "mem_limit": "96m", "cpus": 0.25}
 
     # The next deploy_stack keeps them (the plan sees them: nothing to do) ...
     again = await deploy(runtime, project_name)
@@ -130,4 +131,28 @@ async def test_the_tool_over_mcp(runtime: Runtime, stacks_root: Path, project_na
         assert result.structured_content["changes"] == ["replicas 1 -> 2"]
         bad = await client.call_tool("scale_service", {"stack": project_name, "service": "web", "memory": "lots"})
         assert bad.is_error
-    assert len(running(project_name)) == 2 and entry(directory) == {"deploy": {"replicas": 2}}
+    assert len(running(project_name)) == 2 and entry(directory) == {"scale": 2}
+
+
+async def test_a_failing_scale_rolls_back_to_the_previous_files(runtime: Runtime, stacks_root: Path,
+                                                                 project_name: str) -> None:
+    """Each container marks itself alive in the shared volume; one is healthy only while no other
+    was alive in the last 3 s. Scaling to 2 fails the gate; the rollback leaves one healthy
+    container and the files as they were."""
+    probe = ("touch /data/alive-$$HOSTNAME; now=$$(date +%s); n=0; for f in /data/alive-*; do "
+             "[ $$((now - $$(stat -c %Y $$f))) -le 3 ] && n=$$((n+1)); done; [ $$n -le 1 ]")
+    check = f"    healthcheck: {{test: ['CMD-SHELL', '{probe}'], interval: 1s, timeout: 2s, retries: 2}}\n"
+    directory = write(stacks_root, project_name, stack_text(project_name, extra=check, volume=True))
+    first = await deploy(runtime, project_name)
+    assert first.status == "deployed", first
+    before = running(project_name)
+    env_before = (directory / ".env").read_bytes() if (directory / ".env").is_file() else None
+
+    failed = await scale_service(runtime, project_name, "web", Ask(replicas=2), confirm=True, wait_timeout_s=20)
+    assert failed.status == "rolled_back", failed.deploy.model_dump_json(indent=1) if failed.deploy else failed
+    assert failed.deploy is not None and failed.deploy.rollback is not None
+    assert failed.deploy.rollback.result == "restored", failed.deploy.rollback
+    assert len(running(project_name)) == 1 and before
+    assert entry(directory) == {}  # the previous entry (none) is back; the rollback pins the image it restarted
+    # What the rollback itself does: the image it restarted is pinned (hence COMPOSE_FILE in .env).
+    assert env_before is None and pinned_images(directory) == {"web": pinned_images(directory)["web"]}
