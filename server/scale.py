@@ -22,11 +22,9 @@ from server.deploy.health import GateResult, Watched
 from server.deploy.steps import StepLog
 from server.errors import DsmError
 from server.runtime import Runtime
+from server.scale_models import Ask, ScaleReport, Suggestion
 from server.scale_rules import (
     UNCHANGED,
-    Ask,
-    ScaleReport,
-    Suggestion,
     check_fit,
     check_rules,
     describe,
@@ -105,7 +103,8 @@ async def scale_service(runtime: Runtime, stack_arg: str, service: str, ask: Ask
         kept.put_back_if(written)  # the deploy changed nothing: neither do we
     steps = [*(["compose.dsm.yaml keeps these: the next deploy_stack and `docker compose up` run them"]
                if deployed.status == "deployed" else []), *deployed.next_steps]
-    return report.model_copy(update={"status": deployed.status, "deploy": deployed.for_the_caller(),
+    deploy = deployed.for_the_caller().model_dump(mode="json")
+    return report.model_copy(update={"status": deployed.status, "deploy": deploy,
                                      "next_steps": steps[:3]})
 
 

@@ -19,52 +19,17 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from server.deploy.report import DeployReport, DeployStatus
 from server.errors import ConfirmationRequired, DsmError
-from server.models import Frozen
 from server.policy.sizing import MIB, human_bytes
+from server.scale_models import Ask, Suggestion
 from server.stackmodel import LoadedStack
 from server.stackview import cpu_limit, memory_limit, parse_bytes
 
 UNCHANGED = "nothing was changed"
 HEADROOM = 1.5
 """A suggested limit is this many times the observed peak (rounded up to 16 MiB / 0.05 CPU)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Ask:
-    replicas: int | None = None
-    cpus: float | None = None
-    memory: str | None = None
-    reserve_cpus: float | None = None
-    reserve_memory: str | None = None
-
-    @property
-    def empty(self) -> bool:
-        return all(v is None for v in dataclasses.astuple(self))
-
-
-class Suggestion(Frozen):
-    memory: str | None = Field(default=None, description="Memory limit to pass as memory.")
-    reserve_memory: str | None = None
-    cpus: float | None = None
-    basis: str
-
-
-class ScaleReport(Frozen):
-    status: DeployStatus | Literal["suggested"]
-    stack: str
-    service: str
-    changes: list[str] = Field(default_factory=list, description="What changes, from -> to.")
-    resources: str = Field(default="", description="Whether the host has the memory and CPUs for it.")
-    suggestion: Suggestion | None = None
-    deploy: DeployReport | None = Field(default=None, description="The deploy that applied it (deploy_stack's "
-                                        "report).")
-    next_steps: list[str] = Field(default_factory=list)
 
 
 # -- what the entry becomes ---------------------------------------------------------------------

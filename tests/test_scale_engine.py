@@ -13,7 +13,7 @@ from server.deploy.override import pinned_images
 from server.errors import ConfirmationRequired, DsmError
 from server.runtime import Runtime
 from server.scale import scale_service
-from server.scale_rules import Ask
+from server.scale_models import Ask
 from tests.deploy_helpers import WEB_10, containers, deploy, docker, free_port, write
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -64,7 +64,7 @@ async def test_scale_up_down_and_limits_survive_deploy_and_plain_up(runtime: Run
 
     up = await scale_service(runtime, project_name, "web", Ask(replicas=3, memory="96m", cpus=0.25))
     assert up.status == "deployed", up
-    assert up.deploy is not None and up.deploy.backup_id
+    assert up.deploy is not None and up.deploy["backup_id"]
     assert len(running(project_name)) == 3
     assert {limits(c) for c in running(project_name)} == {(96 * 1024**2, 250_000_000)}
     # Spelled as the file spells it (mem_limit, cpus): Compose refuses two spellings of one setting.
@@ -149,9 +149,8 @@ async def test_a_failing_scale_rolls_back_to_the_previous_files(runtime: Runtime
     env_before = (directory / ".env").read_bytes() if (directory / ".env").is_file() else None
 
     failed = await scale_service(runtime, project_name, "web", Ask(replicas=2), confirm=True, wait_timeout_s=20)
-    assert failed.status == "rolled_back", failed.deploy.model_dump_json(indent=1) if failed.deploy else failed
-    assert failed.deploy is not None and failed.deploy.rollback is not None
-    assert failed.deploy.rollback.result == "restored", failed.deploy.rollback
+    assert failed.status == "rolled_back", failed
+    assert failed.deploy is not None and failed.deploy["rollback"]["result"] == "restored", failed.deploy
     assert len(running(project_name)) == 1 and before
     assert entry(directory) == {}  # the previous entry (none) is back; the rollback pins the image it restarted
     # What the rollback itself does: the image it restarted is pinned (hence COMPOSE_FILE in .env).

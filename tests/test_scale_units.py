@@ -11,7 +11,8 @@ import pytest
 
 from server.deploy import override
 from server.errors import ConfirmationRequired, DsmError
-from server.scale_rules import Ask, check_rules, describe, merged, new_entry, suggest
+from server.scale_models import Ask
+from server.scale_rules import check_rules, describe, merged, new_entry, suggest
 
 MIB = 1024**2
 

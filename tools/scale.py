@@ -8,11 +8,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from pydantic import Field
 
 from server.runtime import Runtime
-from server.scale_rules import Ask, ScaleReport
+from server.scale_models import Ask, ScaleReport
 from tools._common import CHANGES_STACKS, progress, tool_errors
 from tools._policy import enforce
-
-_SIZE = r"^[0-9]+(\.[0-9]+)?\s*([bkmgBKMG]|[kmgKMG]i?[bB])?$"
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -23,20 +21,18 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         stack: Annotated[str, Field(description="Stack name or directory.")],
         service: Annotated[str, Field(description="Service to scale.")],
         replicas: Annotated[int | None, Field(ge=0, le=50)] = None,
-        memory: Annotated[str | None, Field(pattern=_SIZE, description="Memory limit per replica, e.g. 256m.")] = None,
-        cpus: Annotated[float | None, Field(gt=0, le=1024, description="CPU limit per replica.")] = None,
-        reserve_memory: Annotated[str | None, Field(pattern=_SIZE)] = None,
+        memory: Annotated[str | None, Field(max_length=20, description="e.g. 256m")] = None,
+        cpus: Annotated[float | None, Field(gt=0, le=1024)] = None,
+        reserve_memory: Annotated[str | None, Field(max_length=20)] = None,
         reserve_cpus: Annotated[float | None, Field(gt=0, le=1024)] = None,
-        dry_run: Annotated[bool, Field(description="The change, host check and suggestion; nothing written.")
-                           ] = False,
-        confirm: Annotated[bool, Field(description="Replicas sharing a read-write volume; critical stacks.")
+        dry_run: Annotated[bool, Field(description="Change, host check, suggestion; nothing written.")] = False,
+        confirm: Annotated[bool, Field(description="Replicas sharing a read-write volume; critical stack.")
                            ] = False,
     ) -> ScaleReport:
-        """Set a service's replicas and/or limits; kept in compose.dsm.yaml (the next deploy_stack and
-        `docker compose up` keep them) and applied by a deploy of that service (backup, gate, rollback).
-        Refused, nothing changed, when it does not fit the host or two copies cannot run (container_name,
-        fixed host port). No values, or dry_run: `suggestion` sizes limits from observed usage.
-        `deploy` is deploy_stack's report."""
+        """Set a service's replicas and/or per-replica limits, kept in compose.dsm.yaml (deploy_stack and
+        `docker compose up` keep them), applied by a deploy of the service (backup, gate, rollback).
+        Refused, nothing changed, if it does not fit the host or two copies cannot run. No values or
+        dry_run: `suggestion` from observed usage."""
         ask = Ask(replicas=replicas, cpus=cpus, memory=memory, reserve_cpus=reserve_cpus,
                   reserve_memory=reserve_memory)
         gate = await enforce(runtime.settings, ctx, "scale_service", stack, "deploy", confirm=confirm,
