@@ -82,6 +82,13 @@ async def scale_service(runtime: Runtime, stack_arg: str, service: str, ask: Ask
         raise DsmError(f"stack {stack.name!r} runs images pinned by a rollback (compose.dsm.yaml x-dsm-pins), and "
                        "the deploy that applies a scale replaces pins with the files' images", state=UNCHANGED,
                        next_step="fix the compose files and deploy_stack first (or keep the rollback), then scale")
+    critical = stack.settings.critical or stack.service_settings_for(service).critical
+    # The deploy asks only when its plan recreates something; a replicas-only change recreates nothing.
+    if critical and not confirm and not (confirmer and await confirmer(
+            f"Scale {service} of critical stack {stack.name!r}: {'; '.join(changes)}?")):
+        return report.model_copy(update={"status": "blocked", "next_steps": [
+            "this stack is critical: confirm (confirm=true) after the user agreed; nothing was changed"]})
+    confirm = confirm or bool(critical)  # asked once: the deploy does not ask again
     busy = operations(runtime).running(stack.name)
     if busy is not None:
         return report.model_copy(update={"status": "busy", "next_steps": [

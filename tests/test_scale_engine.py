@@ -91,8 +91,9 @@ async def test_refusals_change_nothing(runtime: Runtime, stacks_root: Path, proj
     port = free_port()
     directory = write(stacks_root, project_name, stack_text(
         project_name, volume=True, extra=f"  fixed:\n{SMALL}    ports: ['127.0.0.1:{port}:80']\n"
+        "    x-dsm: {critical: true}\n"
         f"  named:\n{SMALL}    container_name: {project_name}-named\n"))
-    first = await deploy(runtime, project_name)
+    first = await deploy(runtime, project_name, confirm=True)
     assert first.status == "deployed", first.findings
     env_before = (directory / ".env").read_text() if (directory / ".env").is_file() else ""
     ids = {s: running(project_name, s) for s in ("web", "fixed", "named")}
@@ -108,6 +109,9 @@ async def test_refusals_change_nothing(runtime: Runtime, stacks_root: Path, proj
         await scale_service(runtime, project_name, "web", Ask(replicas=3, memory=f"{total // 2 // 1024**2}m"),
                             confirm=True)
     assert "does not fit" in str(refused.value) and refused.value.state == "nothing was changed"
+    # A critical service is not scaled without the user's yes (no client to ask here, no confirm).
+    unconfirmed = await scale_service(runtime, project_name, "fixed", Ask(replicas=0))  # recreates nothing
+    assert unconfirmed.status == "blocked" and "critical" in unconfirmed.next_steps[0]
     assert override_of(directory) == ""
     assert ((directory / ".env").read_text() if (directory / ".env").is_file() else "") == env_before
     assert {s: running(project_name, s) for s in ids} == ids
