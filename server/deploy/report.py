@@ -8,6 +8,7 @@ from pydantic import Field
 
 from server.digest import Detail, briefly
 from server.models import Finding, Frozen
+from server.monitor.models import DriftReport
 
 Action = Literal["create", "recreate", "unchanged", "remove"]
 DeployStatus = Literal["deployed", "unchanged", "rolled_back", "blocked", "failed", "planned", "busy"]
@@ -46,6 +47,9 @@ class DeployPlan(Frozen):
     findings: list[Finding] = Field(
         default_factory=list, description="What the plan changes about data (a database volume moved): confirm first."
     )
+    drift: DriftReport | None = Field(
+        default=None, description="Changes made behind the server's back since the last recorded deployment, "
+        "which this deploy overwrites.")
 
     @property
     def changes(self) -> list[ServicePlan]:

@@ -46,6 +46,7 @@ from server.deploy.targets import adopt_if_new
 from server.engine import Engine
 from server.errors import DsmError
 from server.models import Finding
+from server.monitor import baseline  # what this deployment left running: drift is measured from it
 from server.redact import Scrubber
 from server.runtime import Runtime
 from server.stackmodel import LoadedStack
@@ -235,6 +236,9 @@ class Transaction:
         assert stack.directory is not None
         if not plan.changes and (await self.executor.observe(stack, services)).ready:
             run.phase("health", "ok", time.monotonic(), "already running healthy")
+            # What runs is what these files ask for: the baseline drift is measured from (a change by
+            # hand that the files now describe is no longer drift).
+            await baseline.record(self.settings, self.engine, stack.name, stack.directory, run.op.id, "deploy")
             return self._report(run, "unchanged", plan=plan, services=await states(self.engine, stack, run),
                                 next_steps=["nothing to do: the stack already runs this configuration healthy"])
         store = backup_store(self.runtime)
@@ -292,6 +296,7 @@ class Transaction:
         async with self.steps(run).phase("record", "recording the deployment") as step:
             now = await states(self.engine, stack, run)
             kept = snapshots.save_kept(self.settings, stack.name, run.op.id, stack.directory)
+            await baseline.record(self.settings, self.engine, stack.name, stack.directory, run.op.id, "deploy")
             digests = {s.name: s.image_digest or "" for s in now if s.image_digest}
             memory = await self._record_deployment(
                 stack=stack.name, services=[s.name for s in now], outcome="success", image_digests=digests,

@@ -15,7 +15,7 @@ from typing import Any
 from server.engine import ContainerSummary, RunningContainer, inspect_container
 from server.errors import DockerUnavailable, StackNotFound
 from server.monitor import watchstate
-from server.monitor.models import ServiceStatus, StackStatus, StatusReport, WatcherView
+from server.monitor.models import DriftReport, ServiceStatus, StackStatus, StatusReport, WatcherView
 from server.monitor.resolve import managed_locations, resolve_stack
 from server.policy import Usage
 from server.preflight.parallel import run_for_each
@@ -122,9 +122,22 @@ async def stack_status(runtime: Runtime, stack: str | None = None, with_stats: b
         # Ours only when its containers were started from the stack's directory (server.ownership).
         ours = name in managed and all(same_directory(o.labels.get(WORKING_DIR_LABEL), managed[name].directory)
                                        for o in grouped[name])
+        drift = await _drift(runtime, name, managed[name].directory, grouped[name]) if ours else None
         stacks.append(StackStatus(stack=name, managed=ours, state=_stack_state(counted or services),
-                                  maintenance=maint, services=services))
+                                  maintenance=maint, services=services, drift=drift))
     return StatusReport(stacks=stacks, problems=problems)
+
+
+async def _drift(runtime: Runtime, name: str, directory: Any, observed: list[Observed]) -> DriftReport | None:
+    """Changes since the last recorded deployment (server.monitor.driftcheck); None when unknown."""
+    from server.monitor.driftcheck import check
+
+    try:
+        return await check(runtime.settings, runtime.engine(), name, directory, [o.summary for o in observed],
+                           operations=runtime.operations())
+    except Exception as exc:  # a status must not fail for a check of its own
+        log.warning("drift of %s not compared: %s", name, exc)
+        return None
 
 
 async def sample_usage(runtime: Runtime, observed: list[Observed]) -> dict[str, Usage]:

@@ -40,7 +40,7 @@ from server.compose import services_argv
 from server.engine import container_logs, events_iter, restart_container, start_container
 from server.errors import DockerUnavailable, DsmError, StackBusy
 from server.memory.recorder import MemoryRecorder
-from server.monitor import opsbridge
+from server.monitor import driftwatch, opsbridge
 from server.monitor.alerts import Alert, Alerter
 from server.monitor.diagnose import DB_CONNECTION
 from server.monitor.resolve import managed_locations
@@ -190,6 +190,12 @@ class Watcher:
         for o, kind in broken:
             await self._recover(stack, o, kind, policy, location)
         await self._thresholds(stack, containers, policy, usage or {})
+        try:  # protected or critical stacks: changes behind the server's back alert once (issue 18)
+            await driftwatch.watch(self, stack, containers, location, policy)
+        except DockerUnavailable:
+            raise
+        except Exception:
+            log.exception("drift check of %s failed; carrying on", stack)
         self.state.save()
 
     def _paused(self, stack: str) -> str | None:
