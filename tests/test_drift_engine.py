@@ -22,12 +22,12 @@ from tests.helpers_monitor import alert_receiver
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 
-async def drift_of(runtime: Runtime, stack: str) -> tuple[str | None, str | None, list[tuple[str, str | None, str]]]:
+async def drift_of(runtime: Runtime, stack: str) -> tuple[str | None, list[str]]:
+    """stack_status's answer: what drift is compared with (or why not), and the changes."""
     from server.monitor.status import stack_status
 
     (status,) = (await stack_status(runtime, stack)).stacks
-    assert status.drift is not None
-    return status.drift.deployment, status.drift.note, [(i.kind, i.service, i.change) for i in status.drift.items]
+    return status.drift_since, status.drift
 
 
 def compose(directory: Path, *args: str) -> str:
@@ -44,37 +44,30 @@ async def test_drift_after_hand_changes_and_none_after_our_deploy_or_rollback(
                       env="WEB_TAG=1.0\n")
     # Started by hand: nothing recorded, so no drift, only the note.
     compose(directory, "up", "-d")
-    assert await drift_of(runtime, project_name) == (None, "no deployment recorded", [])
+    assert await drift_of(runtime, project_name) == ("no deployment recorded", [])
     (directory / ".env").write_text("WEB_TAG=1.1\n")
     planned = await deploy(runtime, project_name, dry_run=True)
-    assert planned.plan is not None and planned.plan.drift is not None
-    assert planned.plan.drift.note == "no deployment recorded" and not planned.plan.drift.items
+    assert planned.plan is not None and planned.plan.drift == ["not compared: no deployment recorded"]
 
     first = await deploy(runtime, project_name)
     assert first.status == "deployed", first
-    assert await drift_of(runtime, project_name) == (first.deployment_id, None, [])  # no false drift
+    assert await drift_of(runtime, project_name) == (f"deployment {first.deployment_id}", [])  # no false drift
     clean = await deploy(runtime, project_name, dry_run=True)
-    assert clean.plan is not None and clean.plan.drift is not None and clean.plan.drift.items == []
+    assert clean.plan is not None and clean.plan.drift == []
 
     # .env edited: a file drift, dated by its mtime; the containers have not moved.
     (directory / ".env").write_text("WEB_TAG=1.0\n")
     edited = os.stat(directory / ".env").st_mtime
-    _, _, items = await drift_of(runtime, project_name)
-    assert items == [("file", None, ".env edited since the deployment")]
+    _, items = await drift_of(runtime, project_name)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(edited))
+    assert items == [f"file files: .env edited since the deployment (since {when})"]
     # ... then `docker compose up -d` by hand: web runs another image since its container's creation.
     compose(directory, "up", "-d")
-    deployment, note, items = await drift_of(runtime, project_name)
-    assert deployment == first.deployment_id and note is None
-    (image,) = [i for i in items if i[0] == "image"]
-    assert image[1] == "web" and "runs dsm-test/web:1.0" in image[2] and "left dsm-test/web:1.1" in image[2]
-    from server.monitor.status import stack_status
-
-    status = (await stack_status(runtime, project_name)).stacks[0]
-    assert status.drift is not None
-    since = {i.kind: i.since for i in status.drift.items}
+    since, items = await drift_of(runtime, project_name)
+    assert since == f"deployment {first.deployment_id}" and len(items) == 2
     created = json.loads(docker("inspect", container_of(project_name, "web")))[0]["Created"][:19]
-    assert since["image"].startswith(created) and since["file"] == time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(edited))
+    (image,) = [i for i in items if i.startswith("image web: ")]
+    assert "runs dsm-test/web:1.0" in image and "left dsm-test/web:1.1" in image and f"(since {created}" in image
 
     diagnosis = await diagnose_stack(runtime, project_name)
     hand = [f for f in diagnosis.findings if f.rule == "drift-since-deploy"]
@@ -82,17 +75,16 @@ async def test_drift_after_hand_changes_and_none_after_our_deploy_or_rollback(
     assert not any(f.rule == "changed-since-deploy" for f in diagnosis.findings)  # the baseline supersedes it
     # The plan shows the drift it is about to overwrite.
     plan = (await deploy(runtime, project_name, dry_run=True)).plan
-    assert plan is not None and plan.drift is not None
-    assert {i.kind for i in plan.drift.items} == {"image", "file"}
+    assert plan is not None and sorted(i.split()[0] for i in plan.drift) == ["file", "image"]
 
     # Deploying files that describe what runs now: unchanged, and the hand change is no longer drift.
     second = await deploy(runtime, project_name)
     assert second.status == "unchanged", second
-    assert await drift_of(runtime, project_name) == (second.deployment_id, None, [])
+    assert await drift_of(runtime, project_name) == (f"deployment {second.deployment_id}", [])
     back = await Deployer(runtime).rollback(project_name, to_deployment=first.deployment_id, confirm=True)
     assert back.status == "rolled_back", back
     # A rollback is a recorded state too: what it left running and the files it put back.
-    assert await drift_of(runtime, project_name) == (back.operation_id, None, [])
+    assert await drift_of(runtime, project_name) == (f"deployment {back.operation_id}", [])
     assert (directory / ".env").read_text().startswith("WEB_TAG=1.1\n")  # the files of that deployment
 
 
@@ -127,8 +119,9 @@ async def test_network_disconnect_and_scale_by_hand_alert_once_each(
             network = f"{project_name}_default"
             web = container_of(project_name, "web")
             docker("network", "disconnect", network, web)
-            _, _, items = await drift_of(runtime, project_name)
-            assert items == [("network", "web", f"{project_name}-web-1 was detached from {network}")]
+            _, items = await drift_of(runtime, project_name)
+            assert len(items) == 1 and items[0].startswith(
+                f"network web: {project_name}-web-1 was detached from {network} (since 20")
             diagnosis = await diagnose_stack(runtime, project_name)
             detached = [f for f in diagnosis.findings if f.rule == "network-detached"]
             assert detached and any("since deployment" in e for e in detached[0].evidence)
@@ -141,8 +134,8 @@ async def test_network_disconnect_and_scale_by_hand_alert_once_each(
 
             # A new drift alerts again: a replica count changed by hand.
             compose(directory, "up", "-d", "--no-recreate", "--scale", "web=2")
-            _, _, items = await drift_of(runtime, project_name)
-            assert ("replicas", "web", "1 -> 2 container(s)") in items
+            _, items = await drift_of(runtime, project_name)
+            assert any(i.startswith("replicas web: 1 -> 2 container(s) (since 20") for i in items), items
             await watcher.tick()
             await watcher.tick()
             drifted = [r for r in received if "changed outside" in r.get("title", "")]
@@ -152,7 +145,7 @@ async def test_network_disconnect_and_scale_by_hand_alert_once_each(
             # Fixed drift clears; when it comes back it alerts again.
             compose(directory, "up", "-d", "--no-recreate", "--scale", "web=1")
             docker("network", "connect", network, web)
-            assert (await drift_of(runtime, project_name))[2] == []
+            assert (await drift_of(runtime, project_name))[1] == []
             await watcher.tick()
             assert not watcher.state.data["drift"][project_name].get("alerted")
             docker("network", "disconnect", network, web)

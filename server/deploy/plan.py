@@ -171,8 +171,8 @@ async def compute_plan(
     from server.monitor.driftcheck import check as drift_since_deploy  # issue 18: what this deploy overwrites
 
     where = getattr(engine, "settings", None)  # None: a test's engine double, without a state directory
-    drift = None if where is None else await drift_since_deploy(where, engine, stack.name, stack.directory,
-                                                                containers, services=selected)
+    drift = [] if where is None else (await drift_since_deploy(where, engine, stack.name, stack.directory,
+                                                               containers, services=selected)).for_plan()
     draft = DeployPlan(plan_id="", services=plans, volumes_to_create=volumes, networks_to_create=networks,
                        backup=backup, findings=data_moves(stack, roles, by_service, selected), drift=drift)
     plan_id = _plan_id(stack, env, containers, draft)

@@ -8,7 +8,6 @@ from pydantic import Field
 
 from server.digest import Detail, briefly
 from server.models import Finding, Frozen
-from server.monitor.models import DriftReport
 
 Action = Literal["create", "recreate", "unchanged", "remove"]
 DeployStatus = Literal["deployed", "unchanged", "rolled_back", "blocked", "failed", "planned", "busy"]
@@ -47,9 +46,8 @@ class DeployPlan(Frozen):
     findings: list[Finding] = Field(
         default_factory=list, description="What the plan changes about data (a database volume moved): confirm first."
     )
-    drift: DriftReport | None = Field(
-        default=None, description="Changes made behind the server's back since the last recorded deployment, "
-        "which this deploy overwrites.")
+    drift: list[str] = Field(default_factory=list, description="Changes by hand since our last deployment, which "
+                             "this deploy overwrites ('kind service: what (since when)'), or why not compared.")
 
     @property
     def changes(self) -> list[ServicePlan]:

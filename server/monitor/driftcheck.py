@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from typing import Any
 from server.engine import ContainerSummary, Engine, events_between
 from server.monitor.baseline import HASH_LABEL, ONEOFF_LABEL, Baseline, ServiceBaseline, file_hashes, image_digest
 from server.monitor.baseline import load as load_baseline
-from server.monitor.models import DriftItem, DriftReport
 from server.monitor.watchstate import iso_to_epoch
 from server.settings import Settings
 
@@ -46,6 +46,41 @@ _OURS_KINDS = ("restore", "control", "recovery", "backup")
 _SLACK_S = 2.0
 MAX_ITEMS = 12
 """Results are size-budgeted: more items are counted in the last one."""
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    """One change made behind the server's back since the last recorded deployment."""
+
+    kind: str
+    service: str | None
+    change: str
+    since: str
+    """When (container created, file modified); ``after T``: only bounded by the deployment at T."""
+
+    def line(self) -> str:
+        return f"{self.kind} {self.service or 'files'}: {self.change} (since {self.since})"
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    deployment: str | None = None
+    """The deployment compared with."""
+    note: str | None = None
+    """Why nothing was compared (no deployment recorded, a newer deploy failed or runs)."""
+    items: list[DriftItem] = field(default_factory=list)
+
+    @property
+    def since(self) -> str:
+        """What a result says drift is measured from: the deployment, or why nothing was compared."""
+        return self.note or f"deployment {self.deployment}"
+
+    def lines(self) -> list[str]:
+        return [i.line() for i in self.items]
+
+    def for_plan(self) -> list[str]:
+        """A plan's ``drift``: the lines, or the one reason nothing was compared."""
+        return [f"not compared: {self.note}"] if self.note else self.lines()
 
 
 def iso(epoch: float) -> str:

@@ -13,8 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from server.monitor.driftcheck import check
-from server.monitor.models import DriftItem, DriftReport
+from server.monitor.driftcheck import DriftItem, DriftReport, check
 from server.monitor.resolve import StackRef
 from server.monitor.status import Observed
 from server.runtime import Runtime

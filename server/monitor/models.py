@@ -38,32 +38,16 @@ class ServiceStatus(Frozen):
     watcher: WatcherView | None = None
 
 
-class DriftItem(Frozen):
-    """One change made behind the server's back since the last recorded deployment."""
-
-    kind: str = Field(description="recreated | removed | added | image | config | replicas | network | file")
-    service: str | None = Field(default=None, description="null: a file of the stack")
-    change: str
-    since: str = Field(description="When (container created, file modified); 'after T': not known "
-                       "more exactly than after the deployment at T.")
-
-
-class DriftReport(Frozen):
-    """The running stack and its files against the last deployment recorded (deploy or rollback)."""
-
-    deployment: str | None = Field(default=None, description="The deployment compared with.")
-    note: str | None = Field(default=None, description="Why nothing was compared (no deployment recorded...).")
-    items: list[DriftItem] = Field(default_factory=list)
-
-
 class StackStatus(Frozen):
     stack: str
     managed: bool = Field(description="Under the stacks root (else observe only).")
     state: str = Field(description="running | degraded | stopped")
     maintenance: dict[str, object] | None = None
     services: list[ServiceStatus]
-    drift: DriftReport | None = Field(default=None, description="Changes since the last recorded deployment "
-                                      "(stacks under the stacks root).")
+    drift_since: str | None = Field(default=None, description="The deployment drift is compared with, or why "
+                                    "not (no deployment recorded).")
+    drift: list[str] = Field(default_factory=list, description="Changes by hand since that deployment: "
+                             "'kind service: what (since when)'.")
 
 
 class StatusReport(Frozen):
@@ -106,8 +90,7 @@ class Diagnosis(Frozen):
     findings: list[DiagnosisFinding]
     similar_incidents: list[SimilarIncident]
     next_steps: list[str]
-    drift: str | None = Field(default=None, description="The deployment drift was compared with, or why not "
-                              "(no deployment recorded).")
+    drift: str | None = Field(default=None, description="Deployment drift was compared with, or why not.")
 
 
 class ServiceHealth(Frozen):

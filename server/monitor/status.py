@@ -10,16 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from server.engine import ContainerSummary, RunningContainer, inspect_container
 from server.errors import DockerUnavailable, StackNotFound
 from server.monitor import watchstate
-from server.monitor.models import DriftReport, ServiceStatus, StackStatus, StatusReport, WatcherView
+from server.monitor.models import ServiceStatus, StackStatus, StatusReport, WatcherView
 from server.monitor.resolve import managed_locations, resolve_stack
 from server.policy import Usage
 from server.preflight.parallel import run_for_each
 from server.runtime import Runtime
+
+if TYPE_CHECKING:
+    from server.monitor.driftcheck import DriftReport
 
 log = logging.getLogger("docker_stack_mcp.monitor")
 
@@ -124,11 +128,12 @@ async def stack_status(runtime: Runtime, stack: str | None = None, with_stats: b
                                        for o in grouped[name])
         drift = await _drift(runtime, name, managed[name].directory, grouped[name]) if ours else None
         stacks.append(StackStatus(stack=name, managed=ours, state=_stack_state(counted or services),
-                                  maintenance=maint, services=services, drift=drift))
+                                  maintenance=maint, services=services, drift_since=drift.since if drift else None,
+                                  drift=drift.lines() if drift else []))
     return StatusReport(stacks=stacks, problems=problems)
 
 
-async def _drift(runtime: Runtime, name: str, directory: Any, observed: list[Observed]) -> DriftReport | None:
+async def _drift(runtime: Runtime, name: str, directory: Path, observed: list[Observed]) -> DriftReport | None:
     """Changes since the last recorded deployment (server.monitor.driftcheck); None when unknown."""
     from server.monitor.driftcheck import check
 

@@ -15,7 +15,9 @@ Per tick, for every watched stack (those under the stacks root, or the ``--stack
   exhausted budget alerts once, records the incident, and the watcher stops trying;
 - the operator's critical thresholds (unavailable longer than unavailable_s, memory or CPU
   above 95%, database connection errors, more than 10 critical log lines a minute) alert, or
-  restart when the stack's policy says ``on_threshold: restart``.
+  restart when the stack's policy says ``on_threshold: restart``;
+- a protected (DSM_POLICY) or critical stack changed behind the server's back since its last
+  recorded deployment alerts once per change (server.monitor.driftwatch).
 
 Every attempt is written to DSM_STATE_DIR/watcher/state.json (fsync'd) *before* it is made,
 keyed by the container's start/finish time, so a watcher killed mid-way and restarted neither
