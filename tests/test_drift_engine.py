@@ -16,7 +16,16 @@ from server.monitor.alerts import Alerter
 from server.monitor.watcher import Watcher
 from server.runtime import Runtime
 from server.settings import Settings
-from tests.deploy_helpers import container_of, deploy, docker, remove_pins, runtime_for, web_stack, write
+from tests.deploy_helpers import (
+    WEB_BROKEN,
+    container_of,
+    deploy,
+    docker,
+    remove_pins,
+    runtime_for,
+    web_stack,
+    write,
+)
 from tests.helpers_monitor import alert_receiver
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -86,6 +95,12 @@ async def test_drift_after_hand_changes_and_none_after_our_deploy_or_rollback(
     # A rollback is a recorded state too: what it left running and the files it put back.
     assert await drift_of(runtime, project_name) == (f"deployment {back.operation_id}", [])
     assert (directory / ".env").read_text().startswith("WEB_TAG=1.1\n")  # the files of that deployment
+    # An automatic rollback (a release crashing at the gate) is a recorded state as well.
+    crash = "    environment: {WEB_CRASH_AFTER: '0'}\n"
+    (directory / "compose.yaml").write_text(web_stack(project_name, WEB_BROKEN, volume=False, extra=crash))
+    failed = await deploy(runtime, project_name, wait_timeout_s=30)
+    assert failed.status == "rolled_back", failed
+    assert await drift_of(runtime, project_name) == (f"deployment {failed.operation_id}", [])
 
 
 CRITICAL = """\
