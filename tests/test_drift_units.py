@@ -164,3 +164,27 @@ def test_the_watcher_alerts_for_protected_and_critical_stacks_only(settings: Set
     critical = StackPolicy(settings=StackSettings().model_copy(update={"critical": True}))
     assert watched_because(watcher, "blog", location, critical) == "critical stack (x-dsm)"
     assert driftcheck.NO_DEPLOYMENT == "no deployment recorded"
+
+
+async def test_a_partial_deploy_keeps_the_drift_of_the_services_it_did_not_touch(settings: Settings,
+                                                                                stacks_root: Path) -> None:
+    directory = write_stack(stacks_root, "p", "services:\n  web:\n    image: dsm-test/web:1.0\n")
+    web = ServiceBaseline(replicas=1, config_hash="h1", image="dsm-test/web:1.0", image_id="sha256:a1", digest=None,
+                          containers={"c1": ["p_default"]})
+    recorded(settings, directory, web=web, db=dataclasses.replace(web, containers={"d1": ["p_default"]}))
+    now = [container("c2", config="h2"), container("d2", service="db", created=T0 + 30)]  # db recreated by hand
+
+    class Listing(Engine):
+        async def compose_containers(self, project: str | None = None) -> list[ContainerSummary]:
+            return now
+
+    assert await baseline.record(settings, Listing(), "p", directory, "op-web", "deploy", ["web"])  # type: ignore[arg-type]
+    after = baseline.load(settings, "p")
+    assert after is not None and after.deployment_id == "op-web"
+    assert list(after.services["web"].containers) == ["c2"] and list(after.services["db"].containers) == ["d1"]
+    journal = Journal(op("deploy", "deployed", T0 + 40, T0 + 50, op_id="op-web"))
+    report = await check(settings, Listing(), "p", directory, now, operations=journal)  # type: ignore[arg-type]
+    assert [(i.kind, i.service) for i in report.items] == [("recreated", "db")]
+    # A full deploy converges every service: all of it is the new record.
+    assert await baseline.record(settings, Listing(), "p", directory, "op-all", "deploy")  # type: ignore[arg-type]
+    assert list((baseline.load(settings, "p") or after).services["db"].containers) == ["d2"]

@@ -15,6 +15,7 @@ local on purpose: the memory record (Qdrant) is slower and may be queued.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -120,11 +121,18 @@ async def capture(engine: Engine, stack: str, directory: Path, deployment_id: st
 
 
 async def record(settings: Settings, engine: Engine, stack: str, directory: Path, deployment_id: str,
-                 kind: str) -> bool:
+                 kind: str, only: list[str] | None = None) -> bool:
     """Record what ``deployment_id`` left running (after a successful deploy or rollback).
-    Never raises: False (logged) when it could not be recorded; drift is then not compared."""
+    ``only``: the services a partial deploy acted on; the others keep what the previous record
+    says (a change by hand to a service the deploy did not touch stays drift). Never raises:
+    False (logged) when it could not be recorded; drift is then not compared."""
     try:
         base = await capture(engine, stack, directory, deployment_id, kind)
+        previous = load(settings, stack) if only else None
+        if only and previous is not None:
+            base = dataclasses.replace(base, services={
+                **{n: s for n, s in base.services.items() if n in only},
+                **{n: s for n, s in previous.services.items() if n not in only}})
         where = private_dir(stack_dir(settings, stack))
         text = base.to_json()
         write_private(private_dir(where / deployment_id) / "BASELINE.json", text)
