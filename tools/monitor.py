@@ -26,8 +26,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> StatusReport:
         """Live state of every service of one stack, or of all Compose stacks on the host (stacks
         started by hand included): state, health, restarts, exit_code, oom_killed, started_at,
-        ports, networks, image, memory limit, CPU/memory with with_stats, the active maintenance window, and
-        what the watcher last saw and did. `managed: false` means outside the stacks root (observe only)."""
+        ports, networks, image, memory limit, CPU/memory with with_stats, the active maintenance window,
+        what the watcher last saw and did, and drift (changes made by hand since our last deployment).
+        `managed: false` means outside the stacks root (observe only)."""
         from server.monitor.status import stack_status as run
 
         return await run(runtime, stack, with_stats)

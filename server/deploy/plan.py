@@ -168,8 +168,13 @@ async def compute_plan(
                        if not (v or {}).get("external")),
         dumps=sorted(n for n in hashes if roles[n].is_database and by_service.get(n)),
     )
+    from server.monitor.driftcheck import check as drift_since_deploy  # issue 18: what this deploy overwrites
+
+    where = getattr(engine, "settings", None)  # None: a test's engine double, without a state directory
+    drift = [] if where is None else (await drift_since_deploy(where, engine, stack.name, stack.directory,
+                                                               containers, services=selected)).for_plan()
     draft = DeployPlan(plan_id="", services=plans, volumes_to_create=volumes, networks_to_create=networks,
-                       backup=backup, findings=data_moves(stack, roles, by_service, selected))
+                       backup=backup, findings=data_moves(stack, roles, by_service, selected), drift=drift)
     plan_id = _plan_id(stack, env, containers, draft)
     return draft.model_copy(update={"plan_id": plan_id}), PlanInputs(hashes, containers, local)
 
@@ -212,7 +217,9 @@ def _plan_id(stack: LoadedStack, env: Mapping[str, str] | None, containers: list
         "env": hashlib.sha256(json.dumps(sorted((env or {}).items())).encode()).hexdigest(),
         "running": state,
         # A registry's passing silence (registry_note) is no reason to refuse a plan_id; a moved tag is.
-        "plan": plan.model_dump(mode="json", exclude={"plan_id": True, "services": {"__all__": {"registry_note"}}}),
+        # Drift is read from the running state and files already hashed here (its `since` may sharpen).
+        "plan": plan.model_dump(mode="json", exclude={"plan_id": True, "drift": True,
+                                                      "services": {"__all__": {"registry_note"}}}),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -46,6 +46,8 @@ class DeployPlan(Frozen):
     findings: list[Finding] = Field(
         default_factory=list, description="What the plan changes about data (a database volume moved): confirm first."
     )
+    drift: list[str] = Field(default_factory=list, description="Changes by hand since our last deployment, which "
+                             "this deploy overwrites ('kind service: what (since when)'), or why not compared.")
 
     @property
     def changes(self) -> list[ServicePlan]:

@@ -52,6 +52,7 @@ from server.deploy.timeouts import rollback_up_timeout_s
 from server.engine import stop_container, tag_image
 from server.errors import DsmError
 from server.models import Finding
+from server.monitor import baseline  # what this rollback left running: drift is measured from it
 from server.redact import Scrubber
 from server.roles import original_from_tags
 from server.stackmodel import LoadedStack
@@ -264,6 +265,7 @@ async def automatic(d: RollbackHost, run: Run, plan: DeployPlan, env: dict[str, 
         time_to_recover_s=ttr, outcome="rolled_back" if ok else "unresolved", source="deploy")
     if ok:
         snapshots.save_kept(d.settings, stack.name, run.op.id + "-rollback", stack.directory)
+        await baseline.record(d.settings, d.engine, stack.name, stack.directory, run.op.id, "rollback")
     steps = [f"read the evidence: {failed.why}", "fix the new version (the failed files are kept with backup "
              f"{run.backup.backup_id}) and deploy again"] if ok else _failed_steps(out, target, run.backup.backup_id)
     failed_images = {s.service: s.image_to for s in plan.changes if s.image_to}
@@ -360,6 +362,7 @@ async def _explicit(d: RollbackHost, run: Run, target: Any, restore_data: bool, 
     if out.result == "restored":
         assert stack.directory is not None
         snapshots.save_kept(d.settings, stack.name, run.op.id, stack.directory)
+        await baseline.record(d.settings, d.engine, stack.name, stack.directory, run.op.id, "rollback")
     return await _explicit_record(d, run, target, out, reason, started)
 
 

@@ -46,6 +46,7 @@ from server.deploy.targets import adopt_if_new
 from server.engine import Engine
 from server.errors import DsmError
 from server.models import Finding
+from server.monitor import baseline  # what this deployment left running: drift is measured from it
 from server.redact import Scrubber
 from server.runtime import Runtime
 from server.stackmodel import LoadedStack
@@ -235,6 +236,10 @@ class Transaction:
         assert stack.directory is not None
         if not plan.changes and (await self.executor.observe(stack, services)).ready:
             run.phase("health", "ok", time.monotonic(), "already running healthy")
+            # What runs is what these files ask for: the baseline drift is measured from (a change by
+            # hand that the files now describe is no longer drift).
+            await baseline.record(self.settings, self.engine, stack.name, stack.directory, run.op.id, "deploy",
+                                  services)
             return self._report(run, "unchanged", plan=plan, services=await states(self.engine, stack, run),
                                 next_steps=["nothing to do: the stack already runs this configuration healthy"])
         store = backup_store(self.runtime)
@@ -271,7 +276,7 @@ class Transaction:
                     report = await rollback.automatic(self, run, plan, env, interrupted, started, wait_s, window)
                     end_journal(run, report)
                 raise
-            return await self._success(run, plan, started)
+            return await self._success(run, plan, started, services)
         except DsmError as exc:
             op_id = run.op.id if run.op is not None else "?"
             raise exc.restate(
@@ -286,12 +291,15 @@ class Transaction:
         await run_checks(steps, self.engine, stack, watched(stack, plan, services), {s.service for s in plan.changes},
                          wait_s=wait_s, window=window, gate=self.executor.gate)
 
-    async def _success(self, run: Run, plan: DeployPlan, started: float) -> DeployReport:
+    async def _success(self, run: Run, plan: DeployPlan, started: float,
+                       services: list[str] | None = None) -> DeployReport:
         stack = run.stack
         assert stack.directory is not None
         async with self.steps(run).phase("record", "recording the deployment") as step:
             now = await states(self.engine, stack, run)
             kept = snapshots.save_kept(self.settings, stack.name, run.op.id, stack.directory)
+            await baseline.record(self.settings, self.engine, stack.name, stack.directory, run.op.id, "deploy",
+                                  services)
             digests = {s.name: s.image_digest or "" for s in now if s.image_digest}
             memory = await self._record_deployment(
                 stack=stack.name, services=[s.name for s in now], outcome="success", image_digests=digests,

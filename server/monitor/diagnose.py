@@ -20,7 +20,7 @@ import anyio
 from server.errors import DsmError, StackNotFound
 from server.memory.fingerprint import line_signatures
 from server.models import SEVERITY_ORDER, Severity
-from server.monitor import drift, netcheck, since, watchstate
+from server.monitor import drift, driftfindings, netcheck, since, watchstate
 from server.monitor.connectivity import check_connectivity
 from server.monitor.logs import recent_lines, stack_scrubber
 from server.monitor.models import Diagnosis, DiagnosisFinding, SimilarIncident
@@ -89,19 +89,27 @@ async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = Non
         _check_container(out, o, logs.get(o.summary.id, []), watchstate.service_view(state, ref.name, o.service),
                          one_shot=o.service in one_shots)
     await check_connectivity(runtime, out.add, ref, observed, service, one_shots, model)
-    if model is not None:
-        for d in await drift.compare(runtime, ref, model, observed, one_shots, only=service):
-            out.add(d.rule, d.severity, "drift", d.service, d.message, likely_cause=d.likely_cause, fix=d.fix,
-                    evidence=d.evidence)
+    since_deploy = await driftfindings.recorded(runtime, ref, observed)  # issue 18: behind our back
+    model_drift = await drift.compare(runtime, ref, model, observed, one_shots, only=service) \
+        if model is not None else []
+    for d in model_drift:
+        out.add(d.rule, d.severity, "drift", d.service, d.message, likely_cause=d.likely_cause, fix=d.fix,
+                evidence=[*d.evidence, *driftfindings.evidence_for(since_deploy, d.service, d.rule)])
+    if ref.location is not None:
+        driftfindings.add_findings(out.add, since_deploy, {(d.service, d.rule) for d in model_drift}, service,
+                                   lambda name: drift.deploy_call(runtime, ref, name))
     await _check_pressure(runtime, out, in_scope)
-    await _check_changes(runtime, out, ref, in_scope)
+    # The journal's images only when no baseline was compared (deployments from before it was kept).
+    compared = since_deploy is not None and since_deploy.deployment is not None and not since_deploy.note
+    await _check_changes(runtime, out, ref, in_scope, images_wanted=not compared)
     await _check_after_act(runtime, out, ref, in_scope)
     # Errors tied to the deploy or rollback after which they began rank first: the likeliest cause.
     findings = sorted(out.items, key=lambda f: (SEVERITY_ORDER[f.severity], f.rule != AFTER_ACT, f.service or "",
                                                 f.rule))
     similar = await _similar(runtime, ref.name, service, findings, logs)
     return Diagnosis(stack=ref.name, healthy=not any(f.severity == "error" for f in findings),
-                     findings=findings, similar_incidents=similar, next_steps=_next_steps(findings, similar))
+                     findings=findings, similar_incidents=similar, next_steps=_next_steps(findings, similar),
+                     drift=driftfindings.summary(since_deploy))
 
 
 def _check_container(out: _Collector, o: Observed, lines: list[str], seen: dict[str, Any] | None,
@@ -274,7 +282,8 @@ async def _check_pressure(runtime: Runtime, out: _Collector, observed: list[Obse
                 evidence=[f"MemAvailable {available} kB of {total} kB"])
 
 
-async def _check_changes(runtime: Runtime, out: _Collector, ref: StackRef, observed: list[Observed]) -> None:
+async def _check_changes(runtime: Runtime, out: _Collector, ref: StackRef, observed: list[Observed],
+                         images_wanted: bool = True) -> None:
     """What differs from the last deployment recorded in the journal (images) and the files now."""
     try:
         from server.monitor.opsbridge import last_deployment
@@ -283,7 +292,7 @@ async def _check_changes(runtime: Runtime, out: _Collector, ref: StackRef, obser
     except Exception as exc:  # the journal is optional for diagnosis
         log.debug("no journal for %s: %s", ref.name, exc)
         record = None
-    images = _deployed_images(record)
+    images = _deployed_images(record) if images_wanted else {}
     for o in observed:
         want = images.get(o.service)
         running_id = str(o.inspect.get("Image") or "")
@@ -397,6 +406,9 @@ def _next_steps(findings: list[DiagnosisFinding], similar: list[SimilarIncident]
     if rules & {"unhealthy", "exited", "restart-loop"}:
         steps.append("stack_logs for the failing service, then stack_control restart once; if it fails again, "
                      "fix the cause or rollback")
+    if driftfindings.RULE in rules:
+        steps.append("the stack was changed outside the server since its last deployment (drift-since-deploy): "
+                     "find out who changed it before deploying over it")
     if "changed-since-deploy" in rules or "config-changed" in rules:
         steps.append("compare with stack_history; rollback if the change broke the stack")
     if any(f.severity == "error" for f in findings):

@@ -44,6 +44,10 @@ class StackStatus(Frozen):
     state: str = Field(description="running | degraded | stopped")
     maintenance: dict[str, object] | None = None
     services: list[ServiceStatus]
+    drift_since: str | None = Field(default=None, description="The deployment drift is compared with, or why "
+                                    "not (no deployment recorded).")
+    drift: list[str] = Field(default_factory=list, description="Changes by hand since that deployment: "
+                             "'kind service: what (since when)'.")
 
 
 class StatusReport(Frozen):
@@ -86,6 +90,7 @@ class Diagnosis(Frozen):
     findings: list[DiagnosisFinding]
     similar_incidents: list[SimilarIncident]
     next_steps: list[str]
+    drift: str | None = Field(default=None, description="Deployment drift was compared with, or why not.")
 
 
 class ServiceHealth(Frozen):

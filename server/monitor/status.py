@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from server.engine import ContainerSummary, RunningContainer, inspect_container
 from server.errors import DockerUnavailable, StackNotFound
@@ -20,6 +21,9 @@ from server.monitor.resolve import managed_locations, resolve_stack
 from server.policy import Usage
 from server.preflight.parallel import run_for_each
 from server.runtime import Runtime
+
+if TYPE_CHECKING:
+    from server.monitor.driftcheck import DriftReport
 
 log = logging.getLogger("docker_stack_mcp.monitor")
 
@@ -122,9 +126,23 @@ async def stack_status(runtime: Runtime, stack: str | None = None, with_stats: b
         # Ours only when its containers were started from the stack's directory (server.ownership).
         ours = name in managed and all(same_directory(o.labels.get(WORKING_DIR_LABEL), managed[name].directory)
                                        for o in grouped[name])
+        drift = await _drift(runtime, name, managed[name].directory, grouped[name]) if ours else None
         stacks.append(StackStatus(stack=name, managed=ours, state=_stack_state(counted or services),
-                                  maintenance=maint, services=services))
+                                  maintenance=maint, services=services, drift_since=drift.since if drift else None,
+                                  drift=drift.lines() if drift else []))
     return StatusReport(stacks=stacks, problems=problems)
+
+
+async def _drift(runtime: Runtime, name: str, directory: Path, observed: list[Observed]) -> DriftReport | None:
+    """Changes since the last recorded deployment (server.monitor.driftcheck); None when unknown."""
+    from server.monitor.driftcheck import check
+
+    try:
+        return await check(runtime.settings, runtime.engine(), name, directory, [o.summary for o in observed],
+                           operations=runtime.operations())
+    except Exception as exc:  # a status must not fail for a check of its own
+        log.warning("drift of %s not compared: %s", name, exc)
+        return None
 
 
 async def sample_usage(runtime: Runtime, observed: list[Observed]) -> dict[str, Usage]:

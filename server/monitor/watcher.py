@@ -15,7 +15,9 @@ Per tick, for every watched stack (those under the stacks root, or the ``--stack
   exhausted budget alerts once, records the incident, and the watcher stops trying;
 - the operator's critical thresholds (unavailable longer than unavailable_s, memory or CPU
   above 95%, database connection errors, more than 10 critical log lines a minute) alert, or
-  restart when the stack's policy says ``on_threshold: restart``.
+  restart when the stack's policy says ``on_threshold: restart``;
+- a protected (DSM_POLICY) or critical stack changed behind the server's back since its last
+  recorded deployment alerts once per change (server.monitor.driftwatch).
 
 Every attempt is written to DSM_STATE_DIR/watcher/state.json (fsync'd) *before* it is made,
 keyed by the container's start/finish time, so a watcher killed mid-way and restarted neither
@@ -40,7 +42,7 @@ from server.compose import services_argv
 from server.engine import container_logs, events_iter, restart_container, start_container
 from server.errors import DockerUnavailable, DsmError, StackBusy
 from server.memory.recorder import MemoryRecorder
-from server.monitor import opsbridge
+from server.monitor import driftwatch, opsbridge
 from server.monitor.alerts import Alert, Alerter
 from server.monitor.diagnose import DB_CONNECTION
 from server.monitor.resolve import managed_locations
@@ -190,6 +192,12 @@ class Watcher:
         for o, kind in broken:
             await self._recover(stack, o, kind, policy, location)
         await self._thresholds(stack, containers, policy, usage or {})
+        try:  # protected or critical stacks: changes behind the server's back alert once (issue 18)
+            await driftwatch.watch(self, stack, containers, location, policy)
+        except DockerUnavailable:
+            raise
+        except Exception:
+            log.exception("drift check of %s failed; carrying on", stack)
         self.state.save()
 
     def _paused(self, stack: str) -> str | None:
