@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -54,12 +53,13 @@ async def enforce(
         call.approval = {"rule": gate.approval}
     if plan is None:
         return await _unbound(gate, ctx, confirm, answer)
+    from server.safety import approvals
     from server.safety.approvals import ApprovalRefused, ApprovalRequired, ApprovalStore
 
     if shown is None or code:
         shown = _with_reason(gate, await plan())
-    if shown.noop:
-        return gate  # nothing would change: the tool answers so without acting
+    if shown.noop and not code:
+        return gate  # nothing would change: the tool answers so without acting (a code given is checked)
     store = ApprovalStore(settings.state_dir)
     if code:
         try:
@@ -76,7 +76,7 @@ async def enforce(
         answer = await ctx.elicit(shown.question, Confirmation)
     if _human_said_yes(answer):
         # The person may have taken minutes: act only on the plan they saw, and only in time.
-        if time.time() - shown.computed_at > gate.ttl_s:
+        if approvals.now() - shown.computed_at > gate.ttl_s:
             raise ApprovalRefused(f"the approval came after {gate.ttl_s} s: it expired", state=UNCHANGED,
                                   next_step="call again to ask with the current plan")
         now = _with_reason(gate, await plan())

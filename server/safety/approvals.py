@@ -44,6 +44,11 @@ _KEEP_S = 86400.0
 Status = Literal["pending", "approved", "denied", "used", "void"]
 
 
+def now() -> float:
+    """The clock of approvals (a test replaces it to age an approval past its lifetime)."""
+    return time.time()
+
+
 class ApprovalRequired(PolicyRefused):
     """The act needs a person's approval on the host: the message carries the code and the question."""
 
@@ -71,9 +76,9 @@ class Approval:
 
 
 class ApprovalStore:
-    def __init__(self, state_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, state_dir: Path, *, clock: Callable[[], float] | None = None) -> None:
         self.root = state_dir / "approvals"
-        self.clock = clock
+        self.clock = clock or (lambda: now())  # looked up at each call: a test may replace `now`
 
     # -- the server's side ------------------------------------------------------------------------
     def request(self, *, tool: str, act: str, stack: str, plan_id: str, question: str,

@@ -12,10 +12,9 @@ from __future__ import annotations
 import getpass
 import socket
 import sys
-import time
 
 from server.errors import DsmError
-from server.safety.approvals import ApprovalStore
+from server.safety.approvals import ApprovalStore, now
 from server.settings import Settings
 
 
@@ -30,7 +29,7 @@ def decide(settings: Settings, code: str, *, yes: bool) -> int:
         print("docker-stack-mcp approve: stdin is not a terminal; a person approves at a terminal "
               "(nothing was approved)", file=sys.stderr)
         return 2
-    left = found.expires - time.time()
+    left = found.expires - now()
     print(f"Approval {found.code}: {found.tool} ({found.act}) on stack {found.stack!r}, plan {found.plan_id[:12]}")
     print(f"Status: {found.status}; expires in {max(int(left), 0)} s")
     print()

@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.runtime import Runtime
+
+
+def _now() -> float:
+    from server.safety.approvals import now
+
+    return now()
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class Proposal:
     question: str
     noop: bool = False
     """The act would change nothing (an unchanged deploy, a pre-flight that will block): no approval."""
-    computed_at: float = field(default_factory=time.time)
+    computed_at: float = field(default_factory=lambda: _now())
     """When the person was shown it: an answer later than the approval's lifetime is refused."""
 
 
