@@ -62,6 +62,8 @@ async def enforce(
         return gate  # nothing would change: the tool answers so without acting (a code given is checked)
     store = ApprovalStore(settings.state_dir)
     if code:
+        if call is not None:  # a refused code is recorded too: who tried which approval
+            call.approval = {"rule": gate.approval, "code": code.strip().upper()[:20]}
         try:
             used = store.redeem(code, tool=tool, stack=gate.stack, plan_id=shown.plan_id)
         except ApprovalRefused as exc:

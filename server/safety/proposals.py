@@ -52,9 +52,11 @@ async def deploy(runtime: Runtime, path: str, env: Mapping[str, str] | None, ser
     plan, _ = await compute_plan(runtime.compose(), runtime.engine(), stack, env=dict(env or {}), services=services,
                                  scrub=Scrubber(stack.secret_values))
     changes = plan.changes
+    running = await _running_refs(runtime, stack)
     lines = []
     for s in changes:
-        images = f"{s.image_from or '-'} -> {s.image_to or '-'}" if s.image_from != s.image_to else (s.image_to or "")
+        before = running.get(s.service) or (s.image_from or "-")[:19]
+        images = f"{before} -> {s.image_to or '-'}" if before != s.image_to else (s.image_to or "")
         digests = f" (digest {_short(s.digest_from)} -> {_short(s.digest_to)})" if s.digest_to else ""
         lines.append(f"{s.service}: {s.action} {images}{digests}; downtime: {_downtime(s.action, s.strategy)}")
     data = "; ".join(f.message for f in plan.findings) or "nothing restored, volumes kept"
@@ -79,7 +81,7 @@ async def rollback(runtime: Runtime, stack: str, to_deployment: str | None, rest
         plan_id = _hash(runtime, location, running, {"target": None, "restore_data": restore_data})
         return Proposal(plan_id=plan_id, question=f"Roll back stack {location.name!r} (plan {plan_id[:12]}): no "
                         "earlier successful deployment is recorded, so the rollback will refuse. Go ahead?")
-    now = {row[0]: row[3] for row in running}
+    now = await _running_refs(runtime, location)
     wanted = {i.service: i.image or "?" for i in images_of(target.result or {})}
     lines = [f"{svc}: {now.get(svc) or '(not running)'} -> {img}" for svc, img in sorted(wanted.items())]
     data_from = backup_after(history, target) if restore_data else None
@@ -124,6 +126,18 @@ async def restore(runtime: Runtime, stack: str, backup_id: str | None) -> Propos
     question = (f"{asked.removesuffix('?')} (plan {plan_id[:12]})? " if "?" in asked else asked) + (
         " Images and files are not changed. Backup taken first: none (backup_stack create takes one). Go ahead?")
     return Proposal(plan_id=plan_id, question=" ".join(question.split()))
+
+
+async def _running_refs(runtime: Runtime, stack: Any) -> dict[str, str]:
+    """``service -> image reference`` running now, a pin (dsm-pin/...) named by its original."""
+    from server.roles import is_pin, pin_originals
+
+    originals = pin_originals(stack)
+    refs: dict[str, str] = {}
+    for c in await runtime.engine().compose_containers(stack.name):
+        if c.service and c.image:
+            refs[c.service] = originals.get(c.service, c.image) if is_pin(c.image) else c.image
+    return refs
 
 
 async def _running(runtime: Runtime, project: str) -> list[tuple[str, str, str, str, str, str]]:
