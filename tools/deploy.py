@@ -97,7 +97,10 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run,
                              plan=lambda: proposals.deploy(runtime, path, env, services), code=approval,
                              shown=shown, answer=asked)
-        confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
+        # A person already said yes to this call: ask once. Under a fallback other than `model` the
+        # model's confirm stands for no one: the pipeline's own questions (a database starting on an
+        # empty volume) are then asked, or refused.
+        confirm = gate.human_approved or (confirm and gate.fallback == "model")
         plan_id = plan_id or gate.plan_id  # ...to exactly the plan they saw: the pipeline refuses if it moved
         from server.deploy.pipeline import Deployer
 
