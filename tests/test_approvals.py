@@ -162,3 +162,13 @@ def test_approve_and_deny_through_the_real_cli(tmp_path: Path) -> None:
     rc, out = run_in_pty(["approve", yes], env, "y")  # decided already
     assert rc == 1 and "not waiting" in out, out
     assert set(ALPHABET) >= set(yes)
+
+
+def test_the_lifetime_is_a_policy_key() -> None:
+    from server.errors import SettingsError
+    from server.safety.policy import parse
+
+    assert parse("approval_ttl_s: 120\n", "p").approval_ttl_s == 120
+    assert parse("", "p").approval_ttl_s == 600
+    with pytest.raises(SettingsError, match="key 'approval_ttl_s'"):
+        parse("approval_ttl_s: 5\n", "p")

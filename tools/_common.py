@@ -50,7 +50,7 @@ def checked_id(value: str | None, name: str, pattern: re.Pattern[str], where: st
     return value
 
 
-ApprovalArg = Annotated[OptionalId, Field(description="An approval_required code, once approved.")]
+ApprovalArg = Annotated[OptionalId, Field(description="Approved approval_required code.")]
 """The out-of-band approval code argument of every mutating tool (server/safety/approvals.py)."""
 
 P = ParamSpec("P")
