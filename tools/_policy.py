@@ -152,7 +152,7 @@ def _with_reason(gate: Gate, proposal: Proposal) -> Proposal:
     if proposal.noop:
         return proposal
     return dataclasses.replace(proposal, question=f"{proposal.question} (Your approval is asked because "
-                               f"{gate.approval}.)")
+                               f"{gate.approval})")
 
 
 def _approved(gate: Gate, call: Any, code: str, by: str, plan_id: str) -> Gate:

@@ -55,8 +55,8 @@ async def deploy(runtime: Runtime, path: str, env: Mapping[str, str] | None, ser
     running = await _running_refs(runtime, stack)
     lines = []
     for s in changes:
-        before = running.get(s.service) or (s.image_from or "-")[:19]
-        images = f"{before} -> {s.image_to or '-'}" if before != s.image_to else (s.image_to or "")
+        before = running.get(s.service) or (s.image_from or "")[:19]
+        images = f"{before} -> {s.image_to or '-'}" if before and before != s.image_to else (s.image_to or "")
         digests = f" (digest {_short(s.digest_from)} -> {_short(s.digest_to)})" if s.digest_to else ""
         lines.append(f"{s.service}: {s.action} {images}{digests}; downtime: {_downtime(s.action, s.strategy)}")
     data = "; ".join(f.message for f in plan.findings) or "nothing restored, volumes kept"
