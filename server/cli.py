@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", default=None, metavar="T",
                        help="only calls since T: an ISO time (2026-12-07T10:00) or a duration ago (30m, 2h, 7d)")
     audit.add_argument("--json", action="store_true", help="print the raw JSON lines")
+    for verb, what in (("approve", "show the plan an agent is waiting to carry out and approve it (y/N)"),
+                       ("deny", "refuse the plan an agent is waiting to carry out")):
+        sub.add_parser(verb, help=what).add_argument("code", help="the code from the agent's approval_required")
     return parser
 
 
@@ -95,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         from server.safety.auditcli import print_audit
 
         return print_audit(settings, stack=args.stack, since=args.since, raw=args.json)
+    if args.command in ("approve", "deny"):
+        from server.safety.approvecli import decide
+
+        return decide(settings, args.code, yes=args.command == "approve")
     return 2
 
 

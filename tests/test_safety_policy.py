@@ -147,7 +147,7 @@ MAINT = {"stack": "db", "action": "maintenance_on", "until": "1h"}
     ("model", False, False, "ask the user"),
     ("model", True, True, ""),
     ("deny", True, False, "fallback is deny"),
-    ("out_of_band", True, False, "out-of-band approval is not available yet"),
+    ("out_of_band", True, False, "approval_required: code "),
 ])
 async def test_approve_without_elicitation_follows_the_fallback(
         settings: Settings, stacks_root: Path, fallback: str, confirm: bool, allowed: bool, says: str) -> None:

@@ -50,6 +50,9 @@ def checked_id(value: str | None, name: str, pattern: re.Pattern[str], where: st
     return value
 
 
+ApprovalArg = Annotated[OptionalId, Field(description="Approved approval_required code.")]
+"""The out-of-band approval code argument of every mutating tool (server/safety/approvals.py)."""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -174,11 +177,12 @@ def require_confirmation(answer: Any, question: str, confirm: bool) -> None:
     # The safety policy decides whether the model's confirm=true may stand in for a human.
     from server.safety.gate import FALLBACK, PolicyRefused
 
+    # The gate asks the acts it knows as approvals bound to their plan (tools/_policy.py); this
+    # catches a confirm no approval covered.
     if (fallback := FALLBACK.get()) != "model":
         raise PolicyRefused(
             f"{question} needs a human approval, this client cannot ask the user, and the safety policy's "
-            f"fallback is {fallback}" + (": out-of-band approval is not available yet" if fallback == "out_of_band"
-                                         else ""),
+            f"fallback is {fallback}",
             state="nothing was changed",
             next_step="use a client that supports MCP elicitation, or a person makes the change by hand",
         )

@@ -12,8 +12,11 @@ from pydantic import Field
 from server.backups.models import BackupResult
 from server.errors import DsmError
 from server.runtime import Runtime
+from server.safety import proposals
+from server.safety.proposals import Proposal
 from tools._common import (
     CHANGES_STACKS,
+    ApprovalArg,
     Confirmation,
     OptionalId,
     ask_user,
@@ -22,7 +25,7 @@ from tools._common import (
     require_confirmation,
     tool_errors,
 )
-from tools._policy import enforce
+from tools._policy import asker, enforce, planned_if_asked
 
 
 async def _restore_question(runtime: Runtime, stack: str, action: str, backup_id: str | None) -> str | None:
@@ -39,11 +42,26 @@ async def _restore_question(runtime: Runtime, stack: str, action: str, backup_id
         return None  # the tool body raises the same error, with its advice
 
 
-async def _ask_before_restore(stack: str, action: str, backup_id: str | None, ctx: Context) -> Any:
+async def _ask_before_restore(stack: str, action: str, backup_id: str | None, ctx: Context,
+                              shown: Annotated[Proposal | None, Resolve(_restore_plan)]) -> Any:
     # A Resolve(...) resolver runs before the tool body: the SDK asks the user mid-call on the
-    # handshake protocols and through an InputRequiredResult on 2026-07-28.
+    # handshake protocols and through an InputRequiredResult on 2026-07-28. When the safety gate
+    # asks (with the plan), this question is not asked too.
+    if shown is not None:
+        return None
     runtime = cast(Runtime, ctx.request_context.lifespan_context)
     return ask_user(ctx, await _restore_question(runtime, stack, action, backup_id))
+
+
+
+async def _restore_plan(stack: str, ctx: Context, action: str = "list", backup_id: str | None = None,
+                        approval: str | None = None) -> Proposal | None:
+    """The restore a person approves, with its plan (resolver: asked on every protocol)."""
+    if action != "restore":
+        return None
+    runtime = cast(Runtime, ctx.request_context.lifespan_context)
+    return await planned_if_asked(ctx, "backup_stack", stack, "restore", approval,
+                                  lambda: proposals.restore(runtime, stack, backup_id))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -52,13 +70,16 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     async def backup_stack(
         stack: Annotated[str, Field(description="Stack name or directory (see list_stacks).")],
         ctx: Context,
-        approval: Annotated[ElicitationResult[Confirmation], Resolve(_ask_before_restore)],
+        shown: Annotated[Proposal | None, Resolve(_restore_plan)],
+        asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_restore_plan))],
+        confirmed: Annotated[ElicitationResult[Confirmation], Resolve(_ask_before_restore)],
         action: Annotated[
             Literal["create", "list", "restore", "verify"],
             Field(description="create | list | verify (restore drill, changes nothing) | restore (destructive)"),
         ] = "list",
         backup_id: Annotated[OptionalId, Field(description="For verify/restore; default the newest.")] = None,
         confirm: Annotated[bool, Field(description="restore only: true once the user agreed.")] = False,
+        approval: ApprovalArg = None,
     ) -> BackupResult:
         """Back up a stack, list its backups, prove one restores, or restore one.
 
@@ -74,8 +95,12 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         # "null" or "" is not "the newest": only a JSON null (or leaving it out) means that.
         checked_id(backup_id, "backup_id", BACKUP_ID, "from backup_stack(action='list')")
+        gate = None
         if action in ("create", "restore"):
-            await enforce(runtime.settings, ctx, "backup_stack", stack, action, confirm=confirm, answer=approval)
+            gate = await enforce(runtime.settings, ctx, "backup_stack", stack, action, confirm=confirm, code=approval,
+                                 shown=shown, answer=asked if shown is not None else confirmed,
+                                 plan=(lambda: proposals.restore(runtime, stack, backup_id)) if action == "restore"
+                                 else None)
         location = service.resolve_stack(runtime, stack)
 
         async def report(done: float, total: float, message: str) -> None:
@@ -89,5 +114,6 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             return await service.verify(runtime, location, backup_id, report)
         manifest = service.pick(service.store_of(runtime), location.name, backup_id)
         critical = await service.is_critical(runtime, location)
-        require_confirmation(approval, service.restore_question(manifest, critical), confirm)
+        if gate is None or not gate.human_approved:  # a person approved this very plan: ask once
+            require_confirmation(confirmed, service.restore_question(manifest, critical), confirm)
         return await service.restore(runtime, manifest, report)

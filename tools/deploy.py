@@ -6,13 +6,17 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
+from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Resolve
 from pydantic import Field
 
 from server.deploy.report import DeployReport
 from server.runtime import Runtime
-from tools._common import CHANGES_STACKS, OptionalId, checked_id, progress, tool_errors
-from tools._policy import enforce
+from server.safety import proposals
+from server.safety.proposals import Proposal
+from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, OptionalId, checked_id, progress, tool_errors
+from tools._policy import asker, enforce, planned_if_asked
 
 _PLAN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -33,11 +37,35 @@ def _confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
     return ask
 
 
+def _runtime(ctx: Context) -> Runtime:
+    from typing import cast
+
+    return cast(Runtime, ctx.request_context.lifespan_context)
+
+
+async def _deploy_plan(ctx: Context, path: str, env: dict[str, str] | None = None,
+                       services: list[str] | None = None, dry_run: bool = False,
+                       approval: str | None = None) -> Proposal | None:
+    """The plan a person is asked to approve (resolver: before the body, on every protocol)."""
+    if dry_run:
+        return None
+    return await planned_if_asked(ctx, "deploy_stack", path, "deploy", approval,
+                                  lambda: proposals.deploy(_runtime(ctx), path, env, services))
+
+
+async def _rollback_plan(ctx: Context, stack: str, to_deployment: str | None = None, restore_data: bool = False,
+                         approval: str | None = None) -> Proposal | None:
+    return await planned_if_asked(ctx, "rollback", stack, "rollback_data" if restore_data else "rollback", approval,
+                                  lambda: proposals.rollback(_runtime(ctx), stack, to_deployment, restore_data))
+
+
 def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
     async def deploy_stack(
         ctx: Context,
+        shown: Annotated[Proposal | None, Resolve(_deploy_plan)],
+        asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_deploy_plan))],
         path: Annotated[str, Field(description="Stack directory (or a compose file in it) under the stacks root.")],
         env: Annotated[dict[str, str] | None, Field(description="Interpolation values; never echoed.")] = None,
         services: Annotated[list[str] | None, Field(description="Deploy only these services.")] = None,
@@ -49,6 +77,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         confirm: Annotated[bool, Field(description="Confirms a deploy to a critical stack.")] = False,
         detail: Annotated[Literal["summary", "full"], Field(description="full: also info findings and unchanged "
                                                             "services.")] = "summary",
+        approval: ApprovalArg = None,
     ) -> DeployReport:
         """Deploy a stack as one transaction: ends healthy, or rolled back to where it started.
 
@@ -65,8 +94,14 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         `needs_confirm` names the confirmation the real call needs. `omitted` counts what was left out.
         """
         checked_id(plan_id, "plan_id", _PLAN_ID, "from deploy_stack(dry_run=true)")
-        gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run)
-        confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
+        gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run,
+                             plan=lambda: proposals.deploy(runtime, path, env, services), code=approval,
+                             shown=shown, answer=asked)
+        # A person already said yes to this call: ask once. Under a fallback other than `model` the
+        # model's confirm stands for no one: the pipeline's own questions (a database starting on an
+        # empty volume) are then asked, or refused.
+        confirm = gate.human_approved or (confirm and gate.fallback == "model")
+        plan_id = plan_id or gate.plan_id  # ...to exactly the plan they saw: the pipeline refuses if it moved
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:
@@ -82,6 +117,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @tool_errors
     async def rollback(
         ctx: Context,
+        shown: Annotated[Proposal | None, Resolve(_rollback_plan)],
+        asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_rollback_plan))],
         stack: Annotated[str, Field(description="Stack name or directory.")],
         to_deployment: Annotated[OptionalId, Field(description="deployment_id from stack_history; default: the "
                                                    "one before the current, or the current one after an "
@@ -89,6 +126,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         restore_data: Annotated[bool, Field(description="Also restore volumes and databases from the backup "
                                             "taken when leaving that deployment (overwrites data).")] = False,
         confirm: Annotated[bool, Field(description="Required for restore_data and for critical stacks.")] = False,
+        approval: ApprovalArg = None,
     ) -> DeployReport:
         """Roll a stack back to a previous good deployment: its data first (restore_data), then its files
         and images (pinned in compose.dsm.yaml), then the deploy's checks; `failed` if they do not pass.
@@ -97,7 +135,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         checked_id(to_deployment, "to_deployment", OPERATION_ID, "from stack_history")
         gate = await enforce(runtime.settings, ctx, "rollback", stack, "rollback_data" if restore_data else "rollback",
-                             confirm=confirm)
+                             confirm=confirm, code=approval, shown=shown, answer=asked,
+                             plan=lambda: proposals.rollback(runtime, stack, to_deployment, restore_data))
         confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
         from server.deploy.pipeline import Deployer
 

@@ -5,15 +5,28 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Resolve
 from pydantic import Field
 
 from server.monitor.models import ControlResult, Diagnosis, LogsPage, StatusReport
 from server.runtime import Runtime
-from tools._common import CHANGES_STACKS, READ_ONLY, OptionalId, tool_errors
-from tools._policy import enforce
+from server.safety import proposals
+from server.safety.proposals import Proposal
+from tools._common import CHANGES_STACKS, READ_ONLY, ApprovalArg, Confirmation, OptionalId, tool_errors
+from tools._policy import asker, enforce, planned_if_asked
 
 StackArg = Annotated[str, Field(description="Stack name (Compose project) or its directory under the stacks root.")]
+
+
+async def _control_plan(ctx: Context, stack: str, action: str, services: list[str] | None = None,
+                        approval: str | None = None) -> Proposal | None:
+    """What a person approves before stop/remove of a critical stack (resolver: every protocol)."""
+    from typing import cast
+
+    return await planned_if_asked(ctx, "stack_control", stack, action, approval, lambda: proposals.control(
+        cast(Runtime, ctx.request_context.lifespan_context), stack, action, services))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -73,21 +86,27 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         stack: StackArg,
         action: Literal["start", "stop", "restart", "remove", "maintenance_on", "maintenance_off"],
         ctx: Context,
+        shown: Annotated[Proposal | None, Resolve(_control_plan)],
+        asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_control_plan))],
         services: Annotated[list[str] | None, Field(description="Only these services (default: all).")] = None,
         until: Annotated[str | None, Field(description="maintenance_on: end, '2h' from now or ISO time.")] = None,
         reason: Annotated[str | None, Field(description="Why; kept in the journal.")] = None,
         confirm: Annotated[bool, Field(description="Required for stop/remove of a critical stack.")] = False,
+        approval: ApprovalArg = None,
     ) -> ControlResult:
         """Start, stop, restart or remove a stack's containers (volumes are never removed), or put
         it in maintenance (the watcher leaves it alone and alerts are muted until `until`).
         Journaled and locked like a deploy: a busy stack is refused naming the operation.
         start/restart then wait up to 60 s on the health gate and report `health`."""
-        await enforce(runtime.settings, ctx, "stack_control", stack, action, confirm=confirm)
+        gate = await enforce(runtime.settings, ctx, "stack_control", stack, action, confirm=confirm, code=approval,
+                             shown=shown, answer=asked,
+                             plan=lambda: proposals.control(runtime, stack, action, services))
         from server.monitor.control import stack_control as run
         from tools._common import confirm_destructive
 
         async def ask(question: str) -> None:
-            await confirm_destructive(ctx, question, confirm)
+            if not gate.human_approved:  # a person approved this very plan: ask once
+                await confirm_destructive(ctx, question, confirm)
 
         return await run(runtime, stack, action, services=services, until=until, reason=reason, confirm=ask)
 

@@ -8,8 +8,8 @@ The fallback (what happens when an approval is needed and the client cannot ask 
 governs the ``confirm`` the tools already ask for (restore, data rollback, critical stacks):
 :data:`FALLBACK` carries it to ``require_confirmation`` for the rest of the call.
 
-Room left for next round: approvals bound to a plan_id, out-of-band codes, drift. ``Gate``
-is where a plan_id and an approval code will be attached.
+Approvals are bound to a plan (server/safety/approvals.py, server/safety/proposals.py): the tool
+layer asks the question that shows the plan, and checks the plan again before acting.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ DEFAULT_APPROVE = (
     ApproveRule(tool="rollback", acts=["rollback_data"]),
     ApproveRule(tool="deploy_stack", acts=["deploy"], critical=True),
     ApproveRule(tool="rollback", critical=True),
+    ApproveRule(tool="stack_control", acts=["stop", "remove"], critical=True),
+    ApproveRule(tool="backup_stack", acts=["restore"]),
 )
-"""stack_control and backup_stack ask through require_confirmation, which reads FALLBACK itself."""
+"""What needs ``confirm`` without a policy. When the client can ask the user (or the fallback is not
+``model``) these become approvals bound to the plan, asked by the gate instead of each tool."""
 
 
 class PolicyRefused(DsmError):
@@ -49,6 +52,12 @@ class Gate:
     source: str
     human_approved: bool = False
     """A person said yes to this call (the tool may then skip asking its own confirm again)."""
+    ttl_s: int = 600
+    """How long an approval stays usable (policy ``approval_ttl_s``)."""
+    plan_id: str | None = None
+    """The plan the person approved (deploy_stack applies exactly it)."""
+    code: str | None = None
+    """The approval code used (elicited approvals get one too, for the audit)."""
 
 
 @cache
@@ -60,8 +69,10 @@ def current(settings: Settings) -> Loaded:
     return source_for(settings.policy_path, settings.read_only).current()
 
 
-def check(settings: Settings, tool: str, stack: str, act: str, *, dry_run: bool = False) -> Gate:
-    """Refuse what the policy forbids; otherwise say whether a human approval is needed."""
+def check(settings: Settings, tool: str, stack: str, act: str, *, dry_run: bool = False,
+          can_ask: bool = False) -> Gate:
+    """Refuse what the policy forbids; otherwise say whether a human approval is needed.
+    ``can_ask``: the client can elicit, so what needs ``confirm`` is asked as an approval of the plan."""
     try:
         loaded = current(settings)
     except SettingsError as exc:
@@ -102,15 +113,17 @@ def check(settings: Settings, tool: str, stack: str, act: str, *, dry_run: bool 
                 if rule.matches(tool, act, names, critical() if rule.critical is not None else False):
                     approval = f"rule approve[{n}] asks for a human approval of {tool} {act}"
                     break
-            if approval is None and policy.fallback != "model":
-                # The deploy pipeline skips its own question when confirm=true; with a fallback
-                # other than `model` that confirm may not stand in for a human, so the acts it
-                # guards (what needs confirm without a policy) are asked for here.
+            if approval is None and (policy.fallback != "model" or can_ask):
+                # The tools skip their own question when confirm=true; with a fallback other than
+                # `model` that confirm may not stand in for a human, and a client that can ask is
+                # asked here, with the plan, so the acts they guard (what needs confirm without a
+                # policy) are approvals bound to the plan.
                 for rule in DEFAULT_APPROVE:
                     if rule.matches(tool, act, names, critical() if rule.critical is not None else False):
                         approval = f"{act} of {'a critical stack' if rule.critical else 'data'} needs confirmation"
                         break
-    return Gate(tool=tool, act=act, stack=names[0], approval=approval, fallback=policy.fallback, source=source)
+    return Gate(tool=tool, act=act, stack=names[0], approval=approval, fallback=policy.fallback, source=source,
+                ttl_s=policy.approval_ttl_s)
 
 
 def _names(settings: Settings, raw: str) -> tuple[tuple[str, ...], _Critical]:

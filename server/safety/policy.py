@@ -62,6 +62,8 @@ class Policy(BaseModel):
     registries: list[str] | None = None
     """Allowed image registries (``docker.io``, ``ghcr.io``, ``localhost:5000``); None = any."""
     fallback: Fallback = "model"
+    approval_ttl_s: int = Field(default=600, ge=30, le=86400)
+    """How long a human approval stays usable (seconds); it is single-use and bound to one plan anyway."""
 
     @field_validator("protected")
     @classmethod
@@ -113,7 +115,8 @@ def parse(text: str, source: str) -> Policy:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SettingsError(f"{source}: must be a mapping of keys (mode, protected, approve, registries, fallback)")
+        raise SettingsError(f"{source}: must be a mapping of keys (mode, protected, approve, registries, fallback, "
+                            "approval_ttl_s)")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:
@@ -121,7 +124,7 @@ def parse(text: str, source: str) -> Policy:
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"
         why = err["msg"].replace("\n", " ")
         if err["type"] == "extra_forbidden":
-            why = "unknown key (known: mode, protected, approve, registries, fallback)"
+            why = "unknown key (known: mode, protected, approve, registries, fallback, approval_ttl_s)"
         raise SettingsError(f"{source}: key {key!r}: {why}",
                             next_step="fix the file, see README 'Safety policy'") from None
 
