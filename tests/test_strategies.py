@@ -189,3 +189,25 @@ async def test_max_failure_ratio_lets_a_share_of_the_replicas_fail_once_and_be_r
     strict = FakeFleet(old=2, fails={1})
     with pytest.raises(RolloutFailed):
         await roll(tmp_path, strict, 2, {"max_failure_ratio": 0.4, "monitor": "0s"})  # 0.4 * 2 < 1
+
+
+async def test_a_paused_rollout_is_reported_failed_without_a_rollback(tmp_path: Path) -> None:
+    from server.deploy.transaction import Transaction
+    from tests.deploy_fakes import FakeExecutor
+
+    settings = Settings(stacks_root=tmp_path / "stacks", state_dir=tmp_path / "state")
+    (tmp_path / "stacks" / STACK).mkdir(parents=True)
+    world = World(settings, tmp_path / "stacks" / STACK)
+
+    async def apply(change: Change) -> None:
+        raise RolloutFailed("web: new container x (n1) is unhealthy; removed, paused", "web", ["n1: unhealthy"],
+                            pause=True, untouched=["old2"])
+
+    run = Run(world.stack({"web": {}}))
+    run.op = world.ops.begin(STACK, "deploy")
+    report = await Transaction(world.runtime, FakeExecutor(world.runtime, apply)).execute(
+        run, plan(web="recreate"), {}, None, 30.0, 0.0)
+    assert report.status == "failed" and report.rollback is None, report
+    assert world.compose.calls == []  # no rollback up: the stack stays as the pause left it
+    [paused] = [f for f in report.findings if f.rule == "rollout-paused"]
+    assert paused.service == "web" and "n1: unhealthy" in paused.evidence

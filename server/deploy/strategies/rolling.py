@@ -56,9 +56,11 @@ class Rolling:
         fleet = ctx.executor.fleet
         body: dict[str, Any] = stack.services.get(svc, {})
         settings = stack.service_settings_for(svc)
-        old = await fleet.containers(stack, svc, running=True)
+        # Every old container, a stopped one too: left behind, the converging up would scale the
+        # service down by removing containers it picks.
+        old = await fleet.containers(stack, svc)
         if not old:
-            return  # nothing runs: the converging up creates it
+            return  # none yet: the converging up creates it
         cfg = UpdateConfig.of(body)
         desired = replicas_of(body)
         size = cfg.batch(max(desired, 1))
