@@ -25,11 +25,20 @@ def web_block(image: str, replicas: int = 2, extra: str = "") -> str:
             f"    deploy: {{replicas: {replicas}}}\n    labels: {{dsm.test: '1'}}\n    mem_limit: 64m\n{extra}")
 
 
+def web_xdsm(drain_s: float, hook: bool = False) -> str:
+    """web's x-dsm: the drain time, and with ``hook`` the drain hook that fails the proxy's health
+    check (/healthz, see ``proxied_stack(check_path=...)``) while requests to / are still served."""
+    drain = ", drain: ['rm', '-f', '/www/healthz']" if hook else ""
+    return f"    x-dsm: {{drain_s: {drain_s:g}{drain}}}\n"
+
+
 def proxied_stack(name: str, image: str, port: int, *, replicas: int = 2, web_extra: str = "",
-                  x_dsm: str = "{verify_s: 0}") -> str:
-    """compose.yaml text: ``web`` (``image``) behind ``proxy`` published on 127.0.0.1:``port``."""
+                  x_dsm: str = "{verify_s: 0}", check_path: str = "/") -> str:
+    """compose.yaml text: ``web`` (``image``) behind ``proxy`` published on 127.0.0.1:``port``; the
+    proxy health-checks each replica on ``check_path``."""
     return (f"name: {name}\nx-dsm: {x_dsm}\nservices:\n{web_block(image, replicas, web_extra)}"
-            f"  proxy:\n    image: {PROXY}\n    init: true\n    environment: {{PROXY_BACKEND: 'web:80'}}\n"
+            f"  proxy:\n    image: {PROXY}\n    init: true\n"
+            f"    environment: {{PROXY_BACKEND: 'web:80', PROXY_CHECK_PATH: '{check_path}'}}\n"
             f"    ports: ['127.0.0.1:{port}:80']\n    labels: {{dsm.test: '1', dsm.role: proxy}}\n"
             "    mem_limit: 128m\n")
 
