@@ -50,6 +50,8 @@ class ComposeExecutor:
         self.untouched: set[str] = set()
         """Services whose rolling update failed before any old container stopped: a rollback
         leaves their running containers as they are (server/deploy/strategies/rolling.py)."""
+        self.changed: set[str] | None = None
+        """Services the deploy's plan changes (None: no deploy applied by this executor yet)."""
 
     @property
     def compose(self) -> ComposeRunner:
@@ -88,6 +90,7 @@ class ComposeExecutor:
         override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
         ctx = RollContext(change, steps, self)
         self.untouched = set()
+        self.changed = {s.service for s in plan.changes}
         for name in dependency_order(stack, [s.service for s in plan.changes if s.action == "recreate"]):
             try:  # a strategy other than recreate brings its service up before the converging up
                 await self.strategy(name, plan).roll(name, ctx)
@@ -157,9 +160,12 @@ class ComposeExecutor:
         old = await load_stack(self.settings, self.compose, path=str(stack.directory), env=snapshot.env,
                                dsm_override=False)
         pins = {s: ref for s, ref in snapshot.pins.items() if s in old.services}
-        for name in sorted(self.untouched & set(pins)):
-            # Its old containers still run: pinning would change their config hash and recreate them
-            # (downtime for nothing). Unpinned is safe when the files' reference is the image they run.
+        # Services whose old containers still run: those a strategy never stopped, and those the plan
+        # did not change (a proxy in front of the failed service: recreating it is an outage).
+        kept = self.untouched | (set(pins) - self.changed if self.changed is not None else set())
+        for name in sorted(kept & set(pins)):
+            # Pinning would change their config hash and recreate them (downtime for nothing).
+            # Unpinned is safe when the files' reference is the image they run.
             ran = await self.engine.image_attrs(pins[name])
             named = await self.engine.image_attrs(str(old.services[name].get("image") or ""))
             if ran and named and ran.get("Id") == named.get("Id"):
