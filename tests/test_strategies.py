@@ -24,9 +24,9 @@ HC = {"healthcheck": {"test": ["CMD", "true"]}}
 
 
 def pick(body: dict[str, Any], *, asked: str = "auto", configured: str = "auto", database: bool = False,
-         critical: bool = False, healthcheck: bool | None = True) -> Any:
+         critical: bool = False, healthcheck: bool | None = True, proxied: bool = True) -> Any:
     return choose(body, asked=asked, configured=configured, database=database, critical=critical,
-                  healthcheck=healthcheck)
+                  healthcheck=healthcheck, proxied=proxied)
 
 
 def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
@@ -44,7 +44,7 @@ def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
     nohc = pick({}, healthcheck=False)
     assert nohc.strategy == "planned_downtime" and "no healthcheck" in nohc.reason
     critical = pick({}, critical=True)
-    assert critical.strategy == "rolling" and critical.reason.startswith("blue_green not available")
+    assert critical.strategy == "rolling" and "blue_green runs when asked" in critical.reason
     configured = pick({}, configured="planned-downtime")  # x-dsm's hyphenated spelling
     assert configured.strategy == "planned_downtime" and "x-dsm" in configured.reason
     assert parse_service_settings("web", {"update": {"strategy": "blue-green"}}).update.strategy == "blue_green"
@@ -53,7 +53,8 @@ def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
 def test_a_strategy_asked_for_that_the_rules_forbid_is_refused_with_the_rule() -> None:
     refused = pick({"ports": [{"target": 80, "published": "8080"}]}, asked="rolling")
     assert refused.refused and "fixed host port 8080" in refused.refused
-    assert pick({}, asked="blue_green").refused == "blue_green is not available in this build"
+    assert pick({}, asked="blue_green").refused is None  # server/deploy/strategies/bluegreen.py
+    assert "no proxy in the stack" in (pick({}, asked="blue_green", proxied=False).refused or "")
     assert pick({}, asked="recreate").strategy == "recreate" and pick({}, asked="recreate").refused is None
     assert pick({}, database=True, asked="planned_downtime").refused is None
     assert pick({}, asked="sideways").refused

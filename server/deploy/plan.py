@@ -73,9 +73,10 @@ def strategy_for(stack: LoadedStack, service: str, role: ServiceRole | None = No
     """The strategy that WILL run for ``service`` and which rule decided (server/deploy/strategies/
     select.py): the call's ``asked`` strategy, else x-dsm update.strategy, else the rules."""
     settings = stack.service_settings_for(service)
+    proxied = any(n != service and role_of_service(stack, n).role == "proxy" for n in stack.services)  # blue_green
     return choose(stack.services.get(service, {}), asked=asked, configured=settings.update.strategy,
                   database=is_database(stack, service, role), critical=settings.critical or stack.settings.critical,
-                  healthcheck=healthcheck)
+                  healthcheck=healthcheck, proxied=proxied)
 
 
 def _healthcheck(body: dict[str, Any], attrs: dict[str, Any] | None) -> bool | None:

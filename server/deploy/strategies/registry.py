@@ -8,12 +8,14 @@ service gets and why (the plan reports it); each module executes one.
 from __future__ import annotations
 
 from server.deploy.executor import Strategy
+from server.deploy.strategies.bluegreen import BlueGreen
 from server.deploy.strategies.downtime import PlannedDowntime
 from server.deploy.strategies.recreate import RECREATE, Recreate
 from server.deploy.strategies.rolling import Rolling
 from server.deploy.strategies.select import normalize
 
-_REGISTRY: dict[str, Strategy] = {"recreate": RECREATE, "rolling": Rolling(), "planned_downtime": PlannedDowntime()}
+_REGISTRY: dict[str, Strategy] = {"recreate": RECREATE, "rolling": Rolling(), "planned_downtime": PlannedDowntime(),
+                                  "blue_green": BlueGreen()}
 
 
 def strategy_named(name: str) -> Strategy:
@@ -26,4 +28,4 @@ def register(strategy: Strategy) -> None:
     _REGISTRY[strategy.name] = strategy
 
 
-__all__ = ["RECREATE", "PlannedDowntime", "Recreate", "Rolling", "register", "strategy_named"]
+__all__ = ["RECREATE", "BlueGreen", "PlannedDowntime", "Recreate", "Rolling", "register", "strategy_named"]

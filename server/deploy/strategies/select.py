@@ -3,8 +3,10 @@
 ``rolling`` (start-first) needs a service that can run two copies at once: no ``container_name``,
 no fixed host port, no read-write named volume its twin would share, not a database, and a
 healthcheck to gate the new copies by. Whatever rule forbids it makes the service
-``planned_downtime`` (stop-first), and the reason names that rule. ``blue_green`` is not executed
-yet: a critical stateless service rolls, and the reason says so. ``recreate`` only when asked.
+``planned_downtime`` (stop-first), and the reason names that rule. ``blue_green`` (server/deploy/
+strategies/bluegreen.py) runs when asked, for a service rolling could run that has a proxy in
+front of it; auto keeps a critical stateless service on rolling, and the reason says so.
+``recreate`` only when asked.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
     from server.deploy.executor import StrategyName
 
 NAMES: tuple[str, ...] = ("rolling", "blue_green", "planned_downtime", "recreate")
-AVAILABLE: frozenset[str] = frozenset({"rolling", "planned_downtime", "recreate"})
+AVAILABLE: frozenset[str] = frozenset({"rolling", "blue_green", "planned_downtime", "recreate"})
 """Strategies this build executes (blue_green: another branch)."""
 
 
@@ -71,7 +73,7 @@ def rolling_refusal(body: dict[str, Any], *, database: bool, healthcheck: bool |
 
 
 def choose(body: dict[str, Any], *, asked: str, configured: str, database: bool, critical: bool,
-           healthcheck: bool | None) -> Choice:
+           healthcheck: bool | None, proxied: bool = True) -> Choice:
     """The strategy that will run. ``asked``: the call's argument (auto: x-dsm's ``configured``,
     then the rules)."""
     refusal = rolling_refusal(body, database=database, healthcheck=healthcheck)
@@ -82,8 +84,8 @@ def choose(body: dict[str, Any], *, asked: str, configured: str, database: bool,
         if refusal:
             return Choice("planned_downtime", f"stop-first: {refusal}")
         if critical:
-            return Choice("rolling", "blue_green not available: not executed by this build; critical and "
-                                     "stateless, so rolling (start-first, new containers gated by id)")
+            return Choice("rolling", "critical and stateless: rolling (start-first, gated by id); "
+                                     "blue_green runs when asked")
         return Choice("rolling", "stateless with a healthcheck: start-first, new containers gated by id")
     if wanted == "rolling":
         if refusal:
@@ -96,7 +98,12 @@ def choose(body: dict[str, Any], *, asked: str, configured: str, database: bool,
             fallback = "planned_downtime" if refusal else "rolling"
             return Choice(fallback, f"x-dsm asks blue_green: not available in this build; "  # type: ignore[arg-type]
                                     f"{fallback}" + (f" ({refusal})" if refusal else ""))
-        return Choice("blue_green", f"{source}")
+        why = refusal or (None if proxied else "no proxy in the stack (x-dsm role proxy or a known proxy image) "
+                                                 "whose network alias could move")
+        if why:
+            return Choice("blue_green", f"blue_green {source}, but {why}", refused=f"blue_green cannot run: {why}")
+        return Choice("blue_green", f"{source}: a second copy (<stack>-green) gated and smoke-tested, then the "
+                                    "proxy's network alias moved to it")
     if wanted == "planned_downtime":
         return Choice("planned_downtime", f"{source}: stop-first with an announced window")
     if wanted == "recreate":
