@@ -12,13 +12,17 @@ runs through the proxy's published port for the whole run, and is cut into windo
             automatically
 - recreate: the baseline, plain ``docker compose up -d`` of web:1.0 -> web:1.1
 
+With ``--drain-hook`` the web service declares the x-dsm ``drain`` hook (it fails the proxy's
+health check on /healthz while / is still served) and the proxy checks /healthz; without it the
+old containers are taken out of traffic by leaving the network (the default drain).
+
 Each update window runs from the start of the update until it has ended and at least
 ``--min-requests`` requests were sent in it. Prints exactly ``rolling: F failed of N``,
 ``rollback: F failed of N``, ``recreate: F failed of N``, then p50/p99 of each window and of the
 steady state. Targets (issue 16): rolling and rollback 0 failed; p99 during an update at most 2x
 the steady state.
 
-    .venv/bin/python bench/rolling_update.py [--rate 50] [--min-requests 500]
+    .venv/bin/python bench/rolling_update.py [--rate 50] [--min-requests 500] [--drain-hook] [--drain-s 3]
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from server.settings import Settings  # noqa: E402
 from tests.load import Load, steady_load  # noqa: E402
-from tests.proxied_stack import proxied_stack, wait_serving  # noqa: E402
+from tests.proxied_stack import proxied_stack, wait_serving, web_xdsm  # noqa: E402
 
 WEB_10, WEB_11, WEB_BROKEN = "dsm-test/web:1.0", "dsm-test/web:1.1", "dsm-test/web:2.0-broken"
 BROKEN_EXTRA = "    environment: {WEB_CRASH_AFTER: '0'}\n"   # exits as soon as it starts listening
@@ -76,7 +80,7 @@ async def window(load: Load, min_requests: int, update: Any) -> tuple[float, flo
     return t0, load.mark(), result
 
 
-async def bench(rate: float, min_requests: int, steady_s: float) -> dict[str, Any]:
+async def bench(rate: float, min_requests: int, steady_s: float, hook: bool, drain_s: float) -> dict[str, Any]:
     from server.deploy.pipeline import Deployer
     from server.runtime import Runtime
 
@@ -93,12 +97,16 @@ async def bench(rate: float, min_requests: int, steady_s: float) -> dict[str, An
                             embedding_model_path=model if model.is_dir() else None)
         runtime = Runtime(settings)
 
+        def text(image: str, extra: str = "") -> str:
+            return proxied_stack(name, image, port, web_extra=web_xdsm(drain_s, hook) + extra,
+                                 check_path="/healthz" if hook else "/")
+
         async def ours(image: str, extra: str = "") -> Any:
-            compose.write_text(proxied_stack(name, image, port, web_extra=extra))
+            compose.write_text(text(image, extra))
             return await Deployer(runtime).deploy(name, strategy="rolling", verify_s=0, wait_timeout_s=60)
 
         async def plain_up(image: str) -> Any:
-            compose.write_text(proxied_stack(name, image, port))
+            compose.write_text(text(image))
             return await anyio.to_thread.run_sync(
                 lambda: docker("compose", "-f", "compose.yaml", "-p", name, "up", "-d", cwd=directory))
 
@@ -135,14 +143,17 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second (default 50)")
     parser.add_argument("--min-requests", type=int, default=500, help="requests per update window (default 500)")
     parser.add_argument("--steady-s", type=float, default=10.0, help="steady-state window, seconds (default 10)")
+    parser.add_argument("--drain-hook", action="store_true", help="drain through the x-dsm hook + proxy health check")
+    parser.add_argument("--drain-s", type=float, default=3.0, help="x-dsm drain_s of web (default 3)")
     args = parser.parse_args()
     t = time.monotonic()
-    out = anyio.run(bench, args.rate, args.min_requests, args.steady_s)
+    out = anyio.run(bench, args.rate, args.min_requests, args.steady_s, args.drain_hook, args.drain_s)
     for key in ("rolling", "rollback", "recreate"):
         print(out[key].line(key))
     for key in ("steady", "rolling", "rollback", "recreate"):
         print(out[key].latency_line(key))
-    print(f"(rate {args.rate:g}/s; rolling -> {out['rolling_status']}, rollback -> {out['rollback_status']}, "
+    print(f"(rate {args.rate:g}/s, drain {'hook' if args.drain_hook else 'network disconnect'} "
+          f"{args.drain_s:g}s; rolling -> {out['rolling_status']}, rollback -> {out['rollback_status']}, "
           f"plain up exit {out['recreate_status']}; errors: "
           + "; ".join(f"{k} {out[k].errors}" for k in ("rolling", "rollback", "recreate") if out[k].errors)
           + f"; {time.monotonic() - t:.0f}s)", file=sys.stderr)
