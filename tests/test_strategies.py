@@ -41,6 +41,8 @@ def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
     assert vol.strategy == "planned_downtime" and "single replica writing named volume data" in vol.reason
     read_only = pick({"volumes": [{"type": "volume", "source": "data", "target": "/d", "read_only": True}]})
     assert read_only.strategy == "rolling"
+    fixed_ip = pick({"networks": {"back": {"ipv4_address": "10.5.0.9"}}})
+    assert fixed_ip.strategy == "planned_downtime" and "fixed address on network back" in fixed_ip.reason
     nohc = pick({}, healthcheck=False)
     assert nohc.strategy == "planned_downtime" and "no healthcheck" in nohc.reason
     critical = pick({}, critical=True)
