@@ -41,6 +41,8 @@ def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
     assert vol.strategy == "planned_downtime" and "single replica writing named volume data" in vol.reason
     read_only = pick({"volumes": [{"type": "volume", "source": "data", "target": "/d", "read_only": True}]})
     assert read_only.strategy == "rolling"
+    fixed_ip = pick({"networks": {"back": {"ipv4_address": "10.5.0.9"}}})
+    assert fixed_ip.strategy == "planned_downtime" and "fixed address on network back" in fixed_ip.reason
     nohc = pick({}, healthcheck=False)
     assert nohc.strategy == "planned_downtime" and "no healthcheck" in nohc.reason
     critical = pick({}, critical=True)
@@ -212,3 +214,23 @@ async def test_a_paused_rollout_is_reported_failed_without_a_rollback(tmp_path: 
     assert world.compose.calls == []  # no rollback up: the stack stays as the pause left it
     [paused] = [f for f in report.findings if f.rule == "rollout-paused"]
     assert paused.service == "web" and "n1: unhealthy" in paused.evidence
+
+
+async def test_an_engine_error_mid_roll_is_a_failed_step_so_the_rollback_runs(tmp_path: Path) -> None:
+    from server.deploy.compose_executor import ComposeExecutor
+    from server.deploy.steps import StepFailed
+    from server.errors import DsmError
+
+    class Refused(Rolling):
+        async def roll(self, svc: str, ctx: RollContext) -> None:
+            raise DsmError("the Docker engine refused to connect web-3 to the network")
+
+    settings = Settings(stacks_root=tmp_path / "stacks", state_dir=tmp_path / "state")
+    (tmp_path / "stacks" / STACK).mkdir(parents=True)
+    world = World(settings, tmp_path / "stacks" / STACK)
+    stack = world.stack({"web": {}})
+    executor = ComposeExecutor(world.runtime, strategies={"web": Refused()})
+    with pytest.raises(StepFailed) as failed:
+        await executor.apply(Change(stack, plan(web="recreate"), None, 30.0), StepLog(Run(stack)))
+    assert failed.value.phase == "rolling" and failed.value.service == "web" and "refused" in failed.value.why
+    assert world.compose.calls == []  # the converging up never ran

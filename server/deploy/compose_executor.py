@@ -98,6 +98,10 @@ class ComposeExecutor:
                 if failed.untouched:
                     self.untouched.add(name)
                 raise
+            except DsmError as exc:  # compose or the engine refused mid-roll: the one rollback path
+                strategy = self.strategy(name, plan).name
+                raise StepFailed(strategy, f"{strategy} of {name} failed: {brief(exc)}", name,
+                                 [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]) from None
         async with steps.phase("up", "up: creating networks and volumes, starting containers") as step:
             argv = ["up", "-d", "--remove-orphans", *services_argv(change.services)]
             try:

@@ -63,6 +63,10 @@ def rolling_refusal(body: dict[str, Any], *, database: bool, healthcheck: bool |
     if volumes := rw_named_volumes(body):
         single = "single replica" if replicas_of(body) <= 1 else f"{replicas_of(body)} replicas"
         return f"{single} writing named volume {', '.join(volumes)}: two writers can corrupt its data"
+    fixed_ips = [str(net) for net, cfg in (body.get("networks") or {}).items()
+                 if isinstance(cfg, dict) and (cfg.get("ipv4_address") or cfg.get("ipv6_address"))]
+    if fixed_ips:
+        return f"fixed address on network {', '.join(fixed_ips)}: an address cannot be held twice"
     if body.get("network_mode") and str(body["network_mode"]) != "bridge":
         return f"network_mode {body['network_mode']}: no network to take an old copy out of"
     if healthcheck is False:
