@@ -35,6 +35,7 @@ from server.deploy.steps import Blocked, on_start
 from server.deploy.strategies.fleet import Failure
 from server.deploy.strategies.rolling import RolloutFailed
 from server.deploy.strategies.select import replicas_of, rolling_refusal
+from server.deploy.strategies.update_config import seconds
 from server.engine import exec_in, inspect_container
 from server.errors import DsmError
 from server.models import Finding
@@ -84,10 +85,10 @@ class BlueGreen:
 
     def refuse(self, svc: str, stack: LoadedStack) -> Finding | None:
         why = None
-        if not proxies_of(stack, svc):
-            why = "no proxy in the stack (x-dsm role proxy or a known proxy image) to move the traffic"
-        elif role_of_service(stack, svc).role == "proxy":
+        if role_of_service(stack, svc).role == "proxy":
             why = "it is the proxy itself: nothing in front of it to move the traffic"
+        elif not proxies_of(stack, svc):
+            why = "no proxy in the stack (x-dsm role proxy or a known proxy image) to move the traffic"
         else:
             why = rolling_refusal(stack.services.get(svc, {}), database=role_of_service(stack, svc).is_database,
                                   healthcheck=True)
@@ -135,16 +136,23 @@ class BlueGreen:
             # Switch: green takes the service's aliases and is watched for drain_s beside blue (a
             # failure moves the traffic back by taking green out: blue never left); then blue leaves.
             aliases = sorted({al for a in attached for names in a.networks.values() for al in names})
-            for cid in ids:
-                await self._join(x, cid, networks, aliases, replace=True)
-            await tell(f"blue_green {svc}: green ({len(ids)}) in traffic under {', '.join(aliases)}, "
-                       f"watched {settings.drain_s:.0f}s before blue leaves")
-            failure = await fleet.judge(svc, ids, timeout_s=change.wait_s, monitor_s=settings.drain_s, tell=tell)
+            try:
+                for cid in ids:
+                    await self._join(x, cid, networks, aliases, replace=True)
+                await tell(f"blue_green {svc}: green ({len(ids)}) in traffic under {', '.join(aliases)}, "
+                           f"watched {settings.drain_s:.0f}s before blue leaves")
+                failure = await fleet.judge(svc, ids, timeout_s=change.wait_s, monitor_s=settings.drain_s,
+                                            tell=tell)
+            except BaseException:  # engine error or shutdown mid-switch: back to blue, which never left
+                failure = Failure("", "")
+                raise
+            finally:
+                if failure is not None:
+                    with anyio.CancelScope(shield=True):
+                        for cid in ids:  # move back: green off the aliases, then removed
+                            await self._leave(x, cid, {n: [] for n in networks})
+                        await green.down()
             if failure is not None:
-                with anyio.CancelScope(shield=True):
-                    for cid in ids:  # move back: green off the aliases, then removed
-                        await self._leave(x, cid, {n: [] for n in networks})
-                    await green.down()
                 raise RolloutFailed(f"{svc}: green container {failure.container} {failure.why} after the switch; "
                                     "traffic moved back to the old containers, green removed", svc,
                                     [failure.container, *failure.evidence][:20], untouched=blue)
@@ -153,7 +161,7 @@ class BlueGreen:
                 await self._out(x, a.cid, list(a.networks), settings.drain)
             await tell(f"blue_green {svc}: blue out of traffic, draining {settings.drain_s:.0f}s")
             await anyio.sleep(settings.drain_s)
-            stop_s = 10.0
+            stop_s = seconds(body.get("stop_grace_period"), 10.0)
             for a in attached:
                 await fleet.retire(a.cid, stop_s)
             notes.append(f"blue {', '.join(a.cid[:12] for a in attached)} retired")
@@ -220,17 +228,15 @@ class BlueGreen:
                 out.networks[net] = names
         return out
 
-    async def _join(self, x: Any, cid: str, nets: list[str], aliases: list[str] | None, *, replace: bool = False,
-                    networks: dict[str, list[str]] | None = None) -> None:
-        """Attach ``cid`` to ``nets`` answering to ``aliases`` (or ``networks[net]``); ``replace``:
-        it is on them already under its own name, so it leaves and comes back with the aliases."""
+    async def _join(self, x: Any, cid: str, nets: list[str], aliases: list[str], *, replace: bool = False) -> None:
+        """Attach ``cid`` to ``nets`` answering to ``aliases``; ``replace``: it is on them already under
+        its own name, so it leaves and comes back with the aliases (Docker cannot add an alias)."""
         for net in nets:
-            names = (networks or {}).get(net) or aliases or []
             if replace:
                 await _quiet(x, lambda c, n=net: c.api.disconnect_container_from_network(cid, n),
                              f"disconnect {cid[:12]} from {net}")
-            await x.engine.call(lambda c, n=net, a=names: c.api.connect_container_to_network(cid, n, aliases=a),
-                                f"connect {cid[:12]} to {net} as {', '.join(names)}")
+            await x.engine.call(lambda c, n=net: c.api.connect_container_to_network(cid, n, aliases=aliases),
+                                f"connect {cid[:12]} to {net} as {', '.join(aliases)}")
 
     async def _out(self, x: Any, cid: str, networks: list[str], hook: list[str] | None) -> None:
         """Out of traffic before it stops: the x-dsm drain hook (the proxy's health check fails, requests
