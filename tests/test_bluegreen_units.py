@@ -64,3 +64,25 @@ async def test_green_is_its_own_project_on_the_proxys_networks_under_its_own_nam
     assert memory_of(loaded.services["web"]) == 64 * 1024 * 1024
     assert memory_of({"deploy": {"resources": {"reservations": {"memory": "1048576"}}}}) == 1048576
     assert memory_of({}) is None
+
+
+async def test_no_second_copy_without_the_memory_for_it(settings: Any, stacks_root: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from server.deploy.steps import Blocked
+    from server.preflight import facts
+
+    loaded = await stack(settings, stacks_root, WEB + API + PROXY)
+    available = {"bytes": 100 * 2**20}
+
+    async def gather(*_: Any, **__: Any) -> Any:
+        return SimpleNamespace(facts=SimpleNamespace(memory_available_bytes=available["bytes"], own_usage={}))
+
+    monkeypatch.setattr(facts, "gather_facts", gather)
+    x = SimpleNamespace(engine=None)
+    with pytest.raises(Blocked) as refused:  # 2 x 64 MiB > 90% of 100 MiB
+        await BlueGreen()._check_memory(x, loaded, "web", loaded.services["web"], 2, 2)
+    assert refused.value.findings[0].rule == "insufficient-resources" and "128 MiB" in refused.value.why
+    available["bytes"] = 1024 * 2**20
+    await BlueGreen()._check_memory(x, loaded, "web", loaded.services["web"], 2, 2)

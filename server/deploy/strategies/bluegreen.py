@@ -122,9 +122,12 @@ class BlueGreen:
                 ids = await green.up(body, replicas, networks)
                 failure = await fleet.judge(svc, ids, timeout_s=change.wait_s, monitor_s=0, tell=tell)
                 failure = failure or await self._smoke(x, stack, svc, ids)
-            except BaseException:
+            except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await green.down()
+                if isinstance(exc, DsmError):  # compose or the engine refused green: blue never moved
+                    raise RolloutFailed(f"{svc}: the green copy could not be started: {exc}; removed, the old "
+                                        "containers keep serving", svc, [], untouched=blue) from None
                 raise
             if failure is not None:
                 with anyio.CancelScope(shield=True):
@@ -143,8 +146,11 @@ class BlueGreen:
                            f"watched {settings.drain_s:.0f}s before blue leaves")
                 failure = await fleet.judge(svc, ids, timeout_s=change.wait_s, monitor_s=settings.drain_s,
                                             tell=tell)
-            except BaseException:  # engine error or shutdown mid-switch: back to blue, which never left
+            except BaseException as exc:  # engine error or shutdown mid-switch: back to blue, which never left
                 failure = Failure("", "")
+                if isinstance(exc, DsmError):
+                    raise RolloutFailed(f"{svc}: switching to green failed: {exc}; traffic moved back to the old "
+                                        "containers, green removed", svc, [], untouched=blue) from None
                 raise
             finally:
                 if failure is not None:
