@@ -228,13 +228,14 @@ def build_server(
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import backups, deploy, memory, monitor, operations, preflight, stacks
+    from tools import backups, deploy, memory, monitor, operations, preflight, stacks, updates
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
     operations.register(server, runtime)
     backups.register(server, runtime)
     deploy.register(server, runtime)
+    updates.register(server, runtime)
     memory.register(server, runtime)
     monitor.register(server, runtime)
     register_prompts(server)
