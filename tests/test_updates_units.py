@@ -1,0 +1,60 @@
+"""check_updates' and update_stack's rules at our own seams: tag shapes, where a new tag is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.errors import DsmError
+from server.updates.check import _age_days, with_tag
+from server.updates.files import apply_edits, plan_edit, restore
+from server.updates.versions import newer, newest_within
+
+TAGS = ["1.2.3", "1.2.4", "1.2.10", "1.3.0", "2.0.0", "1.3.0-rc1", "1.2.4-alpine", "1.2.5-alpine", "latest",
+        "1.4", "v1.2.9", "2.0.0-alpine3.19"]
+
+
+def test_only_tags_of_the_same_shape_are_newer() -> None:
+    assert newer("1.2.3", TAGS) == [("2.0.0", "major"), ("1.3.0", "minor"), ("1.2.10", "patch"), ("1.2.4", "patch")]
+    assert newer("1.2.3-alpine", TAGS) == [("1.2.5-alpine", "patch"), ("1.2.4-alpine", "patch")]
+    assert newer("1.3", TAGS) == [("1.4", "minor")]
+    assert newer("latest", TAGS) == [] and newer("1.3.0-rc1", TAGS) == []
+    assert newest_within("1.2.3", TAGS, "patch") == "1.2.10"
+    assert newest_within("1.2.3", TAGS, "minor") == "1.3.0"
+    assert newest_within("1.2.3", TAGS, "major") == "2.0.0"
+    assert newest_within("2.0.0", TAGS, "major") is None
+
+
+def test_with_tag_and_age() -> None:
+    assert with_tag("127.0.0.1:5000/a/web:1.0", "1.1") == "127.0.0.1:5000/a/web:1.1"
+    assert with_tag("redis", "7") == "redis:7"
+    assert _age_days("1970-01-01T00:00:00Z") is None and _age_days(None) is None
+    age = _age_days("2020-01-02T03:04:05.123456789Z")
+    assert age is not None and age > 365
+
+
+def test_a_tag_goes_into_env_when_interpolated_and_comments_stay(tmp_path: Path) -> None:
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("# my stack\nservices:\n  api:  # the api\n    image: reg/acme/api:${API_TAG:-1.0}\n"
+                       "    ports:\n      - '80:80'   # public\n  web:\n    image: \"reg/acme/web:1.0\"  # pinned\n")
+    (tmp_path / ".env").write_text("# versions\nAPI_TAG=1.0   # keep me\nOTHER='x'\n")
+    edits = [plan_edit(tmp_path, [compose], "api", "reg/acme/api:1.2"),
+             plan_edit(tmp_path, [compose], "web", "reg/acme/web:1.1")]
+    assert [(e.kind, e.key, e.value) for e in edits] == [("env", "API_TAG", "1.2"), ("compose", "web", "reg/acme/web:1.1")]
+    before = apply_edits(edits)
+    assert (tmp_path / ".env").read_text() == "# versions\nAPI_TAG=1.2   # keep me\nOTHER='x'\n"
+    assert compose.read_text() == ("# my stack\nservices:\n  api:  # the api\n    image: reg/acme/api:${API_TAG:-1.0}\n"
+                                   "    ports:\n      - '80:80'   # public\n  web:\n    image: \"reg/acme/web:1.1\""
+                                   "  # pinned\n")
+    restore(before)
+    assert "API_TAG=1.0   # keep me" in (tmp_path / ".env").read_text() and "web:1.0" in compose.read_text()
+
+
+def test_a_variable_only_defaulted_gets_its_own_line_and_impossible_targets_refuse(tmp_path: Path) -> None:
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("services:\n  api:\n    image: reg/acme/api:${API_TAG:-1.0}\n")
+    apply_edits([plan_edit(tmp_path, [compose], "api", "reg/acme/api:1.1")])
+    assert (tmp_path / ".env").read_text() == "API_TAG=1.1\n"
+    with pytest.raises(DsmError, match="cannot express"):
+        plan_edit(tmp_path, [compose], "api", "other/api:2")
