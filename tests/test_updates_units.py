@@ -41,7 +41,8 @@ def test_a_tag_goes_into_env_when_interpolated_and_comments_stay(tmp_path: Path)
     (tmp_path / ".env").write_text("# versions\nAPI_TAG=1.0   # keep me\nOTHER='x'\n")
     edits = [plan_edit(tmp_path, [compose], "api", "reg/acme/api:1.2"),
              plan_edit(tmp_path, [compose], "web", "reg/acme/web:1.1")]
-    assert [(e.kind, e.key, e.value) for e in edits] == [("env", "API_TAG", "1.2"), ("compose", "web", "reg/acme/web:1.1")]
+    assert [(e.kind, e.key, e.value) for e in edits] == [("env", "API_TAG", "1.2"),
+                                                         ("compose", "web", "reg/acme/web:1.1")]
     before = apply_edits(edits)
     assert (tmp_path / ".env").read_text() == "# versions\nAPI_TAG=1.2   # keep me\nOTHER='x'\n"
     assert compose.read_text() == ("# my stack\nservices:\n  api:  # the api\n    image: reg/acme/api:${API_TAG:-1.0}\n"
