@@ -59,3 +59,44 @@ def test_a_variable_only_defaulted_gets_its_own_line_and_impossible_targets_refu
     assert (tmp_path / ".env").read_text() == "API_TAG=1.1\n"
     with pytest.raises(DsmError, match="cannot express"):
         plan_edit(tmp_path, [compose], "api", "other/api:2")
+
+
+class _Response:
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.status_code, self.headers = status, headers
+
+
+class _Session:
+    """Answers in order (the registry's side of one HEAD, at our own seam)."""
+
+    def __init__(self, *answers: _Response) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    def request(self, *args: object, **kwargs: object) -> _Response:
+        self.calls += 1
+        return self.answers.pop(0)
+
+
+def _client(session: _Session) -> object:
+    import time
+
+    from server.registry import _Client, parse_reference
+
+    return _Client(parse_reference("127.0.0.1:5000/a/web:1"), "http://127.0.0.1:5000", 4.0, time.monotonic() + 4.0,
+                   True, None, session)
+
+
+def test_rate_limits_back_off_once_and_are_reported() -> None:
+    from server.registry import RegistryView, _read_digest
+
+    digest = "sha256:" + "a" * 64
+    session = _Session(_Response(429, {"Retry-After": "0"}),
+                       _Response(200, {"Docker-Content-Digest": digest, "RateLimit-Remaining": "3;w=21600",
+                                       "RateLimit-Limit": "100;w=21600"}))
+    answer = _read_digest(_client(session), RegistryView())  # type: ignore[arg-type]
+    assert answer.digest == digest and session.calls == 2
+    assert answer.rate_limit == "registry quota low: 3 of 100 requests left"
+    # A wait longer than the deadline allows is not slept: the image's answer says when to retry.
+    slow = _read_digest(_client(_Session(_Response(429, {"Retry-After": "3600"}))), RegistryView())  # type: ignore[arg-type]
+    assert slow.state == "unreachable" and slow.digest is None and "retry after 3600" in (slow.rate_limit or "")
