@@ -100,3 +100,43 @@ def test_rate_limits_back_off_once_and_are_reported() -> None:
     # A wait longer than the deadline allows is not slept: the image's answer says when to retry.
     slow = _read_digest(_client(_Session(_Response(429, {"Retry-After": "3600"}))), RegistryView())  # type: ignore[arg-type]
     assert slow.state == "unreachable" and slow.digest is None and "retry after 3600" in (slow.rate_limit or "")
+
+
+class _Engine:
+    """What check_refs asks of the engine, with a registry that rate-limits the first HEAD."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def info(self) -> dict[str, str]:
+        return {"Architecture": "x86_64", "OSType": "linux"}
+
+    def endpoint(self) -> object:
+        from server.endpoint import Endpoint
+
+        return Endpoint("nas", "tcp://nas:2376", "DOCKER_CONTEXT")
+
+    async def image_attrs(self, ref: str) -> dict[str, object]:
+        return {"RepoDigests": [ref.rsplit(":", 1)[0] + "@sha256:" + "1" * 64]}
+
+    async def registry_digest(self, ref: str, view: object, timeout_s: float, *, direct: bool) -> object:
+        from server.registry import TagDigest
+
+        self.asked.append(ref)
+        return TagDigest("unreachable", "registry rate limited (HTTP 429): retry after 600",
+                         rate_limit="rate limited (HTTP 429): retry after 600")
+
+
+@pytest.mark.anyio
+async def test_a_rate_limiting_registry_is_not_asked_again_and_each_image_says_why(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.updates import check
+
+    monkeypatch.setattr(check, "PARALLEL", 1)
+    engine = _Engine()
+    refs = {"ghcr.io/acme/api:latest": ["s/api"], "ghcr.io/acme/web:latest": ["s/web"], "quay.io/x/y:latest": ["s/y"]}
+    found = {i.image: i for i in await check.check_refs(engine, refs)}  # type: ignore[arg-type]
+    assert engine.asked == ["ghcr.io/acme/api:latest", "quay.io/x/y:latest"]
+    assert all(i.status == "unknown" for i in found.values())
+    assert "retry after 600" in (found["ghcr.io/acme/api:latest"].note or "")
+    assert "rate-limited an earlier request" in (found["ghcr.io/acme/web:latest"].note or "")

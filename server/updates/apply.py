@@ -197,7 +197,8 @@ async def _notes_link(runtime: Runtime, ref: str) -> str | None:
 
 async def _failed_before(runtime: Runtime, stack: str, targets: list[Target]) -> None:
     """Mark the targets whose digest failed a deployment of this stack before (the memory's incidents)."""
-    wanted = {t.digest_to: t for t in targets if t.digest_to}
+    # Only what changes: a service that keeps running its image is no retry of anything.
+    wanted = {t.digest_to: t for t in targets if t.digest_to and (t.edit is not None or t.digest_to != t.digest_from)}
     if not wanted:
         return
 

@@ -100,14 +100,25 @@ async def check_refs(engine: Engine, refs: dict[str, list[str]], *, min_age_days
     view = RegistryView.from_info(await engine.info())
     limiter = anyio.CapacityLimiter(PARALLEL)
     results: dict[str, ImageUpdate] = {}
+    limited: dict[str, str] = {}
+    """registry -> why: a registry that rate-limited us is not asked again in this call."""
 
     async def one(ref: str) -> None:
+        registry = parse_reference(ref).registry
         async with limiter:
+            if registry in limited:
+                results[ref] = ImageUpdate(image=ref, services=refs[ref], status="unknown",
+                                           note=f"not asked: {limited[registry]}; call again later")
+                return
             try:
                 results[ref] = await _check_one(engine, view, ref, refs[ref], min_age_days, timeout_s)
             except Exception as exc:  # one image's trouble is that image's note
                 results[ref] = ImageUpdate(image=ref, services=refs[ref], status="unknown",
                                            note=f"not checked: {type(exc).__name__}: {str(exc)[:160]}")
+                return
+            note = results[ref].note or ""
+            if "rate limited" in note:
+                limited[registry] = f"registry {registry} rate-limited an earlier request"
 
     async with anyio.create_task_group() as tg:
         for ref in refs:

@@ -30,7 +30,8 @@ class Pruned:
     kept: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        text = f"removed {len(self.removed)} unused image(s), {_size(self.freed_bytes)} freed"
+        # Image sizes as the engine reports them: layers a kept image shares are not freed.
+        text = f"removed {len(self.removed)} unused image(s), up to {_size(self.freed_bytes)} freed"
         if self.removed:
             text += ": " + ", ".join(self.removed[:6])
         if self.kept:
