@@ -59,6 +59,10 @@ def test_a_variable_only_defaulted_gets_its_own_line_and_impossible_targets_refu
     assert (tmp_path / ".env").read_text() == "API_TAG=1.1\n"
     with pytest.raises(DsmError, match="cannot express"):
         plan_edit(tmp_path, [compose], "api", "other/api:2")
+    for hostile in ("reg/acme/api:1\nADMIN_PASSWORD=x", "reg/acme/api:1 # x", "reg/acme/api:'1'", "reg/acme/api:$X"):
+        with pytest.raises(DsmError, match="not an image reference"):
+            plan_edit(tmp_path, [compose], "api", hostile)
+    assert (tmp_path / ".env").read_text() == "API_TAG=1.1\n"
 
 
 class _Response:

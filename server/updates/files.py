@@ -44,8 +44,16 @@ def _yaml() -> Any:
     return yaml
 
 
+_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+"""What may be written: an image reference and nothing else (no space, quote, ``#``, ``$`` or line
+break that would end the value and start another variable or key)."""
+
+
 def plan_edit(directory: Path, files: list[Path], service: str, new_ref: str) -> Edit:
     """Where ``service``'s image is set, and what to write there for ``new_ref``."""
+    if not _REFERENCE.fullmatch(new_ref):
+        raise DsmError(f"{new_ref[:80]!r} is not an image reference", state="nothing was changed",
+                       next_step="pass images as {service: 'registry/name:tag'}")
     yaml = _yaml()
     for file in reversed(files):
         try:
