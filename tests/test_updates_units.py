@@ -144,3 +144,14 @@ async def test_a_rate_limiting_registry_is_not_asked_again_and_each_image_says_w
     assert all(i.status == "unknown" for i in found.values())
     assert "retry after 600" in (found["ghcr.io/acme/api:latest"].note or "")
     assert "rate-limited an earlier request" in (found["ghcr.io/acme/web:latest"].note or "")
+
+
+def test_release_notes_come_from_the_oci_labels() -> None:
+    from server.updates.apply import notes_link
+
+    assert notes_link({"org.opencontainers.image.source": "https://github.com/acme/web.git"}) == (
+        "https://github.com/acme/web/releases")
+    assert notes_link({"org.opencontainers.image.source": "git@example.org:x/y",
+                       "org.opencontainers.image.documentation": "https://docs.example.org/"}) == (
+        "https://docs.example.org/")
+    assert notes_link({"org.opencontainers.image.url": "javascript:alert(1)"}) is None and notes_link({}) is None

@@ -185,7 +185,11 @@ async def _notes_link(runtime: Runtime, ref: str) -> str | None:
     if labels is None:
         config = await engine.registry_image_config(ref, RegistryView.from_info(await engine.info()), 6.0)
         labels = (config.config or {}).get("Labels")
-    labels = labels or {}
+    return notes_link(labels or {})
+
+
+def notes_link(labels: dict[str, Any]) -> str | None:
+    """A GitHub source's releases page, else the image's url or documentation label (http(s) only)."""
     source = str(labels.get(_NOTES_LABELS[0]) or "")
     if source.startswith("https://github.com/"):
         return source.rstrip("/").removesuffix(".git") + "/releases"
