@@ -17,7 +17,18 @@ import requests
 from server.runtime import Runtime
 from server.updates.apply import update_stack
 from server.updates.check import check_stacks
-from tests.deploy_helpers import WEB_10, WEB_11, container_of, deploy, docker, free_port, get, phase, web_service
+from tests.deploy_helpers import (
+    WEB_10,
+    WEB_11,
+    WEB_BROKEN,
+    container_of,
+    deploy,
+    docker,
+    free_port,
+    get,
+    phase,
+    web_service,
+)
 from tests.test_deploy_tags import image_id, push
 
 pytestmark = pytest.mark.anyio
@@ -33,9 +44,9 @@ def repo(registry: str, project_name: str) -> Iterator[str]:
         docker("rmi", "-f", *tags.split(), check=False)
 
 
-def stack_text(project: str, image: str, port: int) -> str:
+def stack_text(project: str, image: str, port: int, extra: str = "") -> str:
     return f"# {project}: updated by the tests\nname: {project}\nx-dsm: {{verify_s: 0}}\nservices:\n" + web_service(
-        "web", image, port)
+        "web", image, port, extra)
 
 
 def build_junk(ref: str) -> int:
@@ -156,7 +167,8 @@ async def test_literal_image_patch_failed_before_refused_then_a_moved_tag_pulled
     port = free_port()
     directory = stacks_root / project_name
     directory.mkdir()
-    compose = stack_text(project_name, f"{repo}:1.0.0", port).replace(
+    # Only the broken test image reads WEB_CRASH_AFTER (it exits at once instead of after 2 s).
+    compose = stack_text(project_name, f"{repo}:1.0.0", port, "    environment: {WEB_CRASH_AFTER: '0'}\n").replace(
         f"image: {repo}:1.0.0", f"image: {repo}:1.0.0  # the web, bumped by update_stack")
     (directory / "compose.yaml").write_text(compose)
     assert (await deploy(runtime, project_name)).status == "deployed"
@@ -180,3 +192,11 @@ async def test_literal_image_patch_failed_before_refused_then_a_moved_tag_pulled
     assert moved.status == "deployed" and phase(moved, "pull").status == "ok", moved
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
     assert docker("inspect", container_of(project_name, "web"), "--format", "{{.Image}}") == image_id(WEB_10)
+
+    # A release that fails its gate: rolled back, and the compose file is put back as it was.
+    push(WEB_BROKEN, f"{repo}:3.0.0")
+    before = (directory / "compose.yaml").read_text()
+    broken = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:3.0.0"})
+    assert broken.status == "rolled_back", broken
+    assert (directory / "compose.yaml").read_text() == before
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"

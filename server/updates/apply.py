@@ -51,6 +51,8 @@ class Target:
     edit: edits_mod.Edit | None = None
     notes_link: str | None = None
     failed_before: str | None = None
+    local_to: bool = True
+    """The new reference is already on the host (else the deploy pulls it)."""
 
 
 DeployCall = Callable[..., Awaitable[DeployReport]]
@@ -107,6 +109,15 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         return DeployReport(status="blocked", stack=loaded.name, findings=refused, next_steps=[
             "these images failed a deployment of this stack before: update to another version, or call again "
             "with confirm=true to retry them; nothing was changed"])
+    if changing:
+        # The files are written before the transaction takes the stack's lock: not while another
+        # operation (a deploy, its rollback restoring files) runs on them. The window left between
+        # this look and the lock is the length of one write.
+        holder = runtime.operations().running(loaded.name)
+        if holder is not None:
+            return DeployReport(status="busy", stack=loaded.name, operation_id=holder.operation_id, next_steps=[
+                f"another {holder.kind} runs on this stack: poll operation_status('{holder.operation_id}') "
+                "instead of retrying; nothing was changed"])
     if maintenance_message:
         await _announce(runtime, loaded.name, maintenance_message)
     before = edits_mod.apply_edits([t.edit for t in changing if t.edit]) if changing else {}
@@ -161,6 +172,7 @@ async def resolve(runtime: Runtime, loaded: LoadedStack, services: list[str] | N
             continue
         target.edit = edits_mod.plan_edit(loaded.directory, user_files(loaded.directory), name, target.ref_to)
         target.digest_to = await _registry_digest(runtime, target.ref_to)
+        target.local_to = await runtime.engine().image_attrs(target.ref_to) is not None
         target.notes_link = await _notes_link(runtime, target.ref_to)
         targets.append(target)
     return targets
@@ -239,7 +251,8 @@ def _annotate(report: DeployReport, targets: list[Target], to: str) -> DeployRep
         if t.edit is not None:
             update["reason"] = f"update {t.why}: {t.edit.describe()}; " + entry.reason
             if entry.action == "unchanged":
-                update.update(action="recreate", pull=True)
+                update["action"] = "recreate"
+            update["pull"] = entry.pull or not t.local_to
         elif t.why:
             update["reason"] = f"{entry.reason}; {t.why}"
         if t.failed_before:
