@@ -64,7 +64,12 @@ async def test_check_updates_same_shape_tags_and_a_moved_digest(runtime: Runtime
         push(WEB_11, f"{repo}:{tag}")
     (stacks_root / project_name).mkdir()
     (stacks_root / project_name / "compose.yaml").write_text(stack_text(project_name, f"{repo}:1.0.0", free_port()))
-    (img,) = (await check_stacks(runtime, project_name)).images
+    (stacks_root / f"{project_name}-bad").mkdir()
+    (stacks_root / f"{project_name}-bad" / "compose.yaml").write_text("services: [not, a, mapping]\n")
+    every = await check_stacks(runtime, None)  # every stack: one that does not render is a problem, not an error
+    (img,) = every.images
+    assert img.services == [f"{project_name}/web"] and every.problems and every.problems[0].startswith(
+        f"{project_name}-bad: not rendered"), every
     assert img.status == "current" and img.note is None, img
     assert [(n.tag, n.level) for n in img.newer] == [("1.0.1", "patch"), ("1.1.0", "minor"), ("2.0.0", "major")]
 
@@ -142,9 +147,15 @@ async def test_update_to_minor_through_mcp_writes_env_runs_it_and_prunes(
         (web,) = planned["plan"]["services"]
         assert web["image_to"].startswith(f"{repo}:1.1.0@sha256:") and web["image_from"].startswith(
             f"{repo}:1.0.0@sha256:") and ".env WEB_TAG=1.1.0" in web["reason"]
+        push(WEB_11, f"{repo}:1.2.0")  # a newer minor since the dry run: its plan_id no longer applies
+        stale = await _call(client, "update_stack", stack=project_name, to="minor", plan_id=planned["plan"]["plan_id"])
+        assert stale["status"] == "blocked" and "plan-changed" in {f["rule"] for f in stale["findings"]}, stale
+        assert (directory / ".env").read_text() == env
+        planned = await _call(client, "update_stack", stack=project_name, to="minor", dry_run=True)
+        assert planned["plan"]["services"][0]["image_to"].startswith(f"{repo}:1.2.0@sha256:")
         done = await _call(client, "update_stack", stack=project_name, to="minor", plan_id=planned["plan"]["plan_id"])
     assert done["status"] == "deployed", done
-    assert (directory / ".env").read_text() == env.replace("1.0.0", "1.1.0")
+    assert (directory / ".env").read_text() == env.replace("1.0.0", "1.2.0")
     assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
     pruned = next(p for p in done["phases"] if p["name"] == "prune")
     assert f"{repo}:0.9" in pruned["detail"] and "0.8 (pinned in a compose.dsm.yaml)" in pruned["detail"], pruned
