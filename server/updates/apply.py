@@ -75,7 +75,18 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
     if unknown:
         raise DsmError(f"unknown service(s) {', '.join(unknown)} in stack {loaded.name!r}",
                        state="nothing was changed", next_step="call inspect_stack for the service names")
+    outside = sorted(set(images) - set(services)) if services else []
+    if outside:
+        raise DsmError(f"images names {', '.join(outside)}, not among services", state="nothing was changed",
+                       next_step="add them to services, or leave services out")
     targets = await resolve(runtime, loaded, services, images, to)
+    written: dict[tuple[str, str], edits_mod.Edit] = {}
+    for edit in (t.edit for t in targets if t.edit):
+        other = written.setdefault((str(edit.file), edit.key), edit)
+        if other.value != edit.value:
+            raise DsmError(f"{other.service} and {edit.service} share {edit.key} in {edit.file.name} but would "
+                           f"update to {other.value!r} and {edit.value!r}", state="nothing was changed",
+                           next_step="pass images for both with references that agree, or one service at a time")
     await _failed_before(runtime, loaded.name, targets)
     kwargs: dict[str, Any] = {"services": services, "confirm": confirm}
     if "strategy" in inspect.signature(deploy).parameters:
