@@ -4,9 +4,9 @@ run the same transaction as deploy_stack (backup, pull, up, gate, verify, rollba
 ``to=digest`` keeps the tags: the transaction pulls every tag that moved in its registry.
 ``patch``/``minor``/``major`` take the newest tag of the same shape within that level
 (server/updates/check.py); ``images`` names references outright. A dry run writes nothing: the
-plan is the transaction's plan for the files as they are, with each updated service's entry
-saying what the update changes (references with digests, release notes, where it is written),
-and its plan_id covers both. A real call with that plan_id recomputes it the same way first.
+plan is the transaction's plan for the files as they are (a tag kept in .env given as an
+interpolation value), with each updated service's entry saying what the update changes
+(references with digests, release notes, where it is written), and its plan_id covers both. A real call with that plan_id recomputes it the same way first.
 Files are written just before the transaction and put back when it does not deploy.
 """
 
@@ -102,7 +102,10 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
     if dry_run or (plan_id is not None and changing):
         # The plan for the files as they are, annotated with the update (nothing written): what a
         # dry run shows, and what a real call with its plan_id must still match.
-        planned = _annotate(await deploy(path, dry_run=True, **kwargs), targets, to)
+        # A tag kept in .env is given as an interpolation value instead: the transaction plans (and
+        # pre-flights) the new image for real; a literal image's change is annotated on the plan.
+        overrides = {t.edit.key: t.edit.value for t in changing if t.edit and t.edit.kind == "env"}
+        planned = _annotate(await deploy(path, dry_run=True, env=overrides or None, **kwargs), targets, to)
         if dry_run or planned.status != "planned":
             return planned
         now = planned.plan.plan_id if planned.plan else None
