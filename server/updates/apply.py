@@ -6,8 +6,10 @@ run the same transaction as deploy_stack (backup, pull, up, gate, verify, rollba
 (server/updates/check.py); ``images`` names references outright. A dry run writes nothing: the
 plan is the transaction's plan for the files as they are (a tag kept in .env given as an
 interpolation value), with each updated service's entry saying what the update changes
-(references with digests, release notes, where it is written), and its plan_id covers both. A real call with that plan_id recomputes it the same way first.
-Files are written just before the transaction and put back when it does not deploy.
+(references with digests, release notes, where it is written), and its plan_id covers both. A
+real call with that plan_id recomputes it the same way first. Files are written just before the
+transaction and put back when it does not deploy. The transaction's backup is taken after the
+write; the previous files are those the last deployment kept (what a rollback restores).
 """
 
 from __future__ import annotations
@@ -137,8 +139,12 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
     before = edits_mod.apply_edits([t.edit for t in changing if t.edit]) if changing else {}
     try:
         report = await deploy(path, dry_run=False, plan_id=None if changing else plan_id, **kwargs)
+    except anyio.get_cancelled_exc_class():
+        # The transaction runs detached from this request and goes on with the files written: they
+        # are its to keep (or to put back through its own rollback), not ours to pull from under it.
+        raise
     except BaseException:
-        edits_mod.restore(before)
+        edits_mod.restore(before)  # it raised: the transaction is over, and rolled back if it began
         raise
     report = _annotate(report, targets, to)
     if report.status not in ("deployed", "unchanged"):
