@@ -19,7 +19,11 @@ Per service (``services.<name>.x-dsm``)::
         critical: true
         one_shot: true               # runs to completion (migrations, init); exempt from health rules
         waive: [{rule: missing-healthcheck, reason: "vendor image, watched by smoke test"}]
-        update: {strategy: planned-downtime}   # rolling | blue-green | planned-downtime | auto
+        update: {strategy: planned-downtime}   # auto | rolling | blue_green | planned_downtime | recreate
+                                     # (hyphenated forms accepted)
+        drain: ["touch", "/tmp/drain"]   # rolling: argv run in an old container to take it out of
+                                     # traffic (default: it leaves the stack's networks)
+        drain_s: 10                  # rolling: seconds between out of traffic and stopped
         backup:
           dump: ["pg_dumpall", "-U", "postgres"]            # argv run in the container, stdout = dump
           restore: ["psql", "-U", "postgres"]               # argv run in the container, stdin = dump
@@ -51,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from server.errors import DsmError
 
 Role = Literal["database", "cache", "web", "worker", "proxy", "one-shot"]
-Strategy = Literal["auto", "rolling", "blue-green", "planned-downtime"]
+Strategy = Literal["auto", "rolling", "blue_green", "planned_downtime", "recreate"]
 
 
 class _Strict(BaseModel):
@@ -134,6 +138,12 @@ class WatchPolicy(_Strict):
 class UpdateSettings(_Strict):
     strategy: Strategy = "auto"
 
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _underscored(cls, value: Any) -> Any:
+        """``blue-green``/``planned-downtime`` (the spelling published first) read as the tools spell them."""
+        return value.replace("-", "_") if isinstance(value, str) else value
+
 
 class StackSettings(_Strict):
     environment: Literal["production", "staging", "development"] = "production"
@@ -154,6 +164,9 @@ class ServiceSettings(_Strict):
     smoke: list[SmokeCheck] = Field(default_factory=list)
     recovery: Recovery = Field(default_factory=Recovery)
     verify_s: int | None = Field(default=None, ge=0, le=3600, description="Verification window (longest wins).")
+    drain: list[str] | None = Field(default=None, description="Rolling: argv that takes an old container out of "
+                                    "traffic (default: disconnect it from the stack's networks).")
+    drain_s: float = Field(default=10.0, ge=0, le=3600, description="Rolling: wait between out of traffic and stop.")
 
     @property
     def is_one_shot(self) -> bool:

@@ -79,11 +79,10 @@ async def test_an_api_built_from_the_postgres_image_is_not_a_database(runtime: R
     planned = await deploy(runtime, project_name, dry_run=True)
     assert planned.plan is not None and planned.plan.backup.dumps == []  # nothing runs yet
     by_service = {s.service: s for s in planned.plan.services}
-    # The role shows in the suggestion (the reason says only why this action): the postgres image
-    # running perl is an app, suggested rolling; the database, planned downtime.
-    assert by_service["db"].suggested_strategy == "planned_downtime", by_service["db"]
-    assert by_service["api"].suggested_strategy == "rolling", by_service["api"]
-    assert by_service["api"].strategy == "recreate"  # what runs: the plan never names what will not
+    # The role shows in the strategy that will run: the postgres image running perl is an app,
+    # rolled; the database, planned downtime.
+    assert by_service["db"].strategy == "planned_downtime", by_service["db"]
+    assert by_service["api"].strategy == "rolling", by_service["api"]
     assert (await deploy(runtime, project_name, wait_timeout_s=120)).status == "deployed"
     plan = (await deploy(runtime, project_name, dry_run=True)).plan
     assert plan is not None and plan.backup.dumps == ["db"]

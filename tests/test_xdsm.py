@@ -20,7 +20,7 @@ def test_defaults_and_full_block() -> None:
         "backup": {"dump": ["pg_dumpall", "-U", "postgres"], "restore": ["psql", "-U", "postgres"]},
         "smoke": [{"exec": ["pg_isready"], "expect_exit": 0}], "recovery": {"max_restarts": 5, "window_s": 300},
     })
-    assert s.role == "database" and s.critical and s.update.strategy == "planned-downtime"
+    assert s.role == "database" and s.critical and s.update.strategy == "planned_downtime"
     assert s.backup.dump == ["pg_dumpall", "-U", "postgres"] and s.recovery.max_restarts == 5
 
 

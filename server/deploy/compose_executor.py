@@ -1,16 +1,18 @@
 """ComposeExecutor: a plan executed by Docker Compose on the runtime's engine.
 
 ``apply``: ``pull`` of what the plan marks (healthchecks unknown at the pre-flight checked again
-on the now-local images), each changed service rolled by its Strategy, then one converging
-``up -d --remove-orphans`` (networks, volumes, orphans, and the services whose strategy is
-``recreate``: the only one today). ``gate``: the health gate on the plan's services. ``restore``
-/``start``/``remove``: the rollback's file and pin restore, and its ``up``.
+on the now-local images), each changed service rolled by the Strategy the plan names
+(server/deploy/strategies/, in dependency order), then one converging ``up -d --remove-orphans``
+(networks, volumes, orphans, new services, and the services whose strategy is ``recreate`` or
+``planned_downtime``; a rolled service is converged already and left alone). ``gate``: the
+health gate on the plan's services. ``restore``/``start``: the rollback's file and pin restore,
+and its ``up``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from server.compose import ComposeRunner, services_argv
 from server.deploy import override, snapshots
@@ -23,11 +25,13 @@ from server.deploy.executor import (
     Snapshot,
     Start,
     Strategy,
-    StrategyName,
 )
 from server.deploy.health import GateResult, Watched, run_gate
 from server.deploy.project import compose_project, fresh_project
 from server.deploy.steps import Blocked, StepFailed, StepLog, brief, completed_dep, on_start, watched
+from server.deploy.strategies.fleet import ComposeFleet
+from server.deploy.strategies.registry import RECREATE, strategy_named
+from server.deploy.strategies.rolling import RolloutFailed
 from server.deploy.timeouts import deploy_up_timeout_s
 from server.engine import Engine
 from server.errors import DsmError
@@ -36,27 +40,16 @@ from server.redact import Scrubber
 from server.stackmodel import LoadedStack
 
 
-class Recreate:
-    """Stop the old container, start the new one: what ``docker compose up -d`` does. Its roll is
-    the executor's converging ``up``, so there is nothing to do per service beforehand."""
-
-    name: ClassVar[StrategyName] = "recreate"
-
-    def refuse(self, svc: str, stack: LoadedStack) -> Finding | None:
-        return None
-
-    async def roll(self, svc: str, ctx: RollContext) -> None:
-        return None
-
-
-RECREATE = Recreate()
-
-
 class ComposeExecutor:
     def __init__(self, runtime: Any, strategies: dict[str, Strategy] | None = None) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.strategies: dict[str, Strategy] = dict(strategies or {})
+        """Per-service overrides (tests); otherwise the plan's strategy for the service runs."""
+        self.fleet = ComposeFleet(self)
+        self.untouched: set[str] = set()
+        """Services whose rolling update failed before any old container stopped: a rollback
+        leaves their running containers as they are (server/deploy/strategies/rolling.py)."""
 
     @property
     def compose(self) -> ComposeRunner:
@@ -66,8 +59,11 @@ class ComposeExecutor:
     def engine(self) -> Engine:
         return self.runtime.engine()  # type: ignore[no-any-return,unused-ignore]
 
-    def strategy(self, service: str) -> Strategy:
-        return self.strategies.get(service, RECREATE)
+    def strategy(self, service: str, plan: Any = None) -> Strategy:
+        if service in self.strategies:
+            return self.strategies[service]
+        named = next((s.strategy for s in (plan.services if plan is not None else []) if s.service == service), None)
+        return strategy_named(named) if named else RECREATE
 
     # -- deploy ---------------------------------------------------------------------------------
     async def apply(self, change: Change, steps: StepLog) -> None:
@@ -89,11 +85,17 @@ class ComposeExecutor:
                     raise Blocked("pull", "a service still has no healthcheck now that its image is local", missing)
             step.status, step.detail = ("ok", f"pulled {', '.join(pulls)}") if pulls else ("skipped", "all local")
 
+        override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
         ctx = RollContext(change, steps, self)
-        for svc in plan.changes:  # a strategy other than recreate brings its service up first
-            await self.strategy(svc.service).roll(svc.service, ctx)
+        self.untouched = set()
+        for name in dependency_order(stack, [s.service for s in plan.changes if s.action == "recreate"]):
+            try:  # a strategy other than recreate brings its service up before the converging up
+                await self.strategy(name, plan).roll(name, ctx)
+            except RolloutFailed as failed:
+                if failed.untouched:
+                    self.untouched.add(name)
+                raise
         async with steps.phase("up", "up: creating networks and volumes, starting containers") as step:
-            override.clear_pins(stack.directory)  # a deploy states its own images; a failure restores the pins
             argv = ["up", "-d", "--remove-orphans", *services_argv(change.services)]
             try:
                 await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
@@ -155,6 +157,14 @@ class ComposeExecutor:
         old = await load_stack(self.settings, self.compose, path=str(stack.directory), env=snapshot.env,
                                dsm_override=False)
         pins = {s: ref for s, ref in snapshot.pins.items() if s in old.services}
+        for name in sorted(self.untouched & set(pins)):
+            # Its old containers still run: pinning would change their config hash and recreate them
+            # (downtime for nothing). Unpinned is safe when the files' reference is the image they run.
+            ran = await self.engine.image_attrs(pins[name])
+            named = await self.engine.image_attrs(str(old.services[name].get("image") or ""))
+            if ran and named and ran.get("Id") == named.get("Id"):
+                del pins[name]
+                notes.append(f"{name}: its old containers were never stopped; left running as they are")
         override.write_pins(stack.directory, pins, originals={s: o for s, o in snapshot.originals.items() if o},
                             defined=old.services)
         notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
@@ -186,6 +196,24 @@ class ComposeExecutor:
                 a.evidence.extend(await log_tail(self.engine, c.id))
                 return a
         return None
+
+
+def dependency_order(stack: LoadedStack, names: list[str]) -> list[str]:
+    """``names`` with each service after those it depends on (a dependency rolls first)."""
+    wanted, done, out = set(names), set(), []
+
+    def visit(name: str, path: frozenset[str]) -> None:
+        if name in done or name in path:
+            return
+        for dep in sorted(str(d) for d in (stack.services.get(name, {}).get("depends_on") or {})):
+            visit(dep, path | {name})
+        done.add(name)
+        if name in wanted:
+            out.append(name)
+
+    for name in sorted(names):
+        visit(name, frozenset())
+    return out
 
 
 async def missing_healthchecks(engine: Engine, stack: LoadedStack, pulled: list[str]) -> list[Finding]:

@@ -3,8 +3,8 @@
 Compose decides to recreate a container when the service's config hash (``docker compose config
 --hash``) differs from the container's ``com.docker.compose.config-hash`` label, or when the
 image id differs from its ``com.docker.compose.image`` label. We ask the same questions up front,
-so the plan says what ``up`` will do, per service: the strategy that runs (recreate) and the one its
-role suggests.
+so the plan says what ``up`` will do, per service, and the strategy that will run it with the rule
+that chose it (server/deploy/strategies/select.py).
 
 ``plan_id`` is a sha256 over the files, the env given, the running state and the plan itself:
 deploying with a plan_id applies exactly that plan or refuses when any of them moved.
@@ -22,12 +22,15 @@ from server.compose import ComposeRunner
 from server.deploy.datamoves import data_moves
 from server.deploy.project import OVERRIDE_NAME, compose_project, user_files
 from server.deploy.report import Action, BackupPlan, DeployPlan, ServicePlan
+from server.deploy.strategies.select import Choice, choose
 from server.deploy.tags import check_tags, compared_refs
 from server.engine import ContainerSummary, Engine, object_names
+from server.models import Finding
 from server.project import ComposeProject
 from server.redact import Scrubber
 from server.roles import ServiceRole, pin_originals, role_of_service, roles_for_stack
 from server.stackmodel import LoadedStack
+from server.stackview import has_healthcheck
 
 HASH_LABEL = "com.docker.compose.config-hash"
 IMAGE_LABEL = "com.docker.compose.image"
@@ -65,24 +68,26 @@ def is_database(stack: LoadedStack, service: str, role: ServiceRole | None = Non
     return (role or role_of_service(stack, service, originals=pin_originals(stack))).is_database
 
 
-def strategy_for(stack: LoadedStack, service: str, role: ServiceRole | None = None) -> tuple[str, str]:
-    """(strategy, why): x-dsm update.strategy, with 'auto' resolved by the service's role."""
+def strategy_for(stack: LoadedStack, service: str, role: ServiceRole | None = None, *, asked: str = "auto",
+                 healthcheck: bool | None = True) -> Choice:
+    """The strategy that WILL run for ``service`` and which rule decided (server/deploy/strategies/
+    select.py): the call's ``asked`` strategy, else x-dsm update.strategy, else the rules."""
     settings = stack.service_settings_for(service)
-    chosen = settings.update.strategy
-    if chosen != "auto":
-        return chosen, f"x-dsm update.strategy: {chosen}"
-    body = stack.services.get(service, {})
-    fixed_ports = any(isinstance(p, dict) and p.get("published") for p in body.get("ports") or [])
-    named_volumes = any(isinstance(v, dict) and v.get("type") == "volume" for v in body.get("volumes") or [])
-    if is_database(stack, service, role):
-        return "planned-downtime", "auto: a database is never run twice on one data directory"
-    if named_volumes:
-        return "planned-downtime", "auto: it writes a named volume"
-    if fixed_ports:
-        return "planned-downtime", "auto: a fixed host port cannot be bound twice"
-    if settings.critical or stack.settings.critical:
-        return "blue-green", "auto: critical and stateless (when resources allow)"
-    return "rolling", "auto: stateless"
+    return choose(stack.services.get(service, {}), asked=asked, configured=settings.update.strategy,
+                  database=is_database(stack, service, role), critical=settings.critical or stack.settings.critical,
+                  healthcheck=healthcheck)
+
+
+def _healthcheck(body: dict[str, Any], attrs: dict[str, Any] | None) -> bool | None:
+    """Whether the service has a healthcheck: the files', else the image's (None: unknown)."""
+    if has_healthcheck(body):
+        return True
+    if isinstance(body.get("healthcheck"), dict) and body["healthcheck"].get("disable"):
+        return False
+    if attrs is None:
+        return None
+    test = ((attrs.get("Config") or {}).get("Healthcheck") or {}).get("Test")
+    return bool(test) and test != ["NONE"]
 
 
 async def compute_plan(
@@ -93,8 +98,11 @@ async def compute_plan(
     env: Mapping[str, str] | None,
     services: list[str] | None = None,
     scrub: Scrubber | None = None,
+    strategy: str = "auto",
 ) -> tuple[DeployPlan, PlanInputs]:
-    """The plan for deploying ``stack`` (the user's files, without our pins) as it stands now."""
+    """The plan for deploying ``stack`` (the user's files, without our pins) as it stands now.
+    ``strategy``: auto (per service, by the rules) or the one asked for every changed service;
+    one that cannot run for a service is in ``blocked`` (the transaction changes nothing)."""
     assert stack.directory is not None
     scrub = scrub or Scrubber(stack.secret_values)
     hashes = await config_hashes(compose, compose_project(stack, with_override=False), scrub)
@@ -115,13 +123,16 @@ async def compute_plan(
                                                   images))
     roles = await roles_for_stack(engine, stack, hashes)
     plans: list[ServicePlan] = []
+    blocked: list[Finding] = []
     for name, want_hash in sorted(hashes.items()):
         body = stack.services.get(name, {})
         ref = str(body.get("image") or "") or None
         image_id = local.get(ref) if ref else None
         running = by_service.get(name, [])
         image_from = running[0].labels.get(IMAGE_LABEL) if running else None
-        strategy, _why = strategy_for(stack, name, roles[name])
+        attrs = images.get(ref) if ref else None
+        if attrs is None and image_from:  # not local yet (to be pulled): the running image's says
+            attrs = await engine.image_attrs(image_from)
         tag = tags.get(ref) if ref else None
         moved = tag is not None and tag.moved
         pull = bool(ref) and (image_id is None or moved) and not body.get("build")
@@ -146,12 +157,19 @@ async def compute_plan(
             action, reason = "recreate", f"not running ({running[0].state})"
         else:
             action, reason = "unchanged", "same configuration and image as running"
+        choice = strategy_for(stack, name, roles[name], asked=strategy if selected is None or name in selected
+                              else "auto", healthcheck=_healthcheck(body, attrs))
+        if choice.refused and action == "recreate":
+            blocked.append(Finding(rule="strategy-refused", severity="error", category="deploy", service=name,
+                                   message=f"{name}: {choice.refused}; nothing was changed",
+                                   fix="deploy with strategy auto (the plan says what runs and why), or change "
+                                       "what forbids it"))
         plans.append(ServicePlan(
             service=name, action=action, image_from=image_from, image_to=ref, pull=pull and action != "unchanged",
-            # What runs is the executor's (recreate, server/deploy/compose_executor.py); the role's
-            # choice is reported apart until a strategy that honours it is executed (issue 16).
-            strategy="recreate", suggested_strategy=strategy.replace("-", "_"),
-            reason=reason,  # why this action; the suggestion's own reason waits for its strategy (issue 16)
+            # What the executor runs (server/deploy/strategies/), and the rule that chose it.
+            # The rule only where a strategy runs (a recreate): the 12-service dry run stays in its budget.
+            strategy=choice.strategy, strategy_reason=choice.reason if action == "recreate" else None,
+            reason=reason,  # why this action
             digest_from=tag.local_digest if moved and tag else None, digest_to=tag.remote if moved and tag else None,
             registry_note=tag.note if tag else None,
         ))
@@ -169,7 +187,7 @@ async def compute_plan(
         dumps=sorted(n for n in hashes if roles[n].is_database and by_service.get(n)),
     )
     draft = DeployPlan(plan_id="", services=plans, volumes_to_create=volumes, networks_to_create=networks,
-                       backup=backup, findings=data_moves(stack, roles, by_service, selected))
+                       backup=backup, findings=data_moves(stack, roles, by_service, selected), blocked=blocked)
     plan_id = _plan_id(stack, env, containers, draft)
     return draft.model_copy(update={"plan_id": plan_id}), PlanInputs(hashes, containers, local)
 

@@ -23,11 +23,9 @@ class ServicePlan(Frozen):
     digest_to: str | None = Field(default=None, description="Tag moved: the digest its registry has now.")
     registry_note: str | None = Field(default=None, description="Why the tag could not be compared.")
     release_notes: str | None = Field(default=None, description="update_stack: the new image's release notes.")
-    strategy: str = Field(default="recreate", description="What will run: recreate (stop the old container, "
-                          "start the new one), the only strategy executed today.")
-    suggested_strategy: str | None = Field(
-        default=None, description="rolling | blue_green | planned_downtime: what x-dsm update.strategy or the "
-        "service's role asks for (the reason says why); NOT executed yet, recreate runs.")
+    strategy: str = Field(default="recreate", description="What will run: rolling | blue_green | "
+                          "planned_downtime | recreate.")
+    strategy_reason: str | None = Field(default=None, description="The rule that chose the strategy.")
     reason: str
 
 
@@ -47,6 +45,8 @@ class DeployPlan(Frozen):
     findings: list[Finding] = Field(
         default_factory=list, description="What the plan changes about data (a database volume moved): confirm first."
     )
+    blocked: list[Finding] = Field(default_factory=list, description="Why this plan cannot run (a strategy asked "
+                                   "for that the service's rules forbid): nothing is changed.")
 
     @property
     def changes(self) -> list[ServicePlan]:

@@ -106,7 +106,10 @@ class Transaction:
         wait_timeout_s: float | None = None,
         verify_s: float | None = None,
         confirm: bool = False,
+        strategy: str = "auto",
     ) -> DeployReport:
+        """``strategy``: auto (per service: server/deploy/strategies/select.py) | rolling | blue_green |
+        planned_downtime | recreate for every changed service; one its rules forbid blocks the plan."""
         from server.preflight.validation import validate_loaded
         from server.stackload import StackRenderFailed, load_stack
 
@@ -140,7 +143,7 @@ class Transaction:
             began = time.monotonic()
             try:
                 planned["plan"] = (await compute_plan(self.compose, self.engine, stack, env=env, services=services,
-                                                      scrub=Scrubber(stack.secret_values)))[0]
+                                                      scrub=Scrubber(stack.secret_values), strategy=strategy))[0]
             except Exception as exc:  # raised below, once the pre-flight has had its say
                 planned["error"] = exc
             planned["took"] = time.monotonic() - began
@@ -176,6 +179,12 @@ class Transaction:
                 evidence=[f"asked {plan_id}, now {plan.plan_id}"]))
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "review the new plan (dry_run=true) and deploy with its plan_id; nothing was changed"])
+        if plan.blocked:
+            run.findings.extend(plan.blocked)
+            run.phase("plan", "blocked", time.monotonic(), "; ".join(f.message for f in plan.blocked))
+            return self._report(run, "blocked", plan=plan, next_steps=[
+                "the strategy asked for cannot run for these services (see findings): deploy with strategy "
+                "'auto' or one the plan allows; nothing was changed"])
         run.findings.extend(plan.findings)  # data moves: a database's volume renamed, replaced or dropped
         critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
         if dry_run:
@@ -263,6 +272,12 @@ class Transaction:
                 return self._report(run, "blocked", plan=plan, next_steps=[
                     "nothing was changed: fix the findings and deploy again"])
             except StepFailed as failed:
+                if getattr(failed, "pause", False):  # update_config.failure_action: pause: no rollback
+                    run.findings.append(Finding(rule="rollout-paused", severity="error", category="deploy",
+                                                service=failed.service, message=failed.why, evidence=failed.evidence))
+                    return self._report(run, "failed", plan=plan, next_steps=[
+                        "the rolling update paused as update_config.failure_action asks: the stack runs old and "
+                        "new containers side by side; fix and deploy again, or call rollback"])
                 return await rollback.automatic(self, run, plan, env, failed, started, wait_s, window)
             except BaseException as exc:
                 # Server shutdown (cancellation) or a bug mid-deploy: roll back, shielded, then re-raise.

@@ -1,0 +1,105 @@
+"""Which strategy rolls a service, and why: pure rules over the rendered service (no engine).
+
+``rolling`` (start-first) needs a service that can run two copies at once: no ``container_name``,
+no fixed host port, no read-write named volume its twin would share, not a database, and a
+healthcheck to gate the new copies by. Whatever rule forbids it makes the service
+``planned_downtime`` (stop-first), and the reason names that rule. ``blue_green`` is not executed
+yet: a critical stateless service rolls, and the reason says so. ``recreate`` only when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from server.deploy.executor import StrategyName
+
+NAMES: tuple[str, ...] = ("rolling", "blue_green", "planned_downtime", "recreate")
+AVAILABLE: frozenset[str] = frozenset({"rolling", "planned_downtime", "recreate"})
+"""Strategies this build executes (blue_green: another branch)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    strategy: StrategyName
+    reason: str
+    refused: str | None = None
+    """Set when the strategy ASKED for (argument or x-dsm) cannot run: the plan is blocked."""
+
+
+def normalize(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def replicas_of(body: dict[str, Any]) -> int:
+    deploy = body.get("deploy") or {}
+    value = deploy.get("replicas") if deploy.get("replicas") is not None else body.get("scale")
+    try:
+        return max(0, int(value)) if value is not None else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def rw_named_volumes(body: dict[str, Any]) -> list[str]:
+    return [str(v.get("source") or v.get("target")) for v in body.get("volumes") or []
+            if isinstance(v, dict) and v.get("type") == "volume" and v.get("source") and not v.get("read_only")]
+
+
+def fixed_ports(body: dict[str, Any]) -> list[str]:
+    return [str(p.get("published")) for p in body.get("ports") or [] if isinstance(p, dict) and p.get("published")]
+
+
+def rolling_refusal(body: dict[str, Any], *, database: bool, healthcheck: bool | None) -> str | None:
+    """Why two copies of this service cannot run side by side (None: they can)."""
+    if database:
+        return "a database: never two copies on one data directory"
+    if body.get("container_name"):
+        return f"container_name {body['container_name']!r}: one name cannot be used twice"
+    if ports := fixed_ports(body):
+        return f"fixed host port {', '.join(ports)}: a port cannot be bound twice"
+    if volumes := rw_named_volumes(body):
+        single = "single replica" if replicas_of(body) <= 1 else f"{replicas_of(body)} replicas"
+        return f"{single} writing named volume {', '.join(volumes)}: two writers can corrupt its data"
+    if body.get("network_mode") and str(body["network_mode"]) != "bridge":
+        return f"network_mode {body['network_mode']}: no network to take an old copy out of"
+    if healthcheck is False:
+        return "no healthcheck: the new containers could not be gated before the old ones stop"
+    if healthcheck is None:
+        return "healthcheck unknown (image not local): the new containers could not be gated"
+    return None
+
+
+def choose(body: dict[str, Any], *, asked: str, configured: str, database: bool, critical: bool,
+           healthcheck: bool | None) -> Choice:
+    """The strategy that will run. ``asked``: the call's argument (auto: x-dsm's ``configured``,
+    then the rules)."""
+    refusal = rolling_refusal(body, database=database, healthcheck=healthcheck)
+    asked, configured = normalize(asked or "auto"), normalize(configured or "auto")
+    source = "asked" if asked != "auto" else f"x-dsm update.strategy {configured}"
+    wanted = asked if asked != "auto" else configured
+    if wanted == "auto":
+        if refusal:
+            return Choice("planned_downtime", f"stop-first: {refusal}")
+        if critical:
+            return Choice("rolling", "blue_green not available: not executed by this build; critical and "
+                                     "stateless, so rolling (start-first, new containers gated by id)")
+        return Choice("rolling", "stateless with a healthcheck: start-first, new containers gated by id")
+    if wanted == "rolling":
+        if refusal:
+            return Choice("rolling", f"rolling {source}, but {refusal}", refused=f"rolling cannot run: {refusal}")
+        return Choice("rolling", f"{source}: start-first, new containers gated by id")
+    if wanted == "blue_green":
+        if "blue_green" not in AVAILABLE:
+            if asked != "auto":
+                return Choice("blue_green", "blue_green asked", refused="blue_green is not available in this build")
+            fallback = "planned_downtime" if refusal else "rolling"
+            return Choice(fallback, f"x-dsm asks blue_green: not available in this build; "  # type: ignore[arg-type]
+                                    f"{fallback}" + (f" ({refusal})" if refusal else ""))
+        return Choice("blue_green", f"{source}")
+    if wanted == "planned_downtime":
+        return Choice("planned_downtime", f"{source}: stop-first with an announced window")
+    if wanted == "recreate":
+        return Choice("recreate", f"{source}: stop and start as docker compose up does")
+    return Choice("recreate", f"unknown strategy {wanted!r}", refused=f"unknown strategy {wanted!r}: "
+                  f"one of auto, {', '.join(NAMES)}")
