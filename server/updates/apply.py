@@ -15,7 +15,6 @@ write; the previous files are those the last deployment kept (what a rollback re
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -90,12 +89,7 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
                            f"update to {other.value!r} and {edit.value!r}", state="nothing was changed",
                            next_step="pass images for both with references that agree, or one service at a time")
     await _failed_before(runtime, loaded.name, targets)
-    kwargs: dict[str, Any] = {"services": services, "confirm": confirm}
-    if "strategy" in inspect.signature(deploy).parameters:
-        kwargs["strategy"] = strategy
-    elif strategy not in ("auto", "recreate"):
-        raise DsmError(f"strategy {strategy!r} is not executed yet: every update runs as recreate",
-                       state="nothing was changed", next_step="call again with strategy='auto' or 'recreate'")
+    kwargs: dict[str, Any] = {"services": services, "confirm": confirm, "strategy": strategy}
     path = str(loaded.directory.relative_to(runtime.settings.stacks_root.resolve())) if _under_root(
         runtime, loaded) else stack
     changing = [t for t in targets if t.edit is not None]
