@@ -155,3 +155,31 @@ def test_release_notes_come_from_the_oci_labels() -> None:
                        "org.opencontainers.image.documentation": "https://docs.example.org/"}) == (
         "https://docs.example.org/")
     assert notes_link({"org.opencontainers.image.url": "javascript:alert(1)"}) is None and notes_link({}) is None
+
+
+def test_the_plan_says_what_the_update_changes_and_its_plan_id_covers_the_edit(tmp_path: Path) -> None:
+    from server.deploy.report import BackupPlan, DeployPlan, DeployReport, ServicePlan
+    from server.updates.apply import Target, _annotate
+    from server.updates.files import Edit
+
+    plan = DeployPlan(plan_id="a" * 32, backup=BackupPlan(), services=[
+        ServicePlan(service="web", action="unchanged", reason="config hash unchanged"),
+        ServicePlan(service="db", action="unchanged", reason="config hash unchanged")])
+    report = DeployReport(status="planned", stack="shop", plan=plan, needs_confirm="critical stack 'shop'")
+    edit = Edit("web", tmp_path / ".env", "env", "WEB_TAG", "1.1.0")
+    target = Target("web", "reg/web:1.0.0", "reg/web:1.1.0", "sha256:" + "1" * 64, "sha256:" + "2" * 64,
+                    "newest minor-level tag of the same shape", edit, "https://github.com/acme/web/releases",
+                    failed_before="incident inc-1 (rolled_back)", local_to=False)
+    out = _annotate(report, [target], "minor")
+    assert out.plan is not None
+    web, db = out.plan.services
+    assert (web.action, web.pull, web.release_notes) == ("recreate", True, "https://github.com/acme/web/releases")
+    assert web.image_from == f"reg/web:1.0.0@sha256:{'1' * 64}" and web.image_to == f"reg/web:1.1.0@sha256:{'2' * 64}"
+    assert web.reason.startswith("FAILED BEFORE (incident inc-1") and ".env WEB_TAG=1.1.0" in web.reason
+    assert db == plan.services[1]
+    assert out.plan.plan_id != plan.plan_id and len(out.plan.plan_id) == 32
+    assert out.needs_confirm == "critical stack 'shop'; failed-before image(s) for web"
+    assert [f.rule for f in out.findings] == ["failed-before"] and out.plan.plan_id in out.next_steps[0]
+    other = _annotate(report, [Target("web", "reg/web:1.0.0", "reg/web:1.2.0", edit=Edit(
+        "web", tmp_path / ".env", "env", "WEB_TAG", "1.2.0"))], "minor")
+    assert other.plan is not None and other.plan.plan_id != out.plan.plan_id  # another edit, another plan_id
