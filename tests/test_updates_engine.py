@@ -138,6 +138,9 @@ async def test_update_to_minor_through_mcp_writes_env_runs_it_and_prunes(
     (stacks_root / f"{project_name}-other").mkdir()
     (stacks_root / f"{project_name}-other" / "compose.dsm.yaml").write_text(
         f"services:\n  web:\n    image: {repo}:0.8\n")
+    build_junk(f"{repo}:0.7")  # named by a stack that is not running: kept too
+    (stacks_root / f"{project_name}-other" / "compose.yaml").write_text(
+        f"services:\n  web:\n    image: '{repo}:0.7'  # stopped for now\n")
 
     async with Client(build_server(runtime.settings, runtime)) as client:
         found = await _call(client, "check_updates", stack=project_name)
@@ -159,8 +162,10 @@ async def test_update_to_minor_through_mcp_writes_env_runs_it_and_prunes(
     assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
     pruned = next(p for p in done["phases"] if p["name"] == "prune")
     assert f"{repo}:0.9" in pruned["detail"] and "0.8 (pinned in a compose.dsm.yaml)" in pruned["detail"], pruned
+    assert f"0.7 (named in {project_name}-other/compose.yaml)" in pruned["detail"], pruned
     assert f"up to {_mb(junk)} MB freed" in pruned["detail"], pruned
     assert docker("images", "-q", f"{repo}:0.9") == "" and docker("images", "-q", f"{repo}:0.8") != ""
+    assert docker("images", "-q", f"{repo}:0.7") != ""
     assert docker("images", "-q", f"{repo}:1.0.0") != ""  # pinned by the update's own backup
 
 

@@ -4,7 +4,7 @@ needs them, and the bytes that freed.
 Only images of the updated repositories are candidates (never the engine's other images). One is
 kept when any container (running or stopped, any project) uses it, when a backup within its
 retention pinned it (a ``dsm-pin/`` tag: backup retention drops that tag with the backup), or when
-any stack's compose.dsm.yaml names it (a rollback pin in force).
+any stack's compose.dsm.yaml (a rollback pin in force) or compose file names it literally.
 """
 
 from __future__ import annotations
@@ -51,16 +51,33 @@ def _repo(ref: str) -> tuple[str, str] | None:
     return parsed.registry, parsed.repository
 
 
-def pinned_refs(stacks_root: Path) -> set[str]:
-    """Every image named in a stack's compose.dsm.yaml under the root."""
-    found: set[str] = set()
+def _key(ref: str) -> tuple[str, str, str] | None:
+    """A reference as the engine would resolve it (``nginx:1`` = ``docker.io/library/nginx:1``)."""
+    try:
+        parsed = parse_reference(ref)
+    except ValueError:
+        return None
+    return parsed.registry, parsed.repository, parsed.reference
+
+
+def named_refs(stacks_root: Path) -> dict[tuple[str, str, str], str]:
+    """Every literal image reference in the stacks' YAML files under the root, and why it stays:
+    a rollback pin in a compose.dsm.yaml, or a service's image in a compose file (a stopped
+    stack's image is not ours to remove either)."""
+    found: dict[tuple[str, str, str], str] = {}
     if not stacks_root.is_dir():
         return found
-    for path in stacks_root.glob("*/compose.dsm.yaml"):
+    for path in sorted([*stacks_root.glob("*/*.yaml"), *stacks_root.glob("*/*.yml")]):
+        why = "pinned in a compose.dsm.yaml" if path.name == "compose.dsm.yaml" else (
+            f"named in {path.parent.name}/{path.name}")
         try:
-            found.update(_IMAGE_LINE.findall(path.read_text(errors="replace")))
+            text = path.read_text(errors="replace")
         except OSError:
             continue
+        for ref in _IMAGE_LINE.findall(text):
+            key = _key(ref) if "$" not in ref else None
+            if key is not None and (key not in found or why.startswith("pinned")):
+                found[key] = why
     return found
 
 
@@ -75,7 +92,7 @@ async def prune_replaced(engine: Engine, refs: list[str], stacks_root: Path) -> 
         return list(c.api.images()), {str(x.get("ImageID") or "") for x in c.api.containers(all=True)}
 
     rows, used = await engine.call(read, "list images and containers")
-    pinned = pinned_refs(stacks_root)
+    named = named_refs(stacks_root)
     for row in rows:
         tags = [t for t in (row.get("RepoTags") or []) if not t.startswith("<none>")]
         names = tags + list(row.get("RepoDigests") or [])
@@ -87,8 +104,9 @@ async def prune_replaced(engine: Engine, refs: list[str], stacks_root: Path) -> 
         if any(t.startswith(_PIN) for t in tags):
             out.kept.append(f"{label} (pinned by a backup within retention)")
             continue
-        if any(n in pinned or n.split("@", 1)[-1] in pinned for n in names) or row.get("Id") in pinned:
-            out.kept.append(f"{label} (pinned in a compose.dsm.yaml)")
+        why = next((named[k] for k in map(_key, names) if k in named), None)
+        if why:
+            out.kept.append(f"{label} ({why})")
             continue
         ours = [t for t in tags if _repo(t) in wanted]  # another repository's tag on it stays (and so does it)
         if len(ours) < len(tags):
