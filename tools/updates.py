@@ -5,18 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from server.deploy.report import DeployReport
 from server.runtime import Runtime
 from server.updates.check import UpdatesReport
-from tools._common import CHANGES_STACKS, READ_ONLY, OptionalId, checked_id, progress, tool_errors
+from tools._common import CHANGES_STACKS, OptionalId, checked_id, progress, tool_errors
 from tools._policy import enforce
 from tools.deploy import _PLAN_ID, _confirmer
 
+READS_REGISTRIES = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
+                                   open_world_hint=True)
+"""Observes only, but asks the images' registries (outside this host)."""
+
 
 def register(server: MCPServer, runtime: Runtime) -> None:
-    @server.tool(annotations=READ_ONLY)
+    @server.tool(annotations=READS_REGISTRIES)
     @tool_errors
     async def check_updates(
         stack: Annotated[str | None, Field(description="Stack name; default: every stack.")] = None,
