@@ -11,9 +11,8 @@ from pydantic import Field
 from server.deploy.report import DeployReport
 from server.runtime import Runtime
 from server.updates.check import UpdatesReport
-from tools._common import CHANGES_STACKS, OptionalId, checked_id, progress, tool_errors
+from tools._common import CHANGES_STACKS, PLAN_ID, OptionalId, checked_id, confirmer, progress, tool_errors
 from tools._policy import enforce
-from tools.deploy import _PLAN_ID, _confirmer
 
 READS_REGISTRIES = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                                    open_world_hint=True)
@@ -57,7 +56,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """Update a stack's images as one deploy_stack transaction (backup, pull, health gate,
         automatic rollback); same report. New tags are written where they are kept (.env
         variable, else the compose file), comments intact; unused old images are removed after."""
-        checked_id(plan_id, "plan_id", _PLAN_ID, "from update_stack(dry_run=true)")
+        checked_id(plan_id, "plan_id", PLAN_ID, "from update_stack(dry_run=true)")
         # The policy's rules name deploy_stack (server/safety/policy.py knows no update_stack yet): an
         # update is a deploy to the policy, so a critical stack's approval rule applies to it too.
         gate = await enforce(runtime.settings, ctx, "deploy_stack", stack, "deploy", confirm=confirm, dry_run=dry_run)
@@ -69,7 +68,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             await progress(ctx, done, total, message)
 
         report = await run_update(
-            runtime, Deployer(runtime, tell, _confirmer(ctx)).deploy, stack, services=services, images=images, to=to,
+            runtime, Deployer(runtime, tell, confirmer(ctx)).deploy, stack, services=services, images=images, to=to,
             strategy=strategy, dry_run=dry_run, plan_id=plan_id, confirm=confirm,
             maintenance_message=maintenance_message, prune=_may_prune(stack))
         if report.status not in ("planned", "busy", "blocked") and report.operation_id:
