@@ -216,3 +216,23 @@ async def test_literal_image_patch_failed_before_refused_then_a_moved_tag_pulled
     assert broken.status == "rolled_back", broken
     assert (directory / "compose.yaml").read_text() == before
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+
+
+@pytest.mark.docker
+async def test_nothing_is_written_into_a_stack_whose_project_runs_from_elsewhere(
+        runtime: Runtime, stacks_root: Path, project_name: str, repo: str) -> None:
+    from server.deploy.pipeline import Deployer
+    from server.errors import StackConflict
+
+    push(WEB_10, f"{repo}:1.0.0")
+    push(WEB_11, f"{repo}:1.0.1")
+    directory = stacks_root / project_name
+    directory.mkdir()
+    compose = stack_text(project_name, f"{repo}:1.0.0", free_port())
+    (directory / "compose.yaml").write_text(compose)
+    docker("run", "-d", "--name", f"{project_name}-foreign", "--label", "dsm.test=1", "--label",
+           f"com.docker.compose.project={project_name}", "--label", "com.docker.compose.service=web", "--label",
+           "com.docker.compose.project.working_dir=/somewhere/else", "dsm-test/busybox:1", "sleep", "60")
+    with pytest.raises(StackConflict, match="runs from /somewhere/else"):
+        await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch")
+    assert (directory / "compose.yaml").read_text() == compose

@@ -119,7 +119,12 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         return DeployReport(status="blocked", stack=loaded.name, findings=refused, next_steps=[
             "these images failed a deployment of this stack before: update to another version, or call again "
             "with confirm=true to retry them; nothing was changed"])
-    if changing:
+    if changing and not dry_run:
+        from server.ownership import require_ours
+
+        # Nothing is written into a directory whose project runs from elsewhere (the deploy's
+        # pre-flight would refuse it anyway, after the write).
+        await require_ours(runtime.engine(), loaded.name, loaded.directory, "update_stack")
         # The files are written before the transaction takes the stack's lock: not while another
         # operation (a deploy, its rollback restoring files) runs on them. The window left between
         # this look and the lock is the length of one write.
