@@ -233,8 +233,9 @@ class _Client:
         except ValueError:
             return
         if remaining <= LOW_REMAINING:
-            limit = response.headers.get("RateLimit-Limit") or "?"
-            self.rate_limit = f"registry quota low: {remaining} of {str(limit).split(';', 1)[0]} requests left"
+            limit = str(response.headers.get("RateLimit-Limit") or "?").split(";", 1)[0]
+            self.rate_limit = (f"rate limited: quota used up (0 of {limit} requests left)" if remaining <= 0 else
+                               f"registry quota low: {remaining} of {limit} requests left")
 
     def _remaining(self) -> float:
         left = self.deadline - time.monotonic()

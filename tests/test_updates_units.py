@@ -104,6 +104,9 @@ def test_rate_limits_back_off_once_and_are_reported() -> None:
     # A wait longer than the deadline allows is not slept: the image's answer says when to retry.
     slow = _read_digest(_client(_Session(_Response(429, {"Retry-After": "3600"}))), RegistryView())  # type: ignore[arg-type]
     assert slow.state == "unreachable" and slow.digest is None and "retry after 3600" in (slow.rate_limit or "")
+    spent = _read_digest(_client(_Session(_Response(200, {"Docker-Content-Digest": digest,  # type: ignore[arg-type]
+                                                          "RateLimit-Remaining": "0"}))), RegistryView())
+    assert spent.digest == digest and spent.rate_limit == "rate limited: quota used up (0 of ? requests left)"
 
 
 class _Engine:
