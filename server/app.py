@@ -228,13 +228,14 @@ def build_server(
         lifespan=lifespan,
     )
     from prompts import register as register_prompts
-    from tools import backups, deploy, memory, monitor, operations, preflight, scale, stacks
+    from tools import backups, deploy, memory, monitor, operations, preflight, scale, stacks, updates
 
     stacks.register(server, runtime)
     preflight.register(server, runtime)
     operations.register(server, runtime)
     backups.register(server, runtime)
     deploy.register(server, runtime)
+    updates.register(server, runtime)
     scale.register(server, runtime)
     memory.register(server, runtime)
     monitor.register(server, runtime)

@@ -41,6 +41,11 @@ _MANIFEST_TYPES = ", ".join(
 _MAX_BODY = 4 * 1024 * 1024
 """A manifest or config larger than this is not an image config we can use (memory stays bounded)."""
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
+MAX_BACKOFF_S = 10.0
+"""The longest one back-off on a registry's Retry-After (longer: the image's answer says so)."""
+LOW_REMAINING = 10
+"""RateLimit-Remaining at or below this is reported."""
+_MAX_TAG_PAGES = 10
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,8 @@ class ImageConfig:
     config: dict[str, Any] | None = None
     """The image config's ``config`` object (``Healthcheck``, ``User``, ``ExposedPorts``...), when read."""
     digest: str | None = None
+    created: str | None = None
+    """The config's ``created`` time (RFC 3339), when it has one."""
 
 
 Credentials = Callable[[str], tuple[str, str] | None]
@@ -182,6 +189,8 @@ class _Client:
     session: Any
     token: str | None = None
     basic: bool = False
+    rate_limit: str | None = None
+    """What the registry's rate-limit headers said, when worth saying (low quota, a back-off)."""
 
     def get(self, path: str, accept: str | None = None, method: str = "GET") -> Any:
         headers = {"Accept": accept} if accept else {}
@@ -189,6 +198,17 @@ class _Client:
         if response.status_code == 401 and (self.token is None and not self.basic):
             self._authenticate(response.headers.get("WWW-Authenticate") or "")
             response = self._get(path, headers, method)
+        if response.status_code in (429, 503) and response.headers.get("Retry-After"):
+            # Rate limited: back off once when the registry's wait fits our deadline, else say so.
+            wait = _retry_after(response.headers.get("Retry-After"))
+            if wait is None or wait > min(MAX_BACKOFF_S, self.deadline - time.monotonic() - 0.5):
+                asked = response.headers.get("Retry-After")
+                self.rate_limit = f"rate limited (HTTP {response.status_code}): retry after {asked}"
+                raise _Refused("unreachable", f"registry {self.rate_limit}")
+            time.sleep(wait)
+            self.rate_limit = f"rate limited: backed off {wait:g}s as the registry asked (Retry-After)"
+            response = self._get(path, headers, method)
+        self._note_limits(response)
         if response.status_code == 404:
             raise _Refused("absent", f"registry answered 404 for {self.ref.repository}:{self.ref.reference} "
                            "(manifest unknown)")
@@ -198,6 +218,24 @@ class _Client:
         if response.status_code >= 400:
             raise _Refused("unreachable", f"registry answered HTTP {response.status_code}")
         return response
+
+    def _note_limits(self, response: Any) -> None:
+        """Docker Hub's ``RateLimit-Remaining: 97;w=21600`` (and the IETF draft's plain number):
+        low or exhausted pull quotas are said, so the caller stops before the registry refuses."""
+        if response.status_code == 429:
+            self.rate_limit = self.rate_limit or "rate limited (HTTP 429), no Retry-After given"
+            raise _Refused("unreachable", f"registry {self.rate_limit}")
+        raw = response.headers.get("RateLimit-Remaining")
+        if not raw:
+            return
+        try:
+            remaining = int(str(raw).split(";", 1)[0].strip())
+        except ValueError:
+            return
+        if remaining <= LOW_REMAINING:
+            limit = str(response.headers.get("RateLimit-Limit") or "?").split(";", 1)[0]
+            self.rate_limit = (f"rate limited: quota used up (0 of {limit} requests left)" if remaining <= 0 else
+                               f"registry quota low: {remaining} of {limit} requests left")
 
     def _remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -265,6 +303,7 @@ class TagDigest:
     state: RegistryState
     detail: str
     digest: str | None = None
+    rate_limit: str | None = None
 
 
 class _Answer(Protocol):
@@ -342,14 +381,15 @@ def _read_digest(client: _Client, view: RegistryView) -> TagDigest:
                 return TagDigest("unreachable", f"registry sent more than {_MAX_BODY} bytes for a manifest")
             digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     except _Refused as exc:
-        return TagDigest(exc.state, exc.detail)
+        return TagDigest(exc.state, exc.detail, rate_limit=client.rate_limit)
     except requests.exceptions.Timeout:
         return TagDigest("unreachable", f"could not verify: the registry did not answer within {client.timeout_s:g}s")
     except requests.exceptions.SSLError as exc:
         return TagDigest("unreachable", f"could not verify: TLS failed ({_short(exc)})")
     except requests.exceptions.RequestException as exc:
         return TagDigest("unreachable", f"could not verify: {_short(exc)}")
-    return TagDigest("present", f"registry {client.base.split('://', 1)[-1]} has it at {digest}", digest=str(digest))
+    return TagDigest("present", f"registry {client.base.split('://', 1)[-1]} has it at {digest}", digest=str(digest),
+                     rate_limit=client.rate_limit)
 
 
 def _read(client: _Client, view: RegistryView) -> ImageConfig:
@@ -369,12 +409,14 @@ def _read(client: _Client, view: RegistryView) -> ImageConfig:
             manifest = _json(client.get(f"/v2/{ref.repository}/manifests/{chosen}", _MANIFEST_TYPES))
         if manifest.get("schemaVersion") == 1:  # legacy: the config rides in the history
             history = manifest.get("history") or [{}]
-            config = json.loads(history[0].get("v1Compatibility") or "{}").get("config") or {}
+            legacy = json.loads(history[0].get("v1Compatibility") or "{}")
+            config, created = legacy.get("config") or {}, legacy.get("created")
         else:
             blob = str((manifest.get("config") or {}).get("digest") or "")
             if not blob:
                 return ImageConfig("present", "registry's manifest names no config blob", digest=digest)
-            config = _json(client.get(f"/v2/{ref.repository}/blobs/{blob}")).get("config") or {}
+            whole = _json(client.get(f"/v2/{ref.repository}/blobs/{blob}"))
+            config, created = whole.get("config") or {}, whole.get("created")
     except _Refused as exc:
         return ImageConfig(exc.state, exc.detail)
     except requests.exceptions.Timeout:
@@ -385,7 +427,8 @@ def _read(client: _Client, view: RegistryView) -> ImageConfig:
         return ImageConfig("unreachable", f"could not verify: {_short(exc)}")
     where = client.base.split("://", 1)[-1]
     return ImageConfig("present", f"registry {where} has it{' at ' + digest if digest else ''}; config read "
-                       "without pulling", config=dict(config), digest=digest)
+                       "without pulling", config=dict(config), digest=digest,
+                       created=str(created) if created else None)
 
 
 def _pick_platform(manifests: list[dict[str, Any]], view: RegistryView) -> str | None:
@@ -407,3 +450,65 @@ def _short(exc: BaseException) -> str:
     text = str(exc)
     match = re.search(r"\(Caused by (\w+)", text)
     return (match.group(1) if match else text)[:160]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is not worth a wait here: None)."""
+    try:
+        return max(0.0, float(str(value).strip()))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class TagList:
+    """The tags a repository has in its registry (``GET /v2/<name>/tags/list``: no manifest is
+    read, so nothing counts as a pull), or why they are not known."""
+
+    state: RegistryState
+    detail: str
+    tags: tuple[str, ...] = ()
+    rate_limit: str | None = None
+
+
+def list_tags(
+    ref: str, view: RegistryView, *, timeout_s: float = 6.0, credentials: Credentials | None = None
+) -> TagList:
+    """Every tag of ``ref``'s repository (paged by the registry's Link header, at most
+    ``_MAX_TAG_PAGES`` pages). Never raises for the registry's answers or silence."""
+    return _each_endpoint(ref, view, timeout_s, credentials, _list_tags,
+                          TagList("unreachable", "could not list tags: no registry endpoint was tried"))
+
+
+def _list_tags(client: _Client, view: RegistryView) -> TagList:
+    import requests
+
+    ref = client.ref
+    path = f"/v2/{ref.repository}/tags/list?n=1000"
+    tags: list[str] = []
+    try:
+        for _ in range(_MAX_TAG_PAGES):
+            response = client.get(path)
+            tags.extend(str(t) for t in (_json(response).get("tags") or []))
+            link = _next_link(response.headers.get("Link"))
+            if not link:
+                break
+            path = link
+    except _Refused as exc:
+        return TagList(exc.state, exc.detail, rate_limit=client.rate_limit)
+    except requests.exceptions.Timeout:
+        return TagList("unreachable", f"could not list tags within {client.timeout_s:g}s", rate_limit=client.rate_limit)
+    except requests.exceptions.RequestException as exc:
+        return TagList("unreachable", f"could not list tags: {_short(exc)}", rate_limit=client.rate_limit)
+    return TagList("present", f"{len(tags)} tag(s)", tags=tuple(tags), rate_limit=client.rate_limit)
+
+
+def _next_link(header: str | None) -> str | None:
+    """``</v2/x/tags/list?last=a&n=1000>; rel="next"`` -> the path (same host only)."""
+    if not header or 'rel="next"' not in header:
+        return None
+    match = re.match(r"\s*<([^>]+)>", header)
+    if not match:
+        return None
+    target = match.group(1)
+    return target if target.startswith("/v2/") else None

@@ -143,6 +143,27 @@ async def confirm_destructive(ctx: Context | None, question: str, confirm: bool)
     require_confirmation(None, question, confirm)
 
 
+PLAN_ID = re.compile(r"[0-9a-f]{32}")
+"""A deploy plan's id (deploy_stack and update_stack dry runs)."""
+
+
+def confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
+    """The transaction's ``confirm`` callback: ask the user through MCP elicitation when the
+    client can; False otherwise (then the caller must pass confirm=true, which the refusal tells
+    the model to do only after asking). The same as tools/deploy.py's ``_confirmer``."""
+
+    async def ask(question: str) -> bool:
+        from server.errors import ConfirmationRequired
+
+        try:
+            await confirm_destructive(ctx, question, False)
+        except ConfirmationRequired:
+            return False
+        return True
+
+    return ask
+
+
 def ask_user(ctx: Context, question: str | None) -> Any:
     """For a ``Resolve(...)`` resolver: ``Elicit(question)`` when there is something to confirm and
     the client can be asked (the SDK sends it mid-call on handshake protocols, as an

@@ -22,6 +22,7 @@ class ServicePlan(Frozen):
     digest_from: str | None = Field(default=None, description="Tag moved: the digest the local image has.")
     digest_to: str | None = Field(default=None, description="Tag moved: the digest its registry has now.")
     registry_note: str | None = Field(default=None, description="Why the tag could not be compared.")
+    release_notes: str | None = Field(default=None, description="update_stack: the new image's release notes.")
     strategy: str = Field(default="recreate", description="What will run: rolling | blue_green | "
                           "planned_downtime | recreate.")
     strategy_reason: str | None = Field(default=None, description="The rule that chose the strategy.")

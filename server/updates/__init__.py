@@ -1,0 +1,1 @@
+"""check_updates and update_stack: the core behind tools/updates.py."""
