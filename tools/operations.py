@@ -17,14 +17,13 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def operation_status(
-        operation_id: Annotated[str, Field(description="From deploy_stack, rollback, backup_stack or a busy answer.")],
+        operation_id: Annotated[str, Field(description="From a deploy, rollback, backup or busy answer.")],
     ) -> OperationView:
-        """Progress and result of a stack operation, from the journal shared by all server processes.
+        """Progress and result of a stack operation (journal shared by all server processes).
 
-        Poll this when a call timed out or answered `busy`, instead of starting it again: the
-        operation runs to its end even when its request was cancelled. `status` stays `running`
-        until then; `phases` show progress and `result` holds the final report. `interrupted`
-        means its server died; the stack can be deployed or rolled back again.
+        Poll this when a call timed out or answered `busy` instead of retrying: the operation
+        runs to its end anyway. `running` until then, `phases` show progress, `result` holds the
+        final report; `interrupted`: its server died, deploy or roll back again.
         """
         from server.errors import OperationNotFound
 
@@ -40,7 +39,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def stack_history(
-        stack: Annotated[str, Field(description="Compose project name or stack directory, e.g. 'supabase'.")],
+        stack: Annotated[str, Field(description="Stack name or directory.")],
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
     ) -> StackHistory:
         """A stack's deployments and rollbacks, newest first: status (deployed, unchanged,
