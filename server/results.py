@@ -79,6 +79,8 @@ UNPUBLISHED: dict[str, frozenset[str]] = {
     "RestoreStep": frozenset({"failed_state", "way"}),
     "DataCheck": frozenset({"tables_expected", "tables_found"}),
     "MemoryStatus": frozenset({"model_detail", "location"}),
+    "DeploymentEntry": frozenset({"ended_at"}),
+    "Changes": frozenset({"removed"}),
     "SimilarIncident": frozenset({"stack"}),
     "StackInspection": frozenset({"settings"}),
 }
