@@ -107,7 +107,7 @@ class DockerStackServer(MCPServer[Runtime]):
         return [
             tool.model_copy(update={
                 "input_schema": slim_input_schema(tool.input_schema),
-                "output_schema": slim_output_schema(tool.output_schema) if tool.output_schema else None,
+                "output_schema": slim_output_schema(tool.output_schema, tool.name) if tool.output_schema else None,
             })
             for tool in await super().list_tools()
             if tool.name not in self.hidden

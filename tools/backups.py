@@ -68,14 +68,14 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
     async def backup_stack(
-        stack: Annotated[str, Field(description="Stack name or directory (see list_stacks).")],
+        stack: Annotated[str, Field(description="Stack name or directory.")],
         ctx: Context,
         shown: Annotated[Proposal | None, Resolve(_restore_plan)],
         asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_restore_plan))],
         confirmed: Annotated[ElicitationResult[Confirmation], Resolve(_ask_before_restore)],
         action: Annotated[
             Literal["create", "list", "restore", "verify"],
-            Field(description="create | list | verify (restore drill, changes nothing) | restore (destructive)"),
+            Field(description="verify: restore drill, changes nothing; restore: destructive."),
         ] = "list",
         backup_id: Annotated[OptionalId, Field(description="For verify/restore; default the newest.")] = None,
         confirm: Annotated[bool, Field(description="restore only: true once the user agreed.")] = False,
@@ -83,12 +83,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> BackupResult:
         """Back up a stack, list its backups, prove one restores, or restore one.
 
-        create: compose files and .env, the running images (pinned under dsm-pin/ tags), named
-        volumes (archived with checksums) and databases (dumped: postgres, mysql/mariadb,
-        mongo, x-dsm backup hooks). verify: restores into scratch volumes and a scratch
-        database and compares checksums and row counts; the stack is not touched. restore:
-        overwrites the stack's volumes and databases with the backup (affected services
-        restart); the user must confirm. Config and images are rolled back by rollback.
+        create: files and .env, running images (pinned as dsm-pin/ tags), named volumes (with
+        checksums), database dumps (postgres, mysql/mariadb, mongo, x-dsm hooks). list: each
+        backup's original image references, dump sizes and row counts. verify: restores into
+        scratch volumes and databases and compares; the stack is untouched. restore: overwrites
+        the stack's volumes and databases (user confirms). Files and images: rollback.
         """
         from server.backups import service
         from server.backups.store import BACKUP_ID

@@ -66,14 +66,14 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         ctx: Context,
         shown: Annotated[Proposal | None, Resolve(_deploy_plan)],
         asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_deploy_plan))],
-        path: Annotated[str, Field(description="Stack directory (or a compose file in it) under the stacks root.")],
+        path: Annotated[str, Field(description="Stack directory (or compose file) under the stacks root.")],
         env: Annotated[dict[str, str] | None, Field(description="Interpolation values; never echoed.")] = None,
         services: Annotated[list[str] | None, Field(description="Deploy only these services.")] = None,
         dry_run: Annotated[bool, Field(description="Return the plan and its plan_id; change nothing.")] = False,
         plan_id: Annotated[OptionalId, Field(description="Apply exactly this dry-run plan, or refuse.")] = None,
         wait_timeout_s: Annotated[float | None, Field(ge=5, le=3600, description="Health gate timeout (180).")] = None,
-        verify_s: Annotated[float | None, Field(ge=0, le=3600, description="Verification window; default x-dsm "
-                                                "verify_s, else 30; 0 = none.")] = None,
+        verify_s: Annotated[float | None, Field(ge=0, le=3600, description="Verification window (x-dsm or 30; "
+                                                "0 none).")] = None,
         confirm: Annotated[bool, Field(description="Confirms a deploy to a critical stack.")] = False,
         detail: Annotated[Literal["summary", "full"], Field(description="full: also info findings and unchanged "
                                                             "services.")] = "summary",
@@ -81,17 +81,14 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     ) -> DeployReport:
         """Deploy a stack as one transaction: ends healthy, or rolled back to where it started.
 
-        Pre-flight (validate_compose with host checks; blocked = nothing changed) -> backup (files,
-        pinned images, volumes, database dumps) -> pull -> up -> health gate (exits, unhealthy,
-        restart loops, OOM) -> x-dsm smoke checks -> verification window (health, critical log
-        lines > 10/min, sustained >95% of memory/CPU limit). Any failure after the backup rolls
-        back automatically (previous files and images, database dumps where the deploy touched the
-        database) and records an incident. Progress is reported per phase.
+        Pre-flight (blocked = nothing changed) -> backup (files, pinned images, volumes, dumps)
+        -> pull -> up -> health gate -> x-dsm smoke checks -> verification window (health,
+        critical log lines, sustained >95% of limits). A failure after the backup rolls back
+        (files, images, dumps where the database was touched) and records an incident.
 
-        status: deployed | unchanged | rolled_back | blocked | failed | planned | busy. `busy` names
-        the running operation_id: poll operation_status, do not retry. Read `phases`, `findings`,
-        `rollback` {why, to_deployment, result}, `incident_id` and `next_steps`; a dry run's
-        `needs_confirm` names the confirmation the real call needs. `omitted` counts what was left out.
+        `busy` names the running operation_id: poll operation_status, do not retry. A dry run's
+        `needs_confirm` names the confirmation the real call needs; `omitted` counts what was
+        left out.
         """
         checked_id(plan_id, "plan_id", _PLAN_ID, "from deploy_stack(dry_run=true)")
         gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run,
@@ -120,11 +117,10 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         shown: Annotated[Proposal | None, Resolve(_rollback_plan)],
         asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_rollback_plan))],
         stack: Annotated[str, Field(description="Stack name or directory.")],
-        to_deployment: Annotated[OptionalId, Field(description="deployment_id from stack_history; default: the "
-                                                   "one before the current, or the current one after an "
-                                                   "interrupted or failed deploy.")] = None,
+        to_deployment: Annotated[OptionalId, Field(description="From stack_history; default the last good "
+                                                   "one.")] = None,
         restore_data: Annotated[bool, Field(description="Also restore volumes and databases from the backup "
-                                            "taken when leaving that deployment (overwrites data).")] = False,
+                                            "taken when leaving it (overwrites).")] = False,
         confirm: Annotated[bool, Field(description="Required for restore_data and for critical stacks.")] = False,
         approval: ApprovalArg = None,
     ) -> DeployReport:

@@ -54,11 +54,10 @@ COUNTS_IN_MEMORY = ToolAnnotations(
 )
 """Adds to a counter in memory (a pattern's successes/failures): each call counts once more."""
 
-Stack = Annotated[str | None, Field(description="Compose project name, e.g. 'supabase'. Omit for host-wide.")]
-Service = Annotated[str | None, Field(description="Service name inside the stack, e.g. 'auth'.")]
-Tags = Annotated[list[str] | None, Field(description="Short labels, e.g. ['oom']; at most 20.")]
-Since = Annotated[str | None, Field(description="Only records seen since: ISO 8601 ('2024-05-01') or a "
-                                                "duration back from now ('12h', '7d').")]
+Stack = Annotated[str | None, Field(description="Compose project; omit for host-wide.")]
+Service = Annotated[str | None, Field(description="Service in the stack.")]
+Tags = Annotated[list[str] | None, Field(description="Labels, e.g. ['oom'] (at most 20).")]
+Since = Annotated[str | None, Field(description="Seen since: ISO time or '12h', '7d'.")]
 IncidentId = Annotated[str, Field(description="The incident_id from record_incident or search_past_incidents.")]
 PatternId = Annotated[str, Field(description="The pattern_id from record_deployment_pattern or "
                                              "search_deployment_patterns.")]
@@ -74,22 +73,20 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def search_past_incidents(
-        query: Annotated[str, Field(description="What is going wrong, in words, and/or pasted error or log "
-                                                "lines (timestamps and ids do not need removing).")],
+        query: Annotated[str, Field(description="What goes wrong, in words and/or pasted log lines.")],
         stack: Stack = None,
         service: Service = None,
         since: Since = None,
         tags: Tags = None,
-        limit: Annotated[int, Field(ge=1, le=20, description="How many incidents to return.")] = 5,
+        limit: Annotated[int, Field(ge=1, le=20)] = 5,
     ) -> IncidentSearch:
-        """Search past incidents before you diagnose or fix anything: if the same failure happened
-        before, its root_cause and resolution are here; do not solve it twice.
+        """Search past incidents before you diagnose or fix anything: a failure seen before has its
+        root_cause and resolution here.
 
-        Pasted log lines work well: lines with the same error signature as a past incident rank
-        first (signature_match). Each hit has `relevance` (0-1, absolute); hits under 0.25 are
-        left out unless their signature matches, and `note` says "nothing similar" when none is
-        left. `mode`: hybrid (meaning and words) or lexical (words only). Next: apply or adapt
-        the resolution; after fixing a new problem, record_incident.
+        Pasted log lines with a past incident's error signature rank first (signature_match).
+        `relevance` is absolute (0-1): hits under 0.25 are left out unless their signature
+        matches, and `note` says "nothing similar" when none is left. After fixing a new
+        problem: record_incident.
         """
         return await run(lambda m: m.search_incidents(query, stack=stack, service=service, since=since, tags=tags,
                                                       limit=limit))
@@ -98,25 +95,20 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @tool_errors
     async def record_incident(
         title: Annotated[str | None, Field(description="One line naming the failure.")] = None,
-        symptoms: Annotated[str | None, Field(description="What was observed: errors, states, what users saw."
-                                              )] = None,
+        symptoms: Annotated[str | None, Field(description="What was observed.")] = None,
         root_cause: Annotated[str | None, Field(description="Why it happened, once known.")] = None,
-        resolution: Annotated[str | None, Field(description="What fixed it, concretely enough to repeat.")] = None,
+        resolution: Annotated[str | None, Field(description="What fixed it, concretely.")] = None,
         stack: Stack = None,
         service: Service = None,
         severity: Annotated[Severity | None, Field(description="Default medium.")] = None,
         tags: Tags = None,
         log_lines: Annotated[list[str] | None, Field(description="Telling error lines, verbatim (fingerprinted).")
                              ] = None,
-        incident_id: Annotated[str | None, Field(description="Update this incident instead: only the fields you "
-                                                             "pass change (tags: the full new list).")] = None,
+        incident_id: Annotated[str | None, Field(description="Update this one: the fields you pass.")] = None,
     ) -> IncidentRecorded:
-        """Remember an incident (title and symptoms required) so no later session solves it again;
-        with incident_id, correct or complete one (a root cause found later, a wrong resolution).
-
-        Call after you diagnosed (ideally fixed) a problem, with the root cause and the resolution
-        that worked. The same incident recorded again counts another occurrence. Credentials are
-        masked before storing.
+        """Remember an incident (title and symptoms) after you diagnosed or fixed it, with the
+        root cause and the resolution that worked; with incident_id, correct or complete one.
+        Recorded again: one more occurrence. Credentials are masked before storing.
         """
         if incident_id is not None:
             if log_lines:
@@ -145,9 +137,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def search_deployment_patterns(
-        query: Annotated[str, Field(description="The operation you are about to do, e.g. 'update supabase'.")],
-        stack: Annotated[str | None, Field(description="The stack concerned; patterns for any stack are "
-                                                       "included.")] = None,
+        query: Annotated[str, Field(description="What you are about to do, e.g. 'update supabase'.")],
+        stack: Annotated[str | None, Field(description="Also patterns for any stack.")] = None,
         service: Service = None,
         operation: Annotated[str | None, Field(description="deploy, update, rollback, backup, migrate, ...")] = None,
         limit: Annotated[int, Field(ge=1, le=20)] = 5,
@@ -165,23 +156,20 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @tool_errors
     async def record_deployment_pattern(
         title: Annotated[str | None, Field(description="What it does, e.g. 'Update Supabase'.")] = None,
-        steps: Annotated[list[str] | None, Field(description="The steps in order, each concrete, e.g. 'dump the "
-                                                             "database first'.")] = None,
+        steps: Annotated[list[str] | None, Field(description="The steps in order, each concrete.")] = None,
         stack: Annotated[str | None, Field(description="Omit when it applies to any stack.")] = None,
         service: Service = None,
         operation: Annotated[str | None, Field(description="deploy, update, rollback, backup, migrate, ...")
                              ] = None,
         tags: Tags = None,
         notes: Annotated[str | None, Field(description="Caveats; with outcome: what happened.")] = None,
-        pattern_id: Annotated[str | None, Field(description="Update this pattern (the fields you pass) and/or count "
-                                                            "an outcome.")] = None,
+        pattern_id: Annotated[str | None, Field(description="Update this one and/or count an outcome.")] = None,
         outcome: Annotated[PatternOutcome | None, Field(description="Count one use as success or failure.")
                            ] = None,
     ) -> PatternRecorded:
-        """Save a deployment procedure that worked (title and steps), so later sessions follow it;
-        with pattern_id, improve one or report one more use of it (outcome, notes).
-
-        Saving the same title and scope again updates the steps and keeps the counts.
+        """Save a deployment procedure that worked (title and steps) for later sessions; with
+        pattern_id, improve one or count one more use (outcome, notes). The same title and
+        scope again updates the steps and keeps the counts.
         """
         if pattern_id is None:
             if title is None or steps is None:

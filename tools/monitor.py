@@ -17,7 +17,7 @@ from server.safety.proposals import Proposal
 from tools._common import CHANGES_STACKS, READ_ONLY, ApprovalArg, Confirmation, OptionalId, tool_errors
 from tools._policy import asker, enforce, planned_if_asked
 
-StackArg = Annotated[str, Field(description="Stack name (Compose project) or its directory under the stacks root.")]
+StackArg = Annotated[str, Field(description="Stack name or directory.")]
 
 
 async def _control_plan(ctx: Context, stack: str, action: str, services: list[str] | None = None,
@@ -33,15 +33,14 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def stack_status(
-        stack: Annotated[str | None, Field(description="Stack name or directory; omit for every stack on the host.")]
+        stack: Annotated[str | None, Field(description="Stack name or directory; omit for all.")]
         = None,
         with_stats: Annotated[bool, Field(description="Also sample CPU % and memory (about 0.3 s more).")] = False,
     ) -> StatusReport:
-        """Live state of every service of one stack, or of all Compose stacks on the host (stacks
-        started by hand included): state, health, restarts, exit_code, oom_killed, started_at,
-        ports, networks, image, memory limit, CPU/memory with with_stats, the active maintenance window,
-        what the watcher last saw and did, and drift (changes made by hand since our last deployment).
-        `managed: false` means outside the stacks root (observe only)."""
+        """Live state of each service of one stack or of every Compose stack on the host: state,
+        health, restarts, exit_code, oom_killed, ports, networks, image, memory limit (CPU and
+        memory with with_stats), maintenance, what the watcher saw and did, and drift (changes by
+        hand since our last deployment). `managed: false`: outside the stacks root (observe only)."""
         from server.monitor.status import stack_status as run
 
         return await run(runtime, stack, with_stats)
@@ -69,13 +68,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         stack: StackArg,
         service: Annotated[str | None, Field(description="Limit to one service.")] = None,
     ) -> Diagnosis:
-        """Troubleshoot a running stack: findings (rule, severity, evidence, fix, likely_cause) for
-        exit codes, OOM kills (limit, peak), restart loops, failing healthchecks, error lines in logs,
-        connectivity to each dependency from inside the stack's networks, resource pressure, port
-        conflicts, drift from the files (missing container, detached network, other image: the fix
-        names the deploy_stack call) and changes since the last deployment; similar past incidents
-        and next_steps.
-        `healthy` is true when no finding is an error. Takes a few seconds (probes run in containers)."""
+        """Troubleshoot a running stack: findings (rule, severity, evidence, fix, likely_cause) on
+        exits, OOM kills, restart loops, healthchecks, log errors, connectivity to each
+        dependency, resource pressure, port conflicts, drift from the files (the fix names the
+        call) and changes since the last deployment; similar past incidents, next_steps.
+        `healthy`: no error finding. Takes a few seconds."""
         from server.monitor.diagnose import diagnose_stack as run
 
         return await run(runtime, stack, service)

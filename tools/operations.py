@@ -17,14 +17,13 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def operation_status(
-        operation_id: Annotated[str, Field(description="From deploy_stack, rollback, backup_stack or a busy answer.")],
+        operation_id: Annotated[str, Field(description="From a deploy, rollback, backup or busy answer.")],
     ) -> OperationView:
-        """Progress and result of a stack operation, from the journal shared by all server processes.
+        """Progress and result of a stack operation (journal shared by all server processes).
 
-        Poll this when a call timed out or answered `busy`, instead of starting it again: the
-        operation runs to its end even when its request was cancelled. `status` stays `running`
-        until then; `phases` show progress and `result` holds the final report. `interrupted`
-        means its server died; the stack can be deployed or rolled back again.
+        Poll this when a call timed out or answered `busy` instead of retrying: the operation
+        runs to its end anyway. `running` until then, `phases` show progress, `result` holds the
+        final report; `interrupted`: its server died, deploy or roll back again.
         """
         from server.errors import OperationNotFound
 
@@ -40,18 +39,27 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def stack_history(
-        stack: Annotated[str, Field(description="Compose project name or stack directory, e.g. 'supabase'.")],
+        stack: Annotated[str, Field(description="Stack name or directory.")],
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
     ) -> StackHistory:
-        """A stack's deployments and rollbacks, newest first: status (deployed, unchanged,
-        rolled_back, blocked, failed, interrupted, planned, running), times, images with digests and
-        the backup taken. Use it to find the deployment to roll back to, or what changed recently.
+        """A stack's deployments and rollbacks, newest first: status, times, image and digest per
+        service, the backup taken, and `changes` against the one before: services recreated or
+        removed, images changed, env keys changed (names only), one-shots run. Use it to find the
+        deployment to roll back to, or what changed recently.
         """
-        from server.operations.views import DeploymentEntry
-
         name = await anyio.to_thread.run_sync(_stack_name, runtime, stack)
-        records = await anyio.to_thread.run_sync(lambda: runtime.operations().history(name, limit=limit))
-        return StackHistory(stack=name, deployments=[DeploymentEntry.of(r) for r in records])
+        return await anyio.to_thread.run_sync(_history, runtime, name, limit)
+
+
+def _history(runtime: Runtime, name: str, limit: int) -> StackHistory:
+    from server.operations.changes import changes_of
+    from server.operations.views import DeploymentEntry
+
+    # A few older records too: the oldest entry shown is compared with the deployment before it.
+    records = runtime.operations().history(name, limit=limit + 10)
+    changes = changes_of(runtime.settings, records)
+    return StackHistory(stack=name, deployments=[DeploymentEntry.of(r, changes[r.operation_id])
+                                                 for r in records[:limit]])
 
 
 def _stack_name(runtime: Runtime, stack: str) -> str:

@@ -15,12 +15,12 @@ from tools._common import READ_ONLY, OptionalId, progress, tool_errors
 PathArg = Annotated[
     OptionalId,  # a JSON string "null" is a path (one that does not exist), never "no path"
     Field(
-        description="Stack directory (or a compose file in it) under the stacks root, e.g. 'supabase'. Or `content`."
+        description="Stack directory (or a compose file in it) under the stacks root; or `content`."
     ),
 ]
 ContentArg = Annotated[
     str | None,
-    Field(description="Inline compose YAML (e.g. a draft) instead of `path`."),
+    Field(description="Inline compose YAML instead of `path`."),
 ]
 READ_ONLY_REGISTRIES = READ_ONLY.model_copy(update={"open_world_hint": True})
 """Observes only, but with check_host it asks image registries (outside this host) about images."""
@@ -35,7 +35,7 @@ MinSeverityArg = Annotated[
 
 EnvArg = Annotated[
     dict[str, str] | None,
-    Field(description="Values that override the stack's .env for interpolation. Never echoed back."),
+    Field(description="Override the stack's .env; never echoed."),
 ]
 
 
@@ -52,27 +52,20 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         check_host: Annotated[
             bool,
             Field(
-                description="Also check the live host: ports bound, images (local or in their registry, their own "
-                "healthcheck), memory, disk. False lints the file alone."
+                description="Also check the host: ports, images (local or registry), memory, disk."
             ),
         ] = True,
         detail: DetailArg = "summary",
         min_severity: MinSeverityArg = "warning",
     ) -> ValidationReport:
-        """Pre-flight a Compose stack: the go/no-go gate to call before any deploy or update.
+        """The go/no-go gate before any deploy: renders the stack as `docker compose up` will and
+        checks it against the operator's rules and (check_host) the live host. Changes nothing.
 
-        Renders the stack exactly as `docker compose up` will (.env, profiles, interpolation,
-        overrides, include, extends), checks it against the operator's rules and, with
-        check_host, the live host. Changes nothing; never shows secrets.
-
-        `valid` false: Compose rejects the files. `go` true: no error findings, a deploy may
-        proceed. Each finding: a stable `rule` id (e.g. no-resource-limits, port-conflict,
-        docker-socket), `severity` (error blocks), `file`, `line`, `evidence`, usually a `fix`
-        (often a YAML patch). One finding per rule lists its services and lines (detail='full':
-        one per service); info findings are counted in `omitted` unless min_severity='info'.
-
-        Next: apply the fixes, validate again. A rule that does not apply is waived with a reason
-        (x-dsm: policy: waive: [{rule, services, reason}]).
+        `valid` false: Compose rejects the files. `go` true: no error, a deploy may proceed.
+        Findings: `rule` id, `severity` (error blocks), `file`, `line`, `evidence`, often a `fix`
+        (YAML patch); one per rule listing its services (detail='full': per service); info ones
+        counted in `omitted`. Waive a rule that does not apply: x-dsm: policy: waive:
+        [{rule, services, reason}].
         """
         _one_source(path, content)
 
@@ -102,15 +95,10 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         content: ContentArg = None,
         env: EnvArg = None,
     ) -> ResourceReport:
-        """Measure the Docker host: CPUs, memory and disk free, and the containers using the most.
-
-        `host`: CPU, memory and disk (Docker's root dir) totals, free and used percent, with the
-        `source` of each figure; `top_cpu`, `top_memory`. Above 95% memory or CPU is critical.
-        With a stack (`path` or `content`): `requested` memory (reservations, else limits, times
-        replicas) and `sufficient`: it fits what is free with 5% headroom, crediting what the
-        stack's own containers use now (null without a stack).
-
-        Next: if not sufficient, free memory or lower the limits; then validate_compose.
+        """The Docker host's CPUs, memory and disk (totals, free, used %; >95% is critical) and the
+        containers using most (`top_cpu`, `top_memory`). With a stack (`path` or `content`):
+        `requested` memory (reservations, else limits, x replicas) and `sufficient` (fits what is
+        free with 5% headroom, its own running containers credited).
         """
         if path is not None and content is not None:
             _one_source(path, content)

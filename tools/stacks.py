@@ -16,13 +16,10 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @server.tool(annotations=READ_ONLY)
     @tool_errors
     async def list_stacks() -> StackList:
-        """List the Compose stacks under the stacks root and every other Compose project on the host.
-
-        Start here: it tells you each stack's `name` (for tools that act on running stacks) and
-        `path` (for tools that read compose files), how many containers run and are healthy, and
-        `state`. Projects outside the root appear under `other_projects`: you may observe them
-        but this server will not change them. If the engine is unreachable the stacks on disk are
-        still listed and `problems` says why counts are missing.
+        """Start here: the Compose stacks under the stacks root with their `name` (for tools on
+        running stacks), `path` (for tools that read files), containers running and healthy and
+        `state`. Other Compose projects on the host are in `other_projects` (observe only).
+        Engine unreachable: stacks on disk are still listed, `problems` says why.
         """
         from server import inventory
 
@@ -34,25 +31,18 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         path: Annotated[
             str,
             Field(
-                description="Stack directory (or a compose file in it), relative to the stacks "
-                "root, e.g. 'librechat'. See list_stacks."
+                description="Stack directory (or a compose file in it) under the stacks root."
             ),
         ],
         env: Annotated[
             dict[str, str] | None,
-            Field(description="Values that override the stack's .env for interpolation. Never echoed back."),
+            Field(description="Override the stack's .env; never echoed."),
         ] = None,
     ) -> StackInspection:
-        """Show a stack's effective model exactly as Docker Compose renders it, secrets redacted.
-
-        Use it to understand a stack before changing it: services with image, ports, volumes,
-        networks, depends_on conditions, whether a healthcheck is declared, limits and the
-        stack's x-dsm settings. Interpolation, .env (COMPOSE_FILE, COMPOSE_PROFILES), override
-        files and include are applied; only services `up` starts are shown. Credential-looking
-        values are shown as '***'. When the files cannot be read or
-        rendered (bad YAML, not a Compose file, references outside the stacks root), `rendered`
-        is false and `findings` say what and where; fix them, or run validate_compose for the
-        full pre-flight check.
+        """A stack's effective model as `docker compose up` renders it (.env, profiles, overrides,
+        include applied), credentials as '***': per service image, ports, volumes, networks,
+        depends_on conditions, healthcheck declared, limits, x-dsm settings. Files that cannot be
+        rendered: `rendered` false and `findings` say what and where.
         """
         from server import inventory
 

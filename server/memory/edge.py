@@ -22,6 +22,7 @@ from server.memory.store import (
     KEYWORD_FIELDS,
     RRF_K,
     SPARSE,
+    SPARSE_WEIGHT,
     Hit,
     PointData,
     SearchSpec,
@@ -175,7 +176,9 @@ class EdgeStore:
                                   filter=flt)]
         if sparse_query is not None:
             prefetches.append(qe.Prefetch(limit=spec.prefetch_limit, query=sparse_query, filter=flt))
-        return qe.QueryRequest(limit=spec.limit, prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K), filter=flt,
+        weights = [1.0, float(SPARSE_WEIGHT)] if sparse_query is not None else None
+        return qe.QueryRequest(limit=spec.limit, prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K, weights=weights),
+                               filter=flt,
                                with_payload=True)
 
     def scroll(self, where: Where, limit: int, *, newest_first: bool = True) -> list[Hit]:

@@ -23,6 +23,7 @@ from server.memory.store import (
     KEYWORD_FIELDS,
     RRF_K,
     SPARSE,
+    SPARSE_WEIGHT,
     Hit,
     PointData,
     SearchSpec,
@@ -193,11 +194,15 @@ class ClientStore:
                 return None
             return m.QueryRequest(query=sparse, using=SPARSE, filter=flt, limit=spec.limit, with_payload=True)
         prefetch = [m.Prefetch(query=list(spec.dense), using=DENSE, filter=flt, limit=spec.prefetch_limit)]
-        if sparse is not None:
+        if sparse is None:
+            # RRF_K is Qdrant's default, so the plain fusion query works on servers older than the
+            # parameterised RrfQuery (1.16) and fuses identically.
+            fusion: Any = m.FusionQuery(fusion=m.Fusion.RRF) if RRF_K == 2 else m.RrfQuery(rrf=m.Rrf(k=RRF_K))
+        else:
+            # BM25 weighted as in the embedded engine (store.SPARSE_WEIGHT): a server without RRF
+            # weights refuses this query, and the search says so (MemoryUnavailable).
             prefetch.append(m.Prefetch(query=sparse, using=SPARSE, filter=flt, limit=spec.prefetch_limit))
-        # RRF_K is Qdrant's default, so the plain fusion query works on servers older than the
-        # parameterised RrfQuery (1.16) and fuses identically.
-        fusion = m.FusionQuery(fusion=m.Fusion.RRF) if RRF_K == 2 else m.RrfQuery(rrf=m.Rrf(k=RRF_K))
+            fusion = m.RrfQuery(rrf=m.Rrf(k=RRF_K, weights=[1.0, float(SPARSE_WEIGHT)]))
         return m.QueryRequest(prefetch=prefetch, query=fusion, filter=flt, limit=spec.limit, with_payload=True)
 
     def scroll(self, where: Where, limit: int, *, newest_first: bool = True) -> list[Hit]:

@@ -26,6 +26,17 @@ SPARSE = "bm25"
 COLLECTION = "docker_stack_mcp_memory"
 RRF_K = 2
 """Qdrant's default RRF constant; set explicitly so both backends fuse alike."""
+SPARSE_WEIGHT = 3
+"""Weight of the BM25 list against the dense one (1) in the fusion (Qdrant's weighted RRF, both
+backends). Among 10,000 incidents the dense vector of a whole incident (all-MiniLM-L6-v2) ranks
+the right one around 50th for an operator's paraphrase where BM25 with the failure-kind expansion
+ranks it in the top 5; with equal weights the dense list's near misses crowd it out.
+`bench/memory.py --set hard --sizes 10000` (126 queries, recall@3 / MRR), equal weights -> 3:
+all 0.897 / 0.834 -> 0.913 / 0.867, paraphrase 0.738 / 0.696 -> 0.786 / 0.737, why 0.952 / 0.821
+-> 0.952 / 0.877, pasted logs 1.000 / 0.983 -> 1.000 / 0.988. Weights 2 and 4 measured alike in
+a replay of the same candidates. Without distractors the dense side weighs less than before:
+harder set alone all 0.976 / 0.949 -> 0.976 / 0.938, labelled paraphrases 0.979 / 0.959 ->
+0.979 / 0.946 (tests/test_memory_retrieval.py floors hold)."""
 KEYWORD_FIELDS = ("kind", "stack", "service", "tags", "signatures", "outcome", "operation", "severity")
 FLOAT_FIELDS = ("ts",)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from server.operations.changes import Changes
 from server.operations.models import OperationKind, OperationRecord, OperationStatus
 
 
@@ -64,14 +65,15 @@ class DeploymentEntry(_Frozen):
     failed_images: list[ImageRef] = Field(
         default_factory=list, description="Rolled back: the images of the version that failed.")
     detail: str | None = Field(None, description="Why it failed, was interrupted or rolled back.")
+    changes: Changes | None = Field(None, description="What it changed against the deployment before.")
 
     @classmethod
-    def of(cls, rec: OperationRecord) -> DeploymentEntry:
+    def of(cls, rec: OperationRecord, changes: Changes | None = None) -> DeploymentEntry:
         result = rec.result or {}
         return cls(
             deployment_id=rec.operation_id, kind=rec.kind, status=rec.status, started_at=rec.started_at,
             ended_at=rec.ended_at, images=images_of(result), backup_id=backup_id_of(rec),
-            failed_images=_failed_images(result), detail=_detail(rec),
+            failed_images=_failed_images(result), detail=_detail(rec), changes=changes,
         )
 
 
