@@ -150,7 +150,7 @@ PLAN_ID = re.compile(r"[0-9a-f]{32}")
 def confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
     """The transaction's ``confirm`` callback: ask the user through MCP elicitation when the
     client can; False otherwise (then the caller must pass confirm=true, which the refusal tells
-    the model to do only after asking). The same as tools/deploy.py's ``_confirmer``."""
+    the model to do only after asking)."""
 
     async def ask(question: str) -> bool:
         from server.errors import ConfirmationRequired

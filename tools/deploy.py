@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 from mcp.server.elicitation import ElicitationResult
@@ -15,26 +13,18 @@ from server.deploy.report import DeployReport
 from server.runtime import Runtime
 from server.safety import proposals
 from server.safety.proposals import Proposal
-from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, OptionalId, checked_id, progress, tool_errors
+from tools._common import (
+    CHANGES_STACKS,
+    PLAN_ID,
+    ApprovalArg,
+    Confirmation,
+    OptionalId,
+    checked_id,
+    confirmer,
+    progress,
+    tool_errors,
+)
 from tools._policy import asker, enforce, planned_if_asked
-
-_PLAN_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
-    async def ask(question: str) -> bool:
-        """Ask the user through MCP elicitation when the client can; False otherwise (then the
-        caller must pass confirm=true, which the refusal tells the model to do only after asking)."""
-        from server.errors import ConfirmationRequired
-        from tools._common import confirm_destructive
-
-        try:
-            await confirm_destructive(ctx, question, False)
-        except ConfirmationRequired:
-            return False
-        return True
-
-    return ask
 
 
 def _runtime(ctx: Context) -> Runtime:
@@ -90,7 +80,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         `needs_confirm` names the confirmation the real call needs; `omitted` counts what was
         left out.
         """
-        checked_id(plan_id, "plan_id", _PLAN_ID, "from deploy_stack(dry_run=true)")
+        checked_id(plan_id, "plan_id", PLAN_ID, "from deploy_stack(dry_run=true)")
         gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run,
                              plan=lambda: proposals.deploy(runtime, path, env, services), code=approval,
                              shown=shown, answer=asked)
@@ -104,7 +94,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        report = await Deployer(runtime, tell, _confirmer(ctx)).deploy(
+        report = await Deployer(runtime, tell, confirmer(ctx)).deploy(
             path, env=env, services=services, dry_run=dry_run, plan_id=plan_id, wait_timeout_s=wait_timeout_s,
             verify_s=verify_s, confirm=confirm)
         await _announce(report, "deploy")
@@ -139,7 +129,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        report = await Deployer(runtime, tell, _confirmer(ctx)).rollback(
+        report = await Deployer(runtime, tell, confirmer(ctx)).rollback(
             stack, to_deployment=to_deployment, restore_data=restore_data, confirm=confirm)
         await _announce(report, "rollback")
         return report.for_the_caller()

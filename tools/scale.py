@@ -4,13 +4,32 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Resolve
 from pydantic import Field
 
 from server.runtime import Runtime
+from server.safety import proposals
+from server.safety.proposals import Proposal
 from server.scale_models import Ask, ScaleReport
-from tools._common import CHANGES_STACKS, progress, tool_errors
-from tools._policy import enforce
+from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, progress, tool_errors
+from tools._policy import asker, enforce, planned_if_asked
+
+
+async def _scale_plan(ctx: Context, stack: str, service: str, replicas: int | None = None, memory: str | None = None,
+                      cpus: float | None = None, reserve_memory: str | None = None,
+                      reserve_cpus: float | None = None, dry_run: bool = False,
+                      approval: str | None = None) -> Proposal | None:
+    """The change a person is asked to approve (resolver: every protocol)."""
+    from typing import cast
+
+    if dry_run:
+        return None
+    change = {"replicas": replicas, "memory": memory, "cpus": cpus, "reserve_memory": reserve_memory,
+              "reserve_cpus": reserve_cpus}
+    return await planned_if_asked(ctx, "scale_service", stack, "deploy", approval, lambda: proposals.scale(
+        cast(Runtime, ctx.request_context.lifespan_context), stack, service, change))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -18,6 +37,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @tool_errors
     async def scale_service(
         ctx: Context,
+        shown: Annotated[Proposal | None, Resolve(_scale_plan)],
+        asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_scale_plan))],
         stack: Annotated[str, Field(description="Stack name or directory.")],
         service: Annotated[str, Field(description="Service to scale.")],
         replicas: Annotated[int | None, Field(ge=0, le=50)] = None,
@@ -28,6 +49,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         dry_run: Annotated[bool, Field(description="Change, host check, suggestion; nothing written.")] = False,
         confirm: Annotated[bool, Field(description="Replicas sharing a read-write volume; critical stack.")
                            ] = False,
+        approval: ApprovalArg = None,
     ) -> ScaleReport:
         """Set a service's replicas and/or per-replica limits, kept in compose.dsm.yaml (deploy_stack and
         `docker compose up` keep them), applied by a deploy of the service (backup, gate, rollback).
@@ -35,8 +57,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         dry_run: `suggestion` from observed usage."""
         ask = Ask(replicas=replicas, cpus=cpus, memory=memory, reserve_cpus=reserve_cpus,
                   reserve_memory=reserve_memory)
+        change = {"replicas": replicas, "memory": memory, "cpus": cpus, "reserve_memory": reserve_memory,
+                  "reserve_cpus": reserve_cpus}
         gate = await enforce(runtime.settings, ctx, "scale_service", stack, "deploy", confirm=confirm,
-                             dry_run=dry_run or ask.empty)
+                             dry_run=dry_run or ask.empty, code=approval, shown=shown, answer=asked,
+                             plan=lambda: proposals.scale(runtime, stack, service, change))
         from server.errors import ConfirmationRequired
         from server.scale import scale_service as scale
         from tools._common import confirm_destructive
@@ -51,5 +76,6 @@ def register(server: MCPServer, runtime: Runtime) -> None:
                 return False
             return True
 
-        return await scale(runtime, stack, service, ask, dry_run=dry_run, confirm=confirm or gate.human_approved,
+        return await scale(runtime, stack, service, ask, dry_run=dry_run,
+                           confirm=gate.human_approved or (confirm and gate.fallback == "model"),
                            progress=tell, confirmer=ask_user)

@@ -4,19 +4,45 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Resolve
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from server.deploy.report import DeployReport
 from server.runtime import Runtime
+from server.safety import proposals
+from server.safety.proposals import Proposal
 from server.updates.check import UpdatesReport
-from tools._common import CHANGES_STACKS, PLAN_ID, OptionalId, checked_id, confirmer, progress, tool_errors
-from tools._policy import enforce
+from tools._common import (
+    CHANGES_STACKS,
+    PLAN_ID,
+    ApprovalArg,
+    Confirmation,
+    OptionalId,
+    checked_id,
+    confirmer,
+    progress,
+    tool_errors,
+)
+from tools._policy import asker, enforce, planned_if_asked
 
 READS_REGISTRIES = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                                    open_world_hint=True)
 """Observes only, but asks the images' registries (outside this host)."""
+
+
+async def _update_plan(ctx: Context, stack: str, services: list[str] | None = None,
+                       images: dict[str, str] | None = None, to: str = "digest", strategy: str = "auto",
+                       dry_run: bool = False, approval: str | None = None) -> Proposal | None:
+    """The update a person is asked to approve: its own dry run (resolver: every protocol)."""
+    from typing import cast
+
+    if dry_run:
+        return None
+    return await planned_if_asked(ctx, "update_stack", stack, "deploy", approval, lambda: proposals.update(
+        cast(Runtime, ctx.request_context.lifespan_context), stack, services, images, to, strategy))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -40,6 +66,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
     @tool_errors
     async def update_stack(
         ctx: Context,
+        shown: Annotated[Proposal | None, Resolve(_update_plan)],
+        asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_update_plan))],
         stack: Annotated[str, Field(description="Stack name or directory.")],
         services: Annotated[list[str] | None, Field(description="Only these services.")] = None,
         images: Annotated[dict[str, str] | None, Field(description="service -> new image reference.")] = None,
@@ -52,15 +80,18 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         confirm: Annotated[bool, Field(description="Critical stack, or retry an image that failed before.")] = False,
         maintenance_message: Annotated[str | None, Field(max_length=500, description="Announced before the "
                                                          "update.")] = None,
+        approval: ApprovalArg = None,
     ) -> DeployReport:
         """Update a stack's images as one deploy_stack transaction (backup, pull, health gate,
         automatic rollback); same report. New tags are written where they are kept (.env
         variable, else the compose file), comments intact; unused old images are removed after."""
         checked_id(plan_id, "plan_id", PLAN_ID, "from update_stack(dry_run=true)")
-        # The policy's rules name deploy_stack (server/safety/policy.py knows no update_stack yet): an
-        # update is a deploy to the policy, so a critical stack's approval rule applies to it too.
-        gate = await enforce(runtime.settings, ctx, "deploy_stack", stack, "deploy", confirm=confirm, dry_run=dry_run)
-        confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
+        gate = await enforce(runtime.settings, ctx, "update_stack", stack, "deploy", confirm=confirm, dry_run=dry_run,
+                             plan=lambda: proposals.update(runtime, stack, services, images, to, strategy),
+                             code=approval, shown=shown, answer=asked)
+        # A person said yes to exactly this plan: ask once, and the update refuses if the plan moved.
+        confirm = gate.human_approved or (confirm and gate.fallback == "model")
+        plan_id = plan_id or gate.plan_id
         from server.deploy.pipeline import Deployer
         from server.updates.apply import update_stack as run_update
 
@@ -84,6 +115,6 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         from server.safety.gate import PolicyRefused, check
 
         try:
-            return check(runtime.settings, "deploy_stack", stack, "prune").approval is None
+            return check(runtime.settings, "update_stack", stack, "prune").approval is None
         except PolicyRefused:
             return False

@@ -29,6 +29,8 @@ READS_STACK = frozenset({"create"})
 DEFAULT_APPROVE = (
     ApproveRule(tool="rollback", acts=["rollback_data"]),
     ApproveRule(tool="deploy_stack", acts=["deploy"], critical=True),
+    ApproveRule(tool="update_stack", acts=["deploy"], critical=True),
+    ApproveRule(tool="scale_service", acts=["deploy"], critical=True),
     ApproveRule(tool="rollback", critical=True),
     ApproveRule(tool="stack_control", acts=["stop", "remove"], critical=True),
     ApproveRule(tool="backup_stack", acts=["restore"]),

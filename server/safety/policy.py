@@ -24,7 +24,7 @@ from server.errors import SettingsError
 Mode = Literal["read_write", "non_destructive", "read_only"]
 Fallback = Literal["model", "deny", "out_of_band"]
 Protection = Literal["never", "approve"]
-MUTATING_TOOLS = ("deploy_stack", "rollback", "stack_control", "backup_stack")
+MUTATING_TOOLS = ("deploy_stack", "update_stack", "scale_service", "rollback", "stack_control", "backup_stack")
 Act = Literal[
     "deploy", "rollback", "rollback_data", "start", "stop", "restart", "remove", "maintenance_on",
     "maintenance_off", "create", "restore", "prune",
@@ -39,7 +39,8 @@ class ApproveRule(BaseModel):
     match; an entry with none matches every change."""
 
     model_config = ConfigDict(extra="forbid")
-    tool: Literal["deploy_stack", "rollback", "stack_control", "backup_stack", "*"] = "*"
+    tool: Literal["deploy_stack", "update_stack", "scale_service", "rollback", "stack_control", "backup_stack",
+                  "*"] = "*"
     acts: list[Act] | None = None
     stacks: list[str] | None = Field(default=None, description="stack names or globs")
     critical: bool | None = Field(default=None, description="only stacks whose x-dsm says critical (or not)")

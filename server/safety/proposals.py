@@ -51,8 +51,41 @@ async def deploy(runtime: Runtime, path: str, env: Mapping[str, str] | None, ser
         return Proposal(plan_id="", question="", noop=True)
     plan, _ = await compute_plan(runtime.compose(), runtime.engine(), stack, env=dict(env or {}), services=services,
                                  scrub=Scrubber(stack.secret_values))
+    return _planned("Deploy", stack.name, plan, await _running_refs(runtime, stack))
+
+
+async def update(runtime: Runtime, stack: str, services: list[str] | None, images: dict[str, str] | None,
+                 to: str, strategy: str) -> Proposal:
+    """update_stack's own dry run (its plan_id covers the tags it will write): nothing is written."""
+    from server.deploy.pipeline import Deployer
+    from server.stacks import resolve_stack
+    from server.updates.apply import update_stack as run_update
+
+    report = await run_update(runtime, Deployer(runtime).deploy, stack, services=services, images=images, to=to,
+                              strategy=strategy, dry_run=True, prune=False)
+    if report.plan is None:  # blocked at pre-flight: nothing to approve, the real call blocks too
+        return Proposal(plan_id="", question="", noop=True)
+    location = resolve_stack(runtime.settings, stack)
+    return _planned("Update", report.stack, report.plan, await _running_refs(runtime, location))
+
+
+async def scale(runtime: Runtime, stack: str, service: str, change: Mapping[str, Any]) -> Proposal:
+    from server.stacks import resolve_stack
+
+    location = resolve_stack(runtime.settings, stack)
+    running = await _running(runtime, location.name)
+    asked = ", ".join(f"{k} {v}" for k, v in sorted(change.items()) if v is not None) or "a suggestion only"
+    plan_id = _hash(runtime, location, running, {"service": service, "change": dict(change)})
+    question = (f"Scale service {service!r} of stack {location.name!r} (plan {plan_id[:12]}): {asked}, kept in "
+                "compose.dsm.yaml and applied by a deploy of that service (new replicas start; changed limits "
+                "recreate its containers: a short outage each). Data: not restored, volumes kept. Backup taken "
+                "first: files and images. Go ahead?")
+    return Proposal(plan_id=plan_id, question=question, noop=all(v is None for v in change.values()))
+
+
+def _planned(verb: str, name: str, plan: Any, running: dict[str, str]) -> Proposal:
+    """The question for a deploy-shaped plan: each change with its images, the data, the backup."""
     changes = plan.changes
-    running = await _running_refs(runtime, stack)
     lines = []
     for s in changes:
         before = running.get(s.service) or (s.image_from or "")[:19]
@@ -63,7 +96,7 @@ async def deploy(runtime: Runtime, path: str, env: Mapping[str, str] | None, ser
     b = plan.backup
     backup = (f"files, images of {', '.join(b.images) or 'none'}, volumes {', '.join(b.volumes) or 'none'}, "
               f"database dumps of {', '.join(b.dumps) or 'none'}")
-    question = (f"Deploy stack {stack.name!r} (plan {plan.plan_id[:12]}): " + ("; ".join(lines) or "no service changes")
+    question = (f"{verb} stack {name!r} (plan {plan.plan_id[:12]}): " + ("; ".join(lines) or "no service changes")
                 + f". Data: {data}. Backup taken first: {backup}. Go ahead?")
     return Proposal(plan_id=plan.plan_id, question=question, noop=not changes and not plan.findings)
 
@@ -164,6 +197,8 @@ def _downtime(action: str, strategy: str) -> str:
         return "none (new)"
     if action == "remove":
         return "removed"
+    if strategy in ("rolling", "blue_green"):
+        return f"none expected ({strategy}: the new copy serves before the old one stops)"
     return f"a short outage while it is recreated ({strategy})"
 
 
