@@ -312,6 +312,28 @@ async def monitor_session(client: Any, env: dict[str, str]) -> None:
         banner("Worked example 3: services that cannot reach each other (a worker on another network than\n"
                "the web service it depends on): diagnose, apply the fix named, redeploy, diagnose again")
         await deploy_sessions.troubleshoot_network(call, say, ROOT, "netfix")
+        await supabase_update(client, say)
+
+
+async def supabase_update(client: Any, say: Callable[[str], None]) -> None:
+    """The seed's update example on a 12-service Supabase-shaped stack (examples/update_session.py)."""
+    import socket
+
+    import deploy_sessions
+    import update_session
+
+    registry = next((line.split("=", 1)[1] for line in (REPO / ".cache" / "provision.env").read_text().splitlines()
+                     if line.startswith("DSM_TEST_REGISTRY=")), None)
+    if not registry:
+        raise SystemExit("no local registry recorded in .cache/provision.env: run make provision")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    banner("Worked example 4: update a 12-service Supabase-shaped stack to its patch releases: check_updates,\n"
+           "a dry run with a strategy per service, the update (database dumped first; the stateless APIs\n"
+           "roll while a prober fetches them every 0.2 s), the status after")
+    await update_session.prepare(deploy_sessions.caller(client, say, []), say, ROOT, "supabase", registry, port)
+    await update_session.update(deploy_sessions.caller(client, say, []), say, ROOT, "supabase")
 
 
 def main() -> None:
@@ -324,7 +346,7 @@ def main() -> None:
         say("(teardown) stopping the example stack")
         subprocess.run(["docker", "compose", "down", "--volumes", "--timeout", "5"], cwd=ROOT / "homepage",
                        capture_output=True, timeout=120)
-        for name in ("monitoring", "chat", "netfix"):
+        for name in ("monitoring", "chat", "netfix", "supabase"):
             subprocess.run(["docker", "compose", "-p", name, "down", "--volumes", "--timeout", "5"],
                            capture_output=True, timeout=120)
     say("demo finished")
