@@ -170,8 +170,8 @@ async def update(call: Call, say: Say, root: Path, name: str) -> dict[str, Any]:
     """check_updates, a dry run, the update itself (under the prober), then a status check."""
     updates = await call("check_updates", {"stack": name})
     for img in updates.get("images", []):
-        newer = img.get("newer") or img.get("newer_tags") or []
-        say(f"  {img.get('service')}: {img.get('current') or img.get('ref')} -> {newer}")
+        newer = ", ".join(f"{n['tag']} ({n['level']})" for n in img.get("newer") or []) or img["status"]
+        say(f"  {', '.join(s.split('/')[-1] for s in img['services'])}: {img['image'].rsplit('/', 1)[-1]} -> {newer}")
     plan = await call("update_stack", {"stack": name, "to": "patch", "dry_run": True})
     planned = {s["service"]: s for s in plan["plan"]["services"] if s["action"] != "unchanged"}
     for svc, s in sorted(planned.items()):
@@ -181,8 +181,7 @@ async def update(call: Call, say: Say, root: Path, name: str) -> dict[str, Any]:
     prober = Prober(name, [s for s in PROBED if s in planned])
     prober.start()
     try:
-        report = await call("update_stack", {"stack": name, "to": "patch", "plan_id": plan["plan"]["plan_id"],
-                                             "wait_timeout_s": 180})
+        report = await call("update_stack", {"stack": name, "to": "patch", "plan_id": plan["plan"]["plan_id"]})
     finally:
         probed = prober.stop()
     for p in report["phases"]:

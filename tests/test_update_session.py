@@ -40,7 +40,7 @@ async def test_supabase_update_over_stdio(stacks_root: Path, tmp_path: Path, pro
     assert calls == ["check_updates", "update_stack", "update_stack", "stack_status"], calls
     assert 0 < sum(read) <= BUDGET_CHARS, list(zip(calls, read, strict=True))
 
-    found = {i["service"] for i in out["updates"]["images"] if i.get("newer") or i.get("update")}
+    found = {s.split("/")[-1] for i in out["updates"]["images"] if i.get("newer") for s in i["services"]}
     assert set(update_session.UPDATED) <= found, out["updates"]
 
     planned = {s["service"]: s for s in out["plan"]["plan"]["services"] if s["action"] != "unchanged"}
