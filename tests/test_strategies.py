@@ -24,9 +24,10 @@ HC = {"healthcheck": {"test": ["CMD", "true"]}}
 
 
 def pick(body: dict[str, Any], *, asked: str = "auto", configured: str = "auto", database: bool = False,
-         critical: bool = False, healthcheck: bool | None = True, proxied: bool = True) -> Any:
+         critical: bool = False, healthcheck: bool | None = True, proxied: bool = True,
+         one_shot: bool = False) -> Any:
     return choose(body, asked=asked, configured=configured, database=database, critical=critical,
-                  healthcheck=healthcheck, proxied=proxied)
+                  healthcheck=healthcheck, proxied=proxied, one_shot=one_shot)
 
 
 def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
@@ -43,6 +44,9 @@ def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
     assert read_only.strategy == "rolling"
     fixed_ip = pick({"networks": {"back": {"ipv4_address": "10.5.0.9"}}})
     assert fixed_ip.strategy == "planned_downtime" and "fixed address on network back" in fixed_ip.reason
+    migration = pick({}, one_shot=True)
+    assert migration.strategy == "recreate" and migration.reason.startswith("one-shot"), migration
+    assert pick({}, one_shot=True, asked="rolling").refused
     nohc = pick({}, healthcheck=False)
     assert nohc.strategy == "planned_downtime" and "no healthcheck" in nohc.reason
     critical = pick({}, critical=True)

@@ -1,10 +1,11 @@
 """ComposeExecutor: a plan executed by Docker Compose on the runtime's engine.
 
 ``apply``: ``pull`` of what the plan marks (healthchecks unknown at the pre-flight checked again
-on the now-local images), each changed service rolled by the Strategy the plan names
-(server/deploy/strategies/, in dependency order), then one converging ``up -d --remove-orphans``
-(networks, volumes, orphans, new services, and the services whose strategy is ``recreate`` or
-``planned_downtime``; a rolled service is converged already and left alone). ``gate``: the
+on the now-local images); ``planned_downtime`` announces its window; one ``up -d
+--remove-orphans`` of everything but the services a strategy rolls itself (networks, volumes,
+orphans, new services, one-shots such as migrations, ``recreate`` and ``planned_downtime``
+services); then each such service rolled by its Strategy (server/deploy/strategies/, in
+dependency order), its dependencies already in their new version. ``gate``: the
 health gate on the plan's services. ``restore``/``start``: the rollback's file and pin restore,
 and its ``up``.
 """
@@ -38,6 +39,9 @@ from server.errors import DsmError
 from server.models import Finding
 from server.redact import Scrubber
 from server.stackmodel import LoadedStack
+
+UP_ROLLED = frozenset({"recreate", "planned_downtime"})
+"""Strategies whose services the converging ``up`` replaces (the others roll their service themselves)."""
 
 
 class ComposeExecutor:
@@ -91,31 +95,52 @@ class ComposeExecutor:
         ctx = RollContext(change, steps, self)
         self.untouched = set()
         self.changed = {s.service for s in plan.changes}
-        for name in dependency_order(stack, [s.service for s in plan.changes if s.action == "recreate"]):
-            try:  # a strategy other than recreate brings its service up before the converging up
-                await self.strategy(name, plan).roll(name, ctx)
-            except RolloutFailed as failed:
-                if failed.untouched:
-                    self.untouched.add(name)
-                raise
-            except DsmError as exc:  # compose or the engine refused mid-roll: the one rollback path
-                strategy = self.strategy(name, plan).name
-                raise StepFailed(strategy, f"{strategy} of {name} failed: {brief(exc)}", name,
-                                 [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]) from None
+        changed = dependency_order(stack, [s.service for s in plan.changes if s.action == "recreate"])
+        rolled = [n for n in changed if self.strategy(n, plan).name not in UP_ROLLED]
+        for name in changed:  # planned_downtime announces its window before anything stops
+            if name not in rolled:
+                await self._roll(name, ctx, plan)
         async with steps.phase("up", "up: creating networks and volumes, starting containers") as step:
-            argv = ["up", "-d", "--remove-orphans", *services_argv(change.services)]
-            try:
-                await self.compose.run_project(compose_project(stack), argv, scrub=scrub, what="docker compose up",
-                                               timeout_s=deploy_up_timeout_s(stack, plan, change.wait_s),
-                                               **on_start(self.compose, change.op))
-            except DsmError as exc:
-                step.detail = brief(exc)
-                stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
-                culprit = await self._diagnose(stack, watched(stack, plan, change.services))
-                raise StepFailed("up", f"docker compose up failed: {brief(exc)}" + (
-                    f" ({culprit.service} {culprit.why})" if culprit else ""),
-                    culprit.service if culprit else None, [*(culprit.evidence if culprit else []), *stderr]) from None
-            step.detail = ", ".join(f"{s.service} {s.action}" for s in plan.changes)[:400]
+            # Everything but the services a strategy rolls itself: they (and their old containers)
+            # must not be recreated by Compose. ``--no-deps`` only drops the edges to them.
+            rest = [w.service for w in watched(stack, plan, change.services) if w.service not in rolled]
+            argv = (["up", "-d", "--remove-orphans", *services_argv(change.services)] if not rolled else
+                    ["up", "-d", "--remove-orphans", "--no-deps", *services_argv(rest)])
+            if rolled and not rest:
+                step.status, step.detail = "skipped", f"only {', '.join(rolled)} changed: rolled below"
+            else:
+                await self._up(change, argv, step)
+                step.detail = ", ".join(f"{s.service} {s.action}" for s in plan.changes
+                                        if s.service not in rolled)[:400]
+        for name in rolled:  # after their dependencies are up in their new version (a migration, say)
+            await self._roll(name, ctx, plan)
+
+    async def _roll(self, name: str, ctx: RollContext, plan: Any) -> None:
+        try:
+            await self.strategy(name, plan).roll(name, ctx)
+        except RolloutFailed as failed:
+            if failed.untouched:
+                self.untouched.add(name)
+            raise
+        except DsmError as exc:  # compose or the engine refused mid-roll: the one rollback path
+            strategy = self.strategy(name, plan).name
+            raise StepFailed(strategy, f"{strategy} of {name} failed: {brief(exc)}", name,
+                             [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]) from None
+
+    async def _up(self, change: Change, argv: list[str], step: Any) -> None:
+        stack, plan = change.stack, change.plan
+        try:
+            await self.compose.run_project(compose_project(stack), argv, scrub=Scrubber(stack.secret_values),
+                                           what="docker compose up",
+                                           timeout_s=deploy_up_timeout_s(stack, plan, change.wait_s),
+                                           **on_start(self.compose, change.op))
+        except DsmError as exc:
+            step.detail = brief(exc)
+            stderr = [ln for ln in getattr(exc, "stderr", "").splitlines()[-8:] if ln.strip()]
+            culprit = await self._diagnose(stack, watched(stack, plan, change.services))
+            raise StepFailed("up", f"docker compose up failed: {brief(exc)}" + (
+                f" ({culprit.service} {culprit.why})" if culprit else ""),
+                culprit.service if culprit else None, [*(culprit.evidence if culprit else []), *stderr]) from None
 
     async def gate(self, stack: LoadedStack, watched: list[Watched], timeout_s: float, on_wait: OnWait) -> GateResult:
         return await run_gate(self.engine, stack.name, watched, timeout_s=timeout_s, on_wait=on_wait)

@@ -74,9 +74,13 @@ def strategy_for(stack: LoadedStack, service: str, role: ServiceRole | None = No
     select.py): the call's ``asked`` strategy, else x-dsm update.strategy, else the rules."""
     settings = stack.service_settings_for(service)
     proxied = any(n != service and role_of_service(stack, n).role == "proxy" for n in stack.services)  # blue_green
+    # A one-shot by x-dsm, or in all but name: another service waits for it to complete.
+    awaited = any(isinstance(cfg, dict) and cfg.get("condition") == "service_completed_successfully"
+                  for body in stack.services.values() for name, cfg in (body.get("depends_on") or {}).items()
+                  if name == service)
     return choose(stack.services.get(service, {}), asked=asked, configured=settings.update.strategy,
                   database=is_database(stack, service, role), critical=settings.critical or stack.settings.critical,
-                  healthcheck=healthcheck, proxied=proxied)
+                  healthcheck=healthcheck, proxied=proxied, one_shot=settings.is_one_shot or awaited)
 
 
 def _healthcheck(body: dict[str, Any], attrs: dict[str, Any] | None) -> bool | None:

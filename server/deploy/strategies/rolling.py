@@ -7,8 +7,9 @@ for ``monitor``), give them the service's name (they take traffic from then on; 
 answered ``svc`` with a booting container before), then take as many old containers out of traffic
 (server/deploy/strategies/fleet.py: the x-dsm ``drain`` hook, else off the networks), wait
 x-dsm ``drain_s``, stop and remove them; ``delay`` between batches. ``order: stop-first``
-retires the old batch before starting the new one. The executor's converging ``up`` afterwards
-finds the service converged and leaves the new containers alone.
+retires the old batch before starting the new one. The executor's ``up`` ran before, without
+this service (its dependencies, a migration say, are in their new version), so nothing but this
+strategy replaces its containers.
 
 A new container that fails its gate is removed; the old ones it was to replace were never
 touched and keep serving. Then ``update_config.failure_action`` (server/deploy/strategies/

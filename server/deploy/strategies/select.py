@@ -77,11 +77,16 @@ def rolling_refusal(body: dict[str, Any], *, database: bool, healthcheck: bool |
 
 
 def choose(body: dict[str, Any], *, asked: str, configured: str, database: bool, critical: bool,
-           healthcheck: bool | None, proxied: bool = True) -> Choice:
+           healthcheck: bool | None, proxied: bool = True, one_shot: bool = False) -> Choice:
     """The strategy that will run. ``asked``: the call's argument (auto: x-dsm's ``configured``,
-    then the rules)."""
-    refusal = rolling_refusal(body, database=database, healthcheck=healthcheck)
+    then the rules). A one-shot (a migration, an init job) runs to completion: recreated, never rolled."""
     asked, configured = normalize(asked or "auto"), normalize(configured or "auto")
+    if one_shot:
+        if asked in ("rolling", "blue_green"):
+            return Choice("recreate", "one-shot", refused=f"{asked} cannot run: a one-shot runs to completion, "
+                                                          "nothing serves traffic to move")
+        return Choice("recreate", "one-shot: runs to completion when its dependencies are ready; nothing serves")
+    refusal = rolling_refusal(body, database=database, healthcheck=healthcheck)
     source = "asked" if asked != "auto" else f"x-dsm update.strategy {configured}"
     wanted = asked if asked != "auto" else configured
     if wanted == "auto":
