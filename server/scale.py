@@ -168,7 +168,15 @@ class Scaling:
         return seen if running == self.replicas else Observed(ready=False, services=seen.services)
 
     async def apply(self, change: Change, steps: StepLog) -> None:
-        await self.inner.apply(change, steps)
+        try:
+            await self.inner.apply(change, steps)
+        finally:
+            # Scaled, though the plan names no change (replicas are not in the config hash): the
+            # rollback must restart the service's old version, not leave its containers as "never
+            # stopped" (server/deploy/compose_executor.py restore).
+            changed = getattr(self.inner, "changed", None)
+            if isinstance(changed, set):
+                changed.add(self.service)
 
     async def gate(self, stack: LoadedStack, watched: list[Watched], timeout_s: float, on_wait: OnWait
                    ) -> GateResult:

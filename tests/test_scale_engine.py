@@ -142,10 +142,11 @@ async def test_a_failing_scale_rolls_back_to_the_previous_files(runtime: Runtime
                                                                  project_name: str) -> None:
     """Each container marks itself alive in the shared volume; one is healthy only while no other
     was alive in the last 3 s. Scaling to 2 fails the gate; the rollback leaves one healthy
-    container and the files as they were."""
+    container and the files as they were. Five retries: the container the rollback starts sees the
+    removed twin's mark for up to 3 s, which must not make it unhealthy before the mark ages."""
     probe = ("touch /data/alive-$$HOSTNAME; now=$$(date +%s); n=0; for f in /data/alive-*; do "
              "[ $$((now - $$(stat -c %Y $$f))) -le 3 ] && n=$$((n+1)); done; [ $$n -le 1 ]")
-    check = f"    healthcheck: {{test: ['CMD-SHELL', '{probe}'], interval: 1s, timeout: 2s, retries: 2}}\n"
+    check = f"    healthcheck: {{test: ['CMD-SHELL', '{probe}'], interval: 1s, timeout: 2s, retries: 5}}\n"
     directory = write(stacks_root, project_name, stack_text(project_name, extra=check, volume=True))
     first = await deploy(runtime, project_name)
     assert first.status == "deployed", first
