@@ -148,7 +148,55 @@ def runtime(settings: Settings, docker_engine: None, project_name: str) -> Itera
 ENGINE_FIXTURES = frozenset({"docker_engine", "registry", "runtime"})
 
 
+# `make test` runs the suite on 4 pytest-xdist workers (--dist loadgroup --no-loadscope-reorder): the
+# engine tests mostly wait on containers, so four overlap well on 2 cores. The scheduler hands out tests
+# in collection order, a few at a time, so the order below is the schedule: the longest scenarios first
+# (one of them alone takes ~3 minutes; started last it would be the whole tail), then the other engine
+# tests, then the CPU-bound tier that fills the end. Prefixes of node ids; a renamed test only loses its
+# head start.
+LONG_FIRST = (
+    "tests/test_demo.py::",
+    "tests/test_deploy_sessions.py::test_worked_examples_over_stdio",
+    "tests/test_rollback_data.py::",
+    "tests/test_deploy_checks.py::test_supabase_shaped_stack_deployed_broken_rolled_back",
+    "tests/test_rollback_hooks.py::",
+    "tests/test_deploy_database.py::",
+    "tests/test_monitor_rollback_e2e.py::",
+)
+
+
+def _shares_state_across_tests(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture its test module shares between tests (module, class or session
+    scope, defined in a test module rather than here): such a module runs whole on one xdist worker, so
+    the shared stack, index or pushed image is built once, not once per worker."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for defs in info.name2fixturedefs.values():
+        for fixturedef in defs:
+            module = getattr(getattr(fixturedef, "func", None), "__module__", "") or ""
+            if fixturedef.scope != "function" and module.startswith("tests.") and module != __name__:
+                return True
+    return False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if ENGINE_FIXTURES.intersection(getattr(item, "fixturenames", ())) and not item.get_closest_marker("docker"):
             item.add_marker(pytest.mark.docker)
+    grouped = {item.nodeid.split("::")[0] for item in items if _shares_state_across_tests(item)}
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        own = 0 if item.nodeid.startswith(LONG_FIRST) else 1 if item.get_closest_marker("docker") else 2
+        key = module if module in grouped else item.nodeid
+        rank[key] = min(rank.get(key, own), own)  # a grouped module keeps its tests together, ranked by its first
+        if module in grouped and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(module))
+    position = {id(item): n for n, item in enumerate(items)}
+
+    def order(item: pytest.Item) -> tuple[int, int]:
+        module = item.nodeid.split("::")[0]
+        return rank[module if module in grouped else item.nodeid], position[id(item)]
+
+    items.sort(key=order)
