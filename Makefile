@@ -6,6 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MODEL_DIR := $(CURDIR)/.cache/embedding-model
 PYTEST_ARGS ?= --durations=25
+# pytest-xdist: the engine tests mostly wait on containers, so 4 workers overlap well on 2 cores.
+# loadgroup keeps a test module whose fixtures are shared between its tests on one worker;
+# --no-loadscope-reorder keeps tests/conftest.py's order (longest scenarios first) as the schedule.
+# Tests marked `serial` (a wall-clock bound) run afterwards, alone.
+WORKERS ?= 4
+XDIST = -n $(1) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: install provision model test test-fast lint demo bench mutate clean-test
 
@@ -31,14 +37,15 @@ lint: install
 	$(VENV)/bin/mypy
 
 test: provision model lint
-	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(VENV)/bin/pytest $(PYTEST_ARGS)
+	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(VENV)/bin/pytest $(call XDIST,$(WORKERS)) -m "not serial" $(PYTEST_ARGS)
+	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(VENV)/bin/pytest -m serial $(PYTEST_ARGS)
 
 # The fast tier: every test that needs no engine, in well under a minute. DOCKER_HOST points at a
 # socket that does not exist, so a test that reaches the engine without being marked `docker` fails
 # here instead of passing by luck (conftest marks every test using an engine fixture).
 test-fast: model
 	DOCKER_HOST=unix:///nonexistent/dsm-test-fast.sock DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) \
-		$(VENV)/bin/pytest -q -n 2 -m "not docker and not slow" $(PYTEST_ARGS)
+		$(VENV)/bin/pytest -q $(call XDIST,2) -m "not docker and not slow" $(PYTEST_ARGS)
 
 demo: provision model
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) examples/demo.py

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
 import socket
 import subprocess
 import urllib.request
@@ -20,10 +23,24 @@ WEB_NOHC = "dsm-test/web:1.0-nohc"
 POSTGRES = "dsm-test/postgres:15"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(count: int = 1) -> int:
+    """The first of ``count`` adjacent loopback ports nothing holds now.
+
+    Picked below the kernel's ephemeral range (32768+), so no outgoing connection takes it before the
+    test's container publishes it, and from a block of its own per pytest-xdist worker (PYTEST_XDIST_WORKER),
+    so two workers never race for one port; the bind check skips ports held by anyone else."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = 20000 + (int(worker) % 12 if worker.isdigit() else 0) * 1000
+    for _ in range(200):
+        first = base + random.randrange(1000 - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first, first + count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise AssertionError(f"no {count} free adjacent ports in 127.0.0.1:{base}-{base + 999}")
 
 
 def write(root: Path, name: str, compose: str, env: str | None = None) -> Path:

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.docker
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # ~3 minutes alone; the run below allows 600 s, and under 4 parallel workers it takes longer
 def test_demo_runs_end_to_end(docker_engine: None) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run([sys.executable, str(REPO / "examples" / "demo.py")], capture_output=True, text=True,

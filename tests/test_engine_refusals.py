@@ -17,6 +17,7 @@ from server.compose import ComposeRunner
 from server.engine import Engine
 from server.preflight.validation import validate
 from server.settings import Settings
+from tests.deploy_helpers import free_port
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -116,22 +117,7 @@ async def test_one_bad_image_reference_leaves_the_rest_of_the_host_check(setting
 async def test_a_port_range_wide_enough_for_the_replicas_is_no_conflict(
     settings: Settings, engine: Engine, tmp_path: Path, project_name: str
 ) -> None:
-    import socket
-
-    def free_pair() -> int:
-        for _ in range(50):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = int(s.getsockname()[1])
-            with socket.socket() as s2:
-                try:
-                    s2.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-        raise AssertionError("no two free adjacent ports")
-
-    port = free_pair()
+    port = free_port(2)  # two adjacent ports: one per replica
     content = (f"name: {project_name}\nservices:\n  a:\n    image: {WEB}\n{LABELS}"
                f"    ports: ['127.0.0.1:{port}-{port + 1}:80']\n    deploy: {{replicas: 2}}\n")
     report = await run_validate(settings, engine, content, check_host=True)

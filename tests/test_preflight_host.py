@@ -26,17 +26,12 @@ from server.preflight.reports import ValidationReport
 from server.preflight.resources import check_resources
 from server.preflight.validation import validate
 from server.settings import Settings
+from tests.deploy_helpers import free_port
 from tests.test_preflight_tools import FIXTURES, call, client  # noqa: F401  (fixture re-export)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 WEB = "dsm-test/web:1.0"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def meminfo() -> dict[str, int]:
