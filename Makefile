@@ -65,6 +65,7 @@ bench: provision model
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/deploy.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/rollback.py
 	$(PY) bench/backup.py
+	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/rolling_update.py
 
 # Remove anything tests left on the engine (label dsm.test=1).
 clean-test:
