@@ -24,10 +24,15 @@ def _service(name: str, image: str, extra: str = "") -> str:
             f"    labels: {{dsm.test: '1'}}\n    mem_limit: 256m\n    cpus: 0.5\n{extra}")
 
 
-def _db(volume: str = "pgdata") -> str:
+def _db(volume: str = "pgdata", extra: str = "") -> str:
     # No x-dsm role: what the service is must come from its image and what it runs.
     return _service("db", POSTGRES, "    environment: {POSTGRES_HOST_AUTH_METHOD: trust}\n"
-                                    f"    volumes: [{volume}:/var/lib/postgresql/data]\n")
+                                    f"    volumes: [{volume}:/var/lib/postgresql/data]\n{extra}")
+
+
+CHANGED = "    stop_grace_period: 9s\n"
+"""A change of a service's configuration: the failed deploy recreates it, so its rollback pins it
+(a service the failed deploy left alone keeps running, unpinned)."""
 
 
 def _stack(name: str, services: str, volumes: tuple[str, ...] = ()) -> str:
@@ -48,7 +53,8 @@ async def test_a_pinned_postgres_is_still_dumped(runtime: Runtime, stacks_root: 
     directory = write(stacks_root, project_name, _stack(project_name, _db() + _web(port), ("pgdata",)))
     assert (await deploy(runtime, project_name, wait_timeout_s=120)).status == "deployed"
     psql(project_name, "CREATE TABLE items(id int); INSERT INTO items SELECT generate_series(1, 42)")
-    (directory / "compose.yaml").write_text(_stack(project_name, _db() + _web(port, WEB_11, FAILING), ("pgdata",)))
+    (directory / "compose.yaml").write_text(_stack(project_name, _db(extra=CHANGED) + _web(port, WEB_11, FAILING),
+                                                   ("pgdata",)))
     failed = await deploy(runtime, project_name, wait_timeout_s=30)
     assert failed.status == "rolled_back", failed
     # The database now runs under our pin; the override remembers what the pin stands for.
@@ -126,7 +132,8 @@ async def test_after_a_rollback_files_without_a_service_deploy(runtime: Runtime,
     api = _service("api", WEB_10)
     directory = write(stacks_root, project_name, _stack(project_name, _web(port) + api))
     assert (await deploy(runtime, project_name)).status == "deployed"
-    (directory / "compose.yaml").write_text(_stack(project_name, _web(port, WEB_11, FAILING) + api))
+    (directory / "compose.yaml").write_text(_stack(project_name, _web(port, WEB_11, FAILING)
+                                                   + _service("api", WEB_10, CHANGED)))
     assert (await deploy(runtime, project_name, wait_timeout_s=30)).status == "rolled_back"
     assert "api" in (directory / "compose.dsm.yaml").read_text()
 

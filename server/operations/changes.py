@@ -88,6 +88,11 @@ def _up_actions(rec: OperationRecord) -> dict[str, str]:
         words = item.split()
         if len(words) == 2 and words[1] in _ACTIONS:
             acted[words[0]] = words[1]
+    for p in rec.phases:  # services a strategy rolled itself, outside `up`: "web: 2 new container(s) ..."
+        words = str(p.get("detail") or "").split()
+        if p.get("name") in ("rolling", "blue_green") and words:
+            svc = words[1] if words[0] == p.get("name") and len(words) > 1 else words[0]
+            acted.setdefault(svc.rstrip(":"), "recreate")
     return acted
 
 
