@@ -191,7 +191,9 @@ class ComposeExecutor:
         pins = {s: ref for s, ref in snapshot.pins.items() if s in old.services}
         # Services whose old containers still run: those a strategy never stopped, and those the plan
         # did not change (a proxy in front of the failed service: recreating it is an outage).
-        kept = self.untouched | (set(pins) - self.changed if self.changed is not None else set())
+        # An explicit rollback changed nothing yet: what already runs as the target defines it stays.
+        kept = self.untouched | (set(pins) - self.changed if self.changed is not None else
+                                 await self._as_defined(old))
         for name in sorted(kept & set(pins)):
             # Pinning would change their config hash and recreate them (downtime for nothing).
             # Unpinned is safe when the files' reference is the image they run.
@@ -199,7 +201,7 @@ class ComposeExecutor:
             named = await self.engine.image_attrs(str(old.services[name].get("image") or ""))
             if ran and named and ran.get("Id") == named.get("Id"):
                 del pins[name]
-                notes.append(f"{name}: its old containers were never stopped; left running as they are")
+                notes.append(f"{name}: its running containers are already that version; left running as they are")
         override.write_pins(stack.directory, pins, originals={s: o for s, o in snapshot.originals.items() if o},
                             defined=old.services)
         notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
@@ -214,6 +216,21 @@ class ComposeExecutor:
                                        timeout_s=start.timeout_s, **on_start(self.compose, start.op))
 
     # -- helpers --------------------------------------------------------------------------------
+    async def _as_defined(self, old: LoadedStack) -> set[str]:
+        """Services whose every container runs, with the config hash the restored files give it
+        (a proxy in front of the rolled-back service: recreating it would be an outage for nothing)."""
+        from server.deploy.plan import HASH_LABEL, ONEOFF_LABEL, config_hashes
+
+        try:
+            hashes = await config_hashes(self.compose, compose_project(old), Scrubber(old.secret_values))
+        except DsmError:
+            return set()
+        running: dict[str, list[str]] = {}
+        for c in await self.engine.compose_containers(old.name):
+            if c.service and c.labels.get(ONEOFF_LABEL) != "True":
+                running.setdefault(c.service, []).append(c.labels.get(HASH_LABEL, "") if c.running else "")
+        return {s for s, seen in running.items() if s in hashes and all(h == hashes[s] for h in seen)}
+
     async def _diagnose(self, stack: LoadedStack, watched: list[Watched]) -> Any:
         """After a failed ``up``: the first container that the gate would fail, with its evidence."""
         from server.deploy.health import assess, log_tail
