@@ -1,6 +1,7 @@
 """An explicit rollback replaces what differs from the target and leaves the rest running: a proxy
 in front of the rolled-back service keeps its container (recreating it was an outage for nothing,
-found by a newcomer: 40 of 133 requests failed)."""
+found by a newcomer: 40 of 133 requests failed), and the pin of the service it restarts names the
+reference the target ran."""
 
 from __future__ import annotations
 
@@ -36,4 +37,8 @@ async def test_explicit_rollback_leaves_the_unchanged_proxy_running(runtime: Run
     assert container_of(project_name, "app") != app
     image = docker("inspect", "-f", "{{.Config.Image}}", container_of(project_name, "app")).strip()
     assert image == WEB_10 or image.startswith(f"dsm-pin/{project_name}-app:"), image
-    assert "proxy" not in (directory / "compose.dsm.yaml").read_text().split("x-dsm-pins:")[-1]
+    pins = (directory / "compose.dsm.yaml").read_text().split("x-dsm-pins:")[-1]
+    assert "proxy" not in pins, pins
+    # What the pin stands for is the reference the target's files named, not another tag of the
+    # same image id (the registry's copy of dsm-test/web:1.0 is one).
+    assert f"original: {WEB_10}\n" in pins, pins

@@ -343,12 +343,18 @@ async def _explicit(d: RollbackHost, run: Run, target: Any, restore_data: bool, 
     run.phase("backup", "ok", t, f"backup {run.backup.backup_id} of the state being left")
     pins: dict[str, str] = {}
     originals: dict[str, str] = {}
+    from server.operations.views import images_of
+    from server.roles import is_pin
+
+    # What each pin stands for: the reference the target's files named (its report), never just any
+    # other tag of the same image id (a test or another stack may tag the same image elsewhere).
+    named = {i.service: i.image for i in images_of(target.result or {}) if i.image and not is_pin(i.image)}
     for service, image_id in ((target.result or {}).get("image_ids") or {}).items():
         if image_id and (attrs := await d.engine.image_attrs(image_id)):
             ref = f"dsm-pin/{stack.name}-{service}:{target.operation_id}".lower()
             await tag_image(d.engine, image_id, ref)
             pins[service] = ref
-            originals[service] = original_from_tags(attrs) or ""
+            originals[service] = named.get(service) or original_from_tags(attrs) or ""
     data = None
     if restore_data:
         data_id = backup_after(history, target)
