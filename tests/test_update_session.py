@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy_helpers import free_port, remove_pins
+from tests.deploy_helpers import docker, free_port, remove_pins
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import deploy_sessions
@@ -36,6 +36,11 @@ async def test_supabase_update_over_stdio(stacks_root: Path, tmp_path: Path, pro
             out = await update_session.update(call, said.append, stacks_root, project_name)
     finally:
         remove_pins(project_name)
+        # The tags this session pushed and pulled (the registry keeps its copies under the stack's name).
+        refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter",
+                      f"reference={registry}/{project_name}/*", check=False).split()
+        if refs:
+            docker("rmi", *refs, check=False)
     text = "\n".join(said)
     assert calls == ["check_updates", "update_stack", "update_stack", "stack_status"], calls
     assert 0 < sum(read) <= BUDGET_CHARS, list(zip(calls, read, strict=True))

@@ -287,6 +287,10 @@ def _annotate(report: DeployReport, targets: list[Target], to: str) -> DeployRep
         message=f"{t.ref_to} ({t.digest_to}) failed a deployment of this stack before: {t.failed_before}",
         fix="update to another version, or confirm=true to retry this one") for t in targets if t.failed_before]
     update_fields: dict[str, Any] = {"plan": plan, "findings": findings}
+    if report.status == "planned":  # the plan phase counted the files as they are, before the update's edits
+        n = len(plan.changes)
+        update_fields["phases"] = [p.model_copy(update={"detail": f"{n} change(s) with the update's edits"})
+                                   if p.name == "plan" else p for p in report.phases]
     if report.status == "planned":
         update_fields["next_steps"] = [f"update_stack(stack, same arguments, plan_id='{plan_id}') applies this plan"]
         flagged = [t.service for t in targets if t.failed_before]
