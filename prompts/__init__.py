@@ -41,3 +41,12 @@ def register(server: MCPServer) -> None:
     ) -> str:
         """Restore a failing stack to its last healthy deployment, data included when needed, and record why."""
         return workflow_text("emergency_rollback", stack=stack, symptom=symptom)
+
+    @server.prompt(name="update_stack", title="Update a stack's images without downtime")
+    def update_stack(
+        stack: Annotated[str, Field(description="Stack (Compose project) name, see list_stacks")],
+        goal: Annotated[str, Field(description="What the user asked for, e.g. 'latest patch releases'")]
+        = "the latest patch releases",
+    ) -> str:
+        """The update workflow: what is newer, the plan with a strategy per service, the update, the proof."""
+        return workflow_text("update_stack", stack=stack, goal=goal)
