@@ -580,7 +580,7 @@ async def test_explicit_rollback_without_the_image_pins_nothing(world: World,
     report = await Deployer(world.runtime).rollback(STACK, wait_timeout_s=5)
     assert report.status == "rolled_back" and not [e for e in world.events if e[0] == "tag"]
     assert world.compose.calls[0].pins == {} and not (world.directory / "compose.dsm.yaml").exists()
-    assert "images pinned in compose.dsm.yaml: none (not local)" in report.phases[1].detail
+    assert "images pinned in compose.dsm.yaml: none" in report.phases[1].detail
 
 
 async def test_explicit_rollback_with_restore_data_uses_the_backup_taken_right_after_the_target(

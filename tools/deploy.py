@@ -107,8 +107,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         shown: Annotated[Proposal | None, Resolve(_rollback_plan)],
         asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_rollback_plan))],
         stack: Annotated[str, Field(description="Stack name or directory.")],
-        to_deployment: Annotated[OptionalId, Field(description="From stack_history; default the last good "
-                                                   "one.")] = None,
+        to_deployment: Annotated[OptionalId, Field(description="From stack_history; default: the one before "
+                                                   "the current (after a failed deploy, the current).")] = None,
         restore_data: Annotated[bool, Field(description="Also restore volumes and databases from the backup "
                                             "taken when leaving it (overwrites).")] = False,
         confirm: Annotated[bool, Field(description="Required for restore_data and for critical stacks.")] = False,

@@ -12,6 +12,7 @@ and its ``up``.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -39,6 +40,8 @@ from server.errors import DsmError
 from server.models import Finding
 from server.redact import Scrubber
 from server.stackmodel import LoadedStack
+
+log = logging.getLogger(__name__)
 
 UP_ROLLED = frozenset({"recreate", "planned_downtime"})
 """Strategies whose services the converging ``up`` replaces (the others roll their service themselves)."""
@@ -204,7 +207,7 @@ class ComposeExecutor:
                 notes.append(f"{name}: its running containers are already that version; left running as they are")
         override.write_pins(stack.directory, pins, originals={s: o for s, o in snapshot.originals.items() if o},
                             defined=old.services)
-        notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none (not local)'}")
+        notes.append(f"images pinned in compose.dsm.yaml: {', '.join(sorted(pins)) or 'none'}")
         return Restored(old, pins, notes)
 
     async def start(self, start: Start) -> None:
@@ -223,7 +226,8 @@ class ComposeExecutor:
 
         try:
             hashes = await config_hashes(self.compose, compose_project(old), Scrubber(old.secret_values))
-        except DsmError:
+        except Exception:  # cannot tell: every service is started again, as before this shortcut
+            log.debug("rollback: config hashes of the restored files unknown", exc_info=True)
             return set()
         running: dict[str, list[str]] = {}
         for c in await self.engine.compose_containers(old.name):
