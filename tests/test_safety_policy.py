@@ -94,6 +94,8 @@ MUTATING_CALLS = [
     ("stack_control", {"stack": "{s}", "action": "remove", "confirm": True}),
     ("stack_control", {"stack": "{s}", "action": "maintenance_on", "until": "1h", "confirm": True}),
     ("backup_stack", {"stack": "{s}", "action": "restore", "confirm": True}),
+    ("update_stack", {"stack": "{s}", "to": "patch", "confirm": True}),
+    ("scale_service", {"stack": "{s}", "service": "web", "replicas": 2, "confirm": True}),
 ]
 
 
