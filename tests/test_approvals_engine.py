@@ -90,6 +90,7 @@ async def test_out_of_band_approval_is_bound_to_the_plan(
         assert f"stack {project_name!r}" in said and f"{WEB_10} -> {WEB_11}" in said
         assert "Backup taken first" in said and "downtime" in said and "State: nothing was changed" in said
         assert running(project_name) == before
+        assert WEB_10 in (stacks_root / project_name / "compose.yaml").read_text()  # the update wrote nothing
 
         # A person approves on the host, through the real CLI in a pseudo-terminal...
         env = {"PATH": os.environ["PATH"], "HOME": str(stacks_root.parent), "DSM_STACKS_ROOT": str(stacks_root),
@@ -194,7 +195,9 @@ async def test_elicitation_asks_with_the_plan_for_every_mutating_tool(
         for tool, args, says in [
                 ("rollback", {"stack": project_name}, "Roll back"),
                 ("stack_control", {"stack": project_name, "action": "stop"}, "stop every service (web)"),
-                ("backup_stack", {"stack": project_name, "action": "restore"}, "Overwrite the current data")]:
+                ("backup_stack", {"stack": project_name, "action": "restore"}, "Overwrite the current data"),
+                ("update_stack", {"stack": project_name, "images": {"web": WEB_11}}, "web: recreate"),
+                ("scale_service", {"stack": project_name, "service": "web", "replicas": 2}, "Scale service 'web'")]:
             refused = await call(tool, {**args, "confirm": True}, "decline")
             assert refused.is_error and "did not confirm" in text_of(refused), (tool, text_of(refused))
             assert says in questions[-1], (tool, questions[-1])
