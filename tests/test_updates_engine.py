@@ -84,6 +84,15 @@ async def test_check_updates_same_shape_tags_and_a_moved_digest(runtime: Runtime
     (stacks_root / project_name / "compose.yaml").write_text(stack_text(project_name, gone, free_port()))
     (img,) = (await check_stacks(runtime, project_name)).images
     assert img.status == "unknown" and img.note and "digest not compared" in img.note
+    # An image built or loaded here, under a registry that cannot be reached: said as such.
+    local = f"nowhere.invalid/{project_name}/web:1.0"
+    docker("tag", WEB_10, local)
+    try:
+        (stacks_root / project_name / "compose.yaml").write_text(stack_text(project_name, local, free_port()))
+        (img,) = (await check_stacks(runtime, project_name)).images
+        assert img.status == "unknown" and img.note and img.note.startswith("a local image, never pulled"), img
+    finally:
+        docker("rmi", local, check=False)
 
 
 @pytest.mark.docker

@@ -129,12 +129,17 @@ async def check_refs(engine: Engine, refs: dict[str, list[str]], *, min_age_days
 async def _check_one(engine: Engine, view: RegistryView, ref: str, services: list[str],
                      min_age_days: float | None, timeout_s: float) -> ImageUpdate:
     notes: list[str] = []
-    local = repo_digests(ref, await engine.image_attrs(ref))
+    attrs = await engine.image_attrs(ref)
+    local = repo_digests(ref, attrs)
     direct = engine.endpoint().local or not _loopback(ref)
     answer = await engine.registry_digest(ref, view, timeout_s, direct=direct)
     if answer.rate_limit:
         notes.append(answer.rate_limit)
-    if not answer.digest:
+    if not answer.digest and attrs is not None and not local and answer.state == "unreachable":
+        # Built or loaded on this engine, never pulled from (or pushed to) its registry: nothing to ask.
+        notes.append(f"a local image, never pulled from {parse_reference(ref).registry} (unreachable: "
+                     f"{answer.detail[:80]})")
+    elif not answer.digest:
         notes.append(f"digest not compared: {answer.detail}")
     elif not local:
         notes.append("no local image pulled from this registry: nothing to compare its digest with")
