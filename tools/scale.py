@@ -13,7 +13,7 @@ from server.runtime import Runtime
 from server.safety import proposals
 from server.safety.proposals import Proposal
 from server.scale_models import Ask, ScaleReport
-from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, progress, tool_errors
+from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, confirmer, progress, tool_errors
 from tools._policy import asker, enforce, planned_if_asked
 
 
@@ -62,20 +62,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         gate = await enforce(runtime.settings, ctx, "scale_service", stack, "deploy", confirm=confirm,
                              dry_run=dry_run or ask.empty, code=approval, shown=shown, answer=asked,
                              plan=lambda: proposals.scale(runtime, stack, service, change))
-        from server.errors import ConfirmationRequired
         from server.scale import scale_service as scale
-        from tools._common import confirm_destructive
 
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        async def ask_user(question: str) -> bool:
-            try:
-                await confirm_destructive(ctx, question, False)
-            except ConfirmationRequired:
-                return False
-            return True
-
         return await scale(runtime, stack, service, ask, dry_run=dry_run,
                            confirm=gate.human_approved or (confirm and gate.fallback == "model"),
-                           progress=tell, confirmer=ask_user)
+                           progress=tell, confirmer=confirmer(ctx))
