@@ -90,7 +90,6 @@ async def test_out_of_band_approval_is_bound_to_the_plan(
         assert f"stack {project_name!r}" in said and f"{WEB_10} -> {WEB_11}" in said
         assert "Backup taken first" in said and "downtime" in said and "State: nothing was changed" in said
         assert running(project_name) == before
-        assert WEB_10 in (stacks_root / project_name / "compose.yaml").read_text()  # the update wrote nothing
 
         # A person approves on the host, through the real CLI in a pseudo-terminal...
         env = {"PATH": os.environ["PATH"], "HOME": str(stacks_root.parent), "DSM_STACKS_ROOT": str(stacks_root),
@@ -202,6 +201,7 @@ async def test_elicitation_asks_with_the_plan_for_every_mutating_tool(
             assert refused.is_error and "did not confirm" in text_of(refused), (tool, text_of(refused))
             assert says in questions[-1], (tool, questions[-1])
         assert running(project_name) == before
+        assert WEB_10 in (stacks_root / project_name / "compose.yaml").read_text()  # the update wrote nothing
 
         # The plan moves while the person is asked (a container stopped by hand).
         web = container_of(project_name, "web")
