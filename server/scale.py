@@ -73,15 +73,15 @@ async def scale_service(runtime: Runtime, stack_arg: str, service: str, ask: Ask
     if ask.empty:
         return report.model_copy(update={"next_steps": [
             "call scale_service again with replicas, memory, cpus (and reservations) to apply; nothing was changed"]})
+    if changes and override.holds_pins(directory):  # the dry run says what the real call will say
+        raise DsmError(f"stack {stack.name!r} runs images pinned by a rollback (compose.dsm.yaml x-dsm-pins), and "
+                       "the deploy that applies a scale replaces pins with the files' images", state=UNCHANGED,
+                       next_step="fix the compose files and deploy_stack first (or keep the rollback), then scale")
     if dry_run:
         return report.model_copy(update={"status": "planned", "next_steps": [
             "call again without dry_run to write compose.dsm.yaml and deploy the service; nothing was changed"]})
     if not changes:
         return report.model_copy(update={"status": "unchanged", "next_steps": ["nothing to do: already so"]})
-    if override.holds_pins(directory):
-        raise DsmError(f"stack {stack.name!r} runs images pinned by a rollback (compose.dsm.yaml x-dsm-pins), and "
-                       "the deploy that applies a scale replaces pins with the files' images", state=UNCHANGED,
-                       next_step="fix the compose files and deploy_stack first (or keep the rollback), then scale")
     critical = stack.settings.critical or stack.service_settings_for(service).critical
     # The deploy asks only when its plan recreates something; a replicas-only change recreates nothing.
     if critical and not confirm and not (confirmer and await confirmer(

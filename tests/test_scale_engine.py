@@ -160,3 +160,8 @@ async def test_a_failing_scale_rolls_back_to_the_previous_files(runtime: Runtime
     assert entry(directory) == {}  # the previous entry (none) is back; the rollback pins the image it restarted
     # What the rollback itself does: the image it restarted is pinned (hence COMPOSE_FILE in .env).
     assert env_before is None and pinned_images(directory) == {"web": pinned_images(directory)["web"]}
+    # Under those pins a scale is refused, and its dry run says so first (it said "planned" before).
+    for dry_run in (True, False):
+        with pytest.raises(DsmError, match="pinned by a rollback"):
+            await scale_service(runtime, project_name, "web", Ask(replicas=2), dry_run=dry_run, confirm=True)
+    assert entry(directory) == {} and len(running(project_name)) == 1
