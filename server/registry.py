@@ -62,6 +62,12 @@ class Reference:
         return _HUB_API if self.registry == DOCKER_HUB else self.registry
 
 
+def is_loopback(ref: str) -> bool:
+    """Whether ``ref``'s registry is on this machine's loopback (reachable only from the engine's host)."""
+    host = parse_reference(ref).registry.rsplit(":", 1)[0]
+    return host in ("localhost", "[::1]") or host.startswith("127.")
+
+
 def parse_reference(ref: str) -> Reference:
     """Split ``ref`` as the docker CLI does (``redis`` is ``docker.io/library/redis:latest``)."""
     name, _, digest = ref.partition("@")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from server.errors import DsmError
-from server.registry import RegistryView, parse_reference
+from server.registry import RegistryView, is_loopback, parse_reference
 
 if TYPE_CHECKING:
     from server.engine import Engine
@@ -97,7 +97,7 @@ async def check_tags(engine: Engine, refs: dict[str, tuple[str, ...]], *,
 
     async def one(ref: str) -> None:
         # A loopback registry of a remote engine is on the engine's machine: only the engine can ask it.
-        direct = local_engine or not _loopback(ref)
+        direct = local_engine or not is_loopback(ref)
         try:
             answer = await engine.registry_digest(ref, view, timeout_s, direct=direct)
         except DsmError as exc:  # the engine refused the reference: a note for this image only
@@ -114,7 +114,3 @@ async def check_tags(engine: Engine, refs: dict[str, tuple[str, ...]], *,
                 tg.start_soon(one, ref)
     return results
 
-
-def _loopback(ref: str) -> bool:
-    host = parse_reference(ref).registry.rsplit(":", 1)[0]
-    return host in ("localhost", "[::1]") or host.startswith("127.")

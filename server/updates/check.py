@@ -20,7 +20,7 @@ from pydantic import Field
 
 from server.deploy.tags import repo_digests
 from server.models import Frozen
-from server.registry import RegistryView, list_tags, parse_reference, read_image_config
+from server.registry import RegistryView, is_loopback, list_tags, parse_reference, read_image_config
 from server.updates import versions
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ async def _check_one(engine: Engine, view: RegistryView, ref: str, services: lis
     notes: list[str] = []
     attrs = await engine.image_attrs(ref)
     local = repo_digests(ref, attrs)
-    direct = engine.endpoint().local or not _loopback(ref)
+    direct = engine.endpoint().local or not is_loopback(ref)
     answer = await engine.registry_digest(ref, view, timeout_s, direct=direct)
     if answer.rate_limit:
         notes.append(answer.rate_limit)
@@ -219,7 +219,3 @@ def _age_days(created: str | None) -> float | None:
         return None
     return (dt.datetime.now(dt.UTC) - when).total_seconds() / 86400
 
-
-def _loopback(ref: str) -> bool:
-    host = parse_reference(ref).registry.rsplit(":", 1)[0]
-    return host in ("localhost", "[::1]") or host.startswith("127.")
