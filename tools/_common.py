@@ -38,6 +38,8 @@ def _null_or_text(value: Any, handler: Any) -> str | None:
 # other annotation, and deploy_stack(plan_id="null") then skipped its plan check. JSON null still
 # means "not given"; every string is checked against the id's format (checked_id).
 if TYPE_CHECKING:
+    from server.runtime import Runtime
+
     OptionalId = str | None
 else:
     OptionalId = Annotated[str, WrapValidator(_null_or_text)]
@@ -145,6 +147,13 @@ async def confirm_destructive(ctx: Context | None, question: str, confirm: bool)
 
 PLAN_ID = re.compile(r"[0-9a-f]{32}")
 """A deploy plan's id (deploy_stack and update_stack dry runs)."""
+
+
+def runtime_of(ctx: Context) -> Runtime:
+    """The server's Runtime, for a resolver that runs before the tool body (the lifespan's context)."""
+    from typing import cast
+
+    return cast("Runtime", ctx.request_context.lifespan_context)
 
 
 def confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:

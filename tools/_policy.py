@@ -29,7 +29,7 @@ from server.safety.audit import CURRENT
 from server.safety.gate import UNCHANGED, Gate, PolicyRefused, check
 from server.safety.proposals import Proposal
 from server.settings import Settings
-from tools._common import Confirmation, _can_elicit
+from tools._common import Confirmation, _can_elicit, runtime_of
 
 log = logging.getLogger("docker_stack_mcp.policy")
 PlanFn = Callable[[], Awaitable[Proposal]]
@@ -128,14 +128,12 @@ async def planned_if_asked(ctx: Context, tool: str, stack: str, act: str, code: 
                            plan: PlanFn) -> Proposal | None:
     """For a tool's plan resolver: the proposal when the gate wants an approval and the client can
     be asked (no code given); None otherwise, and on any error (the tool body raises it properly)."""
-    from typing import cast
 
-    from server.runtime import Runtime
 
     if code or not _can_elicit(ctx, back_channel_only=False):
         return None
     try:
-        runtime = cast(Runtime, ctx.request_context.lifespan_context)
+        runtime = runtime_of(ctx)
         gate = check(runtime.settings, tool, stack, act, can_ask=True)
         if gate.approval is None:
             return None

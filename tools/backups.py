@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from mcp.server.elicitation import ElicitationResult
 from mcp.server.mcpserver import Context, MCPServer
@@ -23,6 +23,7 @@ from tools._common import (
     checked_id,
     progress,
     require_confirmation,
+    runtime_of,
     tool_errors,
 )
 from tools._policy import asker, enforce, planned_if_asked
@@ -49,7 +50,7 @@ async def _ask_before_restore(stack: str, action: str, backup_id: str | None, ct
     # asks (with the plan), this question is not asked too.
     if shown is not None:
         return None
-    runtime = cast(Runtime, ctx.request_context.lifespan_context)
+    runtime = runtime_of(ctx)
     return ask_user(ctx, await _restore_question(runtime, stack, action, backup_id))
 
 
@@ -59,7 +60,7 @@ async def _restore_plan(stack: str, ctx: Context, action: str = "list", backup_i
     """The restore a person approves, with its plan (resolver: asked on every protocol)."""
     if action != "restore":
         return None
-    runtime = cast(Runtime, ctx.request_context.lifespan_context)
+    runtime = runtime_of(ctx)
     return await planned_if_asked(ctx, "backup_stack", stack, "restore", approval,
                                   lambda: proposals.restore(runtime, stack, backup_id))
 

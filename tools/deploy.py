@@ -22,15 +22,10 @@ from tools._common import (
     checked_id,
     confirmer,
     progress,
+    runtime_of,
     tool_errors,
 )
 from tools._policy import asker, enforce, planned_if_asked
-
-
-def _runtime(ctx: Context) -> Runtime:
-    from typing import cast
-
-    return cast(Runtime, ctx.request_context.lifespan_context)
 
 
 async def _deploy_plan(ctx: Context, path: str, env: dict[str, str] | None = None,
@@ -40,13 +35,13 @@ async def _deploy_plan(ctx: Context, path: str, env: dict[str, str] | None = Non
     if dry_run:
         return None
     return await planned_if_asked(ctx, "deploy_stack", path, "deploy", approval,
-                                  lambda: proposals.deploy(_runtime(ctx), path, env, services))
+                                  lambda: proposals.deploy(runtime_of(ctx), path, env, services))
 
 
 async def _rollback_plan(ctx: Context, stack: str, to_deployment: str | None = None, restore_data: bool = False,
                          approval: str | None = None) -> Proposal | None:
     return await planned_if_asked(ctx, "rollback", stack, "rollback_data" if restore_data else "rollback", approval,
-                                  lambda: proposals.rollback(_runtime(ctx), stack, to_deployment, restore_data))
+                                  lambda: proposals.rollback(runtime_of(ctx), stack, to_deployment, restore_data))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:

@@ -14,7 +14,7 @@ from server.monitor.models import ControlResult, Diagnosis, LogsPage, StatusRepo
 from server.runtime import Runtime
 from server.safety import proposals
 from server.safety.proposals import Proposal
-from tools._common import CHANGES_STACKS, READ_ONLY, ApprovalArg, Confirmation, OptionalId, tool_errors
+from tools._common import CHANGES_STACKS, READ_ONLY, ApprovalArg, Confirmation, OptionalId, runtime_of, tool_errors
 from tools._policy import asker, enforce, planned_if_asked
 
 StackArg = Annotated[str, Field(description="Stack name or directory.")]
@@ -23,10 +23,9 @@ StackArg = Annotated[str, Field(description="Stack name or directory.")]
 async def _control_plan(ctx: Context, stack: str, action: str, services: list[str] | None = None,
                         approval: str | None = None) -> Proposal | None:
     """What a person approves before stop/remove of a critical stack (resolver: every protocol)."""
-    from typing import cast
 
     return await planned_if_asked(ctx, "stack_control", stack, action, approval, lambda: proposals.control(
-        cast(Runtime, ctx.request_context.lifespan_context), stack, action, services))
+        runtime_of(ctx), stack, action, services))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:

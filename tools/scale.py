@@ -13,7 +13,7 @@ from server.runtime import Runtime
 from server.safety import proposals
 from server.safety.proposals import Proposal
 from server.scale_models import Ask, ScaleReport
-from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, confirmer, progress, tool_errors
+from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, confirmer, progress, runtime_of, tool_errors
 from tools._policy import asker, enforce, planned_if_asked
 
 
@@ -22,14 +22,13 @@ async def _scale_plan(ctx: Context, stack: str, service: str, replicas: int | No
                       reserve_cpus: float | None = None, dry_run: bool = False,
                       approval: str | None = None) -> Proposal | None:
     """The change a person is asked to approve (resolver: every protocol)."""
-    from typing import cast
 
     if dry_run:
         return None
     change = {"replicas": replicas, "memory": memory, "cpus": cpus, "reserve_memory": reserve_memory,
               "reserve_cpus": reserve_cpus}
     return await planned_if_asked(ctx, "scale_service", stack, "deploy", approval, lambda: proposals.scale(
-        cast(Runtime, ctx.request_context.lifespan_context), stack, service, change))
+        runtime_of(ctx), stack, service, change))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:

@@ -24,6 +24,7 @@ from tools._common import (
     checked_id,
     confirmer,
     progress,
+    runtime_of,
     tool_errors,
 )
 from tools._policy import asker, enforce, planned_if_asked
@@ -37,12 +38,11 @@ async def _update_plan(ctx: Context, stack: str, services: list[str] | None = No
                        images: dict[str, str] | None = None, to: str = "digest", strategy: str = "auto",
                        dry_run: bool = False, approval: str | None = None) -> Proposal | None:
     """The update a person is asked to approve: its own dry run (resolver: every protocol)."""
-    from typing import cast
 
     if dry_run:
         return None
     return await planned_if_asked(ctx, "update_stack", stack, "deploy", approval, lambda: proposals.update(
-        cast(Runtime, ctx.request_context.lifespan_context), stack, services, images, to, strategy))
+        runtime_of(ctx), stack, services, images, to, strategy))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
