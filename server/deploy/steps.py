@@ -202,6 +202,8 @@ def end_journal(run: Run, report: DeployReport | None) -> None:
             op.end("failed", None)
             return
         result = report.model_dump(mode="json", exclude={"plan"})
+        if report.plan is not None:  # what the plan changed per service, for stack_history (the plan is left out)
+            result["actions"] = {s.service: s.action for s in report.plan.changes}
         if report.status == "deployed":
             result["current_deployment"] = op.id
         elif report.status == "rolled_back" and report.rollback:

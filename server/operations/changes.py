@@ -5,9 +5,10 @@ scrubbed call (``env`` by name); the files each successful deployment ran with a
 server/deploy/snapshots.py under ``DSM_STATE_DIR/deployments/<stack>/<deployment_id>/``. From
 those, per deployment and against the deployment before it:
 
-- ``recreated``/``removed``: the services the ``up`` phase created, recreated or removed (its
-  detail is ``"web recreate, job create"``; a rollback, which has no plan, falls back to the
-  services whose image differs);
+- ``recreated``/``removed``: the services the deployment created, recreated or removed (the
+  journal's ``actions``, whichever strategy ran them; older records: the ``up`` phase's detail,
+  ``"web recreate, job create"``; a rollback, which has no plan, falls back to the services whose
+  image differs);
 - ``images``: the services whose image reference or digest differs;
 - ``env_keys``: the NAMES of the variables added, removed or changed in .env and in the
   services' ``environment`` (values are compared here and never leave this module), plus the
@@ -82,17 +83,21 @@ def _images(result: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
 
 
 def _up_actions(rec: OperationRecord) -> dict[str, str]:
+    """``service -> action`` of a deployment that got as far as changing containers: the journal's
+    ``actions`` (the plan's changes, whichever strategy ran them), else, for records written before
+    it, the ``up`` phase's detail."""
+    names = {p.get("name") for p in rec.phases}
+    actions = (rec.result or {}).get("actions")
+    if isinstance(actions, dict):
+        if not names & {"up", "rolling", "blue_green", "downtime"}:
+            return {}
+        return {str(s): str(a) for s, a in actions.items() if a in _ACTIONS}
     up = next((p for p in rec.phases if p.get("name") == "up"), None)
     acted: dict[str, str] = {}
     for item in str((up or {}).get("detail") or "").split(","):
         words = item.split()
         if len(words) == 2 and words[1] in _ACTIONS:
             acted[words[0]] = words[1]
-    for p in rec.phases:  # services a strategy rolled itself, outside `up`: "web: 2 new container(s) ..."
-        words = str(p.get("detail") or "").split()
-        if p.get("name") in ("rolling", "blue_green") and words:
-            svc = words[1] if words[0] == p.get("name") and len(words) > 1 else words[0]
-            acted.setdefault(svc.rstrip(":"), "recreate")
     return acted
 
 
