@@ -61,6 +61,16 @@ def psql(project: str, sql: str) -> str:
     return sh("docker", "exec", db, "psql", "-X", "-At", "-U", "postgres", "-d", "app", "-c", sql).strip()
 
 
+async def wait_ready(project: str) -> None:
+    """Until the server accepts connections on the socket psql() uses (it was just started)."""
+    for _ in range(60):
+        if subprocess.run(["docker", "exec", container_of(project, "db"), "pg_isready", "-q"],
+                          timeout=30).returncode == 0:
+            return
+        await anyio.sleep(1)
+    raise AssertionError(f"{project}: PostgreSQL not ready after 60 s")
+
+
 def state_of(project: str, service: str) -> str:
     out = sh("docker", "ps", "-a", "--filter", f"label=com.docker.compose.project={project}", "--filter",
              f"label=com.docker.compose.service={service}", "--format", "{{.State}}")
@@ -148,6 +158,7 @@ async def test_volume_archive_restored_when_the_database_cannot_start(
     manifest = await store.create(stack, reason="before the upgrade")
     assert manifest.dumps == [] and [v.name for v in manifest.volumes] == [f"{project_name}_pgdata"]
     assert state_of(project_name, "db") == "running"
+    await wait_ready(project_name)  # the archive stopped it; started again, it is not accepting yet
     psql(project_name, "DROP TABLE notes")
     break_data_directory(project_name)
     # A never-started helper a killed server left on the volume: it used to make the restore fail
@@ -160,11 +171,7 @@ async def test_volume_archive_restored_when_the_database_cannot_start(
     assert result.restored == [f"volume {project_name}_pgdata"]
     assert result.steps[0].way == "volume archive"
     assert state_of(project_name, "db") == "running"  # it ran when the backup was taken: it runs again
-    for _ in range(60):
-        if subprocess.run(["docker", "exec", container_of(project_name, "db"), "pg_isready", "-q", "-h",
-                           "127.0.0.1"], timeout=30).returncode == 0:
-            break
-        await anyio.sleep(1)
+    await wait_ready(project_name)
     assert psql(project_name, "SELECT count(*) FROM items") == "300"
     assert psql(project_name, "SELECT body FROM notes") == "keep me"
     assert leftovers(project_name) == []
