@@ -73,3 +73,4 @@ clean-test:
 	-docker ps -aq --filter name=dsmtest | xargs -r docker rm -f
 	-docker network ls -q --filter name=dsmtest | xargs -r docker network rm
 	-docker volume ls -q --filter name=dsmtest | xargs -r docker volume rm
+	-docker volume ls -q --filter label=dsm.test=1 | xargs -r docker volume rm
