@@ -22,6 +22,8 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import demo_projects  # examples/ is not a package: found through the path set above
+
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".cache" / "demo"
 ROOT = DEMO / "stacks"
@@ -40,10 +42,12 @@ def banner(text: str) -> None:
 
 
 def prepare() -> None:
-    if ROOT.exists():
-        subprocess.run(["docker", "compose", "down", "--volumes", "--timeout", "5"], cwd=ROOT / "homepage",
-                       capture_output=True, timeout=120)
+    demo_projects.claim(DEMO, ROOT)  # refuses before anything is touched if a name is someone else's
+    if DEMO.exists():
+        demo_projects.teardown(DEMO, ROOT)
+        demo_projects.forget_pins(DEMO / "state")
         shutil.rmtree(DEMO)
+    demo_projects.record(DEMO)
     shutil.copytree(REPO / "examples" / "stacks", ROOT)
     (ROOT / "homepage" / "db_password.txt").write_text(secrets.token_urlsafe(18) + "\n")
     say("(setup) starting the example stack `homepage` with docker compose up --wait ...")
@@ -343,12 +347,8 @@ def main() -> None:
         anyio.run(session)
     finally:
         say()
-        say("(teardown) stopping the example stack")
-        subprocess.run(["docker", "compose", "down", "--volumes", "--timeout", "5"], cwd=ROOT / "homepage",
-                       capture_output=True, timeout=120)
-        for name in ("monitoring", "chat", "netfix", "supabase"):
-            subprocess.run(["docker", "compose", "-p", name, "down", "--volumes", "--timeout", "5"],
-                           capture_output=True, timeout=120)
+        say("(teardown) stopping the demo's stacks")
+        demo_projects.teardown(DEMO, ROOT)
     say("demo finished")
 
 
