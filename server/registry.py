@@ -64,7 +64,9 @@ class Reference:
 
 def is_loopback(ref: str) -> bool:
     """Whether ``ref``'s registry is on this machine's loopback (reachable only from the engine's host)."""
-    host = parse_reference(ref).registry.rsplit(":", 1)[0]
+    registry = parse_reference(ref).registry
+    # "[::1]:5000" and "[::1]" alike: an IPv6 host is bracketed, so its port follows the "]".
+    host = registry.split("]", 1)[0] + "]" if registry.startswith("[") else registry.rsplit(":", 1)[0]
     return host in ("localhost", "[::1]") or host.startswith("127.")
 
 

@@ -273,3 +273,16 @@ async def test_after_the_pull_unknown_healthchecks_become_known(settings: Settin
     }, after
     gone = next(f for f in after if f.service == "gone")
     assert "not on the host after the pull" in gone.message
+
+
+@pytest.mark.parametrize(("ref", "loopback"), [
+    ("127.0.0.1:5000/app:1", True), ("localhost:5000/app:1", True), ("localhost/app", True),
+    ("[::1]:5000/app:1", True), ("[::1]/app:1", True), ("127.0.0.1/app@sha256:" + "a" * 64, True),
+    # Hosts that only start like a loopback name are somewhere else.
+    ("localhost.lan:5000/app:1", False), ("localhostregistry.example:443/app", False),
+    ("registry.example/app:1", False), ("redis:7", False), ("[fd00::1]:5000/app", False),
+])
+def test_is_loopback_reads_the_host_not_a_prefix(ref: str, loopback: bool) -> None:
+    from server.registry import is_loopback
+
+    assert is_loopback(ref) is loopback

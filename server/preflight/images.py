@@ -17,7 +17,7 @@ from server.errors import EngineError
 from server.policy import ImageFact
 from server.policy.engine_refusals import valid_image_reference
 from server.preflight.parallel import run_for_each
-from server.registry import ImageConfig, RegistryView, parse_reference
+from server.registry import ImageConfig, RegistryView, is_loopback
 from server.stackmodel import LoadedStack
 
 REGISTRY_TIMEOUT_S = 4.0
@@ -71,7 +71,7 @@ async def image_fact(
         return ImageFact(ref=ref, local=False, detail="built by Compose from the stack's build context")
     view = view or RegistryView()
     # A loopback registry of a remote engine is on the engine's machine, not ours: only the engine can ask it.
-    direct_ok = engine_local or not _loopback(ref)
+    direct_ok = engine_local or not is_loopback(ref)
     direct: list[ImageConfig] = []
     via_engine: list[tuple[RegistryState, str]] = []
     with anyio.move_on_after(timeout_s + 1):
@@ -106,7 +106,3 @@ async def image_fact(
     return ImageFact(ref=ref, local=False, registry="unreachable",
                      detail=f"could not verify: the registry did not answer within {timeout_s:g}s")
 
-
-def _loopback(ref: str) -> bool:
-    host = parse_reference(ref).registry
-    return host.startswith(("127.", "localhost", "[::1]"))
