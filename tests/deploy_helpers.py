@@ -66,6 +66,34 @@ def web_stack(name: str, image: str = WEB_10, port: int | None = None, verify_s:
             f"{web_service('web', image, port, vol + extra)}{tail}")
 
 
+def pg_db(env: str = "", x_dsm: str = "{role: database}", extra: str = "") -> str:
+    """The ``db`` service of the PostgreSQL test stacks (trust auth, data on volume ``pgdata``);
+    ``env`` continues the environment mapping (", KEY: value"), ``x_dsm`` "" leaves x-dsm out."""
+    own = f"    x-dsm: {x_dsm}\n" if x_dsm else ""
+    return (f"  db:\n    image: {POSTGRES}\n    init: true\n    restart: unless-stopped\n"
+            f"    environment: {{POSTGRES_HOST_AUTH_METHOD: trust{env}}}\n"
+            f"    volumes: [pgdata:/var/lib/postgresql/data]\n    mem_limit: 256m\n{extra}"
+            f"    labels: {{dsm.test: '1'}}\n{own}")
+
+
+def pg_migrate(sql: list[str]) -> str:
+    """A one-shot ``migrate`` service running ``sql`` against ``db`` once it is healthy (each -c
+    commits on its own: what runs before a failing statement stays done)."""
+    statements = ", ".join(f'"-c", "{q}"' for q in sql)
+    return ("  migrate:\n    image: " + POSTGRES + "\n"
+            f'    entrypoint: ["psql", "-v", "ON_ERROR_STOP=1", "-h", "db", "-U", "postgres", {statements}]\n'
+            "    depends_on: {db: {condition: service_healthy}}\n    restart: \"no\"\n    mem_limit: 64m\n"
+            "    cpus: 0.5\n    labels: {dsm.test: '1'}\n    x-dsm: {one-shot: true}\n")
+
+
+PG_VOLUME = "volumes:\n  pgdata:\n    labels: {dsm.test: '1'}\n"
+
+
+def psql(project: str, sql: str) -> str:
+    """``sql`` run by psql inside the project's ``db`` container, unaligned (-tA) output."""
+    return docker("exec", container_of(project, "db"), "psql", "-U", "postgres", "-tAc", sql)
+
+
 def get(url: str, timeout: float = 3) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return str(r.read().decode().strip())

@@ -9,15 +9,16 @@ import pytest
 
 from server.runtime import Runtime
 from tests.deploy_helpers import (
-    POSTGRES,
+    PG_VOLUME,
     WEB_10,
     WEB_11,
-    container_of,
     deploy,
-    docker,
     free_port,
     get,
+    pg_db,
+    pg_migrate,
     phase,
+    psql,
     write,
 )
 
@@ -30,46 +31,11 @@ V2_SQL = ["DELETE FROM items", "ALTER TABLE items ADD COLUMN price int", "SELECT
 
 
 def chat_stack(name: str, port: int, api_image: str, sql: list[str]) -> str:
-    statements = ", ".join(f'"-c", "{q}"' for q in sql)
-    return f"""name: {name}
-x-dsm: {{verify_s: 0}}
-services:
-  db:
-    image: {POSTGRES}
-    init: true
-    restart: unless-stopped
-    environment: {{POSTGRES_HOST_AUTH_METHOD: trust}}
-    volumes: [pgdata:/var/lib/postgresql/data]
-    mem_limit: 256m
-    cpus: 1
-    labels: {{dsm.test: '1'}}
-    x-dsm: {{role: database}}
-  migrate:
-    image: {POSTGRES}
-    entrypoint: ["psql", "-v", "ON_ERROR_STOP=1", "-h", "db", "-U", "postgres", {statements}]
-    depends_on: {{db: {{condition: service_healthy}}}}
-    restart: "no"
-    mem_limit: 64m
-    cpus: 0.5
-    labels: {{dsm.test: '1'}}
-    x-dsm: {{one-shot: true}}
-  api:
-    image: {api_image}
-    init: true
-    restart: unless-stopped
-    ports: ['127.0.0.1:{port}:80']
-    depends_on: {{migrate: {{condition: service_completed_successfully}}}}
-    mem_limit: 64m
-    cpus: 0.5
-    labels: {{dsm.test: '1'}}
-volumes:
-  pgdata:
-    labels: {{dsm.test: '1'}}
-"""
-
-
-def psql(project: str, sql: str) -> str:
-    return docker("exec", container_of(project, "db"), "psql", "-U", "postgres", "-tAc", sql)
+    return (f"name: {name}\nx-dsm: {{verify_s: 0}}\nservices:\n" + pg_db(extra="    cpus: 1\n") + pg_migrate(sql)
+            + f"  api:\n    image: {api_image}\n    init: true\n    restart: unless-stopped\n"
+            f"    ports: ['127.0.0.1:{port}:80']\n"
+            "    depends_on: {migrate: {condition: service_completed_successfully}}\n"
+            "    mem_limit: 64m\n    cpus: 0.5\n    labels: {dsm.test: '1'}\n" + PG_VOLUME)
 
 
 async def test_failed_migration_rolls_back_with_every_row(runtime: Runtime, stacks_root: Path,

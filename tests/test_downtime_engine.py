@@ -10,31 +10,14 @@ import pytest
 
 from server.deploy.pipeline import Deployer
 from server.runtime import Runtime
-from tests.deploy_helpers import POSTGRES, container_of, docker, phase, write
+from tests.deploy_helpers import PG_VOLUME, container_of, pg_db, phase, psql, write
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 
 def db_stack(name: str, revision: int) -> str:
-    return f"""name: {name}
-x-dsm: {{verify_s: 0}}
-services:
-  db:
-    image: {POSTGRES}
-    init: true
-    restart: unless-stopped
-    environment: {{POSTGRES_HOST_AUTH_METHOD: trust, DSM_TEST_REVISION: '{revision}'}}
-    volumes: [pgdata:/var/lib/postgresql/data]
-    mem_limit: 256m
-    labels: {{dsm.test: '1'}}
-volumes:
-  pgdata:
-    labels: {{dsm.test: '1'}}
-"""
-
-
-def psql(project: str, sql: str) -> str:
-    return docker("exec", container_of(project, "db"), "psql", "-U", "postgres", "-tAc", sql)
+    return (f"name: {name}\nx-dsm: {{verify_s: 0}}\nservices:\n"
+            + pg_db(env=f", DSM_TEST_REVISION: '{revision}'", x_dsm="") + PG_VOLUME)
 
 
 async def test_a_database_update_is_planned_downtime_with_its_window_announced(runtime: Runtime, stacks_root: Path,

@@ -12,7 +12,7 @@ import pytest
 from server.deploy.seams import backup_store
 from server.runtime import Runtime
 from server.stackload import load_stack
-from tests.deploy_helpers import POSTGRES, WEB_10, WEB_11, container_of, deploy, docker, free_port, get, write
+from tests.deploy_helpers import POSTGRES, WEB_10, WEB_11, container_of, deploy, docker, free_port, get, psql, write
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -42,10 +42,6 @@ def _stack(name: str, services: str, volumes: tuple[str, ...] = ()) -> str:
 
 def _web(port: int, image: str = WEB_10, extra: str = "") -> str:
     return _service("web", image, f"    ports: ['127.0.0.1:{port}:80']\n{extra}")
-
-
-def psql(project: str, sql: str) -> str:
-    return docker("exec", container_of(project, "db"), "psql", "-U", "postgres", "-tAc", sql)
 
 
 async def test_a_pinned_postgres_is_still_dumped(runtime: Runtime, stacks_root: Path, project_name: str) -> None:

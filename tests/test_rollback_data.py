@@ -23,6 +23,7 @@ from server.deploy.seams import operations
 from server.operations.views import DeploymentEntry
 from server.runtime import Runtime
 from tests.deploy_helpers import (
+    PG_VOLUME,
     POSTGRES,
     WEB_10,
     WEB_11,
@@ -33,7 +34,10 @@ from tests.deploy_helpers import (
     docker,
     free_port,
     get,
+    pg_db,
+    pg_migrate,
     phase,
+    psql,
     web_stack,
     write,
 )
@@ -48,45 +52,12 @@ SMOKE = '{smoke: [{exec: [psql, -U, postgres, -tAc, "SELECT note FROM items LIMI
 
 
 def app(name: str, port: int, api: str, sql: list[str], smoke: bool = False) -> str:
-    statements = ", ".join(f'"-c", "{q}"' for q in sql)
     db_dsm = f"{{role: database, {SMOKE[1:-1]}}}" if smoke else "{role: database}"
-    return f"""name: {name}
-x-dsm: {{verify_s: 0}}
-services:
-  db:
-    image: {POSTGRES}
-    init: true
-    restart: unless-stopped
-    environment: {{POSTGRES_HOST_AUTH_METHOD: trust}}
-    volumes: [pgdata:/var/lib/postgresql/data]
-    mem_limit: 256m
-    labels: {{dsm.test: '1'}}
-    x-dsm: {db_dsm}
-  migrate:
-    image: {POSTGRES}
-    entrypoint: ["psql", "-v", "ON_ERROR_STOP=1", "-h", "db", "-U", "postgres", {statements}]
-    depends_on: {{db: {{condition: service_healthy}}}}
-    restart: "no"
-    mem_limit: 64m
-    labels: {{dsm.test: '1'}}
-    x-dsm: {{one-shot: true}}
-  api:
-    image: {api}
-    init: true
-    restart: unless-stopped
-    ports: ['127.0.0.1:{port}:80']
-    environment: {{WEB_CRASH_AFTER: '0'}}
-    depends_on: {{migrate: {{condition: service_completed_successfully}}}}
-    mem_limit: 64m
-    labels: {{dsm.test: '1'}}
-volumes:
-  pgdata:
-    labels: {{dsm.test: '1'}}
-"""
-
-
-def psql(project: str, sql: str) -> str:
-    return docker("exec", container_of(project, "db"), "psql", "-U", "postgres", "-tAc", sql)
+    return (f"name: {name}\nx-dsm: {{verify_s: 0}}\nservices:\n" + pg_db(x_dsm=db_dsm) + pg_migrate(sql)
+            + f"  api:\n    image: {api}\n    init: true\n    restart: unless-stopped\n"
+            f"    ports: ['127.0.0.1:{port}:80']\n    environment: {{WEB_CRASH_AFTER: '0'}}\n"
+            "    depends_on: {migrate: {condition: service_completed_successfully}}\n"
+            "    mem_limit: 64m\n    labels: {dsm.test: '1'}\n" + PG_VOLUME)
 
 
 def rows(project: str) -> str:
