@@ -128,3 +128,21 @@ async def test_a_stopped_engine_is_unreachable_and_the_other_still_served(
         status = await _call(client, "stack_status", {})
         assert any(s["stack"] == project_name and s["engine"] == "one" for s in status["stacks"])
         assert any("'two' unreachable" in p for p in status["problems"]), json.dumps(status)[:500]
+
+    # The watcher: one per engine; the stopped engine's pass fails fast, the other's goes on.
+    from server.cli import watchers_for
+    from server.runtime import Runtime
+
+    runtime = Runtime(settings)
+    try:
+        watchers = watchers_for(runtime, None, 1.0)
+        assert [w.runtime.target.name for w in watchers] == ["one", "two"]
+        started = time.monotonic()
+        for watcher in watchers:
+            await watcher.tick()
+        assert time.monotonic() - started < 8
+        assert watchers[1].counters.engine_errors == 1 and watchers[0].counters.engine_errors == 0
+        seen = json.loads((settings.state_dir / "watcher" / "state.json").read_text())
+        assert project_name in json.dumps(seen)
+    finally:
+        runtime.close()
