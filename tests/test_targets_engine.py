@@ -108,6 +108,64 @@ async def test_same_project_on_two_engines_is_kept_apart(
         runtime.close()
 
 
+async def test_preflight_on_a_remote_engine_measures_through_it_and_flags_client_side_files(
+    engines: list[InnerEngine], tmp_path: Path, project_name: str
+) -> None:
+    settings = _settings(tmp_path, engines)
+    directory = settings.stacks_root / project_name
+    (directory / "conf").mkdir(parents=True)
+    bind = "    volumes: ['./conf:/conf']\n"
+    (directory / "compose.yaml").write_text(f"name: {project_name}\nx-dsm: {{engine: two}}\nservices:\n"
+                                            f"{web_service(extra=bind)}")
+    async with Client(build_server(settings)) as client:
+        report = await _call(client, "validate_compose", {"path": project_name, "detail": "full"})
+        remote = [f for f in report["findings"] if f["rule"] == "remote-client-files"]
+        assert remote and remote[0]["severity"] == "warning" and "/conf" in remote[0]["evidence"][0], report
+        resources = await _call(client, "check_resources", {"path": project_name})
+        host = resources["host"]
+        assert host["engine_local"] is False and engines[1].host in host["engine"]
+        assert host["disk_free_bytes"] is None and host["source"]["disk"].startswith("unknown")
+        assert "/proc" not in host["source"]["memory_available_bytes"]
+
+
+async def test_a_context_whose_engine_differs_from_docker_host_drives_every_adapter(
+    engines: list[InnerEngine], tmp_path: Path, project_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    one = engines[0]
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))  # the context lives here, not in the user's ~/.docker
+    context = f"dsmtest-ctx-{project_name[-8:]}"
+    subprocess.run(["docker", "context", "create", context, "--docker", f"host={one.host}"], check=True,
+                   capture_output=True, timeout=30)
+    try:
+        root = tmp_path / "stacks"
+        root.mkdir()
+        settings = Settings.from_env({"DSM_STACKS_ROOT": str(root), "DSM_STATE_DIR": str(tmp_path / "state"),
+                                      "DOCKER_HOST": "unix:///var/run/docker.sock", "DOCKER_CONFIG": str(config),
+                                      "DSM_ENGINES": f"ctx={context}", "HOME": str(tmp_path)})
+        _write(settings, project_name, None)
+        async with Client(build_server(settings)) as client:
+            report = await _call(client, "deploy_stack", {"path": project_name, "verify_s": 0})
+            assert report["status"] == "deployed", report
+            backup = await _call(client, "backup_stack", {"stack": project_name, "action": "create"})
+            assert len(backup["backups"]) == 1, backup
+            listing = await _call(client, "list_stacks", {})
+            assert one.host in listing["engine"] and context in listing["engine"]
+        # Compose, the engine client and the backup all acted on the context's engine, none on DOCKER_HOST's.
+        assert len(_containers(one, project_name)) == 1
+        local = subprocess.run(["docker", "-H", "unix:///var/run/docker.sock", "ps", "-aq", "--filter",
+                                f"label=com.docker.compose.project={project_name}"],
+                               capture_output=True, text=True, timeout=30).stdout.split()
+        assert local == []
+        pins = one.docker("images", "-q", "--filter", f"reference=dsm-pin/{project_name}-*").stdout.split()
+        assert pins, "the backup pinned the running image on the context's engine"
+    finally:
+        subprocess.run(["docker", "context", "rm", "-f", context], capture_output=True, timeout=30)
+
+
 async def test_a_stopped_engine_is_unreachable_and_the_other_still_served(
     engines: list[InnerEngine], tmp_path: Path, project_name: str
 ) -> None:
