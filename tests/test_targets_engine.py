@@ -67,7 +67,7 @@ async def test_same_project_on_two_engines_is_kept_apart(
         for where in ("one", "two"):
             _write(settings, project_name, where)
             report = await _call(client, "deploy_stack", {"path": project_name, "verify_s": 0})
-            assert report["status"] == "deployed", report
+            assert report["status"] == "deployed", json.dumps(report)[:3000]
         assert len(_containers(one, project_name)) == 1 and len(_containers(two, project_name)) == 1
 
         # State keyed by engine: the default keeps today's paths, the other its own directory.
@@ -149,7 +149,7 @@ async def test_a_context_whose_engine_differs_from_docker_host_drives_every_adap
         _write(settings, project_name, None)
         async with Client(build_server(settings)) as client:
             report = await _call(client, "deploy_stack", {"path": project_name, "verify_s": 0})
-            assert report["status"] == "deployed", report
+            assert report["status"] == "deployed", json.dumps(report)[:3000]
             backup = await _call(client, "backup_stack", {"stack": project_name, "action": "create"})
             assert len(backup["backups"]) == 1, backup
             listing = await _call(client, "list_stacks", {})
@@ -164,6 +164,29 @@ async def test_a_context_whose_engine_differs_from_docker_host_drives_every_adap
         assert pins, "the backup pinned the running image on the context's engine"
     finally:
         subprocess.run(["docker", "context", "rm", "-f", context], capture_output=True, timeout=30)
+
+
+async def test_an_ssh_engine_through_the_ssh_client(
+    engines: list[InnerEngine], tmp_path: Path, project_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.local_sshd import local_sshd
+
+    one, two = engines
+    with local_sshd(tmp_path / "sshd", docker_host=two.host) as sshd:
+        monkeypatch.setenv("PATH", sshd.path)  # the ssh client reads this sshd's config (tests/local_sshd.py)
+        root = tmp_path / "stacks"
+        root.mkdir()
+        settings = Settings(stacks_root=root, state_dir=tmp_path / "state",
+                            engines=(EngineSpec("one", one.host), EngineSpec("far", sshd.url)))
+        _write(settings, project_name, "far")
+        async with Client(build_server(settings)) as client:
+            report = await _call(client, "deploy_stack", {"path": project_name, "verify_s": 0})
+            assert report["status"] == "deployed", json.dumps(report)[:3000]
+            listing = await _call(client, "list_stacks", {})
+            assert listing["engines"] == {"one": "reachable", "far": "reachable"}
+            entry = next(s for s in listing["stacks"] if s["name"] == project_name)
+            assert entry["engine"] == "far" and entry["running"] == 1
+        assert len(_containers(two, project_name)) == 1 and _containers(one, project_name) == []
 
 
 async def test_a_stopped_engine_is_unreachable_and_the_other_still_served(
