@@ -179,6 +179,8 @@ class Targets:
         (it would start a second copy on the default). A read-only engine refuses mutating tools.
         """
         rt = self._root
+        if not self.several and mutating:
+            self._check_declared(stack)
         if self.several:
             from server.monitor.resolve import resolve_stack
 
@@ -199,6 +201,18 @@ class Targets:
                 next_step="observe it only; to change it, remove (ro) from its DSM_ENGINES entry and restart",
             )
         return rt
+
+    def _check_declared(self, stack: str) -> None:
+        """One engine: a stack whose files name another engine is not deployed here by mistake."""
+        from server.monitor.resolve import resolve_stack
+
+        try:
+            ref = resolve_stack(self._root.settings, stack)
+        except DsmError:
+            return  # the tool itself says what is wrong with the argument
+        declared = declared_engine(ref.location) if ref.location is not None else None
+        if declared and declared != self._root.target.name:
+            self.runtime(declared)  # raises UnknownEngine naming the engines there are
 
     def _pick(self, name: str, where: list[str], *, mutating: bool) -> Runtime:
         default = self._root.target.name

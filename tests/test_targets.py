@@ -87,6 +87,13 @@ async def test_x_dsm_engine_places_the_stack_and_an_unknown_one_is_a_clear_error
         await root.for_stack("bad", mutating=True)
 
 
+async def test_one_engine_refuses_a_stack_that_names_another(settings: Settings) -> None:
+    write_stack(settings.stacks_root, "app", "name: app\nx-dsm: {engine: nas}\nservices: {web: {image: x}}\n")
+    with pytest.raises(UnknownEngine, match="'nas' is not one of this server's engines \\(default\\)"):
+        await Runtime(settings).for_stack("app", mutating=True)
+    assert (await Runtime(settings).for_stack("app")).target.name == "default"  # still observed
+
+
 async def test_mutating_tools_refuse_a_read_only_engine_naming_the_rule(tmp_path: Path, mcp_client_for: Any) -> None:
     settings = _settings(tmp_path, "ro=tcp://127.0.0.1:9(ro)")
     write_stack(settings.stacks_root, "app", "name: app\nservices: {web: {image: x}}\n")

@@ -85,6 +85,9 @@ async def test_same_project_on_two_engines_is_kept_apart(
         assert other["engine"] == "one"
         assert listing["engines"] == {"one": "reachable", "two": "reachable"}
 
+        diagnosis = await _call(client, "diagnose_stack", {"stack": project_name})
+        assert diagnosis["engine"] == "two"
+
         # Its files no longer say where: the views cover both, a change is refused naming both.
         _write(settings, project_name, None)
         status = await _call(client, "stack_status", {"stack": project_name})
@@ -189,6 +192,7 @@ async def test_an_ssh_engine_through_the_ssh_client(
         assert len(_containers(two, project_name)) == 1 and _containers(one, project_name) == []
 
 
+@pytest.mark.serial  # bounds how long the views take with an engine away (see SERIAL in tests/conftest.py)
 async def test_a_stopped_engine_is_unreachable_and_the_other_still_served(
     engines: list[InnerEngine], tmp_path: Path, project_name: str
 ) -> None:
