@@ -60,7 +60,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         error or rate limit. Apply with update_stack."""
         from server.updates.check import check_stacks
 
-        return await check_stacks(runtime, stack, min_age_days=min_age_days)
+        rt = await runtime.for_stack(stack) if stack is not None else runtime  # its engine's running digests
+        return await check_stacks(rt, stack, min_age_days=min_age_days)
 
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
