@@ -122,3 +122,29 @@ def mcp_client_for() -> Any:
             yield client
 
     return make
+
+
+async def test_the_watcher_of_a_read_only_engine_alerts_and_never_acts(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.monitor import watcher as watcher_mod
+    from server.monitor.stackpolicy import stack_policy
+    from tests.test_monitor_units import location, observed
+
+    settings = _settings(tmp_path, "nas=tcp://127.0.0.1:9(ro)")
+    runtime = Runtime(settings)
+    watcher = watcher_mod.Watcher(runtime, ["p"])
+    acted: list[str] = []
+    alerts: list[Any] = []
+
+    async def act(*_: Any, **__: Any) -> None:
+        acted.append("act")
+
+    async def alert(stack: str, what: Any) -> None:
+        alerts.append(what)
+
+    monkeypatch.setattr(watcher, "_act", act)
+    monkeypatch.setattr(watcher, "_alert", alert)
+    loc = location("services:\n  web:\n    image: x\n", tmp_path)
+    await watcher._recover("p", observed("web", "exited", exit_code=1), "exited", stack_policy(loc), loc)
+    assert acted == [] and "engine-read-only" in alerts[0].what_was_tried
+    runtime.close()
