@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from server.errors import StackNotFound
 from server.inventory import engine_named, group_by_project, tally
 from server.models import StackEntry, StackList
 from server.stacks import StackLocation, discover
@@ -41,7 +42,7 @@ async def list_every_engine(runtime: Runtime) -> StackList:
         name = rt.target.name
         if isinstance(result, Unreachable):
             problems.append(result.describe())
-            engines[name] = f"unreachable: {result.reason}"
+            engines[name] = f"{result.state}: {result.reason}"
             mine, _ = tally(settings, homes[name], {}, engine_ok=False, engine=name)
             entries += mine
             continue
@@ -72,12 +73,8 @@ async def status_every_engine(runtime: Runtime, stack: str | None, with_stats: b
             return None
         try:
             return await stack_status(rt, stack, with_stats)
-        except Exception as exc:
-            from server.errors import StackNotFound
-
-            if isinstance(exc, StackNotFound):
-                return None
-            raise
+        except StackNotFound:  # not on this engine
+            return None
 
     stacks = []
     problems: list[str] = []

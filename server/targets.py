@@ -82,9 +82,11 @@ class Unreachable:
 
     engine: str
     reason: str
+    state: str = "unreachable"
+    """unreachable (no answer), or error (it answered with a refusal: the view goes on without it)."""
 
     def describe(self) -> str:
-        return f"engine {self.engine!r} unreachable: {self.reason}"
+        return f"engine {self.engine!r} {self.state}: {self.reason}"
 
 
 def declared_engine(location: StackLocation) -> str | None:
@@ -145,7 +147,8 @@ class Targets:
     async def each(self, fn: Callable[[Runtime], Awaitable[T]],
                    timeout_s: float = ENGINE_TIMEOUT_S) -> list[tuple[Runtime, T | Unreachable]]:
         """``fn`` on every engine in parallel; an engine that fails to answer (DockerUnavailable,
-        or no answer within ``timeout_s``) gives an Unreachable, never an error for the others."""
+        or no answer within ``timeout_s``) or refuses (another DsmError) gives an Unreachable,
+        never an error for the others."""
         runtimes = self.all()
         results: dict[str, T | Unreachable] = {}
 
@@ -158,6 +161,8 @@ class Targets:
                 results[name] = Unreachable(name, f"no answer within {timeout_s:g} s")
             except DockerUnavailable as exc:
                 results[name] = Unreachable(name, exc.what)
+            except DsmError as exc:  # one engine's refusal never fails the view of the others
+                results[name] = Unreachable(name, exc.what, state="error")
 
         async with anyio.create_task_group() as tg:
             for rt in runtimes:

@@ -148,3 +148,32 @@ async def test_the_watcher_of_a_read_only_engine_alerts_and_never_acts(tmp_path:
     await watcher._recover("p", observed("web", "exited", exit_code=1), "exited", stack_policy(loc), loc)
     assert acted == [] and "engine-read-only" in alerts[0].what_was_tried
     runtime.close()
+
+
+async def test_a_view_over_every_engine_survives_a_slow_or_refusing_engine(tmp_path: Path) -> None:
+    import time
+
+    import anyio
+
+    from server.errors import DockerUnavailable, EngineError
+
+    settings = _settings(tmp_path, "a=tcp://127.0.0.1:9,slow=tcp://127.0.0.1:9,no=tcp://127.0.0.1:9,"
+                                   "away=tcp://127.0.0.1:9")
+
+    async def ask(rt: Runtime) -> str:
+        name = rt.target.name
+        if name == "slow":
+            await anyio.sleep(30)
+        if name == "no":
+            raise EngineError("the Docker engine refused to list containers: boom")
+        if name == "away":
+            raise DockerUnavailable("cannot connect")
+        return f"answer of {name}"
+
+    started = time.monotonic()
+    results = {rt.target.name: r for rt, r in await Runtime(settings).targets().each(ask, timeout_s=0.5)}
+    assert time.monotonic() - started < 3  # in parallel, bounded
+    assert results["a"] == "answer of a"
+    assert [getattr(results[n], "state", None) for n in ("slow", "no", "away")] == ["unreachable", "error",
+                                                                                    "unreachable"]
+    assert "no answer within 0.5 s" in results["slow"].describe()  # type: ignore[union-attr]
