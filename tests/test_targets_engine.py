@@ -64,10 +64,15 @@ async def test_same_project_on_two_engines_is_kept_apart(
     settings = _settings(tmp_path, engines)
     state = settings.state_dir
     async with Client(build_server(settings)) as client:
+        operations = []
         for where in ("one", "two"):
             _write(settings, project_name, where)
             report = await _call(client, "deploy_stack", {"path": project_name, "verify_s": 0})
             assert report["status"] == "deployed", json.dumps(report)[:3000]
+            operations.append(report["operation_id"])
+        for operation_id in operations:  # each engine's journal is searched
+            found = await _call(client, "operation_status", {"operation_id": operation_id})
+            assert found["status"] == "deployed", found
         assert len(_containers(one, project_name)) == 1 and len(_containers(two, project_name)) == 1
 
         # State keyed by engine: the default keeps today's paths, the other its own directory.
