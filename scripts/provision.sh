@@ -87,6 +87,7 @@ run_check() {
         return 1
     fi
     if compose_ok; then report 1 "docker compose $(timeout 20 docker compose version --short 2>/dev/null)"; else report 0 "docker compose v2 plugin"; fi
+    ok=0; [ -x /usr/sbin/sshd ] && ok=1; report $ok "openssh-server (sshd, for the ssh:// engine tests)"
     if check_registry; then report 1 "registry 127.0.0.1:$REGISTRY_PORT"; else report 0 "local registry (state $REG_DIR)"; fi
     ok=0; image_current "$IMG_BUSYBOX" "$(fp_busybox)" && ok=1; report $ok "image $IMG_BUSYBOX"
     ok=0; image_current "$IMG_WEB_10" "$(fp_web 1.0 0 web)" && ok=1; report $ok "image $IMG_WEB_10"

@@ -171,6 +171,19 @@ def _exit_on_sigterm(runtime: Runtime) -> None:
         log.debug("SIGTERM handler not installed", exc_info=True)
 
 
+def _fix_endpoints(runtime: Runtime) -> None:
+    """Every engine's endpoint resolved now (server.targets: a few small files, no connection), so
+    a context edited while the server runs cannot move an engine under it. One that cannot be
+    resolved is said by the first tool that needs it (start-up checked DSM_ENGINES already)."""
+    from server.errors import DsmError
+
+    for target in runtime.targets().all():
+        try:
+            target.endpoint()
+        except DsmError:
+            log.debug("engine %s not resolved at start-up", target.target.name, exc_info=True)
+
+
 def _read_only(settings: Settings) -> bool:
     """DSM_READ_ONLY, or the policy's mode: read_only at start-up: changing tools are not even
     published. A policy switched to read_only later is enforced by the gate (server/safety/gate.py);
@@ -198,6 +211,7 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Runtime]:
+        _fix_endpoints(runtime)
         if warm_memory:
             # Off the start-up path: even opening the memory object costs imports we would
             # otherwise pay before answering initialize.

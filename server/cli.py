@@ -10,9 +10,14 @@ import importlib.util
 import logging
 import sys
 import types
+from typing import TYPE_CHECKING
 
 from server import __version__
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.monitor.watcher import Watcher
+    from server.runtime import Runtime
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,11 +116,11 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
 
     import anyio
 
-    from server.monitor.watcher import Watcher
     from server.runtime import Runtime
 
     runtime = Runtime(settings)
-    watcher = Watcher(runtime, args.stack, interval_s=max(args.interval, 0.5))
+    watchers = watchers_for(runtime, args.stack, max(args.interval, 0.5))
+    watcher = watchers[0]  # the default engine's: the one the metrics endpoint shows
     port = args.metrics_port if args.metrics_port is not None else settings.metrics_port
     log = logging.getLogger("docker_stack_mcp.watcher")
     if port is not None:
@@ -135,7 +140,9 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
         async with anyio.create_task_group() as tg:
             tg.start_soon(signals)
             log.info("watching %s every %.0fs", ", ".join(args.stack) or "every stack under the root", args.interval)
-            await watcher.run(stop)
+            async with anyio.create_task_group() as each:  # an engine away never stops the others
+                for one in watchers:
+                    each.start_soon(one.run, stop)
             tg.cancel_scope.cancel()
 
     try:
@@ -143,6 +150,13 @@ def _watch(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     return 0
+
+
+def watchers_for(runtime: Runtime, stacks: list[str] | None, interval_s: float) -> list[Watcher]:
+    """One watcher per engine (DSM_ENGINES), each with that engine's state, events and loop."""
+    from server.monitor.watcher import Watcher
+
+    return [Watcher(rt, stacks, interval_s=interval_s) for rt in runtime.targets().all()]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ uses its ``default`` context, whatever DOCKER_CONTEXT says), else ``DOCKER_CONTE
 that does not exist is an error, as the CLI's "context not found" is: never a silent fall-back to
 the local engine. Resolution reads two small files and starts no process.
 
-Shaped for several engines (issue 19): a ``Target`` will hold one ``Endpoint`` per engine.
+Several engines (issue 19, DSM_ENGINES): each entry is resolved here the same way, a URL as
+given, a context name through the same context files; one ``EndpointSource`` per target.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from server.enginespec import EngineSpec
 from server.errors import DockerUnavailable
 from server.settings import Settings
 
 log = logging.getLogger("docker_stack_mcp.endpoint")
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-Source = Literal["DOCKER_HOST", "DOCKER_CONTEXT", "currentContext", "default"]
+Source = Literal["DOCKER_HOST", "DOCKER_CONTEXT", "currentContext", "default", "DSM_ENGINES"]
 CLIENT_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_TLS", "DOCKER_CERT_PATH")
 """The variables that choose the engine: a docker/compose child gets them from the endpoint alone."""
 
@@ -71,6 +73,8 @@ class Endpoint:
             return f"{self.host} (from DOCKER_HOST)"
         if self.source == "default":
             return f"{self.host} (default socket)"
+        if self.source == "DSM_ENGINES":
+            return f"{self.host} ({self.name!r} from DSM_ENGINES)"
         return f"{self.host} (context {self.name!r}, from {self.source})"
 
     def client_env(self) -> dict[str, str]:
@@ -94,10 +98,18 @@ def docker_config_dir(env: Mapping[str, str]) -> Path:
     return Path(env.get("HOME") or Path.home()) / ".docker"
 
 
-def resolve_endpoint(settings: Settings, env: Mapping[str, str] | None = None) -> Endpoint:
-    """The engine the docker CLI would use with this environment. Raises DockerUnavailable when a
-    named context does not exist or cannot be read (nothing falls back to the local socket)."""
+def resolve_endpoint(settings: Settings, env: Mapping[str, str] | None = None,
+                     spec: EngineSpec | None = None) -> Endpoint:
+    """The engine the docker CLI would use with this environment (or the DSM_ENGINES entry
+    ``spec``). Raises DockerUnavailable when a named context does not exist or cannot be read
+    (nothing falls back to the local socket)."""
     env = os.environ if env is None else env
+    if spec is not None:
+        if spec.is_url:
+            # DOCKER_HOST's TLS material belongs to DOCKER_HOST's engine, no other.
+            tls = _env_tls(env) if spec.where == settings.docker_host else None
+            return Endpoint(spec.name, spec.where, "DSM_ENGINES", tls)
+        return _from_context(spec.where, "DSM_ENGINES", docker_config_dir(env))
     if settings.docker_host:
         return Endpoint("default", settings.docker_host, "DOCKER_HOST", _env_tls(env))
     config_dir = docker_config_dir(env)
@@ -146,7 +158,7 @@ def _from_context(name: str, source: Source, config_dir: Path) -> Endpoint:
         return Endpoint("default", DEFAULT_HOST, source)
     context_id = hashlib.sha256(name.encode("utf-8")).hexdigest()
     meta = config_dir / "contexts" / "meta" / context_id / "meta.json"
-    where = f"{source}={name}" if source == "DOCKER_CONTEXT" else f"currentContext {name!r} in {config_dir}/config.json"
+    where = f"{source}={name}" if source != "currentContext" else f"currentContext {name!r} in {config_dir}/config.json"
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))
         docker = (data.get("Endpoints") or {}).get("docker") or {}
@@ -181,15 +193,18 @@ class EndpointSource:
     object can never disagree about the engine. A failed resolution is not cached (it raises again
     with the same message on the next call, and succeeds once the context is repaired)."""
 
-    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None,
+                 spec: EngineSpec | None = None) -> None:
         self._settings = settings
         self._env = env
+        self.spec = spec
+        """The DSM_ENGINES entry this source resolves; None: the current engine (DOCKER_HOST...)."""
         self._endpoint: Endpoint | None = None
         self._lock = threading.Lock()
 
     def get(self) -> Endpoint:
         with self._lock:
             if self._endpoint is None:
-                self._endpoint = resolve_endpoint(self._settings, self._env)
+                self._endpoint = resolve_endpoint(self._settings, self._env, self.spec)
                 log.info("Docker engine: %s", self._endpoint.describe())
             return self._endpoint

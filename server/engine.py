@@ -34,6 +34,7 @@ from server.statefiles import open_private
 
 if TYPE_CHECKING:
     from server.registry import ImageConfig, RegistryView, TagDigest
+    from server.sshbridge import SshBridge
 
 log = logging.getLogger("docker_stack_mcp.engine")
 
@@ -64,6 +65,7 @@ class Engine:
         """Shared with the runtime's ComposeRunner: both act on the same engine."""
         self._client: Any = None
         self._stream_client: Any = None
+        self._bridge: SshBridge | None = None
         self._lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -102,7 +104,14 @@ class Engine:
                     ca_cert=material.ca,
                     verify=material.verify,  # with ca_cert: that CA; without: the system's CAs
                 )
-            return docker.DockerClient(base_url=endpoint.host, tls=tls, version="auto", timeout=timeout)
+            base_url = endpoint.host
+            if base_url.startswith("ssh://"):  # through the docker CLI's own ssh transport (server.sshbridge)
+                if self._bridge is None:
+                    from server.sshbridge import SshBridge
+
+                    self._bridge = SshBridge(base_url)
+                base_url = self._bridge.host
+            return docker.DockerClient(base_url=base_url, tls=tls, version="auto", timeout=timeout)
         except DockerException as exc:
             raise _unavailable(exc, endpoint) from None
 
@@ -138,9 +147,12 @@ class Engine:
     def close(self) -> None:
         with self._lock:
             clients, self._client, self._stream_client = (self._client, self._stream_client), None, None
+            bridge, self._bridge = self._bridge, None
         for client in clients:
             if client is not None:
                 client.close()
+        if bridge is not None:
+            bridge.close()
 
     # -- queries --------------------------------------------------------------------------
     async def version(self) -> dict[str, Any]:

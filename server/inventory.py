@@ -11,13 +11,20 @@ from server.engine import ContainerSummary
 from server.errors import DockerUnavailable
 from server.models import ObservedProject, StackEntry, StackInspection, StackList, sort_findings
 from server.runtime import Runtime
+from server.settings import Settings
 from server.stackload import StackRenderFailed, load_stack
-from server.stacks import discover, relative_name
+from server.stacks import StackLocation, discover, relative_name
 from server.stackview import service_view
 
 
 async def list_stacks(runtime: Runtime) -> StackList:
-    """Stacks on disk with live container counts; other projects observed. Works without an engine."""
+    """Stacks on disk with live container counts; other projects observed. Works without an engine.
+    With several engines (DSM_ENGINES) every engine is asked in parallel (server.targets)."""
+    targets = runtime.targets()
+    if targets.several:
+        from server.multiengine import list_every_engine
+
+        return await list_every_engine(runtime)
     settings = runtime.settings
     locations, problems = discover(settings)
     containers = []
@@ -27,9 +34,24 @@ async def list_stacks(runtime: Runtime) -> StackList:
     except DockerUnavailable as exc:
         engine_ok = False
         problems.append(str(exc))
+    by_project = group_by_project(containers)
+    entries, others = tally(settings, locations, by_project, engine_ok=engine_ok)
+    root = settings.stacks_root.resolve() if settings.stacks_root.exists() else settings.stacks_root
+    return StackList(stacks_root=str(root), stacks=entries, other_projects=others, problems=problems,
+                     engine=engine_named(runtime))
+
+
+def group_by_project(containers: list[ContainerSummary]) -> dict[str, list[ContainerSummary]]:
     by_project: dict[str, list[ContainerSummary]] = {}
     for c in containers:
         by_project.setdefault(c.project or "", []).append(c)
+    return by_project
+
+
+def tally(settings: Settings, locations: list[StackLocation], by_project: dict[str, list[ContainerSummary]], *,
+          engine_ok: bool, engine: str | None = None) -> tuple[list[StackEntry], list[ObservedProject]]:
+    """The stacks ``locations`` with the containers of one engine (``by_project``, consumed), and
+    the projects left over as observed ones."""
     root = settings.stacks_root.resolve() if settings.stacks_root.exists() else settings.stacks_root
     entries = []
     from server.ownership import WORKING_DIR_LABEL, same_directory
@@ -52,7 +74,8 @@ async def list_stacks(runtime: Runtime) -> StackList:
                 containers=len(mine),
                 running=running,
                 healthy=healthy,
-                state=_state(len(mine), running, healthy, engine_ok=engine_ok),
+                state=state_of(len(mine), running, healthy, engine_ok=engine_ok),
+                engine=engine,
             )
         )
     others = [
@@ -62,12 +85,12 @@ async def list_stacks(runtime: Runtime) -> StackList:
             containers=len(group),
             running=sum(c.running for c in group),
             healthy=sum(c.healthy for c in group),
+            engine=engine,
         )
         for name, group in sorted(by_project.items())
         if name
     ]
-    return StackList(stacks_root=str(root), stacks=entries, other_projects=others, problems=problems,
-                     engine=_engine_named(runtime))
+    return entries, others
 
 
 async def inspect_stack(runtime: Runtime, path: str, env: Mapping[str, str] | None) -> StackInspection:
@@ -103,7 +126,7 @@ async def inspect_stack(runtime: Runtime, path: str, env: Mapping[str, str] | No
     )
 
 
-def _engine_named(runtime: Runtime) -> str | None:
+def engine_named(runtime: Runtime) -> str | None:
     """The endpoint, already resolved by the listing above (no I/O); a URL may carry a password."""
     from server.redact import Scrubber
 
@@ -113,7 +136,7 @@ def _engine_named(runtime: Runtime) -> str | None:
         return None
 
 
-def _state(total: int, running: int, healthy: int, *, engine_ok: bool) -> str:
+def state_of(total: int, running: int, healthy: int, *, engine_ok: bool) -> str:
     if not engine_ok:
         return "unknown"
     if total == 0:

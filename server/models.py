@@ -102,6 +102,8 @@ class StackEntry(Frozen):
     running: int
     healthy: int = Field(description="Running containers whose healthcheck passes or that have none.")
     state: str = Field(description="not-deployed | running | degraded (some not running/healthy) | stopped | unknown")
+    engine: str | None = None
+    """The DSM_ENGINES engine it runs on (null with one engine)."""
 
 
 class ObservedProject(Frozen):
@@ -110,6 +112,7 @@ class ObservedProject(Frozen):
     containers: int
     running: int
     healthy: int
+    engine: str | None = None
 
 
 class StackList(Frozen):
@@ -121,6 +124,8 @@ class StackList(Frozen):
     problems: list[str] = Field(description="Name conflicts, unreadable directories, engine unreachable, ...")
     engine: str | None = Field(default=None, description="The engine listed: its URL and what chose it "
                                "(DOCKER_HOST, a docker context); null when no engine could be named.")
+    engines: dict[str, str] | None = Field(default=None, description="Several engines: each engine's "
+                                           "state (reachable, read-only, unreachable: why).")
 
 
 class StackInspection(Frozen):

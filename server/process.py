@@ -228,3 +228,30 @@ async def _kill_group(proc: Process, term_grace_s: float) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+StreamProcess = subprocess.Popen[bytes]
+
+
+def open_stream_process(argv: list[str], env: Mapping[str, str]) -> StreamProcess:
+    """A long-lived child whose stdin/stdout are a byte stream (server.sshbridge: one per engine
+    connection), started like every other child: its own process group, dying with the server,
+    recorded with the tracker. The caller ends it with :func:`end_stream_process`."""
+    proc = subprocess.Popen([*_PDEATHSIG, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(env), start_new_session=True)
+    if _tracker is not None:
+        _tracker.add(proc.pid)
+    return proc
+
+
+def end_stream_process(proc: StreamProcess, grace_s: float = 3.0) -> None:
+    """TERM the child's group, KILL it after ``grace_s``, forget it."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    if _tracker is not None:
+        _tracker.discard(proc.pid)

@@ -6,11 +6,13 @@ use, so ``initialize`` and ``tools/list`` stay at the SDK's own start-up cost.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import TYPE_CHECKING
 
 from server.endpoint import Endpoint, EndpointSource
 from server.settings import Settings
+from server.targets import Target, Targets, targets_of
 
 if TYPE_CHECKING:
     from server.backups.store import BackupStore
@@ -22,11 +24,21 @@ if TYPE_CHECKING:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    """The adapters of one target (server/targets.py). The server's own Runtime is the default
+    target's; it holds the others (:meth:`targets`), which share its memory."""
+
+    def __init__(self, settings: Settings, *, target: Target | None = None, parent: Runtime | None = None) -> None:
+        self.root_settings = settings
+        """The server's settings (state_dir is the server's own, not this target's)."""
+        self.target = target or targets_of(settings)[0]
+        self.settings = settings if self.target.default else dataclasses.replace(
+            settings, state_dir=self.target.state_dir(settings.state_dir))
+        """This target's settings: its state_dir keys locks, journal, backups, pins, watcher state."""
+        self._parent = parent
+        self._targets: Targets | None = None
         self._lock = threading.Lock()
         self._tracks_children = False
-        self.endpoint_source = EndpointSource(settings)
+        self.endpoint_source = EndpointSource(settings, spec=self.target.spec)
         """The one engine every adapter of this runtime uses (resolved on first use, then fixed)."""
         self._engine: Engine | None = None
         self._compose: ComposeRunner | None = None
@@ -37,6 +49,20 @@ class Runtime:
         """At a normal end (the client closed stdin), how long running operations may go on."""
         self.terminating = False
         """Set by SIGTERM: running operations are cancelled at once (they roll back)."""
+
+    def targets(self) -> Targets:
+        """Every engine of this server (DSM_ENGINES) and its Runtime; this one is the default's."""
+        if self._parent is not None:
+            return self._parent.targets()
+        with self._lock:
+            if self._targets is None:
+                self._targets = Targets(self)
+            return self._targets
+
+    async def for_stack(self, stack: str, *, mutating: bool = False) -> Runtime:
+        """The Runtime of the engine ``stack`` runs on (x-dsm engine, else where it runs, else the
+        default); a mutating tool is refused on a read-only engine or an ambiguous stack."""
+        return await self.targets().for_stack(stack, mutating=mutating)
 
     def endpoint(self) -> Endpoint:
         """Where the engine is (DOCKER_HOST, DOCKER_CONTEXT, the CLI's current context); raises
@@ -63,6 +89,8 @@ class Runtime:
 
     def memory(self) -> Memory:
         """The incident/deployment memory (embedded Qdrant or a Qdrant server), opened on first use."""
+        if self._parent is not None:  # one memory per server, whatever the engine
+            return self._parent.memory()
         with self._lock:
             if self._memory is None:
                 from server.memory import open_memory
@@ -73,6 +101,8 @@ class Runtime:
     def memory_outbox(self) -> MemoryOutbox:
         """Deployment records on their way to the memory (written after the deploy answered;
         durable on disk until then, drained again at start-up)."""
+        if self._parent is not None:
+            return self._parent.memory_outbox()
         with self._lock:
             if self._outbox is None:
                 from server.memory.outbox import MemoryOutbox
@@ -129,6 +159,15 @@ class Runtime:
                 self.operations().recover()
         except Exception:
             logging.getLogger("docker_stack_mcp.runtime").exception("start-up recovery of operations failed")
+        for target in self.targets().targets if self._parent is None else ():
+            # Each other engine's journal (state_dir/engines/<name>), through that engine.
+            try:
+                if not target.default and (target.state_dir(self.settings.state_dir) / "journal" /
+                                           "journal.jsonl").exists():
+                    self.targets().runtime(target.name).operations().recover()
+            except Exception:
+                logging.getLogger("docker_stack_mcp.runtime").exception(
+                    "start-up recovery of operations on engine %s failed", target.name)
         try:
             # After the journal's recovery, which records what it stopped with the operation.
             from server.operations.children import ChildRegistry
@@ -146,10 +185,19 @@ class Runtime:
 
     async def shutdown(self, grace_s: float = 30.0) -> None:
         """Let operations running in this process finish (then cancel them) before closing."""
+        for other in self._others():
+            await other.shutdown(grace_s)
         if self._operations is not None:
             await self._operations.shutdown(grace_s)
 
+    def _others(self) -> list[Runtime]:
+        """The other targets' Runtimes opened so far (the server's own Runtime holds them)."""
+        targets = self._targets
+        return [rt for rt in targets.opened() if rt is not self] if targets is not None else []
+
     def close(self) -> None:
+        for other in self._others():
+            other.close()
         if self._tracks_children:
             from server.process import track_children
 

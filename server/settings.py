@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.enginespec import EngineSpec, parse_engines
 from server.errors import SettingsError
 
 DEFAULT_STACKS_ROOT = "/opt/stacks"
@@ -48,6 +49,9 @@ class Settings:
     metrics_port: int | None = None
     policy_path: Path | None = None
     """DSM_POLICY: the safety policy file (server/safety/policy.py); None = today's behaviour."""
+    engines: tuple[EngineSpec, ...] = ()
+    """DSM_ENGINES (server/enginespec.py): the engines this server may use, the first is the default;
+    empty = the current engine alone (DOCKER_HOST, DOCKER_CONTEXT, the CLI's current context)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,7 +78,9 @@ class Settings:
         if qdrant_url and not qdrant_url.startswith(("http://", "https://")):
             raise SettingsError(f"QDRANT_URL={qdrant_url!r} must start with http:// or https://")
         policy_path = _policy(env.get("DSM_POLICY", ""))
-        return cls(
+        engines = parse_engines(env.get("DSM_ENGINES", ""))
+        settings = cls(
+            engines=engines,
             policy_path=policy_path,
             stacks_root=root,
             state_dir=state,
@@ -102,6 +108,22 @@ class Settings:
             if env.get("DSM_METRICS_PORT")
             else None,
         )
+        _check_contexts(settings, env)
+        return settings
+
+
+def _check_contexts(settings: Settings, env: Mapping[str, str]) -> None:
+    """Every engine of DSM_ENGINES resolves now (a context that does not exist stops the server
+    with its entry named); nothing connects to an engine here, only the context files are read."""
+    from server.endpoint import resolve_endpoint
+    from server.errors import DockerUnavailable
+
+    for spec in settings.engines:
+        try:
+            resolve_endpoint(settings, env, spec)
+        except DockerUnavailable as exc:
+            raise SettingsError(f"DSM_ENGINES entry {spec.describe()!r}: {exc.what}",
+                                next_step="run `docker context ls` and fix the entry") from None
 
 
 def _default_state_dir(env: Mapping[str, str]) -> Path:

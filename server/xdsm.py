@@ -6,6 +6,7 @@ Top level::
       environment: production        # production (default) | staging | development
       critical: true                 # the whole stack is critical (blue-green when resources allow)
       verify_s: 30                   # verification window after a deploy, seconds (0 = none)
+      engine: nas                    # the DSM_ENGINES engine it runs on (default: the first listed)
       policy:
         severity: {image-unpinned: error, no-resource-limits: warning}   # or "off"
         waive:
@@ -152,6 +153,8 @@ class StackSettings(_Strict):
     verify_s: int | None = Field(default=None, ge=0, le=3600, description="Verification window after a deploy.")
     watch_after_deploy_s: int = Field(default=600, ge=0, le=86_400)
     watch: WatchPolicy = Field(default_factory=WatchPolicy)
+    engine: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+                               description="The DSM_ENGINES engine the stack runs on (default: the first).")
 
 
 class ServiceSettings(_Strict):

@@ -156,6 +156,15 @@ def runtime_of(ctx: Context) -> Runtime:
     return cast("Runtime", ctx.request_context.lifespan_context)
 
 
+def on_target(ctx: Context, stack: str, make: Callable[[Runtime], Awaitable[R]]) -> Callable[[], Awaitable[R]]:
+    """For a plan resolver: ``make`` on the Runtime of the engine ``stack`` runs on (server.targets)."""
+
+    async def made() -> R:
+        return await make(await runtime_of(ctx).for_stack(stack))
+
+    return made
+
+
 def confirmer(ctx: Context) -> Callable[[str], Awaitable[bool]]:
     """The transaction's ``confirm`` callback: ask the user through MCP elicitation when the
     client can; False otherwise (then the caller must pass confirm=true, which the refusal tells

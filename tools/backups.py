@@ -21,6 +21,7 @@ from tools._common import (
     OptionalId,
     ask_user,
     checked_id,
+    on_target,
     progress,
     require_confirmation,
     runtime_of,
@@ -50,7 +51,10 @@ async def _ask_before_restore(stack: str, action: str, backup_id: str | None, ct
     # asks (with the plan), this question is not asked too.
     if shown is not None:
         return None
-    runtime = runtime_of(ctx)
+    try:
+        runtime = await runtime_of(ctx).for_stack(stack)
+    except DsmError:
+        return None  # the tool body raises the same error, with its advice
     return ask_user(ctx, await _restore_question(runtime, stack, action, backup_id))
 
 
@@ -60,9 +64,8 @@ async def _restore_plan(stack: str, ctx: Context, action: str = "list", backup_i
     """The restore a person approves, with its plan (resolver: asked on every protocol)."""
     if action != "restore":
         return None
-    runtime = runtime_of(ctx)
     return await planned_if_asked(ctx, "backup_stack", stack, "restore", approval,
-                                  lambda: proposals.restore(runtime, stack, backup_id))
+                                  on_target(ctx, stack, lambda rt: proposals.restore(rt, stack, backup_id)))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -96,24 +99,25 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         # "null" or "" is not "the newest": only a JSON null (or leaving it out) means that.
         checked_id(backup_id, "backup_id", BACKUP_ID, "from backup_stack(action='list')")
         gate = None
+        rt = await runtime.for_stack(stack, mutating=action != "list")  # verify makes scratch volumes
         if action in ("create", "restore"):
             gate = await enforce(runtime.settings, ctx, "backup_stack", stack, action, confirm=confirm, code=approval,
                                  shown=shown, answer=asked if shown is not None else confirmed,
-                                 plan=(lambda: proposals.restore(runtime, stack, backup_id)) if action == "restore"
+                                 plan=(lambda: proposals.restore(rt, stack, backup_id)) if action == "restore"
                                  else None)
-        location = service.resolve_stack(runtime, stack)
+        location = service.resolve_stack(rt, stack)
 
         async def report(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
         if action == "list":
-            return service.listing(runtime, location)
+            return service.listing(rt, location)
         if action == "create":
-            return await service.create(runtime, location, "backup_stack create", report)
+            return await service.create(rt, location, "backup_stack create", report)
         if action == "verify":
-            return await service.verify(runtime, location, backup_id, report)
-        manifest = service.pick(service.store_of(runtime), location.name, backup_id)
-        critical = await service.is_critical(runtime, location)
+            return await service.verify(rt, location, backup_id, report)
+        manifest = service.pick(service.store_of(rt), location.name, backup_id)
+        critical = await service.is_critical(rt, location)
         if gate is None or not gate.human_approved:  # a person approved this very plan: ask once
             require_confirmation(confirmed, service.restore_question(manifest, critical), confirm)
-        return await service.restore(runtime, manifest, report)
+        return await service.restore(rt, manifest, report)

@@ -21,8 +21,8 @@ from tools._common import (
     OptionalId,
     checked_id,
     confirmer,
+    on_target,
     progress,
-    runtime_of,
     tool_errors,
 )
 from tools._policy import asker, enforce, planned_if_asked
@@ -35,13 +35,14 @@ async def _deploy_plan(ctx: Context, path: str, env: dict[str, str] | None = Non
     if dry_run:
         return None
     return await planned_if_asked(ctx, "deploy_stack", path, "deploy", approval,
-                                  lambda: proposals.deploy(runtime_of(ctx), path, env, services))
+                                  on_target(ctx, path, lambda rt: proposals.deploy(rt, path, env, services)))
 
 
 async def _rollback_plan(ctx: Context, stack: str, to_deployment: str | None = None, restore_data: bool = False,
                          approval: str | None = None) -> Proposal | None:
     return await planned_if_asked(ctx, "rollback", stack, "rollback_data" if restore_data else "rollback", approval,
-                                  lambda: proposals.rollback(runtime_of(ctx), stack, to_deployment, restore_data))
+                                  on_target(ctx, stack, lambda rt: proposals.rollback(rt, stack, to_deployment,
+                                                                                      restore_data)))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -76,8 +77,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         left out.
         """
         checked_id(plan_id, "plan_id", PLAN_ID, "from deploy_stack(dry_run=true)")
+        rt = await runtime.for_stack(path, mutating=not dry_run)  # the engine it runs on (server.targets)
         gate = await enforce(runtime.settings, ctx, "deploy_stack", path, "deploy", confirm=confirm, dry_run=dry_run,
-                             plan=lambda: proposals.deploy(runtime, path, env, services), code=approval,
+                             plan=lambda: proposals.deploy(rt, path, env, services), code=approval,
                              shown=shown, answer=asked)
         # A person already said yes to this call: ask once. Under a fallback other than `model` the
         # model's confirm stands for no one: the pipeline's own questions (a database starting on an
@@ -89,7 +91,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        report = await Deployer(runtime, tell, confirmer(ctx)).deploy(
+        report = await Deployer(rt, tell, confirmer(ctx)).deploy(
             path, env=env, services=services, dry_run=dry_run, plan_id=plan_id, wait_timeout_s=wait_timeout_s,
             verify_s=verify_s, confirm=confirm)
         await _announce(report, "deploy")
@@ -115,16 +117,17 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         from server.operations.models import OPERATION_ID
 
         checked_id(to_deployment, "to_deployment", OPERATION_ID, "from stack_history")
+        rt = await runtime.for_stack(stack, mutating=True)
         gate = await enforce(runtime.settings, ctx, "rollback", stack, "rollback_data" if restore_data else "rollback",
                              confirm=confirm, code=approval, shown=shown, answer=asked,
-                             plan=lambda: proposals.rollback(runtime, stack, to_deployment, restore_data))
+                             plan=lambda: proposals.rollback(rt, stack, to_deployment, restore_data))
         confirm = confirm or gate.human_approved  # a person already said yes to this call: ask once
         from server.deploy.pipeline import Deployer
 
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        report = await Deployer(runtime, tell, confirmer(ctx)).rollback(
+        report = await Deployer(rt, tell, confirmer(ctx)).rollback(
             stack, to_deployment=to_deployment, restore_data=restore_data, confirm=confirm)
         await _announce(report, "rollback")
         return report.for_the_caller()

@@ -24,8 +24,10 @@ async def _control_plan(ctx: Context, stack: str, action: str, services: list[st
                         approval: str | None = None) -> Proposal | None:
     """What a person approves before stop/remove of a critical stack (resolver: every protocol)."""
 
-    return await planned_if_asked(ctx, "stack_control", stack, action, approval, lambda: proposals.control(
-        runtime_of(ctx), stack, action, services))
+    async def plan() -> Proposal:
+        return await proposals.control(await runtime_of(ctx).for_stack(stack), stack, action, services)
+
+    return await planned_if_asked(ctx, "stack_control", stack, action, approval, plan)
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -40,6 +42,10 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         health, restarts, exit_code, oom_killed, ports, networks, image, memory limit (CPU and
         memory with with_stats), maintenance, what the watcher saw and did, and drift (changes by
         hand since our last deployment). `managed: false`: outside the stacks root (observe only)."""
+        if runtime.targets().several:
+            from server.multiengine import status_every_engine
+
+            return await status_every_engine(runtime, stack, with_stats)
         from server.monitor.status import stack_status as run
 
         return await run(runtime, stack, with_stats)
@@ -59,7 +65,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         `next_until` when older lines exist, `cut` when lines or the page were shortened."""
         from server.monitor.logs import stack_logs as run
 
-        return await run(runtime, stack, service, since, grep, limit, until, regex)
+        return await run(await runtime.for_stack(stack), stack, service, since, grep, limit, until, regex)
 
     @server.tool(annotations=READ_ONLY)
     @tool_errors
@@ -74,7 +80,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         `healthy`: no error finding. Takes a few seconds."""
         from server.monitor.diagnose import diagnose_stack as run
 
-        return await run(runtime, stack, service)
+        rt = await runtime.for_stack(stack)
+        found = await run(rt, stack, service)
+        return found.model_copy(update={"engine": rt.target.name}) if runtime.targets().several else found
 
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
@@ -94,9 +102,10 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         it in maintenance (the watcher leaves it alone and alerts are muted until `until`).
         Journaled and locked like a deploy: a busy stack is refused naming the operation.
         start/restart then wait up to 60 s on the health gate and report `health`."""
+        rt = await runtime.for_stack(stack, mutating=True)
         gate = await enforce(runtime.settings, ctx, "stack_control", stack, action, confirm=confirm, code=approval,
                              shown=shown, answer=asked,
-                             plan=lambda: proposals.control(runtime, stack, action, services))
+                             plan=lambda: proposals.control(rt, stack, action, services))
         from server.monitor.control import stack_control as run
         from tools._common import confirm_destructive
 
@@ -104,18 +113,18 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             if not gate.human_approved:  # a person approved this very plan: ask once
                 await confirm_destructive(ctx, question, confirm)
 
-        return await run(runtime, stack, action, services=services, until=until, reason=reason, confirm=ask)
+        return await run(rt, stack, action, services=services, until=until, reason=reason, confirm=ask)
 
     @server.resource("stack://{stack}/status", mime_type="application/json",
                      description="Live status of a stack (as stack_status).")
     async def stack_status_resource(stack: str) -> str:
         from server.monitor.status import stack_status as run
 
-        return (await run(runtime, stack, False)).model_dump_json()
+        return (await run(await runtime.for_stack(stack), stack, False)).model_dump_json()
 
     @server.resource("stack://{stack}/events", mime_type="application/json",
                      description="Engine events of a stack's containers in the last hour, and the watcher's actions.")
     async def stack_events_resource(stack: str) -> str:
         from server.monitor.events import recent_events
 
-        return await recent_events(runtime, stack)
+        return await recent_events(await runtime.for_stack(stack), stack)

@@ -27,7 +27,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """
         from server.errors import OperationNotFound
 
-        record = await anyio.to_thread.run_sync(runtime.operations().get, operation_id.strip())
+        record = None
+        for rt in runtime.targets().all():  # each engine keeps its own journal (server.targets)
+            record = await anyio.to_thread.run_sync(rt.operations().get, operation_id.strip())
+            if record is not None:
+                break
         if record is None:
             raise OperationNotFound(
                 f"no operation {operation_id!r} in the journal",
@@ -47,8 +51,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         removed, images changed, env keys changed (names only), one-shots run. Use it to find the
         deployment to roll back to, or what changed recently.
         """
-        name = await anyio.to_thread.run_sync(_stack_name, runtime, stack)
-        return await anyio.to_thread.run_sync(_history, runtime, name, limit)
+        rt = await runtime.for_stack(stack)  # the journal of the engine the stack runs on
+        name = await anyio.to_thread.run_sync(_stack_name, rt, stack)
+        return await anyio.to_thread.run_sync(_history, rt, name, limit)
 
 
 def _history(runtime: Runtime, name: str, limit: int) -> StackHistory:

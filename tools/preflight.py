@@ -40,7 +40,6 @@ EnvArg = Annotated[
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
-    settings = runtime.settings
 
     @server.tool(annotations=READ_ONLY_REGISTRIES)
     @tool_errors
@@ -74,10 +73,11 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         from server.preflight.validation import validate
 
+        rt = await runtime.for_stack(path) if path is not None else runtime  # the stack's engine
         report = await validate(
-            settings,
-            runtime.compose(),
-            runtime.engine,
+            rt.settings,
+            rt.compose(),
+            rt.engine,
             path=path,
             content=content,
             env=env,
@@ -108,8 +108,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
 
         from server.preflight.resources import check_resources
 
+        rt = await runtime.for_stack(path) if path is not None else runtime  # the stack's engine
         return await check_resources(
-            settings, runtime.compose(), runtime.engine(), path=path, content=content, env=env, progress=tell
+            rt.settings, rt.compose(), rt.engine(), path=path, content=content, env=env, progress=tell
         )
 
 

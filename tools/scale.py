@@ -13,7 +13,7 @@ from server.runtime import Runtime
 from server.safety import proposals
 from server.safety.proposals import Proposal
 from server.scale_models import Ask, ScaleReport
-from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, confirmer, progress, runtime_of, tool_errors
+from tools._common import CHANGES_STACKS, ApprovalArg, Confirmation, confirmer, on_target, progress, tool_errors
 from tools._policy import asker, enforce, planned_if_asked
 
 
@@ -27,8 +27,8 @@ async def _scale_plan(ctx: Context, stack: str, service: str, replicas: int | No
         return None
     change = {"replicas": replicas, "memory": memory, "cpus": cpus, "reserve_memory": reserve_memory,
               "reserve_cpus": reserve_cpus}
-    return await planned_if_asked(ctx, "scale_service", stack, "deploy", approval, lambda: proposals.scale(
-        runtime_of(ctx), stack, service, change))
+    return await planned_if_asked(ctx, "scale_service", stack, "deploy", approval, on_target(
+        ctx, stack, lambda rt: proposals.scale(rt, stack, service, change)))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -58,14 +58,15 @@ def register(server: MCPServer, runtime: Runtime) -> None:
                   reserve_memory=reserve_memory)
         change = {"replicas": replicas, "memory": memory, "cpus": cpus, "reserve_memory": reserve_memory,
                   "reserve_cpus": reserve_cpus}
+        rt = await runtime.for_stack(stack, mutating=not (dry_run or ask.empty))
         gate = await enforce(runtime.settings, ctx, "scale_service", stack, "deploy", confirm=confirm,
                              dry_run=dry_run or ask.empty, code=approval, shown=shown, answer=asked,
-                             plan=lambda: proposals.scale(runtime, stack, service, change))
+                             plan=lambda: proposals.scale(rt, stack, service, change))
         from server.scale import scale_service as scale
 
         async def tell(done: float, total: float, message: str) -> None:
             await progress(ctx, done, total, message)
 
-        return await scale(runtime, stack, service, ask, dry_run=dry_run,
+        return await scale(rt, stack, service, ask, dry_run=dry_run,
                            confirm=gate.human_approved or (confirm and gate.fallback == "model"),
                            progress=tell, confirmer=confirmer(ctx))

@@ -19,7 +19,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         """Start here: the Compose stacks under the stacks root with their `name` (for tools on
         running stacks), `path` (for tools that read files), containers running and healthy and
         `state`. Other Compose projects on the host are in `other_projects` (observe only).
-        Engine unreachable: stacks on disk are still listed, `problems` says why.
+        Engine unreachable: stacks on disk are still listed, `problems` says why. Several engines:
+        each entry names its `engine`, `engines` says which answered.
         """
         from server import inventory
 

@@ -23,8 +23,8 @@ from tools._common import (
     OptionalId,
     checked_id,
     confirmer,
+    on_target,
     progress,
-    runtime_of,
     tool_errors,
 )
 from tools._policy import asker, enforce, planned_if_asked
@@ -41,8 +41,8 @@ async def _update_plan(ctx: Context, stack: str, services: list[str] | None = No
 
     if dry_run:
         return None
-    return await planned_if_asked(ctx, "update_stack", stack, "deploy", approval, lambda: proposals.update(
-        runtime_of(ctx), stack, services, images, to, strategy))
+    return await planned_if_asked(ctx, "update_stack", stack, "deploy", approval, on_target(
+        ctx, stack, lambda rt: proposals.update(rt, stack, services, images, to, strategy)))
 
 
 def register(server: MCPServer, runtime: Runtime) -> None:
@@ -60,7 +60,8 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         error or rate limit. Apply with update_stack."""
         from server.updates.check import check_stacks
 
-        return await check_stacks(runtime, stack, min_age_days=min_age_days)
+        rt = await runtime.for_stack(stack) if stack is not None else runtime  # its engine's running digests
+        return await check_stacks(rt, stack, min_age_days=min_age_days)
 
     @server.tool(annotations=CHANGES_STACKS)
     @tool_errors
@@ -86,8 +87,9 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         automatic rollback); same report. New tags are written where they are kept (.env
         variable, else the compose file), comments intact; unused old images are removed after."""
         checked_id(plan_id, "plan_id", PLAN_ID, "from update_stack(dry_run=true)")
+        rt = await runtime.for_stack(stack, mutating=not dry_run)
         gate = await enforce(runtime.settings, ctx, "update_stack", stack, "deploy", confirm=confirm, dry_run=dry_run,
-                             plan=lambda: proposals.update(runtime, stack, services, images, to, strategy),
+                             plan=lambda: proposals.update(rt, stack, services, images, to, strategy),
                              code=approval, shown=shown, answer=asked)
         # A person said yes to exactly this plan: ask once, and the update refuses if the plan moved.
         confirm = gate.human_approved or (confirm and gate.fallback == "model")
@@ -99,7 +101,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
             await progress(ctx, done, total, message)
 
         report = await run_update(
-            runtime, Deployer(runtime, tell, confirmer(ctx)).deploy, stack, services=services, images=images, to=to,
+            rt, Deployer(rt, tell, confirmer(ctx)).deploy, stack, services=services, images=images, to=to,
             strategy=strategy, dry_run=dry_run, plan_id=plan_id, confirm=confirm,
             maintenance_message=maintenance_message, prune=_may_prune(stack))
         if report.status not in ("planned", "busy", "blocked") and report.operation_id:

@@ -32,6 +32,7 @@ missing_tool_packages() {
     have python3 || missing+=(python3)
     have docker-registry || missing+=(docker-registry)
     busybox_static_bin >/dev/null || missing+=(busybox-static)
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server) # the ssh:// engine tests run a private sshd
     if [ "$need_debootstrap" = 1 ]; then
         have debootstrap || missing+=(debootstrap)
     fi

@@ -48,6 +48,8 @@ class StackStatus(Frozen):
                                     "not (no deployment recorded).")
     drift: list[str] = Field(default_factory=list, description="Changes by hand since that deployment: "
                              "'kind service: what (since when)'.")
+    engine: str | None = None
+    """The DSM_ENGINES engine it runs on (null with one engine)."""
 
 
 class StatusReport(Frozen):
@@ -91,6 +93,8 @@ class Diagnosis(Frozen):
     similar_incidents: list[SimilarIncident]
     next_steps: list[str]
     drift: str | None = Field(default=None, description="Deployment drift was compared with, or why not.")
+    engine: str | None = None
+    """The DSM_ENGINES engine diagnosed (null with one engine)."""
 
 
 class ServiceHealth(Frozen):

@@ -239,6 +239,13 @@ class Watcher:
         recovery = policy.service(o.service).recovery
         if not recovery.enabled:
             return
+        if self.runtime.target.read_only:  # DSM_ENGINES (ro): observed and alerted, never changed
+            await self._alert(stack, Alert(
+                key=f"read-only:{stack}/{o.service}", level="critical", title=f"{stack}/{o.service}: {kind}",
+                what_broke=f"{o.service}: {kind} ({_state_line(o)})",
+                what_was_tried=f"nothing: engine {self.runtime.target.name!r} is read-only (rule engine-read-only)",
+                what_to_do=f"run diagnose_stack {stack}; fix it on that engine by hand"))
+            return
         rec = self.state.service(stack, o.service)
         now = time.time()
         key = f"{o.full_id[:12]}@{o.state.get('StartedAt')}/{o.state.get('FinishedAt')}"

@@ -16,6 +16,7 @@ from server.policy import (
     images,
     network,
     reliability,
+    remote,
     resources,
     secrets,
     security,
@@ -37,6 +38,7 @@ ALL_RULES: list[RuleFn] = [
     *security.RULES,
     *hardening.RULES,
     *engine_refusals.RULES,
+    *remote.RULES,
 ]
 
 

@@ -104,6 +104,8 @@ _RULES: list[Rule] = [
     Rule("logging-disabled", "warning", "hardening", "logging driver none: nothing to diagnose a crash with"),
     Rule("no-pids-limit", "warning", "hardening", "no pids_limit (or deploy.resources.limits.pids)"),
     Rule("bind-source-missing", "warning", "reliability", "a long-syntax bind whose host path does not exist"),
+    Rule("remote-client-files", "warning", "deploy", "on a remote engine: bind sources, configs/secrets files, build "
+         "contexts Compose reads on this machine", needs_host=True),
     # Hardening hints (info).
     Rule("no-cap-drop", "info", "hardening", "capabilities not dropped (cap_drop: [ALL])", hint=True),
     Rule("writable-rootfs", "info", "hardening", "root filesystem writable (read_only: true)", hint=True),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -155,6 +156,11 @@ def _engine_is_local(endpoint: str, info: dict[str, Any]) -> tuple[bool, str]:
     )
     if not local_endpoint:
         return False, f"engine at {endpoint} is remote"
+    name = str(info.get("Name") or "")
+    if not endpoint.startswith("unix://") and name and name != socket.gethostname():
+        # A loopback port can lead anywhere: a tunnel, an engine in a container (its own network
+        # namespace, disk and ports). Its host name says whether it is this machine's engine.
+        return False, f"engine on a loopback port but on another host ({name!r}, not {socket.gethostname()!r})"
     ours = _meminfo().get("MemTotal")
     theirs = int(info.get("MemTotal") or 0)
     if ours is None or not theirs:
