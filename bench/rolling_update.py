@@ -81,6 +81,13 @@ def teardown(name: str) -> None:
         docker("rmi", *refs)
 
 
+def stalls(samples: list[Any]) -> str:
+    """Answered requests that waited out HAProxy's 2 s ``timeout connect`` (sent to an address that had
+    left the network) and those ~1 s late (a SYN lost, retransmitted by the kernel 1 s later)."""
+    ok = [s.latency_s for s in samples if s.ok]
+    return f"{sum(t >= 1.9 for t in ok)} >=1.9s, {sum(0.9 <= t < 1.9 for t in ok)} ~1s"
+
+
 async def window(load: LoadProcess, min_requests: int, update: Any) -> tuple[float, float, Any]:
     """Run ``update()`` under the load; the window lasts until it ended and had ``min_requests``."""
     t0 = load.mark()
@@ -129,13 +136,16 @@ async def bench(rate: float, min_requests: int, steady_s: float, hook: bool, dra
             try:
                 await anyio.sleep(steady_s)
                 out["steady"] = load.summary(0, load.mark())
+                out["steady_stalls"] = stalls(load.between(0, load.mark()))
 
                 t0, t1, report = await window(load, min_requests, lambda: ours(WEB_11))
                 out["rolling"], out["rolling_status"] = load.summary(t0, t1), report.status
+                out["rolling_stalls"] = stalls(load.between(t0, t1))
                 await wait_serving(port, "web 1.1")
 
                 t0, t1, report = await window(load, min_requests, lambda: ours(WEB_BROKEN, BROKEN_EXTRA))
                 out["rollback"], out["rollback_status"] = load.summary(t0, t1), report.status
+                out["rollback_stalls"] = stalls(load.between(t0, t1))
                 await wait_serving(port, "web 1.1")
 
                 # The baseline starts from web:1.0 like ours did (an untimed plain up to get there).
@@ -143,6 +153,7 @@ async def bench(rate: float, min_requests: int, steady_s: float, hook: bool, dra
                 await wait_serving(port, "web 1.0")
                 t0, t1, result = await window(load, min_requests, lambda: plain_up(WEB_11))
                 out["recreate"], out["recreate_status"] = load.summary(t0, t1), result.returncode
+                out["recreate_stalls"] = stalls(load.between(t0, t1))
                 await wait_serving(port, "web 1.1")
             finally:
                 load.stop()
@@ -174,7 +185,7 @@ def main() -> None:
         out = anyio.run(bench, args.rate, args.min_requests, args.steady_s, args.drain_hook, args.drain_s, log)
         runs.append(out)
         print(f"(run {n + 1}: " + ", ".join(f"{k} {out[k].failed}/{out[k].total} p50 {out[k].p50_ms:.1f} "
-                                            f"p99 {out[k].p99_ms:.1f}" for k in WINDOWS)
+                                            f"p99 {out[k].p99_ms:.1f} ({out[k + '_stalls']})" for k in WINDOWS)
               + f"; rolling -> {out['rolling_status']}, rollback -> {out['rollback_status']}, "
               f"plain up exit {out['recreate_status']}; errors: "
               + "; ".join(f"{k} {out[k].errors}" for k in WINDOWS if out[k].errors) + ")", file=sys.stderr)

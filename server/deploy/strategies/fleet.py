@@ -153,19 +153,22 @@ class ComposeFleet:
             fixed = ep.get("IPAMConfig") or {}  # a static address (compose ipv4_address) is asked back
             kw = {"aliases": [own] if own else None, "ipv4_address": fixed.get("IPv4Address") or None,
                   "ipv6_address": fixed.get("IPv6Address") or None}
-            try:
+            try:  # off the network between these two calls: a SYN sent then is retransmitted 1 s later
                 await engine.call(lambda c, n=net: c.api.disconnect_container_from_network(cid, n),
                                   f"disconnect {cid[:12]} from {net}")
+                off = time.monotonic()
                 await engine.call(lambda c, n=net, kw=kw: c.api.connect_container_to_network(cid, n, **kw),
                                   f"connect {cid[:12]} to {net} as {own}")
+                off = time.monotonic() - off
             except DsmError as exc:  # gone from it already: out of traffic all the same
                 moved.append(f"{net}: {brief(exc)}")
                 continue
             now = await inspect_container(engine, cid) or {}
             after = str((((now.get("NetworkSettings") or {}).get("Networks") or {}).get(net) or {}).get("IPAddress")
                         or "")
-            moved.append(net if after == before else f"{net} (address {before} -> {after}: a proxy still "
-                                                          "holding the old one waits for its connect timeout)")
+            moved.append(f"{net} (off {off * 1000:.0f} ms)" if after == before else
+                         f"{net} (address {before} -> {after}: a proxy still holding the old one waits for "
+                         "its connect timeout)")
         return f"{cid[:12]} out of the service's DNS name on {', '.join(moved) or 'no network'}"
 
     async def retire(self, cid: str, stop_s: float) -> None:
