@@ -25,30 +25,34 @@ import pytest
 
 from server.runtime import Runtime
 from tests.deploy_helpers import WEB_10, WEB_11, deploy, docker, free_port, phase, write
-from tests.load import Load, steady_load
+from tests.load import LoadProcess
 from tests.proxied_stack import proxied_stack, wait_serving, web_xdsm
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 # HAProxy's ``timeout connect`` is 2 s (scripts/images/proxy/haproxy.cfg): a request sent to an
 # address that left the network waits it out, then is redispatched and answered (200, but ~2 s).
 BLACK_HOLED_S = 1.9
-FAST_MONITOR = "      update_config: {parallelism: 1, monitor: 1s%s}\n"
 
 
-def web_extra(drain_s: float, hook: bool = False, stop_first: bool = False) -> str:
+def web_deploy(stop_first: bool = False) -> str:
     order = ", order: stop-first" if stop_first else ""
-    return (f"    deploy:\n      replicas: 2\n{FAST_MONITOR % order}") + web_xdsm(drain_s, hook)
+    return f"{{replicas: 2, update_config: {{parallelism: 1, monitor: 1s{order}}}}}"
 
 
-async def roll_under_load(runtime: Runtime, project: str, port: int, rate: float = 40) -> tuple[Any, Load]:
-    async with steady_load("127.0.0.1", port, rate=rate) as load:
-        await anyio.sleep(1)
+async def roll_under_load(runtime: Runtime, project: str, port: int, samples: Path) -> tuple[Any, LoadProcess]:
+    # The load runs in a process of its own: a stall of this test's event loop (the deployer's
+    # work) must not show as the service's latency.
+    load = LoadProcess("127.0.0.1", port, 40, samples)
+    try:
+        await anyio.sleep(1.5)
         report = await deploy(runtime, project, strategy="rolling", wait_timeout_s=60)
         await anyio.sleep(2)
+    finally:
+        load.stop()
     return report, load
 
 
-def assert_served(report: Any, load: Load, versions: set[str], last: str) -> None:
+def assert_served(report: Any, load: LoadProcess, versions: set[str], last: str) -> None:
     assert report.status == "deployed", report
     assert phase(report, "rolling").status == "ok", report.phases
     summary = load.summary()
@@ -65,15 +69,15 @@ async def test_rolling_default_drain_behind_proxy_fails_and_stalls_no_request(
     port = free_port()
 
     def stack(image: str) -> str:
-        return proxied_stack(project_name, image, port, replicas=2, web_extra=web_extra(3))
+        return proxied_stack(project_name, image, port, web_extra=web_xdsm(3), deploy=web_deploy())
 
-    directory = write(stacks_root, project_name, stack(WEB_10).replace("    deploy: {replicas: 2}\n", ""))
+    directory = write(stacks_root, project_name, stack(WEB_10))
     first = await deploy(runtime, project_name)
     assert first.status == "deployed", first
     await wait_serving(port, "web 1.0")
 
-    (directory / "compose.yaml").write_text(stack(WEB_11).replace("    deploy: {replicas: 2}\n", ""))
-    report, load = await roll_under_load(runtime, project_name, port)
+    (directory / "compose.yaml").write_text(stack(WEB_11))
+    report, load = await roll_under_load(runtime, project_name, port, stacks_root.parent / "samples.jsonl")
     assert [(s.service, s.strategy) for s in report.plan.services if s.service == "web"] == [("web", "rolling")]
     assert_served(report, load, {"web 1.0", "web 1.1"}, "web 1.1")
     detail = phase(report, "rolling").detail
@@ -84,18 +88,18 @@ async def test_drain_hook_then_stop_first_behind_proxy(runtime: Runtime, stacks_
                                                       project_name: str) -> None:
     port = free_port()
 
-    def stack(image: str, **kw: Any) -> str:
-        text = proxied_stack(project_name, image, port, web_extra=web_extra(3, **kw), check_path="/healthz")
-        return text.replace("    deploy: {replicas: 2}\n", "")
+    def stack(image: str, stop_first: bool = False) -> str:
+        return proxied_stack(project_name, image, port, web_extra=web_xdsm(3, hook=True), check_path="/healthz",
+                             deploy=web_deploy(stop_first))
 
-    directory = write(stacks_root, project_name, stack(WEB_10, hook=True))
+    directory = write(stacks_root, project_name, stack(WEB_10))
     first = await deploy(runtime, project_name)
     assert first.status == "deployed", first
     await wait_serving(port, "web 1.0")
 
     # The hook (rm /www/healthz) fails HAProxy's check of the old containers: DOWN, then retired.
-    (directory / "compose.yaml").write_text(stack(WEB_11, hook=True))
-    report, load = await roll_under_load(runtime, project_name, port)
+    (directory / "compose.yaml").write_text(stack(WEB_11))
+    report, load = await roll_under_load(runtime, project_name, port, stacks_root.parent / "hook.jsonl")
     assert_served(report, load, {"web 1.0", "web 1.1"}, "web 1.1")
     assert phase(report, "rolling").detail.count("drain hook exit 0") == 2, phase(report, "rolling").detail
     proxy_log = docker("compose", "-p", project_name, "logs", "--no-color", "proxy", cwd=directory)
@@ -104,7 +108,7 @@ async def test_drain_hook_then_stop_first_behind_proxy(runtime: Runtime, stacks_
     # stop-first: old out of traffic and removed, THEN its replacement created; one at a time. (With
     # the hook: after the start-first roll the network has a free address below an old container's,
     # where the default drain's re-join would move it: see fleet.out_of_traffic.)
-    (directory / "compose.yaml").write_text(stack(WEB_10, hook=True, stop_first=True))
+    (directory / "compose.yaml").write_text(stack(WEB_10, stop_first=True))
     # Watched live: the engine replays only its last 256 events, fewer than the health checks
     # of a busy engine produce during the roll.
     events = stacks_root.parent / "events.txt"
@@ -115,7 +119,7 @@ async def test_drain_hook_then_stop_first_behind_proxy(runtime: Runtime, stacks_
                                     "--filter", "event=destroy", "--format", "{{.Action}}"],
                                    stdout=out, start_new_session=True)
         try:
-            report, load = await roll_under_load(runtime, project_name, port)
+            report, load = await roll_under_load(runtime, project_name, port, stacks_root.parent / "stop.jsonl")
         finally:
             watcher.terminate()
             watcher.wait(timeout=10)
