@@ -23,7 +23,7 @@ Per service (``services.<name>.x-dsm``)::
         update: {strategy: planned-downtime}   # auto | rolling | blue_green | planned_downtime | recreate
                                      # (hyphenated forms accepted)
         drain: ["touch", "/tmp/drain"]   # rolling: argv run in an old container to take it out of
-                                     # traffic (default: it leaves the stack's networks)
+                                     # traffic (default: off the service's DNS name, address kept)
         drain_s: 10                  # rolling: seconds between out of traffic and stopped
         backup:
           dump: ["pg_dumpall", "-U", "postgres"]            # argv run in the container, stdout = dump
@@ -168,7 +168,7 @@ class ServiceSettings(_Strict):
     recovery: Recovery = Field(default_factory=Recovery)
     verify_s: int | None = Field(default=None, ge=0, le=3600, description="Verification window (longest wins).")
     drain: list[str] | None = Field(default=None, description="Rolling: argv that takes an old container out of "
-                                    "traffic (default: disconnect it from the stack's networks).")
+                                    "traffic (default: off the service's DNS name, address kept).")
     drain_s: float = Field(default=10.0, ge=0, le=3600, description="Rolling: wait between out of traffic and stop.")
 
     @property

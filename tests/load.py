@@ -9,16 +9,24 @@ cannot connect, times out, or gets anything but 200. Standard library + anyio on
         ...                                   # update the service
         mark = load.mark()                    # or windows by time
     print(load.summary().line("rolling"))     # "rolling: 0 failed of 512"
+
+``LoadProcess`` runs the same load in a child process (``python -m tests.load``): a benchmark whose
+own process also runs the deployment must not count the stalls of its event loop (the deployer's
+work between awaits) as the service's latency. Both processes read the same CLOCK_MONOTONIC.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import anyio
 
@@ -148,3 +156,63 @@ async def steady_load(host: str, port: int, rate: float = 50.0, path: str = "/",
             yield load
         finally:
             stop.set()
+
+
+class LoadProcess:
+    """``steady_load`` in a child process that appends each sample to ``out`` as a JSON line; the
+    same reading interface as :class:`Load` (``mark``, ``between``, ``summary``)."""
+
+    def __init__(self, host: str, port: int, rate: float, out: Path, path: str = "/", timeout_s: float = 5.0) -> None:
+        self.out = out
+        repo = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(  # stops when its stdin closes (stop(), or this process dying)
+            [sys.executable, "-m", "tests.load", host, str(port), str(rate), str(out), path, str(timeout_s)],
+            cwd=repo, stdin=subprocess.PIPE, start_new_session=True)
+
+    def mark(self) -> float:
+        return time.monotonic()
+
+    @property
+    def samples(self) -> list[Sample]:
+        if not self.out.exists():
+            return []
+        return [Sample(**json.loads(line)) for line in self.out.read_text().splitlines() if line.endswith("}")]
+
+    def between(self, t0: float = 0.0, t1: float = math.inf) -> list[Sample]:
+        return [s for s in self.samples if t0 <= s.start < t1]
+
+    def summary(self, t0: float = 0.0, t1: float = math.inf) -> Summary:
+        return summarise(self.between(t0, t1))
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+async def _record(host: str, port: int, rate: float, out: Path, path: str, timeout_s: float) -> None:
+    written = 0
+
+    def flush(samples: list[Sample]) -> int:
+        with out.open("a") as f:
+            f.writelines(json.dumps(asdict(s)) + "\n" for s in samples)
+        return len(samples)
+
+    async with steady_load(host, port, rate, path, timeout_s) as load, anyio.create_task_group() as tg:
+        async def until_stdin_closes() -> None:
+            await anyio.to_thread.run_sync(sys.stdin.read)
+            tg.cancel_scope.cancel()
+        tg.start_soon(until_stdin_closes)
+        while True:
+            written += flush(load.samples[written:])
+            await anyio.sleep(0.2)
+    flush(load.samples[written:])  # the requests that were in flight
+
+
+if __name__ == "__main__":
+    h, p, r, o, pa, t = sys.argv[1:7]
+    anyio.run(_record, h, int(p), float(r), Path(o), pa, float(t))

@@ -15,14 +15,16 @@ PROXY = "dsm-test/proxy:1"
 START_DELAY_S = 2
 
 
-def web_block(image: str, replicas: int = 2, extra: str = "") -> str:
+def web_block(image: str, replicas: int = 2, extra: str = "", deploy: str = "") -> str:
+    """``deploy``: the service's whole ``deploy`` mapping in flow style (default: the replicas)."""
     # The wrapper command is the 2 s start delay; start_period keeps those 2 s from counting as
     # failed checks (Engine 20.10 has no start_interval).
     return (f"  web:\n    image: {image}\n    init: true\n"
             f"    command: ['sh', '-c', 'sleep {START_DELAY_S}; exec /usr/local/bin/web-start']\n"
             "    healthcheck: {test: ['CMD', 'wget', '-qO-', 'http://127.0.0.1/'], interval: 1s, timeout: 2s,"
             " retries: 2, start_period: 10s}\n"
-            f"    deploy: {{replicas: {replicas}}}\n    labels: {{dsm.test: '1'}}\n    mem_limit: 64m\n{extra}")
+            f"    deploy: {deploy or f'{{replicas: {replicas}}}'}\n"
+            f"    labels: {{dsm.test: '1'}}\n    mem_limit: 64m\n{extra}")
 
 
 def web_xdsm(drain_s: float, hook: bool = False) -> str:
@@ -33,10 +35,10 @@ def web_xdsm(drain_s: float, hook: bool = False) -> str:
 
 
 def proxied_stack(name: str, image: str, port: int, *, replicas: int = 2, web_extra: str = "",
-                  x_dsm: str = "{verify_s: 0}", check_path: str = "/") -> str:
+                  x_dsm: str = "{verify_s: 0}", check_path: str = "/", deploy: str = "") -> str:
     """compose.yaml text: ``web`` (``image``) behind ``proxy`` published on 127.0.0.1:``port``; the
     proxy health-checks each replica on ``check_path``."""
-    return (f"name: {name}\nx-dsm: {x_dsm}\nservices:\n{web_block(image, replicas, web_extra)}"
+    return (f"name: {name}\nx-dsm: {x_dsm}\nservices:\n{web_block(image, replicas, web_extra, deploy)}"
             f"  proxy:\n    image: {PROXY}\n    init: true\n"
             f"    environment: {{PROXY_BACKEND: 'web:80', PROXY_CHECK_PATH: '{check_path}'}}\n"
             f"    ports: ['127.0.0.1:{port}:80']\n    labels: {{dsm.test: '1', dsm.role: proxy}}\n"

@@ -11,7 +11,8 @@ proxy in front of it by moving the network alias the proxy resolves.
 3. Switch: green joins those networks under the service's aliases and is watched for x-dsm
    ``drain_s`` while blue still serves beside it; green failing then moves the traffic back (green
    leaves the aliases and is removed; blue never left). Then blue leaves the traffic (its x-dsm
-   ``drain`` hook, else off the networks), is drained for ``drain_s`` and retired.
+   ``drain`` hook, else it re-joins under its own name only, keeping its address: fleet.py), is
+   drained for ``drain_s`` and retired (off the networks, stopped, removed).
 4. Then the service comes home into the stack's own project (new containers with
    the new config, gated by id, in traffic beside green), and green is drained and removed, so
    the stack stays one Compose project and the executor's converging ``up`` finds it converged.
@@ -164,7 +165,7 @@ class BlueGreen:
                                     [failure.container, *failure.evidence][:20], untouched=blue)
             notes.append(f"switched to green {', '.join(c[:12] for c in ids)}")
             for a in attached:  # blue out of traffic: its drain hook, else off the networks
-                await self._out(x, a.cid, list(a.networks), settings.drain)
+                await self._out(x, stack, a.cid, settings.drain)
             await tell(f"blue_green {svc}: blue out of traffic, draining {settings.drain_s:.0f}s")
             await anyio.sleep(settings.drain_s)
             stop_s = seconds(body.get("stop_grace_period"), 10.0)
@@ -190,7 +191,7 @@ class BlueGreen:
                 for cid in home:
                     await fleet.reveal(cid, svc)
                 for cid in ids:  # green out of traffic: its drain hook, else off the networks
-                    await self._out(x, cid, networks, settings.drain)
+                    await self._out(x, stack, cid, settings.drain)
                 await tell(f"blue_green {svc}: back in {stack.name} ({len(home)}), green out of traffic, "
                            f"draining {settings.drain_s:.0f}s")
                 await anyio.sleep(settings.drain_s)
@@ -244,15 +245,16 @@ class BlueGreen:
             await x.engine.call(lambda c, n=net: c.api.connect_container_to_network(cid, n, aliases=aliases),
                                 f"connect {cid[:12]} to {net} as {', '.join(aliases)}")
 
-    async def _out(self, x: Any, cid: str, networks: list[str], hook: list[str] | None) -> None:
+    async def _out(self, x: Any, stack: LoadedStack, cid: str, hook: list[str] | None) -> None:
         """Out of traffic before it stops: the x-dsm drain hook (the proxy's health check fails, requests
-        in flight finish), else off the networks (a request in flight there is cut)."""
+        in flight finish), else out of the service's DNS name with its address kept while it drains
+        (server/deploy/strategies/fleet.py's out_of_traffic, as rolling does)."""
         if hook:
             code, out = await exec_in(x.engine, cid, list(hook), timeout_s=60)
             if code == 0:
                 return
-            log.warning("drain hook in %s exited %s: %s; leaving the networks instead", cid[:12], code, out[-200:])
-        await self._leave(x, cid, {n: [] for n in networks})
+            log.warning("drain hook in %s exited %s: %s; leaving the DNS name instead", cid[:12], code, out[-200:])
+        await x.fleet.out_of_traffic(stack, cid, None)
 
     async def _leave(self, x: Any, cid: str, networks: dict[str, list[str]]) -> None:
         for net in networks:

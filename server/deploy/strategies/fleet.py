@@ -129,25 +129,56 @@ class ComposeFleet:
                               f"connect {cid[:12]} to {net}")
 
     async def out_of_traffic(self, stack: LoadedStack, cid: str, hook: list[str] | None) -> str:
-        """Take an old container out of traffic before it stops: the x-dsm ``drain`` hook, else it
-        leaves every network (a proxy resolving through Docker's DNS, or reading Docker's events,
-        stops sending to it then; SIGTERM alone does not do that)."""
+        """Take an old container out of traffic before it stops, keeping it reachable while it drains.
+
+        The x-dsm ``drain`` hook when the service has one (it fails the proxy's health check).
+        Else the container re-joins each of its networks under its own name only: Docker's DNS stops
+        answering the service's name (and its shared aliases) with it, so a proxy resolving through
+        127.0.0.11 drops it at its next re-resolution, while its address stays on the network (the
+        engine gives a re-joining endpoint the address it just freed) and it goes on answering the
+        requests the proxy still sends there meanwhile. Leaving the networks outright (what
+        :meth:`retire` does after the drain) makes that address vanish at once: a proxy that has not
+        re-resolved yet sends connections into a black hole, each waiting out its ``timeout connect``
+        (bench/rolling_update.py measured p99 60x the steady state that way)."""
         engine = self.x.engine
         if hook:
             code, out = await exec_in(engine, cid, hook, timeout_s=60)
             return f"{cid[:12]} drain hook exit {code}" + (f": {out.strip()[-120:]}" if code else "")
         info = await inspect_container(engine, cid) or {}
-        networks = sorted((info.get("NetworkSettings") or {}).get("Networks") or {})
-        for net in networks:
-            try:
+        own = str(info.get("Name") or "").lstrip("/")
+        moved: list[str] = []
+        for net, ep in sorted(((info.get("NetworkSettings") or {}).get("Networks") or {}).items()):
+            ep = ep or {}
+            before = str(ep.get("IPAddress") or "")
+            fixed = ep.get("IPAMConfig") or {}  # a static address (compose ipv4_address) is asked back
+            kw = {"aliases": [own] if own else None, "ipv4_address": fixed.get("IPv4Address") or None,
+                  "ipv6_address": fixed.get("IPv6Address") or None}
+            try:  # off the network between these two calls: a SYN sent then is retransmitted 1 s later
                 await engine.call(lambda c, n=net: c.api.disconnect_container_from_network(cid, n),
                                   f"disconnect {cid[:12]} from {net}")
-            except DsmError as exc:  # already gone from it: out of traffic all the same
-                return f"{cid[:12]} disconnect from {net}: {brief(exc)}"
-        return f"{cid[:12]} left {', '.join(networks) or 'no network'}"
+                off = time.monotonic()
+                await engine.call(lambda c, n=net, kw=kw: c.api.connect_container_to_network(cid, n, **kw),
+                                  f"connect {cid[:12]} to {net} as {own}")
+                off = time.monotonic() - off
+            except DsmError as exc:  # gone from it already: out of traffic all the same
+                moved.append(f"{net}: {brief(exc)}")
+                continue
+            now = await inspect_container(engine, cid) or {}
+            after = str((((now.get("NetworkSettings") or {}).get("Networks") or {}).get(net) or {}).get("IPAddress")
+                        or "")
+            moved.append(f"{net} (off {off * 1000:.0f} ms)" if after == before else
+                         f"{net} (address {before} -> {after}: a proxy still holding the old one waits for "
+                         "its connect timeout)")
+        return f"{cid[:12]} out of the service's DNS name on {', '.join(moved) or 'no network'}"
 
     async def retire(self, cid: str, stop_s: float) -> None:
+        """Off every network, then stopped and removed. After the drain a proxy resolving through
+        Docker's DNS sends nothing here any more; one reading Docker's events (Traefik) drops it on
+        the disconnect, before SIGTERM reaches a process that may stop answering at once."""
         engine = self.x.engine
+        info = await inspect_container(engine, cid) or {}
+        for net in sorted((info.get("NetworkSettings") or {}).get("Networks") or {}):
+            await _quiet_disconnect(engine, cid, net)
         try:
             await stop_container(engine, cid, timeout_s=int(stop_s))
         finally:
@@ -160,3 +191,11 @@ class ComposeFleet:
                 await remove_container(self.x.engine, cid)
             except Exception as exc:  # gone already
                 log.debug("new container %s not removed: %s", cid[:12], exc)
+
+
+async def _quiet_disconnect(engine: Any, cid: str, net: str) -> None:
+    try:
+        await engine.call(lambda c: c.api.disconnect_container_from_network(cid, net),
+                          f"disconnect {cid[:12]} from {net}")
+    except DsmError as exc:  # gone from it already
+        log.debug("%s not disconnected from %s: %s", cid[:12], net, brief(exc))
