@@ -135,6 +135,7 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
                 "instead of retrying; nothing was changed"])
     if maintenance_message:
         await _announce(runtime, loaded.name, maintenance_message)
+    replaced = await _running_ids(runtime, loaded.name, {t.service for t in targets}) if prune else set()
     before = edits_mod.apply_edits([t.edit for t in changing if t.edit]) if changing else {}
     try:
         report = await deploy(path, dry_run=False, plan_id=None if changing else plan_id, **kwargs)
@@ -153,8 +154,19 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
                 *report.next_steps, "the files update_stack changed were put back as they were"]})
         return report
     if report.status == "deployed" and prune:
-        report = await _prune(runtime, report, targets)
+        report = await _prune(runtime, report, targets, replaced, loaded.name)
     return report
+
+
+async def _running_ids(runtime: Runtime, stack: str, services: set[str]) -> set[str]:
+    """The image ids the services' containers run before the update: what it replaces, and so
+    the only candidates of its cleanup."""
+    try:
+        return {c.image_id for c in await runtime.engine().compose_containers(stack)
+                if c.service in services and c.image_id}
+    except Exception as exc:  # no cleanup candidates is a smaller cleanup, never a failed update
+        log.info("update: images before the update not read (%s)", exc)
+        return set()
 
 
 async def resolve(runtime: Runtime, loaded: LoadedStack, services: list[str] | None, images: dict[str, str],
@@ -300,15 +312,17 @@ def _annotate(report: DeployReport, targets: list[Target], to: str) -> DeployRep
     return report.model_copy(update=update_fields)
 
 
-async def _prune(runtime: Runtime, report: DeployReport, targets: list[Target]) -> DeployReport:
+async def _prune(runtime: Runtime, report: DeployReport, targets: list[Target], replaced: set[str],
+                 stack: str) -> DeployReport:
     import time
 
     from server.updates.prune import prune_replaced
 
     started = time.monotonic()
     try:
-        pruned = await prune_replaced(runtime.engine(), [t.ref_from for t in targets] + [t.ref_to for t in targets],
-                                      runtime.settings.stacks_root)
+        pruned = await prune_replaced(runtime.engine(), replaced,
+                                      [t.ref_from for t in targets] + [t.ref_to for t in targets],
+                                      runtime.settings.stacks_root, runtime.settings.state_dir, stack)
         phase = Phase(name="prune", status="ok", duration_s=round(time.monotonic() - started, 2),
                       detail=pruned.describe())
     except Exception as exc:  # the update is done; a prune that fails is a note
