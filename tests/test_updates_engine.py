@@ -283,3 +283,47 @@ async def test_nothing_is_written_into_a_stack_whose_project_runs_from_elsewhere
     with pytest.raises(StackConflict, match="runs from /somewhere/else"):
         await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch")
     assert (directory / "compose.yaml").read_text() == compose
+
+
+@pytest.mark.docker
+async def test_no_drift_after_our_own_update_rollback_and_scale(
+        runtime: Runtime, stacks_root: Path, project_name: str, repo: str) -> None:
+    """The files update_stack and scale_service write, and the files a rollback puts back, are our
+    own acts: stack_status shows no drift after any of them."""
+    from server.deploy.pipeline import Deployer
+    from server.scale import scale_service
+    from server.scale_models import Ask
+    from tests.test_drift_engine import drift_of
+
+    push(WEB_10, f"{repo}:1.0.0")
+    push(WEB_BROKEN, f"{repo}:3.0.0")
+    push(WEB_11, f"{repo}:1.1.0")
+    directory = stacks_root / project_name
+    directory.mkdir()
+    port = free_port()
+    (directory / "compose.yaml").write_text(stack_text(project_name, repo + ":${WEB_TAG}", port,
+                                                       "    environment: {WEB_CRASH_AFTER: '0'}\n"))
+    (directory / ".env").write_text("WEB_TAG=1.0.0\n")
+    first = await deploy(runtime, project_name)
+    assert first.status == "deployed" and (await drift_of(runtime, project_name))[1] == []
+
+    broken = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:3.0.0"})
+    assert broken.status == "rolled_back", broken
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert "WEB_TAG=1.0.0" in (directory / ".env").read_text()
+    assert (await drift_of(runtime, project_name))[1] == [], "the rollback's own files are no drift"
+
+    done = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.1.0"})
+    assert done.status == "deployed", done
+    assert done.plan is not None and done.plan.drift == [], "the .env update_stack wrote is no hand edit"
+    assert (await drift_of(runtime, project_name))[1] == []
+
+    scaled = await scale_service(runtime, project_name, "web", Ask(memory="96m"))
+    assert scaled.deploy is not None and scaled.deploy["status"] == "deployed", scaled
+    assert scaled.deploy["plan"]["drift"] == [], "the files scale_service wrote are no hand edit"
+    assert (await drift_of(runtime, project_name))[1] == []
+
+    # A hand edit before the update is still drift in its plan (only our own edit is left out).
+    (directory / ".env").write_text((directory / ".env").read_text() + "# by hand\n")
+    again = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.0.0"})
+    assert again.plan is not None and any(".env edited" in d for d in again.plan.drift), again.plan

@@ -137,6 +137,8 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         await _announce(runtime, loaded.name, maintenance_message)
     replaced = await _running_ids(runtime, loaded.name, {t.service for t in targets}) if prune else set()
     before = edits_mod.apply_edits([t.edit for t in changing if t.edit]) if changing else {}
+    # Measured before the deploy records its own baseline: our edits are not drift in its plan.
+    own = edits_mod.own_edits(runtime.settings, loaded.name, loaded.directory, before) if before else set()
     try:
         report = await deploy(path, dry_run=False, plan_id=None if changing else plan_id, **kwargs)
     except anyio.get_cancelled_exc_class():
@@ -147,8 +149,14 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         edits_mod.restore(before)  # it raised: the transaction is over, and rolled back if it began
         raise
     report = _annotate(report, targets, to)
+    if own and report.plan is not None and report.plan.drift:
+        plan = report.plan.model_copy(update={"drift": edits_mod.drop_own(report.plan.drift, own)})
+        report = report.model_copy(update={"plan": plan})
     if report.status not in ("deployed", "unchanged"):
-        if before:
+        # A rollback already put the last good deployment's files back (pins listed in .env's
+        # COMPOSE_FILE) and recorded them as the drift baseline: writing our copy over them would
+        # drop its pins and read as a hand edit. Without a rollback nothing ran on the new files.
+        if before and report.rollback is None:
             edits_mod.restore(before)
             report = report.model_copy(update={"next_steps": [
                 *report.next_steps, "the files update_stack changed were put back as they were"]})
