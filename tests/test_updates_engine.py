@@ -298,6 +298,7 @@ async def test_no_drift_after_our_own_update_rollback_and_scale(
     push(WEB_10, f"{repo}:1.0.0")
     push(WEB_BROKEN, f"{repo}:3.0.0")
     push(WEB_11, f"{repo}:1.1.0")
+    push(WEB_11, f"{repo}:2.0.0")
     directory = stacks_root / project_name
     directory.mkdir()
     port = free_port()
@@ -312,6 +313,13 @@ async def test_no_drift_after_our_own_update_rollback_and_scale(
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
     assert "WEB_TAG=1.0.0" in (directory / ".env").read_text()
     assert (await drift_of(runtime, project_name))[1] == [], "the rollback's own files are no drift"
+
+    # check_updates after the rollback: the release that failed is flagged, the next one is offered.
+    assert runtime.memory_outbox().flush(30.0)
+    (img,) = (await check_stacks(runtime, project_name)).images
+    assert [(n.tag, n.level, bool(n.failed_before)) for n in img.newer] == [
+        ("1.1.0", "minor", False), ("3.0.0", "major", True), ("2.0.0", "major", False)], img.newer
+    assert broken.incident_id and broken.incident_id in (img.newer[1].failed_before or ""), img.newer[1]
 
     done = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.1.0"})
     assert done.status == "deployed", done
