@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from server.deploy import planids
 from server.deploy.report import DeployReport, Phase
 from server.errors import DsmError
 from server.models import Finding
@@ -102,13 +103,17 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         # pre-flights) the new image for real; a literal image's change is annotated on the plan.
         overrides = {t.edit.key: t.edit.value for t in changing if t.edit and t.edit.kind == "env"}
         planned = _annotate(await deploy(path, dry_run=True, env=overrides or None, **kwargs), targets, to)
+        if planned.status == "planned" and planned.plan is not None:
+            planids.remember(runtime.settings, loaded.name, planned.plan.plan_id, "update_stack")
         if dry_run or planned.status != "planned":
             return planned
         now = planned.plan.plan_id if planned.plan else None
         if plan_id != now:
-            finding = Finding(rule="plan-changed", severity="error", category="deploy",
-                              message="the files, images, registry or running state changed since this plan_id",
-                              evidence=[f"asked {plan_id}, now {now}"])
+            assert plan_id is not None
+            elsewhere = planids.mismatch(runtime.settings, loaded.name, plan_id)  # another stack's: not "changed"
+            finding = Finding(rule="plan-other-stack" if elsewhere else "plan-changed", severity="error",
+                              category="deploy", message=elsewhere or "the files, images, registry or running "
+                              "state changed since this plan_id", evidence=[f"asked {plan_id}, now {now}"])
             return planned.model_copy(update={"status": "blocked", "findings": [*planned.findings, finding],
                                               "next_steps": ["review the new plan (dry_run=true) and update with "
                                                              "its plan_id; nothing was changed"]})
