@@ -335,3 +335,40 @@ async def test_no_drift_after_our_own_update_rollback_and_scale(
     (directory / ".env").write_text((directory / ".env").read_text() + "# by hand\n")
     again = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.0.0"})
     assert again.plan is not None and any(".env edited" in d for d in again.plan.drift), again.plan
+
+
+@pytest.mark.docker
+async def test_maintenance_message_reaches_the_alert_urls_and_the_report(
+        runtime: Runtime, stacks_root: Path, project_name: str, repo: str) -> None:
+    import dataclasses
+
+    from server.deploy.pipeline import Deployer
+    from tests.helpers_monitor import alert_receiver
+
+    push(WEB_10, f"{repo}:1.0.0")
+    push(WEB_11, f"{repo}:1.0.1")
+    directory = stacks_root / project_name
+    directory.mkdir()
+    (directory / "compose.yaml").write_text(stack_text(project_name, f"{repo}:1.0.0", free_port()))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    message = "shop updates web at 02:00 UTC, about a minute"
+    with alert_receiver() as (url, received):
+        runtime.settings = dataclasses.replace(runtime.settings, alert_urls=(url,))
+        planned = await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch", dry_run=True,
+                                     maintenance_message=message)
+        assert planned.status == "planned" and received == [], "a dry run announces nothing"
+        done = await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch",
+                                  maintenance_message=message)
+        assert done.status == "deployed", done
+        assert done.phases[0].name == "announce" and phase(done, "announce").status == "ok", done.phases
+        (sent,) = received
+        assert sent["title"] == f"{project_name}: maintenance" and message in sent["message"], sent
+        # The next update's announcement is its own, not a duplicate of this one.
+        again = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.0.0"},
+                                   maintenance_message=message)
+        assert again.status == "deployed" and len(received) == 2, received
+    # Without alert URLs the report says it was not announced.
+    runtime.settings = dataclasses.replace(runtime.settings, alert_urls=())
+    quiet = await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch",
+                               maintenance_message=message)
+    assert phase(quiet, "announce").status == "skipped" and "no alert URLs" in phase(quiet, "announce").detail

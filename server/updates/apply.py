@@ -138,8 +138,7 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
             return DeployReport(status="busy", stack=loaded.name, operation_id=holder.operation_id, next_steps=[
                 f"another {holder.kind} runs on this stack: poll operation_status('{holder.operation_id}') "
                 "instead of retrying; nothing was changed"])
-    if maintenance_message:
-        await _announce(runtime, loaded.name, maintenance_message)
+    announced = await _announce(runtime, loaded.name, maintenance_message) if maintenance_message else None
     replaced = await _running_ids(runtime, loaded.name, {t.service for t in targets}) if prune else set()
     before = edits_mod.apply_edits([t.edit for t in changing if t.edit]) if changing else {}
     # Measured before the deploy records its own baseline: our edits are not drift in its plan.
@@ -154,6 +153,8 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         edits_mod.restore(before)  # it raised: the transaction is over, and rolled back if it began
         raise
     report = _annotate(report, targets, to)
+    if announced is not None:  # the report says whether the announcement went out, first of its phases
+        report = report.model_copy(update={"phases": [announced, *report.phases]})
     if own and report.plan is not None and report.plan.drift:
         plan = report.plan.model_copy(update={"drift": edits_mod.drop_own(report.plan.drift, own)})
         report = report.model_copy(update={"plan": plan})
@@ -344,15 +345,27 @@ async def _prune(runtime: Runtime, report: DeployReport, targets: list[Target], 
     return report.model_copy(update={"phases": [*report.phases, phase]})
 
 
-async def _announce(runtime: Runtime, stack: str, message: str) -> None:
+async def _announce(runtime: Runtime, stack: str, message: str) -> Phase:
+    """The maintenance message to the alert URLs (DSM_ALERT_URLS), before anything changes; the
+    ``announce`` phase says whether it went out. Its key is this announcement's own: an alert of
+    the same stack an hour ago does not swallow it as a duplicate."""
+    import time
+
     from server.monitor.alerts import Alert, Alerter
 
+    started = time.monotonic()
+    alerter = Alerter(runtime.settings)
+    key = f"update:{stack}:maintenance:{time.time_ns()}"
     try:
-        await Alerter(runtime.settings).send(Alert(key=f"update:{stack}:maintenance", level="warning",
-                                                   title=f"{stack}: maintenance", what_broke=message[:500],
-                                                   stack=stack))
-    except Exception:  # an announcement never stops the update
+        sent = await alerter.send(Alert(key=key, level="warning", title=f"{stack}: maintenance",
+                                        what_broke=message[:500], stack=stack))
+        status, detail = ("ok", f"maintenance message sent to {len(alerter.urls)} alert URL(s)") if sent else (
+            ("skipped", "not announced: no alert URLs (DSM_ALERT_URLS)") if not alerter.enabled else
+            ("failed", "not announced: the alert URLs did not take it (rate limit or delivery; see the log)"))
+    except Exception as exc:  # an announcement never stops the update
         log.warning("maintenance message for %s not sent", stack, exc_info=True)
+        status, detail = "failed", f"not announced: {type(exc).__name__}"
+    return Phase(name="announce", status=status, duration_s=round(time.monotonic() - started, 2), detail=detail)
 
 
 def _under_root(runtime: Runtime, loaded: LoadedStack) -> bool:
