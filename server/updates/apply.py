@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
@@ -356,15 +356,19 @@ async def _announce(runtime: Runtime, stack: str, message: str) -> Phase:
     started = time.monotonic()
     alerter = Alerter(runtime.settings)
     key = f"update:{stack}:maintenance:{time.time_ns()}"
+    status: Literal["ok", "failed", "skipped"] = "failed"
     try:
         sent = await alerter.send(Alert(key=key, level="warning", title=f"{stack}: maintenance",
                                         what_broke=message[:500], stack=stack))
-        status, detail = ("ok", f"maintenance message sent to {len(alerter.urls)} alert URL(s)") if sent else (
-            ("skipped", "not announced: no alert URLs (DSM_ALERT_URLS)") if not alerter.enabled else
-            ("failed", "not announced: the alert URLs did not take it (rate limit or delivery; see the log)"))
+        if sent:
+            status, detail = "ok", f"maintenance message sent to {len(alerter.urls)} alert URL(s)"
+        elif not alerter.enabled:
+            status, detail = "skipped", "not announced: no alert URLs (DSM_ALERT_URLS)"
+        else:
+            detail = "not announced: the alert URLs did not take it (rate limit or delivery; see the log)"
     except Exception as exc:  # an announcement never stops the update
         log.warning("maintenance message for %s not sent", stack, exc_info=True)
-        status, detail = "failed", f"not announced: {type(exc).__name__}"
+        detail = f"not announced: {type(exc).__name__}"
     return Phase(name="announce", status=status, duration_s=round(time.monotonic() - started, 2), detail=detail)
 
 
