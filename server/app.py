@@ -98,7 +98,19 @@ class DockerStackServer(MCPServer[Runtime]):
     ) -> CallToolResult | InputRequiredResult:
         # Every tool's text content as compact JSON, here once for every tool family (the SDK
         # indents it, which costs a reading model a third more characters for nothing).
-        result = await super().call_tool(name, arguments, context)
+        from mcp.server.mcpserver.exceptions import ToolError
+        from pydantic import ValidationError
+
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if not isinstance(exc.__cause__, ValidationError):
+                raise
+            # Arguments of the wrong type, said once for every tool (server/argerrors.py).
+            from server.argerrors import describe
+
+            cause = exc.__cause__
+            raise ToolError(describe(name, [dict(e) for e in cause.errors()])) from cause
         return compact_result(result) if isinstance(result, CallToolResult) else result
 
     async def list_tools(self) -> list[MCPTool]:

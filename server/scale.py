@@ -93,9 +93,13 @@ async def scale_service(runtime: Runtime, stack_arg: str, service: str, ask: Ask
     if busy is not None:
         return report.model_copy(update={"status": "busy", "next_steps": [
             f"another {busy.kind} runs on this stack: poll operation_status('{busy.operation_id}'); nothing changed"]})
+    from server.updates.files import drop_own, own_edits
+
     kept = _Files(directory)
     override.write_scale(directory, service, entry)
     written = kept.override_now()
+    # Measured before the deploy records its own baseline: our edits (.env's COMPOSE_FILE) are not drift.
+    own = own_edits(runtime.settings, stack.name, directory, {directory / n: b for n, b in kept.before.items()})
     from server.deploy.compose_executor import ComposeExecutor
     from server.deploy.transaction import Transaction
 
@@ -110,6 +114,9 @@ async def scale_service(runtime: Runtime, stack_arg: str, service: str, ask: Ask
         kept.put_back_if(written)  # the deploy changed nothing: neither do we
     steps = [*(["compose.dsm.yaml keeps these: the next deploy_stack and `docker compose up` run them"]
                if deployed.status == "deployed" else []), *deployed.next_steps]
+    if own and deployed.plan is not None and deployed.plan.drift:
+        deployed = deployed.model_copy(update={"plan": deployed.plan.model_copy(update={
+            "drift": drop_own(deployed.plan.drift, own)})})
     deploy = deployed.for_the_caller().model_dump(mode="json")
     return report.model_copy(update={"status": deployed.status, "deploy": deploy,
                                      "next_steps": steps[:3]})

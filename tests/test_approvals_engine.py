@@ -238,3 +238,25 @@ async def test_the_question_over_stdio(stacks_root: Path, tmp_path: Path, projec
         result = await client.call_tool("stack_control", {"stack": project_name, "action": "stop", "confirm": True})
     assert result.is_error and "did not confirm" in text_of(result), text_of(result)
     assert len(asked) == 1 and f"stop every service (web) of stack {project_name!r} (plan " in asked[0]
+
+
+async def test_an_unasked_approval_is_noted_and_another_stacks_plan_id_named(
+        runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    """No policy asks: an approval code given is said to be unused (a note, not an error). A
+    plan_id from another stack's dry run is answered as that, not as "the plan changed"."""
+    other = f"{project_name}b"
+    write(stacks_root, project_name, web_stack(project_name, volume=False))
+    write(stacks_root, other, web_stack(other, volume=False))
+    async with Client(build_server(runtime.settings, runtime)) as client:
+        planned = await client.call_tool("deploy_stack", {"path": project_name, "dry_run": True,
+                                                          "approval": "ABC234"})
+        assert not planned.is_error, text_of(planned)
+        steps = planned.structured_content["next_steps"]
+        assert steps[0].startswith("approval 'ABC234' not used: no safety policy rule asks"), steps
+        theirs = await client.call_tool("deploy_stack", {"path": other, "dry_run": True})
+        plan_id = theirs.structured_content["plan"]["plan_id"]
+        wrong = await client.call_tool("deploy_stack", {"path": project_name, "plan_id": plan_id})
+    assert not wrong.is_error and wrong.structured_content["status"] == "blocked", text_of(wrong)
+    (finding,) = [f for f in wrong.structured_content["findings"] if f["rule"].startswith("plan-")]
+    assert finding["rule"] == "plan-other-stack" and f"a plan of stack {other!r}" in finding["message"], finding
+    assert containers(project_name) == [], "nothing was started"

@@ -170,3 +170,17 @@ async def test_network_disconnect_and_scale_by_hand_alert_once_each(
         finally:
             runtime.close()
             remove_pins(project_name)
+
+
+async def test_image_drift_cause_names_what_drifted(runtime: Runtime, stacks_root: Path, project_name: str) -> None:
+    """A container replaced by hand with another image: diagnose_stack says so, not "files edited"."""
+    from server.monitor.diagnose import diagnose_stack
+
+    directory = write(stacks_root, project_name, web_stack(project_name, "dsm-test/web:1.0", volume=False))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    (directory / "hand.yaml").write_text("services:\n  web:\n    image: dsm-test/web:1.1\n")
+    compose(directory, "-f", "compose.yaml", "-f", "hand.yaml", "up", "-d")
+    diagnosis = await diagnose_stack(runtime, project_name)
+    (found,) = [f for f in diagnosis.findings if f.rule == "image-drift"]
+    assert found.likely_cause.startswith("the container was replaced by hand with another image"), found
+    assert "files were edited" not in found.likely_cause

@@ -87,3 +87,37 @@ def test_a_rollback_without_an_up_plan_and_files_not_kept(settings: Settings) ->
     assert changes[b].recreated == ["web"] and changes[b].one_shots_run == [] and changes[b].env_keys == ["API_TOKEN"]
     # No kept files (not a real deploy): env keys unknown, said as null, not as "none changed".
     assert changes[a].env_keys is None and changes[a].recreated == ["db", "web"]
+
+
+def _keep(settings: Settings, stack: str, op_id: str, files: dict[str, str] | None) -> None:
+    """The deployment's kept files as server/deploy/snapshots.py writes them; None: only the drift
+    baseline, as a failed deploy's rollback records it under the failed id."""
+    directory = settings.state_dir / "deployments" / stack / op_id
+    directory.mkdir(parents=True)
+    (directory / "BASELINE.json").write_text("{}")
+    if files is not None:
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        (directory / "FILES").write_text("".join(f"{n}\n" for n in files))
+
+
+def test_a_failed_deploy_lists_no_spurious_env_keys_and_each_service_once(settings: Settings) -> None:
+    from server.operations.views import images_of
+
+    ops = Operations(settings)
+    compose = "services:\n  proxy:\n    environment: {PROXY_BACKEND: 'app:80'}\n  app: {}\n"
+    a = _record(ops, "shop", "deploy", "deployed", {"app": "app:1", "proxy": "proxy:1"}, up="app create")
+    _keep(settings, "shop", a, {"compose.yaml": compose, "override.yaml": compose.replace("app:80", "app:81")})
+    b = _record(ops, "shop", "deploy", "rolled_back", {"app": "app:1", "proxy": "proxy:1"}, up="app recreate")
+    _keep(settings, "shop", b, None)
+    c = _record(ops, "shop", "deploy", "deployed", {"app": "app:2", "proxy": "proxy:1"}, up="app recreate")
+    _keep(settings, "shop", c, {"compose.yaml": compose, "override.yaml": compose.replace("app:80", "app:81")})
+    changes = changes_of(settings, ops.history("shop"))
+    # The failed deploy's files were not kept: unknown (null), not "every variable removed".
+    assert changes[b].env_keys is None, changes[b]
+    # Same files: nothing changed (the later file of the merge order is the one compared).
+    assert changes[c].env_keys == [], changes[c]
+    # A service with two containers running one image is one entry.
+    rows = [{"name": "app", "image": "app:2", "image_digest": "r/app@sha256:2"}] * 2 + [
+        {"name": "proxy", "image": "proxy:1", "image_digest": "r/proxy@sha256:1"}]
+    assert [i.service for i in images_of({"services": rows})] == ["app", "proxy"]

@@ -101,3 +101,22 @@ async def test_a_path_null_is_a_path_that_does_not_exist(mcp_client: Any) -> Non
     assert "'null'" in text(result) and "exactly one of" not in text(result), text(result)
     both = await mcp_client.call_tool("validate_compose", {"path": "null", "content": "services: {}\n"})
     assert both.is_error and "exactly one of" in text(both), text(both)
+
+
+@pytest.mark.parametrize(("tool", "args", "said"), [
+    ("deploy_stack", {"path": "app", "dry_run": "maybe"}, "argument 'dry_run' must be true or false (got a string)"),
+    ("update_stack", {"stack": "app", "images": ["web:2"]}, "argument 'images' must be an object"),
+    ("scale_service", {"stack": "app", "service": "web", "replicas": 1.5}, "argument 'replicas' must be a whole"),
+    ("deploy_stack", {"dry_run": True}, "argument 'path' is required"),
+    ("update_stack", {"stack": "app", "to": "newest"}, "argument 'to' must be one of 'digest', 'patch'"),
+])
+async def test_a_wrong_argument_type_is_one_clear_line(mcp_client: Any, tool: str, args: dict[str, Any],
+                                                       said: str) -> None:
+    """Not pydantic's text (class names, the rejected value, a docs link): the argument, the type it
+    must be, and that nothing ran, for every tool from one place (server/argerrors.py)."""
+    result = await mcp_client.call_tool(tool, {**args, "env": {"TOKEN": "s3cr3t-value"}} if tool == "deploy_stack"
+                                        else args)
+    said_text = text(result)
+    assert result.is_error and said in said_text and "nothing was run" in said_text, said_text
+    assert "\n" not in said_text and "pydantic" not in said_text and "validation error" not in said_text
+    assert "s3cr3t-value" not in said_text and "maybe" not in said_text and "web:2" not in said_text

@@ -142,14 +142,7 @@ async def test_update_to_minor_through_mcp_writes_env_runs_it_and_prunes(
     env = "# which web runs\nWEB_TAG=1.0.0  # bumped by update_stack\n"
     (directory / ".env").write_text(env)
     assert (await deploy(runtime, project_name)).status == "deployed"
-    junk = build_junk(f"{repo}:0.9")  # an older version nobody uses: removed after the update
-    build_junk(f"{repo}:0.8")  # pinned by another stack's rollback: kept
-    (stacks_root / f"{project_name}-other").mkdir()
-    (stacks_root / f"{project_name}-other" / "compose.dsm.yaml").write_text(
-        f"services:\n  web:\n    image: {repo}:0.8\n")
-    build_junk(f"{repo}:0.7")  # named by a stack that is not running: kept too
-    (stacks_root / f"{project_name}-other" / "compose.yaml").write_text(
-        f"services:\n  web:\n    image: '{repo}:0.7'  # stopped for now\n")
+    build_junk(f"{repo}:0.9")  # another version of the repository that nothing runs: not the update's to remove
 
     async with Client(build_server(runtime.settings, runtime)) as client:
         found = await _call(client, "check_updates", stack=project_name)
@@ -170,12 +163,57 @@ async def test_update_to_minor_through_mcp_writes_env_runs_it_and_prunes(
     assert (directory / ".env").read_text() == env.replace("1.0.0", "1.2.0")
     assert get(f"http://127.0.0.1:{port}/") == "web 1.1"
     pruned = next(p for p in done["phases"] if p["name"] == "prune")
-    assert f"{repo}:0.9" in pruned["detail"] and "0.8 (pinned in a compose.dsm.yaml)" in pruned["detail"], pruned
-    assert f"0.7 (named in {project_name}-other/compose.yaml)" in pruned["detail"], pruned
-    assert f"up to {_mb(junk)} MB freed" in pruned["detail"], pruned
-    assert docker("images", "-q", f"{repo}:0.9") == "" and docker("images", "-q", f"{repo}:0.8") != ""
-    assert docker("images", "-q", f"{repo}:0.7") != ""
-    assert docker("images", "-q", f"{repo}:1.0.0") != ""  # pinned by the update's own backup
+    # 1.0.0 is the provisioned dsm-test/web:1.0 too (another repository's tag): never ours to remove.
+    assert pruned["detail"].startswith("removed 0 replaced image(s)"), pruned
+    assert docker("images", "-q", f"{repo}:0.9") != "" and docker("images", "-q", f"{repo}:1.0.0") != ""
+    assert docker("images", "-q", WEB_10) != ""
+
+
+def build_web(base: str, ref: str, project: str) -> str:
+    """``base`` (a test web image) as an image of its own (its own id and 300 kB), pushed as ``ref``."""
+    docker("build", "-q", "-t", ref, "-", stdin=f"FROM {base}\nLABEL dsm.test=1 dsm.test.build={project}-{ref}\n"
+           "RUN head -c 300000 /dev/urandom > /junk-build\n")
+    push(ref, ref)
+    return image_id(ref)
+
+
+@pytest.mark.docker
+async def test_update_cleanup_removes_only_the_image_it_replaced(
+        runtime: Runtime, stacks_root: Path, project_name: str, repo: str) -> None:
+    import dataclasses
+
+    from server.deploy.pipeline import Deployer
+
+    # One backup kept: the pin of the version an update replaced lasts until the next update.
+    runtime.settings = dataclasses.replace(runtime.settings, backup_keep=1)
+    v1 = build_web(WEB_10, f"{repo}:1.0.0", project_name)
+    size1 = int(docker("image", "inspect", v1, "--format", "{{.Size}}"))
+    build_web(WEB_11, f"{repo}:1.1.0", project_name)
+    build_web(WEB_10, f"{repo}:1.2.0", project_name)
+    junk = build_junk(f"{repo}:0.9")  # a version of the repository that this stack never ran
+    port = free_port()
+    directory = stacks_root / project_name
+    directory.mkdir()
+    (directory / "compose.yaml").write_text(stack_text(project_name, f"{repo}:1.0.0", port))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+
+    first = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.1.0"})
+    assert first.status == "deployed", first
+    detail = phase(first, "prune").detail
+    assert detail.startswith("removed 0 replaced image(s)") and (
+        f"kept {repo}:1.0.0 (pinned by a backup within retention)" in detail), detail
+    assert docker("images", "-q", f"{repo}:0.9") != ""
+
+    # The next update's backup replaces the one that pinned 1.0.0: now nothing needs it, and it goes.
+    second = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.2.0"})
+    assert second.status == "deployed", second
+    detail = phase(second, "prune").detail
+    assert detail.startswith(f"removed 1 replaced image(s), up to {_mb(size1)} MB freed: {repo}:1.0.0"), detail
+    assert f"kept {repo}:1.1.0 (pinned by a backup within retention)" in detail, detail
+    assert docker("images", "-q", f"{repo}:1.0.0") == "" and v1 not in docker("images", "-q", "--no-trunc")
+    assert docker("images", "-q", f"{repo}:0.9") != "", "another version nothing ran survives"
+    assert docker("image", "inspect", "--format", "{{.Size}}", f"{repo}:0.9") == str(junk)
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
 
 
 def _mb(n: int) -> str:
@@ -245,3 +283,92 @@ async def test_nothing_is_written_into_a_stack_whose_project_runs_from_elsewhere
     with pytest.raises(StackConflict, match="runs from /somewhere/else"):
         await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch")
     assert (directory / "compose.yaml").read_text() == compose
+
+
+@pytest.mark.docker
+async def test_no_drift_after_our_own_update_rollback_and_scale(
+        runtime: Runtime, stacks_root: Path, project_name: str, repo: str) -> None:
+    """The files update_stack and scale_service write, and the files a rollback puts back, are our
+    own acts: stack_status shows no drift after any of them."""
+    from server.deploy.pipeline import Deployer
+    from server.scale import scale_service
+    from server.scale_models import Ask
+    from tests.test_drift_engine import drift_of
+
+    push(WEB_10, f"{repo}:1.0.0")
+    push(WEB_BROKEN, f"{repo}:3.0.0")
+    push(WEB_11, f"{repo}:1.1.0")
+    push(WEB_11, f"{repo}:2.0.0")
+    directory = stacks_root / project_name
+    directory.mkdir()
+    port = free_port()
+    (directory / "compose.yaml").write_text(stack_text(project_name, repo + ":${WEB_TAG}", port,
+                                                       "    environment: {WEB_CRASH_AFTER: '0'}\n"))
+    (directory / ".env").write_text("WEB_TAG=1.0.0\n")
+    first = await deploy(runtime, project_name)
+    assert first.status == "deployed" and (await drift_of(runtime, project_name))[1] == []
+
+    broken = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:3.0.0"})
+    assert broken.status == "rolled_back", broken
+    assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    assert "WEB_TAG=1.0.0" in (directory / ".env").read_text()
+    assert (await drift_of(runtime, project_name))[1] == [], "the rollback's own files are no drift"
+
+    # check_updates after the rollback: the release that failed is flagged, the next one is offered.
+    assert runtime.memory_outbox().flush(30.0)
+    (img,) = (await check_stacks(runtime, project_name)).images
+    assert [(n.tag, n.level, bool(n.failed_before)) for n in img.newer] == [
+        ("1.1.0", "minor", False), ("3.0.0", "major", True), ("2.0.0", "major", False)], img.newer
+    assert broken.incident_id and broken.incident_id in (img.newer[1].failed_before or ""), img.newer[1]
+
+    done = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.1.0"})
+    assert done.status == "deployed", done
+    assert done.plan is not None and done.plan.drift == [], "the .env update_stack wrote is no hand edit"
+    assert (await drift_of(runtime, project_name))[1] == []
+
+    scaled = await scale_service(runtime, project_name, "web", Ask(memory="96m"))
+    assert scaled.deploy is not None and scaled.deploy["status"] == "deployed", scaled
+    assert scaled.deploy["plan"]["drift"] == [], "the files scale_service wrote are no hand edit"
+    assert (await drift_of(runtime, project_name))[1] == []
+
+    # A hand edit before the update is still drift in its plan (only our own edit is left out).
+    (directory / ".env").write_text((directory / ".env").read_text() + "# by hand\n")
+    again = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.0.0"})
+    assert again.plan is not None and any(".env edited" in d for d in again.plan.drift), again.plan
+
+
+@pytest.mark.docker
+async def test_maintenance_message_reaches_the_alert_urls_and_the_report(
+        runtime: Runtime, stacks_root: Path, project_name: str, repo: str) -> None:
+    import dataclasses
+
+    from server.deploy.pipeline import Deployer
+    from tests.helpers_monitor import alert_receiver
+
+    push(WEB_10, f"{repo}:1.0.0")
+    push(WEB_11, f"{repo}:1.0.1")
+    directory = stacks_root / project_name
+    directory.mkdir()
+    (directory / "compose.yaml").write_text(stack_text(project_name, f"{repo}:1.0.0", free_port()))
+    assert (await deploy(runtime, project_name)).status == "deployed"
+    message = "shop updates web at 02:00 UTC, about a minute"
+    with alert_receiver() as (url, received):
+        runtime.settings = dataclasses.replace(runtime.settings, alert_urls=(url,))
+        planned = await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch", dry_run=True,
+                                     maintenance_message=message)
+        assert planned.status == "planned" and received == [], "a dry run announces nothing"
+        done = await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch",
+                                  maintenance_message=message)
+        assert done.status == "deployed", done
+        assert done.phases[0].name == "announce" and phase(done, "announce").status == "ok", done.phases
+        (sent,) = received
+        assert sent["title"] == f"{project_name}: maintenance" and message in sent["message"], sent
+        # The next update's announcement is its own, not a duplicate of this one.
+        again = await update_stack(runtime, Deployer(runtime).deploy, project_name, images={"web": f"{repo}:1.0.0"},
+                                   maintenance_message=message)
+        assert again.status == "deployed" and len(received) == 2, received
+    # Without alert URLs the report says it was not announced.
+    runtime.settings = dataclasses.replace(runtime.settings, alert_urls=())
+    quiet = await update_stack(runtime, Deployer(runtime).deploy, project_name, to="patch",
+                               maintenance_message=message)
+    assert phase(quiet, "announce").status == "skipped" and "no alert URLs" in phase(quiet, "announce").detail

@@ -13,6 +13,7 @@ import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context
@@ -70,6 +71,28 @@ CHANGES_STACKS = ToolAnnotations(
 """Changes running containers, volumes or files under the stacks root."""
 
 
+NOTES: ContextVar[list[str] | None] = ContextVar("dsm_tool_notes", default=None)
+"""Short notes for the caller that are not an error (an approval code nobody asked for): put in
+the result's ``next_steps`` (else its ``detail``) by :func:`tool_errors`, in one place."""
+
+
+def note(text: str) -> None:
+    found = NOTES.get()
+    if found is not None and text not in found:
+        found.append(text)
+
+
+def _with_notes(result: R, notes: list[str]) -> R:
+    if not notes or not isinstance(result, BaseModel):
+        return result
+    values = result.__dict__
+    if isinstance(values.get("next_steps"), list):
+        return result.model_copy(update={"next_steps": [*notes, *values["next_steps"]]})
+    if isinstance(values.get("detail"), str):
+        return result.model_copy(update={"detail": "; ".join([values["detail"], *notes])})
+    return result
+
+
 def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Map exceptions to model-facing tool errors. Keeps the signature for the SDK's schema."""
 
@@ -78,8 +101,9 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         from server.safety.audit import CURRENT, outcome_of
 
         call = CURRENT.get()  # the audit line of this call (set by the server; None in bare tests)
+        notes = NOTES.set([])
         try:
-            result = await fn(*args, **kwargs)
+            result = _with_notes(await fn(*args, **kwargs), NOTES.get() or [])
             if call is not None:
                 call.finish("ok", result=result)
             return result
@@ -102,6 +126,8 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
                 "the server logged the details to stderr. Next: call a read-only tool such as list_stacks "
                 "to see the current state before retrying."
             ) from None
+        finally:
+            NOTES.reset(notes)
 
     # The SDK publishes the docstring as the tool's description: strip the code indentation.
     wrapper.__doc__ = inspect.cleandoc(fn.__doc__ or "")

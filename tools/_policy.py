@@ -29,7 +29,7 @@ from server.safety.audit import CURRENT
 from server.safety.gate import UNCHANGED, Gate, PolicyRefused, check
 from server.safety.proposals import Proposal
 from server.settings import Settings
-from tools._common import Confirmation, _can_elicit, runtime_of
+from tools._common import Confirmation, _can_elicit, note, runtime_of
 
 log = logging.getLogger("docker_stack_mcp.policy")
 PlanFn = Callable[[], Awaitable[Proposal]]
@@ -47,6 +47,9 @@ async def enforce(
     can_ask = ctx is not None and _can_elicit(ctx, back_channel_only=False)
     gate = check(settings, tool, stack, act, dry_run=dry_run, can_ask=can_ask and plan is not None)
     if gate.approval is None:
+        if code:  # said, not refused: the call goes on as it would without it
+            note(f"approval {code.strip()[:20]!r} not used: no safety policy rule asks for an approval for "
+                 f"{tool} ({act}){' in a dry run' if dry_run else ''} on stack {gate.stack!r}")
         return gate
     call = CURRENT.get()
     if call is not None:  # the audit line says which rule asked; `by` once someone answered

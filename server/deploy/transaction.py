@@ -174,9 +174,12 @@ class Transaction:
                   "the pre-flight" + ("" if dry_run else ": " + ", ".join(f"{s.service} {s.action}"
                                                                          for s in changes)[:400]))
         if plan_id is not None and plan_id != plan.plan_id:
+            from server.deploy.planids import mismatch
+
+            other = mismatch(self.settings, stack.name, plan_id)  # another stack's plan is not "changed"
             run.findings.append(Finding(
-                rule="plan-changed", severity="error", category="deploy",
-                message="the files, env or running state changed since this plan_id was computed",
+                rule="plan-other-stack" if other else "plan-changed", severity="error", category="deploy",
+                message=other or "the files, env or running state changed since this plan_id was computed",
                 evidence=[f"asked {plan_id}, now {plan.plan_id}"]))
             return self._report(run, "blocked", plan=plan, next_steps=[
                 "review the new plan (dry_run=true) and deploy with its plan_id; nothing was changed"])
@@ -189,6 +192,9 @@ class Transaction:
         run.findings.extend(plan.findings)  # data moves: a database's volume renamed, replaced or dropped
         critical = stack.settings.critical or any(stack.service_settings_for(s).critical for s in stack.services)
         if dry_run:
+            from server.deploy import planids
+
+            planids.remember(self.settings, stack.name, plan.plan_id, "deploy_stack")
             return self._report(run, "planned", plan=plan, next_steps=[
                 f"deploy_stack(path, plan_id='{plan.plan_id}') applies exactly this plan"],
                 needs_confirm=needs_confirm(stack.name, critical=bool(critical and changes),

@@ -93,7 +93,8 @@ async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = Non
     model_drift = await drift.compare(runtime, ref, model, observed, one_shots, only=service) \
         if model is not None else []
     for d in model_drift:
-        out.add(d.rule, d.severity, "drift", d.service, d.message, likely_cause=d.likely_cause, fix=d.fix,
+        cause = driftfindings.cause_for(since_deploy, d.service, d.rule, d.likely_cause)
+        out.add(d.rule, d.severity, "drift", d.service, d.message, likely_cause=cause, fix=d.fix,
                 evidence=[*d.evidence, *driftfindings.evidence_for(since_deploy, d.service, d.rule)])
     if ref.location is not None:
         driftfindings.add_findings(out.add, since_deploy, {(d.service, d.rule) for d in model_drift}, service,

@@ -130,7 +130,8 @@ async def compare(runtime: Runtime, ref: StackRef, model: dict[str, Any], observ
                 continue
             out.append(Drift(
                 name, "image-drift", "warning", f"{o.summary.name} runs {running_ref}, the files say {ref_image}",
-                likely_cause="the files were edited and not deployed, or the container was replaced by hand",
+                likely_cause="the container runs another image than its files name: it was replaced by hand, "
+                "or the files were edited and not deployed",
                 fix=f"{fix} recreates it from {ref_image} (or rollback if the files are wrong)",
                 evidence=[f"model image {ref_image} ({model_id[7:19] if model_id else 'not local'})",
                           f"running {running_ref} ({str(o.inspect.get('Image') or '')[7:19]})"]))

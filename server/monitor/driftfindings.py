@@ -58,6 +58,24 @@ def evidence_for(report: DriftReport | None, service: str, rule: str) -> list[st
     return [_line(report, i) for i in report.items if i.kind == kind and i.service == service]
 
 
+def cause_for(report: DriftReport | None, service: str, rule: str, default: str) -> str:
+    """A model drift finding's likely cause, worded by what drifted since the recorded deployment:
+    the container (replaced by hand) or the files (edited, not deployed), when the record says."""
+    if report is None or rule != "image-drift":
+        return default
+    container = any(i.kind in ("image", "config", "recreated") and i.service == service for i in report.items)
+    files = [i.change.split()[0] for i in report.items if i.kind == "file"]
+    if container and files:
+        return (f"both moved since the deployment: the container was replaced by hand with another image, and "
+                f"{', '.join(files)} edited since")
+    if container:
+        return ("the container was replaced by hand with another image (docker compose up or docker run with "
+                "another image or tag); the files are as deployed")
+    if files:
+        return f"{', '.join(files)} edited since the deployment and not deployed yet; the container is as deployed"
+    return default
+
+
 def add_findings(add: Callable[..., Any], report: DriftReport | None, model_rules: set[tuple[str, str]],
                  only: str | None, deploy_call: Callable[[str], str]) -> None:
     """One finding per drift item not already told by a model drift finding ((service, rule))."""

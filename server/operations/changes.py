@@ -117,17 +117,26 @@ def _kept_env(settings: Settings, rec: OperationRecord) -> dict[str, str] | None
     each service's ``environment`` (as written, before interpolation). Digests, so that no value
     is held longer than this read; None when the files were not kept."""
     directory = settings.state_dir / "deployments" / rec.stack / rec.operation_id  # server/deploy/snapshots.py
-    if not directory.is_dir():
-        return None
     out: dict[str, str] = {}
     try:
+        # FILES lists what was kept. A directory without it holds only the drift baseline (a failed
+        # deploy's rollback records one under the failed id): its files were not kept, which is
+        # not "every variable removed".
+        names = [n for n in (directory / "FILES").read_text().splitlines() if n]
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.debug("kept files of %s unreadable: %s", rec.operation_id, exc)
+        return None
+    try:
         dotenv = directory / ".env"
-        if dotenv.is_file():
+        if ".env" in names and dotenv.is_file():
             from server.dotenv import parse_dotenv
 
             for key, value in parse_dotenv(dotenv.read_text(errors="replace"), environ={}).items():
                 out[key] = _digest(value)
-        for compose in sorted(directory.glob("*.y*ml")):
+        kept = [directory / n for n in names if n.endswith((".yaml", ".yml")) and n != "compose.dsm.yaml"]
+        for compose in reversed(kept):  # the merge order's last file wins, as Compose merges them
             for key, value in _environment(compose).items():
                 out.setdefault(key, _digest(value))
     except (OSError, ValueError) as exc:

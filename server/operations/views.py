@@ -96,8 +96,10 @@ def images_of(result: dict[str, Any]) -> list[ImageRef]:
         if not isinstance(service, str):
             continue
         image, digest = row.get("image"), row.get("image_digest") or row.get("digest")
-        out.append(ImageRef(service=service, image=image if isinstance(image, str) else None,
-                            digest=digest if isinstance(digest, str) else None))
+        ref = ImageRef(service=service, image=image if isinstance(image, str) else None,
+                       digest=digest if isinstance(digest, str) else None)
+        if ref not in out:  # one row per container: a service's replicas running one image are one entry
+            out.append(ref)
     return out
 
 

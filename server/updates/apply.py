@@ -19,10 +19,11 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from server.deploy import planids
 from server.deploy.report import DeployReport, Phase
 from server.errors import DsmError
 from server.models import Finding
@@ -102,13 +103,17 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         # pre-flights) the new image for real; a literal image's change is annotated on the plan.
         overrides = {t.edit.key: t.edit.value for t in changing if t.edit and t.edit.kind == "env"}
         planned = _annotate(await deploy(path, dry_run=True, env=overrides or None, **kwargs), targets, to)
+        if planned.status == "planned" and planned.plan is not None:
+            planids.remember(runtime.settings, loaded.name, planned.plan.plan_id, "update_stack")
         if dry_run or planned.status != "planned":
             return planned
         now = planned.plan.plan_id if planned.plan else None
         if plan_id != now:
-            finding = Finding(rule="plan-changed", severity="error", category="deploy",
-                              message="the files, images, registry or running state changed since this plan_id",
-                              evidence=[f"asked {plan_id}, now {now}"])
+            assert plan_id is not None
+            elsewhere = planids.mismatch(runtime.settings, loaded.name, plan_id)  # another stack's: not "changed"
+            finding = Finding(rule="plan-other-stack" if elsewhere else "plan-changed", severity="error",
+                              category="deploy", message=elsewhere or "the files, images, registry or running "
+                              "state changed since this plan_id", evidence=[f"asked {plan_id}, now {now}"])
             return planned.model_copy(update={"status": "blocked", "findings": [*planned.findings, finding],
                                               "next_steps": ["review the new plan (dry_run=true) and update with "
                                                              "its plan_id; nothing was changed"]})
@@ -133,9 +138,11 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
             return DeployReport(status="busy", stack=loaded.name, operation_id=holder.operation_id, next_steps=[
                 f"another {holder.kind} runs on this stack: poll operation_status('{holder.operation_id}') "
                 "instead of retrying; nothing was changed"])
-    if maintenance_message:
-        await _announce(runtime, loaded.name, maintenance_message)
+    announced = await _announce(runtime, loaded.name, maintenance_message) if maintenance_message else None
+    replaced = await _running_ids(runtime, loaded.name, {t.service for t in targets}) if prune else set()
     before = edits_mod.apply_edits([t.edit for t in changing if t.edit]) if changing else {}
+    # Measured before the deploy records its own baseline: our edits are not drift in its plan.
+    own = edits_mod.own_edits(runtime.settings, loaded.name, loaded.directory, before) if before else set()
     try:
         report = await deploy(path, dry_run=False, plan_id=None if changing else plan_id, **kwargs)
     except anyio.get_cancelled_exc_class():
@@ -146,15 +153,34 @@ async def update_stack(runtime: Runtime, deploy: DeployCall, stack: str, *, serv
         edits_mod.restore(before)  # it raised: the transaction is over, and rolled back if it began
         raise
     report = _annotate(report, targets, to)
+    if announced is not None:  # the report says whether the announcement went out, first of its phases
+        report = report.model_copy(update={"phases": [announced, *report.phases]})
+    if own and report.plan is not None and report.plan.drift:
+        plan = report.plan.model_copy(update={"drift": edits_mod.drop_own(report.plan.drift, own)})
+        report = report.model_copy(update={"plan": plan})
     if report.status not in ("deployed", "unchanged"):
-        if before:
+        # A rollback already put the last good deployment's files back (pins listed in .env's
+        # COMPOSE_FILE) and recorded them as the drift baseline: writing our copy over them would
+        # drop its pins and read as a hand edit. Without a rollback nothing ran on the new files.
+        if before and report.rollback is None:
             edits_mod.restore(before)
             report = report.model_copy(update={"next_steps": [
                 *report.next_steps, "the files update_stack changed were put back as they were"]})
         return report
     if report.status == "deployed" and prune:
-        report = await _prune(runtime, report, targets)
+        report = await _prune(runtime, report, targets, replaced, loaded.name)
     return report
+
+
+async def _running_ids(runtime: Runtime, stack: str, services: set[str]) -> set[str]:
+    """The image ids the services' containers run before the update: what it replaces, and so
+    the only candidates of its cleanup."""
+    try:
+        return {c.image_id for c in await runtime.engine().compose_containers(stack)
+                if c.service in services and c.image_id}
+    except Exception as exc:  # no cleanup candidates is a smaller cleanup, never a failed update
+        log.info("update: images before the update not read (%s)", exc)
+        return set()
 
 
 async def resolve(runtime: Runtime, loaded: LoadedStack, services: list[str] | None, images: dict[str, str],
@@ -300,15 +326,17 @@ def _annotate(report: DeployReport, targets: list[Target], to: str) -> DeployRep
     return report.model_copy(update=update_fields)
 
 
-async def _prune(runtime: Runtime, report: DeployReport, targets: list[Target]) -> DeployReport:
+async def _prune(runtime: Runtime, report: DeployReport, targets: list[Target], replaced: set[str],
+                 stack: str) -> DeployReport:
     import time
 
     from server.updates.prune import prune_replaced
 
     started = time.monotonic()
     try:
-        pruned = await prune_replaced(runtime.engine(), [t.ref_from for t in targets] + [t.ref_to for t in targets],
-                                      runtime.settings.stacks_root)
+        pruned = await prune_replaced(runtime.engine(), replaced,
+                                      [t.ref_from for t in targets] + [t.ref_to for t in targets],
+                                      runtime.settings.stacks_root, runtime.settings.state_dir, stack)
         phase = Phase(name="prune", status="ok", duration_s=round(time.monotonic() - started, 2),
                       detail=pruned.describe())
     except Exception as exc:  # the update is done; a prune that fails is a note
@@ -317,15 +345,31 @@ async def _prune(runtime: Runtime, report: DeployReport, targets: list[Target]) 
     return report.model_copy(update={"phases": [*report.phases, phase]})
 
 
-async def _announce(runtime: Runtime, stack: str, message: str) -> None:
+async def _announce(runtime: Runtime, stack: str, message: str) -> Phase:
+    """The maintenance message to the alert URLs (DSM_ALERT_URLS), before anything changes; the
+    ``announce`` phase says whether it went out. Its key is this announcement's own: an alert of
+    the same stack an hour ago does not swallow it as a duplicate."""
+    import time
+
     from server.monitor.alerts import Alert, Alerter
 
+    started = time.monotonic()
+    alerter = Alerter(runtime.settings)
+    key = f"update:{stack}:maintenance:{time.time_ns()}"
+    status: Literal["ok", "failed", "skipped"] = "failed"
     try:
-        await Alerter(runtime.settings).send(Alert(key=f"update:{stack}:maintenance", level="warning",
-                                                   title=f"{stack}: maintenance", what_broke=message[:500],
-                                                   stack=stack))
-    except Exception:  # an announcement never stops the update
+        sent = await alerter.send(Alert(key=key, level="warning", title=f"{stack}: maintenance",
+                                        what_broke=message[:500], stack=stack))
+        if sent:
+            status, detail = "ok", f"maintenance message sent to {len(alerter.urls)} alert URL(s)"
+        elif not alerter.enabled:
+            status, detail = "skipped", "not announced: no alert URLs (DSM_ALERT_URLS)"
+        else:
+            detail = "not announced: the alert URLs did not take it (rate limit or delivery; see the log)"
+    except Exception as exc:  # an announcement never stops the update
         log.warning("maintenance message for %s not sent", stack, exc_info=True)
+        detail = f"not announced: {type(exc).__name__}"
+    return Phase(name="announce", status=status, duration_s=round(time.monotonic() - started, 2), detail=detail)
 
 
 def _under_root(runtime: Runtime, loaded: LoadedStack) -> bool:

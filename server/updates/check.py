@@ -13,6 +13,7 @@ that refuses, is silent or rate-limits us is a note on that image, never a faile
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal
 
 import anyio
@@ -32,12 +33,20 @@ TIMEOUT_S = 6.0
 PARALLEL = 4
 """Registries asked at once (a stack of 12 images does not open 12 connections to one registry)."""
 _PIN_PREFIX = "dsm-pin/"
+FALLBACKS = 3
+"""Tags tried per level when the newest failed on the stack before (one manifest HEAD each)."""
+MEMORY_WAIT_S = 2.0
+FailedLookup = Callable[[list[str], set[str]], Awaitable[dict[str, str]]]
+"""``(stack/service entries, digests) -> {digest: why}``: the digests that failed a deployment of
+those stacks before (the incident memory)."""
 
 
 class NewerTag(Frozen):
     tag: str
     level: versions.Level
     created: str | None = Field(default=None, description="Image creation time (asked with min_age_days).")
+    failed_before: str | None = Field(default=None, description="This version's digest failed a deployment of "
+                                      "the stack before (the incident); the next newer one of the level follows.")
 
 
 class ImageUpdate(Frozen):
@@ -88,12 +97,38 @@ async def check_stacks(runtime: Runtime, stack: str | None, *, min_age_days: flo
             continue
         for ref, services in candidates(loaded).items():
             refs.setdefault(ref, []).extend(f"{loaded.name}/{s}" for s in services)
-    images = await check_refs(runtime.engine(), refs, min_age_days=min_age_days)
+    images = await check_refs(runtime.engine(), refs, min_age_days=min_age_days, failed=memory_lookup(runtime))
     return UpdatesReport(images=images, problems=problems)
 
 
+def memory_lookup(runtime: Runtime) -> FailedLookup:
+    """The failed deployments the memory recorded, per stack (as update_stack's plan reads them)."""
+    import logging
+
+    async def lookup(services: list[str], digests: set[str]) -> dict[str, str]:
+        stacks = sorted({s.split("/", 1)[0] for s in services})
+
+        def look() -> dict[str, str]:
+            out: dict[str, str] = {}
+            for stack in stacks:
+                for incident in runtime.memory().failed_incidents_with(stack, digests):
+                    for digest in incident.get("digests") or []:
+                        out.setdefault(str(digest).rsplit("@", 1)[-1],
+                                       f"incident {incident['incident_id']} ({incident.get('outcome')}) on {stack}")
+            return out
+
+        try:
+            with anyio.move_on_after(MEMORY_WAIT_S):
+                return await anyio.to_thread.run_sync(look, abandon_on_cancel=True)
+        except Exception as exc:  # the memory is advice: a check never fails for it
+            logging.getLogger("docker_stack_mcp.updates").info("check_updates: past failures not read (%s)", exc)
+        return {}
+
+    return lookup
+
+
 async def check_refs(engine: Engine, refs: dict[str, list[str]], *, min_age_days: float | None = None,
-                     timeout_s: float = TIMEOUT_S) -> list[ImageUpdate]:
+                     timeout_s: float = TIMEOUT_S, failed: FailedLookup | None = None) -> list[ImageUpdate]:
     """Each reference against its registry, in parallel; one answer per reference, always."""
     if not refs:
         return []
@@ -111,7 +146,7 @@ async def check_refs(engine: Engine, refs: dict[str, list[str]], *, min_age_days
                                            note=f"not asked: {limited[registry]}; call again later")
                 return
             try:
-                results[ref] = await _check_one(engine, view, ref, refs[ref], min_age_days, timeout_s)
+                results[ref] = await _check_one(engine, view, ref, refs[ref], min_age_days, timeout_s, failed)
             except Exception as exc:  # one image's trouble is that image's note
                 results[ref] = ImageUpdate(image=ref, services=refs[ref], status="unknown",
                                            note=f"not checked: {type(exc).__name__}: {str(exc)[:160]}")
@@ -127,7 +162,8 @@ async def check_refs(engine: Engine, refs: dict[str, list[str]], *, min_age_days
 
 
 async def _check_one(engine: Engine, view: RegistryView, ref: str, services: list[str],
-                     min_age_days: float | None, timeout_s: float) -> ImageUpdate:
+                     min_age_days: float | None, timeout_s: float, failed: FailedLookup | None = None
+                     ) -> ImageUpdate:
     notes: list[str] = []
     attrs = await engine.image_attrs(ref)
     local = repo_digests(ref, attrs)
@@ -155,24 +191,58 @@ async def _check_one(engine: Engine, view: RegistryView, ref: str, services: lis
     elif versions.parse(tag) is None:
         notes.append(f"tag {tag!r} is not a version: no newer tags to compare")
     elif answer.state != "unreachable" or answer.digest:
-        newer, more = await _newer_tags(engine, view, ref, tag, min_age_days, timeout_s)
+        newer, more = await _newer_tags(engine, view, ref, tag, min_age_days, timeout_s,
+                                        _Failed(engine, view, ref, services, failed, timeout_s) if failed else None)
         notes.extend(more)
+    if failed and status == "digest_moved" and answer.digest:
+        why = (await failed(services, {answer.digest})).get(answer.digest)
+        if why:
+            notes.append(f"the registry's digest for {tag} failed a deployment before ({why})")
     return ImageUpdate(image=ref, services=services, status=status, local_digest=local[0] if local else None,
                        registry_digest=answer.digest, newer=newer, note="; ".join(notes) or None)
 
 
+class _Failed:
+    """Which newer tags failed a deployment of the stack before: each tag's registry digest (a
+    manifest HEAD) against the lookup."""
+
+    def __init__(self, engine: Engine, view: RegistryView, ref: str, services: list[str], lookup: FailedLookup,
+                 timeout_s: float) -> None:
+        self.engine, self.view, self.ref, self.services = engine, view, ref, services
+        self.lookup, self.timeout_s = lookup, timeout_s
+
+    async def why(self, tag: str) -> str | None:
+        answer = await self.engine.registry_digest(with_tag(self.ref, tag), self.view, self.timeout_s)
+        if not answer.digest:
+            return None
+        return (await self.lookup(self.services, {answer.digest})).get(answer.digest)
+
+
+async def _offers(found: list[tuple[str, versions.Level]], failed: _Failed | None) -> list[NewerTag]:
+    """The newest tag per level; one that failed on the stack before stays, flagged, and the next
+    newest of its level that did not follows it (up to FALLBACKS tried)."""
+    by_level: dict[versions.Level, list[str]] = {}
+    for found_tag, lvl in found:  # newest first
+        by_level.setdefault(lvl, []).append(found_tag)
+    offers: list[NewerTag] = []
+    for lvl in versions.LEVELS:
+        for index, found_tag in enumerate(by_level.get(lvl, [])[:FALLBACKS] if failed else by_level.get(lvl, [])[:1]):
+            why = await failed.why(found_tag) if failed else None
+            offers.append(NewerTag(tag=found_tag, level=lvl, failed_before=why))
+            if why is None or index == FALLBACKS - 1:
+                break
+    return offers
+
+
 async def _newer_tags(engine: Engine, view: RegistryView, ref: str, tag: str, min_age_days: float | None,
-                      timeout_s: float) -> tuple[list[NewerTag], list[str]]:
+                      timeout_s: float, failed: _Failed | None = None) -> tuple[list[NewerTag], list[str]]:
     credentials = getattr(engine, "_credentials", None)
     listed = await anyio.to_thread.run_sync(
         lambda: list_tags(ref, view, timeout_s=timeout_s, credentials=credentials), abandon_on_cancel=True)
     notes = [listed.rate_limit] if listed.rate_limit else []
     if listed.state != "present":
         return [], [*notes, f"tags not listed: {listed.detail}"]
-    best: dict[versions.Level, str] = {}
-    for found, lvl in versions.newer(tag, listed.tags):
-        best.setdefault(lvl, found)  # newest first: the first of each level is its newest
-    offers = [NewerTag(tag=best[lvl], level=lvl) for lvl in versions.LEVELS if lvl in best]
+    offers = await _offers(versions.newer(tag, listed.tags), failed)
     if min_age_days is None or not offers:
         return offers, notes
     kept: list[NewerTag] = []

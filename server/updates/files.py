@@ -142,3 +142,30 @@ def _set_image(path: Path, service: str, value: str) -> None:
         end = col + len((rest[: comment.start()] if comment else rest).rstrip())
     lines[line_no] = f"{line[:col]}{quote}{value}{quote}{line[end:]}"
     path.write_text("".join(lines))
+
+
+def own_edits(settings: Any, stack: str, directory: Path, before: dict[Path, bytes | None]) -> set[str]:
+    """The files (relative names) that were as the last deployment left them until we wrote them:
+    a plan's ``file ... edited`` drift for those is our own edit, not a change by hand."""
+    import hashlib
+
+    from server.monitor.baseline import load
+
+    base = load(settings, stack)
+    if base is None:
+        return set()
+    out: set[str] = set()
+    for path, data in before.items():
+        try:
+            rel = str(path.absolute().relative_to(directory.absolute()))
+        except ValueError:
+            continue
+        was = hashlib.sha256(data).hexdigest() if data is not None else None
+        if base.files.get(rel) == was:
+            out.add(rel)
+    return out
+
+
+def drop_own(drift: list[str], own: set[str]) -> list[str]:
+    """``drift`` (a plan's lines) without the ``file`` lines of ``own``."""
+    return [line for line in drift if not any(line.startswith(f"file files: {rel} ") for rel in own)]
