@@ -89,6 +89,15 @@ async def validate_loaded(
         from server.preflight.datadirs import shared_data_findings
 
         claims = shared_data_findings(stack, [])  # the stack's own databases, without the host
+    from server.deploy.swarm import is_swarm
+
+    if is_swarm(stack):  # x-dsm mode: swarm: what docker stack deploy and the swarm's nodes allow
+        from server.preflight.swarm import swarm_findings
+
+        try:
+            extra.extend(await swarm_findings(stack, engine if check_host else None))
+        except Exception as exc:  # a CLI or engine error: said, not a crash of the whole pre-flight
+            extra.append(finding("swarm-not-manager", f"the swarm could not be checked: {exc}"))
     findings = apply_policy(stack, [*run_rules(ctx), *extra])
     from server.safety.registries import registry_findings
 

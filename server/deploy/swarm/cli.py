@@ -49,6 +49,13 @@ class StackCLI:
 
         return cls(lambda: client_env(endpoint=runtime.endpoint()))
 
+    @classmethod
+    def for_engine(cls, engine: Any) -> StackCLI:
+        """On the engine docker-py talks to (pre-flight has the Engine, not the runtime)."""
+        from server.compose import client_env
+
+        return cls(lambda: client_env(endpoint=engine.endpoint()))
+
     async def run(self, *argv: str, timeout_s: float | None = None, check: bool = True,
                   on_start: Callable[[int], None] | None = None) -> ProcessResult:
         docker = shutil.which("docker")
