@@ -23,6 +23,9 @@ from server.policy import finding
 from server.stackmodel import LoadedStack
 
 IPVS_PROC = "/proc/net/ip_vs"
+SWARM_REPLACES = frozenset({"port-conflict", "insufficient-resources"})
+"""Compose rules measured on this one engine (its ports, its memory, replicas sharing it) that the
+swarm rules replace: tasks land on any node (swarm-host-port-collision, swarm-resources-exceeded)."""
 _CONSTRAINT = re.compile(r"^\s*([\w.\-/]+)\s*(==|!=)\s*(.+?)\s*$")
 
 
