@@ -159,3 +159,17 @@ async def test_a_worker_is_not_a_target(swarm: Swarm, tmp_path: Path) -> None:
         rt.close()
     (found,) = [f for f in report.findings if f.rule == "swarm-not-manager"]
     assert "not a swarm manager" in found.message and found.severity == "error"
+
+
+async def test_rollback_to_an_earlier_deployment_redeploys_its_files(swarm: Swarm, deployed: str, port: int) -> None:
+    from server.deploy.pipeline import Deployer
+
+    write(swarm.root, deployed, stack_yaml(deployed, port))
+    assert (await deploy(swarm.runtime, deployed, wait_timeout_s=120)).status == "deployed"
+    write(swarm.root, deployed, stack_yaml(deployed, port, api_image=WEB_11))
+    assert (await deploy(swarm.runtime, deployed, wait_timeout_s=120)).status == "deployed"
+    assert images(swarm.manager, deployed)["api"] == WEB_11
+    report = await Deployer(swarm.runtime).rollback(deployed, wait_timeout_s=120)
+    assert report.status == "rolled_back", [(p.name, p.status, p.detail) for p in report.phases]
+    assert images(swarm.manager, deployed) == {"web": WEB_10, "api": WEB_10}
+    assert "docker stack deploy --prune" in phase(report, "rollback").detail
