@@ -72,13 +72,19 @@ class SwarmExecutor:
         self.before: dict[str, dict[str, Any]] | None = None
         """service -> its raw service object before ``apply`` (None: no deploy applied by us)."""
         self.notes: list[str] = []
+        self._nodes: dict[str, str] = {}
 
     # -- reads ----------------------------------------------------------------------------------
-    async def read(self, stack: str) -> tuple[dict[str, Service], list[Any]]:
-        raw_services, raw_tasks, raw_nodes = await _gather(self.cli.services(stack), self.cli.tasks(stack),
-                                                           self.cli.nodes())
+    async def read(self, stack: str, nodes: dict[str, str] | None = None) -> tuple[dict[str, Service], list[Any]]:
+        """Services and tasks; ``nodes`` (id -> hostname) read again when not given or a task's node is unknown."""
+        raw_services, raw_tasks, raw_nodes = await _gather(
+            self.cli.services(stack), self.cli.tasks(stack), self.cli.nodes() if nodes is None else _none())
+        if raw_nodes is not None:
+            self._nodes = node_names(raw_nodes)
+        elif any(t.get("NodeID") and t["NodeID"] not in self._nodes for t in raw_tasks):
+            self._nodes = node_names(await self.cli.nodes())  # a node joined meanwhile
         services = parse_services(raw_services, stack)
-        return services, parse_tasks(raw_tasks, services, node_names(raw_nodes), now=time.time())
+        return services, parse_tasks(raw_tasks, services, self._nodes, now=time.time())
 
     async def observe(self, stack: LoadedStack, services: list[str] | None) -> Observed:
         found, tasks = await self.read(stack.name)
@@ -130,9 +136,10 @@ class SwarmExecutor:
                        rolling_back: bool = False) -> Verdict:
         began = time.monotonic()
         told = 0.0
+        self._nodes = {}
         verdict = Verdict("waiting", why="not read yet")
         while time.monotonic() - began < timeout_s:
-            services, tasks = await self.read(stack)
+            services, tasks = await self.read(stack, self._nodes or None)  # nodes read once per gate
             verdict = judge(services, tasks, names, since_s=time.monotonic() - began, rolling_back=rolling_back)
             if verdict.state != "waiting":
                 return verdict
@@ -212,6 +219,10 @@ class SwarmExecutor:
         if verdict.state != "converged":
             raise StepFailed("rollback_health", f"the previous version did not converge: {verdict.why}",
                              verdict.service, verdict.evidence)
+
+
+async def _none() -> None:
+    return None
 
 
 async def _gather(*aws: Any) -> list[Any]:
