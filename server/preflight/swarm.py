@@ -29,11 +29,11 @@ swarm rules replace: tasks land on any node (swarm-host-port-collision, swarm-re
 _CONSTRAINT = re.compile(r"^\s*([\w.\-/]+)\s*(==|!=)\s*(.+?)\s*$")
 
 
-def ipvs_available(host: str | None) -> bool | None:
+def ipvs_available(host: str) -> bool | None:
     """Whether the engine's kernel has IPVS (the swarm VIP and ingress load balancer need it).
     Known only for an engine on this machine's kernel (a unix socket, or loopback TCP: inner
     engines in containers share it); None for a remote engine."""
-    local = host is None or host.startswith("unix://") or "127.0.0.1" in host or "localhost" in host
+    local = host.startswith("unix://") or "127.0.0.1" in host or "localhost" in host
     return os.path.exists(IPVS_PROC) if local else None
 
 
@@ -210,13 +210,13 @@ async def _capacity(stack: LoadedStack, cli: StackCLI, nodes: list[Node], eligib
 
 async def swarm_findings(stack: LoadedStack, engine: Any | None) -> list[Finding]:
     """Every swarm rule for ``stack``; the host rules only with ``engine`` (check_host)."""
-    host = None
+    ipvs: bool | None = None  # without the engine (check_host off): unknown, no IPVS rule either way
     if engine is not None:
         try:
-            host = engine.endpoint().host
+            ipvs = ipvs_available(engine.endpoint().host)
         except Exception:
-            host = None
-    out = file_findings(stack, ipvs_available(host))
+            ipvs = None
+    out = file_findings(stack, ipvs)
     if engine is not None:
         out.extend(await host_findings(stack, StackCLI.for_engine(engine)))
     return out

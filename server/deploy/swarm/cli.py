@@ -65,8 +65,10 @@ class StackCLI:
         result = await run_argv([docker, *argv], timeout_s=timeout_s or self.timeout_s, env=self._env(),
                                 term_grace_s=3.0, on_start=on_start)
         if check and result.returncode != 0:
+            from server.redact import scrub_seen
+
             tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-3:]
-            raise DsmError(f"docker {' '.join(argv[:3])} failed: " + (" | ".join(tail) or "timed out")[:400],
+            raise DsmError(f"docker {' '.join(argv[:3])} failed: " + scrub_seen(" | ".join(tail) or "timed out")[:400],
                            state="see the deploy report", next_step="read the error; stack_status shows the tasks")
         return result
 
