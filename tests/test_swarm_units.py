@@ -155,3 +155,17 @@ async def test_an_old_docker_cli_is_named_with_what_is_missing() -> None:
     with pytest.raises(SwarmUnavailable) as raised:
         await cli.check_version()
     assert "docker CLI >= 23" in str(raised.value) and "20.10.24" in str(raised.value)
+
+
+def test_each_swarm_deploy_gets_a_fresh_executor_and_compose_stacks_keep_theirs() -> None:
+    from server.deploy.swarm import executor_for
+    from tests.test_policy_units import make_stack
+
+    compose_executor, runtime = object(), type("R", (), {"settings": None})()
+    swarm_stack, compose_stack = make_stack({"a": {"image": "x"}}, x_dsm={"mode": "swarm"}), make_stack(
+        {"a": {"image": "x"}})
+    first = executor_for(runtime, swarm_stack, compose_executor)
+    assert isinstance(first, SwarmExecutor) and first.replaced is compose_executor
+    second = executor_for(runtime, swarm_stack, first)
+    assert second is not first and second.replaced is compose_executor  # no spec carried over
+    assert executor_for(runtime, compose_stack, second) is compose_executor

@@ -17,9 +17,10 @@ def is_swarm(stack: LoadedStack) -> bool:
 
 
 def executor_for(runtime: Any, stack: LoadedStack, default: Any) -> Any:
-    """The SwarmExecutor for a swarm stack, else ``default`` (the Compose executor)."""
-    if not is_swarm(stack):
-        return default
+    """A fresh SwarmExecutor for a swarm stack (it holds the specs one deploy recorded: never
+    shared between calls), else the Compose executor ``default`` (or the one a SwarmExecutor
+    replaced, when a Transaction is reused for another stack)."""
     from server.deploy.swarm.executor import SwarmExecutor
 
-    return default if isinstance(default, SwarmExecutor) else SwarmExecutor(runtime)
+    base = default.replaced if isinstance(default, SwarmExecutor) else default
+    return SwarmExecutor(runtime, replaced=base) if is_swarm(stack) else base

@@ -65,8 +65,10 @@ def strategies_of(stack: LoadedStack, plan: Any = None) -> dict[str, str]:
 
 
 class SwarmExecutor:
-    def __init__(self, runtime: Any, cli: StackCLI | None = None) -> None:
+    def __init__(self, runtime: Any, cli: StackCLI | None = None, replaced: Any = None) -> None:
         self.runtime = runtime
+        self.replaced = replaced
+        """The executor this one stands in for (the Compose one), for a Transaction reused on another stack."""
         self.settings = runtime.settings
         self.cli = cli or StackCLI.for_runtime(runtime)
         self.before: dict[str, dict[str, Any]] | None = None
@@ -116,6 +118,8 @@ class SwarmExecutor:
             except DsmError as exc:
                 raise StepFailed("up", f"docker stack deploy failed: {brief(exc)}") from None
             step.detail = "deployed " + ", ".join(sorted(stack.services)) + (f"; {'; '.join(notes)}" if notes else "")
+            if change.services:  # a stack deploy takes the whole file: --prune would remove the rest
+                step.detail += f"; services={','.join(change.services)} not applied alone: the whole stack was"
 
     async def _deploy(self, stack: LoadedStack, doc: dict[str, Any], *, prune: bool, timeout_s: float,
                       on_start: Any = None) -> None:
