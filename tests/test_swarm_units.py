@@ -44,7 +44,7 @@ def test_strategies_become_swarms_update_config_and_the_file_wins() -> None:
     doc, notes = stack_file("app", RENDERED, {"web": "rolling", "db": "recreate", "api": "blue_green"})
     web, db, api = (doc["services"][n]["deploy"]["update_config"] for n in ("web", "db", "api"))
     # rolling is start-first, one at a time; a host-mode port forces stop-first (said in the notes)
-    assert web == {"order": "stop-first", "parallelism": 1, "failure_action": "rollback", "monitor": "5s"}
+    assert web == {"order": "stop-first", "parallelism": 1, "failure_action": "pause", "monitor": "5s"}
     assert any("web: stop-first" in n for n in notes)
     assert db["order"] == "stop-first" and db["parallelism"] == 2  # the file's own parallelism wins
     assert api["order"] == "start-first" and api["parallelism"] == 0

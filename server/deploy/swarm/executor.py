@@ -179,8 +179,7 @@ class SwarmExecutor:
     async def _roll_back_services(self, old: LoadedStack) -> list[str]:
         """Every service of the stack back to its spec before the failed deploy."""
         assert self.before is not None
-        now_raw = await self.cli.services(old.name)
-        now = parse_services(now_raw, old.name)
+        now = await self._settled(old.name)
         notes, back, left, added = [], [], [], sorted(set(now) - set(self.before))
         missing = sorted(set(self.before) - set(now))  # pruned by the failed deploy
         for name, raw in sorted(self.before.items()):
@@ -208,6 +207,17 @@ class SwarmExecutor:
             f"removed (new in the failed deploy): {', '.join(added)}" if added else "",
             f"re-deployed from the previous files: {', '.join(missing)}" if missing else "") if part))
         return notes
+
+    async def _settled(self, stack: str, timeout_s: float = 90.0) -> dict[str, Service]:
+        """The services once no rollback Swarm started by itself (a file's failure_action: rollback)
+        is still running: deciding while one runs would race it (its previous spec swaps)."""
+        began = time.monotonic()
+        while True:
+            now = parse_services(await self.cli.services(stack), stack)
+            if time.monotonic() - began >= timeout_s or not any(
+                    s.update_state == "rollback_started" for s in now.values()):
+                return now
+            await anyio.sleep(POLL_S)
 
     async def start(self, start: Start) -> None:
         stack = start.stack

@@ -9,15 +9,20 @@ we only choose how):
 ==================  =========== =========== ==============
 strategy            order       parallelism failure_action
 ==================  =========== =========== ==============
-rolling (default)   start-first 1           rollback
-blue_green          start-first 0 (all)     rollback
-recreate            stop-first  0 (all)     rollback
-planned_downtime    stop-first  0 (all)     rollback
+rolling (default)   start-first 1           pause
+blue_green          start-first 0 (all)     pause
+recreate            stop-first  0 (all)     pause
+planned_downtime    stop-first  0 (all)     pause
 ==================  =========== =========== ==============
 
 ``monitor`` is how long Swarm watches each new task before it calls the update a success; a task
-that fails inside it triggers Swarm's per-service rollback (its ``rollback_config``), and our gate
-then rolls the rest of the stack back. A host-mode published port forces stop-first: a new task
+that fails inside it pauses that service's update, our gate sees it, and the stack-level rollback
+(server/deploy/swarm/executor.py) sends every changed service back with ``docker service
+rollback``, which follows each service's ``rollback_config``. ``pause`` rather than Swarm's own
+``rollback``: a per-service rollback Swarm starts by itself races ours (seen in the engine tests:
+the stack-level rollback came back failed while Swarm was rolling a service back itself). A file that
+asks for ``failure_action: rollback`` keeps it: the executor waits for such rollbacks to settle.
+A host-mode published port forces stop-first: a new task
 cannot bind the port the old one holds on the same node (Swarm leaves it pending: "host-mode port
 already in use"). What the file states itself (``deploy.update_config`` keys) wins over ours.
 """
@@ -44,7 +49,7 @@ def update_config(strategy: str | None, body: dict[str, Any]) -> tuple[dict[str,
     note = None
     if order == "start-first" and host_ports(body):
         order, note = "stop-first", "stop-first: a host-mode port cannot be bound by the new and old task at once"
-    return {"order": order, "parallelism": parallelism, "failure_action": "rollback", "monitor": MONITOR}, note
+    return {"order": order, "parallelism": parallelism, "failure_action": "pause", "monitor": MONITOR}, note
 
 
 def host_ports(body: dict[str, Any]) -> list[int]:
