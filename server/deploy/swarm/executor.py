@@ -230,9 +230,9 @@ class SwarmExecutor:
         else:
             names = sorted(self.before)
         verdict = await self.converge(stack.name, names, start.timeout_s, rolling_back=True)
-        if verdict.state != "converged":
-            raise StepFailed("rollback_health", f"the previous version did not converge: {verdict.why}",
-                             verdict.service, verdict.evidence)
+        if verdict.state != "converged":  # a DsmError: the rollback records its phase as failed with this
+            raise DsmError(f"the previous version did not converge: {verdict.why}",
+                           state="the stack is between versions", next_step="stack_status shows each task's node")
 
 
 async def _none() -> None:
