@@ -7,6 +7,7 @@ Top level::
       critical: true                 # the whole stack is critical (blue-green when resources allow)
       verify_s: 30                   # verification window after a deploy, seconds (0 = none)
       engine: nas                    # the DSM_ENGINES engine it runs on (default: the first listed)
+      mode: swarm                    # compose (default) | swarm: `docker stack deploy` on a swarm manager
       policy:
         severity: {image-unpinned: error, no-resource-limits: warning}   # or "off"
         waive:
@@ -148,6 +149,8 @@ class UpdateSettings(_Strict):
 
 class StackSettings(_Strict):
     environment: Literal["production", "staging", "development"] = "production"
+    mode: Literal["compose", "swarm"] = Field(default="compose", description="swarm: docker stack deploy on a "
+                                              "swarm manager (server/deploy/swarm/).")
     critical: bool = False
     policy: Policy = Field(default_factory=Policy)
     verify_s: int | None = Field(default=None, ge=0, le=3600, description="Verification window after a deploy.")

@@ -298,6 +298,9 @@ async def explicit(d: RollbackHost, stack_arg: str, *, to_deployment: str | None
         raise DsmError(f"the files of deployment {target.operation_id} were not kept", state="nothing was changed",
                        next_step="pick another deployment from stack_history, or restore with backup_stack")
     stack = await load_stack(d.settings, d.compose, path=str(location.directory))
+    from server.deploy.swarm import executor_for
+
+    d.executor = executor_for(d.runtime, stack, d.executor)  # x-dsm mode: swarm -> SwarmExecutor
     critical = stack.settings.critical or any(s.critical for s in stack.service_settings.values())
     if (restore_data or critical) and not confirm and not await d._ask(
             f"Roll back {stack.name!r} to {target.operation_id}"

@@ -125,6 +125,9 @@ class Transaction:
                                 next_steps=["fix the findings and deploy again; nothing was changed"])
         if stack.directory is None:
             raise DsmError("deploy_stack needs a stack directory", state="nothing was changed")
+        from server.deploy.swarm import executor_for
+
+        self.executor = executor_for(self.runtime, stack, self.executor)  # x-dsm mode: swarm -> SwarmExecutor
         run = Run(stack)
         conflict = _name_taken(self.settings, stack)
         if conflict is not None:

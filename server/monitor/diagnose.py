@@ -61,6 +61,12 @@ class _Collector:
 async def diagnose_stack(runtime: Runtime, stack: str, service: str | None = None) -> Diagnosis:
     ref = resolve_stack(runtime.settings, stack)
     observed = await observe(runtime, ref.name)
+    if not observed:
+        from server.monitor.swarm_status import swarm_diagnosis
+
+        swarm = await swarm_diagnosis(runtime, ref.name, service)  # a swarm stack: its tasks, by node
+        if swarm is not None:
+            return swarm
     if service is not None and not any(o.service == service for o in observed):
         raise StackNotFound(f"stack {ref.name!r} has no container of service {service!r}",
                             next_step="call stack_status to see its services")

@@ -36,6 +36,8 @@ class ServiceStatus(Frozen):
     image: str | None
     networks: list[str] = Field(default_factory=list, description="Networks the container is attached to now.")
     watcher: WatcherView | None = None
+    node: str | None = Field(default=None, description="Swarm: the node the task runs (or failed) on.")
+    error: str | None = Field(default=None, description="Swarm: the task's error.")
 
 
 class StackStatus(Frozen):

@@ -90,6 +90,11 @@ async def stack_status(runtime: Runtime, stack: str | None = None, with_stats: b
     except DockerUnavailable:
         raise
     if project and not observed:
+        from server.monitor.swarm_status import swarm_stack_status
+
+        swarm = await swarm_stack_status(runtime, project)  # a swarm stack's tasks carry no Compose label
+        if swarm is not None:
+            return StatusReport(stacks=[swarm], problems=problems)
         raise StackNotFound(
             f"no containers of stack {project!r} on the engine",
             state="the stack is not deployed (or was removed)",

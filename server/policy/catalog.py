@@ -113,6 +113,20 @@ _RULES: list[Rule] = [
     Rule("root-user", "info", "hardening", "runs as root (no user:, none in the image)", hint=True),
     Rule("no-log-rotation", "info", "hardening", "json-file logs without max-size grow without bound", hint=True),
     Rule("bind-mount-data", "info", "hardening", "data in a bind mount rather than a named volume", hint=True),
+    # Swarm (x-dsm mode: swarm; server/preflight/swarm.py).
+    Rule("swarm-not-manager", "error", "swarm", "x-dsm mode: swarm on an engine that is not a swarm manager",
+         needs_host=True),
+    Rule("swarm-ignored-option", "warning", "swarm", "docker stack deploy ignores container_name, restart, "
+         "depends_on, build"),
+    Rule("swarm-build-only", "error", "swarm", "build without image: swarm nodes cannot build"),
+    Rule("swarm-host-port-collision", "error", "swarm", "a host-mode port with several replicas that may share a node"),
+    Rule("swarm-needs-ipvs", "error", "swarm", "an ingress port or a VIP on an engine whose kernel has no IPVS"),
+    Rule("swarm-vip-start-first", "warning", "swarm", "VIP endpoint updated start-first: requests reach tasks "
+         "shutting down (use dnsrr)"),
+    Rule("swarm-placement-unsatisfiable", "error", "swarm", "placement constraints no ready node meets",
+         needs_host=True),
+    Rule("swarm-resources-exceeded", "error", "swarm", "reservations beyond the nodes' resources minus other "
+         "services' reservations", needs_host=True),
     # Host-level problems that stop the checks themselves.
     Rule("engine-unreachable", "error", "host", "the Docker engine could not be reached", needs_host=True),
 ]

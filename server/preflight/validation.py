@@ -89,7 +89,18 @@ async def validate_loaded(
         from server.preflight.datadirs import shared_data_findings
 
         claims = shared_data_findings(stack, [])  # the stack's own databases, without the host
-    findings = apply_policy(stack, [*run_rules(ctx), *extra])
+    from server.deploy.swarm import is_swarm
+
+    linted = run_rules(ctx)
+    if is_swarm(stack):  # x-dsm mode: swarm: what docker stack deploy and the swarm's nodes allow
+        from server.preflight.swarm import SWARM_REPLACES, swarm_findings
+
+        linted = [f for f in linted if f.rule not in SWARM_REPLACES]
+        try:
+            extra.extend(await swarm_findings(stack, engine if check_host else None))
+        except Exception as exc:  # a CLI or engine error: said, not a crash of the whole pre-flight
+            extra.append(finding("swarm-not-manager", f"the swarm could not be checked: {exc}"))
+    findings = apply_policy(stack, [*linted, *extra])
     from server.safety.registries import registry_findings
 
     # Operator policy and what other projects claim: no x-dsm waiver applies to either.
