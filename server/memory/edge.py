@@ -168,9 +168,10 @@ class EdgeStore:
                 shard.query(runnable[0])]
         results: list[list[Hit]] = []
         it = iter(answers)
-        for request in requests:
+        for spec, request in zip(specs, requests, strict=True):
             points = next(it) if request is not None else []
-            results.append([Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in points])
+            results.append([Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {}),
+                                dense=(p.vector or {}).get(DENSE) if spec.with_dense else None) for p in points])
         return results
 
     def _request(self, spec: SearchSpec) -> Any:
@@ -191,8 +192,7 @@ class EdgeStore:
             prefetches.append(qe.Prefetch(limit=spec.prefetch_limit, query=sparse_query, filter=flt))
         weights = [1.0, float(SPARSE_WEIGHT)] if sparse_query is not None else None
         return qe.QueryRequest(limit=spec.limit, prefetches=prefetches, query=qe.Fusion.Rrf(k=RRF_K, weights=weights),
-                               filter=flt,
-                               with_payload=True)
+                               filter=flt, with_payload=True, with_vector=[DENSE] if spec.with_dense else None)
 
     def scroll(self, where: Where, limit: int, *, newest_first: bool = True) -> list[Hit]:
         qe = self._qe

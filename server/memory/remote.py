@@ -176,9 +176,10 @@ class ClientStore:
             answers = client.query_batch_points(self.collection, runnable)
         it = iter(answers)
         out: list[list[Hit]] = []
-        for request in requests:
+        for spec, request in zip(specs, requests, strict=True):
             points = next(it).points if request is not None else []
-            out.append([Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in points])
+            out.append([Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {}),
+                            dense=_dense_of(p.vector) if spec.with_dense else None) for p in points])
         return out
 
     def _request(self, spec: SearchSpec) -> Any:
@@ -203,7 +204,8 @@ class ClientStore:
             # weights refuses this query, and the search says so (MemoryUnavailable).
             prefetch.append(m.Prefetch(query=sparse, using=SPARSE, filter=flt, limit=spec.prefetch_limit))
             fusion = m.RrfQuery(rrf=m.Rrf(k=RRF_K, weights=[1.0, float(SPARSE_WEIGHT)]))
-        return m.QueryRequest(prefetch=prefetch, query=fusion, filter=flt, limit=spec.limit, with_payload=True)
+        return m.QueryRequest(prefetch=prefetch, query=fusion, filter=flt, limit=spec.limit, with_payload=True,
+                              with_vector=[DENSE] if spec.with_dense else None)
 
     def scroll(self, where: Where, limit: int, *, newest_first: bool = True) -> list[Hit]:
         m = self._m
@@ -233,3 +235,9 @@ class ClientStore:
         if not must and not must_not:
             return None
         return m.Filter(must=must or None, must_not=must_not)
+
+
+def _dense_of(vector: Any) -> list[float] | None:
+    """The named dense vector of a returned point (qdrant-client gives a dict of named vectors)."""
+    value = vector.get(DENSE) if isinstance(vector, dict) else None
+    return list(value) if value is not None else None

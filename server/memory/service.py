@@ -129,16 +129,18 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
         dense = encoder.embed([query])[0] if encoder is not None else None
         sparse = Sparse(indices, values)
         prefetch = max(4 * limit, 32)
-        specs = [SearchSpec(where=where, sparse=sparse, dense=dense, limit=limit, prefetch_limit=prefetch)]
+        # The hits come back with their dense vectors, whose dot product with the query's is the
+        # absolute relevance (both unit length). A separate dense-only query for it cost 3-6 ms
+        # of a 10k search, the hits' vectors well under 1 ms, and give every hit its own cosine.
+        with_dense = dense is not None
+        specs = [SearchSpec(where=where, sparse=sparse, dense=dense, limit=limit, prefetch_limit=prefetch,
+                            with_dense=with_dense)]
         if signatures:
             by_signature = Where(equals=where.equals, any_of={**where.any_of, "signatures": list(signatures)},
                                  ts_gte=where.ts_gte, ts_lte=where.ts_lte)
             specs.append(SearchSpec(where=by_signature, sparse=sparse, dense=dense, limit=limit,
-                                    prefetch_limit=prefetch))
-        if dense is not None:  # the absolute relevance of what the fused search finds
-            specs.append(SearchSpec(where=where, sparse=Sparse([], []), dense=dense, limit=prefetch, fuse=False))
+                                    prefetch_limit=prefetch, with_dense=with_dense))
         answers = self.store.search(specs)
-        cosines = {h.id: h.score for h in answers.pop()} if dense is not None else {}
         matched = answers[1] if len(answers) > 1 else []
         seen: set[str] = set()
         ordered: list[Hit] = []
@@ -147,10 +149,7 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
                 seen.add(hit.id)
                 ordered.append(hit)
         hits = ordered[:limit]
-        relevance: dict[str, float] = {}
-        if cosines:
-            bound = min(cosines.values())
-            relevance = {h.id: cosines.get(h.id, bound) for h in hits}
+        relevance = _relevance(dense, hits) if dense is not None else {}
         return Found(hits=hits, by_signature={h.id for h in matched}, mode=search_mode(encoder),
                      note=self._note(encoder), relevance=relevance)
 
@@ -201,3 +200,19 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
         if done:
             log.info("memory: added dense vectors to %d records written in BM25-only mode", done)
         return done
+
+
+def _relevance(query: Sequence[float], hits: Sequence[Hit]) -> dict[str, float]:
+    """Hit id -> cosine of its stored dense vector with the query vector (both unit length). A hit
+    without one (written in BM25-only mode by another process since the backfill) gets the lowest
+    cosine of the others: unknown, and never what lifts a hit over the floor alone."""
+    import numpy as np  # loaded with the model already: there is a query vector
+
+    with_vector = [h for h in hits if h.dense is not None]
+    if not with_vector:
+        return {h.id: 0.0 for h in hits}
+    matrix = np.asarray([h.dense for h in with_vector], dtype=np.float32)
+    cosines = matrix @ np.asarray(query, dtype=np.float32)
+    out = {h.id: float(c) for h, c in zip(with_vector, cosines, strict=True)}
+    floor = min(out.values())
+    return {h.id: out.get(h.id, floor) for h in hits}

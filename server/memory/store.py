@@ -87,6 +87,9 @@ class SearchSpec:
     fuse: bool = True
     """False: the dense vector alone, scored by cosine similarity (an absolute relevance, where a
     fused rank score only orders one result list); ``sparse`` is ignored and no payload returned."""
+    with_dense: bool = False
+    """Return each hit's stored dense vector (unit length: the collection is cosine), from which
+    the caller computes the absolute relevance of just the hits it shows."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
+    dense: Sequence[float] | None = None
+    """The stored dense vector, when the search asked for it (``SearchSpec.with_dense``) and the
+    point has one."""
 
 
 class Store(Protocol):
