@@ -26,6 +26,7 @@ from server.memory.store import (
     Hit,
     PointData,
     SearchSpec,
+    Sparse,
     Where,
     chunks,
 )
@@ -151,6 +152,16 @@ class EdgeStore:
             shard.update(qe.UpdateOperation.update_vectors(
                 [qe.PointVectors(pid, {DENSE: list(vec)}) for pid, vec in vectors.items()]))
 
+    def set_sparse(self, vectors: dict[str, Sparse]) -> None:
+        qe = self._qe
+        if not vectors:
+            return
+        with self.lease.hold() as shard:
+            self.lease.mark_written()
+            shard.update(qe.UpdateOperation.update_vectors(
+                [qe.PointVectors(pid, {SPARSE: qe.SparseVector(list(vec.indices), list(vec.values))})
+                 for pid, vec in vectors.items()]))
+
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             with self.lease.hold() as shard:
@@ -215,6 +226,8 @@ class EdgeStore:
         must += [qe.FieldCondition(key, match=qe.MatchAny(list(values))) for key, values in where.any_of.items()]
         if where.ts_gte is not None or where.ts_lte is not None:
             must.append(qe.FieldCondition("ts", range=qe.RangeFloat(gte=where.ts_gte, lte=where.ts_lte)))
+        if where.missing_field:
+            must.append(qe.IsEmptyCondition(where.missing_field))
         must_not = [qe.HasVectorCondition(DENSE)] if where.missing_dense else None
         if not must and not must_not:
             return None

@@ -27,6 +27,7 @@ from server.memory.store import (
     Hit,
     PointData,
     SearchSpec,
+    Sparse,
     Where,
     chunks,
 )
@@ -162,6 +163,15 @@ class ClientStore:
             client.update_vectors(self.collection, [m.PointVectors(id=pid, vector={DENSE: list(vec)})
                                                     for pid, vec in vectors.items()], wait=True)
 
+    def set_sparse(self, vectors: dict[str, Sparse]) -> None:
+        m = self._m
+        if not vectors:
+            return
+        with self._call() as client:
+            client.update_vectors(self.collection, [
+                m.PointVectors(id=pid, vector={SPARSE: m.SparseVector(indices=list(v.indices), values=list(v.values))})
+                for pid, v in vectors.items()], wait=True)
+
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             with self._call() as client:
@@ -231,6 +241,8 @@ class ClientStore:
         must += [m.FieldCondition(key=k, match=m.MatchAny(any=list(v))) for k, v in where.any_of.items()]
         if where.ts_gte is not None or where.ts_lte is not None:
             must.append(m.FieldCondition(key="ts", range=m.Range(gte=where.ts_gte, lte=where.ts_lte)))
+        if where.missing_field:
+            must.append(m.IsEmptyCondition(is_empty=m.PayloadField(key=where.missing_field)))
         must_not = [m.HasVectorCondition(has_vector=DENSE)] if where.missing_dense else None
         if not must and not must_not:
             return None

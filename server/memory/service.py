@@ -21,7 +21,7 @@ from typing import Any
 
 from server.memory.core import Found
 from server.memory.deployments import DeploymentMemory
-from server.memory.embedding import DenseEncoder, DenseModel, sparse_encoder
+from server.memory.embedding import BM25_VERSION, DenseEncoder, DenseModel, sparse_encoder
 from server.memory.errors import MemoryRecordNotFound
 from server.memory.incidents import IncidentMemory
 from server.memory.inputs import clean_scope, clean_tags, record_uuid, time_bound
@@ -34,6 +34,7 @@ log = logging.getLogger("docker_stack_mcp.memory")
 
 MODEL_WAIT_S = 15.0
 BACKFILL_BATCH = 64
+REENCODE_BATCH = 256
 
 
 class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
@@ -48,6 +49,7 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
         self._model_wait_s = model_wait_s
         self._lock = threading.Lock()
         self._backfilled = False
+        self._reencoded = False
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -122,6 +124,7 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
 
     def _search(self, query: str, where: Where, limit: int, signatures: Sequence[str], expansion: str = "") -> Found:
         encoder = self._encoder()
+        self._maybe_reencode()
         self._maybe_backfill(encoder)
         # The expansion (failure-kind words, see .summary) goes to BM25 only: the dense vector is
         # the query's own, so its cosine keeps meaning what the relevance floors were set on.
@@ -154,6 +157,7 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
                      note=self._note(encoder), relevance=relevance)
 
     def _write(self, point_id: str, payload: dict[str, Any], encoder: DenseEncoder | None) -> None:
+        payload["bm25"] = BM25_VERSION
         indices, values = sparse_encoder().document(payload["text"])
         dense = encoder.embed([payload["text"]])[0] if encoder is not None else None
         self.store.upsert([PointData(id=point_id, payload=payload, sparse=Sparse(indices, values), dense=dense)])
@@ -180,6 +184,30 @@ class Memory(IncidentMemory, PatternMemory, DeploymentMemory):
     def _maybe_backfill(self, encoder: DenseEncoder | None) -> None:
         if encoder is not None and not self._backfilled:
             self._backfill_dense()
+
+    def _maybe_reencode(self) -> None:
+        if not self._reencoded:
+            self._reencode_sparse()
+
+    def _reencode_sparse(self, budget: int = 50_000) -> int:
+        """Re-encode the BM25 vector of points written with older BM25 weights (no ``bm25``
+        stamp, see embedding.BM25_VERSION): once per process, a few seconds for 10k records."""
+        encoder = sparse_encoder()
+        where = Where(missing_field="bm25")
+        done = 0
+        while done < budget:
+            with self.store.transaction():
+                hits = self.store.scroll(where, REENCODE_BATCH)
+                if not hits:
+                    break
+                self.store.set_sparse({h.id: Sparse(*encoder.document(h.payload.get("text", ""))) for h in hits})
+                for h in hits:
+                    self.store.set_payload(h.id, {"bm25": BM25_VERSION})
+            done += len(hits)
+        self._reencoded = True
+        if done:
+            log.info("memory: re-encoded the BM25 vectors of %d records (BM25 version %d)", done, BM25_VERSION)
+        return done
 
     def _backfill_dense(self, budget: int = 2048) -> int:
         """Give a dense vector to points written while the model was unavailable."""

@@ -73,6 +73,8 @@ class Where:
     ts_gte: float | None = None
     ts_lte: float | None = None
     missing_dense: bool = False
+    missing_field: str | None = None
+    """Only points whose payload lacks this key (or holds null/empty there)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,10 @@ class Store(Protocol):
 
     def set_dense(self, vectors: dict[str, Sequence[float]]) -> None:
         """Add or replace the dense vector of existing points (sparse vectors untouched)."""
+        ...
+
+    def set_sparse(self, vectors: dict[str, Sparse]) -> None:
+        """Replace the BM25 vector of existing points (dense vectors untouched)."""
         ...
 
     def delete(self, ids: Sequence[str]) -> None: ...
