@@ -149,6 +149,18 @@ def timed(fn: Callable[[Any], Any], items: Sequence[Any], rounds: int = ROUNDS) 
     return samples
 
 
+def cpu_times(fn: Callable[[Any], Any], items: Sequence[Any], rounds: int = ROUNDS) -> list[float]:
+    """CPU seconds of this process per call (every thread): what a search costs whatever else
+    the host runs, where wall time on a shared 2-core host mostly measures the others' load."""
+    samples = []
+    for _ in range(rounds):
+        for item in items:
+            started = time.process_time()
+            fn(item)
+            samples.append(time.process_time() - started)
+    return samples
+
+
 def timed_pair(ours: Callable[[Any], Any], base: Callable[[Any], Any], items: Sequence[Any],
                rounds: int = ROUNDS) -> tuple[list[float], list[float]]:
     """Both systems timed query by query, alternating who goes first, so both see the same load."""
@@ -325,6 +337,7 @@ def run_size(size: int, encoder: DenseEncoder, fillers: list[dict[str, Any]], fi
         "retrieval": timed_pair(ours_retrieval, base_retrieval, qs),
         "hybrid_equal_work": timed_pair(ours_retrieval, local_hybrid_retrieval, qs[:30], rounds=1),
         "embed_only": (timed(lambda q: encoder.embed([q["query"]]), qs), []),
+        "e2e_cpu": (cpu_times(ours_e2e, qs), cpu_times(base_e2e, qs)),
     }
     hybrid_local.close()
     # Shard-open cost: let the lease go, then time the next open (median of 5).
@@ -397,6 +410,9 @@ def main() -> int:
                   f"{b50 / o50:>9.1f}x")
         e50, e95 = percentiles(r["latency"]["embed_only"][0])
         print(f"{r['size']:>8} {'of which query embedding (both pay it)':<38} {e50:>7.2f}ms {e95:>6.2f}ms")
+        (c50, c95), (d50, d95) = (percentiles(x) for x in r["latency"]["e2e_cpu"])
+        print(f"{r['size']:>8} {'search e2e, CPU time (load-independent)':<38} {c50:>7.2f}ms {c95:>6.2f}ms "
+              f"{d50:>7.2f}ms {d95:>6.2f}ms {d50 / c50:>9.1f}x")
     print()
     print(f"{'records':>8} {'recall@3 / MRR':<20} {'ours hybrid':>14} {'ours BM25-only':>16} {'baseline dense':>16}")
     for r in results:
