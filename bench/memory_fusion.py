@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.memory import embed_cached, filler_incidents  # noqa: E402
 from server.memory.edge import EdgeStore  # noqa: E402
-from server.memory.embedding import DenseModel, sparse_encoder  # noqa: E402
+from server.memory.embedding import BM25_VERSION, DenseModel, sparse_encoder  # noqa: E402
 from server.memory.fingerprint import line_signatures  # noqa: E402
 from server.memory.payloads import incident_text  # noqa: E402
 from server.memory.rerank import W_STACK, named_stacks  # noqa: E402
@@ -64,7 +64,8 @@ def candidates(size: int) -> tuple[list[dict[str, Any]], dict[str, str], dict[st
     for i, item in enumerate(fillers):
         payload = {"kind": "incident", **{k: item[k] for k in ("title", "symptoms", "root_cause", "resolution",
                                                               "stack", "service", "severity", "tags")},
-                   "signatures": [], "log_templates": [], "occurrences": 1, "first_seen_ts": now - i, "ts": now - i}
+                   "signatures": [], "log_templates": [], "occurrences": 1, "first_seen_ts": now - i, "ts": now - i,
+                   "bm25": BM25_VERSION}
         payload["text"] = incident_text(payload)
         indices, values = sparse.document(payload["text"])
         points.append(PointData(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"filler-{i}")), payload=payload,

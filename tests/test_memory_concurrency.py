@@ -177,3 +177,39 @@ def test_a_killed_holder_loses_no_acknowledged_write(tmp_path: Path) -> None:
         assert memory.search_incidents("killed failure", stack="killed").results
     finally:
         memory.close()
+
+
+def test_an_idle_holder_keeps_the_shard_and_flushes_what_it_wrote(tmp_path: Path) -> None:
+    """Reopening a 10k shard costs more than a whole warm search: an idle process keeps it (no
+    other process asked for it) and flushes its writes as a close would, once."""
+    from server.memory.lease import ShardLease
+
+    events: list[str] = []
+    lease: ShardLease[object] = ShardLease(tmp_path, object, lambda _r: events.append("close"),
+                                           flusher=lambda _r: events.append("flush"), flush_s=0.1, idle_s=60.0)
+    try:
+        with lease.hold():
+            lease.mark_written()
+        deadline = time.monotonic() + 5
+        while "flush" not in events and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert events == ["flush"] and lease.held
+        with lease.hold():  # a read: nothing more to flush, and no reopen
+            pass
+        time.sleep(0.4)
+        assert events == ["flush"] and lease.held and lease.opens == 1
+    finally:
+        lease.close()
+    assert events == ["flush", "close"]
+
+
+def test_the_embedded_store_stays_open_between_an_agents_calls(tmp_path: Path) -> None:
+    store = EdgeStore(tmp_path)
+    memory = Memory(lambda: store, lexical_model())
+    try:
+        memory.record_incident(title="kept open", symptoms="the next search must not reopen the shard")
+        time.sleep(2.0)  # longer than the former 1.5 s idle release
+        assert memory.search_incidents("kept open").results
+        assert store.lease.opens == 1
+    finally:
+        memory.close()

@@ -89,3 +89,26 @@ def test_relevance_is_the_same_at_any_memory_size(three: tuple[Memory, dict[str,
         assert a.relevance == pytest.approx(b.relevance, abs=0.002)
     finally:
         big.close()
+
+
+def test_a_hit_found_by_bm25_alone_has_its_own_relevance(tmp_path: Path) -> None:
+    """Past the dense top candidates (120 for a search), a hit's relevance is still its own cosine,
+    not the lowest cosine of the dense candidates (an upper bound that made such a hit look more
+    relevant among many incidents than among few)."""
+    memory = make_memory("edge", tmp_path, dense_model())
+    try:
+        for i in range(125):  # all closer in meaning to the query than the target
+            memory.record_incident(title=f"postgres {i} killed by the kernel out of memory killer",
+                                   symptoms=f"database container number {i} exited 137 OOMKilled", stack=f"s{i}")
+        target = memory.record_incident(title="zxqvortex calendar sync lag", symptoms="events arrive a day late",
+                                        stack="calendar").incident_id
+        query = "zxqvortex postgres killed out of memory"
+        found = memory.search_incidents(query, limit=10, min_relevance=0.0)
+        [hit] = [h for h in found.results if h.incident_id == target]
+        [stored] = memory.store.retrieve([target])
+        encoder = dense_model().get()
+        assert encoder is not None
+        q, d = encoder.embed([query, stored.payload["text"]])
+        assert hit.relevance == pytest.approx(sum(a * b for a, b in zip(q, d, strict=True)), abs=0.002)
+    finally:
+        memory.close()

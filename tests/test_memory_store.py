@@ -159,6 +159,21 @@ def test_points_without_dense_vector_are_found_and_backfilled(store: Store) -> N
     assert [h.id for h in sparse_hits] == [without.id]  # the sparse vector survived the dense update
 
 
+def test_sparse_vectors_are_replaced_and_unstamped_points_found(store: Store) -> None:
+    old = _point("gitea runner jobs stuck in the queue", kind="incident", ts=1.0)
+    stamped = _point("gitea mirror sync fails", kind="incident", ts=2.0, bm25=2)
+    store.upsert([old, stamped])
+    assert [h.id for h in store.scroll(Where(missing_field="bm25"), 10)] == [old.id]
+    store.set_sparse({old.id: Sparse(*sparse_encoder().document("nextcloud cron never runs"))})
+    [hits] = store.search([_query("nextcloud cron", Where(), dense=False)])
+    assert [h.id for h in hits] == [old.id]
+    [hybrid] = store.search([SearchSpec(where=Where(), sparse=Sparse(*sparse_encoder().query("gitea runner")),
+                                        dense=old.dense, limit=5, with_dense=True)])
+    [kept] = [h for h in hybrid if h.id == old.id]
+    assert kept.dense is not None  # the dense vector survived the sparse update
+    assert sum(a * b for a, b in zip(kept.dense, old.dense or [], strict=True)) > 0.99
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_data_persists_after_close(backend: str, tmp_path: Path) -> None:
     first = _store(backend, tmp_path)
@@ -331,6 +346,33 @@ def test_lexical_mode_says_so_and_backfills_later(tmp_path: Path) -> None:
         assert hybrid.store.scroll(Where(missing_dense=True), 10) == []
     finally:
         hybrid.close()
+
+
+def test_records_with_former_bm25_weights_are_reencoded_once(tmp_path: Path) -> None:
+    """A shard written before embedding.BM25_VERSION (length normalisation 0.75, no stamp) gets
+    its BM25 vectors re-encoded on the first search, and answers as a fresh one."""
+    import qdrant_edge
+
+    from server.memory.edge import EdgeStore
+    from server.memory.payloads import incident_text
+
+    store = EdgeStore(tmp_path)
+    memory = Memory(lambda: store, lexical_model())
+    try:
+        memory.record_incident(title="Gitea runner offline", symptoms="jobs queue forever", stack="gitea")
+        payload = {"kind": "incident", "title": "Nextcloud cron never runs", "symptoms": "background jobs stale",
+                   "stack": "nextcloud", "ts": 5.0, "tags": [], "log_templates": []}
+        payload["text"] = incident_text(payload)
+        former = qdrant_edge.Bm25().embed_document(payload["text"])  # Qdrant's defaults: b = 0.75
+        store.upsert([PointData(id=str(uuid.uuid4()), payload=payload,
+                                sparse=Sparse(list(former.indices), list(former.values)))])
+        assert len(store.scroll(Where(missing_field="bm25"), 10)) == 1
+        found = memory.search_incidents("nextcloud cron jobs")
+        assert found.results[0].title == "Nextcloud cron never runs"
+        assert store.scroll(Where(missing_field="bm25"), 10) == []
+        assert memory._reencode_sparse() == 0  # nothing left to do
+    finally:
+        memory.close()
 
 
 @pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")

@@ -29,8 +29,8 @@ class Found(NamedTuple):
     """Why the search was BM25-only, when it was."""
     relevance: dict[str, float] = {}
     """Hit id -> cosine similarity of its dense vector with the query's (absolute: the same
-    meaning at 3 records and at 10,000). Empty in BM25-only mode. A hit outside the dense top
-    candidates gets the lowest cosine among them, an upper bound of its own."""
+    meaning at 3 records and at 10,000), each hit's own from its stored vector. Empty in BM25-only
+    mode."""
 
 
 class MemoryCore(Protocol):

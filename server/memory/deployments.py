@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.memory.core import MemoryCore
-from server.memory.embedding import sparse_encoder
+from server.memory.embedding import BM25_VERSION, sparse_encoder
 from server.memory.errors import MemoryInputError
 from server.memory.fingerprint import line_signatures
 from server.memory.inputs import MAX_SIGNATURES, clean_log_lines, clean_scope, one_of, optional_text
@@ -67,6 +67,7 @@ class DeploymentMemory(MemoryCore):
             "ts": now,
         }
         payload["text"] = deployment_text(payload)
+        payload["bm25"] = BM25_VERSION
         indices, values = sparse_encoder().document(payload["text"])
         self.store.upsert([PointData(id=deployment_id, payload=payload, sparse=Sparse(indices, values))])
         return deployment_id

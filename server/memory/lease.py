@@ -9,12 +9,16 @@ MCP servers, whose local mode holds the lock for the client's lifetime). So:
 * it lets go after ``idle_s`` without a call (a reaper thread watches), or as soon as it is idle
   and another process is waiting, or after any call when it has held the shard for
   ``max_hold_s`` and someone waits (waiters announce themselves with a shared lock on
-  ``waiters.lock``);
+  ``waiters.lock``, which the reaper checks every ``poll_s``);
+* since a waiter is noticed within ``poll_s`` anyway, ``idle_s`` can be long (the embedded store
+  keeps an idle shard 30 s: an agent's next search then skips the 130-180 ms open of a 10k
+  shard); what was written is flushed after ``flush_s`` without a call, as a close would;
 * a waiting process polls for ``wait_s`` at most and otherwise never fails; a process that just
   yielded pauses ``courtesy_s`` before taking the lock again so the waiter gets its turn.
 
-Writes are durable before the lock is released (the shard is flushed and closed), and the
-kernel drops the lock of a process that dies, whose WAL the next opener replays.
+Writes are flushed ``flush_s`` after the last call and before the lock is released (the shard is
+flushed and closed), and the kernel drops the lock of a process that dies, whose WAL the next
+opener replays.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class ShardLease(Generic[T]):
         opener: Callable[[], T],
         closer: Callable[[T], None],
         *,
+        flusher: Callable[[T], None] | None = None,
+        flush_s: float = 1.5,
         idle_s: float = 1.5,
         max_hold_s: float = 0.5,
         wait_s: float = 60.0,
@@ -81,6 +87,9 @@ class ShardLease(Generic[T]):
         self._dir = directory
         self._opener = opener
         self._closer = closer
+        self._flusher = flusher
+        self.flush_s = flush_s
+        self._dirty = False
         self.idle_s = idle_s
         self.max_hold_s = max_hold_s
         self.wait_s = wait_s
@@ -123,6 +132,10 @@ class ShardLease(Generic[T]):
                 self._last_used = now
                 if self._depth == 0 and now - self._acquired_at >= self.max_hold_s and self._someone_waits():
                     self._release(yielded=True)
+
+    def mark_written(self) -> None:
+        """Called inside :meth:`hold` by a write: the reaper flushes it once the shard is idle."""
+        self._dirty = True
 
     def release(self) -> None:
         """Let go now if idle (no call in progress)."""
@@ -223,6 +236,7 @@ class ShardLease(Generic[T]):
     def _release(self, *, yielded: bool) -> None:
         resource, self._resource = self._resource, None
         fd, self._fd = self._fd, None
+        self._dirty = False  # the closer flushes
         try:
             if resource is not None:
                 self._closer(resource)
@@ -256,6 +270,12 @@ class ShardLease(Generic[T]):
                 if self._someone_waits():
                     self._release(yielded=True)
                     return
+                if self._dirty and idle >= self.flush_s and self._flusher is not None:
+                    self._dirty = False
+                    try:
+                        self._flusher(self._resource)
+                    except Exception as exc:  # the close flushes again; keep watching for waiters
+                        log.warning("memory shard flush failed: %s", exc)
             except Exception:
                 log.exception("memory lease reaper failed")
                 return

@@ -27,6 +27,7 @@ from server.memory.store import (
     Hit,
     PointData,
     SearchSpec,
+    Sparse,
     Where,
     chunks,
 )
@@ -162,6 +163,15 @@ class ClientStore:
             client.update_vectors(self.collection, [m.PointVectors(id=pid, vector={DENSE: list(vec)})
                                                     for pid, vec in vectors.items()], wait=True)
 
+    def set_sparse(self, vectors: dict[str, Sparse]) -> None:
+        m = self._m
+        if not vectors:
+            return
+        with self._call() as client:
+            client.update_vectors(self.collection, [
+                m.PointVectors(id=pid, vector={SPARSE: m.SparseVector(indices=list(v.indices), values=list(v.values))})
+                for pid, v in vectors.items()], wait=True)
+
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
             with self._call() as client:
@@ -176,9 +186,10 @@ class ClientStore:
             answers = client.query_batch_points(self.collection, runnable)
         it = iter(answers)
         out: list[list[Hit]] = []
-        for request in requests:
+        for spec, request in zip(specs, requests, strict=True):
             points = next(it).points if request is not None else []
-            out.append([Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in points])
+            out.append([Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {}),
+                            dense=_dense_of(p.vector) if spec.with_dense else None) for p in points])
         return out
 
     def _request(self, spec: SearchSpec) -> Any:
@@ -203,7 +214,8 @@ class ClientStore:
             # weights refuses this query, and the search says so (MemoryUnavailable).
             prefetch.append(m.Prefetch(query=sparse, using=SPARSE, filter=flt, limit=spec.prefetch_limit))
             fusion = m.RrfQuery(rrf=m.Rrf(k=RRF_K, weights=[1.0, float(SPARSE_WEIGHT)]))
-        return m.QueryRequest(prefetch=prefetch, query=fusion, filter=flt, limit=spec.limit, with_payload=True)
+        return m.QueryRequest(prefetch=prefetch, query=fusion, filter=flt, limit=spec.limit, with_payload=True,
+                              with_vector=[DENSE] if spec.with_dense else None)
 
     def scroll(self, where: Where, limit: int, *, newest_first: bool = True) -> list[Hit]:
         m = self._m
@@ -229,7 +241,15 @@ class ClientStore:
         must += [m.FieldCondition(key=k, match=m.MatchAny(any=list(v))) for k, v in where.any_of.items()]
         if where.ts_gte is not None or where.ts_lte is not None:
             must.append(m.FieldCondition(key="ts", range=m.Range(gte=where.ts_gte, lte=where.ts_lte)))
+        if where.missing_field:
+            must.append(m.IsEmptyCondition(is_empty=m.PayloadField(key=where.missing_field)))
         must_not = [m.HasVectorCondition(has_vector=DENSE)] if where.missing_dense else None
         if not must and not must_not:
             return None
         return m.Filter(must=must or None, must_not=must_not)
+
+
+def _dense_of(vector: Any) -> list[float] | None:
+    """The named dense vector of a returned point (qdrant-client gives a dict of named vectors)."""
+    value = vector.get(DENSE) if isinstance(vector, dict) else None
+    return list(value) if value is not None else None

@@ -36,7 +36,9 @@ all 0.897 / 0.834 -> 0.913 / 0.867, paraphrase 0.738 / 0.696 -> 0.786 / 0.737, w
 -> 0.952 / 0.877, pasted logs 1.000 / 0.983 -> 1.000 / 0.988. Weights 2 and 4 measured alike in
 a replay of the same candidates. Without distractors the dense side weighs less than before:
 harder set alone all 0.976 / 0.949 -> 0.976 / 0.938, labelled paraphrases 0.979 / 0.959 ->
-0.979 / 0.946 (tests/test_memory_retrieval.py floors hold)."""
+0.979 / 0.946 (tests/test_memory_retrieval.py floors hold). Those figures predate BM25 without
+length normalisation (embedding.BM25_B); re-checked with it on the choosing half of the harder
+set, weights 2, 4 and 6 changed recall@3 by nothing or for the worse, so 3 stays."""
 KEYWORD_FIELDS = ("kind", "stack", "service", "tags", "signatures", "outcome", "operation", "severity")
 FLOAT_FIELDS = ("ts",)
 
@@ -73,6 +75,8 @@ class Where:
     ts_gte: float | None = None
     ts_lte: float | None = None
     missing_dense: bool = False
+    missing_field: str | None = None
+    """Only points whose payload lacks this key (or holds null/empty there)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ class SearchSpec:
     fuse: bool = True
     """False: the dense vector alone, scored by cosine similarity (an absolute relevance, where a
     fused rank score only orders one result list); ``sparse`` is ignored and no payload returned."""
+    with_dense: bool = False
+    """Return each hit's stored dense vector (unit length: the collection is cosine), from which
+    the caller computes the absolute relevance of just the hits it shows."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
+    dense: Sequence[float] | None = None
+    """The stored dense vector, when the search asked for it (``SearchSpec.with_dense``) and the
+    point has one."""
 
 
 class Store(Protocol):
@@ -118,6 +128,10 @@ class Store(Protocol):
 
     def set_dense(self, vectors: dict[str, Sequence[float]]) -> None:
         """Add or replace the dense vector of existing points (sparse vectors untouched)."""
+        ...
+
+    def set_sparse(self, vectors: dict[str, Sparse]) -> None:
+        """Replace the BM25 vector of existing points (dense vectors untouched)."""
         ...
 
     def delete(self, ids: Sequence[str]) -> None: ...
