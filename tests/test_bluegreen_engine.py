@@ -65,3 +65,34 @@ async def test_blue_green_switch_and_switch_back_under_load(runtime: Runtime, st
         print(switch.line("blue_green"), switch.latency_line("blue_green"), back.line("switch back"))
     finally:
         cleanup_project(green)
+
+
+async def test_auto_picks_blue_green_for_a_critical_service_behind_the_proxy(runtime: Runtime, stacks_root: Path,
+                                                                             project_name: str) -> None:
+    port = free_port()
+    green = f"{project_name}-green"
+    critical = "    x-dsm: {critical: true, drain_s: 1}\n"
+
+    def stack(image: str) -> str:
+        return proxied_stack(project_name, image, port, replicas=1, web_extra=critical)
+
+    directory = write(stacks_root, project_name, stack(WEB_10))
+    try:
+        first = await deploy(runtime, project_name, confirm=True)  # critical: confirmed
+        assert first.status == "deployed", first.next_steps
+        await wait_serving(port, "web 1.0", streak=5)
+        (directory / "compose.yaml").write_text(stack(WEB_11))
+        planned = await deploy(runtime, project_name, dry_run=True)
+        assert planned.plan is not None
+        web = next(s for s in planned.plan.services if s.service == "web")
+        proxy = next(s for s in planned.plan.services if s.service == "proxy")
+        assert web.strategy == "blue_green" and "critical service behind" in (web.strategy_reason or ""), web
+        assert proxy.strategy != "blue_green", proxy  # the proxy itself is never switched
+
+        report = await deploy(runtime, project_name, confirm=True, wait_timeout_s=60)  # strategy auto
+        assert report.status == "deployed", report
+        assert any(p.name == "blue_green" and "switched to green" in p.detail for p in report.phases), report.phases
+        await wait_serving(port, "web 1.1", streak=5)
+        assert containers(green) == []
+    finally:
+        cleanup_project(green)

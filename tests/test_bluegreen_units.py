@@ -86,3 +86,48 @@ async def test_no_second_copy_without_the_memory_for_it(settings: Any, stacks_ro
     assert refused.value.findings[0].rule == "insufficient-resources" and "128 MiB" in refused.value.why
     available["bytes"] = 1024 * 2**20
     await BlueGreen()._check_memory(x, loaded, "web", loaded.services["web"], 2, 2)
+
+
+async def test_auto_blue_green_without_the_memory_rolls_instead_but_an_asked_one_refuses(
+    settings: Any, stacks_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from server.deploy.steps import Blocked
+    from server.deploy.strategies import bluegreen
+    from server.deploy.strategies.select import AUTO_BLUE_GREEN
+    from server.preflight import facts
+
+    loaded = await stack(settings, stacks_root, WEB + API + PROXY)
+
+    async def gather(*_: Any, **__: Any) -> Any:  # 10 MiB free: no room for a second 64 MiB copy
+        return SimpleNamespace(facts=SimpleNamespace(memory_available_bytes=10 * 2**20, own_usage={}))
+
+    rolled: list[str] = []
+
+    async def roll(_self: Any, svc: str, _ctx: Any) -> None:
+        rolled.append(svc)
+
+    async def containers(*_: Any, **__: Any) -> list[str]:
+        return ["blue1"]
+
+    told: list[str] = []
+
+    async def tell(message: str, _final: bool) -> None:
+        told.append(message)
+
+    monkeypatch.setattr(facts, "gather_facts", gather)
+    monkeypatch.setattr(bluegreen.Rolling, "roll", roll)
+
+    def ctx(reason: str) -> Any:
+        plan = SimpleNamespace(services=[SimpleNamespace(service="web", strategy="blue_green", strategy_reason=reason)])
+        return SimpleNamespace(change=SimpleNamespace(stack=loaded, plan=plan, wait_s=30),
+                               steps=SimpleNamespace(tell=tell),
+                               executor=SimpleNamespace(engine=None, fleet=SimpleNamespace(containers=containers)))
+
+    await BlueGreen().roll("web", ctx(AUTO_BLUE_GREEN))
+    assert rolled == ["web"] and "rolling instead" in told[-1] and "64 MiB" in told[-1], told
+    rolled.clear()
+    with pytest.raises(Blocked):  # asked for by name: refused, nothing rolled
+        await BlueGreen().roll("web", ctx("asked: a second copy (<stack>-green) gated"))
+    assert rolled == []

@@ -13,7 +13,7 @@ from server.deploy.steps import Run, StepLog
 from server.deploy.strategies.fleet import Failure
 from server.deploy.strategies.registry import strategy_named
 from server.deploy.strategies.rolling import Rolling, RolloutFailed
-from server.deploy.strategies.select import choose
+from server.deploy.strategies.select import AUTO_BLUE_GREEN, choose
 from server.deploy.strategies.update_config import UpdateConfig, seconds
 from server.settings import Settings
 from server.xdsm import parse_service_settings
@@ -25,9 +25,9 @@ HC = {"healthcheck": {"test": ["CMD", "true"]}}
 
 def pick(body: dict[str, Any], *, asked: str = "auto", configured: str = "auto", database: bool = False,
          critical: bool = False, healthcheck: bool | None = True, proxied: bool = True,
-         one_shot: bool = False) -> Any:
+         one_shot: bool = False, critical_service: bool = False) -> Any:
     return choose(body, asked=asked, configured=configured, database=database, critical=critical,
-                  healthcheck=healthcheck, proxied=proxied, one_shot=one_shot)
+                  healthcheck=healthcheck, proxied=proxied, one_shot=one_shot, critical_service=critical_service)
 
 
 def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
@@ -49,8 +49,14 @@ def test_auto_names_the_strategy_that_runs_and_the_rule_that_decided() -> None:
     assert pick({}, one_shot=True, asked="rolling").refused
     nohc = pick({}, healthcheck=False)
     assert nohc.strategy == "planned_downtime" and "no healthcheck" in nohc.reason
-    critical = pick({}, critical=True)
-    assert critical.strategy == "rolling" and "blue_green runs when asked" in critical.reason
+    critical = pick({}, critical=True)  # the stack is critical: every service would need a second copy
+    assert critical.strategy == "rolling" and "service itself is marked critical" in critical.reason
+    own = pick({}, critical=True, critical_service=True)  # the service itself, with a proxy in front
+    assert own.strategy == "blue_green" and own.reason == AUTO_BLUE_GREEN and not own.refused
+    alone = pick({}, critical=True, critical_service=True, proxied=False)
+    assert alone.strategy == "rolling" and "no proxy" in alone.reason
+    stateful = pick({"container_name": "x"}, critical=True, critical_service=True)
+    assert stateful.strategy == "planned_downtime"  # what forbids two copies forbids blue_green too
     configured = pick({}, configured="planned-downtime")  # x-dsm's hyphenated spelling
     assert configured.strategy == "planned_downtime" and "x-dsm" in configured.reason
     assert parse_service_settings("web", {"update": {"strategy": "blue-green"}}).update.strategy == "blue_green"

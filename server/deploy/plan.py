@@ -80,7 +80,9 @@ def strategy_for(stack: LoadedStack, service: str, role: ServiceRole | None = No
                   if name == service)
     return choose(stack.services.get(service, {}), asked=asked, configured=settings.update.strategy,
                   database=is_database(stack, service, role), critical=settings.critical or stack.settings.critical,
-                  healthcheck=healthcheck, proxied=proxied, one_shot=settings.is_one_shot or awaited)
+                  healthcheck=healthcheck, proxied=proxied, one_shot=settings.is_one_shot or awaited,
+                  # blue_green by auto: a service marked critical itself, never the proxy it would switch
+                  critical_service=settings.critical and (role or role_of_service(stack, service)).role != "proxy")
 
 
 def _healthcheck(body: dict[str, Any], attrs: dict[str, Any] | None) -> bool | None:

@@ -34,8 +34,8 @@ from server.compose import project_flags
 from server.deploy.executor import RollContext, StrategyName
 from server.deploy.steps import Blocked, on_start
 from server.deploy.strategies.fleet import Failure
-from server.deploy.strategies.rolling import RolloutFailed
-from server.deploy.strategies.select import replicas_of, rolling_refusal
+from server.deploy.strategies.rolling import Rolling, RolloutFailed
+from server.deploy.strategies.select import AUTO_BLUE_GREEN, replicas_of, rolling_refusal
 from server.deploy.strategies.update_config import seconds
 from server.engine import exec_in, inspect_container
 from server.errors import DsmError
@@ -109,9 +109,18 @@ class BlueGreen:
         async def tell(message: str) -> None:
             await ctx.steps.tell(message, False)
 
+        try:
+            await self._check_memory(x, stack, svc, body, replicas, len(blue))
+        except Blocked as blocked:
+            reason = next((s.strategy_reason for s in change.plan.services if s.service == svc), None)
+            if reason != AUTO_BLUE_GREEN:
+                raise  # asked for by name: refusing is the honest answer, nothing has changed
+            # Chosen by auto: the operator asked for zero downtime, not for this mechanism.
+            await tell(f"blue_green {svc}: {blocked.why}; rolling instead (start-first, gated by id)")
+            await Rolling().roll(svc, ctx)
+            return
         async with ctx.steps.phase("blue_green", f"blue_green {svc}: green copy as {green_project(stack.name)}, "
                                                  f"{replicas} container(s)") as step:
-            await self._check_memory(x, stack, svc, body, replicas, len(blue))
             attached = [await self._attachment(x, cid, svc) for cid in blue]
             networks = sorted({n for a in attached for n in a.networks})
             if not networks:

@@ -4,8 +4,11 @@
 no fixed host port, no read-write named volume its twin would share, not a database, and a
 healthcheck to gate the new copies by. Whatever rule forbids it makes the service
 ``planned_downtime`` (stop-first), and the reason names that rule. ``blue_green`` (server/deploy/
-strategies/bluegreen.py) runs when asked, for a service rolling could run that has a proxy in
-front of it; auto keeps a critical stateless service on rolling, and the reason says so.
+strategies/bluegreen.py) needs what rolling needs plus a proxy in the stack whose network alias can
+move; auto picks it for a service marked critical ITSELF (x-dsm ``critical`` on the service, or the
+``dsm.critical`` label): a second full copy is the operator's explicit choice per service, not
+something a stack-wide flag should impose on every service of a 12-container stack. Without the
+memory for the second copy (checked when it runs), an auto blue_green rolls instead and says so.
 ``recreate`` only when asked.
 """
 
@@ -20,6 +23,11 @@ if TYPE_CHECKING:
 NAMES: tuple[str, ...] = ("rolling", "blue_green", "planned_downtime", "recreate")
 AVAILABLE: frozenset[str] = frozenset({"rolling", "blue_green", "planned_downtime", "recreate"})
 """Strategies this build executes (blue_green: another branch)."""
+
+
+AUTO_BLUE_GREEN = ("critical service behind the stack's proxy: blue_green (a gated second copy, then the "
+                   "proxy's network alias moves to it; rolling if the host lacks the memory for the copy)")
+"""The reason auto gives for blue_green; the strategy reads it to know it may fall back to rolling."""
 
 
 @dataclass(frozen=True)
@@ -77,9 +85,12 @@ def rolling_refusal(body: dict[str, Any], *, database: bool, healthcheck: bool |
 
 
 def choose(body: dict[str, Any], *, asked: str, configured: str, database: bool, critical: bool,
-           healthcheck: bool | None, proxied: bool = True, one_shot: bool = False) -> Choice:
+           healthcheck: bool | None, proxied: bool = True, one_shot: bool = False,
+           critical_service: bool = False) -> Choice:
     """The strategy that will run. ``asked``: the call's argument (auto: x-dsm's ``configured``,
-    then the rules). A one-shot (a migration, an init job) runs to completion: recreated, never rolled."""
+    then the rules). A one-shot (a migration, an init job) runs to completion: recreated, never rolled.
+    ``critical``: the service or its stack is critical; ``critical_service``: the service itself is
+    (auto's blue_green); ``proxied``: a proxy other than the service fronts the stack."""
     asked, configured = normalize(asked or "auto"), normalize(configured or "auto")
     if one_shot:
         if asked in ("rolling", "blue_green"):
@@ -92,9 +103,12 @@ def choose(body: dict[str, Any], *, asked: str, configured: str, database: bool,
     if wanted == "auto":
         if refusal:
             return Choice("planned_downtime", f"stop-first: {refusal}")
+        if critical_service and proxied:
+            return Choice("blue_green", AUTO_BLUE_GREEN)
         if critical:
-            return Choice("rolling", "critical and stateless: rolling (start-first, gated by id); "
-                                     "blue_green runs when asked")
+            hint = ("no proxy in the stack to move traffic for blue_green" if critical_service
+                    else "blue_green when the service itself is marked critical and a proxy fronts it")
+            return Choice("rolling", f"critical and stateless: rolling (start-first, gated by id); {hint}")
         return Choice("rolling", "stateless with a healthcheck: start-first, new containers gated by id")
     if wanted == "rolling":
         if refusal:
