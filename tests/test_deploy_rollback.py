@@ -732,10 +732,10 @@ TARGETS = [
      ("d2", "d2")),
     ([record("f3", T3, status="failed", result={"status": "failed"}), D2, D1], None, ("d2", "d1")),  # no backup
     ([record("i4", T4, status="interrupted", result={}), R3, D2, D1], None, ("d1", "d1")),
-    # A deploy (an update) that failed and rolled itself back to d2: the last good one is d2, the
-    # default target, never the one before it (issue 16).
+    # A deploy (an update) that failed and rolled itself back to d2: the stack runs d2 again, so an
+    # explicit rollback goes on to d1 (going "back" to d2 would change nothing).
     ([record("u3", T3, status="rolled_back", result={"status": "rolled_back", "current_deployment": "d2"}), D2, D1],
-     None, ("d2", "d2")),
+     None, ("d2", "d1")),
     ([D4, record("i3", T3, status="interrupted", result={}), D2], None, ("d4", "d2")),  # deployed since
     # What ran before us, adopted, is a deployment like any other.
     ([D2, record("a1", T1, status="adopted")], None, ("d2", "a1")),

@@ -105,7 +105,7 @@ def register(server: MCPServer, runtime: Runtime) -> None:
         asked: Annotated[ElicitationResult[Confirmation], Resolve(asker(_rollback_plan))],
         stack: Annotated[str, Field(description="Stack name or directory.")],
         to_deployment: Annotated[OptionalId, Field(description="From stack_history; default: the one before "
-                                                   "the current; after a failed deploy, the last good one.")] = None,
+                                                   "the current (after an interrupted deploy: the last good).")] = None,
         restore_data: Annotated[bool, Field(description="Also restore volumes and databases from the backup "
                                             "taken when leaving it (overwrites).")] = False,
         confirm: Annotated[bool, Field(description="Required for restore_data and for critical stacks.")] = False,

@@ -40,8 +40,9 @@ def _left_dirty(record: Any) -> bool:
 
 def targets(history: list[Any], to_deployment: str | None) -> tuple[Any, Any]:
     """(current deployment, target): where the stack is, and where ``rollback`` goes (the one
-    asked for; else the last good deployment when something after it failed, was rolled back or
-    left the stack off it, else the deployment before the current one). ``history`` is newest first."""
+    asked for; else the last good deployment when something after it was interrupted or failed
+    without putting the stack back, else the deployment before the current one: after a deploy that
+    rolled itself back, the one before the deployment it returned to). ``history`` is newest first."""
     ok = [h for h in history if h.status in GOOD and h.result]
     current = None
     dirty = False
@@ -50,9 +51,8 @@ def targets(history: list[Any], to_deployment: str | None) -> tuple[Any, Any]:
         current_id = (newest.result or {}).get("current_deployment") or newest.operation_id
         current = next((h for h in history if h.operation_id == current_id), newest)
         dirty = any(_left_dirty(h) for h in history if h.started_at > newest.started_at)
-        # A deploy that failed and was rolled back on its own: the stack is on the last good
-        # deployment again, and "roll back" after a failed update means that one, not the one before.
-        dirty = dirty or (newest.kind == "deploy" and newest.status == "rolled_back")
+        # A deploy that failed and rolled itself back is NOT dirty: the stack runs its last good
+        # deployment again (verified), so "roll back" from there goes to the one before it.
     deployed = [h for h in history if h.status in TARGETS and h.kind == "deploy"]
     if to_deployment:
         return current, next((h for h in deployed if h.operation_id == to_deployment), None)
