@@ -178,12 +178,7 @@ class ComposeExecutor:
 
         stack = snapshot.stack
         assert stack.directory is not None
-        if snapshot.target and snapshots.exists(self.settings, stack.name, snapshot.target):
-            snapshots.restore(self.settings, stack.name, snapshot.target, stack.directory)
-            notes = [f"files of deployment {snapshot.target} restored"]
-        else:
-            await self.runtime.backups().restore_files(snapshot.backup, stack.directory)
-            notes = ["files as they were before this deploy restored (no earlier deployment recorded)"]
+        notes = await snapshots.put_back(self.settings, self.runtime.backups(), snapshot)
         if snapshot.nothing_ran:  # back where it started is no containers (volumes kept)
             project = fresh_project(self.settings, stack.directory, stack.name, snapshot.env)
             await self.compose.run_project(project, ["down", "--remove-orphans"], scrub=Scrubber(stack.secret_values),

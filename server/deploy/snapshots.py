@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from server.deploy.project import OVERRIDE_NAME, user_files
 from server.settings import Settings
@@ -94,6 +95,19 @@ def restore(settings: Settings, stack: str, deployment_id: str, directory: Path)
         shutil.copy2(source / rel, tmp)
         os.replace(tmp, dest)
     return names
+
+
+async def put_back(settings: Settings, backups: Any, snapshot: Any) -> list[str]:
+    """The rollback's first step for every executor: the target deployment's kept files back into the
+    stack's directory, else (no earlier deployment recorded) the files of the backup taken before the
+    failed deploy. Returns the note for the report."""
+    stack = snapshot.stack
+    assert stack.directory is not None
+    if snapshot.target and exists(settings, stack.name, snapshot.target):
+        restore(settings, stack.name, snapshot.target, stack.directory)
+        return [f"files of deployment {snapshot.target} restored"]
+    await backups.restore_files(snapshot.backup, stack.directory)
+    return ["files as they were before this deploy restored (no earlier deployment recorded)"]
 
 
 def keep_failed(settings: Settings, stack: str, label: str, directory: Path) -> Path:

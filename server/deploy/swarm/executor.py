@@ -159,12 +159,7 @@ class SwarmExecutor:
 
         stack = snapshot.stack
         assert stack.directory is not None
-        if snapshot.target and snapshots.exists(self.settings, stack.name, snapshot.target):
-            snapshots.restore(self.settings, stack.name, snapshot.target, stack.directory)
-            notes = [f"files of deployment {snapshot.target} restored"]
-        else:
-            await self.runtime.backups().restore_files(snapshot.backup, stack.directory)
-            notes = ["files as they were before this deploy restored (no earlier deployment recorded)"]
+        notes = await snapshots.put_back(self.settings, self.runtime.backups(), snapshot)
         if self.before is not None and not self.before:  # nothing ran before: remove what the deploy made
             await self.cli.stack_rm(stack.name)
             return Restored(None, {}, [*notes, "nothing ran before: the stack's services were removed, volumes kept"])
