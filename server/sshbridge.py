@@ -24,6 +24,12 @@ from server.process import StreamProcess, end_stream_process, open_stream_proces
 log = logging.getLogger("docker_stack_mcp.sshbridge")
 
 _CHUNK = 64 * 1024
+_ABANDONED_GRACE_S = 10.0
+
+
+def _end_if_running(proc: StreamProcess) -> None:
+    if proc.poll() is None:  # never signal a group whose leader was already reaped (its pid may be reused)
+        end_stream_process(proc, grace_s=1.0)
 _ENGINE_VARS = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_TLS", "DOCKER_CERT_PATH")
 
 
@@ -101,6 +107,12 @@ class SshBridge:
         finally:
             with contextlib.suppress(OSError, ValueError):
                 stdin.close()  # the engine side sees EOF: dial-stdio ends the ssh session
+            # The client is gone, so nothing the engine could still say is wanted. A session still
+            # connecting (a host that drops packets) would otherwise live until ssh gives up, one
+            # process per abandoned connection: end it after a grace.
+            timer = threading.Timer(_ABANDONED_GRACE_S, _end_if_running, args=(proc,))
+            timer.daemon = True
+            timer.start()
 
     def close(self) -> None:
         self._closed = True
