@@ -777,6 +777,26 @@ def test_backup_after_is_the_first_backup_after_the_target(history: list[Any], e
     assert _backup_after(history, record("x", T1)) == expected
 
 
+def test_backup_after_is_the_last_time_the_stack_left_the_target() -> None:
+    """The stack returned to x twice (a deploy that rolled itself back, an explicit rollback): its data
+    is the backup taken when it last left x, not the first (rows written since would be lost)."""
+    def op(op_id: str, at: str, backup: str, status: str = "deployed", to: str | None = None,
+           kind: str = "deploy") -> Any:
+        return record(op_id, at, status=status, kind=kind, result={
+            "status": status, "backup_id": backup, "current_deployment": to or op_id})
+
+    t = [f"2026-01-01T01:0{i}:00Z" for i in range(1, 8)]
+    history = [op("f1", t[0], "b-f1", "rolled_back", to="x"),  # left x, returned to it
+               op("y", t[1], "b-y"),                            # left x again
+               op("r", t[2], "b-r", "rolled_back", to="x", kind="rollback"),  # back to x
+               op("z", t[3], "b-z")]                            # left x the last time
+    assert _backup_after(history, record("x", T1)) == "b-z"
+    # An interrupted deploy left the stack unknown: a rollback's backup of that state is not x's data.
+    broken = [record("i", t[0], status="interrupted", result={"backup_id": "b-i"}),
+              op("r2", t[1], "b-r2", "rolled_back", to="x", kind="rollback")]
+    assert _backup_after(broken, record("x", T1)) == "b-i"
+
+
 async def test_last_good(world: World) -> None:
     deployer = Deployer(world.runtime)
     world.ops.records = [D2, D1]

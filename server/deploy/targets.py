@@ -65,13 +65,27 @@ def targets(history: list[Any], to_deployment: str | None) -> tuple[Any, Any]:
 
 
 def backup_after(history: list[Any], target: Any) -> str | None:
-    """The data as ``target`` left it: its own backup when adopted (taken as found), else the first
-    backup taken after it (by the operation that left it)."""
+    """The data as ``target`` left it: its own backup when adopted (taken as found), else the backup
+    taken by the operation that left it the LAST time the stack ran it. A stack returns to a
+    deployment (a deploy that rolled itself back, an explicit rollback): the first backup after it
+    would then miss every row written since it was returned to. Backups taken while the stack's
+    state was unknown (after an interrupted or failed operation that did not put it back) are never
+    the target's data. When the stack never left it with a backup, the first backup after it."""
     if target.status == "adopted" and backup_id_of(target):
         return backup_id_of(target)
-    later = [h for h in history if h.started_at > target.started_at and backup_id_of(h)]
-    later.sort(key=lambda h: h.started_at)
-    return backup_id_of(later[0]) if later else None
+    later = sorted((h for h in history if h.started_at > target.started_at), key=lambda h: h.started_at)
+    current: str | None = target.operation_id
+    found: str | None = None
+    for h in later:
+        if current == target.operation_id and (backup := backup_id_of(h)):
+            found = backup
+        if h.status in GOOD and h.result:
+            current = (h.result or {}).get("current_deployment") or h.operation_id
+        elif _left_dirty(h):
+            current = None
+    if found is None:  # left without a backup of its own: the first one taken after it, as before
+        found = next((b for h in later if (b := backup_id_of(h))), None)
+    return found
 
 
 def _just_before(started_at: str | None) -> str:
