@@ -101,6 +101,9 @@ async def test_two_failures_in_a_row_and_after_explicit_rollbacks_every_row_is_t
     r5 = await Deployer(runtime).rollback(project_name, wait_timeout_s=120)
     assert r5.status == "rolled_back" and r5.rollback and r5.rollback.to_deployment == d1.deployment_id, r5
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0"
+    # The code went back, the data did not: said, with the call that would bring it back.
+    [kept] = [s for s in r5.next_steps if s.startswith("data NOT restored")]
+    assert "db" in kept and f"to_deployment={d1.deployment_id!r}, restore_data=true" in kept, kept
     f6 = await _deploy(runtime, directory, app(project_name, port, WEB_10, DELETE_AND_FAIL))
     _restored(f6, 50)
     assert f6.rollback and f6.rollback.to_deployment == d1.deployment_id
@@ -216,6 +219,7 @@ async def test_a_stack_started_by_hand_is_adopted_and_rolled_back_to(runtime: Ru
     assert back.status == "rolled_back" and back.rollback is not None, back
     assert back.rollback.to_deployment == adopted.operation_id
     assert back.rollback.data_check == "db: 1 table(s), 30 row(s) as dumped"
+    assert not [s for s in back.next_steps if "NOT restored" in s]  # it was: nothing to warn about
     assert get(f"http://127.0.0.1:{port}/") == "web 1.0" and rows(project_name) == "30"
 
 

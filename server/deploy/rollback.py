@@ -389,7 +389,8 @@ async def _explicit_record(d: RollbackHost, run: Run, target: Any, out: Outcome,
 def _explicit_report(d: RollbackHost, run: Run, target: Any, out: Outcome, reason: str | None, started: float,
                      services: Any = None) -> DeployReport:
     ok = out.result == "restored"
-    steps = ["done; the previous version runs (pinned in compose.dsm.yaml until the next deploy)"] if ok else \
+    steps = ["done; the previous version runs (pinned in compose.dsm.yaml until the next deploy)",
+             *_data_kept(d, run, target, out)] if ok else \
         _failed_steps(out, target.operation_id, _data_backup_of(d, run.stack.name, target),
                       left=getattr(run.backup, "backup_id", None))
     return d._report(run, "rolled_back" if ok else "failed", services=services or [],
@@ -424,6 +425,19 @@ def _failed_steps(out: Outcome, target: str | None, good: str | None, left: str 
             "a person should read the evidence (inspect_stack, the logs of the failing service), then: "
             f"{data}; deploy_stack with fixed files, or rollback(to_deployment=...) to another "
             "deployment from stack_history"]
+
+
+def _data_kept(d: RollbackHost, run: Run, target: Any, out: Outcome) -> list[str]:
+    """A rollback without restore_data of a stack that holds data: the code went back, the data did
+    not (what the newer version wrote, or deleted, stays). Said, with the call that would restore it."""
+    if out.data_check or run.backup is None or not (run.backup.dumps or run.backup.volumes):
+        return []  # data was restored (and checked), or the stack holds none
+    held = sorted({x.service for x in run.backup.dumps} | {v.name for v in run.backup.volumes})
+    backup = _data_backup_of(d, run.stack.name, target)
+    fix = (f"rollback(stack={run.stack.name!r}, to_deployment={target.operation_id!r}, restore_data=true, "
+           f"confirm=true) restores backup {backup} (it overwrites them)") if backup else \
+        "no backup of them from when that deployment was left is known (backup_stack list)"
+    return [f"data NOT restored: {', '.join(held)} keep what the newer version wrote or deleted; {fix}"]
 
 
 def _data_backup_of(d: RollbackHost, stack: str, target: Any) -> str | None:
