@@ -101,6 +101,17 @@ class DockerStackServer(MCPServer[Runtime]):
         from mcp.server.mcpserver.exceptions import ToolError
         from pydantic import ValidationError
 
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None and arguments:
+            # An argument the tool does not take is refused, never dropped: a misspelt `tail` or
+            # `dry_run` ignored silently makes the call do something else than the caller meant.
+            known = set((tool.parameters or {}).get("properties") or {})
+            unknown = sorted(k for k in arguments if k not in known)
+            if unknown:
+                from server.argerrors import describe
+
+                raise ToolError(describe(name, [{"loc": (k,), "type": "extra_forbidden"} for k in unknown])
+                                + f" It takes: {', '.join(sorted(known)) or 'no arguments'}.")
         try:
             result = await super().call_tool(name, arguments, context)
         except ToolError as exc:

@@ -120,3 +120,16 @@ async def test_a_wrong_argument_type_is_one_clear_line(mcp_client: Any, tool: st
     assert result.is_error and said in said_text and "nothing was run" in said_text, said_text
     assert "\n" not in said_text and "pydantic" not in said_text and "validation error" not in said_text
     assert "s3cr3t-value" not in said_text and "maybe" not in said_text and "web:2" not in said_text
+
+
+@pytest.mark.parametrize(("tool", "args", "unknown"), [
+    ("stack_logs", {"stack": "app", "tial": 5}, "'tial'"),  # a misspelt tail: never all the logs instead
+    ("check_resources", {"foo": 1}, "'foo'"),
+    ("deploy_stack", {"path": "app", "dryrun": True}, "'dryrun'"),  # a dry run misspelt must not deploy
+])
+async def test_an_unknown_argument_is_refused_not_dropped(mcp_client: Any, tool: str, args: dict[str, Any],
+                                                          unknown: str) -> None:
+    result = await mcp_client.call_tool(tool, args)
+    said = text(result)
+    assert result.is_error and f"{unknown} is not an argument of {tool}" in said, said
+    assert "nothing was run" in said and "It takes:" in said, said
