@@ -29,7 +29,11 @@ def _expected(err: dict[str, Any]) -> str:
     if kind == "int_from_float":
         return "a whole number"
     if kind.startswith(("too_short", "too_long", "greater_than", "less_than", "string_too", "string_pattern")):
-        return str(err.get("msg") or "valid").removeprefix("Input should ").removeprefix("String should ")
+        msg = str(err.get("msg") or "valid")
+        for prefix in ("Input should be ", "String should be ", "Input should ", "String should "):
+            if msg.startswith(prefix):  # "must be" is said by describe(): never "must be be"
+                return msg.removeprefix(prefix)
+        return msg
     for prefix, text in _EXPECTED.items():
         if kind.startswith(prefix):
             return text
@@ -53,7 +57,9 @@ def describe(tool: str, errors: list[dict[str, Any]]) -> str:
         elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
             parts.append(f"{name!r} is not an argument of {tool}")
         else:
-            parts.append(f"argument {name!r} must be {_expected(err)} (got {_got(err)})")
+            expected = _expected(err)
+            verb = "must" if expected.startswith(("have ", "match ")) else "must be"  # pydantic's own verbs
+            parts.append(f"argument {name!r} {verb} {expected} (got {_got(err)})")
     more = len(errors) - MAX_LISTED
     if more > 0:
         parts.append(f"and {more} more")

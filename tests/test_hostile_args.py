@@ -109,6 +109,8 @@ async def test_a_path_null_is_a_path_that_does_not_exist(mcp_client: Any) -> Non
     ("scale_service", {"stack": "app", "service": "web", "replicas": 1.5}, "argument 'replicas' must be a whole"),
     ("deploy_stack", {"dry_run": True}, "argument 'path' is required"),
     ("update_stack", {"stack": "app", "to": "newest"}, "argument 'to' must be one of 'digest', 'patch'"),
+    ("scale_service", {"stack": "app", "service": "web", "replicas": -3},
+     "argument 'replicas' must be greater than or equal to 0 (got an integer)"),  # not "must be be"
 ])
 async def test_a_wrong_argument_type_is_one_clear_line(mcp_client: Any, tool: str, args: dict[str, Any],
                                                        said: str) -> None:
