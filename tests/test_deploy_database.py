@@ -52,6 +52,8 @@ async def test_failed_migration_rolls_back_with_every_row(runtime: Runtime, stac
     assert report.status == "rolled_back", report
     assert report.rollback is not None and report.rollback.result == "restored"
     assert "migrate" in report.rollback.why
+    # The failing service's image is blamed, not web 1.1 that changed beside it and ran fine.
+    assert report.rollback.failed_images is not None and "api" not in report.rollback.failed_images, report.rollback
     assert "data restored" in phase(report, "restore_data").detail
     assert report.rollback.data_check and "1 table(s), 250 row(s) as dumped" in report.rollback.data_check
     assert psql(project_name, "SELECT count(*) FROM items") == "250"

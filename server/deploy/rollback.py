@@ -242,6 +242,9 @@ async def automatic(d: RollbackHost, run: Run, plan: DeployPlan, env: dict[str, 
     except OSError as exc:
         log.warning("could not keep the failed files of %s", stack.name, exc_info=True)
         first.append(f"the failed files could not be kept ({exc.strerror or exc})")
+    # The images that failed: the failing service's when the failure names one among the changes
+    # (a one-shot that ran fine beside it is not a bad image), else every changed service's.
+    blamed = [s.service for s in plan.changes if s.service == failed.service] or [s.service for s in plan.changes]
     touched = touched_databases(stack, plan, run.backup)
     spec = Spec(target=target, pins={p.service: p.pinned_ref for p in run.backup.images},
                 originals={p.service: p.reference for p in run.backup.images},
@@ -261,14 +264,14 @@ async def automatic(d: RollbackHost, run: Run, plan: DeployPlan, env: dict[str, 
         symptoms=f"{failed.why}. Evidence: " + " | ".join(evidence[:8]),
         stack=stack.name, service=failed.service, severity="high", log_lines=evidence[-30:],
         resolution="automatic rollback: " + "; ".join(out.notes), deployment_id=deployment_id,
-        image_digests=await failed_digests(d.engine, stack, [s.service for s in plan.changes]),
+        image_digests=await failed_digests(d.engine, stack, blamed),
         time_to_recover_s=ttr, outcome="rolled_back" if ok else "unresolved", source="deploy")
     if ok:
         snapshots.save_kept(d.settings, stack.name, run.op.id + "-rollback", stack.directory)
         await baseline.record(d.settings, d.engine, stack.name, stack.directory, run.op.id, "rollback")
     steps = [f"read the evidence: {failed.why}", "fix the new version (the failed files are kept with backup "
              f"{run.backup.backup_id}) and deploy again"] if ok else _failed_steps(out, target, run.backup.backup_id)
-    failed_images = {s.service: s.image_to for s in plan.changes if s.image_to}
+    failed_images = {s.service: s.image_to for s in plan.changes if s.image_to and s.service in blamed}
     report = d._report(run, "rolled_back" if ok else "failed", plan=plan, services=now, incident_id=incident_id,
                        rollback=_info(f"{failed.phase}: {failed.why}", target, out, ttr, failed_images),
                        next_steps=steps)
