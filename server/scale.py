@@ -117,6 +117,11 @@ async def scale_service(runtime: Runtime, stack_arg: str, service: str, ask: Ask
     if own and deployed.plan is not None and deployed.plan.drift:
         deployed = deployed.model_copy(update={"plan": deployed.plan.model_copy(update={
             "drift": drop_own(deployed.plan.drift, own)})})
+    # The plan compares the files' config hashes, which replicas and limits kept in compose.dsm.yaml
+    # do not all move: its "0 change(s)" would hide the one change this call makes.
+    deployed = deployed.model_copy(update={"phases": [
+        p.model_copy(update={"detail": f"1 change: {service} scaled as asked (compose.dsm.yaml)"})
+        if p.name == "plan" else p for p in deployed.phases]})
     deploy = deployed.for_the_caller().model_dump(mode="json")
     return report.model_copy(update={"status": deployed.status, "deploy": deploy,
                                      "next_steps": steps[:3]})

@@ -65,6 +65,8 @@ async def test_scale_up_down_and_limits_survive_deploy_and_plain_up(runtime: Run
     up = await scale_service(runtime, project_name, "web", Ask(replicas=3, memory="96m", cpus=0.25))
     assert up.status == "deployed", up
     assert up.deploy is not None and up.deploy["backup_id"]
+    [plan_phase] = [p for p in up.deploy["phases"] if p["name"] == "plan"]
+    assert plan_phase["detail"].startswith("1 change: web scaled"), plan_phase  # never "0 change(s)"
     assert len(running(project_name)) == 3
     assert {limits(c) for c in running(project_name)} == {(96 * 1024**2, 250_000_000)}
     # Spelled as the file spells it (mem_limit, cpus): Compose refuses two spellings of one setting.

@@ -174,8 +174,8 @@ class Transaction:
         plan: DeployPlan = planned["plan"]
         changes = plan.changes
         run.phase("plan", "ok", time.monotonic() - planned["took"], f"{len(changes)} change(s), computed alongside "
-                  "the pre-flight" + ("" if dry_run else ": " + ", ".join(f"{s.service} {s.action}"
-                                                                         for s in changes)[:400]))
+                  "the pre-flight" + ("" if dry_run or not changes else ": " + ", ".join(f"{s.service} {s.action}"
+                                                                                        for s in changes)[:400]))
         if plan_id is not None and plan_id != plan.plan_id:
             from server.deploy.planids import mismatch
 

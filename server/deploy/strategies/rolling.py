@@ -149,7 +149,8 @@ class Rolling:
 
     @staticmethod
     def _detail(svc: str, new: list[str], failures: list[Failure], notes: list[str]) -> str:
-        parts = [f"{svc}: {len(new)} new container(s) gated by id ({', '.join(c[:12] for c in new)})"]
+        parts = [f"{svc}: {len(new)} new container(s) gated by id ({', '.join(c[:12] for c in new)})" if new
+                 else f"{svc}: no new container passed its gate"]
         if failures:
             parts.append("failed: " + ", ".join(f"{f.container} {f.why}" for f in failures))
         return "; ".join([*parts, *notes])[:480]
