@@ -66,6 +66,7 @@ bench: provision model
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/rollback.py
 	$(PY) bench/backup.py
 	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/rolling_update.py
+	DSM_EMBEDDING_MODEL_PATH=$(MODEL_DIR) $(PY) bench/swarm_deploy.py
 
 # Remove anything tests left on the engine (label dsm.test=1).
 clean-test:
