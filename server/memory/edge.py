@@ -144,23 +144,21 @@ class EdgeStore:
             shard.update(self._qe.UpdateOperation.set_payload([point_id], payload))
 
     def set_dense(self, vectors: dict[str, Sequence[float]]) -> None:
-        qe = self._qe
-        if not vectors:
-            return
-        with self.lease.hold() as shard:
-            self.lease.mark_written()
-            shard.update(qe.UpdateOperation.update_vectors(
-                [qe.PointVectors(pid, {DENSE: list(vec)}) for pid, vec in vectors.items()]))
+        self._update_vectors({pid: {DENSE: list(vec)} for pid, vec in vectors.items()})
 
     def set_sparse(self, vectors: dict[str, Sparse]) -> None:
         qe = self._qe
-        if not vectors:
+        self._update_vectors({pid: {SPARSE: qe.SparseVector(list(vec.indices), list(vec.values))}
+                              for pid, vec in vectors.items()})
+
+    def _update_vectors(self, named: dict[str, dict[str, Any]]) -> None:
+        """Replace the named vectors of existing points (point id -> {vector name: engine vector})."""
+        if not named:
             return
+        qe = self._qe
         with self.lease.hold() as shard:
             self.lease.mark_written()
-            shard.update(qe.UpdateOperation.update_vectors(
-                [qe.PointVectors(pid, {SPARSE: qe.SparseVector(list(vec.indices), list(vec.values))})
-                 for pid, vec in vectors.items()]))
+            shard.update(qe.UpdateOperation.update_vectors([qe.PointVectors(pid, v) for pid, v in named.items()]))
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:

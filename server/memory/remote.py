@@ -156,21 +156,20 @@ class ClientStore:
             client.set_payload(self.collection, payload=payload, points=[point_id], wait=True)
 
     def set_dense(self, vectors: dict[str, Sequence[float]]) -> None:
-        m = self._m
-        if not vectors:
-            return
-        with self._call() as client:
-            client.update_vectors(self.collection, [m.PointVectors(id=pid, vector={DENSE: list(vec)})
-                                                    for pid, vec in vectors.items()], wait=True)
+        self._update_vectors({pid: {DENSE: list(vec)} for pid, vec in vectors.items()})
 
     def set_sparse(self, vectors: dict[str, Sparse]) -> None:
         m = self._m
-        if not vectors:
+        self._update_vectors({pid: {SPARSE: m.SparseVector(indices=list(v.indices), values=list(v.values))}
+                              for pid, v in vectors.items()})
+
+    def _update_vectors(self, named: dict[str, dict[str, Any]]) -> None:
+        """Replace the named vectors of existing points (point id -> {vector name: client vector})."""
+        if not named:
             return
         with self._call() as client:
-            client.update_vectors(self.collection, [
-                m.PointVectors(id=pid, vector={SPARSE: m.SparseVector(indices=list(v.indices), values=list(v.values))})
-                for pid, v in vectors.items()], wait=True)
+            client.update_vectors(self.collection, [self._m.PointVectors(id=pid, vector=v) for pid, v in named.items()],
+                                  wait=True)
 
     def delete(self, ids: Sequence[str]) -> None:
         if ids:
